@@ -1,0 +1,1 @@
+//! ringfs load generator and local-cluster launcher.

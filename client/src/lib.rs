@@ -1,0 +1,1 @@
+//! ringfs client library and the ringfs CLI.

@@ -1,0 +1,175 @@
+@0x99ad7a7b8afa0d68;
+# Control RPC: the namespace, the file-to-chunk map and cluster membership.
+#
+# Errors: a failed call returns a Cap'n Proto exception whose description
+# starts with `[code]`, where code is one of the snake_case names of
+# `ErrorCode` below, followed by a human-readable message, e.g.
+# `[not_found] /a/b: no such file or directory`. See docs/protocol.md.
+
+using Common = import "common.capnp";
+
+enum ErrorCode {
+  internal @0;
+  notFound @1;
+  exists @2;
+  notDirectory @3;
+  isDirectory @4;
+  notEmpty @5;
+  invalidArgument @6;
+  busy @7;
+  permissionDenied @8;
+  noLease @9;
+  unavailable @10;
+  staleHandle @11;
+  versionMismatch @12;
+}
+
+enum FileKind {
+  file @0;
+  directory @1;
+}
+
+struct Attr {
+  inode @0 :UInt64;
+  kind @1 :FileKind;
+  size @2 :UInt64;
+  # Bytes; the committed size, what readers see.
+  mode @3 :UInt32;
+  # Permission bits (lower 12 bits of a POSIX mode).
+  mtimeNs @4 :Int64;
+  # Nanoseconds since the Unix epoch.
+  chunkSize @5 :UInt32;
+  # Bytes per chunk; 0 for directories.
+  replication @6 :UInt8;
+  # Replicas per chunk (R); 0 for directories.
+  writeQuorum @7 :UInt8;
+  # Durable replicas a write needs (W, 1..=R); 0 for directories.
+  version @8 :UInt64;
+  # Bumped by every change of the inode (commit, truncate, rename into it).
+}
+
+struct DirEntry {
+  name @0 :Text;
+  attr @1 :Attr;
+}
+
+struct CreateOptions {
+  # Zero in any field means "the server's default".
+  mode @0 :UInt32;
+  chunkSize @1 :UInt32;
+  replication @2 :UInt8;
+  writeQuorum @3 :UInt8;
+  exclusive @4 :Bool;
+  # Fail with `exists` if the path exists; otherwise an existing file is kept.
+}
+
+struct ChunkRecord {
+  index @0 :UInt64;
+  # Position of the chunk in the file: byte offset = index * chunkSize.
+  chunkId @1 :Common.ChunkId;
+  replicas @2 :List(UInt64);
+  # Node ids holding the chunk, primary first.
+  length @3 :UInt32;
+  # Valid bytes in the chunk; bytes past it (up to chunkSize) read as zeros.
+  version @4 :UInt64;
+}
+
+enum OpenMode {
+  read @0;
+  # Shared: any number of readers.
+  write @1;
+  # Exclusive write lease: one writer per file, others queue FIFO.
+}
+
+interface FileHandle {
+  # An open file. The handle (and its lease) is released by close(), by
+  # dropping the capability, or when the client's connection ends.
+
+  attr @0 () -> (attr :Attr);
+  getChunks @1 (firstIndex :UInt64, count :UInt32) -> (chunks :List(ChunkRecord));
+  # Records of the chunks with index in [firstIndex, firstIndex + count),
+  # ascending; indexes with no record are holes.
+  commitChunks @2 (chunks :List(ChunkRecord), fileSize :UInt64) -> (attr :Attr);
+  # Write handles only. Atomically stores the records (replacing any with the
+  # same index) and sets the file size: the commit is what makes data
+  # visible. A record's version must be greater than the one it replaces.
+  setSize @3 (size :UInt64) -> (attr :Attr);
+  # Write handles only. Truncate or extend; chunks wholly past the new size
+  # are dropped from the map.
+  close @4 ();
+}
+
+struct ShardEndpoint {
+  shard @0 :UInt16;
+  address @1 :Text;
+  # "ip:port" of the shard's data-plane listener.
+}
+
+struct NodeInfo {
+  nodeId @0 :UInt64;
+  up @1 :Bool;
+  shards @2 :List(ShardEndpoint);
+  capacity @3 :Common.Capacity;
+  lastHeartbeatAgoMs @4 :UInt64;
+  # Milliseconds since the last heartbeat the control server received
+  # (UInt64 max if none since it started).
+}
+
+struct ClusterMap {
+  epoch @0 :UInt64;
+  # Strictly increasing across changes and restarts of the control server.
+  nodes @1 :List(NodeInfo);
+  # Ascending node id.
+}
+
+struct ChunkReport {
+  chunkId @0 :Common.ChunkId;
+  version @1 :UInt64;
+  length @2 :UInt32;
+}
+
+interface MapWatcher {
+  update @0 (map :ClusterMap);
+  # Called with the new map on every change (join, up/down, endpoints).
+}
+
+interface Subscription {
+  # Dropping this capability ends the subscription.
+}
+
+interface Control {
+  # The bootstrap capability of the control server.
+
+  hello @0 (protocolVersion :UInt32) -> (protocolVersion :UInt32, serverVersion :Text);
+  # Fails with `version_mismatch` if the caller speaks another protocol.
+
+  # -- Namespace. Paths are absolute, '/'-separated, UTF-8. --
+  create @1 (path :Text, options :CreateOptions) -> (attr :Attr);
+  mkdir @2 (path :Text, mode :UInt32) -> (attr :Attr);
+  unlink @3 (path :Text);
+  rmdir @4 (path :Text);
+  rename @5 (from :Text, to :Text);
+  # Atomic. Replaces an existing file at `to`, or an empty directory with a
+  # directory; never moves a directory inside itself.
+  stat @6 (path :Text) -> (attr :Attr);
+  list @7 (path :Text, after :Text, limit :UInt32) -> (entries :List(DirEntry), more :Bool);
+  # Entries with name > `after`, in byte order of the names, at most `limit`
+  # (0 = server default, capped by the server).
+  open @8 (path :Text, mode :OpenMode, waitMs :UInt32)
+      -> (handle :FileHandle, guid :Data, attr :Attr);
+  # `guid` is 16 bytes. A write open waits up to waitMs for the lease, FIFO,
+  # then fails with `busy`.
+
+  # -- Membership. --
+  join @9 (secret :Data, nodeId :UInt64, nodeKey :Data,
+           shards :List(ShardEndpoint), capacity :Common.Capacity)
+      -> (nodeId :UInt64, nodeKey :Data, heartbeatMs :UInt32, ttlMs :UInt32);
+  # A new node passes nodeId 0 and an empty key and gets a fresh id and key;
+  # a returning node passes both back and keeps its id.
+  heartbeat @10 (nodeId :UInt64, nodeKey :Data, capacity :Common.Capacity) -> (epoch :UInt64);
+  reportChunks @11 (nodeId :UInt64, nodeKey :Data, chunks :List(ChunkReport), last :Bool);
+  # A node's full chunk inventory, sent in pages after every join; `last`
+  # marks the final page.
+  clusterMap @12 () -> (map :ClusterMap);
+  subscribe @13 (watcher :MapWatcher) -> (map :ClusterMap, subscription :Subscription);
+}

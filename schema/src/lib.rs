@@ -1,0 +1,22 @@
+//! The wire contract of ringfs: the Cap'n Proto schema (`schema/*.capnp`) and
+//! its generated Rust code, checked in under `src/generated` so that a plain
+//! `cargo build` needs no `capnp` tool. Regenerate with `scripts/gen-schema`.
+//!
+//! - [`common_capnp`]: chunk ids, capacity reports, the protocol version.
+//! - [`control_capnp`]: the control server's RPC interface.
+//! - [`data_capnp`]: the data-plane frame header spoken with storage nodes.
+
+#![allow(clippy::all, unused_parens, dead_code)]
+
+pub mod common_capnp {
+    include!("generated/common_capnp.rs");
+}
+pub mod control_capnp {
+    include!("generated/control_capnp.rs");
+}
+pub mod data_capnp {
+    include!("generated/data_capnp.rs");
+}
+
+/// The wire protocol version this build speaks (see `common.capnp`).
+pub const PROTOCOL_VERSION: u32 = common_capnp::PROTOCOL_VERSION;

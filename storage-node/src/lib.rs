@@ -1,0 +1,1 @@
+//! ringfs storage node: thread-per-core io_uring chunk server.

@@ -1,0 +1,1 @@
+//! ringfs integration tests that start real processes.
