@@ -166,7 +166,10 @@ interface Control {
       -> (nodeId :UInt64, nodeKey :Data, heartbeatMs :UInt32, ttlMs :UInt32);
   # A new node passes nodeId 0 and an empty key and gets a fresh id and key;
   # a returning node passes both back and keeps its id.
-  heartbeat @10 (nodeId :UInt64, nodeKey :Data, capacity :Common.Capacity) -> (epoch :UInt64);
+  heartbeat @10 (nodeId :UInt64, nodeKey :Data, capacity :Common.Capacity)
+      -> (epoch :UInt64, reportWanted :Bool);
+  # reportWanted: the control server holds no complete chunk report from this
+  # node since it started (it restarted); the node should send one.
   reportChunks @11 (nodeId :UInt64, nodeKey :Data, chunks :List(ChunkReport), last :Bool);
   # A node's full chunk inventory, sent in pages after every join; `last`
   # marks the final page.

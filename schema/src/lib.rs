@@ -20,3 +20,5 @@ pub mod data_capnp {
 
 /// The wire protocol version this build speaks (see `common.capnp`).
 pub const PROTOCOL_VERSION: u32 = common_capnp::PROTOCOL_VERSION;
+
+pub mod wire_error;
