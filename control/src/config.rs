@@ -1,0 +1,233 @@
+//! Configuration of `ringfs-control`: command-line flags and an optional
+//! TOML file whose keys equal the long flags. Flags win over the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::store::FileDefaults;
+
+/// Command-line flags of `ringfs-control`.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "ringfs-control",
+    version,
+    about = "ringfs control server: namespace, chunk map and membership"
+)]
+pub struct Args {
+    /// TOML file with the same keys as the long flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to serve Cap'n Proto RPC on (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the metadata database.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// File holding the cluster secret that storage nodes must present.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// How often nodes heartbeat, in milliseconds [default: 1000].
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Silence after which a node is marked down, in milliseconds [default: 5000].
+    #[arg(long)]
+    pub node_ttl_ms: Option<u64>,
+    /// Chunk size of new files unless they ask otherwise, in bytes [default: 67108864].
+    #[arg(long)]
+    pub default_chunk_size: Option<u32>,
+    /// Replication of new files unless they ask otherwise [default: 3].
+    #[arg(long)]
+    pub default_replication: Option<u8>,
+}
+
+/// The TOML file: the same keys as the long flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    secret_file: Option<PathBuf>,
+    heartbeat_ms: Option<u64>,
+    node_ttl_ms: Option<u64>,
+    default_chunk_size: Option<u32>,
+    default_replication: Option<u8>,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub secret: Vec<u8>,
+    pub heartbeat: Duration,
+    pub node_ttl: Duration,
+    pub defaults: FileDefaults,
+}
+
+/// A configuration problem, stated for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// Shortest cluster secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+impl Config {
+    /// Merges flags over the config file and validates the result.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+            }
+        };
+        let listen = args.listen.or(file.listen).ok_or_else(|| {
+            ConfigError("--listen is required (e.g. --listen 127.0.0.1:7700)".into())
+        })?;
+        let data = args
+            .data
+            .or(file.data)
+            .ok_or_else(|| ConfigError("--data is required".into()))?;
+        let secret_file = args
+            .secret_file
+            .or(file.secret_file)
+            .ok_or_else(|| ConfigError("--secret-file is required".into()))?;
+        let secret = read_secret(&secret_file)?;
+        let heartbeat =
+            Duration::from_millis(args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(1000));
+        let node_ttl = Duration::from_millis(args.node_ttl_ms.or(file.node_ttl_ms).unwrap_or(5000));
+        if heartbeat.is_zero() || node_ttl <= heartbeat {
+            return Err(ConfigError(format!(
+                "node-ttl-ms ({}) must be greater than heartbeat-ms ({}), which must be above 0",
+                node_ttl.as_millis(),
+                heartbeat.as_millis()
+            )));
+        }
+        let mut defaults = FileDefaults::default();
+        if let Some(cs) = args.default_chunk_size.or(file.default_chunk_size) {
+            defaults.chunk_size = cs;
+        }
+        if let Some(r) = args.default_replication.or(file.default_replication) {
+            defaults.replication = r;
+        }
+        let probe = crate::store::CreateOptions::default();
+        crate::store::validate_layout(&defaults, &probe)
+            .map_err(|e| ConfigError(format!("default file layout: {e}")))?;
+        if defaults.replication == 0 {
+            return Err(ConfigError("default-replication must be at least 1".into()));
+        }
+        Ok(Config {
+            listen,
+            data,
+            secret,
+            heartbeat,
+            node_ttl,
+            defaults,
+        })
+    }
+}
+
+/// Reads a secret file: its contents with surrounding whitespace trimmed.
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let raw = std::fs::read(path)
+        .map_err(|e| ConfigError(format!("cannot read secret file {}: {e}", path.display())))?;
+    let secret = raw.trim_ascii().to_vec();
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError(format!(
+            "secret file {} holds {} bytes; a cluster secret needs at least {MIN_SECRET_BYTES}",
+            path.display(),
+            secret.len()
+        )));
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(dir: &tempfile::TempDir) -> PathBuf {
+        let p = dir.path().join("secret");
+        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        p
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:1\"\ndata = \"/tmp/x\"\nsecret-file = {:?}\nnode-ttl-ms = 9000\n",
+                s
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(cfg),
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::from_args(args).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.node_ttl, Duration::from_secs(9));
+        assert_eq!(c.secret, b"0123456789abcdef0123");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let e = Config::from_args(Args {
+            config: Some(cfg.clone()),
+            ..Default::default()
+        });
+        assert!(e.unwrap_err().to_string().contains("unknown field"));
+
+        let s = secret(&dir);
+        let base = || Args {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data: Some(dir.path().into()),
+            secret_file: Some(s.clone()),
+            ..Default::default()
+        };
+        assert!(Config::from_args(Args {
+            node_ttl_ms: Some(500),
+            ..base()
+        })
+        .is_err());
+        assert!(Config::from_args(Args {
+            default_chunk_size: Some(1000),
+            ..base()
+        })
+        .is_err());
+        assert!(Config::from_args(Args {
+            default_replication: Some(0),
+            ..base()
+        })
+        .is_err());
+        assert!(Config::from_args(base()).is_ok());
+    }
+
+    #[test]
+    fn short_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "short").unwrap();
+        assert!(read_secret(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
+    }
+}

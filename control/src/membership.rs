@@ -1,0 +1,216 @@
+//! Cluster membership as the control server sees it: every registered node,
+//! whether it is up, its endpoints, its last capacity report and its last
+//! chunk inventory.
+//!
+//! Registration (id, key, endpoints) is durable in the metadata store;
+//! liveness, capacity and chunk reports live in memory and are rebuilt from
+//! heartbeats after a restart (a node is down until it heartbeats).
+//!
+//! Invariant: a node is `up` iff it heartbeated (or joined) within the TTL,
+//! as of the last [`Membership::sweep`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::error::{ControlError, Result};
+use crate::records::Node;
+use crate::store::constant_time_eq;
+
+/// A capacity report; sizes in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub total: u64,
+    pub used: u64,
+    pub reserved: u64,
+    pub chunks: u64,
+}
+
+/// What the control server knows of one node.
+#[derive(Debug)]
+pub struct NodeState {
+    pub key: [u8; 16],
+    pub shards: Vec<String>,
+    pub capacity: Capacity,
+    pub last_heartbeat: Option<Instant>,
+    pub up: bool,
+    /// Chunk id -> (version, length), from the node's last complete report.
+    pub chunks: HashMap<u128, (u64, u32)>,
+    /// Pages of a report in progress.
+    pending_report: HashMap<u128, (u64, u32)>,
+    /// Whether `chunks` holds a complete report received since start.
+    pub report_complete: bool,
+}
+
+/// All nodes, by id.
+#[derive(Default)]
+pub struct Membership {
+    nodes: BTreeMap<u64, NodeState>,
+}
+
+impl Membership {
+    /// Builds the membership from the registered nodes; all start down.
+    pub fn new(registered: Vec<(u64, Node)>) -> Self {
+        let nodes = registered
+            .into_iter()
+            .map(|(id, n)| {
+                (
+                    id,
+                    NodeState {
+                        key: n.key,
+                        shards: n.shards,
+                        capacity: Capacity::default(),
+                        last_heartbeat: None,
+                        up: false,
+                        chunks: HashMap::new(),
+                        pending_report: HashMap::new(),
+                        report_complete: false,
+                    },
+                )
+            })
+            .collect();
+        Membership { nodes }
+    }
+
+    /// Records a (re)join that the store has made durable; the node is up.
+    pub fn joined(&mut self, id: u64, key: [u8; 16], shards: Vec<String>, capacity: Capacity) {
+        let now = Instant::now();
+        let state = self.nodes.entry(id).or_insert_with(|| NodeState {
+            key,
+            shards: Vec::new(),
+            capacity,
+            last_heartbeat: None,
+            up: false,
+            chunks: HashMap::new(),
+            pending_report: HashMap::new(),
+            report_complete: false,
+        });
+        state.key = key;
+        state.shards = shards;
+        state.capacity = capacity;
+        state.last_heartbeat = Some(now);
+        state.up = true;
+        // A join starts a new inventory: the node sends a full report next.
+        state.pending_report.clear();
+        state.report_complete = false;
+    }
+
+    /// Checks that `key` is the key of node `id`.
+    pub fn authenticate(&self, id: u64, key: &[u8]) -> Result<&NodeState> {
+        match self.nodes.get(&id) {
+            Some(n) if constant_time_eq(&n.key, key) => Ok(n),
+            Some(_) => Err(ControlError::PermissionDenied(format!(
+                "wrong node key for node {id}"
+            ))),
+            None => Err(ControlError::NotFound(format!(
+                "node {id} (not registered; join first)"
+            ))),
+        }
+    }
+
+    /// Records a heartbeat. Returns whether the node came back up (the map
+    /// changed) and whether a chunk report is wanted.
+    pub fn heartbeat(&mut self, id: u64, key: &[u8], capacity: Capacity) -> Result<(bool, bool)> {
+        self.authenticate(id, key)?;
+        let n = self.nodes.get_mut(&id).expect("authenticated above");
+        n.capacity = capacity;
+        n.last_heartbeat = Some(Instant::now());
+        let came_up = !n.up;
+        n.up = true;
+        Ok((came_up, !n.report_complete))
+    }
+
+    /// Adds a page of a chunk report; the last page replaces the inventory.
+    pub fn report_chunks(
+        &mut self,
+        id: u64,
+        key: &[u8],
+        chunks: impl IntoIterator<Item = (u128, u64, u32)>,
+        last: bool,
+    ) -> Result<()> {
+        self.authenticate(id, key)?;
+        let n = self.nodes.get_mut(&id).expect("authenticated above");
+        n.pending_report
+            .extend(chunks.into_iter().map(|(c, v, l)| (c, (v, l))));
+        if last {
+            n.chunks = std::mem::take(&mut n.pending_report);
+            n.report_complete = true;
+        }
+        Ok(())
+    }
+
+    /// Marks down every up node silent for longer than `ttl`; returns their ids.
+    pub fn sweep(&mut self, now: Instant, ttl: Duration) -> Vec<u64> {
+        let mut down = Vec::new();
+        for (id, n) in &mut self.nodes {
+            let silent = n
+                .last_heartbeat
+                .is_none_or(|t| now.saturating_duration_since(t) > ttl);
+            if n.up && silent {
+                n.up = false;
+                down.push(*id);
+            }
+        }
+        down
+    }
+
+    /// Every node, ascending id.
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &NodeState)> {
+        self.nodes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> Membership {
+        let mut m = Membership::default();
+        m.joined(1, [1; 16], vec!["127.0.0.1:1".into()], Capacity::default());
+        m
+    }
+
+    #[test]
+    fn heartbeat_needs_the_right_key() {
+        let mut m = member();
+        assert!(matches!(
+            m.heartbeat(1, &[2; 16], Capacity::default()),
+            Err(ControlError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            m.heartbeat(9, &[1; 16], Capacity::default()),
+            Err(ControlError::NotFound(_))
+        ));
+        assert_eq!(
+            m.heartbeat(1, &[1; 16], Capacity::default()).unwrap(),
+            (false, true)
+        );
+    }
+
+    #[test]
+    fn silent_node_goes_down_and_comes_back() {
+        let mut m = member();
+        let ttl = Duration::from_millis(100);
+        assert!(m.sweep(Instant::now(), ttl).is_empty());
+        let later = Instant::now() + Duration::from_millis(200);
+        assert_eq!(m.sweep(later, ttl), vec![1]);
+        assert!(m.sweep(later, ttl).is_empty(), "reported down once");
+        let (came_up, _) = m.heartbeat(1, &[1; 16], Capacity::default()).unwrap();
+        assert!(came_up);
+    }
+
+    #[test]
+    fn report_pages_replace_the_inventory_at_the_last_page() {
+        let mut m = member();
+        m.report_chunks(1, &[1; 16], [(10, 1, 4096)], false)
+            .unwrap();
+        assert!(m.iter().next().unwrap().1.chunks.is_empty());
+        m.report_chunks(1, &[1; 16], [(11, 2, 8192)], true).unwrap();
+        let n = m.iter().next().unwrap().1;
+        assert_eq!(n.chunks.len(), 2);
+        assert!(n.report_complete);
+        assert_eq!(
+            m.heartbeat(1, &[1; 16], Capacity::default()).unwrap().1,
+            false
+        );
+    }
+}

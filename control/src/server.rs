@@ -1,0 +1,108 @@
+//! The control server process: opens the store, starts the group-commit
+//! writer, serves Cap'n Proto RPC on a TCP listener and sweeps membership.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use tokio::net::TcpListener;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::config::Config;
+use crate::error::{ControlError, Result};
+use crate::group_commit::Committer;
+use crate::service::{MembershipTiming, State};
+use crate::store::MetaStore;
+
+/// Largest batch one group commit applies.
+const MAX_BATCH: usize = 1024;
+
+/// Serves until `shutdown` resolves. Everything acknowledged is durable
+/// already, so stopping needs no flush beyond letting the writer finish.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&config.data).map_err(|e| {
+        ControlError::Store(format!(
+            "cannot create data dir {}: {e}",
+            config.data.display()
+        ))
+    })?;
+    let store = Arc::new(MetaStore::open(
+        &config.data.join("meta.redb"),
+        config.defaults,
+    )?);
+    let (committer, writer) = Committer::start(store.clone(), MAX_BATCH);
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        ControlError::Unavailable(format!("cannot listen on {}: {e}", config.listen))
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+    let timing = MembershipTiming {
+        heartbeat: config.heartbeat,
+        node_ttl: config.node_ttl,
+    };
+    let state = State::new(store, committer, config.secret.clone(), timing)?;
+    // Tests and launchers wait for this line to know the port.
+    println!("ringfs-control listening on {local}");
+    tracing::info!(%local, data = %config.data.display(), "control server started");
+
+    let sweeper = {
+        let state = state.clone();
+        let period = (config.node_ttl / 4).max(std::time::Duration::from_millis(10));
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                if let Err(e) = state.sweep().await {
+                    tracing::error!(error = %e, "membership sweep failed");
+                }
+            }
+        })
+    };
+
+    let bootstrap = state.bootstrap();
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => serve_connection(stream, peer, bootstrap.clone()),
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => {}
+    }
+    sweeper.abort();
+    drop(state);
+    tracing::info!("control server stopping");
+    // The writer exits once every sender is gone (connections drop theirs
+    // as the runtime shuts down); it never holds an unanswered commit.
+    drop(writer);
+    Ok(())
+}
+
+fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    bootstrap: ringfs_schema::control_capnp::control::Client,
+) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Server,
+        Default::default(),
+    );
+    let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+    tokio::task::spawn_local(async move {
+        if let Err(e) = rpc.await {
+            tracing::debug!(%peer, error = %e, "connection ended");
+        }
+    });
+}
