@@ -1,1 +1,124 @@
-//! ringfs integration tests that start real processes.
+//! Harness for integration tests that start the real ringfs binaries as
+//! child processes on loopback, each with its own temporary directory.
+//!
+//! Binaries are built on first use with the cargo that runs the tests, so
+//! `cargo test` alone is enough.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+/// The cluster secret every test cluster uses.
+pub const SECRET: &str = "ringfs-test-secret-0123456789";
+
+/// Builds `bin` of `package` (once per test process) and returns its path.
+pub fn binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = profile_dir.join(bin);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == bin) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {bin} failed"
+        );
+        built.push(bin.to_string());
+    }
+    path
+}
+
+/// Writes the cluster secret into `dir` and returns the file's path.
+pub fn write_secret(dir: &Path) -> PathBuf {
+    let p = dir.join("secret");
+    std::fs::write(&p, SECRET).expect("writing the secret file");
+    p
+}
+
+/// A running `ringfs-control`. Dropping it kills the process.
+pub struct ControlProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+}
+
+impl ControlProcess {
+    /// Starts a control server with its data under `dir/control`, listening
+    /// on `listen` (port 0 picks one), plus `extra` flags.
+    pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        let data = dir.join("control");
+        let secret = write_secret(dir);
+        let mut child = Command::new(binary("ringfs-control", "ringfs-control"))
+            .args(["--listen", listen, "--data"])
+            .arg(&data)
+            .arg("--secret-file")
+            .arg(&secret)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting ringfs-control");
+        let addr = wait_for_listen_line(&mut child, "ringfs-control listening on ");
+        ControlProcess { child, addr, data }
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id (to send signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the child's stdout until a line `prefix ADDR`, within 30 s.
+fn wait_for_listen_line(child: &mut Child, prefix: &'static str) -> SocketAddr {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix(prefix) {
+                let _ = tx.send(addr.trim().parse::<SocketAddr>());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => panic!("bad address in {prefix:?} line: {e}"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("process did not print {prefix:?} within 30 s")
+        }
+    }
+}
+
+/// Runs `f` on a current-thread runtime inside a `LocalSet`, as the
+/// client's RPC needs.
+pub fn local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}

@@ -1,0 +1,520 @@
+//! A typed client of the control server's RPC (`schema/control.capnp`).
+//!
+//! Must be used inside a tokio `LocalSet`: the RPC connection runs as a
+//! local task. Dropping the [`ControlClient`] and every [`FileHandle`] made
+//! from it closes the connection, which releases the handles' leases on the
+//! server.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp::capability::Rc as CapRc;
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use ringfs_schema::common_capnp::capacity;
+use ringfs_schema::control_capnp::{
+    attr, chunk_record, cluster_map, control, file_handle, map_watcher, subscription, FileKind,
+    OpenMode,
+};
+use tokio::sync::mpsc;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::error::{Error, Result};
+
+/// Kind of a namespace entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Directory,
+}
+
+/// Attributes of a file or directory (see `Attr` in control.capnp).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub inode: u64,
+    pub kind: Kind,
+    /// Committed size in bytes.
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ns: i64,
+    pub chunk_size: u32,
+    pub replication: u8,
+    pub write_quorum: u8,
+    pub version: u64,
+}
+
+/// Options of a new file; zero means the server's default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CreateOptions {
+    pub mode: u32,
+    pub chunk_size: u32,
+    pub replication: u8,
+    pub write_quorum: u8,
+    /// Fail with [`Error::Exists`] if the path exists.
+    pub exclusive: bool,
+}
+
+/// Where one chunk of a file lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub index: u64,
+    pub chunk_id: u128,
+    /// Node ids, primary first.
+    pub replicas: Vec<u64>,
+    /// Valid bytes in the chunk.
+    pub length: u32,
+    pub version: u64,
+}
+
+/// A node's capacity report, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub total: u64,
+    pub used: u64,
+    pub reserved: u64,
+    pub chunks: u64,
+}
+
+/// One node of the cluster map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub up: bool,
+    /// Data-plane endpoint of each shard, index = shard.
+    pub shards: Vec<String>,
+    pub capacity: Capacity,
+    pub last_heartbeat_ago_ms: u64,
+}
+
+/// The cluster map at one epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMap {
+    pub epoch: u64,
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// What a successful join returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    pub node_id: u64,
+    pub node_key: [u8; 16],
+    pub heartbeat: Duration,
+    pub ttl: Duration,
+}
+
+/// The RPC connection; aborting its task closes the socket.
+struct Conn {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection to the control server.
+#[derive(Clone)]
+pub struct ControlClient {
+    control: control::Client,
+    conn: Rc<Conn>,
+}
+
+fn read_attr(a: attr::Reader) -> Result<Attr> {
+    Ok(Attr {
+        inode: a.get_inode(),
+        kind: match a.get_kind()? {
+            FileKind::File => Kind::File,
+            FileKind::Directory => Kind::Directory,
+        },
+        size: a.get_size(),
+        mode: a.get_mode(),
+        mtime_ns: a.get_mtime_ns(),
+        chunk_size: a.get_chunk_size(),
+        replication: a.get_replication(),
+        write_quorum: a.get_write_quorum(),
+        version: a.get_version(),
+    })
+}
+
+fn fill_capacity(mut b: capacity::Builder, c: &Capacity) {
+    b.set_total_bytes(c.total);
+    b.set_used_bytes(c.used);
+    b.set_reserved_bytes(c.reserved);
+    b.set_chunk_count(c.chunks);
+}
+
+/// Decodes a cluster map.
+pub fn read_map(m: cluster_map::Reader) -> Result<ClusterMap> {
+    let mut nodes = Vec::new();
+    for n in m.get_nodes()? {
+        let c = n.get_capacity()?;
+        let mut shards = Vec::new();
+        for s in n.get_shards()? {
+            shards.push(s.get_address()?.to_str()?.to_string());
+        }
+        nodes.push(NodeInfo {
+            node_id: n.get_node_id(),
+            up: n.get_up(),
+            shards,
+            capacity: Capacity {
+                total: c.get_total_bytes(),
+                used: c.get_used_bytes(),
+                reserved: c.get_reserved_bytes(),
+                chunks: c.get_chunk_count(),
+            },
+            last_heartbeat_ago_ms: n.get_last_heartbeat_ago_ms(),
+        });
+    }
+    Ok(ClusterMap {
+        epoch: m.get_epoch(),
+        nodes,
+    })
+}
+
+fn read_chunk(r: chunk_record::Reader) -> Result<ChunkRecord> {
+    let id = r.get_chunk_id()?;
+    Ok(ChunkRecord {
+        index: r.get_index(),
+        chunk_id: ((id.get_hi() as u128) << 64) | id.get_lo() as u128,
+        replicas: r.get_replicas()?.iter().collect(),
+        length: r.get_length(),
+        version: r.get_version(),
+    })
+}
+
+fn fill_chunk(mut b: chunk_record::Builder, c: &ChunkRecord) {
+    b.set_index(c.index);
+    let mut id = b.reborrow().init_chunk_id();
+    id.set_hi((c.chunk_id >> 64) as u64);
+    id.set_lo(c.chunk_id as u64);
+    b.set_length(c.length);
+    b.set_version(c.version);
+    let mut reps = b.init_replicas(c.replicas.len() as u32);
+    for (i, r) in c.replicas.iter().enumerate() {
+        reps.set(i as u32, *r);
+    }
+}
+
+impl ControlClient {
+    /// Connects and checks that both sides speak the same protocol version.
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            reader.compat(),
+            writer.compat_write(),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let task = tokio::task::spawn_local(async move {
+            let _ = rpc.await;
+        });
+        let client = ControlClient {
+            control,
+            conn: Rc::new(Conn { task }),
+        };
+        client.hello().await?;
+        Ok(client)
+    }
+
+    async fn hello(&self) -> Result<String> {
+        let mut req = self.control.hello_request();
+        req.get()
+            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_server_version()?.to_str()?.to_string())
+    }
+
+    pub async fn create(&self, path: &str, options: CreateOptions) -> Result<Attr> {
+        let mut req = self.control.create_request();
+        let mut p = req.get();
+        p.set_path(path);
+        let mut o = p.init_options();
+        o.set_mode(options.mode);
+        o.set_chunk_size(options.chunk_size);
+        o.set_replication(options.replication);
+        o.set_write_quorum(options.write_quorum);
+        o.set_exclusive(options.exclusive);
+        let reply = req.send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr> {
+        let mut req = self.control.mkdir_request();
+        req.get().set_path(path);
+        req.get().set_mode(mode);
+        let reply = req.send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
+    pub async fn unlink(&self, path: &str) -> Result<()> {
+        let mut req = self.control.unlink_request();
+        req.get().set_path(path);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, path: &str) -> Result<()> {
+        let mut req = self.control.rmdir_request();
+        req.get().set_path(path);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let mut req = self.control.rename_request();
+        req.get().set_from(from);
+        req.get().set_to(to);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<Attr> {
+        let mut req = self.control.stat_request();
+        req.get().set_path(path);
+        let reply = req.send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
+    /// One page of a directory: entries after `after`, at most `limit`
+    /// (0 = the server's default), and whether more follow.
+    pub async fn list_page(
+        &self,
+        path: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<(Vec<(String, Attr)>, bool)> {
+        let mut req = self.control.list_request();
+        req.get().set_path(path);
+        req.get().set_after(after);
+        req.get().set_limit(limit);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        let mut out = Vec::new();
+        for e in r.get_entries()? {
+            out.push((
+                e.get_name()?.to_str()?.to_string(),
+                read_attr(e.get_attr()?)?,
+            ));
+        }
+        Ok((out, r.get_more()))
+    }
+
+    /// The whole directory, page by page.
+    pub async fn list(&self, path: &str) -> Result<Vec<(String, Attr)>> {
+        let mut all: Vec<(String, Attr)> = Vec::new();
+        loop {
+            let after = all.last().map(|(n, _)| n.clone()).unwrap_or_default();
+            let (page, more) = self.list_page(path, &after, 0).await?;
+            all.extend(page);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Opens a file; a write open waits up to `wait` for the write lease.
+    pub async fn open(&self, path: &str, write: bool, wait: Duration) -> Result<FileHandle> {
+        let mut req = self.control.open_request();
+        req.get().set_path(path);
+        req.get().set_mode(if write {
+            OpenMode::Write
+        } else {
+            OpenMode::Read
+        });
+        req.get()
+            .set_wait_ms(wait.as_millis().min(u32::MAX as u128) as u32);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        let guid: [u8; 16] = r.get_guid()?.try_into().map_err(|_| {
+            Error::Internal("the server sent a handle id that is not 16 bytes".into())
+        })?;
+        Ok(FileHandle {
+            cap: r.get_handle()?,
+            guid,
+            attr: read_attr(r.get_attr()?)?,
+            _conn: self.conn.clone(),
+        })
+    }
+
+    /// Registers a storage node (node_id 0 and a zero key for a new one).
+    pub async fn join(
+        &self,
+        secret: &[u8],
+        node_id: u64,
+        node_key: &[u8; 16],
+        shards: &[String],
+        capacity: Capacity,
+    ) -> Result<Joined> {
+        let mut req = self.control.join_request();
+        let mut p = req.get();
+        p.set_secret(secret);
+        p.set_node_id(node_id);
+        p.set_node_key(if node_id == 0 { &[] } else { node_key });
+        let mut list = p.reborrow().init_shards(shards.len() as u32);
+        for (i, s) in shards.iter().enumerate() {
+            let mut e = list.reborrow().get(i as u32);
+            e.set_shard(i as u16);
+            e.set_address(s.as_str());
+        }
+        fill_capacity(p.init_capacity(), &capacity);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        Ok(Joined {
+            node_id: r.get_node_id(),
+            node_key: r
+                .get_node_key()?
+                .try_into()
+                .map_err(|_| Error::Internal("node key is not 16 bytes".into()))?,
+            heartbeat: Duration::from_millis(r.get_heartbeat_ms() as u64),
+            ttl: Duration::from_millis(r.get_ttl_ms() as u64),
+        })
+    }
+
+    /// Sends a heartbeat; returns the map epoch and whether the server wants
+    /// a chunk report.
+    pub async fn heartbeat(
+        &self,
+        node_id: u64,
+        node_key: &[u8; 16],
+        capacity: Capacity,
+    ) -> Result<(u64, bool)> {
+        let mut req = self.control.heartbeat_request();
+        req.get().set_node_id(node_id);
+        req.get().set_node_key(node_key);
+        fill_capacity(req.get().init_capacity(), &capacity);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        Ok((r.get_epoch(), r.get_report_wanted()))
+    }
+
+    pub async fn cluster_map(&self) -> Result<ClusterMap> {
+        let reply = self.control.cluster_map_request().send().promise.await?;
+        read_map(reply.get()?.get_map()?)
+    }
+
+    /// Subscribes to the cluster map: returns the current map and a stream
+    /// of every later one. Dropping the [`MapSubscription`] ends it.
+    pub async fn subscribe(&self) -> Result<(ClusterMap, MapSubscription)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut req = self.control.subscribe_request();
+        req.get().set_watcher(capnp_rpc::new_client(Watcher { tx }));
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        let map = read_map(r.get_map()?)?;
+        Ok((
+            map,
+            MapSubscription {
+                _sub: r.get_subscription()?,
+                rx,
+                _conn: self.conn.clone(),
+            },
+        ))
+    }
+}
+
+/// Receives the cluster map on every change.
+pub struct MapSubscription {
+    _sub: subscription::Client,
+    rx: mpsc::UnboundedReceiver<ClusterMap>,
+    _conn: Rc<Conn>,
+}
+
+impl MapSubscription {
+    /// The next map pushed by the server; `None` once the connection ended.
+    pub async fn next(&mut self) -> Option<ClusterMap> {
+        self.rx.recv().await
+    }
+}
+
+struct Watcher {
+    tx: mpsc::UnboundedSender<ClusterMap>,
+}
+
+impl map_watcher::Server for Watcher {
+    fn update(
+        self: CapRc<Self>,
+        params: map_watcher::UpdateParams,
+        _: map_watcher::UpdateResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        let result = params
+            .get()
+            .and_then(|p| p.get_map())
+            .map_err(Error::from)
+            .and_then(read_map);
+        std::future::ready(match result {
+            Ok(map) => {
+                let _ = self.tx.send(map);
+                Ok(())
+            }
+            Err(e) => Err(capnp::Error::failed(e.to_string())),
+        })
+    }
+}
+
+/// An open file on the control server.
+pub struct FileHandle {
+    cap: file_handle::Client,
+    /// The server's id of this handle.
+    pub guid: [u8; 16],
+    /// Attributes when opened.
+    pub attr: Attr,
+    _conn: Rc<Conn>,
+}
+
+impl std::fmt::Debug for FileHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileHandle")
+            .field("guid", &self.guid)
+            .field("attr", &self.attr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileHandle {
+    pub async fn attr(&self) -> Result<Attr> {
+        let reply = self.cap.attr_request().send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
+    /// Records of chunks `first..first + count` that exist (holes are absent).
+    pub async fn get_chunks(&self, first: u64, count: u32) -> Result<Vec<ChunkRecord>> {
+        let mut req = self.cap.get_chunks_request();
+        req.get().set_first_index(first);
+        req.get().set_count(count);
+        let reply = req.send().promise.await?;
+        reply.get()?.get_chunks()?.iter().map(read_chunk).collect()
+    }
+
+    /// Makes `chunks` visible and sets the file size (write handles).
+    pub async fn commit_chunks(&self, chunks: &[ChunkRecord], file_size: u64) -> Result<Attr> {
+        let mut req = self.cap.commit_chunks_request();
+        req.get().set_file_size(file_size);
+        let mut list = req.get().init_chunks(chunks.len() as u32);
+        for (i, c) in chunks.iter().enumerate() {
+            fill_chunk(list.reborrow().get(i as u32), c);
+        }
+        let reply = req.send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
+    /// Truncates or extends the file (write handles).
+    pub async fn set_size(&self, size: u64) -> Result<Attr> {
+        let mut req = self.cap.set_size_request();
+        req.get().set_size(size);
+        let reply = req.send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
+    /// Releases the handle (and its lease) now rather than at drop.
+    pub async fn close(self) -> Result<()> {
+        self.cap.close_request().send().promise.await?;
+        Ok(())
+    }
+}
