@@ -1,1 +1,19 @@
-//! ringfs load generator and local-cluster launcher.
+//! ringfs-bench: the load generator and local-cluster launcher.
+//!
+//! - [`process`]: starting ringfs servers as child processes on loopback.
+//! - [`stats`]: latency histograms and CPU time from /proc.
+//! - [`metadata`]: the metadata workload (durable creates, stats, unlinks).
+
+pub mod metadata;
+pub mod process;
+pub mod stats;
+
+/// Runs `f` on a current-thread runtime inside a `LocalSet`, as the
+/// client's RPC needs.
+pub fn local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
