@@ -1,1 +1,10 @@
-//! ringfs storage node: thread-per-core io_uring chunk server.
+//! ringfs storage node: glommio thread-per-core shards serving chunks over a
+//! lean framed data-plane protocol. See `docs/protocol-data.md`.
+
+pub mod chunk_file;
+pub mod chunk_store;
+pub mod frame;
+pub mod group_commit;
+pub mod ids;
+pub mod lock_table;
+pub mod token;

@@ -1,0 +1,553 @@
+//! A shard's chunk lock table: per chunk, one writer or many readers.
+//!
+//! Invariants:
+//! - holders of a chunk are either exactly one `Write` or any number of `Read`;
+//! - FIFO fairness: a request is granted at once only if nobody is queued
+//!   ahead of it and it is compatible with the holders; queued requests are
+//!   granted strictly from the front, so a waiting writer is never overtaken
+//!   by later readers;
+//! - every grant has a lease (an expiry instant); a holder whose lease lapsed
+//!   no longer validates, and [`LockTable::expire`] removes it;
+//! - every waiter has a deadline, after which `expire` hands it back as timed out;
+//! - generations are unique per table (strictly increasing), so a token of a
+//!   released lock can never match a later grant.
+//!
+//! The table is pure bookkeeping: time is passed in and waiters are opaque
+//! handles `W` (the shard uses one-shot channels), which keeps it unit-testable.
+
+use crate::ids::ChunkId;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Read,
+    Write,
+}
+
+impl Mode {
+    /// Whether a lock held in `self` mode permits an operation needing `need`.
+    pub fn permits(self, need: Mode) -> bool {
+        self == Mode::Write || need == Mode::Read
+    }
+}
+
+/// A granted lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub generation: u64,
+    pub mode: Mode,
+    pub expires: Instant,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LockError {
+    #[error("no lock of this client and generation is held (released, expired or never granted)")]
+    NotHeld,
+    #[error("the lock's lease has expired")]
+    Expired,
+    #[error("a read lock does not permit writing")]
+    ModeTooWeak,
+}
+
+/// Outcome of [`LockTable::acquire`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Acquire {
+    Granted(Grant),
+    /// Queued with this waiter id; the grant (or timeout) comes later.
+    Queued(u64),
+    /// Not free and the caller did not want to wait.
+    Busy,
+}
+
+/// What [`LockTable::expire`] and [`LockTable::release`] changed.
+#[derive(Debug)]
+pub struct Changes<W> {
+    /// Locks released because their lease lapsed: (chunk, client, generation).
+    pub released: Vec<(ChunkId, u64, u64)>,
+    /// Waiters granted, to be notified.
+    pub granted: Vec<(W, ChunkId, u64, Grant)>,
+    /// Waiters whose deadline passed, to be notified.
+    pub timed_out: Vec<W>,
+}
+
+impl<W> Default for Changes<W> {
+    fn default() -> Self {
+        Self {
+            released: Vec::new(),
+            granted: Vec::new(),
+            timed_out: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Holder {
+    client: u64,
+    generation: u64,
+    mode: Mode,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Waiter<W> {
+    id: u64,
+    client: u64,
+    mode: Mode,
+    lease: Duration,
+    deadline: Instant,
+    handle: W,
+}
+
+#[derive(Debug)]
+struct Entry<W> {
+    holders: Vec<Holder>,
+    queue: VecDeque<Waiter<W>>,
+}
+
+impl<W> Entry<W> {
+    fn compatible(&self, mode: Mode) -> bool {
+        self.holders.is_empty()
+            || (mode == Mode::Read && self.holders.iter().all(|h| h.mode == Mode::Read))
+    }
+}
+
+/// The lock table of one shard.
+#[derive(Debug)]
+pub struct LockTable<W> {
+    chunks: HashMap<ChunkId, Entry<W>>,
+    next_generation: u64,
+    next_waiter: u64,
+}
+
+impl<W> Default for LockTable<W> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<W> LockTable<W> {
+    pub fn new() -> Self {
+        Self {
+            chunks: HashMap::new(),
+            next_generation: 1,
+            next_waiter: 1,
+        }
+    }
+
+    fn grant(
+        &mut self,
+        chunk: ChunkId,
+        client: u64,
+        mode: Mode,
+        lease: Duration,
+        now: Instant,
+    ) -> Grant {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let expires = now + lease;
+        self.chunks
+            .get_mut(&chunk)
+            .expect("entry exists")
+            .holders
+            .push(Holder {
+                client,
+                generation,
+                mode,
+                expires,
+            });
+        Grant {
+            generation,
+            mode,
+            expires,
+        }
+    }
+
+    /// Requests `mode` on `chunk` for `client` with a lease of `lease`. With
+    /// `wait = Some((deadline, handle))` the request queues if it cannot be
+    /// granted now; otherwise it is refused with [`Acquire::Busy`].
+    pub fn acquire(
+        &mut self,
+        chunk: ChunkId,
+        client: u64,
+        mode: Mode,
+        lease: Duration,
+        now: Instant,
+        wait: Option<(Instant, W)>,
+    ) -> Acquire {
+        let entry = self.chunks.entry(chunk).or_insert_with(|| Entry {
+            holders: Vec::new(),
+            queue: VecDeque::new(),
+        });
+        if entry.queue.is_empty() && entry.compatible(mode) {
+            return Acquire::Granted(self.grant(chunk, client, mode, lease, now));
+        }
+        match wait {
+            Some((deadline, handle)) => {
+                let id = self.next_waiter;
+                self.next_waiter += 1;
+                entry.queue.push_back(Waiter {
+                    id,
+                    client,
+                    mode,
+                    lease,
+                    deadline,
+                    handle,
+                });
+                Acquire::Queued(id)
+            }
+            None => {
+                self.cleanup(chunk);
+                Acquire::Busy
+            }
+        }
+    }
+
+    /// Checks that `client` holds generation `generation` on `chunk`, that its
+    /// lease has not lapsed and that its mode permits `need`.
+    pub fn validate(
+        &self,
+        chunk: ChunkId,
+        client: u64,
+        generation: u64,
+        need: Mode,
+        now: Instant,
+    ) -> Result<Grant, LockError> {
+        let h = self
+            .chunks
+            .get(&chunk)
+            .and_then(|e| {
+                e.holders
+                    .iter()
+                    .find(|h| h.client == client && h.generation == generation)
+            })
+            .ok_or(LockError::NotHeld)?;
+        if h.expires <= now {
+            return Err(LockError::Expired);
+        }
+        if !h.mode.permits(need) {
+            return Err(LockError::ModeTooWeak);
+        }
+        Ok(Grant {
+            generation,
+            mode: h.mode,
+            expires: h.expires,
+        })
+    }
+
+    /// Extends a held, unexpired lock's lease to `now + lease`.
+    pub fn renew(
+        &mut self,
+        chunk: ChunkId,
+        client: u64,
+        generation: u64,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<Grant, LockError> {
+        let h = self
+            .chunks
+            .get_mut(&chunk)
+            .and_then(|e| {
+                e.holders
+                    .iter_mut()
+                    .find(|h| h.client == client && h.generation == generation)
+            })
+            .ok_or(LockError::NotHeld)?;
+        if h.expires <= now {
+            return Err(LockError::Expired);
+        }
+        h.expires = now + lease;
+        Ok(Grant {
+            generation,
+            mode: h.mode,
+            expires: h.expires,
+        })
+    }
+
+    /// Releases a held lock and grants the waiters it unblocks.
+    pub fn release(
+        &mut self,
+        chunk: ChunkId,
+        client: u64,
+        generation: u64,
+        now: Instant,
+    ) -> Result<Changes<W>, LockError> {
+        let entry = self.chunks.get_mut(&chunk).ok_or(LockError::NotHeld)?;
+        let pos = entry
+            .holders
+            .iter()
+            .position(|h| h.client == client && h.generation == generation)
+            .ok_or(LockError::NotHeld)?;
+        entry.holders.swap_remove(pos);
+        let mut changes = Changes::default();
+        self.promote(chunk, now, &mut changes);
+        Ok(changes)
+    }
+
+    /// Withdraws a queued request (its requester gave up); returns its handle.
+    pub fn cancel(&mut self, chunk: ChunkId, waiter: u64, now: Instant) -> (Option<W>, Changes<W>) {
+        let mut changes = Changes::default();
+        let Some(entry) = self.chunks.get_mut(&chunk) else {
+            return (None, changes);
+        };
+        let handle = entry
+            .queue
+            .iter()
+            .position(|w| w.id == waiter)
+            .and_then(|p| entry.queue.remove(p))
+            .map(|w| w.handle);
+        // Removing a queued writer may unblock the readers behind it.
+        self.promote(chunk, now, &mut changes);
+        (handle, changes)
+    }
+
+    /// Releases lapsed leases, times out waiters past their deadline, and
+    /// grants what that unblocks.
+    pub fn expire(&mut self, now: Instant) -> Changes<W> {
+        let mut changes = Changes::default();
+        let mut touched = Vec::new();
+        for (chunk, entry) in self.chunks.iter_mut() {
+            let before = (entry.holders.len(), entry.queue.len());
+            entry.holders.retain(|h| {
+                if h.expires <= now {
+                    changes.released.push((*chunk, h.client, h.generation));
+                    false
+                } else {
+                    true
+                }
+            });
+            let mut kept = VecDeque::with_capacity(entry.queue.len());
+            for w in entry.queue.drain(..) {
+                if w.deadline <= now {
+                    changes.timed_out.push(w.handle);
+                } else {
+                    kept.push_back(w);
+                }
+            }
+            entry.queue = kept;
+            if before != (entry.holders.len(), entry.queue.len()) || entry.holders.is_empty() {
+                touched.push(*chunk);
+            }
+        }
+        for chunk in touched {
+            self.promote(chunk, now, &mut changes);
+        }
+        changes
+    }
+
+    /// Grants queued requests from the front while they are compatible.
+    fn promote(&mut self, chunk: ChunkId, now: Instant, changes: &mut Changes<W>) {
+        loop {
+            let Some(entry) = self.chunks.get_mut(&chunk) else {
+                return;
+            };
+            let Some(front) = entry.queue.front() else {
+                break;
+            };
+            if !entry.compatible(front.mode) {
+                break;
+            }
+            let w = entry.queue.pop_front().expect("front exists");
+            let grant = self.grant(chunk, w.client, w.mode, w.lease, now);
+            changes.granted.push((w.handle, chunk, w.client, grant));
+        }
+        self.cleanup(chunk);
+    }
+
+    fn cleanup(&mut self, chunk: ChunkId) {
+        if let Some(e) = self.chunks.get(&chunk) {
+            if e.holders.is_empty() && e.queue.is_empty() {
+                self.chunks.remove(&chunk);
+            }
+        }
+    }
+
+    /// Whether anyone holds or waits for a lock on `chunk`.
+    pub fn is_busy(&self, chunk: ChunkId) -> bool {
+        self.chunks.contains_key(&chunk)
+    }
+
+    /// Number of chunks with holders or waiters.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: ChunkId = ChunkId::new(1, 1);
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn granted(a: Acquire) -> Grant {
+        match a {
+            Acquire::Granted(g) => g,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn writer_is_exclusive_readers_share() {
+        let now = Instant::now();
+        let mut t = LockTable::<u32>::new();
+        let r1 = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
+        let r2 = granted(t.acquire(C, 2, Mode::Read, LEASE, now, None));
+        assert_eq!(
+            t.acquire(C, 3, Mode::Write, LEASE, now, None),
+            Acquire::Busy
+        );
+        t.release(C, 1, r1.generation, now).unwrap();
+        t.release(C, 2, r2.generation, now).unwrap();
+        let w = granted(t.acquire(C, 3, Mode::Write, LEASE, now, None));
+        assert_eq!(t.acquire(C, 1, Mode::Read, LEASE, now, None), Acquire::Busy);
+        assert_eq!(
+            t.acquire(C, 1, Mode::Write, LEASE, now, None),
+            Acquire::Busy
+        );
+        t.release(C, 3, w.generation, now).unwrap();
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn wait_then_grant_in_fifo_order_and_writer_not_starved() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut t = LockTable::<u32>::new();
+        let r1 = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
+        // A writer queues behind the reader...
+        assert!(matches!(
+            t.acquire(C, 2, Mode::Write, LEASE, now, Some((later, 20))),
+            Acquire::Queued(_)
+        ));
+        // ...and a later reader queues behind the writer instead of sharing.
+        assert!(matches!(
+            t.acquire(C, 3, Mode::Read, LEASE, now, Some((later, 30))),
+            Acquire::Queued(_)
+        ));
+        assert!(matches!(
+            t.acquire(C, 4, Mode::Read, LEASE, now, Some((later, 40))),
+            Acquire::Queued(_)
+        ));
+        let ch = t.release(C, 1, r1.generation, now).unwrap();
+        assert_eq!(ch.granted.len(), 1);
+        let (h, _, client, wg) = &ch.granted[0];
+        assert_eq!((*h, *client, wg.mode), (20, 2, Mode::Write));
+        // Releasing the writer grants both queued readers together.
+        let ch = t.release(C, 2, wg.generation, now).unwrap();
+        let hs: Vec<u32> = ch.granted.iter().map(|g| g.0).collect();
+        assert_eq!(hs, vec![30, 40]);
+    }
+
+    #[test]
+    fn waiters_time_out() {
+        let now = Instant::now();
+        let mut t = LockTable::<u32>::new();
+        let _w = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None));
+        let deadline = now + Duration::from_millis(50);
+        assert!(matches!(
+            t.acquire(C, 2, Mode::Read, LEASE, now, Some((deadline, 7))),
+            Acquire::Queued(_)
+        ));
+        assert!(t
+            .expire(now + Duration::from_millis(10))
+            .timed_out
+            .is_empty());
+        let ch = t.expire(deadline);
+        assert_eq!(ch.timed_out, vec![7]);
+        assert!(ch.granted.is_empty());
+    }
+
+    #[test]
+    fn leases_expire_and_unblock_waiters() {
+        let now = Instant::now();
+        let mut t = LockTable::<u32>::new();
+        let w = granted(t.acquire(C, 1, Mode::Write, Duration::from_millis(100), now, None));
+        assert!(t.validate(C, 1, w.generation, Mode::Write, now).is_ok());
+        let far = now + Duration::from_secs(60);
+        assert!(matches!(
+            t.acquire(C, 2, Mode::Write, LEASE, now, Some((far, 9))),
+            Acquire::Queued(_)
+        ));
+        let at = now + Duration::from_millis(100);
+        assert_eq!(
+            t.validate(C, 1, w.generation, Mode::Write, at),
+            Err(LockError::Expired)
+        );
+        let ch = t.expire(at);
+        assert_eq!(ch.released, vec![(C, 1, w.generation)]);
+        assert_eq!(ch.granted.len(), 1);
+        assert_eq!(ch.granted[0].0, 9);
+        // The expired holder's token is now stale.
+        assert_eq!(
+            t.validate(C, 1, w.generation, Mode::Read, at),
+            Err(LockError::NotHeld)
+        );
+        assert_eq!(
+            t.release(C, 1, w.generation, at).unwrap_err(),
+            LockError::NotHeld
+        );
+    }
+
+    #[test]
+    fn validation_checks_client_generation_and_mode() {
+        let now = Instant::now();
+        let mut t = LockTable::<u32>::new();
+        let r = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
+        assert_eq!(
+            t.validate(C, 1, r.generation, Mode::Write, now),
+            Err(LockError::ModeTooWeak)
+        );
+        assert_eq!(
+            t.validate(C, 2, r.generation, Mode::Read, now),
+            Err(LockError::NotHeld)
+        );
+        assert_eq!(
+            t.validate(C, 1, r.generation + 1, Mode::Read, now),
+            Err(LockError::NotHeld)
+        );
+        assert_eq!(
+            t.validate(ChunkId::new(9, 9), 1, r.generation, Mode::Read, now),
+            Err(LockError::NotHeld)
+        );
+        let renewed = t.renew(C, 1, r.generation, LEASE * 2, now).unwrap();
+        assert!(renewed.expires > r.expires);
+    }
+
+    #[test]
+    fn cancelling_a_queued_writer_unblocks_readers_behind_it() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let mut t = LockTable::<u32>::new();
+        let _r = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
+        let Acquire::Queued(wid) = t.acquire(C, 2, Mode::Write, LEASE, now, Some((far, 2))) else {
+            panic!()
+        };
+        assert!(matches!(
+            t.acquire(C, 3, Mode::Read, LEASE, now, Some((far, 3))),
+            Acquire::Queued(_)
+        ));
+        let (h, ch) = t.cancel(C, wid, now);
+        assert_eq!(h, Some(2));
+        assert_eq!(ch.granted.len(), 1);
+        assert_eq!(ch.granted[0].0, 3);
+    }
+
+    #[test]
+    fn generations_are_unique() {
+        let now = Instant::now();
+        let mut t = LockTable::<u32>::new();
+        let a = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None));
+        t.release(C, 1, a.generation, now).unwrap();
+        let b = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None));
+        assert_ne!(a.generation, b.generation);
+        assert_eq!(
+            t.validate(C, 1, a.generation, Mode::Write, now),
+            Err(LockError::NotHeld)
+        );
+    }
+}
