@@ -304,7 +304,7 @@ impl ChunkStore {
     /// `id`, creating the chunk if `create` is set and it does not exist.
     /// `version` 0 means "current + 1"; otherwise it must exceed the current
     /// version. Once the edge blocks are merged, `forward` is started with the
-    /// payload and runs concurrently with the local write and sync; its
+    /// payload and the new version and runs concurrently with the local write and sync; its
     /// output is returned next to the local outcome (None if the local write
     /// failed before it could start). Returns once the write is durable.
     pub async fn write<F, Fut, T>(
@@ -316,7 +316,7 @@ impl ChunkStore {
         forward: F,
     ) -> (Result<ChunkInfo, StoreError>, Option<T>)
     where
-        F: FnOnce(SharedPayload) -> Fut,
+        F: FnOnce(SharedPayload, u64) -> Fut,
         Fut: Future<Output = T>,
     {
         let chunk = match self.get(id) {
@@ -410,7 +410,7 @@ impl ChunkStore {
                 .await
                 .map_err(|e| e.to_string())
         };
-        let (local, fwd) = futures::join!(local, forward(shared.clone()));
+        let (local, fwd) = futures::join!(local, forward(shared.clone(), new_version));
         match local {
             Ok(()) => {
                 *chunk.meta.borrow_mut() = new_meta;

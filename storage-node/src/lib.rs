@@ -3,8 +3,16 @@
 
 pub mod chunk_file;
 pub mod chunk_store;
+pub mod config;
+pub mod control_link;
 pub mod frame;
 pub mod group_commit;
+pub mod identity;
 pub mod ids;
 pub mod lock_table;
+pub mod node;
+pub mod peer;
+pub mod reservations;
+pub mod shard;
 pub mod token;
+pub mod wire;

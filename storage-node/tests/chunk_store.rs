@@ -39,7 +39,7 @@ impl Rng {
 async fn write(store: &ChunkStore, id: ChunkId, off: u64, data: &[u8]) -> Result<u64, StoreError> {
     let mut wb = WriteBuf::new(off, data.len() as u64)?;
     wb.payload_mut().copy_from_slice(data);
-    let (r, _) = store.write(id, wb, 0, true, |_| async {}).await;
+    let (r, _) = store.write(id, wb, 0, true, |_, _| async {}).await;
     r.map(|i| i.version)
 }
 
@@ -166,11 +166,11 @@ fn stale_versions_and_bad_ranges_are_refused() {
         let id = ChunkId::new(3, 1);
         let mut wb = WriteBuf::new(0, 10).unwrap();
         wb.payload_mut().copy_from_slice(&[1; 10]);
-        let (r, _) = store.write(id, wb, 7, true, |_| async {}).await;
+        let (r, _) = store.write(id, wb, 7, true, |_, _| async {}).await;
         assert_eq!(r.unwrap().version, 7);
         let mut wb = WriteBuf::new(0, 10).unwrap();
         wb.payload_mut().copy_from_slice(&[1; 10]);
-        let (r, _) = store.write(id, wb, 7, true, |_| async {}).await;
+        let (r, _) = store.write(id, wb, 7, true, |_, _| async {}).await;
         assert!(matches!(
             r,
             Err(StoreError::StaleVersion { current: 7, .. })
@@ -182,7 +182,7 @@ fn stale_versions_and_bad_ranges_are_refused() {
         ));
         let wb = WriteBuf::new(0, 1).unwrap();
         let (r, _) = store
-            .write(ChunkId::new(9, 9), wb, 0, false, |_| async {})
+            .write(ChunkId::new(9, 9), wb, 0, false, |_, _| async {})
             .await;
         assert!(matches!(r, Err(StoreError::NotFound(_))));
         store.delete(id).await.unwrap();

@@ -1,0 +1,238 @@
+//! The node's control-plane client: joins the control server (Cap'n Proto
+//! RPC), heartbeats with a capacity report, sends chunk reports, and keeps
+//! retrying with exponential backoff while the server is away. It runs on its
+//! own thread with a tokio current-thread runtime (capnp-rpc is
+//! single-threaded) and reaches the shards only through [`ShardCommand`]s.
+
+use crate::identity::Identity;
+use crate::shard::{CapacityReport, ShardCommand};
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use futures::channel::{mpsc, oneshot};
+use ringfs_schema::control_capnp::control;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+/// Chunk reports are sent in pages of this many chunks.
+const REPORT_PAGE: usize = 1000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot reach the control server at {0}: {1}")]
+    Connect(String, String),
+    #[error("control server: {0}")]
+    Rpc(String),
+    #[error("a shard stopped answering")]
+    ShardGone,
+    #[error("{0}")]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+impl From<capnp::Error> for LinkError {
+    fn from(e: capnp::Error) -> Self {
+        let (code, msg) = ringfs_schema::wire_error::decode(&e);
+        LinkError::Rpc(format!(
+            "[{}] {msg}",
+            ringfs_schema::wire_error::code_name(code)
+        ))
+    }
+}
+
+/// Everything the link needs.
+pub struct ControlLink {
+    pub control_addr: String,
+    pub cluster_secret: Vec<u8>,
+    pub identity_path: PathBuf,
+    pub node_id: Arc<AtomicU64>,
+    /// "ip:port" of each shard's listener, by shard index.
+    pub endpoints: Vec<String>,
+    pub shards: Vec<mpsc::UnboundedSender<ShardCommand>>,
+}
+
+impl ControlLink {
+    /// Runs the link on a new thread, forever.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("ringfs-control-link".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("control link: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, self.run());
+            })
+    }
+
+    async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.session(&mut backoff).await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!("control link: {e}; retrying in {backoff:?}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn capacity(&self) -> Result<CapacityReport, LinkError> {
+        let mut total = CapacityReport::default();
+        for s in &self.shards {
+            let (tx, rx) = oneshot::channel();
+            s.unbounded_send(ShardCommand::Capacity(tx))
+                .map_err(|_| LinkError::ShardGone)?;
+            let c = rx.await.map_err(|_| LinkError::ShardGone)?;
+            total.total += c.total;
+            total.used += c.used;
+            total.reserved += c.reserved;
+            total.chunks += c.chunks;
+        }
+        Ok(total)
+    }
+
+    /// One connection: join, report chunks, heartbeat until something fails.
+    async fn session(&self, backoff: &mut Duration) -> Result<(), LinkError> {
+        let addr = &self.control_addr;
+        let stream =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| LinkError::Connect(addr.clone(), "timed out".into()))?
+                .map_err(|e| LinkError::Connect(addr.clone(), e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            reader.compat(),
+            writer.compat_write(),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let rpc_task = tokio::task::spawn_local(rpc);
+        let r = self.drive(&control, backoff).await;
+        rpc_task.abort();
+        r
+    }
+
+    async fn drive(
+        &self,
+        control: &control::Client,
+        backoff: &mut Duration,
+    ) -> Result<(), LinkError> {
+        let mut hello = control.hello_request();
+        hello
+            .get()
+            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
+        hello.send().promise.await?;
+
+        let identity = Identity::load(&self.identity_path)?;
+        let cap = self.capacity().await?;
+        let mut req = control.join_request();
+        {
+            let mut p = req.get();
+            p.set_secret(&self.cluster_secret);
+            p.set_node_id(identity.node_id);
+            p.set_node_key(&identity.key_bytes());
+            let mut shards = p.reborrow().init_shards(self.endpoints.len() as u32);
+            for (i, ep) in self.endpoints.iter().enumerate() {
+                let mut s = shards.reborrow().get(i as u32);
+                s.set_shard(i as u16);
+                s.set_address(ep.as_str());
+            }
+            set_capacity(p.init_capacity(), &cap);
+        }
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        let joined = Identity {
+            node_id: r.get_node_id(),
+            node_key: Identity::key_hex(r.get_node_key()?),
+        };
+        let heartbeat = Duration::from_millis(r.get_heartbeat_ms().max(50) as u64);
+        if joined != identity {
+            joined.store(&self.identity_path)?;
+        }
+        self.node_id.store(joined.node_id, Ordering::Release);
+        tracing::info!(
+            node_id = joined.node_id,
+            "joined the control server at {}",
+            self.control_addr
+        );
+        *backoff = BACKOFF_MIN;
+        let key = joined.key_bytes();
+        self.report(control, joined.node_id, &key).await?;
+        loop {
+            tokio::time::sleep(heartbeat).await;
+            let cap = self.capacity().await?;
+            let mut req = control.heartbeat_request();
+            {
+                let mut p = req.get();
+                p.set_node_id(joined.node_id);
+                p.set_node_key(&key);
+                set_capacity(p.init_capacity(), &cap);
+            }
+            let reply = req.send().promise.await?;
+            if reply.get()?.get_report_wanted() {
+                self.report(control, joined.node_id, &key).await?;
+            }
+        }
+    }
+
+    /// Sends the full chunk inventory in pages.
+    async fn report(
+        &self,
+        control: &control::Client,
+        node_id: u64,
+        key: &[u8],
+    ) -> Result<(), LinkError> {
+        let mut all = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = oneshot::channel();
+            s.unbounded_send(ShardCommand::Inventory(tx))
+                .map_err(|_| LinkError::ShardGone)?;
+            all.extend(rx.await.map_err(|_| LinkError::ShardGone)?);
+        }
+        let pages: Vec<_> = if all.is_empty() {
+            vec![&all[..]]
+        } else {
+            all.chunks(REPORT_PAGE).collect()
+        };
+        let n = pages.len();
+        for (i, page) in pages.into_iter().enumerate() {
+            let mut req = control.report_chunks_request();
+            let mut p = req.get();
+            p.set_node_id(node_id);
+            p.set_node_key(key);
+            p.set_last(i + 1 == n);
+            let mut list = p.init_chunks(page.len() as u32);
+            for (j, (id, version, length)) in page.iter().enumerate() {
+                let mut c = list.reborrow().get(j as u32);
+                c.set_version(*version);
+                c.set_length(*length as u32);
+                let mut cid = c.init_chunk_id();
+                cid.set_hi(id.hi);
+                cid.set_lo(id.lo);
+            }
+            req.send().promise.await?;
+        }
+        tracing::info!(chunks = all.len(), "chunk report sent");
+        Ok(())
+    }
+}
+
+fn set_capacity(mut c: ringfs_schema::common_capnp::capacity::Builder<'_>, cap: &CapacityReport) {
+    c.set_total_bytes(cap.total);
+    c.set_used_bytes(cap.used);
+    c.set_reserved_bytes(cap.reserved);
+    c.set_chunk_count(cap.chunks);
+}

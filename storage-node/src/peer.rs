@@ -1,0 +1,181 @@
+//! A pipelined data-plane client on glommio TCP: used by a node to forward
+//! chain writes and copies to other nodes, and by tests. Requests get fresh
+//! request ids; responses are matched by id, in any order.
+
+use crate::frame::{Header, Op, Status};
+use crate::wire::{read_header, write_frame, WireError};
+use futures::channel::oneshot;
+use futures::io::{ReadHalf, WriteHalf};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum PeerError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("connection to {0} failed: {1}")]
+    Broken(String, String),
+}
+
+type Reply = Result<(Header, Vec<u8>), PeerError>;
+
+struct Pending {
+    /// For `lock` requests answered `wait`: where the `wait` frame goes.
+    on_wait: Option<oneshot::Sender<Header>>,
+    done: oneshot::Sender<Reply>,
+}
+
+/// One connection to a node shard.
+pub struct Peer {
+    addr: String,
+    writer: futures::lock::Mutex<WriteHalf<TcpStream>>,
+    pending: Rc<RefCell<HashMap<u64, Pending>>>,
+    broken: Rc<RefCell<Option<PeerError>>>,
+    next_id: Cell<u64>,
+    _reader: glommio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    pub async fn connect(addr: &str) -> Result<Rc<Self>, PeerError> {
+        let stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+            .await
+            .map_err(|e| PeerError::Connect(addr.to_string(), e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.split();
+        let pending: Rc<RefCell<HashMap<u64, Pending>>> = Rc::default();
+        let broken: Rc<RefCell<Option<PeerError>>> = Rc::default();
+        let reader = glommio::spawn_local(Self::read_loop(
+            addr.to_string(),
+            rd,
+            pending.clone(),
+            broken.clone(),
+        ))
+        .detach();
+        Ok(Rc::new(Self {
+            addr: addr.to_string(),
+            writer: futures::lock::Mutex::new(wr),
+            pending,
+            broken,
+            next_id: Cell::new(1),
+            _reader: reader,
+        }))
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.borrow().is_some()
+    }
+
+    async fn read_loop(
+        addr: String,
+        mut rd: ReadHalf<TcpStream>,
+        pending: Rc<RefCell<HashMap<u64, Pending>>>,
+        broken: Rc<RefCell<Option<PeerError>>>,
+    ) {
+        let err = loop {
+            let h = match read_header(&mut rd).await {
+                Ok(h) => h,
+                Err(e) => break e,
+            };
+            let mut payload = vec![0u8; h.payload_length as usize];
+            if let Err(e) = rd.read_exact(&mut payload).await {
+                break WireError::Io(e);
+            }
+            let mut p = pending.borrow_mut();
+            if h.status == Status::Wait && h.op == Op::Lock {
+                if let Some(entry) = p.get_mut(&h.request_id) {
+                    if let Some(tx) = entry.on_wait.take() {
+                        let _ = tx.send(h);
+                    }
+                }
+                continue;
+            }
+            if let Some(entry) = p.remove(&h.request_id) {
+                let _ = entry.done.send(Ok((h, payload)));
+            }
+        };
+        let e = PeerError::Broken(addr, err.to_string());
+        *broken.borrow_mut() = Some(e.clone());
+        for (_, p) in pending.borrow_mut().drain() {
+            let _ = p.done.send(Err(e.clone()));
+        }
+    }
+
+    fn register(
+        &self,
+        h: &mut Header,
+        on_wait: Option<oneshot::Sender<Header>>,
+    ) -> Result<oneshot::Receiver<Reply>, PeerError> {
+        if let Some(e) = self.broken.borrow().clone() {
+            return Err(e);
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        h.request_id = id;
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .borrow_mut()
+            .insert(id, Pending { on_wait, done: tx });
+        Ok(rx)
+    }
+
+    async fn send(&self, h: &Header, payload: &[u8]) -> Result<(), PeerError> {
+        let mut w = self.writer.lock().await;
+        let r = async {
+            write_frame(&mut *w, h, payload).await?;
+            w.flush().await?;
+            Ok::<(), WireError>(())
+        }
+        .await;
+        r.map_err(|e| {
+            self.pending.borrow_mut().remove(&h.request_id);
+            PeerError::Broken(self.addr.clone(), e.to_string())
+        })
+    }
+
+    /// Sends a request (its request id is assigned here; `payload_length` is
+    /// set from `payload`) and returns the final response and its payload.
+    /// For a `lock` answered `wait`, this is the later `lockGranted` frame.
+    pub async fn call(&self, mut h: Header, payload: &[u8]) -> Reply {
+        h.payload_length = payload.len() as u32;
+        let rx = self.register(&mut h, None)?;
+        self.send(&h, payload).await?;
+        rx.await
+            .unwrap_or_else(|_| Err(PeerError::Broken(self.addr.clone(), "reader ended".into())))
+    }
+
+    /// Like [`Peer::call`] for a `lock`, also returning the interim `wait`
+    /// frame if there was one.
+    pub async fn lock(&self, mut h: Header) -> Result<(Option<Header>, Header), PeerError> {
+        h.payload_length = 0;
+        let (wtx, mut wrx) = oneshot::channel();
+        let rx = self.register(&mut h, Some(wtx))?;
+        self.send(&h, &[]).await?;
+        let (fin, _) = rx
+            .await
+            .unwrap_or_else(|_| Err(PeerError::Broken(self.addr.clone(), "reader ended".into())))?;
+        Ok((wrx.try_recv().ok().flatten(), fin))
+    }
+}
+
+/// Connections of one shard to other nodes, by address, reconnected when broken.
+#[derive(Default)]
+pub struct PeerPool {
+    peers: RefCell<HashMap<String, Rc<Peer>>>,
+}
+
+impl PeerPool {
+    pub async fn get(&self, addr: &str) -> Result<Rc<Peer>, PeerError> {
+        if let Some(p) = self.peers.borrow().get(addr) {
+            if !p.is_broken() {
+                return Ok(p.clone());
+            }
+        }
+        let p = Peer::connect(addr).await?;
+        self.peers.borrow_mut().insert(addr.to_string(), p.clone());
+        Ok(p)
+    }
+}
