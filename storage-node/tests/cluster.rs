@@ -1,0 +1,419 @@
+//! Integration tests: real `ringfs-control` and `ringfs-node` processes on
+//! loopback, driven over the data-plane protocol.
+
+mod common;
+
+use common::*;
+use ringfs_node::frame::{Header, Hop, LockMode, Op, Status, Token};
+use ringfs_node::ids::ChunkId;
+use ringfs_node::peer::Peer;
+use std::time::Duration;
+
+fn reserve_req(client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
+    let mut h = Header::request(0, Op::Reserve);
+    h.client_id = client;
+    h.reserve_bytes = bytes;
+    h.chunk_id = id;
+    h.lease_ms = lease_ms;
+    h
+}
+
+fn write_req(id: ChunkId, offset: u64, token: &Token, chain: Vec<Hop>) -> Header {
+    let mut h = Header::request(0, Op::Write);
+    h.chunk_id = id;
+    h.offset = offset;
+    h.token = token.clone();
+    h.chain = chain;
+    h
+}
+
+fn read_req(id: ChunkId, offset: u64, len: u32, token: &Token) -> Header {
+    let mut h = Header::request(0, Op::Read);
+    h.chunk_id = id;
+    h.offset = offset;
+    h.length = len;
+    h.token = token.clone();
+    h
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn node_joins_heartbeats_and_keeps_its_id_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _control = start_control(dir.path(), port);
+    let node = start_node(
+        dir.path(),
+        "n1",
+        port,
+        &["--cores", "2", "--capacity-bytes", "1073741824"],
+    );
+    let id = node.node_id();
+    assert_ne!(id, 0);
+    // Heartbeats keep it up with a fresh capacity report.
+    std::thread::sleep(Duration::from_millis(800));
+    let map = cluster_map(port);
+    let me = map
+        .iter()
+        .find(|n| n.node_id == id)
+        .expect("node in the cluster map");
+    assert!(me.up, "{me:?}");
+    assert!(me.last_heartbeat_ago_ms < 1000, "{me:?}");
+    assert_eq!(me.total, 1 << 30);
+    assert_eq!(me.shards, node.endpoints);
+    // A restart rejoins under the same id.
+    let data = node.data.clone();
+    drop(node);
+    let node = start_node(dir.path(), "n1", port, &["--cores", "2"]);
+    assert_eq!(node.data, data);
+    assert_eq!(node.node_id(), id);
+}
+
+#[test]
+fn node_keeps_retrying_until_the_control_server_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let secret = write_secret(dir.path());
+    let out = dir.path().join("n.out");
+    let log = dir.path().join("n.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringfs-node"))
+        .args([
+            "--control",
+            &format!("127.0.0.1:{port}"),
+            "--listen",
+            "127.0.0.1",
+            "--cores",
+            "1",
+        ])
+        .arg("--data")
+        .arg(dir.path().join("n"))
+        .arg("--secret-file")
+        .arg(&secret)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let node = Proc { child, log };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!dir.path().join("n/node-identity").exists());
+    let _control = start_control(dir.path(), port);
+    wait_until(
+        Duration::from_secs(15),
+        || dir.path().join("n/node-identity").exists(),
+        || format!("node never joined: {}", node.log_text()),
+    );
+}
+
+#[test]
+fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _control = start_control(dir.path(), port);
+    // 1 MiB of capacity on one shard.
+    let node = start_node(
+        dir.path(),
+        "n1",
+        port,
+        &["--cores", "1", "--capacity-bytes", "1048576"],
+    );
+    let ep = node.endpoints[0].clone();
+    let node_id = node.node_id();
+    on_glommio(move || async move {
+        let p = Peer::connect(&ep).await.unwrap();
+        let (a, _) = p
+            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(a.status, Status::Ok, "{}", a.message);
+        assert_eq!(a.chunk_id.hi, node_id, "chunk id carries the node id");
+        assert_eq!(a.lock_mode, LockMode::Write);
+        let (b, _) = p
+            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(b.status, Status::NoSpace, "{}", b.message);
+        // Unlocking abandons the reservation.
+        let mut unlock = Header::request(0, Op::Unlock);
+        unlock.chunk_id = a.chunk_id;
+        unlock.token = a.token.clone();
+        let (u, _) = p.call(unlock, &[]).await.unwrap();
+        assert_eq!(u.status, Status::Ok, "{}", u.message);
+        // A short lease expires by itself.
+        let (c, _) = p
+            .call(reserve_req(1, 600_000, ChunkId::default(), 200), &[])
+            .await
+            .unwrap();
+        assert_eq!(c.status, Status::Ok, "{}", c.message);
+        assert_ne!(c.chunk_id, a.chunk_id);
+        let (d, _) = p
+            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(d.status, Status::NoSpace);
+        glommio::timer::sleep(Duration::from_millis(400)).await;
+        let (e, _) = p
+            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(e.status, Status::Ok, "{}", e.message);
+        // The expired reservation's token is stale now.
+        let (w, _) = p
+            .call(write_req(c.chunk_id, 0, &c.token, vec![]), b"late")
+            .await
+            .unwrap();
+        assert_eq!(w.status, Status::BadToken, "{}", w.message);
+    });
+    // The reservation shows in the capacity report.
+    wait_until(
+        Duration::from_secs(5),
+        || cluster_map(port).iter().any(|n| n.reserved == 600_000),
+        || format!("reserved bytes not reported: {:?}", cluster_map(port)),
+    );
+}
+
+#[test]
+fn chain_write_through_three_nodes_reads_back_from_each_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _control = start_control(dir.path(), port);
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| start_node(dir.path(), &format!("n{i}"), port, &["--cores", "2"]))
+        .collect();
+    let eps: Vec<Vec<String>> = nodes.iter().map(|n| n.endpoints.clone()).collect();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.node_id()).collect();
+    let chunk = on_glommio(move || async move {
+        let client = 77;
+        let p0 = Peer::connect(&eps[0][0]).await.unwrap();
+        let (r, _) = p0
+            .call(reserve_req(client, 4 << 20, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Ok, "{}", r.message);
+        let id = r.chunk_id;
+        assert_eq!(id.shard(2), 0, "minted by shard 0 for shard 0");
+        // Replicas reserve the same id on the shard owning it.
+        let mut hops = Vec::new();
+        let mut peers = vec![p0];
+        for i in 1..3 {
+            let ep = eps[i][id.shard(2)].clone();
+            let p = Peer::connect(&ep).await.unwrap();
+            let (rr, _) = p
+                .call(reserve_req(client, 4 << 20, id, 0), &[])
+                .await
+                .unwrap();
+            assert_eq!(rr.status, Status::Ok, "{}", rr.message);
+            hops.push(Hop {
+                node_id: ids[i],
+                address: ep,
+                token: rr.token,
+            });
+            peers.push(p);
+        }
+        let tokens: Vec<Token> = std::iter::once(r.token.clone())
+            .chain(hops.iter().map(|h| h.token.clone()))
+            .collect();
+        // An aligned 1 MiB write, then an unaligned overwrite across blocks.
+        let big = pattern(1 << 20, 1);
+        let (w, _) = peers[0]
+            .call(write_req(id, 0, &r.token, hops.clone()), &big)
+            .await
+            .unwrap();
+        assert_eq!(w.status, Status::Ok, "{}", w.message);
+        assert_eq!(w.durable_replicas, 3);
+        assert_eq!(w.chunk_length, 1 << 20);
+        let small = pattern(100_001, 9);
+        let (w2, _) = peers[0]
+            .call(write_req(id, 65_530, &r.token, hops.clone()), &small)
+            .await
+            .unwrap();
+        assert_eq!(w2.status, Status::Ok, "{}", w2.message);
+        assert_eq!(w2.durable_replicas, 3);
+        let mut expect = big.clone();
+        expect[65_530..65_530 + small.len()].copy_from_slice(&small);
+        for (i, p) in peers.iter().enumerate() {
+            let (h, data) = p
+                .call(read_req(id, 0, 2 << 20, &tokens[i]), &[])
+                .await
+                .unwrap();
+            assert_eq!(h.status, Status::Ok, "replica {i}: {}", h.message);
+            assert_eq!(h.version, w2.version, "replica {i} version");
+            assert!(data == expect, "replica {i} returned other bytes");
+            let (h, data) = p
+                .call(read_req(id, 65_000, 5000, &tokens[i]), &[])
+                .await
+                .unwrap();
+            assert_eq!(h.status, Status::Ok);
+            assert_eq!(data, expect[65_000..70_000]);
+        }
+        id
+    });
+    // Every node reports the chunk to the control server.
+    wait_until(
+        Duration::from_secs(5),
+        || cluster_map(port).iter().filter(|n| n.chunks == 1).count() == 3,
+        || format!("chunk counts: {:?}", cluster_map(port)),
+    );
+    // After a restart the replica still serves the chunk (with an implicit lock).
+    let n2 = nodes.into_iter().nth(2).unwrap();
+    let name = n2.data.file_name().unwrap().to_str().unwrap().to_string();
+    drop(n2);
+    let n2 = start_node(dir.path(), &name, port, &["--cores", "2"]);
+    let ep = n2.endpoint_for(chunk);
+    on_glommio(move || async move {
+        let p = Peer::connect(&ep).await.unwrap();
+        let mut h = Header::request(0, Op::Read);
+        h.chunk_id = chunk;
+        h.length = 1 << 20;
+        h.implicit_lock = LockMode::Read;
+        h.client_id = 5;
+        let (r, data) = p.call(h, &[]).await.unwrap();
+        assert_eq!(r.status, Status::Ok, "{}", r.message);
+        assert_eq!(data.len(), 1 << 20);
+        assert_eq!(r.chunk_length, 1 << 20);
+    });
+}
+
+#[test]
+fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _control = start_control(dir.path(), port);
+    let node = start_node(dir.path(), "n1", port, &["--cores", "2"]);
+    let eps = node.endpoints.clone();
+    on_glommio(move || async move {
+        let p = Peer::connect(&eps[0]).await.unwrap();
+        let (r, _) = p
+            .call(reserve_req(1, 1 << 20, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Ok);
+        let id = r.chunk_id;
+        let (w, _) = p
+            .call(write_req(id, 0, &r.token, vec![]), &pattern(10_000, 3))
+            .await
+            .unwrap();
+        assert_eq!(w.status, Status::Ok, "{}", w.message);
+
+        // A second client waits for the write lock; the grant is pushed when
+        // the holder unlocks.
+        let p2 = Peer::connect(&eps[0]).await.unwrap();
+        let mut lock = Header::request(0, Op::Lock);
+        lock.chunk_id = id;
+        lock.client_id = 2;
+        lock.lock_mode = LockMode::Read;
+        lock.timeout_ms = 5000;
+        let waiter = glommio::spawn_local({
+            let p2 = p2.clone();
+            let lock = lock.clone();
+            async move { p2.lock(lock).await.unwrap() }
+        });
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let mut unlock = Header::request(0, Op::Unlock);
+        unlock.chunk_id = id;
+        unlock.token = r.token.clone();
+        let (u, _) = p.call(unlock.clone(), &[]).await.unwrap();
+        assert_eq!(u.status, Status::Ok);
+        let (wait, granted) = waiter.await;
+        assert_eq!(wait.map(|h| h.status), Some(Status::Wait));
+        assert_eq!(granted.op, Op::LockGranted);
+        assert_eq!(granted.status, Status::Ok, "{}", granted.message);
+        let read_token = granted.token.clone();
+        // A read lock does not permit writing.
+        let (e, _) = p2
+            .call(write_req(id, 0, &read_token, vec![]), b"x")
+            .await
+            .unwrap();
+        assert_eq!(e.status, Status::BadToken, "{}", e.message);
+        // A writer without waiting is refused while the read lock is held.
+        let mut wl = lock.clone();
+        wl.lock_mode = LockMode::Write;
+        wl.client_id = 3;
+        wl.timeout_ms = 0;
+        let (e, _) = p.call(wl.clone(), &[]).await.unwrap();
+        assert_eq!(e.status, Status::Busy);
+        // A waiting writer times out.
+        wl.timeout_ms = 100;
+        let (wait, fin) = p.lock(wl).await.unwrap();
+        assert_eq!(wait.map(|h| h.status), Some(Status::Wait));
+        assert_eq!(fin.status, Status::Timeout);
+
+        // Forged, altered and stale tokens.
+        let mut forged = read_token.clone();
+        forged.mac[0] ^= 1;
+        let (e, _) = p.call(read_req(id, 0, 10, &forged), &[]).await.unwrap();
+        assert_eq!(e.status, Status::BadToken);
+        let (e, _) = p.call(read_req(id, 0, 10, &r.token), &[]).await.unwrap();
+        assert_eq!(e.status, Status::BadToken, "released token is stale");
+        let (ok, data) = p.call(read_req(id, 0, 10, &read_token), &[]).await.unwrap();
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(data, pattern(10, 3));
+        // Unknown chunk, write without reservation, bad ranges, no lock at all.
+        let unknown = ChunkId::new(999, 0);
+        let owner = &eps[unknown.shard(2)];
+        let q = Peer::connect(owner).await.unwrap();
+        let mut h = read_req(unknown, 0, 10, &Token::default());
+        h.implicit_lock = LockMode::Read;
+        let (e, _) = q.call(h, &[]).await.unwrap();
+        assert_eq!(e.status, Status::NotFound, "{}", e.message);
+        let mut h = write_req(unknown, 0, &Token::default(), vec![]);
+        h.implicit_lock = LockMode::Write;
+        let (e, _) = q.call(h, b"data").await.unwrap();
+        assert_eq!(e.status, Status::NotFound, "{}", e.message);
+        let (e, _) = p
+            .call(read_req(id, 0, 10, &Token::default()), &[])
+            .await
+            .unwrap();
+        assert_eq!(e.status, Status::BadToken);
+        let mut h = read_req(id, 0, 10, &read_token);
+        h.offset = u64::MAX - 3;
+        let (e, _) = p2.call(h, &[]).await.unwrap();
+        assert_eq!(e.status, Status::InvalidArgument, "{}", e.message);
+        let (e, _) = p
+            .call(reserve_req(1, 1 << 40, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(e.status, Status::InvalidArgument);
+        // Wrong shard.
+        let other = &eps[1 - id.shard(2)];
+        let q = Peer::connect(other).await.unwrap();
+        let (e, _) = q.call(read_req(id, 0, 10, &read_token), &[]).await.unwrap();
+        assert_eq!(e.status, Status::WrongShard);
+        // The connection is still usable after all these errors.
+        let (ok, _) = p2
+            .call(read_req(id, 0, 10, &read_token), &[])
+            .await
+            .unwrap();
+        assert_eq!(ok.status, Status::Ok);
+    });
+    // A garbage frame gets a `malformed` error frame and closes only that connection.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&node.endpoints[0]).unwrap();
+    s.write_all(&[16, 0, 0, 0]).unwrap();
+    s.write_all(&[0xff; 16]).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut hdr = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut hdr).unwrap();
+    let h = ringfs_node::frame::decode_header(&hdr).unwrap();
+    assert_eq!(h.status, Status::Malformed, "{}", h.message);
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "connection closed");
+    let mut s = std::net::TcpStream::connect(&node.endpoints[0]).unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0x7f]).unwrap();
+    s.read_exact(&mut len).unwrap();
+    // The node still serves new connections.
+    let eps = node.endpoints.clone();
+    on_glommio(move || async move {
+        let p = Peer::connect(&eps[0]).await.unwrap();
+        let (r, _) = p
+            .call(reserve_req(1, 4096, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Ok);
+    });
+}
