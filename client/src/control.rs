@@ -205,8 +205,11 @@ impl ControlClient {
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
         let network = twoparty::VatNetwork::new(
-            reader.compat(),
-            writer.compat_write(),
+            // Buffered: capnp-futures reads a message in several small
+            // read_exact calls and writes it in several write_all calls,
+            // then flushes; buffering makes that about one syscall each.
+            tokio::io::BufReader::with_capacity(64 * 1024, reader).compat(),
+            tokio::io::BufWriter::with_capacity(64 * 1024, writer).compat_write(),
             rpc_twoparty_capnp::Side::Client,
             Default::default(),
         );

@@ -64,7 +64,14 @@ fn writer_loop(store: &MetaStore, rx: &mpsc::Receiver<Request>, max_batch: usize
                 Err(_) => break,
             }
         }
-        match store.apply_batch(&mutations) {
+        let started = std::time::Instant::now();
+        let outcome = store.apply_batch(&mutations);
+        tracing::debug!(
+            batch = mutations.len(),
+            commit_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        match outcome {
             Ok(results) => {
                 for (reply, result) in replies.drain(..).zip(results) {
                     // A caller that went away no longer needs the answer.
