@@ -442,7 +442,8 @@ pub fn validate_layout(defaults: &FileDefaults, o: &CreateOptions) -> Result<(u3
     } else {
         o.chunk_size
     };
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % MIN_CHUNK_SIZE != 0
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        || !chunk_size.is_multiple_of(MIN_CHUNK_SIZE)
     {
         return bad(format!(
             "chunk size {chunk_size} must be a multiple of 4096 between 4 KiB and 1 GiB"
@@ -776,7 +777,7 @@ fn set_size(txn: &WriteTransaction, ino: u64, size: u64, now_ns: i64) -> Result<
         // The chunk holding the new end keeps only the bytes before it, so
         // that a later extension reads zeros there, not the old bytes.
         let first_dropped = size.div_ceil(cs);
-        if size % cs != 0 {
+        if !size.is_multiple_of(cs) {
             let mut chunks = txn.open_table(CHUNKS)?;
             let index = size / cs;
             let kept = chunks

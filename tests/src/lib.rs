@@ -4,12 +4,14 @@
 //! Binaries are built on first use with the cargo that runs the tests, so
 //! `cargo test` alone is enough.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
+
+pub use ringfs_bench::local;
+use ringfs_bench::process::Server;
 
 /// The cluster secret every test cluster uses.
 pub const SECRET: &str = "ringfs-test-secret-0123456789";
@@ -48,7 +50,7 @@ pub fn write_secret(dir: &Path) -> PathBuf {
 
 /// A running `ringfs-control`. Dropping it kills the process.
 pub struct ControlProcess {
-    child: Child,
+    server: Server,
     pub addr: SocketAddr,
     pub data: PathBuf,
 }
@@ -59,66 +61,29 @@ impl ControlProcess {
     pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let data = dir.join("control");
         let secret = write_secret(dir);
-        let mut child = Command::new(binary("ringfs-control", "ringfs-control"))
-            .args(["--listen", listen, "--data"])
+        let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
+        cmd.args(["--listen", listen, "--data"])
             .arg(&data)
             .arg("--secret-file")
             .arg(&secret)
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
+            .env("RUST_LOG", "warn");
+        let server = Server::spawn(cmd, "ringfs-control listening on ", Duration::from_secs(30))
             .expect("starting ringfs-control");
-        let addr = wait_for_listen_line(&mut child, "ringfs-control listening on ");
-        ControlProcess { child, addr, data }
+        ControlProcess {
+            addr: server.addr,
+            server,
+            data,
+        }
     }
 
     /// kill -9: no chance to flush or clean up.
     pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.kill9();
     }
 
     /// The process id (to send signals).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.server.pid()
     }
-}
-
-impl Drop for ControlProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads the child's stdout until a line `prefix ADDR`, within 30 s.
-fn wait_for_listen_line(child: &mut Child, prefix: &'static str) -> SocketAddr {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix(prefix) {
-                let _ = tx.send(addr.trim().parse::<SocketAddr>());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(Ok(addr)) => addr,
-        Ok(Err(e)) => panic!("bad address in {prefix:?} line: {e}"),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("process did not print {prefix:?} within 30 s")
-        }
-    }
-}
-
-/// Runs `f` on a current-thread runtime inside a `LocalSet`, as the
-/// client's RPC needs.
-pub fn local<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    tokio::task::LocalSet::new().block_on(&rt, f)
 }
