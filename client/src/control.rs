@@ -16,6 +16,7 @@ use ringfs_schema::control_capnp::{
     attr, chunk_record, cluster_map, control, file_handle, map_watcher, subscription, FileKind,
     OpenMode,
 };
+use ringfs_schema::{read_chunk_id, write_chunk_id};
 use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
@@ -173,10 +174,9 @@ pub fn read_map(m: cluster_map::Reader) -> Result<ClusterMap> {
 }
 
 fn read_chunk(r: chunk_record::Reader) -> Result<ChunkRecord> {
-    let id = r.get_chunk_id()?;
     Ok(ChunkRecord {
         index: r.get_index(),
-        chunk_id: ((id.get_hi() as u128) << 64) | id.get_lo() as u128,
+        chunk_id: read_chunk_id(r.get_chunk_id()?),
         replicas: r.get_replicas()?.iter().collect(),
         length: r.get_length(),
         version: r.get_version(),
@@ -185,9 +185,7 @@ fn read_chunk(r: chunk_record::Reader) -> Result<ChunkRecord> {
 
 fn fill_chunk(mut b: chunk_record::Builder, c: &ChunkRecord) {
     b.set_index(c.index);
-    let mut id = b.reborrow().init_chunk_id();
-    id.set_hi((c.chunk_id >> 64) as u64);
-    id.set_lo(c.chunk_id as u64);
+    write_chunk_id(b.reborrow().init_chunk_id(), c.chunk_id);
     b.set_length(c.length);
     b.set_version(c.version);
     let mut reps = b.init_replicas(c.replicas.len() as u32);

@@ -16,7 +16,7 @@ use ringfs_schema::control_capnp::{
     attr, chunk_record, cluster_map, control, file_handle, map_watcher, subscription, FileKind,
     OpenMode,
 };
-use ringfs_schema::PROTOCOL_VERSION;
+use ringfs_schema::{read_chunk_id, write_chunk_id, PROTOCOL_VERSION};
 
 use crate::error::{ControlError, Result};
 use crate::group_commit::Committer;
@@ -193,7 +193,7 @@ fn read_capacity(c: capacity::Reader) -> Capacity {
 }
 
 fn read_chunk_record(r: chunk_record::Reader) -> Result<(u64, Chunk)> {
-    let id = r.get_chunk_id()?;
+    let id = read_chunk_id(r.get_chunk_id()?);
     let replicas = r.get_replicas()?;
     if replicas.len() > u8::MAX as u32 {
         return Err(ControlError::InvalidArgument("too many replicas".into()));
@@ -201,7 +201,7 @@ fn read_chunk_record(r: chunk_record::Reader) -> Result<(u64, Chunk)> {
     Ok((
         r.get_index(),
         Chunk {
-            id: ((id.get_hi() as u128) << 64) | id.get_lo() as u128,
+            id,
             replicas: replicas.iter().collect(),
             length: r.get_length(),
             version: r.get_version(),
@@ -211,9 +211,7 @@ fn read_chunk_record(r: chunk_record::Reader) -> Result<(u64, Chunk)> {
 
 fn fill_chunk_record(mut b: chunk_record::Builder, index: u64, c: &Chunk) {
     b.set_index(index);
-    let mut id = b.reborrow().init_chunk_id();
-    id.set_hi((c.id >> 64) as u64);
-    id.set_lo(c.id as u64);
+    write_chunk_id(b.reborrow().init_chunk_id(), c.id);
     b.set_length(c.length);
     b.set_version(c.version);
     let mut reps = b.init_replicas(c.replicas.len() as u32);
@@ -580,9 +578,8 @@ impl control::Server for ControlImpl {
                 .get_chunks()?
                 .iter()
                 .map(|c| {
-                    let id = c.get_chunk_id()?;
                     Ok((
-                        ((id.get_hi() as u128) << 64) | id.get_lo() as u128,
+                        read_chunk_id(c.get_chunk_id()?),
                         c.get_version(),
                         c.get_length(),
                     ))

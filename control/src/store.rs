@@ -496,8 +496,6 @@ fn create(
             (false, Kind::File) => Ok(Outcome::Attr(ino, attr)),
         };
     }
-    let mut counters = txn.open_table(COUNTERS)?;
-    let ino = next_counter(&mut counters, NEXT_INODE)?;
     let attr = Inode {
         kind: Kind::File,
         parent,
@@ -509,9 +507,30 @@ fn create(
         write_quorum,
         version: 1,
     };
+    link_new(
+        txn,
+        &mut inodes,
+        &mut dirents,
+        (parent, &mut parent_attr),
+        name,
+        attr,
+    )
+}
+
+/// Allocates an inode number for `attr` (new, checks done), links it as
+/// `name` in `parent`, and touches the parent.
+fn link_new(
+    txn: &WriteTransaction,
+    inodes: &mut redb::Table<u64, &[u8]>,
+    dirents: &mut redb::Table<(u64, &str), u64>,
+    (parent, parent_attr): (u64, &mut Inode),
+    name: &str,
+    attr: Inode,
+) -> Result<Outcome> {
+    let ino = next_counter(&mut txn.open_table(COUNTERS)?, NEXT_INODE)?;
     inodes.insert(ino, attr.encode().as_slice())?;
     dirents.insert((parent, name), ino)?;
-    touch(&mut parent_attr, now_ns);
+    touch(parent_attr, attr.mtime_ns);
     inodes.insert(parent, parent_attr.encode().as_slice())?;
     Ok(Outcome::Attr(ino, attr))
 }
@@ -529,7 +548,6 @@ fn mkdir(txn: &WriteTransaction, path: &str, mode: u32, now_ns: i64) -> Result<O
     if dirents.get((parent, name))?.is_some() {
         return Err(ControlError::Exists(path.to_string()));
     }
-    let ino = next_counter(&mut txn.open_table(COUNTERS)?, NEXT_INODE)?;
     let attr = Inode {
         kind: Kind::Directory,
         parent,
@@ -541,11 +559,14 @@ fn mkdir(txn: &WriteTransaction, path: &str, mode: u32, now_ns: i64) -> Result<O
         write_quorum: 0,
         version: 1,
     };
-    inodes.insert(ino, attr.encode().as_slice())?;
-    dirents.insert((parent, name), ino)?;
-    touch(&mut parent_attr, now_ns);
-    inodes.insert(parent, parent_attr.encode().as_slice())?;
-    Ok(Outcome::Attr(ino, attr))
+    link_new(
+        txn,
+        &mut inodes,
+        &mut dirents,
+        (parent, &mut parent_attr),
+        name,
+        attr,
+    )
 }
 
 fn is_empty_dir(dirents: &impl ReadableTable<(u64, &'static str), u64>, ino: u64) -> Result<bool> {

@@ -22,3 +22,14 @@ pub mod data_capnp {
 pub const PROTOCOL_VERSION: u32 = common_capnp::PROTOCOL_VERSION;
 
 pub mod wire_error;
+
+/// A 128-bit chunk id from its wire form (`hi` = minting node, `lo` = counter).
+pub fn read_chunk_id(r: common_capnp::chunk_id::Reader<'_>) -> u128 {
+    ((r.get_hi() as u128) << 64) | r.get_lo() as u128
+}
+
+/// Writes a 128-bit chunk id in its wire form.
+pub fn write_chunk_id(mut b: common_capnp::chunk_id::Builder<'_>, id: u128) {
+    b.set_hi((id >> 64) as u64);
+    b.set_lo(id as u64);
+}
