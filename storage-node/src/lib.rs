@@ -3,6 +3,7 @@
 
 pub mod chunk_file;
 pub mod chunk_store;
+pub mod cli;
 pub mod config;
 pub mod control_link;
 pub mod frame;

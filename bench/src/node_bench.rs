@@ -1,0 +1,537 @@
+//! `ringfs-bench node`: drives one storage node over loopback and compares
+//! it with the raw disk.
+//!
+//! It starts its own control server and a node (data in a temporary
+//! directory), then runs, over the data-plane protocol:
+//! - `seq_write_1m`: 1 MiB writes, 16 in flight (16 chunks written front to
+//!   back concurrently: one chunk takes one write at a time),
+//! - `seq_read_1m`: 1 MiB reads of those chunks, 16 in flight,
+//! - `rand_read_4k`: 4 KiB reads at random aligned offsets, 64 in flight,
+//!
+//! and the same patterns with io_uring + O_DIRECT on files in the same
+//! directory ([`crate::raw_disk`]); each report carries the ratio
+//! node / raw (throughput for sequential workloads, IOPS for random reads).
+
+use crate::raw_disk::{self, Pattern};
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use ringfs_node::frame::{Header, Op, Status, Token};
+use ringfs_node::ids::ChunkId;
+use ringfs_node::peer::Peer;
+use serde::Serialize;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How to start the servers: a program and leading arguments each.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// e.g. `[<bench exe>, "__control"]` or `[".../ringfs-control"]`.
+    pub control: Vec<OsString>,
+    /// e.g. `[<bench exe>, "__node"]` or `[".../ringfs-node"]`.
+    pub node: Vec<OsString>,
+}
+
+impl Launcher {
+    /// `ringfs-control` and `ringfs-node` next to the running executable.
+    pub fn sibling_binaries() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        Ok(Self {
+            control: vec![exe.with_file_name("ringfs-control").into()],
+            node: vec![exe.with_file_name("ringfs-node").into()],
+        })
+    }
+
+    /// Hidden subcommands of one binary, e.g. `__control` and `__node`.
+    pub fn subcommands(exe: PathBuf, control: &str, node: &str) -> Self {
+        Self {
+            control: vec![exe.clone().into(), control.into()],
+            node: vec![exe.into(), node.into()],
+        }
+    }
+}
+
+/// Knobs of the node benchmark.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub launcher: Launcher,
+    /// Parent of the temporary directory (node data and raw files); the
+    /// system temp dir if None.
+    pub dir: Option<PathBuf>,
+    /// The node's `--cores` (default "1,": one shard on core 1).
+    pub node_cores: String,
+    /// Core the load generator is pinned to (default 0).
+    pub client_core: usize,
+    /// Chunks (and raw files) of the sequential workloads.
+    pub chunks: usize,
+    /// Bytes per chunk / raw file.
+    pub chunk_bytes: u64,
+    /// Operations of the random-read workload.
+    pub random_reads: u64,
+}
+
+impl Options {
+    pub fn new(launcher: Launcher) -> Self {
+        Self {
+            launcher,
+            dir: None,
+            node_cores: "1,".into(),
+            client_core: 0,
+            chunks: 16,
+            chunk_bytes: 64 << 20,
+            random_reads: 200_000,
+        }
+    }
+}
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    pub throughput_mib_s: f64,
+    pub ops_per_s: f64,
+    pub latency_us: Latency,
+}
+
+/// One workload's figures (the JSON array element).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadReport {
+    pub workload: String,
+    pub block_bytes: usize,
+    pub in_flight: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub throughput_mib_s: f64,
+    pub ops_per_s: f64,
+    pub latency_us: Latency,
+    pub baseline: Baseline,
+    /// Node / raw: throughput for sequential workloads, ops/s for random reads.
+    pub ratio: f64,
+}
+
+/// A child process killed (by pid) when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn command(argv: &[OsString]) -> anyhow::Result<Command> {
+    let (prog, args) = argv.split_first().context("empty launcher command")?;
+    let mut c = Command::new(prog);
+    c.args(args);
+    Ok(c)
+}
+
+/// Spawns `cmd` and collects stdout lines containing `needle` until `want` arrived.
+fn spawn_and_wait(
+    mut cmd: Command,
+    needle: &'static str,
+    want: usize,
+) -> anyhow::Result<(ChildGuard, Vec<String>)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawning a server")?;
+    let stdout = child.stdout.take().expect("piped");
+    let guard = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split(needle).nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let mut found = Vec::new();
+    while found.len() < want {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => found.push(a),
+            Err(_) => bail!("server did not print {needle:?} {want} times within 30 s"),
+        }
+    }
+    Ok((guard, found))
+}
+
+/// Runs the benchmark; returns one report per workload.
+pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
+    let parent = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::tempdir_in(&parent)
+        .with_context(|| format!("temporary directory in {}", parent.display()))?;
+    let dir = tmp.path();
+    let secret = dir.join("secret");
+    std::fs::write(
+        &secret,
+        format!(
+            "node-bench-secret-{:x}",
+            std::process::id() as u64 * 0x9e37_79b9
+        ),
+    )?;
+
+    let control_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut cmd = command(&opts.launcher.control)?;
+    cmd.args(["--listen", &format!("127.0.0.1:{control_port}")])
+        .arg("--data")
+        .arg(dir.join("control"))
+        .arg("--secret-file")
+        .arg(&secret)
+        .stderr(Stdio::null());
+    let (_control, _) =
+        spawn_and_wait(cmd, "listening on ", 1).context("starting the control server")?;
+
+    let shards = ringfs_node_shards(&opts.node_cores)?;
+    let node_data = dir.join("node");
+    let mut cmd = command(&opts.launcher.node)?;
+    cmd.args([
+        "--control",
+        &format!("127.0.0.1:{control_port}"),
+        "--listen",
+        "127.0.0.1",
+    ])
+    .args(["--cores", &opts.node_cores])
+    .arg("--data")
+    .arg(&node_data)
+    .arg("--secret-file")
+    .arg(&secret)
+    .stderr(Stdio::null());
+    let (_node, endpoints) =
+        spawn_and_wait(cmd, "listening on ", shards).context("starting the node")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node_data.join("node-identity").exists() {
+        if Instant::now() > deadline {
+            bail!("the node did not join the control server within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let o = opts.clone();
+    let node_results =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(opts.client_core))
+            .io_memory(1 << 20)
+            .name("node-bench-client")
+            .spawn(move || async move { drive_node(&o, &endpoints).await })
+            .map_err(|e| anyhow::anyhow!("starting the load generator: {e}"))?
+            .join()
+            .map_err(|e| anyhow::anyhow!("load generator: {e}"))??;
+
+    let raw_dir = dir.join("raw");
+    let mib = 1 << 20;
+    let raw = [
+        raw_disk::run(
+            &raw_dir,
+            opts.chunks,
+            opts.chunk_bytes,
+            mib,
+            16,
+            Pattern::SeqWrite,
+        )?,
+        raw_disk::run(
+            &raw_dir,
+            opts.chunks,
+            opts.chunk_bytes,
+            mib,
+            16,
+            Pattern::SeqRead,
+        )?,
+        raw_disk::run(
+            &raw_dir,
+            opts.chunks,
+            opts.chunk_bytes,
+            4096,
+            64,
+            Pattern::RandRead {
+                ops: opts.random_reads,
+                seed: 0x1234_5678,
+            },
+        )?,
+    ];
+    let mut reports = Vec::new();
+    for (n, r) in node_results.into_iter().zip(raw) {
+        let secs = r.elapsed.as_secs_f64();
+        let baseline = Baseline {
+            throughput_mib_s: r.bytes as f64 / mib as f64 / secs,
+            ops_per_s: r.ops as f64 / secs,
+            latency_us: Latency::of(&r.latency),
+        };
+        let ratio = if n.workload.starts_with("rand") {
+            n.ops_per_s / baseline.ops_per_s
+        } else {
+            n.throughput_mib_s / baseline.throughput_mib_s
+        };
+        reports.push(WorkloadReport {
+            baseline,
+            ratio,
+            ..n
+        });
+    }
+    Ok(reports)
+}
+
+fn ringfs_node_shards(cores: &str) -> anyhow::Result<usize> {
+    Ok(ringfs_node::config::parse_cores(cores)?.len())
+}
+
+/// A chunk the load generator writes and reads, with its shard's connection.
+struct Target {
+    id: ChunkId,
+    token: Token,
+    peer: Rc<Peer>,
+}
+
+struct Measured {
+    ops: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Measured {
+    fn report(self, workload: &str, block: usize, in_flight: usize) -> WorkloadReport {
+        let secs = self.elapsed.as_secs_f64();
+        WorkloadReport {
+            workload: workload.into(),
+            block_bytes: block,
+            in_flight,
+            ops: self.ops,
+            seconds: secs,
+            throughput_mib_s: self.bytes as f64 / (1 << 20) as f64 / secs,
+            ops_per_s: self.ops as f64 / secs,
+            latency_us: Latency::of(&self.latency),
+            baseline: Baseline {
+                throughput_mib_s: 0.0,
+                ops_per_s: 0.0,
+                latency_us: Latency {
+                    p50: 0,
+                    p99: 0,
+                    p999: 0,
+                    max: 0,
+                },
+            },
+            ratio: 0.0,
+        }
+    }
+}
+
+async fn drive_node(opts: &Options, endpoints: &[String]) -> anyhow::Result<Vec<WorkloadReport>> {
+    const CLIENT: u64 = 1;
+    let shards = endpoints.len();
+    // A few connections per shard; chunks are spread over all shards.
+    let mut peers = Vec::new();
+    for ep in endpoints {
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            conns.push(Peer::connect(ep).await?);
+        }
+        peers.push(conns);
+    }
+    let mut targets = Vec::new();
+    for i in 0..opts.chunks {
+        let shard = i % shards;
+        let peer = peers[shard][(i / shards) % 4].clone();
+        let mut h = Header::request(0, Op::Reserve);
+        h.client_id = CLIENT;
+        h.reserve_bytes = opts.chunk_bytes;
+        h.lease_ms = 600_000;
+        let (r, _) = peer.call(h, &[]).await?;
+        if r.status != Status::Ok {
+            bail!("reserve failed: {:?} {}", r.status, r.message);
+        }
+        targets.push(Target {
+            id: r.chunk_id,
+            token: r.token,
+            peer,
+        });
+    }
+    let targets = Rc::new(targets);
+    let mib = 1usize << 20;
+    let blocks = opts.chunk_bytes / mib as u64;
+    let payload = Rc::new(vec![0x5au8; mib]);
+
+    // Sequential writes: stream s writes chunk s front to back.
+    let write = run_streams(
+        targets.clone(),
+        targets.len(),
+        move |t: Rc<Vec<Target>>, s: usize, k: u64| {
+            let payload = payload.clone();
+            async move {
+                if k >= blocks {
+                    return Ok(None);
+                }
+                let tg = &t[s];
+                let mut h = Header::request(0, Op::Write);
+                h.chunk_id = tg.id;
+                h.offset = k * mib as u64;
+                h.token = tg.token.clone();
+                let (r, _) = tg.peer.call(h, &payload).await?;
+                if r.status != Status::Ok {
+                    bail!("write failed: {:?} {}", r.status, r.message);
+                }
+                Ok(Some(mib as u64))
+            }
+        },
+    )
+    .await?;
+    let read = run_streams(
+        targets.clone(),
+        targets.len(),
+        move |t: Rc<Vec<Target>>, s: usize, k: u64| async move {
+            if k >= blocks {
+                return Ok(None);
+            }
+            let tg = &t[s];
+            let mut h = Header::request(0, Op::Read);
+            h.chunk_id = tg.id;
+            h.offset = k * mib as u64;
+            h.length = mib as u32;
+            h.token = tg.token.clone();
+            let (r, data) = tg.peer.call(h, &[]).await?;
+            if r.status != Status::Ok || data.len() != mib {
+                bail!(
+                    "read failed: {:?} {} ({} bytes)",
+                    r.status,
+                    r.message,
+                    data.len()
+                );
+            }
+            Ok(Some(mib as u64))
+        },
+    )
+    .await?;
+    let per_stream = opts.random_reads / 64;
+    let chunk_pages = opts.chunk_bytes / 4096;
+    let rand = run_streams(
+        targets.clone(),
+        64,
+        move |t: Rc<Vec<Target>>, s: usize, k: u64| async move {
+            if k >= per_stream {
+                return Ok(None);
+            }
+            let mut x = ringfs_node::ids::mix64((s as u64) << 32 | k);
+            let tg = &t[(x % t.len() as u64) as usize];
+            x = ringfs_node::ids::mix64(x);
+            let mut h = Header::request(0, Op::Read);
+            h.chunk_id = tg.id;
+            h.offset = (x % chunk_pages) * 4096;
+            h.length = 4096;
+            h.token = tg.token.clone();
+            let (r, data) = tg.peer.call(h, &[]).await?;
+            if r.status != Status::Ok || data.len() != 4096 {
+                bail!("random read failed: {:?} {}", r.status, r.message);
+            }
+            Ok(Some(4096))
+        },
+    )
+    .await?;
+    Ok(vec![
+        write.report("seq_write_1m", mib, targets.len()),
+        read.report("seq_read_1m", mib, targets.len()),
+        rand.report("rand_read_4k", 4096, 64),
+    ])
+}
+
+/// Runs `streams` concurrent loops; loop `s` calls `op(targets, s, k)` for
+/// k = 0, 1, ... until it returns `None`, timing every call.
+async fn run_streams<F, Fut>(
+    targets: Rc<Vec<Target>>,
+    streams: usize,
+    op: F,
+) -> anyhow::Result<Measured>
+where
+    F: Fn(Rc<Vec<Target>>, usize, u64) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<u64>>> + 'static,
+{
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let op = op.clone();
+        let targets = targets.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("bounds");
+            let (mut ops, mut bytes) = (0u64, 0u64);
+            for k in 0.. {
+                let start = Instant::now();
+                match op(targets.clone(), s, k).await? {
+                    None => break,
+                    Some(b) => {
+                        h.saturating_record(start.elapsed().as_micros() as u64);
+                        ops += 1;
+                        bytes += b;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((ops, bytes, h))
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("bounds");
+    let (mut ops, mut bytes) = (0, 0);
+    for t in tasks {
+        let (o, b, h) = t.await?;
+        ops += o;
+        bytes += b;
+        latency
+            .add(&h)
+            .map_err(|e| anyhow::anyhow!("merging histograms: {e}"))?;
+    }
+    Ok(Measured {
+        ops,
+        bytes,
+        elapsed: t0.elapsed(),
+        latency,
+    })
+}
+
+/// A human-readable table of the reports.
+pub fn print_table(reports: &[WorkloadReport]) {
+    println!(
+        "{:<14} {:>10} {:>10} {:>8} {:>8} {:>8} | {:>10} {:>10} | {:>6}",
+        "workload",
+        "MiB/s",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "raw MiB/s",
+        "raw ops/s",
+        "ratio"
+    );
+    for r in reports {
+        println!(
+            "{:<14} {:>10.1} {:>10.0} {:>8} {:>8} {:>8} | {:>10.1} {:>10.0} | {:>5.0}%",
+            r.workload,
+            r.throughput_mib_s,
+            r.ops_per_s,
+            r.latency_us.p50,
+            r.latency_us.p99,
+            r.latency_us.p999,
+            r.baseline.throughput_mib_s,
+            r.baseline.ops_per_s,
+            r.ratio * 100.0
+        );
+    }
+}

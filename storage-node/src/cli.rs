@@ -1,0 +1,46 @@
+//! The `ringfs-node` command line, callable from other binaries (the bench
+//! launcher runs the node as a hidden subcommand of itself).
+
+use crate::config::{Cli, NodeConfig};
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Parses `args` (program name first) and runs the node until it fails.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cfg = match NodeConfig::resolve(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringfs-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::node::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringfs-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
