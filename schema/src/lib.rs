@@ -21,7 +21,16 @@ pub mod data_capnp {
 /// The wire protocol version this build speaks (see `common.capnp`).
 pub const PROTOCOL_VERSION: u32 = common_capnp::PROTOCOL_VERSION;
 
+pub mod frame;
+pub mod ids;
+pub mod wire;
 pub mod wire_error;
+
+pub use ids::ChunkId;
+
+/// Largest chunk a storage node stores, in bytes (64 MiB): also the largest
+/// data-plane payload. Files may use smaller chunk sizes, never larger ones.
+pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 
 /// A 128-bit chunk id from its wire form (`hi` = minting node, `lo` = counter).
 pub fn read_chunk_id(r: common_capnp::chunk_id::Reader<'_>) -> u128 {

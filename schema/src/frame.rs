@@ -1,0 +1,377 @@
+//! Data-plane framing: `u32` little-endian header length, a Cap'n Proto
+//! `FrameHeader` (standard serialization), then `payload_length` raw bytes.
+//!
+//! [`Header`] is the decoded, owned form of a `FrameHeader`; [`decode_header`]
+//! validates everything a peer could get wrong without panicking (it is the
+//! target of the fuzzer under `storage-node/fuzz`).
+//!
+//! Runtime-independent: shared by the storage node (glommio) and the client
+//! library (tokio).
+
+use crate::data_capnp::{frame_header, lock_token};
+pub use crate::data_capnp::{LockMode, Op, Status};
+use crate::ids::ChunkId;
+
+/// Largest accepted header, in bytes (a header with a long chain or message
+/// stays far below it).
+pub const MAX_HEADER_LEN: usize = 64 * 1024;
+/// Largest accepted payload, in bytes: one whole chunk.
+pub const MAX_PAYLOAD_LEN: usize = crate::MAX_CHUNK_SIZE as usize;
+/// Most hops a chain may list.
+pub const MAX_CHAIN: usize = 15;
+/// Longest MAC accepted in a token, in bytes.
+pub const MAX_MAC_LEN: usize = 64;
+
+/// Why a frame could not be decoded. All of them lose the framing, so the
+/// connection is closed after a `malformed` error frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("header length {0} outside 8..={MAX_HEADER_LEN} or not a multiple of 8")]
+    HeaderLength(usize),
+    #[error("header is not a valid Cap'n Proto FrameHeader: {0}")]
+    Capnp(String),
+    #[error("header has {0} trailing bytes after the message")]
+    Trailing(usize),
+    #[error("payload length {0} exceeds the limit {MAX_PAYLOAD_LEN}")]
+    PayloadTooLong(u64),
+    #[error("chain of {0} hops exceeds the limit {MAX_CHAIN}")]
+    ChainTooLong(usize),
+    #[error("token MAC of {0} bytes exceeds the limit {MAX_MAC_LEN}")]
+    MacTooLong(usize),
+    #[error("unknown {field} value {value}")]
+    UnknownEnum { field: &'static str, value: u16 },
+}
+
+/// A lock token as carried on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Token {
+    pub client_id: u64,
+    pub generation: u64,
+    pub mac: Vec<u8>,
+}
+
+impl Token {
+    /// A token with an empty MAC means "no token".
+    pub fn is_present(&self) -> bool {
+        !self.mac.is_empty()
+    }
+}
+
+/// One further replica of a chain write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hop {
+    pub node_id: u64,
+    pub address: String,
+    pub token: Token,
+}
+
+/// The owned form of a `FrameHeader`; field meanings and units are documented
+/// in `schema/data.capnp`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub request_id: u64,
+    pub op: Op,
+    pub status: Status,
+    pub message: String,
+    pub chunk_id: ChunkId,
+    pub offset: u64,
+    pub length: u32,
+    pub payload_length: u32,
+    pub version: u64,
+    pub client_id: u64,
+    pub token: Token,
+    pub lock_mode: LockMode,
+    pub implicit_lock: LockMode,
+    pub lease_ms: u32,
+    pub timeout_ms: u32,
+    pub chain: Vec<Hop>,
+    pub write_quorum: u8,
+    pub durable_replicas: u8,
+    pub reserve_bytes: u64,
+    pub chunk_length: u64,
+}
+
+impl Header {
+    /// A request header for `op` with everything else zero/empty.
+    pub fn request(request_id: u64, op: Op) -> Self {
+        Self {
+            request_id,
+            op,
+            status: Status::Ok,
+            message: String::new(),
+            chunk_id: ChunkId::default(),
+            offset: 0,
+            length: 0,
+            payload_length: 0,
+            version: 0,
+            client_id: 0,
+            token: Token::default(),
+            lock_mode: LockMode::None,
+            implicit_lock: LockMode::None,
+            lease_ms: 0,
+            timeout_ms: 0,
+            chain: Vec::new(),
+            write_quorum: 0,
+            durable_replicas: 0,
+            reserve_bytes: 0,
+            chunk_length: 0,
+        }
+    }
+
+    /// A response to `req`: same request id, op and chunk id.
+    pub fn response_to(req: &Header, status: Status) -> Self {
+        let mut h = Self::request(req.request_id, req.op);
+        h.status = status;
+        h.chunk_id = req.chunk_id;
+        h
+    }
+
+    /// An error response to `req` with `message`.
+    pub fn error_to(req: &Header, status: Status, message: impl Into<String>) -> Self {
+        let mut h = Self::response_to(req, status);
+        h.message = message.into();
+        h
+    }
+}
+
+fn read_token(r: lock_token::Reader<'_>) -> Result<Token, FrameError> {
+    let mac = r.get_mac().map_err(capnp_err)?;
+    if mac.len() > MAX_MAC_LEN {
+        return Err(FrameError::MacTooLong(mac.len()));
+    }
+    Ok(Token {
+        client_id: r.get_client_id(),
+        generation: r.get_generation(),
+        mac: mac.to_vec(),
+    })
+}
+
+fn write_token(mut b: lock_token::Builder<'_>, t: &Token) {
+    b.set_client_id(t.client_id);
+    b.set_generation(t.generation);
+    b.set_mac(&t.mac);
+}
+
+fn capnp_err(e: capnp::Error) -> FrameError {
+    FrameError::Capnp(e.to_string())
+}
+
+fn enum_err(field: &'static str) -> impl Fn(capnp::NotInSchema) -> FrameError {
+    move |e| FrameError::UnknownEnum { field, value: e.0 }
+}
+
+/// Checks a header length prefix before reading the header itself.
+pub fn check_header_len(len: usize) -> Result<(), FrameError> {
+    if !(8..=MAX_HEADER_LEN).contains(&len) || !len.is_multiple_of(8) {
+        return Err(FrameError::HeaderLength(len));
+    }
+    Ok(())
+}
+
+/// Decodes the `H` header bytes of a frame (without the length prefix).
+pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
+    check_header_len(bytes.len())?;
+    let mut opts = capnp::message::ReaderOptions::new();
+    // A header is small: bound the work a hostile one can cause.
+    opts.traversal_limit_in_words(Some(MAX_HEADER_LEN / 8 * 2));
+    opts.nesting_limit(8);
+    // Cap'n Proto reads words in place: copy the (small) header into an
+    // 8-byte aligned buffer whatever the alignment of the caller's bytes.
+    let mut words = capnp::Word::allocate_zeroed_vec(bytes.len() / 8);
+    capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(bytes);
+    let mut slice = capnp::Word::words_to_bytes(&words);
+    let msg =
+        capnp::serialize::read_message_from_flat_slice(&mut slice, opts).map_err(capnp_err)?;
+    if !slice.is_empty() {
+        return Err(FrameError::Trailing(slice.len()));
+    }
+    let r: frame_header::Reader<'_> = msg.get_root().map_err(capnp_err)?;
+    let payload_length = r.get_payload_length();
+    if payload_length as u64 > MAX_PAYLOAD_LEN as u64 {
+        return Err(FrameError::PayloadTooLong(payload_length as u64));
+    }
+    let chunk_id = if r.has_chunk_id() {
+        let c = r.get_chunk_id().map_err(capnp_err)?;
+        ChunkId::new(c.get_hi(), c.get_lo())
+    } else {
+        ChunkId::default()
+    };
+    let token = if r.has_token() {
+        read_token(r.get_token().map_err(capnp_err)?)?
+    } else {
+        Token::default()
+    };
+    let mut chain = Vec::new();
+    if r.has_chain() {
+        let list = r.get_chain().map_err(capnp_err)?;
+        if list.len() as usize > MAX_CHAIN {
+            return Err(FrameError::ChainTooLong(list.len() as usize));
+        }
+        for hop in list.iter() {
+            let token = if hop.has_token() {
+                read_token(hop.get_token().map_err(capnp_err)?)?
+            } else {
+                Token::default()
+            };
+            let address = hop
+                .get_address()
+                .map_err(capnp_err)?
+                .to_string()
+                .map_err(|e| FrameError::Capnp(e.to_string()))?;
+            chain.push(Hop {
+                node_id: hop.get_node_id(),
+                address,
+                token,
+            });
+        }
+    }
+    let message = if r.has_message() {
+        r.get_message()
+            .map_err(capnp_err)?
+            .to_string()
+            .map_err(|e| FrameError::Capnp(e.to_string()))?
+    } else {
+        String::new()
+    };
+    Ok(Header {
+        request_id: r.get_request_id(),
+        op: r.get_op().map_err(enum_err("op"))?,
+        status: r.get_status().map_err(enum_err("status"))?,
+        message,
+        chunk_id,
+        offset: r.get_offset(),
+        length: r.get_length(),
+        payload_length,
+        version: r.get_version(),
+        client_id: r.get_client_id(),
+        token,
+        lock_mode: r.get_lock_mode().map_err(enum_err("lockMode"))?,
+        implicit_lock: r.get_implicit_lock().map_err(enum_err("implicitLock"))?,
+        lease_ms: r.get_lease_ms(),
+        timeout_ms: r.get_timeout_ms(),
+        chain,
+        write_quorum: r.get_write_quorum(),
+        durable_replicas: r.get_durable_replicas(),
+        reserve_bytes: r.get_reserve_bytes(),
+        chunk_length: r.get_chunk_length(),
+    })
+}
+
+/// Encodes `h` as a complete frame prefix: the `u32` length and the header
+/// bytes. The payload (if any) is sent right after by the caller.
+pub fn encode_header(h: &Header) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    {
+        let mut b: frame_header::Builder<'_> = msg.init_root();
+        b.set_request_id(h.request_id);
+        b.set_op(h.op);
+        b.set_status(h.status);
+        if !h.message.is_empty() {
+            b.set_message(h.message.as_str());
+        }
+        {
+            let mut c = b.reborrow().init_chunk_id();
+            c.set_hi(h.chunk_id.hi);
+            c.set_lo(h.chunk_id.lo);
+        }
+        b.set_offset(h.offset);
+        b.set_length(h.length);
+        b.set_payload_length(h.payload_length);
+        b.set_version(h.version);
+        b.set_client_id(h.client_id);
+        if h.token.is_present() || h.token.client_id != 0 || h.token.generation != 0 {
+            write_token(b.reborrow().init_token(), &h.token);
+        }
+        b.set_lock_mode(h.lock_mode);
+        b.set_implicit_lock(h.implicit_lock);
+        b.set_lease_ms(h.lease_ms);
+        b.set_timeout_ms(h.timeout_ms);
+        if !h.chain.is_empty() {
+            let mut list = b.reborrow().init_chain(h.chain.len() as u32);
+            for (i, hop) in h.chain.iter().enumerate() {
+                let mut hb = list.reborrow().get(i as u32);
+                hb.set_node_id(hop.node_id);
+                hb.set_address(hop.address.as_str());
+                write_token(hb.init_token(), &hop.token);
+            }
+        }
+        b.set_write_quorum(h.write_quorum);
+        b.set_durable_replicas(h.durable_replicas);
+        b.set_reserve_bytes(h.reserve_bytes);
+        b.set_chunk_length(h.chunk_length);
+    }
+    let words = capnp::serialize::compute_serialized_size_in_words(&msg);
+    let mut out = Vec::with_capacity(4 + words * 8);
+    out.extend_from_slice(&((words * 8) as u32).to_le_bytes());
+    capnp::serialize::write_message(&mut out, &msg).expect("writing to a Vec cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Header {
+        let mut h = Header::request(42, Op::Write);
+        h.chunk_id = ChunkId::new(3, 9);
+        h.offset = 4096;
+        h.payload_length = 100;
+        h.message = "hi".into();
+        h.token = Token {
+            client_id: 5,
+            generation: 6,
+            mac: vec![1; 32],
+        };
+        h.chain = vec![Hop {
+            node_id: 2,
+            address: "127.0.0.1:9".into(),
+            token: Token {
+                client_id: 5,
+                generation: 1,
+                mac: vec![2; 32],
+            },
+        }];
+        h.write_quorum = 2;
+        h
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        let bytes = encode_header(&h);
+        let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4);
+        assert_eq!(decode_header(&bytes[4..]).unwrap(), h);
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        let bytes = encode_header(&sample());
+        assert!(decode_header(&bytes[4..bytes.len() - 8]).is_err());
+        assert!(decode_header(&[0xff; 64]).is_err());
+        assert_eq!(decode_header(&[0; 3]), Err(FrameError::HeaderLength(3)));
+        let mut big = Header::request(1, Op::Write);
+        big.payload_length = u32::MAX;
+        let bytes = encode_header(&big);
+        assert!(matches!(
+            decode_header(&bytes[4..]),
+            Err(FrameError::PayloadTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_handled() {
+        let bytes = encode_header(&sample());
+        let body = &bytes[4..];
+        for cut in 0..body.len() {
+            let _ = decode_header(&body[..cut]);
+        }
+        for i in 0..body.len() {
+            for bit in 0..8 {
+                let mut b = body.to_vec();
+                b[i] ^= 1 << bit;
+                let _ = decode_header(&b);
+            }
+        }
+    }
+}
