@@ -32,6 +32,20 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No storage node has room (every reservation was refused).
+    #[error("no space: {0}")]
+    NoSpace(String),
+    /// Stored data failed its checksum on every replica tried.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A write reached fewer durable replicas than the file's write quorum.
+    #[error("write quorum not reached: {0}")]
+    Quorum(String),
+    /// An integer descriptor that is not open (or not open for this).
+    #[error("bad file descriptor: {0}")]
+    BadDescriptor(String),
 }
 
 impl From<capnp::Error> for Error {

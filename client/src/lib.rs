@@ -1,13 +1,21 @@
 //! ringfs client library.
 //!
-//! [`control::ControlClient`] speaks the control server's Cap'n Proto RPC:
-//! namespace operations, open handles and their chunk maps, membership and
-//! the cluster map. It runs on a tokio `LocalSet` (capnp-rpc is
-//! single-threaded).
+//! - [`Client`]: the file API (create/open/read/write/pread/pwrite/seek/
+//!   close, stat, unlink, mkdir, rmdir, rename, list) on integer
+//!   descriptors; chunk data goes straight to the storage nodes
+//!   ([`node_conn`]), metadata to the control server ([`control`]).
+//! - [`control::ControlClient`] speaks the control server's Cap'n Proto RPC.
+//!
+//! Everything runs on a tokio `LocalSet` (capnp-rpc is single-threaded);
+//! [`local`] runs a future on one for synchronous callers.
 
+pub mod client;
 pub mod control;
 pub mod error;
+pub mod node_conn;
+pub mod placement;
 
+pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};
 pub use control::{
     Attr, ChunkRecord, ClusterMap, ControlClient, CreateOptions, FileHandle, Kind, NodeInfo,
 };

@@ -87,3 +87,51 @@ impl ControlProcess {
         self.server.pid()
     }
 }
+
+/// A running `ringfs-node` with one shard. Dropping it kills the process.
+pub struct NodeProcess {
+    server: Server,
+    /// The data-plane endpoint of its shard 0.
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a storage node with its data under `dir/name`, joining the
+    /// control server at `control` with one shard on core 0, plus `extra`
+    /// flags. Returns once shard 0 listens (joining follows within a
+    /// heartbeat: wait for it in the cluster map).
+    pub fn start(dir: &Path, name: &str, control: SocketAddr, extra: &[&str]) -> Self {
+        let data = dir.join(name);
+        let secret = write_secret(dir);
+        let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
+        cmd.arg("--control")
+            .arg(control.to_string())
+            .args(["--listen", "127.0.0.1", "--cores", "1", "--data"])
+            .arg(&data)
+            .arg("--secret-file")
+            .arg(&secret)
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        let server = Server::spawn(
+            cmd,
+            "ringfs-node: shard 0 on core 0 listening on ",
+            Duration::from_secs(30),
+        )
+        .expect("starting ringfs-node");
+        NodeProcess {
+            addr: server.addr,
+            server,
+            data,
+        }
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        self.server.kill9();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+}

@@ -1,0 +1,237 @@
+//! Data-plane connections to storage-node shards (docs/protocol-data.md) on
+//! tokio.
+//!
+//! A [`NodeConn`] is one TCP connection to one shard endpoint. Requests are
+//! pipelined: every call gets a fresh request id, is written under the
+//! connection's write lock, and its response is matched by id by the reader
+//! task, in whatever order the node answers. A `lock` answered `wait` stays
+//! pending until the node pushes the `lockGranted` frame.
+//!
+//! Must run inside a tokio `LocalSet` (the reader is a local task).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ringfs_schema::frame::{check_header_len, decode_header, encode_header, Header, Op, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+/// How long connecting to a shard may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A response header and its payload (read data; empty for other ops).
+pub type Reply = (Header, Vec<u8>);
+
+/// One connection to one storage-node shard.
+pub struct NodeConn {
+    addr: String,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>>,
+    /// Set (with the reason) once the connection failed; every later call fails.
+    broken: Rc<RefCell<Option<String>>>,
+    next_id: Cell<u64>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl NodeConn {
+    pub async fn connect(addr: &str) -> Result<Rc<Self>> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout(format!("connecting to storage node {addr}")))?
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot connect to storage node {addr}: {e}"))
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>> = Rc::default();
+        let broken: Rc<RefCell<Option<String>>> = Rc::default();
+        let reader = tokio::task::spawn_local(read_loop(
+            addr.to_string(),
+            rd,
+            pending.clone(),
+            broken.clone(),
+        ));
+        Ok(Rc::new(Self {
+            addr: addr.to_string(),
+            writer: tokio::sync::Mutex::new(wr),
+            pending,
+            broken,
+            next_id: Cell::new(1),
+            reader,
+        }))
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.borrow().is_some()
+    }
+
+    fn broken_error(&self, why: &str) -> Error {
+        Error::Unavailable(format!("storage node {}: {why}", self.addr))
+    }
+
+    /// Sends `h` (its request id and payload length are set here) with
+    /// `payload`, and waits up to `timeout` for the final response: for a
+    /// `lock` answered `wait`, that is the pushed `lockGranted` frame. A
+    /// timeout leaves the connection usable (a late answer is dropped).
+    pub async fn call(&self, mut h: Header, payload: &[u8], timeout: Duration) -> Result<Reply> {
+        if let Some(why) = self.broken.borrow().clone() {
+            return Err(self.broken_error(&why));
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        h.request_id = id;
+        h.payload_length = u32::try_from(payload.len())
+            .map_err(|_| Error::InvalidArgument("payload over 4 GiB".into()))?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let op = h.op;
+        let result = tokio::time::timeout(timeout, async {
+            self.send(&h, payload).await?;
+            rx.await
+                .unwrap_or_else(|_| Err(self.broken_error("connection closed")))
+        })
+        .await;
+        match result {
+            Ok(r) => r,
+            Err(_) => {
+                self.pending.borrow_mut().remove(&id);
+                Err(Error::Timeout(format!(
+                    "storage node {} did not answer {op:?} within {timeout:?}",
+                    self.addr
+                )))
+            }
+        }
+    }
+
+    async fn send(&self, h: &Header, payload: &[u8]) -> Result<()> {
+        let head = encode_header(h);
+        let mut w = self.writer.lock().await;
+        let r = async {
+            if payload.len() <= 16 * 1024 {
+                // One send for small frames.
+                let mut frame = head;
+                frame.extend_from_slice(payload);
+                w.write_all(&frame).await
+            } else {
+                // Large payloads go straight from the caller's buffer.
+                w.write_all(&head).await?;
+                w.write_all(payload).await
+            }
+        }
+        .await;
+        if let Err(e) = r {
+            let why = format!("send failed: {e}");
+            *self.broken.borrow_mut() = Some(why.clone());
+            // A half-written frame loses the framing: the connection is done.
+            let _ = w.shutdown().await;
+            return Err(self.broken_error(&why));
+        }
+        Ok(())
+    }
+}
+
+async fn read_loop(
+    addr: String,
+    rd: OwnedReadHalf,
+    pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>>,
+    broken: Rc<RefCell<Option<String>>>,
+) {
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let why = loop {
+        match read_frame(&mut rd).await {
+            Ok((h, payload)) => {
+                // `wait` is an interim answer to a lock: the grant follows.
+                if h.op == Op::Lock && h.status == Status::Wait {
+                    continue;
+                }
+                if h.status == Status::Malformed && h.request_id == 0 {
+                    break format!("node refused a frame as malformed: {}", h.message);
+                }
+                if let Some(tx) = pending.borrow_mut().remove(&h.request_id) {
+                    let _ = tx.send(Ok((h, payload)));
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    *broken.borrow_mut() = Some(why.clone());
+    for (_, tx) in pending.borrow_mut().drain() {
+        let _ = tx.send(Err(Error::Unavailable(format!(
+            "storage node {addr}: {why}"
+        ))));
+    }
+}
+
+/// Reads one frame; the payload is read into a buffer of exactly its size.
+async fn read_frame(rd: &mut BufReader<OwnedReadHalf>) -> std::result::Result<Reply, String> {
+    let len = match rd.read_u32_le().await {
+        Ok(n) => n as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err("connection closed".into())
+        }
+        Err(e) => return Err(format!("read failed: {e}")),
+    };
+    check_header_len(len).map_err(|e| e.to_string())?;
+    let mut head = vec![0u8; len];
+    rd.read_exact(&mut head)
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
+    let h = decode_header(&head).map_err(|e| format!("bad frame from node: {e}"))?;
+    let mut payload = vec![0u8; h.payload_length as usize];
+    rd.read_exact(&mut payload)
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
+    Ok((h, payload))
+}
+
+/// Connections by shard endpoint, reconnected when broken.
+#[derive(Default)]
+pub struct NodePool {
+    conns: RefCell<HashMap<String, Rc<NodeConn>>>,
+}
+
+impl NodePool {
+    pub async fn get(&self, addr: &str) -> Result<Rc<NodeConn>> {
+        if let Some(c) = self.conns.borrow().get(addr) {
+            if !c.is_broken() {
+                return Ok(c.clone());
+            }
+        }
+        let c = NodeConn::connect(addr).await?;
+        self.conns.borrow_mut().insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// The client error for a non-`ok` response status.
+pub fn status_error(h: &Header, addr: &str) -> Error {
+    let msg = format!("storage node {addr}: {:?}: {}", h.op, h.message);
+    match h.status {
+        Status::NotFound => Error::NotFound(msg),
+        Status::NoSpace => Error::NoSpace(msg),
+        Status::Checksum => Error::Corrupt(msg),
+        Status::Timeout => Error::Timeout(msg),
+        Status::Busy => Error::Busy(msg),
+        Status::Exists => Error::Exists(msg),
+        Status::InvalidArgument => Error::InvalidArgument(msg),
+        Status::Unavailable | Status::Io | Status::WrongShard => Error::Unavailable(msg),
+        Status::Quorum => Error::Quorum(msg),
+        _ => Error::Internal(msg),
+    }
+}

@@ -1,0 +1,331 @@
+//! The client library end to end: a real control server and three real
+//! storage nodes on loopback, files written and read through `Client`.
+
+use std::time::{Duration, Instant};
+
+use ringfs_client::{Client, CreateOptions, Error, OpenOptions, SeekFrom};
+use ringfs_tests::{local, ControlProcess, NodeProcess};
+
+/// Small chunks keep the tests fast while crossing many chunk boundaries.
+const CHUNK: u32 = 64 * 1024;
+
+struct Cluster {
+    control: ControlProcess,
+    nodes: Vec<Option<NodeProcess>>,
+    _dir: tempfile::TempDir,
+}
+
+fn cluster(nodes: usize) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlProcess::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--heartbeat-ms", "200", "--node-ttl-ms", "1000"],
+    );
+    let nodes: Vec<Option<NodeProcess>> = (0..nodes)
+        .map(|i| {
+            Some(NodeProcess::start(
+                dir.path(),
+                &format!("n{i}"),
+                control.addr,
+                &["--capacity-bytes", "1073741824"],
+            ))
+        })
+        .collect();
+    let c = Cluster {
+        control,
+        nodes,
+        _dir: dir,
+    };
+    c.wait_up(nodes_len(&c));
+    c
+}
+
+fn nodes_len(c: &Cluster) -> usize {
+    c.nodes.iter().filter(|n| n.is_some()).count()
+}
+
+impl Cluster {
+    /// Waits until exactly `n` nodes are up in the cluster map.
+    fn wait_up(&self, n: usize) {
+        let addr = self.control.addr;
+        local(async move {
+            let c = ringfs_client::ControlClient::connect(addr).await.unwrap();
+            let start = Instant::now();
+            loop {
+                let map = c.cluster_map().await.unwrap();
+                let up = map.nodes.iter().filter(|n| n.up).count();
+                if up == n {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{up} nodes up, want {n}: {map:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    fn kill9(&mut self, i: usize) {
+        self.nodes[i].take().unwrap().kill9();
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 13) as u8 ^ seed)
+        .collect()
+}
+
+fn layout(r: u8, w: u8) -> CreateOptions {
+    CreateOptions {
+        chunk_size: CHUNK,
+        replication: r,
+        write_quorum: w,
+        ..Default::default()
+    }
+}
+
+async fn put(c: &Client, path: &str, data: &[u8], layout: CreateOptions) -> Result<(), Error> {
+    let fd = c.create(path, layout).await?;
+    // Uneven write sizes exercise pieces that straddle chunk boundaries.
+    for piece in data.chunks(150_000) {
+        c.write(fd, piece).await?;
+    }
+    c.close(fd).await
+}
+
+async fn get(c: &Client, path: &str) -> Result<Vec<u8>, Error> {
+    let fd = c.open(path, &OpenOptions::read()).await?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 100_000];
+    loop {
+        let n = c.read(fd, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    c.close(fd).await?;
+    Ok(out)
+}
+
+const SIZES: &[usize] = &[
+    0,
+    1,
+    4095,
+    4096,
+    CHUNK as usize,
+    CHUNK as usize + 1,
+    5 * CHUNK as usize + 4097,
+];
+
+#[test]
+fn round_trips_of_every_size_with_r1_and_r3() {
+    let cl = cluster(3);
+    let addr = cl.control.addr;
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        for r in [1u8, 3] {
+            for &size in SIZES {
+                let path = format!("/r{r}-{size}");
+                let data = pattern(size, r);
+                put(&c, &path, &data, layout(r, r)).await.unwrap();
+                let attr = c.stat(&path).await.unwrap();
+                assert_eq!(attr.size, size as u64, "{path}");
+                let back = get(&c, &path).await.unwrap();
+                assert!(back == data, "{path}: read back other bytes");
+            }
+        }
+        // Every chunk of an R=3 file lives on three distinct nodes.
+        let h = c
+            .control()
+            .open(
+                &format!("/r3-{}", 5 * CHUNK as usize + 4097),
+                false,
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
+        let recs = h.get_chunks(0, 100).await.unwrap();
+        assert_eq!(recs.len(), 6);
+        for rec in recs {
+            let mut reps = rec.replicas.clone();
+            reps.sort_unstable();
+            reps.dedup();
+            assert_eq!(reps.len(), 3, "{rec:?}");
+        }
+    });
+}
+
+#[test]
+fn pwrite_holes_truncate_append_and_seek_behave_as_posix() {
+    let cl = cluster(3);
+    let addr = cl.control.addr;
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        let fd = c.create("/f", layout(2, 2)).await.unwrap();
+        // A write far out leaves a hole of zeros (whole chunks without records).
+        let far = 3 * CHUNK as u64 + 100;
+        c.pwrite(fd, far, b"tail").await.unwrap();
+        c.pwrite(fd, 10, b"head").await.unwrap();
+        let mut expect = vec![0u8; far as usize + 4];
+        expect[10..14].copy_from_slice(b"head");
+        expect[far as usize..].copy_from_slice(b"tail");
+        let mut buf = vec![0xaa; expect.len() + 50];
+        assert_eq!(
+            c.pread(fd, 0, &mut buf).await,
+            Err(Error::BadDescriptor(format!(
+                "{fd} is not open for reading"
+            )))
+        );
+        c.close(fd).await.unwrap();
+        assert_eq!(get(&c, "/f").await.unwrap(), expect);
+
+        // Overwrite inside a chunk, across a chunk boundary.
+        let fd = c
+            .open(
+                "/f",
+                &OpenOptions {
+                    read: true,
+                    write: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let cross = pattern(5000, 7);
+        let at = CHUNK as u64 - 2000;
+        c.pwrite(fd, at, &cross).await.unwrap();
+        expect[at as usize..at as usize + 5000].copy_from_slice(&cross);
+        let mut back = vec![0u8; expect.len()];
+        assert_eq!(c.pread(fd, 0, &mut back).await.unwrap(), expect.len());
+        assert!(back == expect);
+        // Reads past the end are short, then empty.
+        let mut small = [0u8; 10];
+        assert_eq!(c.pread(fd, far + 2, &mut small).await.unwrap(), 2);
+        assert_eq!(&small[..2], b"il");
+        assert_eq!(c.pread(fd, far + 4, &mut small).await.unwrap(), 0);
+
+        // Truncate into a chunk, then extend by writing past the cut: the
+        // old bytes in between read as zeros.
+        c.set_len(fd, 12).await.unwrap();
+        c.pwrite(fd, 20, b"new").await.unwrap();
+        let mut back = [0xffu8; 23];
+        assert_eq!(c.pread(fd, 0, &mut back).await.unwrap(), 23);
+        let mut want = [0u8; 23];
+        want[10..12].copy_from_slice(b"he");
+        want[20..23].copy_from_slice(b"new");
+        assert_eq!(back, want);
+
+        // Seek + read/write move the position.
+        assert_eq!(c.seek(fd, SeekFrom::End(-3)).unwrap(), 20);
+        let mut three = [0u8; 3];
+        assert_eq!(c.read(fd, &mut three).await.unwrap(), 3);
+        assert_eq!(&three, b"new");
+        assert_eq!(c.seek(fd, SeekFrom::Current(-23)).unwrap(), 0);
+        assert!(c.seek(fd, SeekFrom::Current(-1)).is_err());
+        c.close(fd).await.unwrap();
+
+        // Append opens write at the end.
+        let fd = c
+            .open(
+                "/f",
+                &OpenOptions {
+                    append: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        c.write(fd, b"++").await.unwrap();
+        c.close(fd).await.unwrap();
+        let all = get(&c, "/f").await.unwrap();
+        assert_eq!(&all[20..], b"new++");
+        assert_eq!(
+            c.write(fd, b"x").await,
+            Err(Error::BadDescriptor(fd.to_string()))
+        );
+    });
+}
+
+#[test]
+fn reads_keep_working_with_one_of_three_nodes_killed() {
+    let mut cl = cluster(3);
+    let addr = cl.control.addr;
+    let data = pattern(4 * CHUNK as usize + 77, 3);
+    let d = data.clone();
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        put(&c, "/keep", &d, layout(3, 3)).await.unwrap();
+    });
+    cl.kill9(1);
+    // At once (the map still calls the node up) and after it is marked down.
+    for _ in 0..2 {
+        let d = data.clone();
+        local(async move {
+            let c = Client::connect(addr).await.unwrap();
+            assert!(get(&c, "/keep").await.unwrap() == d);
+        });
+        cl.wait_up(2);
+    }
+}
+
+#[test]
+fn write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
+    let mut cl = cluster(3);
+    let addr = cl.control.addr;
+    cl.kill9(2);
+    cl.wait_up(2);
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        let data = pattern(2 * CHUNK as usize + 5, 9);
+        let e = put(&c, "/w3", &data, layout(3, 3)).await.unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_) | Error::Quorum(_)), "{e}");
+        assert!(e.to_string().contains("2 of the 3 replicas"), "{e}");
+        // Nothing was committed.
+        assert_eq!(c.stat("/w3").await.unwrap().size, 0);
+        put(&c, "/w2", &data, layout(3, 2)).await.unwrap();
+        assert!(get(&c, "/w2").await.unwrap() == data);
+    });
+}
+
+#[test]
+fn a_second_writer_is_refused_busy_while_the_first_holds_the_file() {
+    let cl = cluster(1);
+    let addr = cl.control.addr;
+    local(async move {
+        let a = Client::connect(addr).await.unwrap();
+        let b = Client::connect(addr).await.unwrap();
+        let fd = a.create("/x", layout(1, 1)).await.unwrap();
+        a.write(fd, b"first").await.unwrap();
+        let e = b
+            .open(
+                "/x",
+                &OpenOptions {
+                    write: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Busy(_)), "{e}");
+        // A reader sees the committed bytes meanwhile.
+        assert_eq!(get(&b, "/x").await.unwrap(), b"first");
+        a.close(fd).await.unwrap();
+        let fd = b
+            .open(
+                "/x",
+                &OpenOptions {
+                    write: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        b.pwrite(fd, 0, b"SECOND").await.unwrap();
+        b.close(fd).await.unwrap();
+        assert_eq!(get(&a, "/x").await.unwrap(), b"SECOND");
+    });
+}
