@@ -3,9 +3,13 @@
 //! - [`process`]: starting ringfs servers as child processes on loopback.
 //! - [`stats`]: latency histograms and CPU time from /proc.
 //! - [`metadata`]: the metadata workload (durable creates, stats, unlinks).
+//! - [`node_bench`]: one storage node over loopback against the raw disk
+//!   ([`raw_disk`]: io_uring + O_DIRECT baseline).
 
 pub mod metadata;
+pub mod node_bench;
 pub mod process;
+pub mod raw_disk;
 pub mod stats;
 
 /// Runs `f` on a current-thread runtime inside a `LocalSet`, as the

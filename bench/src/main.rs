@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ringfs_bench::metadata;
 use ringfs_bench::process::Server;
 use ringfs_bench::stats::cpu_seconds;
+use ringfs_bench::{metadata, node_bench};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -44,9 +44,43 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// One storage node over loopback: 1 MiB sequential writes and reads (16 in
+    /// flight) and 4 KiB random reads (64 in flight), each compared with the
+    /// same pattern raw on the same filesystem (io_uring + O_DIRECT).
+    /// Starts its own control server and node in a temporary directory.
+    Node {
+        /// Write the results (an array, one object per workload) as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Parent directory of the node's data and the raw files (the
+        /// filesystem under test) [default: the system temp dir].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Chunks (and raw files) of the sequential workloads.
+        #[arg(long, default_value_t = 16)]
+        chunks: usize,
+        /// Bytes per chunk / raw file.
+        #[arg(long, default_value_t = 64 << 20)]
+        chunk_bytes: u64,
+        /// Operations of the random-read workload.
+        #[arg(long, default_value_t = 200_000)]
+        random_reads: u64,
+        /// The node's --cores.
+        #[arg(long, default_value = "1,")]
+        node_cores: String,
+        /// Core the load generator is pinned to.
+        #[arg(long, default_value_t = 0)]
+        client_core: usize,
+    },
     /// Runs the control server (used by the launcher for its child processes).
     #[command(name = "__control", hide = true, disable_help_flag = true)]
     Control {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Runs a storage node (used by the launcher for its child processes).
+    #[command(name = "__node", hide = true, disable_help_flag = true)]
+    StorageNode {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -59,6 +93,34 @@ fn main() -> ExitCode {
             let argv = std::iter::once("ringfs-control".to_string()).chain(args);
             return ringfs_control::cli::main_with_args(argv);
         }
+        Cmd::StorageNode { args } => {
+            let argv = std::iter::once("ringfs-node".to_string()).chain(args);
+            return ringfs_node::cli::main_with_args(argv);
+        }
+        Cmd::Node {
+            json,
+            dir,
+            chunks,
+            chunk_bytes,
+            random_reads,
+            node_cores,
+            client_core,
+        } => run_node(
+            node_bench::Options {
+                dir,
+                chunks,
+                chunk_bytes,
+                random_reads,
+                node_cores,
+                client_core,
+                ..node_bench::Options::new(node_bench::Launcher::subcommands(
+                    std::env::current_exe().expect("locating this binary"),
+                    "__control",
+                    "__node",
+                ))
+            },
+            json.as_deref(),
+        ),
         Cmd::Metadata {
             control,
             clients,
@@ -108,6 +170,16 @@ fn random_secret() -> String {
     (0..4)
         .map(|i| format!("{:016x}", RandomState::new().hash_one(i)))
         .collect()
+}
+
+fn run_node(opts: node_bench::Options, json_out: Option<&Path>) -> anyhow::Result<()> {
+    let reports = node_bench::run(&opts)?;
+    node_bench::print_table(&reports);
+    if let Some(path) = json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn run_metadata(
