@@ -1,6 +1,6 @@
 //! A shard's chunk store: one file per chunk under the shard directory,
 //! read and written with glommio DMA files (O_DIRECT, io_uring) in 4 KiB
-//! aligned units, a CRC32C per 64 KiB block verified on every read, and
+//! aligned units, a CRC32C per 4 KiB block verified on every read, and
 //! writes made durable through the shard's [`GroupCommit`] before they are
 //! acknowledged. The file layout is in [`crate::chunk_file`].
 //!
@@ -26,7 +26,7 @@ use std::rc::Rc;
 pub enum StoreError {
     #[error("chunk {0} not found")]
     NotFound(ChunkId),
-    #[error("chunk {0}: checksum mismatch in 64 KiB block {1}")]
+    #[error("chunk {0}: checksum mismatch in CRC block {1} (4 KiB blocks)")]
     Checksum(ChunkId, u64),
     #[error("{0}")]
     InvalidArgument(String),
@@ -62,11 +62,11 @@ impl Chunk {
 }
 
 /// A write's buffer: the payload placed inside a 4 KiB-aligned DMA buffer at
-/// the position it has in the covering 64 KiB blocks, so the payload is read
+/// the position it has in the covering CRC blocks, so the payload is read
 /// from the socket straight into it and written to disk without a copy.
 pub struct WriteBuf {
     buf: DmaBuffer,
-    /// Chunk offset of `buf[0]` (64 KiB aligned).
+    /// Chunk offset of `buf[0]` (CRC-block aligned).
     io_start: u64,
     /// Chunk offset and length of the payload.
     offset: u64,
@@ -399,12 +399,20 @@ impl ChunkStore {
             len: len as usize,
         };
         let local = async {
-            chunk
-                .file
-                .write_rc_at(shared.buf.clone(), DATA_OFFSET + io_start)
-                .await
-                .map_err(|e| e.to_string())?;
-            write_header(&chunk.file, &new_meta).await?;
+            // Data and header go to disk concurrently: neither is durable
+            // before the sync below, so ordering them would buy nothing. A
+            // crash before the sync leaves blocks that disagree with one of
+            // the two header slots, which reads report as checksum errors.
+            let data = async {
+                chunk
+                    .file
+                    .write_rc_at(shared.buf.clone(), DATA_OFFSET + io_start)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let (d, h) = futures::join!(data, write_header(&chunk.file, &new_meta));
+            d?;
+            h?;
             self.commit
                 .sync(chunk.file.clone())
                 .await
@@ -429,7 +437,7 @@ impl ChunkStore {
     }
 
     /// Reads up to `len` bytes at `offset` (short at the chunk's end),
-    /// verifying the CRC of every 64 KiB block touched.
+    /// verifying the CRC of every block touched.
     pub async fn read(
         &self,
         id: ChunkId,

@@ -48,6 +48,7 @@ impl Peer {
         let (rd, wr) = stream.split();
         let pending: Rc<RefCell<HashMap<u64, Pending>>> = Rc::default();
         let broken: Rc<RefCell<Option<PeerError>>> = Rc::default();
+        let rd = futures::io::BufReader::with_capacity(64 * 1024, rd);
         let reader = glommio::spawn_local(Self::read_loop(
             addr.to_string(),
             rd,
@@ -71,7 +72,7 @@ impl Peer {
 
     async fn read_loop(
         addr: String,
-        mut rd: ReadHalf<TcpStream>,
+        mut rd: futures::io::BufReader<ReadHalf<TcpStream>>,
         pending: Rc<RefCell<HashMap<u64, Pending>>>,
         broken: Rc<RefCell<Option<PeerError>>>,
     ) {

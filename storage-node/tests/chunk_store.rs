@@ -2,7 +2,10 @@
 //! reads, gaps, checksum failure after a flipped byte, restart recovery.
 
 use glommio::{LocalExecutorBuilder, Placement};
-use ringfs_node::chunk_file::DATA_OFFSET;
+use ringfs_node::chunk_file::{CRC_BLOCK, DATA_OFFSET};
+
+/// The CRC block holding byte 70 000.
+const B: u64 = 70_000 / CRC_BLOCK;
 use ringfs_node::chunk_store::{ChunkStore, StoreError, WriteBuf};
 use ringfs_node::ids::ChunkId;
 use std::collections::HashMap;
@@ -136,24 +139,27 @@ fn flipped_byte_yields_checksum_error_not_wrong_bytes() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         write(&store, id, 0, &data).await.unwrap();
     });
-    flip_byte(&path, id, 70_000); // block 1
+    flip_byte(&path, id, 70_000); // in CRC block B
     let p = path.clone();
     run(move || async move {
         let store = ChunkStore::open(&p).await.unwrap();
         // Block 0 is intact and still readable.
         assert_eq!(read(&store, id, 0, 1000).await.unwrap().len(), 1000);
         match read(&store, id, 69_000, 2000).await {
-            Err(StoreError::Checksum(c, 1)) => assert_eq!(c, id),
+            Err(StoreError::Checksum(c, b)) => assert_eq!((c, b), (id, B)),
             other => panic!("expected a checksum error, got {other:?}"),
         }
         // A partial write into the corrupt block must not launder it...
         assert!(matches!(
-            write(&store, id, 66_000, b"xy").await,
-            Err(StoreError::Checksum(_, 1))
+            write(&store, id, 70_001, b"xy").await,
+            Err(StoreError::Checksum(_, B))
         ));
         // ...but overwriting the whole block repairs it.
-        write(&store, id, 65_536, &[9u8; 65_536]).await.unwrap();
-        assert_eq!(read(&store, id, 69_000, 10).await.unwrap(), vec![9u8; 10]);
+        write(&store, id, B * CRC_BLOCK, &[9u8; CRC_BLOCK as usize])
+            .await
+            .unwrap();
+        assert_eq!(read(&store, id, 70_000, 10).await.unwrap(), vec![9u8; 10]);
+        assert_eq!(read(&store, id, 0, 300_000).await.unwrap().len(), 300_000);
     });
 }
 
