@@ -12,6 +12,7 @@
 pub mod client;
 pub mod control;
 pub mod error;
+pub mod human;
 pub mod node_conn;
 pub mod placement;
 

@@ -135,3 +135,73 @@ impl NodeProcess {
         self.server.pid()
     }
 }
+
+/// A control server and storage nodes on loopback in a temporary directory,
+/// with a short heartbeat (200 ms) and node TTL (1 s) so down nodes show
+/// quickly. Dropping it kills every process.
+pub struct Cluster {
+    pub control: ControlProcess,
+    /// `None` once killed.
+    pub nodes: Vec<Option<NodeProcess>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a control server and `nodes` nodes (1 GiB each) and waits
+    /// until all of them are up in the cluster map.
+    pub fn start(nodes: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let control = ControlProcess::start(
+            dir.path(),
+            "127.0.0.1:0",
+            &["--heartbeat-ms", "200", "--node-ttl-ms", "1000"],
+        );
+        let nodes = (0..nodes)
+            .map(|i| {
+                Some(NodeProcess::start(
+                    dir.path(),
+                    &format!("n{i}"),
+                    control.addr,
+                    &["--capacity-bytes", "1073741824"],
+                ))
+            })
+            .collect();
+        let c = Cluster {
+            control,
+            nodes,
+            dir,
+        };
+        c.wait_up(c.nodes.iter().filter(|n| n.is_some()).count());
+        c
+    }
+
+    /// Waits (up to 20 s) until exactly `n` nodes are up in the cluster map.
+    pub fn wait_up(&self, n: usize) {
+        let addr = self.control.addr;
+        ringfs_client::local(async move {
+            let c = ringfs_client::ControlClient::connect(addr)
+                .await
+                .expect("connecting to the control server");
+            let start = std::time::Instant::now();
+            loop {
+                let map = c.cluster_map().await.expect("cluster map");
+                let up = map.nodes.iter().filter(|n| n.up).count();
+                if up == n {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{up} nodes up, want {n}: {map:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    /// kill -9 node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.kill9();
+        }
+    }
+}

@@ -1,75 +1,16 @@
 //! The client library end to end: a real control server and three real
 //! storage nodes on loopback, files written and read through `Client`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringfs_client::{Client, CreateOptions, Error, OpenOptions, SeekFrom};
-use ringfs_tests::{local, ControlProcess, NodeProcess};
+use ringfs_tests::{local, Cluster};
 
 /// Small chunks keep the tests fast while crossing many chunk boundaries.
 const CHUNK: u32 = 64 * 1024;
 
-struct Cluster {
-    control: ControlProcess,
-    nodes: Vec<Option<NodeProcess>>,
-    _dir: tempfile::TempDir,
-}
-
 fn cluster(nodes: usize) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let control = ControlProcess::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--heartbeat-ms", "200", "--node-ttl-ms", "1000"],
-    );
-    let nodes: Vec<Option<NodeProcess>> = (0..nodes)
-        .map(|i| {
-            Some(NodeProcess::start(
-                dir.path(),
-                &format!("n{i}"),
-                control.addr,
-                &["--capacity-bytes", "1073741824"],
-            ))
-        })
-        .collect();
-    let c = Cluster {
-        control,
-        nodes,
-        _dir: dir,
-    };
-    c.wait_up(nodes_len(&c));
-    c
-}
-
-fn nodes_len(c: &Cluster) -> usize {
-    c.nodes.iter().filter(|n| n.is_some()).count()
-}
-
-impl Cluster {
-    /// Waits until exactly `n` nodes are up in the cluster map.
-    fn wait_up(&self, n: usize) {
-        let addr = self.control.addr;
-        local(async move {
-            let c = ringfs_client::ControlClient::connect(addr).await.unwrap();
-            let start = Instant::now();
-            loop {
-                let map = c.cluster_map().await.unwrap();
-                let up = map.nodes.iter().filter(|n| n.up).count();
-                if up == n {
-                    return;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "{up} nodes up, want {n}: {map:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-    }
-
-    fn kill9(&mut self, i: usize) {
-        self.nodes[i].take().unwrap().kill9();
-    }
+    Cluster::start(nodes)
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {

@@ -1,0 +1,474 @@
+//! `ringfs`: the command-line client.
+//!
+//! Exit codes: 0 success, 1 an operation failed (one line on stderr),
+//! 2 bad usage (from clap).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ringfs_client::human;
+use ringfs_client::{Attr, Client, CreateOptions, Error, Kind, OpenOptions};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "ringfs", version, about = "ringfs command-line client")]
+struct Cli {
+    /// Control server address (host:port).
+    #[arg(long, env = "RINGFS_CONTROL", global = true)]
+    control: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Copy a local file (or - for stdin) into ringfs.
+    Put {
+        /// Replicas per chunk (default: the server's).
+        #[arg(long, short = 'r')]
+        replication: Option<u8>,
+        /// Bytes per chunk, e.g. 1M, 64MiB (default: the server's).
+        #[arg(long, value_parser = parse_size_u32)]
+        chunk_size: Option<u32>,
+        /// Durable replicas a write needs (default: all).
+        #[arg(long, short = 'w')]
+        write_quorum: Option<u8>,
+        local: String,
+        remote: String,
+    },
+    /// Copy a ringfs file to a local file (or - for stdout).
+    Get { remote: String, local: String },
+    /// Print files to stdout.
+    Cat {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// List a directory.
+    Ls {
+        /// Long format: kind, mode, size, replication, time.
+        #[arg(short = 'l')]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Show a file's or directory's attributes.
+    Stat { path: String },
+    /// Create directories.
+    Mkdir {
+        /// Create parents as needed; no error if it exists.
+        #[arg(short = 'p')]
+        parents: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Remove files (and with -r, directories and their contents).
+    Rm {
+        #[arg(short = 'r')]
+        recursive: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Rename or move.
+    Mv { from: String, to: String },
+    /// Cluster status: nodes, up/down, capacity.
+    Status,
+}
+
+fn parse_size_u32(s: &str) -> Result<u32, String> {
+    let n = human::parse_size(s)?;
+    u32::try_from(n).map_err(|_| format!("{s:?} is too large for a chunk size"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match ringfs_client::local(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed stdout (`ringfs cat f | head`) is not an error.
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ringfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn control_addr(s: Option<&str>) -> Result<SocketAddr> {
+    let s = s.ok_or_else(|| {
+        anyhow!("no control server: pass --control HOST:PORT or set RINGFS_CONTROL")
+    })?;
+    s.to_socket_addrs()
+        .with_context(|| format!("control address {s:?}"))?
+        .next()
+        .ok_or_else(|| anyhow!("control address {s:?} resolves to nothing"))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let addr = control_addr(cli.control.as_deref())?;
+    let c = Client::connect(addr).await?;
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Put {
+            replication,
+            chunk_size,
+            write_quorum,
+            local,
+            remote,
+        } => {
+            let layout = CreateOptions {
+                chunk_size: chunk_size.unwrap_or(0),
+                replication: replication.unwrap_or(0),
+                write_quorum: write_quorum.unwrap_or(0),
+                ..Default::default()
+            };
+            let remote = put_target(&c, &local, &remote).await?;
+            let bytes = put(&c, &local, &remote, layout).await?;
+            if json {
+                println!("{}", json!({"path": remote, "bytes": bytes}));
+            }
+        }
+        Cmd::Get { remote, local } => {
+            let bytes = if local == "-" {
+                copy_out(&c, &remote, &mut std::io::stdout().lock()).await?
+            } else {
+                let local = if std::path::Path::new(&local).is_dir() {
+                    let name = remote.rsplit('/').next().unwrap_or_default();
+                    format!("{}/{name}", local.trim_end_matches('/'))
+                } else {
+                    local
+                };
+                let mut f =
+                    std::fs::File::create(&local).with_context(|| format!("creating {local}"))?;
+                let n = copy_out(&c, &remote, &mut f).await?;
+                f.sync_all().with_context(|| format!("syncing {local}"))?;
+                n
+            };
+            if json {
+                println!("{}", json!({"path": remote, "bytes": bytes}));
+            }
+        }
+        Cmd::Cat { paths } => {
+            let mut out = std::io::stdout().lock();
+            for p in paths {
+                copy_out(&c, &p, &mut out).await?;
+            }
+        }
+        Cmd::Ls { long, path } => {
+            let attr = c.stat(&path).await?;
+            let entries = if attr.kind == Kind::Directory {
+                c.list(&path).await?
+            } else {
+                vec![(path.rsplit('/').next().unwrap_or(&path).to_string(), attr)]
+            };
+            if json {
+                let v: Vec<_> = entries.iter().map(|(n, a)| attr_json(Some(n), a)).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                let mut out = std::io::stdout().lock();
+                for (name, a) in &entries {
+                    if long {
+                        writeln!(
+                            out,
+                            "{}{:o} {:>9} {:>2} {}  {}{}",
+                            if a.kind == Kind::Directory { 'd' } else { '-' },
+                            a.mode,
+                            human::size(a.size),
+                            if a.kind == Kind::File {
+                                a.replication.to_string()
+                            } else {
+                                "-".into()
+                            },
+                            human::time(a.mtime_ns),
+                            name,
+                            if a.kind == Kind::Directory { "/" } else { "" }
+                        )?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{name}{}",
+                            if a.kind == Kind::Directory { "/" } else { "" }
+                        )?;
+                    }
+                }
+            }
+        }
+        Cmd::Stat { path } => {
+            let a = c.stat(&path).await?;
+            if json {
+                println!("{}", attr_json(Some(&path), &a));
+            } else {
+                println!("  path: {path}");
+                println!(
+                    "  kind: {}",
+                    if a.kind == Kind::File {
+                        "file"
+                    } else {
+                        "directory"
+                    }
+                );
+                println!("  size: {} ({} bytes)", human::size(a.size), a.size);
+                println!("  mode: {:o}", a.mode);
+                println!(" mtime: {} UTC", human::time(a.mtime_ns));
+                println!(" inode: {}", a.inode);
+                if a.kind == Kind::File {
+                    println!(" chunk: {}", human::size(a.chunk_size as u64));
+                    println!(
+                        "copies: {} (write quorum {})",
+                        a.replication, a.write_quorum
+                    );
+                }
+            }
+        }
+        Cmd::Mkdir { parents, paths } => {
+            for p in paths {
+                if parents {
+                    mkdir_p(&c, &p).await?;
+                } else {
+                    c.mkdir(&p, 0).await?;
+                }
+            }
+        }
+        Cmd::Rm { recursive, paths } => {
+            for p in paths {
+                rm(&c, &p, recursive).await?;
+            }
+        }
+        Cmd::Mv { from, to } => {
+            // Moving into an existing directory keeps the name, as mv does.
+            let to = match c.stat(&to).await {
+                Ok(a) if a.kind == Kind::Directory => {
+                    let name = from.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                    join(&to, name)
+                }
+                _ => to,
+            };
+            c.rename(&from, &to).await?;
+        }
+        Cmd::Status => {
+            let map = c.cluster_map().await?;
+            let total: u64 = map.nodes.iter().map(|n| n.capacity.total).sum();
+            let used: u64 = map.nodes.iter().map(|n| n.capacity.used).sum();
+            let up = map.nodes.iter().filter(|n| n.up).count();
+            if json {
+                let nodes: Vec<_> = map
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "node_id": n.node_id,
+                            "up": n.up,
+                            "shards": n.shards,
+                            "total_bytes": n.capacity.total,
+                            "used_bytes": n.capacity.used,
+                            "reserved_bytes": n.capacity.reserved,
+                            "free_bytes": ringfs_client::placement::free_bytes(n),
+                            "chunks": n.capacity.chunks,
+                            "last_heartbeat_ago_ms": n.last_heartbeat_ago_ms,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "epoch": map.epoch,
+                        "nodes_up": up,
+                        "nodes": nodes,
+                        "total_bytes": total,
+                        "used_bytes": used,
+                    })
+                );
+            } else {
+                println!(
+                    "{} of {} nodes up, {} used of {} (map epoch {})",
+                    up,
+                    map.nodes.len(),
+                    human::size(used),
+                    human::size(total),
+                    map.epoch
+                );
+                println!(
+                    "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  shards",
+                    "node", "up", "total", "used", "free", "chunks", "heartbeat"
+                );
+                for n in &map.nodes {
+                    let hb = if n.last_heartbeat_ago_ms == u64::MAX {
+                        "never".to_string()
+                    } else {
+                        format!("{:.1}s ago", n.last_heartbeat_ago_ms as f64 / 1000.0)
+                    };
+                    println!(
+                        "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  {}",
+                        n.node_id,
+                        if n.up { "up" } else { "DOWN" },
+                        human::size(n.capacity.total),
+                        human::size(n.capacity.used),
+                        human::size(ringfs_client::placement::free_bytes(n)),
+                        n.capacity.chunks,
+                        hb,
+                        n.shards.join(",")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+fn attr_json(path: Option<&str>, a: &Attr) -> serde_json::Value {
+    json!({
+        "name": path,
+        "kind": if a.kind == Kind::File { "file" } else { "directory" },
+        "size": a.size,
+        "mode": a.mode,
+        "mtime_ns": a.mtime_ns,
+        "inode": a.inode,
+        "chunk_size": a.chunk_size,
+        "replication": a.replication,
+        "write_quorum": a.write_quorum,
+        "version": a.version,
+    })
+}
+
+/// `put x /dir` and `put x /dir/` store `/dir/x`, as cp does.
+async fn put_target(c: &Client, local: &str, remote: &str) -> Result<String> {
+    let name = std::path::Path::new(local)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("stdin");
+    if remote.ends_with('/') && remote != "/" {
+        return Ok(join(remote, name));
+    }
+    match c.stat(remote).await {
+        Ok(a) if a.kind == Kind::Directory => Ok(join(remote, name)),
+        _ => Ok(remote.to_string()),
+    }
+}
+
+/// Bytes per write call: several chunks, so the client pipelines them.
+fn transfer_block(chunk_size: u32) -> usize {
+    (chunk_size as usize * 4).clamp(1 << 20, 256 << 20)
+}
+
+async fn put(c: &Client, local: &str, remote: &str, layout: CreateOptions) -> Result<u64> {
+    let mut input: Box<dyn Read> = if local == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(local).with_context(|| format!("opening {local}"))?)
+    };
+    let fd = c
+        .create(remote, layout)
+        .await
+        .with_context(|| format!("creating {remote}"))?;
+    let attr = c.fstat(fd).await?;
+    let mut buf = vec![0u8; transfer_block(attr.chunk_size)];
+    let mut total = 0u64;
+    loop {
+        // Fill the whole block (pipes return little at a time).
+        let mut n = 0;
+        while n < buf.len() {
+            let k = input
+                .read(&mut buf[n..])
+                .with_context(|| format!("reading {local}"))?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        if n == 0 {
+            break;
+        }
+        c.write(fd, &buf[..n])
+            .await
+            .with_context(|| format!("writing {remote}"))?;
+        total += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    c.close(fd).await?;
+    Ok(total)
+}
+
+async fn copy_out(c: &Client, remote: &str, out: &mut dyn Write) -> Result<u64> {
+    let fd = c
+        .open(remote, &OpenOptions::read())
+        .await
+        .with_context(|| format!("opening {remote}"))?;
+    let attr = c.fstat(fd).await?;
+    let mut buf = vec![0u8; transfer_block(attr.chunk_size)];
+    let mut total = 0u64;
+    loop {
+        let n = c
+            .read(fd, &mut buf)
+            .await
+            .with_context(|| format!("reading {remote}"))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    out.flush()?;
+    c.close(fd).await?;
+    Ok(total)
+}
+
+async fn mkdir_p(c: &Client, path: &str) -> Result<()> {
+    let mut at = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        at.push('/');
+        at.push_str(part);
+        match c.mkdir(&at, 0).await {
+            Ok(_) => {}
+            Err(Error::Exists(_)) => {
+                if c.stat(&at).await?.kind != Kind::Directory {
+                    bail!("{at}: exists and is not a directory");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn rm(c: &Client, path: &str, recursive: bool) -> Result<()> {
+    let a = c.stat(path).await?;
+    if a.kind == Kind::File {
+        c.unlink(path).await?;
+        return Ok(());
+    }
+    if !recursive {
+        bail!("{path}: is a directory (use rm -r)");
+    }
+    // Depth first, iteratively: the namespace may be deep.
+    let mut stack = vec![(path.to_string(), false)];
+    while let Some((dir, listed)) = stack.pop() {
+        if listed {
+            c.rmdir(&dir).await?;
+            continue;
+        }
+        stack.push((dir.clone(), true));
+        for (name, a) in c.list(&dir).await? {
+            let p = join(&dir, &name);
+            if a.kind == Kind::Directory {
+                stack.push((p, false));
+            } else {
+                c.unlink(&p).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The `ringfs` CLI against a real control server and three storage nodes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ringfs_tests::{binary, Cluster};
+
+fn ringfs(cl: &Cluster, args: &[&str]) -> Output {
+    Command::new(binary("ringfs-client", "ringfs"))
+        .args(args)
+        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+        .output()
+        .expect("running ringfs")
+}
+
+/// Runs `ringfs args` and returns its stdout; panics with stderr on failure.
+fn ok(cl: &Cluster, args: &[&str]) -> String {
+    let out = ringfs(cl, args);
+    assert!(
+        out.status.success(),
+        "ringfs {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs `ringfs args`, expects exit code 1 and returns the stderr line.
+fn fails(cl: &Cluster, args: &[&str]) -> String {
+    let out = ringfs(cl, args);
+    assert_eq!(out.status.code(), Some(1), "ringfs {args:?}: {out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
+    assert!(err.starts_with("ringfs: "), "{err}");
+    err
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 11) as u8 ^ seed)
+        .collect()
+}
+
+fn write_local(dir: &Path, name: &str, data: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn put_get_round_trips_with_r1_and_r3() {
+    let cl = Cluster::start(3);
+    let local = tempfile::tempdir().unwrap();
+    let chunk = 64 * 1024;
+    for r in ["1", "3"] {
+        for size in [0, 1, 4095, 4096, chunk, chunk + 1, 7 * chunk + 3] {
+            let data = pattern(size, size as u8);
+            let src = write_local(local.path(), &format!("in-{r}-{size}"), &data);
+            let remote = format!("/r{r}-{size}");
+            ok(
+                &cl,
+                &[
+                    "put",
+                    "--replication",
+                    r,
+                    "--chunk-size",
+                    "64K",
+                    &src,
+                    &remote,
+                ],
+            );
+            let dst = local.path().join(format!("out-{r}-{size}"));
+            ok(&cl, &["get", &remote, dst.to_str().unwrap()]);
+            assert!(std::fs::read(&dst).unwrap() == data, "{remote}");
+        }
+    }
+    // cat concatenates; --json stat reports the layout.
+    let cat = Command::new(binary("ringfs-client", "ringfs"))
+        .args(["cat", "/r3-1", "/r3-4095"])
+        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+        .output()
+        .unwrap();
+    assert!(cat.status.success());
+    let mut want = pattern(1, 1);
+    want.extend(pattern(4095, 4095u32 as u8));
+    assert!(cat.stdout == want);
+    let stat: String = ok(&cl, &["--json", "stat", "/r3-65537"]);
+    for field in [
+        "\"size\":65537",
+        "\"replication\":3",
+        "\"chunk_size\":65536",
+        "\"kind\":\"file\"",
+    ] {
+        assert!(stat.contains(field), "{field} in {stat}");
+    }
+}
+
+#[test]
+fn namespace_commands_status_and_errors() {
+    let cl = Cluster::start(3);
+    let local = tempfile::tempdir().unwrap();
+    ok(&cl, &["mkdir", "-p", "/a/b/c"]);
+    ok(&cl, &["mkdir", "-p", "/a/b"]);
+    let err = fails(&cl, &["mkdir", "/a"]);
+    assert!(err.contains("exists"), "{err}");
+    let src = write_local(local.path(), "x.txt", b"hello ringfs\n");
+    // Into a directory: keeps the file name.
+    ok(&cl, &["put", "--chunk-size", "64K", &src, "/a/b/"]);
+    assert_eq!(ok(&cl, &["cat", "/a/b/x.txt"]), "hello ringfs\n");
+    assert_eq!(ok(&cl, &["ls", "/a/b"]), "c/\nx.txt\n");
+    let long = ok(&cl, &["ls", "-l", "/a/b"]);
+    assert!(long.contains("13 B"), "{long}");
+    assert!(long.lines().any(|l| l.starts_with('d')), "{long}");
+    let json = ok(&cl, &["--json", "ls", "/a/b"]);
+    assert!(
+        json.starts_with('[') && json.contains("\"name\":\"x.txt\""),
+        "{json}"
+    );
+    ok(&cl, &["mv", "/a/b/x.txt", "/a/y.txt"]);
+    ok(&cl, &["mv", "/a/y.txt", "/a/b/c"]);
+    assert_eq!(ok(&cl, &["ls", "/a/b/c"]), "y.txt\n");
+    let err = fails(&cl, &["rm", "/a"]);
+    assert!(err.contains("is a directory"), "{err}");
+    ok(&cl, &["rm", "-r", "/a"]);
+    assert_eq!(ok(&cl, &["ls", "/"]), "");
+    let err = fails(&cl, &["cat", "/nope"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = fails(
+        &cl,
+        &["get", "/nope", local.path().join("n").to_str().unwrap()],
+    );
+    assert!(err.contains("not found"), "{err}");
+
+    let status = ok(&cl, &["status"]);
+    assert!(status.starts_with("3 of 3 nodes up"), "{status}");
+    let json = ok(&cl, &["--json", "status"]);
+    assert!(json.contains("\"nodes_up\":3"), "{json}");
+
+    // No control address: a clear error.
+    let out = Command::new(binary("ringfs-client", "ringfs"))
+        .args(["ls", "/"])
+        .env_remove("RINGFS_CONTROL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RINGFS_CONTROL"));
+    // Bad usage: clap's exit code 2.
+    assert_eq!(ringfs(&cl, &["put"]).status.code(), Some(2));
+}
+
+#[test]
+fn put_with_write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
+    let mut cl = Cluster::start(3);
+    let local = tempfile::tempdir().unwrap();
+    cl.kill9(0);
+    cl.wait_up(2);
+    let data = pattern(300_000, 5);
+    let src = write_local(local.path(), "q", &data);
+    let err = fails(
+        &cl,
+        &[
+            "put",
+            "-r",
+            "3",
+            "-w",
+            "3",
+            "--chunk-size",
+            "64K",
+            &src,
+            "/q3",
+        ],
+    );
+    assert!(err.contains("2 of the 3 replicas"), "{err}");
+    ok(
+        &cl,
+        &[
+            "put",
+            "-r",
+            "3",
+            "-w",
+            "2",
+            "--chunk-size",
+            "64K",
+            &src,
+            "/q2",
+        ],
+    );
+    let dst = local.path().join("back");
+    ok(&cl, &["get", "/q2", dst.to_str().unwrap()]);
+    assert!(std::fs::read(&dst).unwrap() == data);
+}
