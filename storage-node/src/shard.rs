@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// Requests in flight per connection before the node stops reading from it.
 const MAX_INFLIGHT: u64 = 256;
+/// How long a chain hop may take to acknowledge a forwarded write.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read buffer per connection, bytes.
 const READ_BUFFER: usize = 64 * 1024;
 /// How often lapsed leases and waiter deadlines are swept.
@@ -780,6 +782,14 @@ impl Shard {
                 ),
             ));
         }
+        let me = self.node_id.load(Ordering::Acquire);
+        if me != 0 && h.chain.iter().any(|hop| hop.node_id == me) {
+            // Forwarding to ourselves would wait on the chunk lock we hold.
+            return Err(OpError(
+                Status::InvalidArgument,
+                format!("the chain lists this node ({me}) again"),
+            ));
+        }
         let auth = self.authorize(h, Mode::Write).await?;
         let create = self.reservations.borrow().get(h.chunk_id).is_some();
         if !create && !self.store.contains(h.chunk_id) {
@@ -847,9 +857,11 @@ impl Shard {
             fh.client_id = h.client_id;
             fh.timeout_ms = h.timeout_ms;
         }
-        let (resp, _) = peer
-            .call(fh, payload.as_bytes())
+        // A hung next hop must not hold this chunk's write lock forever.
+        let call = async { Ok(peer.call(fh, payload.as_bytes()).await) };
+        let (resp, _) = glommio::timer::timeout(FORWARD_TIMEOUT, call)
             .await
+            .map_err(|_| format!("{} did not answer within {FORWARD_TIMEOUT:?}", next.address))?
             .map_err(|e| e.to_string())?;
         match resp.status {
             Status::Ok => Ok(resp.durable_replicas as usize),

@@ -199,3 +199,33 @@ fn stale_versions_and_bad_ranges_are_refused() {
         assert!(store.inventory().is_empty());
     });
 }
+
+#[test]
+fn concurrent_writes_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    run(move || async move {
+        let store = std::rc::Rc::new(ChunkStore::open(&p).await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..32u64 {
+            let store = store.clone();
+            tasks.push(glommio::spawn_local(async move {
+                write(&store, ChunkId::new(5, i), 0, &[i as u8; 8192])
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        let (batches, syncs) = store.group_commit().stats();
+        assert_eq!(syncs, 32);
+        assert!(batches < syncs, "{batches} batches for {syncs} syncs");
+        for i in 0..32u64 {
+            assert_eq!(
+                read(&store, ChunkId::new(5, i), 0, 8192).await.unwrap(),
+                vec![i as u8; 8192]
+            );
+        }
+    });
+}

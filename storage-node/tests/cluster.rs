@@ -417,3 +417,65 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         assert_eq!(r.status, Status::Ok);
     });
 }
+
+#[test]
+fn copy_to_replicates_a_chunk_and_delete_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _control = start_control(dir.path(), port);
+    let a = start_node(dir.path(), "a", port, &["--cores", "2"]);
+    let b = start_node(dir.path(), "b", port, &["--cores", "2"]);
+    let (ea, eb, b_id) = (a.endpoints.clone(), b.endpoints.clone(), b.node_id());
+    on_glommio(move || async move {
+        let pa = Peer::connect(&ea[1]).await.unwrap();
+        let (r, _) = pa
+            .call(reserve_req(4, 1 << 20, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Ok, "{}", r.message);
+        let id = r.chunk_id;
+        assert_eq!(id.shard(2), 1);
+        let data = pattern(300_000, 5);
+        let (w, _) = pa
+            .call(write_req(id, 0, &r.token, vec![]), &data)
+            .await
+            .unwrap();
+        assert_eq!(w.status, Status::Ok, "{}", w.message);
+        // The target reserves the id; the source copies into it.
+        let pb = Peer::connect(&eb[id.shard(2)]).await.unwrap();
+        let (rb, _) = pb.call(reserve_req(4, 1 << 20, id, 0), &[]).await.unwrap();
+        assert_eq!(rb.status, Status::Ok, "{}", rb.message);
+        let mut copy = Header::request(0, Op::CopyTo);
+        copy.chunk_id = id;
+        copy.token = r.token.clone();
+        copy.chain = vec![Hop {
+            node_id: b_id,
+            address: eb[id.shard(2)].clone(),
+            token: rb.token.clone(),
+        }];
+        let (c, _) = pa.call(copy, &[]).await.unwrap();
+        assert_eq!(c.status, Status::Ok, "{}", c.message);
+        assert_eq!(c.chunk_length, 300_000);
+        let (h, got) = pb
+            .call(read_req(id, 0, 1 << 20, &rb.token), &[])
+            .await
+            .unwrap();
+        assert_eq!(h.status, Status::Ok, "{}", h.message);
+        assert_eq!(h.version, w.version, "the copy keeps the version");
+        assert!(got == data);
+        // Delete on the source; the copy stays.
+        let mut del = Header::request(0, Op::Delete);
+        del.chunk_id = id;
+        del.token = r.token.clone();
+        let (d, _) = pa.call(del, &[]).await.unwrap();
+        assert_eq!(d.status, Status::Ok, "{}", d.message);
+        let mut info = Header::request(0, Op::ChunkInfo);
+        info.chunk_id = id;
+        let (i, _) = pa.call(info.clone(), &[]).await.unwrap();
+        assert!(matches!(i.status, Status::Ok | Status::NotFound));
+        let (e, _) = pa.call(read_req(id, 0, 10, &r.token), &[]).await.unwrap();
+        assert_eq!(e.status, Status::NotFound, "{}", e.message);
+        let (i, _) = pb.call(info, &[]).await.unwrap();
+        assert_eq!((i.status, i.chunk_length), (Status::Ok, 300_000));
+    });
+}
