@@ -270,3 +270,67 @@ fn a_second_writer_is_refused_busy_while_the_first_holds_the_file() {
         assert_eq!(get(&a, "/x").await.unwrap(), b"SECOND");
     });
 }
+
+/// Flips a byte inside the data of chunk `chunk_id` in node `data`'s store:
+/// found by searching the chunk file for the bytes the chunk starts with,
+/// whatever the file's header layout.
+fn corrupt_chunk_file(data: &std::path::Path, chunk_id: u128, starts_with: &[u8]) {
+    let path = data.join("shard-0").join(format!("{chunk_id:032x}.chunk"));
+    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let at = bytes
+        .windows(starts_with.len())
+        .position(|w| w == starts_with)
+        .expect("chunk data in its file");
+    bytes[at + 1000] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+}
+
+#[test]
+fn a_corrupt_replica_is_detected_read_around_and_repaired() {
+    let mut cl = cluster(3);
+    let addr = cl.control.addr;
+    let data = pattern(CHUNK as usize, 11);
+    let (chunk_id, primary) = local({
+        let data = data.clone();
+        async move {
+            let c = Client::connect(addr).await.unwrap();
+            put(&c, "/c", &data, layout(3, 3)).await.unwrap();
+            let h = c.control().open("/c", false, Duration::ZERO).await.unwrap();
+            let rec = h.get_chunks(0, 1).await.unwrap().remove(0);
+            let map = c.cluster_map().await.unwrap();
+            let node = map
+                .nodes
+                .iter()
+                .find(|n| n.node_id == rec.replicas[0])
+                .unwrap();
+            (rec.chunk_id, node.shards[0].clone())
+        }
+    });
+    // Reads try the first replica of chunk 0 first: corrupt that one.
+    let bad = cl
+        .nodes
+        .iter()
+        .position(|n| n.as_ref().unwrap().addr.to_string() == primary)
+        .unwrap();
+    corrupt_chunk_file(&cl.nodes[bad].as_ref().unwrap().data, chunk_id, &data[..64]);
+    local({
+        let data = data.clone();
+        async move {
+            let c = Client::connect(addr).await.unwrap();
+            assert!(get(&c, "/c").await.unwrap() == data);
+            assert_eq!(c.repairs(), 1, "the corrupt replica was repaired");
+        }
+    });
+    // Only the repaired replica left: it serves the right bytes.
+    for i in 0..3 {
+        if i != bad {
+            cl.kill9(i);
+        }
+    }
+    cl.wait_up(1);
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        assert!(get(&c, "/c").await.unwrap() == data);
+        assert_eq!(c.repairs(), 0);
+    });
+}
