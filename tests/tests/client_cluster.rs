@@ -334,3 +334,60 @@ fn a_corrupt_replica_is_detected_read_around_and_repaired() {
         assert_eq!(c.repairs(), 0);
     });
 }
+
+#[test]
+fn concurrent_readers_never_see_a_mix_inside_a_chunk() {
+    let cl = cluster(3);
+    let addr = cl.control.addr;
+    const CHUNKS: usize = 4;
+    local(async move {
+        let w = Client::connect(addr).await.unwrap();
+        let r = Client::connect(addr).await.unwrap();
+        put(&w, "/m", &vec![1u8; CHUNKS * CHUNK as usize], layout(3, 3))
+            .await
+            .unwrap();
+        let writer = async {
+            for g in 2..=12u8 {
+                let fd = w
+                    .open(
+                        "/m",
+                        &OpenOptions {
+                            write: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                w.pwrite(fd, 0, &vec![g; CHUNKS * CHUNK as usize])
+                    .await
+                    .unwrap();
+                w.close(fd).await.unwrap();
+            }
+        };
+        let reader = async {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut buf = vec![0u8; CHUNKS * CHUNK as usize];
+            for _ in 0..40 {
+                let fd = r.open("/m", &OpenOptions::read()).await.unwrap();
+                assert_eq!(r.pread(fd, 0, &mut buf).await.unwrap(), buf.len());
+                r.close(fd).await.unwrap();
+                for (i, chunk) in buf.chunks(CHUNK as usize).enumerate() {
+                    assert!(
+                        chunk.iter().all(|&b| b == chunk[0]),
+                        "chunk {i} mixes generations"
+                    );
+                    assert!((1..=12).contains(&chunk[0]));
+                    seen.insert(chunk[0]);
+                }
+                tokio::task::yield_now().await;
+            }
+            seen
+        };
+        let ((), seen) = tokio::join!(writer, reader);
+        assert!(!seen.is_empty());
+        assert_eq!(
+            get(&r, "/m").await.unwrap(),
+            vec![12u8; CHUNKS * CHUNK as usize]
+        );
+    });
+}
