@@ -131,14 +131,24 @@ async fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let remote = put_target(&c, &local, &remote).await?;
-            let bytes = put(&c, &local, &remote, layout).await?;
+            let existed = c.stat(&remote).await.is_ok();
+            let bytes = match put(&c, &local, &remote, layout, !json).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Leave no empty or partial file behind that we created.
+                    if !existed {
+                        let _ = c.unlink(&remote).await;
+                    }
+                    return Err(e);
+                }
+            };
             if json {
                 println!("{}", json!({"path": remote, "bytes": bytes}));
             }
         }
         Cmd::Get { remote, local } => {
             let bytes = if local == "-" {
-                copy_out(&c, &remote, &mut std::io::stdout().lock()).await?
+                copy_out(&c, &remote, &mut std::io::stdout().lock(), !json).await?
             } else {
                 let local = if std::path::Path::new(&local).is_dir() {
                     let name = remote.rsplit('/').next().unwrap_or_default();
@@ -148,7 +158,7 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 let mut f =
                     std::fs::File::create(&local).with_context(|| format!("creating {local}"))?;
-                let n = copy_out(&c, &remote, &mut f).await?;
+                let n = copy_out(&c, &remote, &mut f, !json).await?;
                 f.sync_all().with_context(|| format!("syncing {local}"))?;
                 n
             };
@@ -159,7 +169,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Cat { paths } => {
             let mut out = std::io::stdout().lock();
             for p in paths {
-                copy_out(&c, &p, &mut out).await?;
+                copy_out(&c, &p, &mut out, false).await?;
             }
         }
         Cmd::Ls { long, path } => {
@@ -178,9 +188,9 @@ async fn run(cli: Cli) -> Result<()> {
                     if long {
                         writeln!(
                             out,
-                            "{}{:o} {:>9} {:>2} {}  {}{}",
+                            "{}{} {:>9} {:>2} {}  {}{}",
                             if a.kind == Kind::Directory { 'd' } else { '-' },
-                            a.mode,
+                            rwx(a.mode),
                             human::size(a.size),
                             if a.kind == Kind::File {
                                 a.replication.to_string()
@@ -323,6 +333,73 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// A progress bar on stderr for transfers that last more than a moment: it
+/// appears after 500 ms, only on a terminal (indicatif hides it otherwise)
+/// and never with `--json`.
+struct Progress {
+    total: Option<u64>,
+    done: u64,
+    start: std::time::Instant,
+    enabled: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(total: Option<u64>, enabled: bool) -> Self {
+        Self {
+            total,
+            done: 0,
+            start: std::time::Instant::now(),
+            enabled,
+            bar: None,
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done);
+            return;
+        }
+        if !self.enabled || self.start.elapsed() < std::time::Duration::from_millis(500) {
+            return;
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(
+            self.total,
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        let template = if self.total.is_some() {
+            "{binary_bytes}/{binary_total_bytes} [{bar:30}] {binary_bytes_per_sec}, ETA {eta}"
+        } else {
+            "{binary_bytes} {binary_bytes_per_sec}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_position(self.done);
+        self.bar = Some(bar);
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Permission bits as `rwxr-xr-x`.
+fn rwx(mode: u32) -> String {
+    (0..9)
+        .map(|i| {
+            if mode & (0o400 >> i) != 0 {
+                ['r', 'w', 'x'][i % 3]
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 fn join(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
@@ -362,12 +439,21 @@ fn transfer_block(chunk_size: u32) -> usize {
     (chunk_size as usize * 4).clamp(1 << 20, 256 << 20)
 }
 
-async fn put(c: &Client, local: &str, remote: &str, layout: CreateOptions) -> Result<u64> {
-    let mut input: Box<dyn Read> = if local == "-" {
-        Box::new(std::io::stdin().lock())
+async fn put(
+    c: &Client,
+    local: &str,
+    remote: &str,
+    layout: CreateOptions,
+    show_progress: bool,
+) -> Result<u64> {
+    let (mut input, len): (Box<dyn Read>, Option<u64>) = if local == "-" {
+        (Box::new(std::io::stdin().lock()), None)
     } else {
-        Box::new(std::fs::File::open(local).with_context(|| format!("opening {local}"))?)
+        let f = std::fs::File::open(local).with_context(|| format!("opening {local}"))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
     };
+    let mut progress = Progress::new(len, show_progress);
     let fd = c
         .create(remote, layout)
         .await
@@ -394,15 +480,22 @@ async fn put(c: &Client, local: &str, remote: &str, layout: CreateOptions) -> Re
             .await
             .with_context(|| format!("writing {remote}"))?;
         total += n as u64;
+        progress.advance(n as u64);
         if n < buf.len() {
             break;
         }
     }
+    progress.finish();
     c.close(fd).await?;
     Ok(total)
 }
 
-async fn copy_out(c: &Client, remote: &str, out: &mut dyn Write) -> Result<u64> {
+async fn copy_out(
+    c: &Client,
+    remote: &str,
+    out: &mut dyn Write,
+    show_progress: bool,
+) -> Result<u64> {
     let fd = c
         .open(remote, &OpenOptions::read())
         .await
@@ -410,6 +503,7 @@ async fn copy_out(c: &Client, remote: &str, out: &mut dyn Write) -> Result<u64> 
     let attr = c.fstat(fd).await?;
     let mut buf = vec![0u8; transfer_block(attr.chunk_size)];
     let mut total = 0u64;
+    let mut progress = Progress::new(Some(attr.size), show_progress);
     loop {
         let n = c
             .read(fd, &mut buf)
@@ -420,7 +514,9 @@ async fn copy_out(c: &Client, remote: &str, out: &mut dyn Write) -> Result<u64> 
         }
         out.write_all(&buf[..n])?;
         total += n as u64;
+        progress.advance(n as u64);
     }
+    progress.finish();
     out.flush()?;
     c.close(fd).await?;
     Ok(total)

@@ -109,7 +109,8 @@ fn namespace_commands_status_and_errors() {
     assert_eq!(ok(&cl, &["ls", "/a/b"]), "c/\nx.txt\n");
     let long = ok(&cl, &["ls", "-l", "/a/b"]);
     assert!(long.contains("13 B"), "{long}");
-    assert!(long.lines().any(|l| l.starts_with('d')), "{long}");
+    assert!(long.lines().any(|l| l.starts_with("drwxr-xr-x")), "{long}");
+    assert!(long.lines().any(|l| l.starts_with("-rw-r--r--")), "{long}");
     let json = ok(&cl, &["--json", "ls", "/a/b"]);
     assert!(
         json.starts_with('[') && json.contains("\"name\":\"x.txt\""),
@@ -170,6 +171,9 @@ fn put_with_write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
         ],
     );
     assert!(err.contains("2 of the 3 replicas"), "{err}");
+    // The failed put leaves nothing behind.
+    let err = fails(&cl, &["stat", "/q3"]);
+    assert!(err.contains("not found"), "{err}");
     ok(
         &cl,
         &[
