@@ -902,23 +902,27 @@ impl Client {
             return Ok(());
         }
         let id = chunk_id(rec.chunk_id);
-        // Live replicas first, starting at a chunk-dependent one to spread
+        // Live replicas first, the least loaded (fewest of our requests in
+        // flight) first, ties broken by a chunk-dependent rotation to spread
         // reads; replicas the map calls down are tried last.
-        let mut order: Vec<(bool, usize, u64)> = rec
+        let mut order: Vec<(bool, usize, usize, u64)> = rec
             .replicas
             .iter()
             .enumerate()
             .map(|(i, &n)| {
                 let up = self.node_info(n).is_some_and(|n| n.up);
+                let load = self
+                    .endpoint(id, n)
+                    .map_or(0, |addr| self.pool.in_flight(&addr));
                 let rot = (i + rec.index as usize) % rec.replicas.len().max(1);
-                (!up, rot, n)
+                (!up, load, rot, n)
             })
             .collect();
         order.sort_unstable();
         let mut errors = Vec::new();
         let mut all_corrupt = true;
         let mut corrupt = Vec::new();
-        for (_, _, node_id) in order {
+        for (_, _, _, node_id) in order {
             match self
                 .read_replica(id, node_id, rec.version, offset, &mut buf[..valid])
                 .await

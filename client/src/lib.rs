@@ -7,8 +7,10 @@
 //! - [`control::ControlClient`] speaks the control server's Cap'n Proto RPC.
 //!
 //! Everything runs on a tokio `LocalSet` (capnp-rpc is single-threaded);
-//! [`local`] runs a future on one for synchronous callers.
+//! [`local`] runs a future on one, and [`BlockingClient`] wraps the file
+//! API for synchronous programs.
 
+pub mod blocking;
 pub mod client;
 pub mod control;
 pub mod error;
@@ -16,6 +18,7 @@ pub mod human;
 pub mod node_conn;
 pub mod placement;
 
+pub use blocking::BlockingClient;
 pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};
 pub use control::{
     Attr, ChunkRecord, ClusterMap, ControlClient, CreateOptions, FileHandle, Kind, NodeInfo,

@@ -81,6 +81,11 @@ impl NodeConn {
         self.broken.borrow().is_some()
     }
 
+    /// Requests sent and not yet answered: this client's view of the load.
+    pub fn in_flight(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
     fn broken_error(&self, why: &str) -> Error {
         Error::Unavailable(format!("storage node {}: {why}", self.addr))
     }
@@ -216,6 +221,11 @@ impl NodePool {
         let c = NodeConn::connect(addr).await?;
         self.conns.borrow_mut().insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Requests in flight to `addr` (0 without a connection).
+    pub fn in_flight(&self, addr: &str) -> usize {
+        self.conns.borrow().get(addr).map_or(0, |c| c.in_flight())
     }
 }
 

@@ -391,3 +391,28 @@ fn concurrent_readers_never_see_a_mix_inside_a_chunk() {
         );
     });
 }
+
+#[test]
+fn the_blocking_client_round_trips_a_file() {
+    let cl = cluster(1);
+    let c = ringfs_client::BlockingClient::connect(cl.control.addr).unwrap();
+    c.mkdir("/d", 0).unwrap();
+    let fd = c.create("/d/f", layout(1, 1)).unwrap();
+    let data = pattern(3 * CHUNK as usize + 10, 4);
+    assert_eq!(c.write(fd, &data).unwrap(), data.len());
+    c.fsync(fd).unwrap();
+    c.close(fd).unwrap();
+    let fd = c.open("/d/f", &OpenOptions::read()).unwrap();
+    let mut back = vec![0u8; data.len() + 1];
+    assert_eq!(c.pread(fd, 0, &mut back).unwrap(), data.len());
+    assert!(back[..data.len()] == data[..]);
+    assert_eq!(c.seek(fd, SeekFrom::Start(5)).unwrap(), 5);
+    let mut five = [0u8; 5];
+    assert_eq!(c.read(fd, &mut five).unwrap(), 5);
+    assert_eq!(five, data[5..10]);
+    c.close(fd).unwrap();
+    assert_eq!(c.list("/d").unwrap().len(), 1);
+    c.unlink("/d/f").unwrap();
+    c.rmdir("/d").unwrap();
+    assert!(matches!(c.stat("/d"), Err(Error::NotFound(_))));
+}
