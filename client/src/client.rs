@@ -719,6 +719,23 @@ impl Client {
         .await;
     }
 
+    /// Best-effort delete of an uncommitted chunk on the replicas we hold
+    /// write locks on. (One that cannot be deleted stays on its node as an
+    /// orphan: the control server does not collect never-committed chunk ids
+    /// yet.)
+    async fn delete_all(&self, id: ChunkId, locked: &[Locked]) {
+        let timeout = self.options.request_timeout;
+        futures::future::join_all(locked.iter().map(|l| {
+            let mut h = Header::request(0, Op::Delete);
+            h.chunk_id = id;
+            h.token = l.token.clone();
+            async move {
+                let _ = l.conn.call(h, &[], timeout).await;
+            }
+        }))
+        .await;
+    }
+
     /// Writes `payload` at `offset` of chunk `id` through the chain `locked`
     /// (primary first) and returns the record of the durable replicas.
     async fn chain_write(
@@ -772,10 +789,27 @@ impl Client {
         offset: u64,
         payload: &[u8],
     ) -> Result<ChunkRecord> {
-        let (id, locked) = self.place(v).await?;
-        let result = self.chain_write(v, id, &locked, offset, payload).await;
-        self.unlock_all(id, &locked).await;
-        let (replicas, version) = result?;
+        // A node that dies between placement and write fails the chain; a
+        // second placement skips it (its connection is refused).
+        let mut attempt = 0;
+        let (id, replicas, version) = loop {
+            let (id, locked) = self.place(v).await?;
+            let result = self.chain_write(v, id, &locked, offset, payload).await;
+            if result.is_err() {
+                // Nobody will commit this chunk: drop what reached the nodes.
+                self.delete_all(id, &locked).await;
+            }
+            self.unlock_all(id, &locked).await;
+            match result {
+                Ok((replicas, version)) => break (id, replicas, version),
+                Err(Error::Unavailable(_) | Error::Quorum(_) | Error::Timeout(_))
+                    if attempt == 0 =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(ChunkRecord {
             index,
             chunk_id: chunk_u128(id),
