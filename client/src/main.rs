@@ -80,6 +80,14 @@ enum Cmd {
     Status,
 }
 
+/// `println!` that returns an error (a closed pipe, `ringfs status | head`)
+/// instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
 fn parse_size_u32(s: &str) -> Result<u32, String> {
     let n = human::parse_size(s)?;
     u32::try_from(n).map_err(|_| format!("{s:?} is too large for a chunk size"))
@@ -143,7 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             };
             if json {
-                println!("{}", json!({"path": remote, "bytes": bytes}));
+                outln!("{}", json!({"path": remote, "bytes": bytes}));
             }
         }
         Cmd::Get { remote, local } => {
@@ -163,7 +171,7 @@ async fn run(cli: Cli) -> Result<()> {
                 n
             };
             if json {
-                println!("{}", json!({"path": remote, "bytes": bytes}));
+                outln!("{}", json!({"path": remote, "bytes": bytes}));
             }
         }
         Cmd::Cat { paths } => {
@@ -181,7 +189,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             if json {
                 let v: Vec<_> = entries.iter().map(|(n, a)| attr_json(Some(n), a)).collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v));
             } else {
                 let mut out = std::io::stdout().lock();
                 for (name, a) in &entries {
@@ -214,10 +222,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Stat { path } => {
             let a = c.stat(&path).await?;
             if json {
-                println!("{}", attr_json(Some(&path), &a));
+                outln!("{}", attr_json(Some(&path), &a));
             } else {
-                println!("  path: {path}");
-                println!(
+                outln!("  path: {path}");
+                outln!(
                     "  kind: {}",
                     if a.kind == Kind::File {
                         "file"
@@ -225,15 +233,16 @@ async fn run(cli: Cli) -> Result<()> {
                         "directory"
                     }
                 );
-                println!("  size: {} ({} bytes)", human::size(a.size), a.size);
-                println!("  mode: {:o}", a.mode);
-                println!(" mtime: {} UTC", human::time(a.mtime_ns));
-                println!(" inode: {}", a.inode);
+                outln!("  size: {} ({} bytes)", human::size(a.size), a.size);
+                outln!("  mode: {:o}", a.mode);
+                outln!(" mtime: {} UTC", human::time(a.mtime_ns));
+                outln!(" inode: {}", a.inode);
                 if a.kind == Kind::File {
-                    println!(" chunk: {}", human::size(a.chunk_size as u64));
-                    println!(
+                    outln!(" chunk: {}", human::size(a.chunk_size as u64));
+                    outln!(
                         "copies: {} (write quorum {})",
-                        a.replication, a.write_quorum
+                        a.replication,
+                        a.write_quorum
                     );
                 }
             }
@@ -286,7 +295,7 @@ async fn run(cli: Cli) -> Result<()> {
                         })
                     })
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     json!({
                         "epoch": map.epoch,
@@ -297,7 +306,7 @@ async fn run(cli: Cli) -> Result<()> {
                     })
                 );
             } else {
-                println!(
+                outln!(
                     "{} of {} nodes up, {} used of {} (map epoch {})",
                     up,
                     map.nodes.len(),
@@ -305,9 +314,15 @@ async fn run(cli: Cli) -> Result<()> {
                     human::size(total),
                     map.epoch
                 );
-                println!(
+                outln!(
                     "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  shards",
-                    "node", "up", "total", "used", "free", "chunks", "heartbeat"
+                    "node",
+                    "up",
+                    "total",
+                    "used",
+                    "free",
+                    "chunks",
+                    "heartbeat"
                 );
                 for n in &map.nodes {
                     let hb = if n.last_heartbeat_ago_ms == u64::MAX {
@@ -315,7 +330,7 @@ async fn run(cli: Cli) -> Result<()> {
                     } else {
                         format!("{:.1}s ago", n.last_heartbeat_ago_ms as f64 / 1000.0)
                     };
-                    println!(
+                    outln!(
                         "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  {}",
                         n.node_id,
                         if n.up { "up" } else { "DOWN" },

@@ -136,6 +136,23 @@ fn namespace_commands_status_and_errors() {
     let json = ok(&cl, &["--json", "status"]);
     assert!(json.contains("\"nodes_up\":3"), "{json}");
 
+    // A closed stdout (`ringfs status | head -0`) is not a crash.
+    let mut child = Command::new(binary("ringfs-client", "ringfs"))
+        .args(["status"])
+        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // No control address: a clear error.
     let out = Command::new(binary("ringfs-client", "ringfs"))
         .args(["ls", "/"])
