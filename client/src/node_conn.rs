@@ -198,10 +198,17 @@ async fn read_frame(rd: &mut BufReader<OwnedReadHalf>) -> std::result::Result<Re
         .await
         .map_err(|e| format!("read failed: {e}"))?;
     let h = decode_header(&head).map_err(|e| format!("bad frame from node: {e}"))?;
-    let mut payload = vec![0u8; h.payload_length as usize];
-    rd.read_exact(&mut payload)
+    // Read into spare capacity: no zero-fill of what the socket overwrites.
+    let n = h.payload_length as usize;
+    let mut payload = Vec::with_capacity(n);
+    let got = (&mut *rd)
+        .take(n as u64)
+        .read_to_end(&mut payload)
         .await
         .map_err(|e| format!("read failed: {e}"))?;
+    if got < n {
+        return Err("connection closed inside a payload".into());
+    }
     Ok((h, payload))
 }
 
