@@ -110,10 +110,48 @@ fn main() -> ExitCode {
     }
 }
 
-fn control_addr(s: Option<&str>) -> Result<SocketAddr> {
-    let s = s.ok_or_else(|| {
-        anyhow!("no control server: pass --control HOST:PORT or set RINGFS_CONTROL")
-    })?;
+/// The client config file: `$RINGFS_CONFIG`, else
+/// `$HOME/.config/ringfs/client.toml` if it exists.
+fn config_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("RINGFS_CONFIG") {
+        return Some(p.into());
+    }
+    let p = std::path::Path::new(&std::env::var_os("HOME")?).join(".config/ringfs/client.toml");
+    p.exists().then_some(p)
+}
+
+/// `control = "host:port"` from the config file, if there is one.
+fn control_from_config() -> Result<Option<String>> {
+    let Some(path) = config_path() else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let v: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing the config file {}", path.display()))?;
+    match v.get("control") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => bail!(
+            "{}: `control` must be a string \"host:port\"",
+            path.display()
+        ),
+    }
+}
+
+/// The control address: `--control`, else `RINGFS_CONTROL` (both through
+/// clap), else the config file.
+fn control_addr(flag: Option<&str>) -> Result<SocketAddr> {
+    let s = match flag {
+        Some(s) => s.to_string(),
+        None => control_from_config()?.ok_or_else(|| {
+            anyhow!(
+                "no control server: pass --control HOST:PORT, set RINGFS_CONTROL, \
+                 or put control = \"HOST:PORT\" in ~/.config/ringfs/client.toml"
+            )
+        })?,
+    };
     s.to_socket_addrs()
         .with_context(|| format!("control address {s:?}"))?
         .next()

@@ -157,10 +157,22 @@ fn namespace_commands_status_and_errors() {
     let out = Command::new(binary("ringfs-client", "ringfs"))
         .args(["ls", "/"])
         .env_remove("RINGFS_CONTROL")
+        .env_remove("RINGFS_CONFIG")
+        .env("HOME", local.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("RINGFS_CONTROL"));
+    // ... or from the config file.
+    let config = local.path().join("client.toml");
+    std::fs::write(&config, format!("control = \"{}\"\n", cl.control.addr)).unwrap();
+    let out = Command::new(binary("ringfs-client", "ringfs"))
+        .args(["status"])
+        .env_remove("RINGFS_CONTROL")
+        .env("RINGFS_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     // Bad usage: clap's exit code 2.
     assert_eq!(ringfs(&cl, &["put"]).status.code(), Some(2));
 }
