@@ -416,3 +416,42 @@ fn the_blocking_client_round_trips_a_file() {
     c.rmdir("/d").unwrap();
     assert!(matches!(c.stat("/d"), Err(Error::NotFound(_))));
 }
+
+#[test]
+fn an_overwrite_with_a_replica_down_keeps_the_live_ones_and_reads_back() {
+    let mut cl = cluster(3);
+    let addr = cl.control.addr;
+    let mut data = pattern(3 * CHUNK as usize, 21);
+    let d = data.clone();
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        put(&c, "/o", &d, layout(3, 2)).await.unwrap();
+    });
+    cl.kill9(0);
+    cl.wait_up(2);
+    let patch = pattern(CHUNK as usize, 99);
+    let at = CHUNK as usize / 2;
+    data[at..at + patch.len()].copy_from_slice(&patch);
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        let fd = c
+            .open(
+                "/o",
+                &OpenOptions {
+                    write: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        c.pwrite(fd, at as u64, &patch).await.unwrap();
+        c.close(fd).await.unwrap();
+        assert!(get(&c, "/o").await.unwrap() == data);
+        // The records of the rewritten chunks list only the two live replicas.
+        let h = c.control().open("/o", false, Duration::ZERO).await.unwrap();
+        let recs = h.get_chunks(0, 3).await.unwrap();
+        assert_eq!(recs[0].replicas.len(), 2, "{recs:?}");
+        assert_eq!(recs[1].replicas.len(), 2, "{recs:?}");
+        assert_eq!(recs[2].replicas.len(), 3, "{recs:?}");
+    });
+}
