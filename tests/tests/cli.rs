@@ -73,6 +73,24 @@ fn put_get_round_trips_with_r1_and_r3() {
             assert!(std::fs::read(&dst).unwrap() == data, "{remote}");
         }
     }
+    // stdin to stdout.
+    let data = pattern(200_000, 42);
+    let mut child = Command::new(binary("ringfs-client", "ringfs"))
+        .args(["put", "--chunk-size", "64K", "-", "/stdin"])
+        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&data).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let out = ringfs(&cl, &["get", "/stdin", "-"]);
+    assert!(out.status.success());
+    assert!(out.stdout == data);
+
     // cat concatenates; --json stat reports the layout.
     let cat = Command::new(binary("ringfs-client", "ringfs"))
         .args(["cat", "/r3-1", "/r3-4095"])
