@@ -2,7 +2,7 @@
 //! chain writes and copies to other nodes, and by tests. Requests get fresh
 //! request ids; responses are matched by id, in any order.
 
-use crate::frame::{Header, Op, Status};
+use crate::frame::{encode_header, Header, Op, Status};
 use crate::wire::{read_header, write_frame, WireError};
 use futures::channel::oneshot;
 use futures::io::{ReadHalf, WriteHalf};
@@ -21,6 +21,9 @@ pub enum PeerError {
     Broken(String, String),
 }
 
+/// Payloads up to this size are queued and coalesced with other frames.
+const SMALL_PAYLOAD: usize = 16 * 1024;
+
 type Reply = Result<(Header, Vec<u8>), PeerError>;
 
 struct Pending {
@@ -33,6 +36,8 @@ struct Pending {
 pub struct Peer {
     addr: String,
     writer: futures::lock::Mutex<WriteHalf<TcpStream>>,
+    /// Encoded small frames waiting for the writer.
+    queue: RefCell<Vec<u8>>,
     pending: Rc<RefCell<HashMap<u64, Pending>>>,
     broken: Rc<RefCell<Option<PeerError>>>,
     next_id: Cell<u64>,
@@ -59,6 +64,7 @@ impl Peer {
         Ok(Rc::new(Self {
             addr: addr.to_string(),
             writer: futures::lock::Mutex::new(wr),
+            queue: RefCell::new(Vec::new()),
             pending,
             broken,
             next_id: Cell::new(1),
@@ -123,17 +129,37 @@ impl Peer {
         Ok(rx)
     }
 
+    /// Writes a frame. Small frames are appended to a shared queue first;
+    /// whoever holds the writer next sends everything queued in one go, so
+    /// pipelined small requests share sends.
     async fn send(&self, h: &Header, payload: &[u8]) -> Result<(), PeerError> {
+        let small = payload.len() <= SMALL_PAYLOAD;
+        if small {
+            let mut q = self.queue.borrow_mut();
+            q.extend_from_slice(&encode_header(h));
+            q.extend_from_slice(payload);
+        }
         let mut w = self.writer.lock().await;
         let r = async {
-            write_frame(&mut *w, h, payload).await?;
+            let queued = std::mem::take(&mut *self.queue.borrow_mut());
+            if !queued.is_empty() {
+                w.write_all(&queued).await?;
+            }
+            if !small {
+                write_frame(&mut *w, h, payload).await?;
+            }
             w.flush().await?;
             Ok::<(), WireError>(())
         }
         .await;
         r.map_err(|e| {
-            self.pending.borrow_mut().remove(&h.request_id);
-            PeerError::Broken(self.addr.clone(), e.to_string())
+            let e = PeerError::Broken(self.addr.clone(), e.to_string());
+            // Frames of other callers may have been in the failed send.
+            *self.broken.borrow_mut() = Some(e.clone());
+            for (_, p) in self.pending.borrow_mut().drain() {
+                let _ = p.done.send(Err(e.clone()));
+            }
+            e
         })
     }
 

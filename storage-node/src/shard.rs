@@ -4,13 +4,14 @@
 //! control-plane thread talks to a shard only through [`ShardCommand`]s.
 
 use crate::chunk_store::{ChunkStore, SharedPayload, StoreError, WriteBuf};
+use crate::frame::encode_header;
 use crate::frame::{Header, LockMode, Op, Status, Token};
 use crate::ids::ChunkId;
 use crate::lock_table::{Acquire, Changes, Grant, LockError, LockTable, Mode};
 use crate::peer::PeerPool;
 use crate::reservations::{IdMinter, Reservation, Reservations};
 use crate::token::TokenKey;
-use crate::wire::{read_header, skip, write_frame, WireError};
+use crate::wire::{read_header, skip, WireError};
 use futures::channel::{mpsc, oneshot};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use glommio::io::ReadResult;
@@ -26,6 +27,10 @@ use std::time::{Duration, Instant};
 const MAX_INFLIGHT: u64 = 256;
 /// How long a chain hop may take to acknowledge a forwarded write.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Responses are coalesced into sends of up to this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Payloads up to this size are copied into the coalesced send buffer.
+const SMALL_PAYLOAD: usize = 16 * 1024;
 /// Read buffer per connection, bytes.
 const READ_BUFFER: usize = 64 * 1024;
 /// How often lapsed leases and waiter deadlines are swept.
@@ -411,15 +416,34 @@ impl Shard {
         let mut rd = futures::io::BufReader::with_capacity(READ_BUFFER, rd);
         let (tx, mut rx) = mpsc::unbounded::<Outgoing>();
         let writer = glommio::spawn_local(async move {
-            while let Some(out) = rx.next().await {
-                if write_frame(&mut wr, &out.header, out.payload.bytes())
-                    .await
-                    .is_err()
-                {
-                    break;
+            // Responses queued while the previous send was in flight go out
+            // together: one send for many small frames; large payloads are
+            // sent from their buffers without a copy.
+            let mut batch = Vec::with_capacity(BATCH_BYTES);
+            'conn: while let Some(first) = rx.next().await {
+                let mut next = Some(first);
+                while let Some(out) = next.take() {
+                    let payload = out.payload.bytes();
+                    batch.extend_from_slice(&encode_header(&out.header));
+                    if payload.len() > SMALL_PAYLOAD {
+                        if wr.write_all(&batch).await.is_err()
+                            || wr.write_all(payload).await.is_err()
+                        {
+                            break 'conn;
+                        }
+                        batch.clear();
+                    } else {
+                        batch.extend_from_slice(payload);
+                    }
+                    if batch.len() < BATCH_BYTES {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                if wr.flush().await.is_err() {
-                    break;
+                if !batch.is_empty() {
+                    if wr.write_all(&batch).await.is_err() {
+                        break;
+                    }
+                    batch.clear();
                 }
             }
             let _ = wr.close().await;
