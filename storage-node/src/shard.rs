@@ -220,7 +220,7 @@ impl Shard {
     /// Capacity of this shard: its share of the configured capacity (or of
     /// the filesystem), bounded by the filesystem's free space.
     pub fn capacity(&self) -> CapacityReport {
-        let (fs_total, fs_avail) = fs_space(&self.cfg.dir).unwrap_or((0, 0));
+        let (fs_total, _) = fs_space(&self.cfg.dir).unwrap_or((0, 0));
         let shards = self.cfg.shards as u64;
         let total = if self.cfg.capacity_bytes > 0 {
             self.cfg.capacity_bytes
@@ -232,7 +232,6 @@ impl Shard {
             .reservations
             .borrow()
             .outstanding(|id| self.store.info(id).map(|i| i.length).unwrap_or(0));
-        let _ = fs_avail;
         CapacityReport {
             total,
             used,
