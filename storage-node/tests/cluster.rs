@@ -479,3 +479,53 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
         assert_eq!((i.status, i.chunk_length), (Status::Ok, 300_000));
     });
 }
+
+#[test]
+fn node_rejoins_and_reports_after_a_control_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let control = start_control(dir.path(), port);
+    let node = start_node(dir.path(), "n1", port, &["--cores", "1"]);
+    let id = node.node_id();
+    let ep = node.endpoints[0].clone();
+    on_glommio(move || async move {
+        let p = Peer::connect(&ep).await.unwrap();
+        let (r, _) = p
+            .call(reserve_req(1, 8192, ChunkId::default(), 0), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Ok, "{}", r.message);
+        // Renewing the lock with its token extends the lease.
+        let mut renew = Header::request(0, Op::Lock);
+        renew.chunk_id = r.chunk_id;
+        renew.token = r.token.clone();
+        renew.lock_mode = LockMode::Write;
+        renew.lease_ms = 60_000;
+        let (n, _) = p.call(renew, &[]).await.unwrap();
+        assert_eq!(n.status, Status::Ok, "{}", n.message);
+        assert!(n.lease_ms > 30_000);
+        let (w, _) = p
+            .call(write_req(r.chunk_id, 0, &r.token, vec![]), b"persist")
+            .await
+            .unwrap();
+        assert_eq!(w.status, Status::Ok, "{}", w.message);
+    });
+    drop(control);
+    std::thread::sleep(Duration::from_millis(500));
+    let _control = start_control(dir.path(), port);
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            cluster_map(port)
+                .iter()
+                .any(|n| n.node_id == id && n.up && n.chunks == 1)
+        },
+        || {
+            format!(
+                "node did not come back: {:?}\n{}",
+                cluster_map(port),
+                node.proc.log_text()
+            )
+        },
+    );
+}
