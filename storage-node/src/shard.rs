@@ -33,6 +33,9 @@ const BATCH_BYTES: usize = 256 * 1024;
 const SMALL_PAYLOAD: usize = 16 * 1024;
 /// Read buffer per connection, bytes.
 const READ_BUFFER: usize = 64 * 1024;
+/// Payload bytes a connection may have in flight before the node stops
+/// reading from it (at least the largest payload).
+const MAX_INFLIGHT_BYTES: u64 = 256 << 20;
 /// How often lapsed leases and waiter deadlines are swept.
 const SWEEP_EVERY: Duration = Duration::from_millis(20);
 
@@ -448,6 +451,7 @@ impl Shard {
             let _ = wr.close().await;
         });
         let inflight = Rc::new(glommio::sync::Semaphore::new(MAX_INFLIGHT));
+        let inflight_bytes = Rc::new(glommio::sync::Semaphore::new(MAX_INFLIGHT_BYTES));
         loop {
             let h = match read_header(&mut rd).await {
                 Ok(h) => h,
@@ -463,6 +467,15 @@ impl Shard {
                 }
                 Err(_) => break,
             };
+            // Bound the payload memory a connection can pin before it is
+            // allocated (a payload is at most 64 MiB, below the budget).
+            let Ok(bytes_permit) = inflight_bytes
+                .clone()
+                .acquire_static_permit(h.payload_length as u64)
+                .await
+            else {
+                break;
+            };
             let payload = match self.read_payload(&h, &mut rd).await {
                 Ok(p) => p,
                 Err(_) => break,
@@ -475,6 +488,7 @@ impl Shard {
             glommio::spawn_local(async move {
                 me.handle(h, payload, &tx).await;
                 drop(permit);
+                drop(bytes_permit);
             })
             .detach();
         }
