@@ -1,4 +1,4 @@
-//! Data-plane connections to storage-node shards (docs/protocol-data.md) on
+//! Data-plane connections to storage-node shards ("Data plane" in docs/protocol.md) on
 //! tokio.
 //!
 //! A [`NodeConn`] is one TCP connection to one shard endpoint. Requests are

@@ -1,5 +1,5 @@
 //! ringfs storage node: glommio thread-per-core shards serving chunks over a
-//! lean framed data-plane protocol. See `docs/protocol-data.md`.
+//! lean framed data-plane protocol. See "Data plane" in `docs/protocol.md`.
 
 pub mod chunk_file;
 pub mod chunk_store;
