@@ -1,16 +1,29 @@
 //! ringfs-bench: the load generator and local-cluster launcher.
 //!
-//! - [`process`]: starting ringfs servers as child processes on loopback.
-//! - [`stats`]: latency histograms and CPU time from /proc.
-//! - [`metadata`]: the metadata workload (durable creates, stats, unlinks).
-//! - [`node_bench`]: one storage node over loopback against the raw disk
-//!   ([`raw_disk`]: io_uring + O_DIRECT baseline).
+//! - [`cluster`]: a control server and storage nodes as child processes on
+//!   loopback ([`process`]: one child server).
+//! - [`suite`]: runs workloads one after another under a monitor, each with
+//!   its raw-disk baseline ([`raw_disk`]: io_uring + O_DIRECT).
+//! - [`workload`]: the workloads, through the client library; [`dataset`]:
+//!   what they write and how reads are verified; [`metadata`]: the
+//!   create/stat/unlink workload; [`live`]: progress shared with the monitor.
+//! - [`report`]: figures, JSON and table; [`plot`]: the SVG picture;
+//!   [`stats`]: latency histograms and CPU time from /proc.
+//! - [`node_bench`]: one storage node over its data-plane protocol against
+//!   the raw disk.
 
+pub mod cluster;
+pub mod dataset;
+pub mod live;
 pub mod metadata;
 pub mod node_bench;
+pub mod plot;
 pub mod process;
 pub mod raw_disk;
+pub mod report;
 pub mod stats;
+pub mod suite;
+pub mod workload;
 
 /// Runs `f` on a current-thread runtime inside a `LocalSet`, as the
 /// client's RPC needs.

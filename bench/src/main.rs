@@ -2,15 +2,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use ringfs_bench::process::Server;
-use ringfs_bench::stats::cpu_seconds;
-use ringfs_bench::{metadata, node_bench};
-use serde_json::json;
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ringfs_bench::cluster::{ClusterOptions, LocalCluster};
+use ringfs_bench::live::{self, Limit};
+use ringfs_bench::report::{self, Report};
+use ringfs_bench::suite::{self, SuiteOptions};
+use ringfs_bench::workload::Workload;
+use ringfs_bench::{node_bench, plot};
+use ringfs_client::CreateOptions;
 
 #[derive(Parser)]
 #[command(
@@ -25,24 +28,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Metadata workload: durable creates, stats and unlinks of empty files.
-    /// Starts its own control server in a temporary directory unless given --control.
-    Metadata {
-        /// An existing control server to use instead of starting one.
+    /// Starts a control server and storage nodes as child processes on
+    /// loopback (data in a temporary directory), runs the workloads through
+    /// the client library, compares each with the raw disk, prints a report
+    /// and tears everything down (also on Ctrl-C or failure).
+    Local {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Storage nodes to start.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Parent of the cluster's data directory, the filesystem under test
+        /// [default: the system temp dir].
         #[arg(long)]
-        control: Option<SocketAddr>,
-        /// Concurrent client connections, each with one request in flight.
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        /// Files to create, stat and unlink.
-        #[arg(long, default_value_t = 20_000)]
-        files: usize,
-        /// Load-generator threads the clients are spread over.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Write the results as JSON to this file.
+        dir: Option<PathBuf>,
+        /// Keep the data directory (and the dataset) afterwards.
         #[arg(long)]
-        json: Option<PathBuf>,
+        keep: bool,
+    },
+    /// Runs the workloads against an existing cluster.
+    Run {
+        /// The cluster's control server.
+        #[arg(long)]
+        control: SocketAddr,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Where the raw baseline writes its files: a directory on the
+        /// storage nodes' filesystem [default: the system temp dir].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave the dataset in the cluster afterwards.
+        #[arg(long)]
+        keep: bool,
     },
     /// One storage node over loopback: 1 MiB sequential writes and reads (16 in
     /// flight) and 4 KiB random reads (64 in flight), each compared with the
@@ -121,13 +138,18 @@ fn main() -> ExitCode {
             },
             json.as_deref(),
         ),
-        Cmd::Metadata {
+        Cmd::Local {
+            load,
+            nodes,
+            dir,
+            keep,
+        } => run_local(load, nodes, dir, keep),
+        Cmd::Run {
             control,
-            clients,
-            files,
-            threads,
-            json,
-        } => run_metadata(control, clients, files, threads, json.as_deref()),
+            load,
+            dir,
+            keep,
+        } => run_remote(control, load, dir, keep),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,40 +158,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Starts a control server as a child process of this binary, with its data
-/// in `dir`.
-fn start_control(dir: &Path) -> anyhow::Result<Server> {
-    let secret = dir.join("secret");
-    std::fs::write(&secret, random_secret()).context("writing the cluster secret")?;
-    let mut cmd = Command::new(std::env::current_exe().context("locating this binary")?);
-    cmd.arg("__control")
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("control"))
-        .arg("--secret-file")
-        .arg(&secret)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-    Server::spawn(cmd, "ringfs-control listening on ", Duration::from_secs(30))
-        .context("starting the control server")
-}
-
-/// A JSON object with one member per phase.
-fn per_phase(
-    phases: &[metadata::Phase],
-    f: impl Fn(&metadata::Phase) -> serde_json::Value,
-) -> serde_json::Value {
-    serde_json::Value::Object(phases.iter().map(|p| (p.name.to_string(), f(p))).collect())
-}
-
-fn random_secret() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    (0..4)
-        .map(|i| format!("{:016x}", RandomState::new().hash_one(i)))
-        .collect()
 }
 
 fn run_node(opts: node_bench::Options, json_out: Option<&Path>) -> anyhow::Result<()> {
@@ -182,86 +170,179 @@ fn run_node(opts: node_bench::Options, json_out: Option<&Path>) -> anyhow::Resul
     Ok(())
 }
 
-fn run_metadata(
-    control: Option<SocketAddr>,
-    clients: usize,
-    files: usize,
+/// Workload knobs shared by `local` and `run`.
+#[derive(Args)]
+struct LoadArgs {
+    /// Workloads to run, comma separated, in this order [default:
+    /// seq-write,seq-read,rand-read-4k,rand-write-4k,mixed,metadata].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    workload: Vec<Workload>,
+    /// Replicas per chunk, R [default: `local`: 3, at most --nodes; `run`:
+    /// the server's default].
+    #[arg(long)]
+    replication: Option<u8>,
+    /// Durable replicas a write needs, W (1..=R) [default: R].
+    #[arg(long)]
+    write_quorum: Option<u8>,
+    /// Bytes per chunk, e.g. 64MiB [default: the server's, 64 MiB].
+    #[arg(long, value_parser = size)]
+    chunk_size: Option<u64>,
+    /// Bytes of the dataset, all files together (one file per sequential
+    /// stream).
+    #[arg(long, value_parser = size, default_value = "512MiB")]
+    size: u64,
+    /// Bytes per I/O of the sequential workloads (a multiple of 4 KiB; the
+    /// random ones use 4 KiB).
+    #[arg(long, value_parser = size, default_value = "16MiB")]
+    block_size: u64,
+    /// Sequential streams and dataset files (default 4), operations in
+    /// flight of the random workloads (default 32), connections of the
+    /// metadata workload (default 16), over all threads.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Load-generator threads, each with its own client.
+    #[arg(long, default_value_t = 1)]
     threads: usize,
-    json_out: Option<&Path>,
-) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("ringfs-bench-").tempdir()?;
-    let mut own = None;
-    let addr = match control {
-        Some(a) => a,
-        None => {
-            let s = start_control(tmp.path())?;
-            let a = s.addr;
-            own = Some(s);
-            a
-        }
-    };
-    let control_pid = own.as_ref().map(Server::pid);
-    let cpu_before = control_pid.and_then(cpu_seconds);
-    let bench_before = cpu_seconds(std::process::id());
-    println!(
-        "metadata: {clients} clients, {files} files, {threads} load threads, control at {addr}"
-    );
-    let phases = metadata::run(addr, clients, files, threads)?;
-    let control_cpu = control_pid
-        .and_then(cpu_seconds)
-        .zip(cpu_before)
-        .map(|(a, b)| a - b);
-    let bench_cpu = cpu_seconds(std::process::id())
-        .zip(bench_before)
-        .map(|(a, b)| a - b);
+    /// How long each random and mixed workload runs, e.g. 10s, 500ms, 2m.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    duration: Duration,
+    /// Run each random and mixed workload for this many operations instead
+    /// of --duration.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Percent of reads in the mixed workload.
+    #[arg(long, default_value_t = 70, value_parser = clap::value_parser!(u8).range(0..=100))]
+    read_percent: u8,
+    /// Files the metadata workload creates, stats and unlinks.
+    #[arg(long, default_value_t = 5000)]
+    metadata_files: usize,
+    /// Compare with the raw disk (io_uring + O_DIRECT, same pattern, block
+    /// size and depth) in the same run. On by default.
+    #[arg(long)]
+    baseline: bool,
+    /// Skip the raw-disk comparison.
+    #[arg(long, conflicts_with = "baseline")]
+    no_baseline: bool,
+    /// Write the results as JSON (an object, or an array for several
+    /// workloads).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw throughput over time and latency CDFs to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
 
+impl LoadArgs {
+    fn suite(&self, replication: u8, baseline_dir: PathBuf, keep: bool) -> SuiteOptions {
+        SuiteOptions {
+            workloads: if self.workload.is_empty() {
+                Workload::STANDARD.to_vec()
+            } else {
+                self.workload.clone()
+            },
+            size: self.size,
+            block_size: self.block_size as usize,
+            concurrency: self.concurrency,
+            threads: self.threads,
+            limit: match self.ops {
+                Some(n) => Limit::Ops(n),
+                None => Limit::Duration(self.duration),
+            },
+            read_percent: self.read_percent,
+            layout: CreateOptions {
+                replication,
+                write_quorum: self.write_quorum.unwrap_or(0),
+                chunk_size: self.chunk_size.unwrap_or(0) as u32,
+                ..CreateOptions::default()
+            },
+            metadata_files: self.metadata_files,
+            baseline_dir: (!self.no_baseline).then_some(baseline_dir),
+            keep,
+        }
+    }
+
+    /// Prints the table and writes the JSON and the plot.
+    fn finish(&self, reports: &[Report]) -> anyhow::Result<()> {
+        report::print_table(reports);
+        if let Some(path) = &self.json {
+            std::fs::write(path, report::to_json(reports)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("results: {}", path.display());
+        }
+        if let Some(path) = &self.plot {
+            plot::write_svg(path, reports)?;
+            println!("plot: {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    ringfs_client::human::parse_size(s)
+}
+
+/// "10s", "500ms", "2m" or plain seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn run_local(load: LoadArgs, nodes: usize, dir: Option<PathBuf>, keep: bool) -> anyhow::Result<()> {
+    if let Some(r) = load.replication.filter(|&r| usize::from(r) > nodes) {
+        bail!("--replication {r} needs at least {r} storage nodes (--nodes {nodes})");
+    }
+    live::catch_interrupts();
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut cluster = LocalCluster::start(&ClusterOptions {
+        launcher: node_bench::Launcher::subcommands(exe, "__control", "__node"),
+        nodes,
+        parent: dir,
+        keep,
+    })?;
     println!(
-        "{:<8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "op", "ops", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p999 µs", "max µs"
+        "control server (pid {}) listening on {}",
+        cluster.control_pid(),
+        cluster.control_addr
     );
-    for p in &phases {
-        let l = p.latency;
-        println!(
-            "{:<8} {:>8} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            p.name,
-            p.ops,
-            p.ops_per_s(),
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max
-        );
+    for (i, pid) in cluster.node_pids().into_iter().enumerate() {
+        println!("storage node {} (pid {pid})", i + 1);
     }
-    if let Some(cpu) = control_cpu {
-        println!(
-            "control server CPU: {cpu:.2} s; load generator CPU: {:.2} s",
-            bench_cpu.unwrap_or(0.0)
-        );
-    }
-    if let Some(path) = json_out {
-        let rate = |name: &str| {
-            phases
-                .iter()
-                .find(|p| p.name == name)
-                .map(|p| p.ops_per_s())
-        };
-        let doc = json!({
-            "workload": "metadata",
-            "clients": clients,
-            "files": files,
-            "threads": threads,
-            "creates_per_s": rate("create"),
-            "stats_per_s": rate("stat"),
-            "unlinks_per_s": rate("unlink"),
-            "ops": per_phase(&phases, |p| json!(p.ops)),
-            "seconds": per_phase(&phases, |p| json!(p.seconds)),
-            "latency_us": per_phase(&phases, |p| json!(p.latency)),
-            "cpu_seconds": { "control": control_cpu, "bench": bench_cpu },
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    drop(own);
-    Ok(())
+    println!("data in {}", cluster.dir().display());
+    let replication = load.replication.unwrap_or(nodes.min(3) as u8);
+    let opts = load.suite(replication, cluster.dir().to_path_buf(), keep);
+    let reports = suite::run(cluster.control_addr, Some(&mut cluster), &opts)?;
+    drop(cluster);
+    load.finish(&reports)
+}
+
+fn run_remote(
+    control: SocketAddr,
+    load: LoadArgs,
+    dir: Option<PathBuf>,
+    keep: bool,
+) -> anyhow::Result<()> {
+    live::catch_interrupts();
+    let parent = dir.unwrap_or_else(std::env::temp_dir);
+    let raw = tempfile::Builder::new()
+        .prefix("ringfs-bench-raw-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a directory in {}", parent.display()))?;
+    let opts = load.suite(
+        load.replication.unwrap_or(0),
+        raw.path().to_path_buf(),
+        keep,
+    );
+    let reports = suite::run(control, None, &opts)?;
+    load.finish(&reports)
 }

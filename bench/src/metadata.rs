@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use ringfs_client::{ControlClient, CreateOptions};
 
+use crate::live::Live;
 use crate::stats::{latency_histogram, Percentiles};
 
 /// The operations, in the order the phases run.
@@ -26,6 +27,8 @@ pub struct Phase {
     pub ops: u64,
     pub seconds: f64,
     pub latency: Percentiles,
+    /// Per-operation latency, microseconds.
+    pub histogram: Histogram<u64>,
 }
 
 impl Phase {
@@ -40,6 +43,7 @@ pub fn run(
     clients: usize,
     files: usize,
     threads: usize,
+    live: &Live,
 ) -> anyhow::Result<Vec<Phase>> {
     if clients == 0 || files == 0 {
         bail!("--clients and --files must be at least 1");
@@ -63,35 +67,35 @@ pub fn run(
     // Main thread + load threads meet at a barrier before and after each phase.
     let barrier = Arc::new(Barrier::new(threads + 1));
     let (tx, rx) = mpsc::channel::<anyhow::Result<Vec<Histogram<u64>>>>();
-    let mut workers = Vec::new();
-    for t in 0..threads {
-        let my_clients: Vec<usize> = (t..clients).step_by(threads).collect();
-        let (barrier, tx, dir) = (barrier.clone(), tx.clone(), dir.clone());
-        workers.push(std::thread::spawn(move || {
-            let result = crate::local(load_thread(
-                control, my_clients, clients, files, dir, &barrier,
-            ));
-            let _ = tx.send(result);
-        }));
-    }
-    drop(tx);
-
-    let mut timings = Vec::new();
-    for _ in PHASES {
-        barrier.wait();
-        let t0 = Instant::now();
-        barrier.wait();
-        timings.push(t0.elapsed());
-    }
-    let mut merged: Vec<Histogram<u64>> = PHASES.iter().map(|_| latency_histogram()).collect();
-    for result in rx {
-        for (m, h) in merged.iter_mut().zip(result?) {
-            m.add(h).context("merging histograms")?;
+    // Scoped: the load threads borrow `live`; all are joined at the end.
+    let (timings, merged) = std::thread::scope(|scope| {
+        for t in 0..threads {
+            let my_clients: Vec<usize> = (t..clients).step_by(threads).collect();
+            let (barrier, tx, dir) = (barrier.clone(), tx.clone(), dir.clone());
+            scope.spawn(move || {
+                let result = crate::local(load_thread(
+                    control, my_clients, clients, files, dir, &barrier, live,
+                ));
+                let _ = tx.send(result);
+            });
         }
-    }
-    for w in workers {
-        let _ = w.join();
-    }
+        drop(tx);
+
+        let mut timings = Vec::new();
+        for _ in PHASES {
+            barrier.wait();
+            let t0 = Instant::now();
+            barrier.wait();
+            timings.push(t0.elapsed());
+        }
+        let mut merged: Vec<Histogram<u64>> = PHASES.iter().map(|_| latency_histogram()).collect();
+        for result in rx {
+            for (m, h) in merged.iter_mut().zip(result?) {
+                m.add(h).context("merging histograms")?;
+            }
+        }
+        anyhow::Ok((timings, merged))
+    })?;
     crate::local(async {
         let c = ControlClient::connect(control).await?;
         c.rmdir(&dir)
@@ -107,6 +111,7 @@ pub fn run(
             ops: h.len(),
             seconds: elapsed.as_secs_f64(),
             latency: Percentiles::of(&h),
+            histogram: h,
         })
         .collect())
 }
@@ -121,6 +126,7 @@ async fn load_thread(
     files: usize,
     dir: String,
     barrier: &Barrier,
+    live: &Live,
 ) -> anyhow::Result<Vec<Histogram<u64>>> {
     let mut conns = Vec::new();
     let mut error = None;
@@ -136,15 +142,18 @@ async fn load_thread(
         let mut tasks = Vec::new();
         if error.is_none() {
             for (conn, &client) in conns.iter().zip(&my_clients) {
-                let (conn, dir) = (conn.clone(), dir.clone());
-                tasks.push(tokio::task::spawn_local(async move {
-                    client_phase(&conn, phase, &dir, (client..files).step_by(clients)).await
-                }));
+                tasks.push(client_phase(
+                    conn,
+                    phase,
+                    &dir,
+                    (client..files).step_by(clients),
+                    live,
+                ));
             }
         }
         let mut h = latency_histogram();
-        for t in tasks {
-            match t.await.context("client task")? {
+        for result in futures::future::join_all(tasks).await {
+            match result {
                 Ok(ch) => h.add(ch).context("merging histograms")?,
                 Err(e) => error = error.or(Some(e)),
             }
@@ -163,6 +172,7 @@ async fn client_phase(
     phase: &str,
     dir: &str,
     files: impl Iterator<Item = usize>,
+    live: &Live,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut h = latency_histogram();
     let mut path = String::with_capacity(dir.len() + 16);
@@ -184,6 +194,7 @@ async fn client_phase(
         }
         .with_context(|| format!("{phase} {path}"))?;
         h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        live.done(0);
     }
     Ok(h)
 }

@@ -265,9 +265,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
             opts.chunk_bytes,
             4096,
             64,
-            Pattern::RandRead {
+            Pattern::Random {
                 ops: opts.random_reads,
                 seed: 0x1234_5678,
+                read_percent: 100,
             },
         )?,
     ];

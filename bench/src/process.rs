@@ -1,11 +1,17 @@
 //! Child processes of a local cluster. Each server prints
 //! `<name> listening on <addr>` on stdout once it serves; the launcher waits
-//! for that line. A [`Server`] is killed when dropped, so a failing run
-//! leaves no stray processes.
+//! for that line.
+//!
+//! No stray processes: a [`Server`] is killed when dropped, and every child
+//! is started with `PR_SET_PDEATHSIG = SIGKILL`, so it also dies when the
+//! launcher itself is killed. Children run in their own process group, so a
+//! Ctrl-C on the terminal reaches only the launcher, which then tears the
+//! cluster down in order and removes its data.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -18,19 +24,30 @@ pub struct Server {
 
 impl Server {
     /// Spawns `cmd` (stdout is taken over) and waits up to `timeout` for a
-    /// line `prefix ADDR`.
+    /// line containing `prefix ADDR`.
     pub fn spawn(
         mut cmd: Command,
         prefix: &'static str,
         timeout: Duration,
     ) -> std::io::Result<Self> {
+        cmd.process_group(0);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+        // and exec here.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.stdout(Stdio::piped()).spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             // Keep draining after the line so the child never blocks on a full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix(prefix) {
+                if let Some((_, addr)) = line.split_once(prefix) {
                     let _ = tx.send(addr.trim().parse::<SocketAddr>());
                 }
             }
@@ -61,7 +78,12 @@ impl Server {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.exit_status().is_none()
+    }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// kill -9 and reap.

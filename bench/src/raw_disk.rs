@@ -3,6 +3,7 @@
 //! O_DIRECT, no node, no network. Writes use `RWF_DSYNC`, so like the node's
 //! acknowledged writes each is durable when it completes.
 
+use crate::dataset::xorshift;
 use hdrhistogram::Histogram;
 use io_uring::{opcode, types, IoUring};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -31,8 +32,13 @@ pub enum Pattern {
     SeqWrite,
     /// Each file read front to back.
     SeqRead,
-    /// Uniformly random aligned blocks of random files, for `ops` operations.
-    RandRead { ops: u64, seed: u64 },
+    /// Uniformly random aligned blocks of random files, for `ops`
+    /// operations; `read_percent` of them reads, the rest writes.
+    Random {
+        ops: u64,
+        seed: u64,
+        read_percent: u8,
+    },
 }
 
 /// A 4 KiB-aligned heap buffer for O_DIRECT.
@@ -56,13 +62,6 @@ impl Drop for AlignedBuf {
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.ptr, self.layout) }
     }
-}
-
-fn xorshift(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
 }
 
 /// Runs `pattern` over `files` files of `file_bytes` each in `dir` (created
@@ -101,10 +100,10 @@ pub fn run(
     let blocks_per_file = file_bytes / block as u64;
     let total_ops = match pattern {
         Pattern::SeqWrite | Pattern::SeqRead => blocks_per_file * files as u64,
-        Pattern::RandRead { ops, .. } => ops,
+        Pattern::Random { ops, .. } => ops,
     };
     let mut seed = match pattern {
-        Pattern::RandRead { seed, .. } => seed | 1,
+        Pattern::Random { seed, .. } => seed | 1,
         _ => 1,
     };
     // Sequential patterns: slot s streams through files s, s+depth, ...
@@ -119,10 +118,12 @@ pub fn run(
                       submitted: &mut u64,
                       started: &mut Vec<Instant>|
      -> bool {
+        let mut write = pattern == Pattern::SeqWrite;
         let (file, off) = match pattern {
-            Pattern::RandRead { .. } => {
+            Pattern::Random { read_percent, .. } => {
                 let f = (xorshift(&mut seed) % files as u64) as usize;
                 let b = xorshift(&mut seed) % blocks_per_file;
+                write = xorshift(&mut seed) % 100 >= u64::from(read_percent);
                 (f, b * block as u64)
             }
             _ => {
@@ -140,14 +141,15 @@ pub fn run(
             }
         };
         let fd = types::Fd(handles[file].as_raw_fd());
-        let entry = match pattern {
-            Pattern::SeqWrite => opcode::Write::new(fd, bufs[slot].ptr, block as u32)
+        let entry = if write {
+            opcode::Write::new(fd, bufs[slot].ptr, block as u32)
                 .offset(off)
                 .rw_flags(libc::RWF_DSYNC)
-                .build(),
-            _ => opcode::Read::new(fd, bufs[slot].ptr, block as u32)
+                .build()
+        } else {
+            opcode::Read::new(fd, bufs[slot].ptr, block as u32)
                 .offset(off)
-                .build(),
+                .build()
         }
         .user_data(slot as u64);
         started[slot] = Instant::now();
