@@ -239,3 +239,39 @@ fn put_with_write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
     ok(&cl, &["get", "/q2", dst.to_str().unwrap()]);
     assert!(std::fs::read(&dst).unwrap() == data);
 }
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn put_and_get_of_a_2_gib_file_are_byte_identical() {
+    let cl = Cluster::start(3);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("big.in");
+    let len: u64 = 2 << 30;
+    // Random bytes: no pattern that a wrong offset could reproduce.
+    let copied = std::io::copy(
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), len),
+        &mut std::fs::File::create(&src).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(copied, len);
+    let dst = local.path().join("big.out");
+    ok(
+        &cl,
+        &["put", "--replication", "1", src.to_str().unwrap(), "/big"],
+    );
+    ok(&cl, &["get", "/big", dst.to_str().unwrap()]);
+    assert_eq!(std::fs::metadata(&dst).unwrap().len(), len);
+    assert_eq!(
+        sha256(&src),
+        sha256(&dst),
+        "get returned other bytes than put stored"
+    );
+}
