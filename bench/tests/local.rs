@@ -246,3 +246,54 @@ fn assert_dir_empty(dir: &Path) {
         dir.display()
     );
 }
+
+#[test]
+fn run_drives_an_existing_cluster() {
+    use ringfs_bench::cluster::{ClusterOptions, LocalCluster};
+    use ringfs_bench::node_bench::Launcher;
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(&ClusterOptions {
+        launcher: Launcher::subcommands(
+            env!("CARGO_BIN_EXE_ringfs-bench").into(),
+            "__control",
+            "__node",
+        ),
+        nodes: 2,
+        parent: Some(tmp.path().to_path_buf()),
+        keep: false,
+    })
+    .unwrap();
+    let json = tmp.path().join("run.json");
+    let out = bench()
+        .args(["run", "--control", &cluster.control_addr.to_string()])
+        .args(["--workload", "seq-write,seq-read", "--replication", "2"])
+        .args([
+            "--size",
+            "4MiB",
+            "--block-size",
+            "256KiB",
+            "--chunk-size",
+            "1MiB",
+        ])
+        .args(["--no-baseline", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(doc[1]["workload"], "seq-read");
+    assert_eq!(doc[1]["verified_bytes"], 4 << 20);
+    assert!(doc[0]["baseline"].is_null() && doc[0]["cpu_seconds"]["nodes"].is_null());
+    // The dataset was removed again: the namespace is empty.
+    let left = ringfs_bench::local(async {
+        let c = ringfs_client::ControlClient::connect(cluster.control_addr)
+            .await
+            .unwrap();
+        c.list("/").await.unwrap()
+    });
+    assert!(left.is_empty(), "left in the cluster: {left:?}");
+}
