@@ -75,6 +75,9 @@ pub struct Report {
     /// Bytes read back and found to be exactly what was written.
     pub verified_bytes: u64,
     pub per_second: Vec<Sample>,
+    /// Per phase, for the metadata workload only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<crate::workload::PhaseReport>,
     #[serde(skip)]
     pub histogram: Histogram<u64>,
 }
@@ -114,6 +117,7 @@ impl Report {
             ratio_per_copy: None,
             verified_bytes: measured.verified_bytes,
             per_second,
+            phases: measured.phases,
             histogram: measured.histogram,
         }
     }

@@ -382,6 +382,12 @@ fn print_line(r: &Report) {
         r.latency_us.p99,
         ringfs_client::human::size(r.verified_bytes),
     );
+    for p in &r.phases {
+        println!(
+            "  {:<12} {:>8} ops in {:>6.2} s: {:>8.0} ops/s p50 {} µs p99 {} µs",
+            p.phase, p.ops, p.seconds, p.ops_per_s, p.latency_us.p50, p.latency_us.p99
+        );
+    }
 }
 
 fn remove_dataset(control: SocketAddr, ds: &Dataset) -> anyhow::Result<()> {

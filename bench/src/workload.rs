@@ -128,6 +128,18 @@ pub struct Measured {
     pub verified_bytes: u64,
     /// Per-operation latency, microseconds.
     pub histogram: Histogram<u64>,
+    /// The metadata workload's phases (create, stat, unlink); empty otherwise.
+    pub phases: Vec<PhaseReport>,
+}
+
+/// One phase of the metadata workload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseReport {
+    pub phase: &'static str,
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_s: f64,
+    pub latency_us: crate::stats::Percentiles,
 }
 
 impl Measured {
@@ -137,6 +149,7 @@ impl Measured {
             bytes: 0,
             verified_bytes: 0,
             histogram: latency_histogram(),
+            phases: Vec::new(),
         }
     }
 
@@ -154,6 +167,7 @@ impl Measured {
         self.ops += other.ops;
         self.bytes += other.bytes;
         self.verified_bytes += other.verified_bytes;
+        self.phases.extend(other.phases);
         self.histogram
             .add(other.histogram)
             .context("merging histograms")
@@ -209,6 +223,13 @@ pub fn start(control: SocketAddr, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>)
                     .histogram
                     .add(&p.histogram)
                     .context("merging histograms")?;
+                total.phases.push(PhaseReport {
+                    phase: p.name,
+                    ops: p.ops,
+                    seconds: p.seconds,
+                    ops_per_s: p.ops_per_s(),
+                    latency_us: p.latency,
+                });
             }
             Ok(total)
         });

@@ -139,6 +139,11 @@ fn smoke_run_reports_every_workload_verified_and_tears_down() {
         if name == "metadata" {
             assert!(r["baseline"].is_null() && r["ratio"].is_null());
             assert_eq!(r["ops"].as_u64().unwrap(), 3 * 60, "create + stat + unlink");
+            let phases: Vec<_> = r["phases"].as_array().unwrap().iter().collect();
+            assert_eq!(phases.len(), 3);
+            assert!(phases
+                .iter()
+                .all(|p| p["ops"] == 60 && p["ops_per_s"].as_f64().unwrap() > 0.0));
             continue;
         }
         assert!(r["bytes"].as_u64().unwrap() > 0, "{name}: no bytes");
