@@ -79,7 +79,7 @@ impl WriteBuf {
         check_range(offset, len)?;
         let io_start = align_down(offset, CRC_BLOCK);
         let io_end = align_up(offset + len, CRC_BLOCK).max(io_start + ALIGN);
-        let buf = glommio::allocate_dma_buffer((io_end - io_start) as usize);
+        let buf = crate::buffer_pool::take((io_end - io_start) as usize);
         Ok(Self {
             buf,
             io_start,
@@ -419,6 +419,10 @@ impl ChunkStore {
                 .map_err(|e| e.to_string())
         };
         let (local, fwd) = futures::join!(local, forward(shared.clone(), new_version));
+        // Both uses are done: the buffer serves the next payload.
+        if let Ok(buf) = Rc::try_unwrap(shared.buf) {
+            crate::buffer_pool::give(buf);
+        }
         match local {
             Ok(()) => {
                 *chunk.meta.borrow_mut() = new_meta;

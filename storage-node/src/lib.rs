@@ -1,6 +1,7 @@
 //! ringfs storage node: glommio thread-per-core shards serving chunks over a
 //! lean framed data-plane protocol. See "Data plane" in `docs/protocol.md`.
 
+pub mod buffer_pool;
 pub mod chunk_file;
 pub mod chunk_store;
 pub mod cli;
