@@ -1100,6 +1100,7 @@ impl Client {
             )));
         }
         buf.copy_from_slice(&payload[..buf.len()]);
+        crate::node_conn::recycle_payload(payload);
         Ok(())
     }
 }

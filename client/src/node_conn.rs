@@ -183,6 +183,47 @@ async fn read_loop(
     }
 }
 
+/// Most bytes of free payload buffers one client thread keeps.
+const PAYLOAD_POOL_BYTES: usize = 256 << 20;
+
+thread_local! {
+    /// Payload buffers returned by [`recycle_payload`], per client thread
+    /// (the client runs on one thread, so nothing is shared).
+    static PAYLOADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of exactly `n` bytes: a recycled one if any is large enough,
+/// so big reads do not fault in and zero fresh pages every time.
+fn take_payload_buffer(n: usize) -> Vec<u8> {
+    let reused = PAYLOADS.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= n)
+            .min_by_key(|(_, b)| b.capacity())?
+            .0;
+        Some(p.swap_remove(i))
+    });
+    let mut buf = reused.unwrap_or_default();
+    buf.resize(n, 0);
+    buf
+}
+
+/// Hands a payload back for reuse once its bytes have been consumed.
+pub fn recycle_payload(buf: Vec<u8>) {
+    if buf.capacity() < 64 * 1024 || buf.capacity() > PAYLOAD_POOL_BYTES {
+        return;
+    }
+    PAYLOADS.with(|p| {
+        let mut p = p.borrow_mut();
+        let held: usize = p.iter().map(Vec::capacity).sum();
+        if held + buf.capacity() <= PAYLOAD_POOL_BYTES {
+            p.push(buf);
+        }
+    });
+}
+
 /// Reads one frame; the payload is read into a buffer of exactly its size.
 async fn read_frame(rd: &mut BufReader<OwnedReadHalf>) -> std::result::Result<Reply, String> {
     let len = match rd.read_u32_le().await {
@@ -198,17 +239,14 @@ async fn read_frame(rd: &mut BufReader<OwnedReadHalf>) -> std::result::Result<Re
         .await
         .map_err(|e| format!("read failed: {e}"))?;
     let h = decode_header(&head).map_err(|e| format!("bad frame from node: {e}"))?;
-    // Read into spare capacity: no zero-fill of what the socket overwrites.
     let n = h.payload_length as usize;
-    let mut payload = Vec::with_capacity(n);
-    let got = (&mut *rd)
-        .take(n as u64)
-        .read_to_end(&mut payload)
+    let mut payload = take_payload_buffer(n);
+    rd.read_exact(&mut payload)
         .await
-        .map_err(|e| format!("read failed: {e}"))?;
-    if got < n {
-        return Err("connection closed inside a payload".into());
-    }
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "connection closed inside a payload".to_string(),
+            _ => format!("read failed: {e}"),
+        })?;
     Ok((h, payload))
 }
 
