@@ -170,9 +170,8 @@ fn smoke_run_reports_every_workload_verified_and_tears_down() {
     );
 }
 
-#[test]
-fn a_killed_node_fails_the_run_clearly_and_the_rest_is_torn_down() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Starts a long `local` run and returns once its workload is under way.
+fn start_long_run(dir: &Path) -> (std::process::Child, Announced) {
     let mut child = bench()
         .args([
             "local",
@@ -190,7 +189,7 @@ fn a_killed_node_fails_the_run_clearly_and_the_rest_is_torn_down() {
             "seq-write,rand-read-4k",
         ])
         .args(["--duration", "60s", "--no-baseline", "--dir"])
-        .arg(tmp.path())
+        .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -204,7 +203,6 @@ fn a_killed_node_fails_the_run_clearly_and_the_rest_is_torn_down() {
     });
     let mut announced = Announced::default();
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Kill node 2 once the workload is under way.
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -215,10 +213,11 @@ fn a_killed_node_fails_the_run_clearly_and_the_rest_is_torn_down() {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    let victim = announced.node_pids[1];
-    // SAFETY: kill(2) on a pid this test's child started and still owns.
-    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    (child, announced)
+}
 
+/// Waits (up to 60 s) for the bench to exit; returns its status and stderr.
+fn wait_exit(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -226,12 +225,23 @@ fn a_killed_node_fails_the_run_clearly_and_the_rest_is_torn_down() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the bench kept running after a node was killed"
+            "the bench kept running"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+#[test]
+fn a_killed_node_fails_the_run_clearly_and_the_rest_is_torn_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (child, announced) = start_long_run(tmp.path());
+    let victim = announced.node_pids[1];
+    // SAFETY: kill(2) on a pid our child started and still owns.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let (status, stderr) = wait_exit(child);
     assert!(!status.success(), "the bench must fail");
     assert!(
         stderr.contains(&format!(
@@ -239,6 +249,19 @@ fn a_killed_node_fails_the_run_clearly_and_the_rest_is_torn_down() {
         )),
         "a clear message naming the node, got:\n{stderr}"
     );
+    announced.assert_torn_down();
+    assert_dir_empty(tmp.path());
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_tears_everything_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (child, announced) = start_long_run(tmp.path());
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let (status, stderr) = wait_exit(child);
+    assert!(!status.success());
+    assert!(stderr.contains("interrupted"), "got:\n{stderr}");
     announced.assert_torn_down();
     assert_dir_empty(tmp.path());
 }
