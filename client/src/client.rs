@@ -20,7 +20,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -33,6 +33,7 @@ use crate::control::{
 use crate::error::{Error, Result};
 use crate::node_conn::{status_error, NodeConn, NodePool};
 use crate::placement;
+use crate::record_cache::RecordCache;
 
 /// An open file on this client (like a POSIX file descriptor).
 pub type Fd = u32;
@@ -125,6 +126,8 @@ struct OpenFile {
     write_quorum: u8,
     /// Serializes writes through this descriptor (they update chunk records).
     io: Rc<tokio::sync::Mutex<()>>,
+    /// Chunk records recently read through this descriptor.
+    records: Rc<RefCell<RecordCache>>,
 }
 
 /// What a read or write needs of an open file, copied out of the table so
@@ -132,6 +135,7 @@ struct OpenFile {
 #[derive(Clone)]
 struct FileView {
     handle: Rc<FileHandle>,
+    records: Rc<RefCell<RecordCache>>,
     size: u64,
     chunk_size: u64,
     replication: u8,
@@ -163,6 +167,8 @@ pub struct Client {
     options: ClientOptions,
     files: RefCell<HashMap<Fd, OpenFile>>,
     next_fd: Cell<Fd>,
+    /// Record caches by inode, shared by the descriptors of one file.
+    record_caches: RefCell<HashMap<u64, Weak<RefCell<RecordCache>>>>,
     /// Rotates the shard a new chunk is minted on.
     next_shard: Cell<usize>,
     repairs: Cell<u64>,
@@ -232,6 +238,7 @@ impl Client {
             options,
             files: RefCell::new(HashMap::new()),
             next_fd: Cell::new(3),
+            record_caches: RefCell::default(),
             next_shard: Cell::new(0),
             repairs: Cell::new(0),
             watcher,
@@ -320,6 +327,10 @@ impl Client {
         if opts.truncate && attr.size != 0 {
             attr = handle.set_size(0).await?;
         }
+        let records = self.record_cache(attr.inode);
+        if opts.truncate {
+            records.borrow_mut().clear();
+        }
         let fd = self.next_fd.get();
         self.next_fd.set(fd.wrapping_add(1).max(3));
         self.files.borrow_mut().insert(
@@ -336,6 +347,7 @@ impl Client {
                 replication: attr.replication,
                 write_quorum: attr.write_quorum,
                 io: Rc::new(tokio::sync::Mutex::new(())),
+                records,
             },
         );
         Ok(fd)
@@ -404,16 +416,18 @@ impl Client {
 
     /// Truncates or extends an open file (write descriptors).
     pub async fn set_len(&self, fd: Fd, size: u64) -> Result<()> {
-        let (h, io) = self.with_file(fd, |f| {
+        let (h, io, records) = self.with_file(fd, |f| {
             if !f.write {
                 return Err(Error::BadDescriptor(format!(
                     "{fd} is not open for writing"
                 )));
             }
-            Ok((f.handle.clone(), f.io.clone()))
+            Ok((f.handle.clone(), f.io.clone(), f.records.clone()))
         })?;
         let _io = io.lock().await;
-        let attr = h.set_size(size).await?;
+        let attr = h.set_size(size).await;
+        records.borrow_mut().clear();
+        let attr = attr?;
         self.with_file_mut(fd, |f| {
             f.size = attr.size;
             Ok(())
@@ -465,6 +479,7 @@ impl Client {
             // Another client may have appended since we looked.
             let attr = v.handle.attr().await?;
             v.size = attr.size;
+            v.records.borrow_mut().clear();
             self.with_file_mut(fd, |f| {
                 f.size = attr.size;
                 Ok(())
@@ -476,10 +491,32 @@ impl Client {
         let n = (v.size - offset).min(buf.len() as u64) as usize;
         let buf = &mut buf[..n];
         let cs = v.chunk_size;
-        let first = offset / cs;
-        let last = (offset + n as u64 - 1) / cs;
+        let (first, last) = (offset / cs, (offset + n as u64 - 1) / cs);
+        let cached = v.records.borrow().get(first, last, Instant::now());
+        if let Some(records) = cached {
+            if self.read_records(&records, cs, offset, buf).await.is_ok() {
+                return Ok(n);
+            }
+            // A cached record may be outdated: retry with fresh ones.
+        }
+        let (generation, fetched_at) = (v.records.borrow().generation(), Instant::now());
         let records = self.records(&v.handle, first, last).await?;
-        // Split the buffer into per-chunk pieces; read them concurrently.
+        v.records
+            .borrow_mut()
+            .insert(generation, first, last, &records, fetched_at);
+        self.read_records(&records, cs, offset, buf).await?;
+        Ok(n)
+    }
+
+    /// Reads `buf` at file `offset` from the chunks in `records` (by index;
+    /// holes absent), chunk pieces concurrently.
+    async fn read_records(
+        &self,
+        records: &HashMap<u64, ChunkRecord>,
+        cs: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
         let mut pieces = Vec::new();
         let mut rest = buf;
         let mut at = offset;
@@ -500,7 +537,19 @@ impl Client {
         .buffer_unordered(PIPELINE)
         .try_collect::<Vec<()>>()
         .await?;
-        Ok(n)
+        Ok(())
+    }
+
+    /// The record cache of `inode`, shared with its other descriptors.
+    fn record_cache(&self, inode: u64) -> Rc<RefCell<RecordCache>> {
+        let mut caches = self.record_caches.borrow_mut();
+        caches.retain(|_, c| c.strong_count() > 0);
+        if let Some(c) = caches.get(&inode).and_then(Weak::upgrade) {
+            return c;
+        }
+        let c = Rc::default();
+        caches.insert(inode, Rc::downgrade(&c));
+        c
     }
 
     fn with_file<T>(&self, fd: Fd, f: impl FnOnce(&OpenFile) -> Result<T>) -> Result<T> {
@@ -522,6 +571,7 @@ impl Client {
     fn view(&self, f: &OpenFile) -> FileView {
         FileView {
             handle: f.handle.clone(),
+            records: f.records.clone(),
             size: f.size,
             chunk_size: f.chunk_size,
             replication: f.replication,
@@ -597,7 +647,10 @@ impl Client {
         .try_collect()
         .await?;
         let new_size = v.size.max(end);
-        let attr = v.handle.commit_chunks(&records, new_size).await?;
+        let attr = v.handle.commit_chunks(&records, new_size).await;
+        // Also after a failed commit: the chunks may have changed anyway.
+        v.records.borrow_mut().clear();
+        let attr = attr?;
         self.with_file_mut(fd, |f| {
             f.size = attr.size;
             Ok(())

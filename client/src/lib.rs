@@ -17,6 +17,7 @@ pub mod error;
 pub mod human;
 pub mod node_conn;
 pub mod placement;
+pub mod record_cache;
 
 pub use blocking::BlockingClient;
 pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};

@@ -455,3 +455,41 @@ fn an_overwrite_with_a_replica_down_keeps_the_live_ones_and_reads_back() {
         assert_eq!(recs[2].replicas.len(), 3, "{recs:?}");
     });
 }
+
+/// Reads through one descriptor see writes made through another descriptor
+/// of the same client at once (they share the chunk-record cache, which
+/// writes clear), and another client's replacement of the file's chunks
+/// within the cache's bound.
+#[test]
+fn cached_chunk_records_never_hide_own_writes_and_expire_for_others() {
+    let cl = cluster(3);
+    let addr = cl.control.addr;
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        let old = pattern(3 * CHUNK as usize, 1);
+        put(&c, "/f", &old, layout(2, 2)).await.unwrap();
+        let reader = c.open("/f", &OpenOptions::read()).await.unwrap();
+        let mut buf = vec![0u8; CHUNK as usize];
+        c.pread(reader, CHUNK as u64, &mut buf).await.unwrap();
+        assert_eq!(buf, old[CHUNK as usize..2 * CHUNK as usize]);
+
+        // Same client, another descriptor: truncate and rewrite (new chunks).
+        let new = pattern(3 * CHUNK as usize, 2);
+        put(&c, "/f", &new, layout(2, 2)).await.unwrap();
+        c.pread(reader, CHUNK as u64, &mut buf).await.unwrap();
+        assert_eq!(
+            buf,
+            new[CHUNK as usize..2 * CHUNK as usize],
+            "own write hidden"
+        );
+
+        // Another client replaces the chunks: visible after the cache bound.
+        let other = Client::connect(addr).await.unwrap();
+        let newer = pattern(3 * CHUNK as usize, 3);
+        put(&other, "/f", &newer, layout(2, 2)).await.unwrap();
+        tokio::time::sleep(ringfs_client::record_cache::MAX_AGE).await;
+        c.pread(reader, CHUNK as u64, &mut buf).await.unwrap();
+        assert_eq!(buf, newer[CHUNK as usize..2 * CHUNK as usize]);
+        c.close(reader).await.unwrap();
+    });
+}
