@@ -50,10 +50,7 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> anyhow::Result<()> {
     for (i, r) in data_reports.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
-            .draw_series(LineSeries::new(
-                r.per_second.iter().map(|s| (s.second, s.throughput_mib_s)),
-                color.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(steps(r), color.stroke_width(2)))
             .map_err(draw_error)?
             .label(r.workload.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
@@ -108,6 +105,19 @@ pub fn write_svg(path: &Path, reports: &[Report]) -> anyhow::Result<()> {
         .map_err(draw_error)?;
     root.present().map_err(draw_error)?;
     Ok(())
+}
+
+/// Each sample as a flat step over the interval it measured, so even a
+/// workload shorter than a second shows up.
+fn steps(r: &Report) -> Vec<(f64, f64)> {
+    let mut from = 0.0;
+    let mut out = Vec::with_capacity(2 * r.per_second.len());
+    for s in &r.per_second {
+        out.push((from, s.throughput_mib_s));
+        out.push((s.second, s.throughput_mib_s));
+        from = s.second;
+    }
+    out
 }
 
 fn draw_error<E: std::error::Error + Send + Sync + 'static>(
