@@ -195,7 +195,8 @@ impl LocalCluster {
     }
 }
 
-fn command(argv: &[OsString]) -> anyhow::Result<Command> {
+/// A command from a launcher's argv (program and leading arguments).
+pub(crate) fn command(argv: &[OsString]) -> anyhow::Result<Command> {
     let (prog, args) = argv.split_first().context("empty launcher command")?;
     let mut c = Command::new(prog);
     c.args(args);

@@ -12,7 +12,11 @@
 //! directory ([`crate::raw_disk`]); each report carries the ratio
 //! node / raw (throughput for sequential workloads, IOPS for random reads).
 
+use crate::cluster::command;
+use crate::process::Server;
 use crate::raw_disk::{self, Pattern};
+use crate::report::Baseline;
+use crate::stats::Percentiles;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use ringfs_node::frame::{Header, Op, Status, Token};
@@ -20,11 +24,13 @@ use ringfs_node::ids::ChunkId;
 use ringfs_node::peer::Peer;
 use serde::Serialize;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// How long a server may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to start the servers: a program and leading arguments each.
 #[derive(Debug, Clone)]
@@ -87,33 +93,6 @@ impl Options {
     }
 }
 
-/// Latency percentiles, microseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Latency {
-    pub p50: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-}
-
-impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
-        Self {
-            p50: h.value_at_quantile(0.5),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Baseline {
-    pub throughput_mib_s: f64,
-    pub ops_per_s: f64,
-    pub latency_us: Latency,
-}
-
 /// One workload's figures (the JSON array element).
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadReport {
@@ -124,57 +103,10 @@ pub struct WorkloadReport {
     pub seconds: f64,
     pub throughput_mib_s: f64,
     pub ops_per_s: f64,
-    pub latency_us: Latency,
+    pub latency_us: Percentiles,
     pub baseline: Baseline,
     /// Node / raw: throughput for sequential workloads, ops/s for random reads.
     pub ratio: f64,
-}
-
-/// A child process killed (by pid) when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn command(argv: &[OsString]) -> anyhow::Result<Command> {
-    let (prog, args) = argv.split_first().context("empty launcher command")?;
-    let mut c = Command::new(prog);
-    c.args(args);
-    Ok(c)
-}
-
-/// Spawns `cmd` and collects stdout lines containing `needle` until `want` arrived.
-fn spawn_and_wait(
-    mut cmd: Command,
-    needle: &'static str,
-    want: usize,
-) -> anyhow::Result<(ChildGuard, Vec<String>)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("spawning a server")?;
-    let stdout = child.stdout.take().expect("piped");
-    let guard = ChildGuard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split(needle).nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let mut found = Vec::new();
-    while found.len() < want {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => found.push(a),
-            Err(_) => bail!("server did not print {needle:?} {want} times within 30 s"),
-        }
-    }
-    Ok((guard, found))
 }
 
 /// Runs the benchmark; returns one report per workload.
@@ -192,25 +124,22 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
         ),
     )?;
 
-    let control_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let mut cmd = command(&opts.launcher.control)?;
-    cmd.args(["--listen", &format!("127.0.0.1:{control_port}")])
+    cmd.args(["--listen", "127.0.0.1:0"])
         .arg("--data")
         .arg(dir.join("control"))
         .arg("--secret-file")
         .arg(&secret)
         .stderr(Stdio::null());
-    let (_control, _) =
-        spawn_and_wait(cmd, "listening on ", 1).context("starting the control server")?;
+    let control = Server::spawn(cmd, "listening on ", START_TIMEOUT)
+        .context("starting the control server")?;
 
     let shards = ringfs_node_shards(&opts.node_cores)?;
     let node_data = dir.join("node");
     let mut cmd = command(&opts.launcher.node)?;
     cmd.args([
         "--control",
-        &format!("127.0.0.1:{control_port}"),
+        &control.addr.to_string(),
         "--listen",
         "127.0.0.1",
     ])
@@ -220,8 +149,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
     .arg("--secret-file")
     .arg(&secret)
     .stderr(Stdio::null());
-    let (_node, endpoints) =
-        spawn_and_wait(cmd, "listening on ", shards).context("starting the node")?;
+    let (_node, endpoints) = Server::spawn_all(cmd, "listening on ", shards, START_TIMEOUT)
+        .context("starting the node")?;
+    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !node_data.join("node-identity").exists() {
         if Instant::now() > deadline {
@@ -278,7 +208,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
         let baseline = Baseline {
             throughput_mib_s: r.bytes as f64 / mib as f64 / secs,
             ops_per_s: r.ops as f64 / secs,
-            latency_us: Latency::of(&r.latency),
+            latency_us: Percentiles::of(&r.latency),
         };
         let ratio = if n.workload.starts_with("rand") {
             n.ops_per_s / baseline.ops_per_s
@@ -323,16 +253,11 @@ impl Measured {
             seconds: secs,
             throughput_mib_s: self.bytes as f64 / (1 << 20) as f64 / secs,
             ops_per_s: self.ops as f64 / secs,
-            latency_us: Latency::of(&self.latency),
+            latency_us: Percentiles::of(&self.latency),
             baseline: Baseline {
                 throughput_mib_s: 0.0,
                 ops_per_s: 0.0,
-                latency_us: Latency {
-                    p50: 0,
-                    p99: 0,
-                    p999: 0,
-                    max: 0,
-                },
+                latency_us: Percentiles::default(),
             },
             ratio: 0.0,
         }

@@ -25,11 +25,18 @@ pub struct Server {
 impl Server {
     /// Spawns `cmd` (stdout is taken over) and waits up to `timeout` for a
     /// line containing `prefix ADDR`.
-    pub fn spawn(
+    pub fn spawn(cmd: Command, prefix: &'static str, timeout: Duration) -> std::io::Result<Self> {
+        Self::spawn_all(cmd, prefix, 1, timeout).map(|(server, _)| server)
+    }
+
+    /// Like [`Server::spawn`], but waits for `count` such lines (one per
+    /// shard of a storage node) and returns every address, in order.
+    pub fn spawn_all(
         mut cmd: Command,
         prefix: &'static str,
+        count: usize,
         timeout: Duration,
-    ) -> std::io::Result<Self> {
+    ) -> std::io::Result<(Self, Vec<SocketAddr>)> {
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork
         // and exec here.
@@ -45,7 +52,8 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            // Keep draining after the line so the child never blocks on a full pipe.
+            // Keep draining after the lines so the child never blocks on a
+            // full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some((_, addr)) = line.split_once(prefix) {
                     let _ = tx.send(addr.trim().parse::<SocketAddr>());
@@ -57,19 +65,32 @@ impl Server {
             let _ = child.wait();
             Err(std::io::Error::other(msg))
         };
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(addr)) => Ok(Server { child, addr }),
-            Ok(Err(e)) => fail(&mut child, format!("bad address after {prefix:?}: {e}")),
-            Err(_) => match child.try_wait() {
-                Ok(Some(status)) => {
-                    fail(&mut child, format!("exited with {status} before serving"))
+        let deadline = std::time::Instant::now() + timeout;
+        let mut addrs = Vec::with_capacity(count);
+        while addrs.len() < count {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(Ok(addr)) => addrs.push(addr),
+                Ok(Err(e)) => {
+                    return fail(&mut child, format!("bad address after {prefix:?}: {e}"))
                 }
-                _ => fail(
-                    &mut child,
-                    format!("did not print {prefix:?} within {timeout:?}"),
-                ),
-            },
+                Err(_) => {
+                    return match child.try_wait() {
+                        Ok(Some(status)) => {
+                            fail(&mut child, format!("exited with {status} before serving"))
+                        }
+                        _ => fail(
+                            &mut child,
+                            format!("did not print {prefix:?} {count} times within {timeout:?}"),
+                        ),
+                    }
+                }
+            }
         }
+        let server = Server {
+            child,
+            addr: addrs[0],
+        };
+        Ok((server, addrs))
     }
 
     pub fn pid(&self) -> u32 {

@@ -9,7 +9,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Percentiles {
     pub p50: u64,
     pub p90: u64,
