@@ -38,18 +38,23 @@ pub struct ClusterOptions {
 }
 
 /// CPU seconds used so far by the cluster's processes.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterCpu {
     pub control: f64,
-    /// Sum over all storage nodes.
-    pub nodes: f64,
+    /// Per storage node, in start order.
+    pub nodes: Vec<f64>,
 }
 
 impl ClusterCpu {
-    pub fn since(self, earlier: ClusterCpu) -> ClusterCpu {
+    pub fn since(&self, earlier: &ClusterCpu) -> ClusterCpu {
         ClusterCpu {
             control: self.control - earlier.control,
-            nodes: self.nodes - earlier.nodes,
+            nodes: self
+                .nodes
+                .iter()
+                .zip(&earlier.nodes)
+                .map(|(now, then)| now - then)
+                .collect(),
         }
     }
 }
@@ -190,7 +195,11 @@ impl LocalCluster {
     pub fn cpu(&self) -> ClusterCpu {
         ClusterCpu {
             control: cpu_seconds(self.control.pid()).unwrap_or(0.0),
-            nodes: self.nodes.iter().filter_map(|n| cpu_seconds(n.pid())).sum(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| cpu_seconds(n.pid()).unwrap_or(0.0))
+                .collect(),
         }
     }
 }

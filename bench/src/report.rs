@@ -22,12 +22,14 @@ pub struct Baseline {
 }
 
 /// CPU seconds (user + system) spent during the workload.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CpuSeconds {
     /// None when the cluster is not ours (`run --control`).
     pub control: Option<f64>,
     /// All storage nodes together.
     pub nodes: Option<f64>,
+    /// Each storage node, in start order (empty with `run --control`).
+    pub per_node: Vec<f64>,
     /// The load generator (this process).
     pub bench: f64,
 }

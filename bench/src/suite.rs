@@ -237,13 +237,11 @@ fn monitored(
     // better than the client's error does.
     check(cluster).with_context(|| format!("{label} failed"))?;
     let measured = result.with_context(|| format!("{label} failed"))?;
+    let used = cpu0.and_then(|c0| Some(cluster.as_deref()?.cpu().since(&c0)));
     let cpu = CpuSeconds {
-        control: cpu0.map(|c0| {
-            cluster
-                .as_deref()
-                .map_or(0.0, |c| c.cpu().since(c0).control)
-        }),
-        nodes: cpu0.map(|c0| cluster.as_deref().map_or(0.0, |c| c.cpu().since(c0).nodes)),
+        control: used.as_ref().map(|u| u.control),
+        nodes: used.as_ref().map(|u| u.nodes.iter().sum()),
+        per_node: used.map(|u| u.nodes).unwrap_or_default(),
         bench: own_cpu() - bench0,
     };
     Ok((measured, seconds, timeline.samples, cpu))

@@ -133,7 +133,8 @@ fn smoke_run_reports_every_workload_verified_and_tears_down() {
             assert!(r["latency_us"][p].as_u64().unwrap() > 0, "{name}: {p}");
         }
         assert!(
-            r["cpu_seconds"]["nodes"].as_f64().is_some(),
+            r["cpu_seconds"]["nodes"].as_f64().is_some()
+                && r["cpu_seconds"]["per_node"].as_array().unwrap().len() == 3,
             "{name}: node CPU"
         );
         if name == "metadata" {
