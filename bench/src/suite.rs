@@ -104,7 +104,7 @@ pub fn run(
         anyhow::Ok(())
     })
     .with_context(|| format!("creating {root} on the cluster"))?;
-    let replication = o.layout.replication;
+    let mut replication = o.layout.replication;
     println!(
         "dataset: {files} files of {} in {root} (R={}, chunk {})",
         ringfs_client::human::size(file_bytes),
@@ -156,6 +156,10 @@ pub fn run(
         let (measured, seconds, samples, cpu) =
             monitored(control, &mut cluster, &ds, spec, limit, w.name())?;
         dataset_written |= w == Workload::SeqWrite;
+        if replication == 0 && dataset_written {
+            // The server's default: report what the files really have.
+            replication = file_replication(control, &ds)?;
+        }
         let mut report = Report::new(
             w.name(),
             replication,
@@ -399,6 +403,14 @@ fn remove_dataset(control: SocketAddr, ds: &Dataset) -> anyhow::Result<()> {
         }
         c.rmdir(&ds.root).await?;
         anyhow::Ok(())
+    })
+}
+
+/// Replicas per chunk of the dataset's files (R), from the control server.
+fn file_replication(control: SocketAddr, ds: &Dataset) -> anyhow::Result<u8> {
+    crate::local(async {
+        let c = ringfs_client::ControlClient::connect(control).await?;
+        anyhow::Ok(c.stat(&ds.path(0)).await?.replication)
     })
 }
 

@@ -259,17 +259,6 @@ pub fn start(control: SocketAddr, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>)
     Running { threads }
 }
 
-/// Writes the dataset (not measured): what the read workloads need when
-/// `seq-write` did not run first.
-pub fn prepare(control: SocketAddr, ds: Arc<Dataset>, spec: Spec) -> anyhow::Result<()> {
-    let live = Arc::new(Live::new(crate::live::Limit::Ops(u64::MAX)));
-    let spec = Spec {
-        workload: Workload::SeqWrite,
-        ..spec
-    };
-    start(control, ds, spec, live).join().map(drop)
-}
-
 async fn load_thread(
     control: SocketAddr,
     ds: &Dataset,
