@@ -965,9 +965,11 @@ impl Client {
                     for bad in corrupt {
                         // Best effort: a failed repair leaves the replica
                         // refusing reads, as before; the read succeeded.
-                        if self.repair(id, bad, node_id, chunk_size).await.is_ok() {
+                        let repaired = self.repair(id, bad, node_id, chunk_size).await.is_ok();
+                        if repaired {
                             self.repairs.set(self.repairs.get() + 1);
                         }
+                        self.report_bad(rec.chunk_id, bad, repaired).await;
                     }
                     return Ok(());
                 }
@@ -980,6 +982,9 @@ impl Client {
                     errors.push(e.to_string());
                 }
             }
+        }
+        for &bad in &corrupt {
+            self.report_bad(rec.chunk_id, bad, false).await;
         }
         let msg = format!(
             "chunk {id} (index {}): no replica could be read: {}",
@@ -1048,6 +1053,14 @@ impl Client {
             return Err(status_error(&r, &good_addr));
         }
         Ok(())
+    }
+
+    /// Tells the control server about a replica that failed its checksum
+    /// (best effort: the node reports it too, and the read already has its
+    /// answer).
+    async fn report_bad(&self, chunk: u128, node: u64, repaired: bool) {
+        // A failure changes nothing: the node reports the bad chunk itself.
+        let _ = self.control.report_bad_replica(chunk, node, repaired).await;
     }
 
     /// Replicas this client repaired after checksum failures.
