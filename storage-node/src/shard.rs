@@ -284,7 +284,7 @@ impl Shard {
         let reserved = self
             .reservations
             .borrow()
-            .outstanding(|id| self.store.info(id).map(|i| i.length).unwrap_or(0));
+            .outstanding(|id| self.store.info(id).map(|i| on_disk(i.length)).unwrap_or(0));
         CapacityReport {
             total,
             used,
@@ -813,9 +813,12 @@ impl Shard {
         };
         let free = self.free_bytes();
         let outstanding = self.capacity().reserved;
+        // What the chunk will occupy on disk: its header (two slots with
+        // the CRC tables) and its data in 4 KiB units, as `used` counts it.
+        let disk_bytes = on_disk(bytes);
         self.reservations
             .borrow()
-            .check(bytes, free, outstanding)
+            .check(disk_bytes, free, outstanding)
             .map_err(|e| OpError(Status::NoSpace, e.to_string()))?;
         let id = match id {
             Some(id) => id,
@@ -849,7 +852,7 @@ impl Shard {
         self.reservations.borrow_mut().insert(
             id,
             Reservation {
-                bytes,
+                bytes: disk_bytes,
                 client: h.client_id,
                 generation: g.generation,
             },
@@ -1005,6 +1008,13 @@ impl Shard {
         r.durable_replicas = resp.durable_replicas;
         Ok(r)
     }
+}
+
+/// Bytes a chunk of `length` data bytes occupies on disk (header included),
+/// as [`ChunkStore::used_bytes`] counts it.
+fn on_disk(length: u64) -> u64 {
+    use crate::chunk_file::{align_up, ALIGN, DATA_OFFSET};
+    DATA_OFFSET + align_up(length, ALIGN)
 }
 
 /// (total, available) bytes of the filesystem holding `dir`.

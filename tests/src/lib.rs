@@ -254,7 +254,10 @@ impl Cluster {
     /// Starts node `i` (a new one if `i == nodes.len()`, else a restart
     /// from its data directory, so with its node id) with these flags.
     pub fn start_node(&mut self, i: usize, flags: &[&str]) {
-        let mut all = vec!["--capacity-bytes", "1073741824"];
+        let mut all = Vec::new();
+        if !flags.contains(&"--capacity-bytes") {
+            all.extend(["--capacity-bytes", "1073741824"]);
+        }
         all.extend_from_slice(flags);
         let n = NodeProcess::start(self.dir.path(), &format!("n{i}"), self.control.addr, &all);
         if i == self.nodes.len() {
