@@ -433,3 +433,163 @@ pub fn health(
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Capacity;
+    use crate::records::Inode;
+
+    const TTL: Duration = Duration::from_secs(1);
+    const GRACE: Duration = Duration::from_secs(10);
+
+    fn cfg(max_copies: usize) -> RepairConfig {
+        RepairConfig {
+            grace: GRACE,
+            max_copies,
+            orphan_grace: Duration::from_secs(60),
+            report_interval: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(60),
+            node_ttl: TTL,
+        }
+    }
+
+    fn file() -> Inode {
+        Inode {
+            kind: Kind::File,
+            parent: 1,
+            size: 1 << 30,
+            mode: 0o644,
+            mtime_ns: 0,
+            chunk_size: 1 << 20,
+            replication: 3,
+            write_quorum: 2,
+            version: 1,
+        }
+    }
+
+    fn entry(index: u64, id: u128, replicas: &[u64]) -> MapEntry {
+        MapEntry {
+            inode: 2,
+            index,
+            chunk: Chunk {
+                id,
+                replicas: replicas.to_vec(),
+                length: 4096,
+                version: 1,
+            },
+            file: Some(file()),
+        }
+    }
+
+    /// Nodes 1..=n, up, each reporting `holds` chunks (id, version 1),
+    /// node i with i GiB free.
+    fn members(n: u64, holds: &[(u64, u128)]) -> Membership {
+        let mut m = Membership::default();
+        for id in 1..=n {
+            let cap = Capacity {
+                total: id << 30,
+                ..Default::default()
+            };
+            m.joined(id, [id as u8; 16], vec![format!("127.0.0.1:{id}")], cap);
+            let chunks: Vec<_> = holds
+                .iter()
+                .filter(|(node, _)| *node == id)
+                .map(|(_, c)| (*c, 1, 4096))
+                .collect();
+            m.report_chunks(id, &[id as u8; 16], chunks, true).unwrap();
+        }
+        m
+    }
+
+    fn copies(cmds: &Commands) -> Vec<(u64, u128, u64, Vec<u64>)> {
+        cmds.iter()
+            .filter_map(|c| match &c.work {
+                Work::Copy {
+                    chunk,
+                    target,
+                    drop,
+                    ..
+                } => Some((c.node, *chunk, *target, drop.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_replica_left_is_repaired_before_two_left() {
+        // Chunk 10 lost one replica (node 3 stale), chunk 11 two (nodes 2
+        // and 3 stale); one copy allowed at a time.
+        let m = members(4, &[(1, 10), (2, 10), (3, 10), (1, 11)]);
+        let mut m = m;
+        m.report_chunks(3, &[3; 16], [(10, 0, 4096)], true).unwrap();
+        let map = vec![entry(0, 10, &[1, 2, 3]), entry(1, 11, &[1, 2, 3])];
+        let r = Repair::new(cfg(1));
+        let now = Instant::now();
+        assert_eq!(r.assess(&map[0].chunk, 3, &m, now).good, 2);
+        assert_eq!(r.assess(&map[1].chunk, 3, &m, now).good, 1);
+        let mut cmds = Commands::default();
+        r.plan(&map, &m, &mut cmds, now);
+        let c = copies(&cmds);
+        assert_eq!(c.len(), 1);
+        // Chunk 11 first; target: node 4 (no copy, most free space).
+        assert_eq!(c[0], (1, 11, 4, vec![2, 3]));
+    }
+
+    #[test]
+    fn a_down_node_waits_for_its_grace() {
+        let m0 = members(4, &[(1, 10), (2, 10), (3, 10)]);
+        let mut m = m0;
+        let map = vec![entry(0, 10, &[1, 2, 3])];
+        let r = Repair::new(cfg(4));
+        // Node 3 silent: down after the TTL; the others heartbeat.
+        let later = Instant::now() + TTL * 2;
+        m.sweep(later, TTL);
+        for id in [1u64, 2, 4] {
+            m.heartbeat(
+                id,
+                &[id as u8; 16],
+                Capacity {
+                    total: id << 30,
+                    ..Default::default()
+                },
+                GRACE * 10,
+            )
+            .unwrap();
+        }
+        let mut cmds = Commands::default();
+        r.plan(&map, &m, &mut cmds, later);
+        assert!(copies(&cmds).is_empty(), "repaired within the grace");
+        let a = r.assess(&map[0].chunk, 3, &m, later);
+        assert_eq!((a.good, a.pending), (2, 1));
+        r.plan(&map, &m, &mut cmds, later + GRACE);
+        let c = copies(&cmds);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].2, 4, "copied to the only node without a copy");
+        assert_eq!(c[0].3, vec![3], "the down replica leaves the record");
+        // In flight: not planned twice.
+        r.plan(&map, &m, &mut cmds, later + GRACE);
+        assert_eq!(copies(&cmds).len(), 1);
+    }
+
+    #[test]
+    fn a_chunk_without_good_replicas_is_lost_not_copied() {
+        let m = members(3, &[]);
+        let map = vec![entry(0, 10, &[1, 2, 3])];
+        let r = Repair::new(cfg(4));
+        let mut cmds = Commands::default();
+        r.plan(&map, &m, &mut cmds, Instant::now());
+        assert!(copies(&cmds).is_empty());
+        let h = health(
+            &r,
+            &map,
+            &m,
+            &cmds,
+            &HashMap::from([(2, "/f".to_string())]),
+            10,
+            Instant::now(),
+        );
+        assert_eq!((h.chunks, h.lost, h.healthy), (1, 1, 0));
+        assert_eq!(h.problems[0].path, "/f");
+    }
+}
