@@ -274,6 +274,12 @@ impl ControlClient {
         Ok(client)
     }
 
+    /// Whether the connection still runs (false once the server closed it
+    /// or went away).
+    pub fn is_connected(&self) -> bool {
+        !self.conn.task.is_finished()
+    }
+
     async fn hello(&self) -> Result<String> {
         let mut req = self.control.hello_request();
         req.get()
