@@ -10,8 +10,9 @@
 //!   forgotten (its effect is then unknown, which every planner tolerates:
 //!   deletes are idempotent, a copy that did land is an unreferenced chunk
 //!   that garbage collection removes, one that did not is planned again).
-//! - Queued commands for a node that went down are dropped; they are planned
-//!   again from the current state once it is back.
+//! - Commands of a node that went down or rejoined are dropped, sent or
+//!   not: a restarted node forgot them and their outcomes. They are planned
+//!   again from the current state.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -94,8 +95,8 @@ impl Commands {
         }
     }
 
-    /// Forgets sent commands older than `timeout` and queued ones of nodes
-    /// for which `is_down` holds; returns what was forgotten.
+    /// Forgets sent commands older than `timeout` and every command of
+    /// nodes for which `is_down` holds; returns what was forgotten.
     pub fn expire(
         &mut self,
         now: Instant,
@@ -105,13 +106,22 @@ impl Commands {
         let gone: Vec<u64> = self
             .open
             .values()
-            .filter(|c| match c.sent {
-                Some(t) => now.saturating_duration_since(t) > timeout,
-                None => is_down(c.node),
+            .filter(|c| {
+                is_down(c.node)
+                    || c.sent
+                        .is_some_and(|t| now.saturating_duration_since(t) > timeout)
             })
             .map(|c| c.id)
             .collect();
         gone.iter().filter_map(|id| self.open.remove(id)).collect()
+    }
+
+    /// Forgets every command `node` executes (it rejoined: a new session
+    /// knows nothing of the old one's commands).
+    pub fn forget_node(&mut self, node: u64) -> usize {
+        let before = self.open.len();
+        self.open.retain(|_, c| c.node != node);
+        before - self.open.len()
     }
 
     /// Every open command.
@@ -183,5 +193,23 @@ mod tests {
         let gone = c.expire(now + Duration::from_secs(2), t, |n| n == 2);
         assert_eq!(gone.len(), 2);
         assert_eq!(c.iter().count(), 0);
+        // A sent command of a node that went down or rejoined is gone too.
+        c.queue(
+            3,
+            Work::Delete {
+                chunk: 7,
+                garbage: false,
+            },
+        );
+        c.take_for(3, now);
+        assert_eq!(c.expire(now, t, |n| n == 3).len(), 1);
+        c.queue(
+            3,
+            Work::Delete {
+                chunk: 7,
+                garbage: false,
+            },
+        );
+        assert_eq!(c.forget_node(3), 1);
     }
 }

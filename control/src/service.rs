@@ -692,6 +692,9 @@ impl control::Server for ControlImpl {
                 .membership
                 .borrow_mut()
                 .joined(node_id, key, shards, capacity);
+            // A (re)joining node starts a new session: commands sent to the
+            // old one will never report back.
+            self.state.commands.borrow_mut().forget_node(node_id);
             tracing::info!(node_id, "node joined");
             self.state.notify_watchers();
             let mut r = results.get();
@@ -745,10 +748,18 @@ impl control::Server for ControlImpl {
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            for (cmd, ok, msg, version, length) in done {
-                self.state
-                    .command_done(id, cmd, ok, &msg, version, length)
-                    .await?;
+            // Outcomes may need a durable commit; the heartbeat's answer
+            // must not wait for it (a slow fsync would look like a dead node).
+            if !done.is_empty() {
+                let state = self.state.clone();
+                tokio::task::spawn_local(async move {
+                    for (cmd, ok, msg, version, length) in done {
+                        if let Err(e) = state.command_done(id, cmd, ok, &msg, version, length).await
+                        {
+                            tracing::error!(node_id = id, command = cmd, error = %e, "applying a command outcome failed");
+                        }
+                    }
+                });
             }
             if came_up {
                 tracing::info!(node_id = id, "node is up");

@@ -30,6 +30,9 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 const REPORT_PAGE: usize = 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Least time a heartbeat may take to be answered before the session is
+/// considered dead.
+const HEARTBEAT_ANSWER_MIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -176,6 +179,11 @@ impl ControlLink {
             node_key: Identity::key_hex(r.get_node_key()?),
         };
         let heartbeat = Duration::from_millis(r.get_heartbeat_ms().max(50) as u64);
+        // A heartbeat unanswered for this long means the connection is dead
+        // (a partition leaves TCP hanging, not reset): start a new session.
+        // Generous, so that a slow metadata commit never causes a rejoin.
+        let answer_within =
+            (Duration::from_millis(r.get_ttl_ms() as u64) * 3).max(HEARTBEAT_ANSWER_MIN);
         if joined != identity {
             joined.store(&self.identity_path)?;
         }
@@ -220,7 +228,11 @@ impl ControlLink {
                     }
                 }
             }
-            let reply = req.send().promise.await?;
+            let reply = tokio::time::timeout(answer_within, req.send().promise)
+                .await
+                .map_err(|_| {
+                    LinkError::Rpc(format!("no heartbeat answer within {answer_within:?}"))
+                })??;
             let r = reply.get()?;
             for c in r.get_commands()? {
                 self.start_command(c, &done)?;

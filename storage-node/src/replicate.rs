@@ -20,10 +20,19 @@ use crate::shard::Shard;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Lease of the locks a command holds on either node.
-const COMMAND_LEASE: Duration = Duration::from_secs(120);
+/// Lease of the lock a command holds on its own node's chunk (released as
+/// soon as the chunk is read or deleted).
+const COMMAND_LEASE: Duration = Duration::from_secs(30);
+/// Lease of the reservation on the target, renewed after the write: short,
+/// so that a reservation left by a source that died mid-copy blocks the
+/// next attempt only briefly.
+const TARGET_LEASE: Duration = Duration::from_secs(15);
 /// How long a command waits for a chunk lock held by a client.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// Longest a whole copy may take (below the control server's 120 s command
+/// timeout): a target that stops answering (a partition leaves TCP hanging)
+/// must not hold the command, or the source's connection, forever.
+const COPY_TIMEOUT: Duration = Duration::from_secs(100);
 
 impl Shard {
     /// The lock-table client id of this node's own commands.
@@ -54,6 +63,23 @@ impl Shard {
     /// newer, to the target shard at `addr`; returns the (version, length)
     /// verified there.
     pub async fn copy_command(
+        &self,
+        id: ChunkId,
+        version: u64,
+        addr: &str,
+        replace: bool,
+    ) -> Result<(u64, u64), String> {
+        let copy = async { Ok(self.copy(id, version, addr, replace).await) };
+        glommio::timer::timeout(COPY_TIMEOUT, copy)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "copy to {addr} did not finish within {COPY_TIMEOUT:?}"
+                ))
+            })
+    }
+
+    async fn copy(
         &self,
         id: ChunkId,
         version: u64,
@@ -108,7 +134,7 @@ impl Shard {
             h.chunk_id = id;
             h.client_id = client;
             h.reserve_bytes = info.length.max(4096);
-            h.lease_ms = COMMAND_LEASE.as_millis() as u32;
+            h.lease_ms = TARGET_LEASE.as_millis() as u32;
             h
         };
         if replace {
@@ -158,6 +184,19 @@ impl Shard {
             return Err(format!(
                 "{addr}: write: {:?} {} (version {}, length {})",
                 r.status, r.message, r.version, r.chunk_length
+            ));
+        }
+        // Renew the reservation's lock for the read-back.
+        let mut h = Header::request(0, Op::Lock);
+        h.chunk_id = id;
+        h.token = token.clone();
+        h.lock_mode = LockMode::Write;
+        h.lease_ms = TARGET_LEASE.as_millis() as u32;
+        let (r, _) = peer.call(h, &[]).await.map_err(|e| e.to_string())?;
+        if r.status != Status::Ok {
+            return Err(format!(
+                "{addr}: renewing the lock: {:?} {}",
+                r.status, r.message
             ));
         }
         let mut h = Header::request(0, Op::Read);

@@ -41,6 +41,11 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// The log filter of child processes: `RINGFS_TEST_LOG`, else `warn`.
+fn child_log() -> String {
+    std::env::var("RINGFS_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// Writes the cluster secret into `dir` and returns the file's path.
 pub fn write_secret(dir: &Path) -> PathBuf {
     let p = dir.join("secret");
@@ -67,7 +72,7 @@ impl ControlProcess {
             .arg("--secret-file")
             .arg(&secret)
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", child_log());
         let server = Server::spawn(cmd, "ringfs-control listening on ", Duration::from_secs(30))
             .expect("starting ringfs-control");
         ControlProcess {
@@ -107,17 +112,39 @@ impl NodeProcess {
     /// flags. Returns once shard 0 listens (joining follows within a
     /// heartbeat: wait for it in the cluster map).
     pub fn start(dir: &Path, name: &str, control: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_on(dir, name, control, "127.0.0.1", None, extra)
+    }
+
+    /// Like [`NodeProcess::start`], listening on `listen` (an IP address)
+    /// and, with `netns`, run inside that network namespace
+    /// (`ip netns exec`, which execs the node: the pid is the node's).
+    pub fn start_on(
+        dir: &Path,
+        name: &str,
+        control: SocketAddr,
+        listen: &str,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let data = dir.join(name);
         let secret = write_secret(dir);
-        let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
+        let node = binary("ringfs-node", "ringfs-node");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(node);
+                c
+            }
+            None => Command::new(node),
+        };
         cmd.arg("--control")
             .arg(control.to_string())
-            .args(["--listen", "127.0.0.1", "--cores", "1", "--data"])
+            .args(["--listen", listen, "--cores", "1", "--data"])
             .arg(&data)
             .arg("--secret-file")
             .arg(&secret)
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", child_log());
         let server = Server::spawn(
             cmd,
             "ringfs-node: shard 0 on core 0 listening on ",
