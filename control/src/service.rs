@@ -110,9 +110,11 @@ impl State {
         }
         repair.plan(&map, &membership, &mut cmds, now);
         drop(repair);
-        // Commit times matter only until every node reported after them.
+        // Commit times matter only until every up node reported after them
+        // (a node that comes back is unverified until its fresh report).
         if let Some(oldest) = membership
             .iter()
+            .filter(|(_, n)| n.up)
             .map(|(_, n)| n.report_time)
             .collect::<Option<Vec<_>>>()
             .and_then(|t| t.into_iter().min())

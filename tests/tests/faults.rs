@@ -256,13 +256,37 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     let checked = reader.join().unwrap();
     assert!(checked > 0, "the reader read nothing");
     if outcome.is_ok() {
-        local(async move {
-            let c = Client::connect(addr).await.unwrap();
-            assert!(get(&c, "/big").await.unwrap() == new);
+        local({
+            let new = new.clone();
+            async move {
+                let c = Client::connect(addr).await.unwrap();
+                assert!(get(&c, "/big").await.unwrap() == new);
+                for r in records(&c, "/big").await {
+                    assert!(
+                        r.replicas.len() >= 2,
+                        "chunk {} below W: {:?}",
+                        r.index,
+                        r.replicas
+                    );
+                }
+            }
         });
     }
     cl.start_node(3, &[]);
     wait_clean(addr, Duration::from_secs(90));
+    // After recovery every chunk is wholly old or wholly new, on every
+    // path a reader may take (all replicas good).
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        let data = get(&c, "/big").await.unwrap();
+        for (i, chunk) in data.chunks(CHUNK).enumerate() {
+            let at = i * CHUNK;
+            assert!(chunk == &old[at..at + CHUNK] || chunk == &new[at..at + CHUNK]);
+        }
+        if outcome.is_ok() {
+            assert!(data == new);
+        }
+    });
 }
 
 /// 3. kill -9 the control server during a stream of creates and writes and
