@@ -898,6 +898,72 @@ fn corpus() -> Vec<Vec<u8>> {
     out
 }
 
+/// Cap'n Proto RPC traffic for the control server: a bootstrap followed by
+/// calls of every method of `Control` with random parameter structs, each
+/// serialized, then truncated or bit-flipped. These get past the framing
+/// into the RPC layer and the method decoders.
+fn rpc_corpus() -> Vec<Vec<u8>> {
+    use capnp::traits::HasTypeId;
+    use capnp_rpc::rpc_capnp::message;
+    let mut rng = Rng(0xc0ff_ee00_dead_beef);
+    let serialize = |b: &capnp::message::Builder<capnp::message::HeapAllocator>| {
+        let mut out = Vec::new();
+        capnp::serialize::write_message(&mut out, b).unwrap();
+        out
+    };
+    let mut boot = capnp::message::Builder::new_default();
+    boot.init_root::<message::Builder>()
+        .init_bootstrap()
+        .set_question_id(0);
+    let boot = serialize(&boot);
+    let mut out = Vec::new();
+    for method in 0..20u16 {
+        let mut call = capnp::message::Builder::new_default();
+        {
+            let mut c = call.init_root::<message::Builder>().init_call();
+            c.set_question_id(1 + method as u32);
+            c.set_interface_id(ringfs_schema::control_capnp::control::Client::TYPE_ID);
+            c.set_method_id(method);
+            c.reborrow()
+                .init_target()
+                .init_promised_answer()
+                .set_question_id(0);
+            // Parameters of the wrong shape or junk: create's struct with
+            // a random path for every method, or a blob where a struct
+            // belongs.
+            let content = c.init_params().init_content();
+            if method % 2 == 0 {
+                let mut p = content
+                    .init_as::<ringfs_schema::control_capnp::control::create_params::Builder>();
+                let path: String = (0..rng.next() % 40)
+                    .map(|_| char::from(b'!' + (rng.next() % 90) as u8))
+                    .collect();
+                p.set_path(format!("/{path}").as_str());
+                p.init_options().set_chunk_size(rng.next() as u32);
+            } else {
+                let blob = content.initn_as::<capnp::data::Builder>(rng.next() as u32 % 64);
+                for b in blob.iter_mut() {
+                    *b = rng.next() as u8;
+                }
+            }
+        }
+        let call = serialize(&call);
+        let mut msg = boot.clone();
+        msg.extend_from_slice(&call);
+        out.push(msg.clone());
+        for _ in 0..3 {
+            let mut m = msg.clone();
+            for _ in 0..1 + rng.next() % 8 {
+                let i = boot.len() + (rng.next() as usize) % call.len();
+                m[i] ^= 1 << (rng.next() % 8);
+            }
+            out.push(m);
+        }
+        out.push(msg[..boot.len() + (rng.next() as usize) % call.len()].to_vec());
+    }
+    out
+}
+
 /// 8. Garbage against both servers: random and truncated frames and
 ///    Cap'n Proto messages, connections opened and dropped, slow clients
 ///    holding half a message. Both keep serving everyone else and lose
@@ -925,8 +991,10 @@ fn both_servers_survive_bad_input_and_keep_serving() {
         s.write_all(&[64, 0, 0, 0, 0, 0]).unwrap();
         slow.push(s);
     }
-    for input in corpus() {
-        for t in targets {
+    let inputs = corpus().into_iter().map(|i| (i, true));
+    let rpc = rpc_corpus().into_iter().map(|i| (i, false));
+    for (input, to_node) in inputs.chain(rpc) {
+        for t in targets.into_iter().filter(|t| to_node || *t == addr) {
             let Ok(mut s) = TcpStream::connect(t) else {
                 panic!("{t} stopped accepting connections");
             };
