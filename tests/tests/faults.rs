@@ -1027,3 +1027,108 @@ fn both_servers_survive_bad_input_and_keep_serving() {
     drop(slow);
     wait_clean(addr, Duration::from_secs(20));
 }
+
+/// Chunk files on disk of every running node.
+fn chunk_files(cl: &Cluster) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in cl.nodes.iter().flatten() {
+        for e in std::fs::read_dir(n.data.join("shard-0")).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            if name.ends_with(".chunk") {
+                out.push(name);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Garbage collection end to end: chunks of an unlinked file, of a
+/// truncated tail and of a write whose client never committed (an
+/// abandoned reservation, written) disappear from the nodes' disks, and
+/// exactly the referenced chunk files remain.
+#[test]
+fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
+    use ringfs_client::node_conn::NodeConn;
+    use ringfs_schema::frame::{Header, LockMode, Op, Status};
+    let cl = Cluster::start_with(3, FAST_REPAIR, &[]);
+    let addr = cl.control.addr;
+    let node = cl.nodes[0].as_ref().unwrap().addr.to_string();
+    let kept = local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        put(&c, "/unlinked", &pattern(MIB, 10), layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
+        put(
+            &c,
+            "/truncated",
+            &pattern(MIB, 11),
+            layout(256 * 1024, 3, 3),
+        )
+        .await
+        .unwrap();
+        c.unlink("/unlinked").await.unwrap();
+        let fd = c
+            .open(
+                "/truncated",
+                &OpenOptions {
+                    write: true,
+                    ..OpenOptions::read()
+                },
+            )
+            .await
+            .unwrap();
+        c.set_len(fd, 300_000).await.unwrap();
+        c.close(fd).await.unwrap();
+        // An abandoned write: reserved and written on a node, never committed.
+        let conn = NodeConn::connect(&node).await.unwrap();
+        let mut h = Header::request(0, Op::Reserve);
+        h.client_id = 77;
+        h.reserve_bytes = 4096;
+        h.lease_ms = 1000;
+        let (r, _) = conn.call(h, &[], Duration::from_secs(5)).await.unwrap();
+        assert_eq!(r.status, Status::Ok, "{}", r.message);
+        let mut w = Header::request(0, Op::Write);
+        w.chunk_id = r.chunk_id;
+        w.token = r.token.clone();
+        w.implicit_lock = LockMode::None;
+        let (r, _) = conn
+            .call(w, b"abandoned", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Ok, "{}", r.message);
+        let recs = records(&c, "/truncated").await;
+        assert_eq!(recs.len(), 2, "300000 bytes in 256 KiB chunks");
+        let mut files: Vec<String> = recs
+            .iter()
+            .flat_map(|r| {
+                r.replicas
+                    .iter()
+                    .map(move |_| format!("{:032x}.chunk", r.chunk_id))
+            })
+            .collect();
+        files.sort();
+        files
+    });
+    assert!(chunk_files(&cl).len() > kept.len());
+    let start = Instant::now();
+    loop {
+        let on_disk = chunk_files(&cl);
+        if on_disk == kept {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} chunk files on disk, {} referenced",
+            on_disk.len(),
+            kept.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    local(async move {
+        let c = Client::connect(addr).await.unwrap();
+        assert!(get(&c, "/truncated").await.unwrap() == pattern(MIB, 11)[..300_000]);
+        let h = c.control().chunk_health(0).await.unwrap();
+        assert_eq!(h.deletes_pending, 0, "{h:?}");
+    });
+}
