@@ -86,6 +86,11 @@ impl Commands {
         out
     }
 
+    /// Command `id` if `node` executes it.
+    pub fn get(&self, node: u64, id: u64) -> Option<Command> {
+        self.open.get(&id).filter(|c| c.node == node).cloned()
+    }
+
     /// Removes and returns command `id` if `node` executes it (a node cannot
     /// finish another node's command).
     pub fn finish(&mut self, node: u64, id: u64) -> Option<Command> {

@@ -146,11 +146,29 @@ impl State {
         version: u64,
         length: u64,
     ) -> Result<()> {
-        let Some(cmd) = self.commands.borrow_mut().finish(node, id) else {
+        // The command stays open (its chunk busy for the planner) until its
+        // outcome is applied, so no second copy is planned meanwhile.
+        let Some(cmd) = self.commands.borrow().get(node, id) else {
             // Expired meanwhile, or a duplicate: the planner starts over.
             return Ok(());
         };
-        match cmd.work {
+        let r = self
+            .apply_outcome(node, cmd.work, ok, message, version, length)
+            .await;
+        self.commands.borrow_mut().finish(node, id);
+        r
+    }
+
+    async fn apply_outcome(
+        self: &Rc<Self>,
+        node: u64,
+        work: Work,
+        ok: bool,
+        message: &str,
+        version: u64,
+        length: u64,
+    ) -> Result<()> {
+        match work {
             Work::Delete { chunk, garbage } => {
                 if !ok {
                     tracing::warn!(

@@ -557,6 +557,22 @@ fn replica_copied(
     if txn.open_table(NODES)?.get(target)?.is_none() {
         return Err(ControlError::NotFound(format!("node {target}")));
     }
+    let wanted = get_inode(&txn.open_table(INODES)?, ino)?
+        .map(|a| a.replication as usize)
+        .unwrap_or(0);
+    let after = rec
+        .replicas
+        .iter()
+        .filter(|r| !drop.contains(r) || **r == target)
+        .count()
+        + usize::from(!rec.replicas.contains(&target));
+    if after > wanted {
+        // Another copy got there first: never list more than R replicas
+        // (client commits would then be refused).
+        return Err(ControlError::InvalidArgument(format!(
+            "chunk record ({ino}, {index}) would list {after} replicas, the file wants {wanted}"
+        )));
+    }
     // Every check has passed: from here on only writes.
     rec.replicas.retain(|r| !drop.contains(r) || *r == target);
     if !rec.replicas.contains(&target) {
