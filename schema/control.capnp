@@ -166,13 +166,97 @@ interface Control {
       -> (nodeId :UInt64, nodeKey :Data, heartbeatMs :UInt32, ttlMs :UInt32);
   # A new node passes nodeId 0 and an empty key and gets a fresh id and key;
   # a returning node passes both back and keeps its id.
-  heartbeat @10 (nodeId :UInt64, nodeKey :Data, capacity :Common.Capacity)
-      -> (epoch :UInt64, reportWanted :Bool);
+  heartbeat @10 (nodeId :UInt64, nodeKey :Data, capacity :Common.Capacity,
+                 done :List(CommandResult), badChunks :List(Common.ChunkId))
+      -> (epoch :UInt64, reportWanted :Bool, commands :List(NodeCommand));
   # reportWanted: the control server holds no complete chunk report from this
   # node since it started (it restarted); the node should send one.
+  # done: outcomes of commands received in earlier replies, each once.
+  # badChunks: chunks of this node that failed a checksum (scrubber or a
+  # read) and were not replaced since; sent with every heartbeat until then.
+  # commands: work for the node (garbage collection, re-replication).
   reportChunks @11 (nodeId :UInt64, nodeKey :Data, chunks :List(ChunkReport), last :Bool);
   # A node's full chunk inventory, sent in pages after every join; `last`
   # marks the final page.
   clusterMap @12 () -> (map :ClusterMap);
   subscribe @13 (watcher :MapWatcher) -> (map :ClusterMap, subscription :Subscription);
+
+  # -- Failures and repair. --
+  reportBadReplica @14 (chunkId :Common.ChunkId, nodeId :UInt64, repaired :Bool);
+  # A client read of node `nodeId`'s replica of the chunk failed its
+  # checksum. `repaired`: the client already replaced that replica with a
+  # verified copy (read repair); otherwise the control server repairs it.
+  chunkHealth @15 (problemLimit :UInt32) -> (health :ChunkHealth);
+  # Replica health of every chunk, and up to problemLimit problems (0 = none)
+  # with their paths, for `ringfs status` and `ringfs fsck`.
+}
+
+enum CommandKind {
+  delete @0;
+  # Delete the chunk on this node (garbage collection).
+  copy @1;
+  # Copy this node's replica of the chunk, at `version`, to `target`: reserve
+  # it there, write it, read it back and compare checksums.
+}
+
+struct NodeCommand {
+  id @0 :UInt64;
+  # Echoed in the CommandResult.
+  kind @1 :CommandKind;
+  chunkId @2 :Common.ChunkId;
+  version @3 :UInt64;
+  # copy: the committed version the replica must have.
+  targetNodeId @4 :UInt64;
+  targetAddress @5 :Text;
+  # copy: "ip:port" of the target shard owning the chunk.
+  replace @6 :Bool;
+  # copy: the target holds a stale or corrupt copy; delete it first.
+}
+
+struct CommandResult {
+  id @0 :UInt64;
+  ok @1 :Bool;
+  message @2 :Text;
+  # Why it failed (empty on success).
+  version @3 :UInt64;
+  length @4 :UInt64;
+  # copy: the version and length now durable and verified on the target.
+}
+
+enum ProblemKind {
+  underReplicated @0;
+  # Fewer than R live, current, verified replicas, at least one.
+  lost @1;
+  # No live, current, verified replica.
+  beingRepaired @2;
+  # Under-replicated with a copy in flight.
+  unverified @3;
+  # A replica's node has not sent a complete chunk report yet.
+  namespace @4;
+  # The namespace and the chunk map disagree (e.g. a record past the end).
+}
+
+struct ChunkProblem {
+  path @0 :Text;
+  index @1 :UInt64;
+  chunkId @2 :Common.ChunkId;
+  kind @3 :ProblemKind;
+  goodReplicas @4 :UInt8;
+  wanted @5 :UInt8;
+  detail @6 :Text;
+}
+
+struct ChunkHealth {
+  chunks @0 :UInt64;
+  healthy @1 :UInt64;
+  # R live, current, verified replicas.
+  underReplicated @2 :UInt64;
+  beingRepaired @3 :UInt64;
+  lost @4 :UInt64;
+  unverified @5 :UInt64;
+  namespaceErrors @6 :UInt64;
+  copiesInFlight @7 :UInt32;
+  deletesPending @8 :UInt64;
+  # Garbage chunk copies not yet confirmed deleted.
+  problems @9 :List(ChunkProblem);
 }

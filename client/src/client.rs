@@ -160,7 +160,10 @@ struct Locked {
 /// A ringfs client: one control connection, data-plane connections per shard
 /// endpoint, and a table of open descriptors.
 pub struct Client {
-    control: ControlClient,
+    /// Replaced by a new connection when the control server went away
+    /// (see [`Client::reconnect`]).
+    control: RefCell<ControlClient>,
+    control_addr: SocketAddr,
     pool: NodePool,
     map: Rc<RefCell<MapState>>,
     client_id: u64,
@@ -172,13 +175,33 @@ pub struct Client {
     /// Rotates the shard a new chunk is minted on.
     next_shard: Cell<usize>,
     repairs: Cell<u64>,
-    watcher: tokio::task::JoinHandle<()>,
+    watcher: RefCell<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.watcher.abort();
+        self.watcher.borrow().abort();
     }
+}
+
+/// How long a client keeps trying to reach a control server that went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+
+/// Follows the map pushed by the control server into `map`.
+fn watch_map(
+    map: Rc<RefCell<MapState>>,
+    mut sub: crate::control::MapSubscription,
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_local(async move {
+        while let Some(m) = sub.next().await {
+            let mut st = map.borrow_mut();
+            if m.epoch >= st.map.epoch {
+                st.map = m;
+                st.fetched = Instant::now();
+                st.claimed.clear();
+            }
+        }
+    })
 }
 
 /// A client id for lock ownership: unique enough across processes (pid and
@@ -211,27 +234,16 @@ impl Client {
 
     pub async fn connect_with(control_addr: SocketAddr, options: ClientOptions) -> Result<Self> {
         let control = ControlClient::connect(control_addr).await?;
-        let (map, mut sub) = control.subscribe().await?;
+        let (map, sub) = control.subscribe().await?;
         let map = Rc::new(RefCell::new(MapState {
             map,
             fetched: Instant::now(),
             claimed: HashMap::new(),
         }));
-        let watcher = tokio::task::spawn_local({
-            let map = map.clone();
-            async move {
-                while let Some(m) = sub.next().await {
-                    let mut st = map.borrow_mut();
-                    if m.epoch >= st.map.epoch {
-                        st.map = m;
-                        st.fetched = Instant::now();
-                        st.claimed.clear();
-                    }
-                }
-            }
-        });
+        let watcher = watch_map(map.clone(), sub);
         Ok(Self {
-            control,
+            control: RefCell::new(control),
+            control_addr,
             pool: NodePool::default(),
             map,
             client_id: new_client_id(),
@@ -241,18 +253,99 @@ impl Client {
             record_caches: RefCell::default(),
             next_shard: Cell::new(0),
             repairs: Cell::new(0),
-            watcher,
+            watcher: RefCell::new(watcher),
         })
     }
 
-    /// The control-RPC client, for calls this API does not wrap.
-    pub fn control(&self) -> &ControlClient {
-        &self.control
+    /// The current control connection.
+    fn ctl(&self) -> ControlClient {
+        self.control.borrow().clone()
+    }
+
+    /// If the control connection is gone (the server restarted), connects
+    /// again, retrying for up to 30 s, and resubscribes to the map. Returns
+    /// whether a new connection was made. Open descriptors stay bound to the
+    /// old connection: their handles (and write leases) ended with it, so
+    /// their next control call fails with an error instead of writing
+    /// unseen.
+    pub async fn reconnect(&self) -> Result<bool> {
+        if self.ctl().is_connected() {
+            return Ok(false);
+        }
+        let start = Instant::now();
+        let mut wait = Duration::from_millis(50);
+        let control = loop {
+            match ControlClient::connect(self.control_addr).await {
+                Ok(c) => break c,
+                Err(e) if start.elapsed() >= RECONNECT_FOR => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        let (map, sub) = control.subscribe().await?;
+        {
+            let mut st = self.map.borrow_mut();
+            st.map = map;
+            st.fetched = Instant::now();
+            st.claimed.clear();
+        }
+        let watcher = watch_map(self.map.clone(), sub);
+        self.watcher.replace(watcher).abort();
+        self.control.replace(control);
+        Ok(true)
+    }
+
+    /// Runs an idempotent control call; if it failed because the control
+    /// connection dropped, reconnects and runs it once more.
+    async fn retry<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(ControlClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match f(self.ctl()).await {
+            Err(e) if !self.ctl().is_connected() => {
+                if self.reconnect().await? {
+                    f(self.ctl()).await
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Runs a control call that is not safe to repeat (it may have been
+    /// applied before the connection dropped): a dropped connection is
+    /// re-established for later calls, and this one fails.
+    async fn once<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(ControlClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let r = f(self.ctl()).await;
+        if r.is_err() && !self.ctl().is_connected() {
+            self.reconnect().await?;
+            return r.map_err(|e| {
+                Error::Unavailable(format!(
+                    "the control server connection dropped during the call ({e}); \
+                     it may or may not have been applied"
+                ))
+            });
+        }
+        r
+    }
+
+    /// The control-RPC client, for calls this API does not wrap (the
+    /// current connection; reconnect first with [`Client::reconnect`]).
+    pub fn control(&self) -> ControlClient {
+        self.ctl()
     }
 
     /// The current cluster map, fetched fresh (capacities included).
     pub async fn cluster_map(&self) -> Result<ClusterMap> {
-        let m = self.control.cluster_map().await?;
+        let m = self.retry(|c| async move { c.cluster_map().await }).await?;
         let mut st = self.map.borrow_mut();
         st.map = m.clone();
         st.fetched = Instant::now();
@@ -263,29 +356,30 @@ impl Client {
     // ---- namespace ----
 
     pub async fn stat(&self, path: &str) -> Result<Attr> {
-        self.control.stat(path).await
+        self.retry(|c| async move { c.stat(path).await }).await
     }
 
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr> {
-        self.control.mkdir(path, mode).await
+        self.once(|c| async move { c.mkdir(path, mode).await })
+            .await
     }
 
     pub async fn rmdir(&self, path: &str) -> Result<()> {
-        self.control.rmdir(path).await
+        self.once(|c| async move { c.rmdir(path).await }).await
     }
 
     /// Removes a file; the control server collects its chunks.
     pub async fn unlink(&self, path: &str) -> Result<()> {
-        self.control.unlink(path).await
+        self.once(|c| async move { c.unlink(path).await }).await
     }
 
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.control.rename(from, to).await
+        self.once(|c| async move { c.rename(from, to).await }).await
     }
 
     /// Entries of a directory in name order.
     pub async fn list(&self, path: &str) -> Result<Vec<(String, Attr)>> {
-        self.control.list(path).await
+        self.retry(|c| async move { c.list(path).await }).await
     }
 
     // ---- descriptors ----
@@ -311,9 +405,20 @@ impl Client {
                     layout.chunk_size
                 )));
             }
-            self.control.create(path, layout).await?;
+            // A non-exclusive create returns an existing file unchanged, so
+            // it may be repeated after a reconnect; an exclusive one not.
+            if layout.exclusive {
+                self.once(|c| async move { c.create(path, layout).await })
+                    .await?;
+            } else {
+                self.retry(|c| async move { c.create(path, layout).await })
+                    .await?;
+            }
         }
-        let handle = self.control.open(path, write, opts.wait).await?;
+        let wait = opts.wait;
+        let handle = self
+            .retry(|c| async move { c.open(path, write, wait).await })
+            .await?;
         let mut attr = handle.attr.clone();
         if attr.kind == Kind::Directory {
             return Err(Error::IsDirectory(path.to_string()));
@@ -1018,9 +1123,11 @@ impl Client {
                     for bad in corrupt {
                         // Best effort: a failed repair leaves the replica
                         // refusing reads, as before; the read succeeded.
-                        if self.repair(id, bad, node_id, chunk_size).await.is_ok() {
+                        let repaired = self.repair(id, bad, node_id, chunk_size).await.is_ok();
+                        if repaired {
                             self.repairs.set(self.repairs.get() + 1);
                         }
+                        self.report_bad(rec.chunk_id, bad, repaired).await;
                     }
                     return Ok(());
                 }
@@ -1033,6 +1140,9 @@ impl Client {
                     errors.push(e.to_string());
                 }
             }
+        }
+        for &bad in &corrupt {
+            self.report_bad(rec.chunk_id, bad, false).await;
         }
         let msg = format!(
             "chunk {id} (index {}): no replica could be read: {}",
@@ -1101,6 +1211,14 @@ impl Client {
             return Err(status_error(&r, &good_addr));
         }
         Ok(())
+    }
+
+    /// Tells the control server about a replica that failed its checksum
+    /// (best effort: the node reports it too, and the read already has its
+    /// answer).
+    async fn report_bad(&self, chunk: u128, node: u64, repaired: bool) {
+        // A failure changes nothing: the node reports the bad chunk itself.
+        let _ = self.ctl().report_bad_replica(chunk, node, repaired).await;
     }
 
     /// Replicas this client repaired after checksum failures.

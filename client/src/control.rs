@@ -103,6 +103,56 @@ pub struct Joined {
     pub ttl: Duration,
 }
 
+/// Kind of a problem found by the control server's health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// Fewer than R good replicas, at least one.
+    UnderReplicated,
+    /// No good replica.
+    Lost,
+    /// Under-replicated with a copy in flight.
+    BeingRepaired,
+    /// A replica's node has not sent its chunk report yet.
+    Unverified,
+    /// The namespace and the chunk map disagree.
+    Namespace,
+}
+
+/// One chunk problem, with the file's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkProblem {
+    pub path: String,
+    pub index: u64,
+    pub chunk_id: u128,
+    pub kind: ProblemKind,
+    pub good_replicas: u8,
+    pub wanted: u8,
+    pub detail: String,
+}
+
+/// Replica health of every chunk (see `ChunkHealth` in control.capnp).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkHealth {
+    pub chunks: u64,
+    /// R live, current, verified replicas.
+    pub healthy: u64,
+    pub under_replicated: u64,
+    pub being_repaired: u64,
+    pub lost: u64,
+    pub unverified: u64,
+    pub namespace_errors: u64,
+    pub copies_in_flight: u32,
+    pub deletes_pending: u64,
+    pub problems: Vec<ChunkProblem>,
+}
+
+impl ChunkHealth {
+    /// Every chunk has R good replicas and the namespace is consistent.
+    pub fn is_clean(&self) -> bool {
+        self.healthy == self.chunks && self.namespace_errors == 0
+    }
+}
+
 /// The RPC connection; aborting its task closes the socket.
 struct Conn {
     task: tokio::task::JoinHandle<()>,
@@ -222,6 +272,12 @@ impl ControlClient {
         };
         client.hello().await?;
         Ok(client)
+    }
+
+    /// Whether the connection still runs (false once the server closed it
+    /// or went away).
+    pub fn is_connected(&self) -> bool {
+        !self.conn.task.is_finished()
     }
 
     async fn hello(&self) -> Result<String> {
@@ -393,6 +449,61 @@ impl ControlClient {
         let reply = req.send().promise.await?;
         let r = reply.get()?;
         Ok((r.get_epoch(), r.get_report_wanted()))
+    }
+
+    /// Tells the control server that node `node_id`'s replica of `chunk_id`
+    /// failed its checksum; `repaired` if this client already replaced it.
+    pub async fn report_bad_replica(
+        &self,
+        chunk_id: u128,
+        node_id: u64,
+        repaired: bool,
+    ) -> Result<()> {
+        let mut req = self.control.report_bad_replica_request();
+        write_chunk_id(req.get().init_chunk_id(), chunk_id);
+        req.get().set_node_id(node_id);
+        req.get().set_repaired(repaired);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Replica health of every chunk, with up to `problem_limit` problems.
+    pub async fn chunk_health(&self, problem_limit: u32) -> Result<ChunkHealth> {
+        use ringfs_schema::control_capnp::ProblemKind as K;
+        let mut req = self.control.chunk_health_request();
+        req.get().set_problem_limit(problem_limit);
+        let reply = req.send().promise.await?;
+        let h = reply.get()?.get_health()?;
+        let mut problems = Vec::new();
+        for p in h.get_problems()? {
+            problems.push(ChunkProblem {
+                path: p.get_path()?.to_str()?.to_string(),
+                index: p.get_index(),
+                chunk_id: read_chunk_id(p.get_chunk_id()?),
+                kind: match p.get_kind()? {
+                    K::UnderReplicated => ProblemKind::UnderReplicated,
+                    K::Lost => ProblemKind::Lost,
+                    K::BeingRepaired => ProblemKind::BeingRepaired,
+                    K::Unverified => ProblemKind::Unverified,
+                    K::Namespace => ProblemKind::Namespace,
+                },
+                good_replicas: p.get_good_replicas(),
+                wanted: p.get_wanted(),
+                detail: p.get_detail()?.to_str()?.to_string(),
+            });
+        }
+        Ok(ChunkHealth {
+            chunks: h.get_chunks(),
+            healthy: h.get_healthy(),
+            under_replicated: h.get_under_replicated(),
+            being_repaired: h.get_being_repaired(),
+            lost: h.get_lost(),
+            unverified: h.get_unverified(),
+            namespace_errors: h.get_namespace_errors(),
+            copies_in_flight: h.get_copies_in_flight(),
+            deletes_pending: h.get_deletes_pending(),
+            problems,
+        })
     }
 
     pub async fn cluster_map(&self) -> Result<ClusterMap> {

@@ -22,6 +22,7 @@ pub mod record_cache;
 pub use blocking::BlockingClient;
 pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};
 pub use control::{
-    Attr, ChunkRecord, ClusterMap, ControlClient, CreateOptions, FileHandle, Kind, NodeInfo,
+    Attr, ChunkHealth, ChunkProblem, ChunkRecord, ClusterMap, ControlClient, CreateOptions,
+    FileHandle, Kind, NodeInfo, ProblemKind,
 };
 pub use error::{Error, Result};

@@ -76,8 +76,11 @@ enum Cmd {
     },
     /// Rename or move.
     Mv { from: String, to: String },
-    /// Cluster status: nodes, up/down, capacity.
+    /// Cluster status: nodes, up/down, capacity, chunk health.
     Status,
+    /// Check every chunk against the namespace and the replica reports;
+    /// exits 0 only if every chunk has R live, current, verified replicas.
+    Fsck,
 }
 
 /// `println!` that returns an error (a closed pipe, `ringfs status | head`)
@@ -310,7 +313,44 @@ async fn run(cli: Cli) -> Result<()> {
             };
             c.rename(&from, &to).await?;
         }
+        Cmd::Fsck => {
+            let h = c.control().chunk_health(u32::MAX).await?;
+            if json {
+                let problems: Vec<_> = h.problems.iter().map(problem_json).collect();
+                outln!(
+                    "{}",
+                    json!({"clean": h.is_clean(), "health": health_json(&h), "problems": problems})
+                );
+            } else {
+                for p in &h.problems {
+                    outln!(
+                        "{}: chunk {} ({:032x}): {} ({} of {} good replicas) {}",
+                        p.path,
+                        p.index,
+                        p.chunk_id,
+                        problem_name(p.kind),
+                        p.good_replicas,
+                        p.wanted,
+                        p.detail
+                    );
+                }
+                outln!("{}", health_line(&h));
+            }
+            if !h.is_clean() {
+                bail!(
+                    "{} of {} chunks lack R live, current, verified replicas{}",
+                    h.chunks - h.healthy,
+                    h.chunks,
+                    if h.namespace_errors > 0 {
+                        format!(", {} namespace errors", h.namespace_errors)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         Cmd::Status => {
+            let health = c.control().chunk_health(0).await?;
             let map = c.cluster_map().await?;
             let total: u64 = map.nodes.iter().map(|n| n.capacity.total).sum();
             let used: u64 = map.nodes.iter().map(|n| n.capacity.used).sum();
@@ -341,6 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
                         "nodes": nodes,
                         "total_bytes": total,
                         "used_bytes": used,
+                        "chunks": health_json(&health),
                     })
                 );
             } else {
@@ -352,6 +393,7 @@ async fn run(cli: Cli) -> Result<()> {
                     human::size(total),
                     map.epoch
                 );
+                outln!("{}", health_line(&health));
                 outln!(
                     "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  shards",
                     "node",
@@ -384,6 +426,59 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn problem_name(k: ringfs_client::ProblemKind) -> &'static str {
+    use ringfs_client::ProblemKind as K;
+    match k {
+        K::UnderReplicated => "under-replicated",
+        K::Lost => "LOST",
+        K::BeingRepaired => "being repaired",
+        K::Unverified => "unverified",
+        K::Namespace => "namespace error",
+    }
+}
+
+fn health_line(h: &ringfs_client::ChunkHealth) -> String {
+    format!(
+        "chunks: {} total, {} healthy, {} under-replicated, {} being repaired ({} copies in flight), \
+         {} lost, {} unverified, {} namespace errors; {} garbage copies to delete",
+        h.chunks,
+        h.healthy,
+        h.under_replicated,
+        h.being_repaired,
+        h.copies_in_flight,
+        h.lost,
+        h.unverified,
+        h.namespace_errors,
+        h.deletes_pending
+    )
+}
+
+fn health_json(h: &ringfs_client::ChunkHealth) -> serde_json::Value {
+    json!({
+        "total": h.chunks,
+        "healthy": h.healthy,
+        "under_replicated": h.under_replicated,
+        "being_repaired": h.being_repaired,
+        "copies_in_flight": h.copies_in_flight,
+        "lost": h.lost,
+        "unverified": h.unverified,
+        "namespace_errors": h.namespace_errors,
+        "deletes_pending": h.deletes_pending,
+    })
+}
+
+fn problem_json(p: &ringfs_client::ChunkProblem) -> serde_json::Value {
+    json!({
+        "path": p.path,
+        "index": p.index,
+        "chunk_id": format!("{:032x}", p.chunk_id),
+        "kind": problem_name(p.kind),
+        "good_replicas": p.good_replicas,
+        "wanted": p.wanted,
+        "detail": p.detail,
+    })
 }
 
 /// A progress bar on stderr for transfers that last more than a moment: it

@@ -42,6 +42,20 @@ pub struct Args {
     /// Replication of new files unless they ask otherwise [default: 3].
     #[arg(long)]
     pub default_replication: Option<u8>,
+    /// How long a down node's replicas wait before they are re-replicated,
+    /// in milliseconds (counted after the TTL) [default: 60000].
+    #[arg(long)]
+    pub repair_grace_ms: Option<u64>,
+    /// Chunk copies in flight at once in the cluster (repair throttle) [default: 4].
+    #[arg(long)]
+    pub repair_copies: Option<usize>,
+    /// How long an unreferenced chunk on a node must stay so before it is
+    /// deleted, in milliseconds [default: 600000].
+    #[arg(long)]
+    pub orphan_grace_ms: Option<u64>,
+    /// How often nodes send a full chunk report, in milliseconds [default: 60000].
+    #[arg(long)]
+    pub report_interval_ms: Option<u64>,
 }
 
 /// The TOML file: the same keys as the long flags.
@@ -55,6 +69,10 @@ struct FileConfig {
     node_ttl_ms: Option<u64>,
     default_chunk_size: Option<u32>,
     default_replication: Option<u8>,
+    repair_grace_ms: Option<u64>,
+    repair_copies: Option<usize>,
+    orphan_grace_ms: Option<u64>,
+    report_interval_ms: Option<u64>,
 }
 
 /// Validated configuration.
@@ -66,6 +84,10 @@ pub struct Config {
     pub heartbeat: Duration,
     pub node_ttl: Duration,
     pub defaults: FileDefaults,
+    pub repair_grace: Duration,
+    pub repair_copies: usize,
+    pub orphan_grace: Duration,
+    pub report_interval: Duration,
 }
 
 /// A configuration problem, stated for the operator.
@@ -124,6 +146,21 @@ impl Config {
         if defaults.replication == 0 {
             return Err(ConfigError("default-replication must be at least 1".into()));
         }
+        let ms = |flag: Option<u64>, file: Option<u64>, default: u64| {
+            Duration::from_millis(flag.or(file).unwrap_or(default))
+        };
+        let repair_grace = ms(args.repair_grace_ms, file.repair_grace_ms, 60_000);
+        let orphan_grace = ms(args.orphan_grace_ms, file.orphan_grace_ms, 600_000);
+        let report_interval = ms(args.report_interval_ms, file.report_interval_ms, 60_000);
+        let repair_copies = args.repair_copies.or(file.repair_copies).unwrap_or(4);
+        if repair_copies == 0 {
+            return Err(ConfigError("repair-copies must be at least 1".into()));
+        }
+        if report_interval < heartbeat {
+            return Err(ConfigError(
+                "report-interval-ms must be at least heartbeat-ms".into(),
+            ));
+        }
         Ok(Config {
             listen,
             data,
@@ -131,6 +168,10 @@ impl Config {
             heartbeat,
             node_ttl,
             defaults,
+            repair_grace,
+            repair_copies,
+            orphan_grace,
+            report_interval,
         })
     }
 }

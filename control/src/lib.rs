@@ -9,17 +9,23 @@
 //! - [`group_commit`]: the writer thread batching mutations into durable commits.
 //! - [`leases`]: exclusive write leases with FIFO waiters.
 //! - [`membership`]: node liveness, capacity and chunk reports.
+//! - [`commands`]: delete/copy commands for nodes, carried by heartbeats.
+//! - [`repair`]: replica health, re-replication planning, fsck.
+//! - [`gc`]: garbage and orphan chunk deletion.
 //! - [`service`]: the RPC objects.
 //! - [`server`], [`config`], [`cli`]: the process.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod group_commit;
 pub mod leases;
 pub mod membership;
 pub mod path;
 pub mod records;
+pub mod repair;
 pub mod server;
 pub mod service;
 pub mod store;

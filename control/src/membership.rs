@@ -8,6 +8,13 @@
 //!
 //! Invariant: a node is `up` iff it heartbeated (or joined) within the TTL,
 //! as of the last [`Membership::sweep`].
+//!
+//! Chunk reports are snapshots: `report_time` is a lower bound of the
+//! instant the node took the snapshot (the moment the control server asked
+//! for it), so a chunk committed before `report_time` must appear in the
+//! report with at least the committed version, and one committed later may
+//! not appear yet. Reports are refreshed every `report_interval` so that
+//! garbage collection and fsck work from a recent inventory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -39,6 +46,30 @@ pub struct NodeState {
     pending_report: HashMap<u128, (u64, u32)>,
     /// Whether `chunks` holds a complete report received since start.
     pub report_complete: bool,
+    /// Lower bound of when the snapshot in `chunks` was taken.
+    pub report_time: Option<Instant>,
+    /// When the report in progress was first asked for.
+    asked_at: Option<Instant>,
+    /// Chunks the node says failed a checksum (its latest heartbeat).
+    pub bad: std::collections::HashSet<u128>,
+}
+
+impl NodeState {
+    fn new(key: [u8; 16], shards: Vec<String>, capacity: Capacity) -> Self {
+        NodeState {
+            key,
+            shards,
+            capacity,
+            last_heartbeat: None,
+            up: false,
+            chunks: HashMap::new(),
+            pending_report: HashMap::new(),
+            report_complete: false,
+            report_time: None,
+            asked_at: None,
+            bad: Default::default(),
+        }
+    }
 }
 
 /// All nodes, by id.
@@ -52,21 +83,7 @@ impl Membership {
     pub fn new(registered: Vec<(u64, Node)>) -> Self {
         let nodes = registered
             .into_iter()
-            .map(|(id, n)| {
-                (
-                    id,
-                    NodeState {
-                        key: n.key,
-                        shards: n.shards,
-                        capacity: Capacity::default(),
-                        last_heartbeat: None,
-                        up: false,
-                        chunks: HashMap::new(),
-                        pending_report: HashMap::new(),
-                        report_complete: false,
-                    },
-                )
-            })
+            .map(|(id, n)| (id, NodeState::new(n.key, n.shards, Capacity::default())))
             .collect();
         Membership { nodes }
     }
@@ -74,24 +91,20 @@ impl Membership {
     /// Records a (re)join that the store has made durable; the node is up.
     pub fn joined(&mut self, id: u64, key: [u8; 16], shards: Vec<String>, capacity: Capacity) {
         let now = Instant::now();
-        let state = self.nodes.entry(id).or_insert_with(|| NodeState {
-            key,
-            shards: Vec::new(),
-            capacity,
-            last_heartbeat: None,
-            up: false,
-            chunks: HashMap::new(),
-            pending_report: HashMap::new(),
-            report_complete: false,
-        });
+        let state = self
+            .nodes
+            .entry(id)
+            .or_insert_with(|| NodeState::new(key, Vec::new(), capacity));
         state.key = key;
         state.shards = shards;
         state.capacity = capacity;
         state.last_heartbeat = Some(now);
         state.up = true;
-        // A join starts a new inventory: the node sends a full report next.
+        // A join starts a new inventory: the node sends a full report next,
+        // snapshotted after this moment.
         state.pending_report.clear();
         state.report_complete = false;
+        state.asked_at = Some(now);
     }
 
     /// Checks that `key` is the key of node `id`.
@@ -108,15 +121,62 @@ impl Membership {
     }
 
     /// Records a heartbeat. Returns whether the node came back up (the map
-    /// changed) and whether a chunk report is wanted.
-    pub fn heartbeat(&mut self, id: u64, key: &[u8], capacity: Capacity) -> Result<(bool, bool)> {
+    /// changed) and whether a chunk report is wanted: none complete since
+    /// the control server started, or the last one older than `refresh`.
+    pub fn heartbeat(
+        &mut self,
+        id: u64,
+        key: &[u8],
+        capacity: Capacity,
+        refresh: Duration,
+    ) -> Result<(bool, bool)> {
         self.authenticate(id, key)?;
         let n = self.nodes.get_mut(&id).expect("authenticated above");
+        let now = Instant::now();
         n.capacity = capacity;
-        n.last_heartbeat = Some(Instant::now());
+        n.last_heartbeat = Some(now);
         let came_up = !n.up;
         n.up = true;
-        Ok((came_up, !n.report_complete))
+        let due = n
+            .report_time
+            .is_none_or(|t| now.saturating_duration_since(t) >= refresh);
+        let wanted = !n.report_complete || due;
+        if wanted && n.asked_at.is_none() {
+            n.asked_at = Some(now);
+        }
+        Ok((came_up, wanted))
+    }
+
+    /// Replaces the set of chunks node `id` reports as failing checksums.
+    pub fn set_bad(&mut self, id: u64, bad: impl IntoIterator<Item = u128>) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.bad = bad.into_iter().collect();
+        }
+    }
+
+    /// Updates node `id`'s inventory after a command it confirmed: `Some`
+    /// a chunk it now holds (version, length), `None` one it deleted.
+    pub fn note_chunk(&mut self, id: u64, chunk: u128, held: Option<(u64, u32)>) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            match held {
+                Some(v) => {
+                    // A verified copy replaced whatever was there.
+                    n.chunks.insert(chunk, v);
+                    n.pending_report.insert(chunk, v);
+                    n.bad.remove(&chunk);
+                }
+                None => {
+                    n.chunks.remove(&chunk);
+                    n.pending_report.remove(&chunk);
+                    n.bad.remove(&chunk);
+                }
+            }
+        }
+    }
+
+    /// One node's state.
+    pub fn get(&self, id: u64) -> Option<&NodeState> {
+        self.nodes.get(&id)
     }
 
     /// Adds a page of a chunk report; the last page replaces the inventory.
@@ -134,6 +194,9 @@ impl Membership {
         if last {
             n.chunks = std::mem::take(&mut n.pending_report);
             n.report_complete = true;
+            // A report nobody asked for (an old node) dates from now at the
+            // latest; an asked-for one from the ask at the earliest.
+            n.report_time = Some(n.asked_at.take().unwrap_or_else(Instant::now));
         }
         Ok(())
     }
@@ -163,6 +226,8 @@ impl Membership {
 mod tests {
     use super::*;
 
+    const H: Duration = Duration::from_secs(3600);
+
     fn member() -> Membership {
         let mut m = Membership::default();
         m.joined(1, [1; 16], vec!["127.0.0.1:1".into()], Capacity::default());
@@ -173,15 +238,15 @@ mod tests {
     fn heartbeat_needs_the_right_key() {
         let mut m = member();
         assert!(matches!(
-            m.heartbeat(1, &[2; 16], Capacity::default()),
+            m.heartbeat(1, &[2; 16], Capacity::default(), H),
             Err(ControlError::PermissionDenied(_))
         ));
         assert!(matches!(
-            m.heartbeat(9, &[1; 16], Capacity::default()),
+            m.heartbeat(9, &[1; 16], Capacity::default(), H),
             Err(ControlError::NotFound(_))
         ));
         assert_eq!(
-            m.heartbeat(1, &[1; 16], Capacity::default()).unwrap(),
+            m.heartbeat(1, &[1; 16], Capacity::default(), H).unwrap(),
             (false, true)
         );
     }
@@ -194,7 +259,7 @@ mod tests {
         let later = Instant::now() + Duration::from_millis(200);
         assert_eq!(m.sweep(later, ttl), vec![1]);
         assert!(m.sweep(later, ttl).is_empty(), "reported down once");
-        let (came_up, _) = m.heartbeat(1, &[1; 16], Capacity::default()).unwrap();
+        let (came_up, _) = m.heartbeat(1, &[1; 16], Capacity::default(), H).unwrap();
         assert!(came_up);
     }
 
@@ -208,7 +273,7 @@ mod tests {
         let n = m.iter().next().unwrap().1;
         assert_eq!(n.chunks.len(), 2);
         assert!(n.report_complete);
-        let (_, report_wanted) = m.heartbeat(1, &[1; 16], Capacity::default()).unwrap();
+        let (_, report_wanted) = m.heartbeat(1, &[1; 16], Capacity::default(), H).unwrap();
         assert!(!report_wanted);
     }
 }

@@ -16,6 +16,9 @@ use crate::store::MetaStore;
 
 /// Largest batch one group commit applies.
 const MAX_BATCH: usize = 1024;
+/// How long a node has to report a command's outcome (a 64 MiB copy with
+/// read-back takes well under this on any working network).
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Serves until `shutdown` resolves. Everything acknowledged is durable
 /// already, so stopping needs no flush beyond letting the writer finish.
@@ -41,7 +44,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         heartbeat: config.heartbeat,
         node_ttl: config.node_ttl,
     };
-    let state = State::new(store, committer, config.secret.clone(), timing)?;
+    let repair = crate::repair::RepairConfig {
+        grace: config.repair_grace,
+        max_copies: config.repair_copies,
+        orphan_grace: config.orphan_grace,
+        report_interval: config.report_interval,
+        command_timeout: COMMAND_TIMEOUT,
+        node_ttl: config.node_ttl,
+    };
+    let state = State::new(store, committer, config.secret.clone(), timing, repair)?;
     // Tests and launchers wait for this line to know the port.
     println!("ringfs-control listening on {local}");
     tracing::info!(%local, data = %config.data.display(), "control server started");
@@ -55,6 +66,23 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 tick.tick().await;
                 if let Err(e) = state.sweep().await {
                     tracing::error!(error = %e, "membership sweep failed");
+                }
+            }
+        })
+    };
+
+    // Repair and garbage collection: plan a round every half heartbeat, so
+    // that commands are ready when nodes heartbeat.
+    let planner = {
+        let state = state.clone();
+        let period = (config.heartbeat / 2).max(std::time::Duration::from_millis(20));
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = state.plan_round().await {
+                    tracing::error!(error = %e, "repair round failed");
                 }
             }
         })
@@ -78,6 +106,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         _ = shutdown => {}
     }
     sweeper.abort();
+    planner.abort();
     drop(state);
     tracing::info!("control server stopping");
     // The writer exits once every sender is gone (connections drop theirs

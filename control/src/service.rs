@@ -13,16 +13,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use capnp::capability::Rc as CapRc;
 use ringfs_schema::common_capnp::capacity;
 use ringfs_schema::control_capnp::{
-    attr, chunk_record, cluster_map, control, file_handle, map_watcher, subscription, FileKind,
-    OpenMode,
+    attr, chunk_health, chunk_record, cluster_map, control, file_handle, map_watcher, node_command,
+    subscription, CommandKind, FileKind, OpenMode,
 };
 use ringfs_schema::{read_chunk_id, write_chunk_id, PROTOCOL_VERSION};
 
+use crate::commands::{Commands, Work};
 use crate::error::{ControlError, Result};
+use crate::gc::Gc;
 use crate::group_commit::Committer;
 use crate::leases::{Acquire, Guid, Leases};
 use crate::membership::{Capacity, Membership};
 use crate::records::{Chunk, Inode, Kind};
+use crate::repair::{ProblemKind, Repair, RepairConfig};
 use crate::store::{CreateOptions, MetaStore, Mutation, Outcome};
 
 /// Most entries one `list` call returns.
@@ -55,6 +58,9 @@ pub struct State {
     epoch: Cell<u64>,
     watchers: RefCell<Vec<(u64, map_watcher::Client)>>,
     next_watcher: Cell<u64>,
+    repair: RefCell<Repair>,
+    commands: RefCell<Commands>,
+    gc: RefCell<Gc>,
 }
 
 impl State {
@@ -63,6 +69,7 @@ impl State {
         committer: Committer,
         secret: Vec<u8>,
         timing: MembershipTiming,
+        repair: RepairConfig,
     ) -> Result<Rc<Self>> {
         let membership = Membership::new(store.nodes()?);
         let epoch = store.epoch()?;
@@ -76,7 +83,181 @@ impl State {
             epoch: Cell::new(epoch),
             watchers: RefCell::default(),
             next_watcher: Cell::new(0),
+            repair: RefCell::new(Repair::new(repair)),
+            commands: RefCell::default(),
+            gc: RefCell::default(),
         }))
+    }
+
+    /// One round of repair and garbage collection: forgets lost commands,
+    /// then plans copies and deletes from the current chunk map.
+    pub async fn plan_round(self: &Rc<Self>) -> Result<()> {
+        let map = self.store.chunk_map()?;
+        let garbage = self.store.garbage()?;
+        let now = Instant::now();
+        let repair = self.repair.borrow();
+        let membership = self.membership.borrow();
+        let mut cmds = self.commands.borrow_mut();
+        let forgotten = cmds.expire(now, repair.cfg.command_timeout, |n| {
+            membership.get(n).is_none_or(|s| !s.up)
+        });
+        for c in forgotten.iter().filter(|c| c.sent.is_some()) {
+            tracing::warn!(
+                node = c.node,
+                command = c.id,
+                "node did not report a command's outcome in time"
+            );
+        }
+        repair.plan(&map, &membership, &mut cmds, now);
+        drop(repair);
+        // Commit times matter only until every up node reported after them
+        // (a node that comes back is unverified until its fresh report).
+        if let Some(oldest) = membership
+            .iter()
+            .filter(|(_, n)| n.up)
+            .map(|(_, n)| n.report_time)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|t| t.into_iter().min())
+        {
+            self.repair
+                .borrow_mut()
+                .committed_at
+                .retain(|_, c| *c >= oldest);
+        }
+        let repair = self.repair.borrow();
+        self.gc.borrow_mut().plan(
+            &map,
+            &garbage,
+            &membership,
+            &mut cmds,
+            repair.cfg.orphan_grace,
+            now,
+        );
+        Ok(())
+    }
+
+    /// Applies the outcome of command `id` that node `node` reports.
+    async fn command_done(
+        self: &Rc<Self>,
+        node: u64,
+        id: u64,
+        ok: bool,
+        message: &str,
+        version: u64,
+        length: u64,
+    ) -> Result<()> {
+        // The command stays open (its chunk busy for the planner) until its
+        // outcome is applied, so no second copy is planned meanwhile.
+        let Some(cmd) = self.commands.borrow().get(node, id) else {
+            // Expired meanwhile, or a duplicate: the planner starts over.
+            return Ok(());
+        };
+        let r = self
+            .apply_outcome(node, cmd.work, ok, message, version, length)
+            .await;
+        self.commands.borrow_mut().finish(node, id);
+        r
+    }
+
+    async fn apply_outcome(
+        self: &Rc<Self>,
+        node: u64,
+        work: Work,
+        ok: bool,
+        message: &str,
+        version: u64,
+        length: u64,
+    ) -> Result<()> {
+        match work {
+            Work::Delete { chunk, garbage } => {
+                if !ok {
+                    tracing::warn!(
+                        node,
+                        chunk = format!("{chunk:032x}"),
+                        "delete failed: {message}"
+                    );
+                    return Ok(());
+                }
+                self.membership.borrow_mut().note_chunk(node, chunk, None);
+                self.repair.borrow_mut().suspects.remove(&(chunk, node));
+                if garbage {
+                    let m = Mutation::GarbageDone {
+                        id: chunk,
+                        nodes: vec![node],
+                    };
+                    self.committer.submit(m).await?;
+                }
+            }
+            Work::Copy {
+                inode,
+                index,
+                chunk,
+                version: want,
+                length: min_len,
+                target,
+                drop,
+                ..
+            } => {
+                let verified = ok && version >= want && length >= min_len as u64;
+                if !verified {
+                    self.repair.borrow_mut().copies_failed += 1;
+                    tracing::warn!(
+                        node,
+                        target,
+                        chunk = format!("{chunk:032x}"),
+                        "copy failed: {message} (version {version}, length {length})"
+                    );
+                    return Ok(());
+                }
+                let m = Mutation::ReplicaCopied {
+                    inode,
+                    index,
+                    id: chunk,
+                    version: want,
+                    length: length.min(u32::MAX as u64) as u32,
+                    target,
+                    drop: drop.clone(),
+                };
+                match self.committer.submit(m).await {
+                    Ok(_) => {
+                        let mut membership = self.membership.borrow_mut();
+                        membership.note_chunk(target, chunk, Some((version, length as u32)));
+                        let mut repair = self.repair.borrow_mut();
+                        repair.copies_done += 1;
+                        repair.suspects.remove(&(chunk, target));
+                        tracing::info!(
+                            inode,
+                            index,
+                            chunk = format!("{chunk:032x}"),
+                            target,
+                            "replica copied and verified; record updated"
+                        );
+                        // Copies on live nodes that left the record are known
+                        // bad: delete them now rather than after the orphan grace.
+                        let mut cmds = self.commands.borrow_mut();
+                        for n in drop.into_iter().filter(|n| *n != target) {
+                            repair.suspects.remove(&(chunk, n));
+                            if membership.get(n).is_some_and(|s| s.up) && !cmds.deleting(n, chunk) {
+                                cmds.queue(
+                                    n,
+                                    Work::Delete {
+                                        chunk,
+                                        garbage: false,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // The record changed meanwhile: the copy is an orphan
+                        // that garbage collection removes; plan again.
+                        self.repair.borrow_mut().copies_failed += 1;
+                        tracing::info!(chunk = format!("{chunk:032x}"), "copy not recorded: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The bootstrap capability to serve on every connection.
@@ -531,6 +712,9 @@ impl control::Server for ControlImpl {
                 .membership
                 .borrow_mut()
                 .joined(node_id, key, shards, capacity);
+            // A (re)joining node starts a new session: commands sent to the
+            // old one will never report back.
+            self.state.commands.borrow_mut().forget_node(node_id);
             tracing::info!(node_id, "node joined");
             self.state.notify_watchers();
             let mut r = results.get();
@@ -551,18 +735,68 @@ impl control::Server for ControlImpl {
             let p = params.get()?;
             let id = p.get_node_id();
             let capacity = read_capacity(p.get_capacity()?);
-            let (came_up, report_wanted) =
-                self.state
-                    .membership
-                    .borrow_mut()
-                    .heartbeat(id, p.get_node_key()?, capacity)?;
+            let refresh = self.state.repair.borrow().cfg.report_interval;
+            let (came_up, report_wanted) = self.state.membership.borrow_mut().heartbeat(
+                id,
+                p.get_node_key()?,
+                capacity,
+                refresh,
+            )?;
+            let bad = p
+                .get_bad_chunks()?
+                .iter()
+                .map(read_chunk_id)
+                .collect::<Vec<_>>();
+            if !bad.is_empty() {
+                tracing::warn!(
+                    node_id = id,
+                    chunks = bad.len(),
+                    "node reports chunks failing checksums"
+                );
+            }
+            self.state.membership.borrow_mut().set_bad(id, bad);
+            let done = p
+                .get_done()?
+                .iter()
+                .map(|d| {
+                    Ok((
+                        d.get_id(),
+                        d.get_ok(),
+                        text(d.get_message())?,
+                        d.get_version(),
+                        d.get_length(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // Outcomes may need a durable commit; the heartbeat's answer
+            // must not wait for it (a slow fsync would look like a dead node).
+            if !done.is_empty() {
+                let state = self.state.clone();
+                tokio::task::spawn_local(async move {
+                    for (cmd, ok, msg, version, length) in done {
+                        if let Err(e) = state.command_done(id, cmd, ok, &msg, version, length).await
+                        {
+                            tracing::error!(node_id = id, command = cmd, error = %e, "applying a command outcome failed");
+                        }
+                    }
+                });
+            }
             if came_up {
                 tracing::info!(node_id = id, "node is up");
                 self.state.map_changed().await?;
             }
+            let commands = self
+                .state
+                .commands
+                .borrow_mut()
+                .take_for(id, Instant::now());
             let mut r = results.get();
             r.set_epoch(self.state.epoch.get());
             r.set_report_wanted(report_wanted);
+            let mut list = r.init_commands(commands.len() as u32);
+            for (i, c) in commands.iter().enumerate() {
+                fill_command(list.reborrow().get(i as u32), c);
+            }
             Ok(())
         })
     }
@@ -603,6 +837,67 @@ impl control::Server for ControlImpl {
         std::future::ready(Ok(()))
     }
 
+    fn report_bad_replica(
+        self: CapRc<Self>,
+        params: control::ReportBadReplicaParams,
+        _: control::ReportBadReplicaResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let chunk = read_chunk_id(p.get_chunk_id()?);
+            let node = p.get_node_id();
+            if self.state.membership.borrow().get(node).is_none() {
+                return Err(ControlError::NotFound(format!("node {node}")));
+            }
+            let repaired = p.get_repaired();
+            tracing::warn!(
+                node,
+                chunk = format!("{chunk:032x}"),
+                repaired,
+                "a client read a replica that failed its checksum"
+            );
+            let mut repair = self.state.repair.borrow_mut();
+            repair.bad_reports += 1;
+            // A replica the client already replaced with a verified copy is
+            // good again; otherwise repair replaces it.
+            if !repaired {
+                repair.suspects.insert((chunk, node));
+            } else {
+                repair.suspects.remove(&(chunk, node));
+            }
+            Ok(())
+        })
+    }
+
+    fn chunk_health(
+        self: CapRc<Self>,
+        params: control::ChunkHealthParams,
+        mut results: control::ChunkHealthResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let limit = params.get()?.get_problem_limit().min(MAX_PROBLEMS) as usize;
+            let map = self.state.store.chunk_map()?;
+            let paths = if limit > 0 {
+                self.state.store.paths()?
+            } else {
+                Default::default()
+            };
+            let garbage = self.state.store.garbage()?;
+            let mut h = crate::repair::health(
+                &self.state.repair.borrow(),
+                &map,
+                &self.state.membership.borrow(),
+                &self.state.commands.borrow(),
+                &paths,
+                limit,
+                Instant::now(),
+            );
+            h.deletes_pending = garbage.iter().map(|g| g.replicas.len() as u64).sum();
+            fill_health(results.get().init_health(), &h);
+            Ok(())
+        })
+    }
+
     fn subscribe(
         self: CapRc<Self>,
         params: control::SubscribeParams,
@@ -623,6 +918,65 @@ impl control::Server for ControlImpl {
         })
     }
 }
+
+fn fill_command(mut b: node_command::Builder, c: &crate::commands::Command) {
+    b.set_id(c.id);
+    match &c.work {
+        Work::Delete { chunk, .. } => {
+            b.set_kind(CommandKind::Delete);
+            write_chunk_id(b.init_chunk_id(), *chunk);
+        }
+        Work::Copy {
+            chunk,
+            version,
+            target,
+            target_addr,
+            replace,
+            ..
+        } => {
+            b.set_kind(CommandKind::Copy);
+            b.set_version(*version);
+            b.set_target_node_id(*target);
+            b.set_target_address(target_addr.as_str());
+            b.set_replace(*replace);
+            write_chunk_id(b.init_chunk_id(), *chunk);
+        }
+    }
+}
+
+fn fill_health(mut b: chunk_health::Builder, h: &crate::repair::Health) {
+    b.set_chunks(h.chunks);
+    b.set_healthy(h.healthy);
+    b.set_under_replicated(h.under_replicated);
+    b.set_being_repaired(h.being_repaired);
+    b.set_lost(h.lost);
+    b.set_unverified(h.unverified);
+    b.set_namespace_errors(h.namespace_errors);
+    b.set_copies_in_flight(h.copies_in_flight as u32);
+    b.set_deletes_pending(h.deletes_pending);
+    let mut list = b.init_problems(h.problems.len() as u32);
+    for (i, p) in h.problems.iter().enumerate() {
+        let mut e = list.reborrow().get(i as u32);
+        e.set_path(p.path.as_str());
+        e.set_index(p.index);
+        e.set_kind(match p.kind {
+            ProblemKind::UnderReplicated => {
+                ringfs_schema::control_capnp::ProblemKind::UnderReplicated
+            }
+            ProblemKind::Lost => ringfs_schema::control_capnp::ProblemKind::Lost,
+            ProblemKind::BeingRepaired => ringfs_schema::control_capnp::ProblemKind::BeingRepaired,
+            ProblemKind::Unverified => ringfs_schema::control_capnp::ProblemKind::Unverified,
+            ProblemKind::Namespace => ringfs_schema::control_capnp::ProblemKind::Namespace,
+        });
+        e.set_good_replicas(p.good.min(255) as u8);
+        e.set_wanted(p.wanted.min(255) as u8);
+        e.set_detail(p.detail.as_str());
+        write_chunk_id(e.init_chunk_id(), p.chunk);
+    }
+}
+
+/// Most problems one `chunkHealth` call lists.
+pub const MAX_PROBLEMS: u32 = 100_000;
 
 /// A subscription; dropping it (or the connection) ends it.
 struct SubscriptionImpl {
@@ -742,6 +1096,15 @@ impl file_handle::Server for FileHandleImpl {
                 .iter()
                 .map(read_chunk_record)
                 .collect::<Result<Vec<_>>>()?;
+            // Before the commit becomes visible: the planner must never see
+            // the new record judged by reports taken before these writes.
+            {
+                let now = Instant::now();
+                let mut repair = self.state.repair.borrow_mut();
+                for (_, c) in &chunks {
+                    repair.committed_at.insert(c.id, now);
+                }
+            }
             let m = Mutation::CommitChunks {
                 inode: self.inode,
                 chunks,

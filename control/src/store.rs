@@ -125,6 +125,24 @@ pub enum Mutation {
     },
     /// Advance the cluster-map epoch.
     BumpEpoch,
+    /// Repair: `target` now holds a durable, verified copy of chunk `id` at
+    /// `version` or newer (at least `length` bytes). Applied only if the
+    /// record of (`inode`, `index`) still names that chunk at that version; the
+    /// replicas in `drop` (lost, stale or corrupt) leave the record.
+    ReplicaCopied {
+        inode: u64,
+        index: u64,
+        id: u128,
+        version: u64,
+        length: u32,
+        target: u64,
+        drop: Vec<u64>,
+    },
+    /// Garbage collection: `nodes` confirmed they no longer hold chunk `id`.
+    GarbageDone {
+        id: u128,
+        nodes: Vec<u64>,
+    },
 }
 
 /// The result of a successful [`Mutation`].
@@ -138,6 +156,16 @@ pub enum Outcome {
         epoch: u64,
     },
     Epoch(u64),
+}
+
+/// One chunk record with what repair needs of its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub inode: u64,
+    pub index: u64,
+    pub chunk: Chunk,
+    /// The file's inode, `None` if the record is dangling.
+    pub file: Option<Inode>,
 }
 
 /// A directory entry as listed.
@@ -277,6 +305,60 @@ impl MetaStore {
         for item in garbage.iter()? {
             out.push(Chunk::decode(item?.1.value())?);
         }
+        Ok(out)
+    }
+
+    /// Every chunk record with its file's inode, in (inode, index) order.
+    /// One read snapshot: a consistent view for repair and fsck.
+    pub fn chunk_map(&self) -> Result<Vec<MapEntry>> {
+        let txn = self.db.begin_read()?;
+        let chunks = txn.open_table(CHUNKS)?;
+        let inodes = txn.open_table(INODES)?;
+        let mut out = Vec::new();
+        let mut file: Option<(u64, Option<Inode>)> = None;
+        for item in chunks.iter()? {
+            let (key, value) = item?;
+            let (inode, index) = key.value();
+            if file.as_ref().is_none_or(|(i, _)| *i != inode) {
+                file = Some((inode, get_inode(&inodes, inode)?));
+            }
+            out.push(MapEntry {
+                inode,
+                index,
+                chunk: Chunk::decode(value.value())?,
+                file: file.as_ref().and_then(|(_, a)| a.clone()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The path of every inode that has one (files and directories), for
+    /// reports that name files.
+    pub fn paths(&self) -> Result<std::collections::HashMap<u64, String>> {
+        let txn = self.db.begin_read()?;
+        let dirents = txn.open_table(DIRENTS)?;
+        let mut parent = std::collections::HashMap::new();
+        for item in dirents.iter()? {
+            let (key, child) = item?;
+            let (dir, name) = key.value();
+            parent.insert(child.value(), (dir, name.to_string()));
+        }
+        let mut out = std::collections::HashMap::new();
+        for &ino in parent.keys() {
+            let mut parts = Vec::new();
+            let mut cur = ino;
+            // Bounded walk: a damaged tree with a cycle must not hang us.
+            while let Some((dir, name)) = parent.get(&cur) {
+                parts.push(name.as_str());
+                cur = *dir;
+                if cur == ROOT_INODE || parts.len() > 4096 {
+                    break;
+                }
+            }
+            parts.reverse();
+            out.insert(ino, format!("/{}", parts.join("/")));
+        }
+        out.insert(ROOT_INODE, "/".to_string());
         Ok(out)
     }
 
@@ -431,7 +513,90 @@ fn apply(txn: &WriteTransaction, defaults: &FileDefaults, m: &Mutation) -> Resul
             shards,
         } => join(txn, *node_id, key, new_key, shards),
         Mutation::BumpEpoch => Ok(Outcome::Epoch(bump_epoch(&mut txn.open_table(COUNTERS)?)?)),
+        Mutation::ReplicaCopied {
+            inode,
+            index,
+            id,
+            version,
+            length,
+            target,
+            drop,
+        } => replica_copied(txn, *inode, *index, *id, *version, *length, *target, drop),
+        Mutation::GarbageDone { id, nodes } => garbage_done(txn, *id, nodes),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replica_copied(
+    txn: &WriteTransaction,
+    ino: u64,
+    index: u64,
+    id: u128,
+    version: u64,
+    length: u32,
+    target: u64,
+    drop: &[u64],
+) -> Result<Outcome> {
+    let mut chunks = txn.open_table(CHUNKS)?;
+    let current = chunks
+        .get((ino, index))?
+        .map(|v| Chunk::decode(v.value()))
+        .transpose()?;
+    let Some(mut rec) = current else {
+        return Err(ControlError::NotFound(format!(
+            "chunk record ({ino}, {index}) is gone (file removed or truncated)"
+        )));
+    };
+    if rec.id != id || rec.version != version || rec.length > length {
+        return Err(ControlError::InvalidArgument(format!(
+            "chunk record ({ino}, {index}) changed during the copy \
+             (now chunk {:x} version {}, copied {id:x} version {version})",
+            rec.id, rec.version
+        )));
+    }
+    if txn.open_table(NODES)?.get(target)?.is_none() {
+        return Err(ControlError::NotFound(format!("node {target}")));
+    }
+    let wanted = get_inode(&txn.open_table(INODES)?, ino)?
+        .map(|a| a.replication as usize)
+        .unwrap_or(0);
+    let after = rec
+        .replicas
+        .iter()
+        .filter(|r| !drop.contains(r) || **r == target)
+        .count()
+        + usize::from(!rec.replicas.contains(&target));
+    if after > wanted {
+        // Another copy got there first: never list more than R replicas
+        // (client commits would then be refused).
+        return Err(ControlError::InvalidArgument(format!(
+            "chunk record ({ino}, {index}) would list {after} replicas, the file wants {wanted}"
+        )));
+    }
+    // Every check has passed: from here on only writes.
+    rec.replicas.retain(|r| !drop.contains(r) || *r == target);
+    if !rec.replicas.contains(&target) {
+        rec.replicas.push(target);
+    }
+    chunks.insert((ino, index), rec.encode().as_slice())?;
+    Ok(Outcome::Done)
+}
+
+fn garbage_done(txn: &WriteTransaction, id: u128, nodes: &[u64]) -> Result<Outcome> {
+    let mut garbage = txn.open_table(GARBAGE)?;
+    let entry = garbage
+        .get(id)?
+        .map(|v| Chunk::decode(v.value()))
+        .transpose()?;
+    if let Some(mut c) = entry {
+        c.replicas.retain(|r| !nodes.contains(r));
+        if c.replicas.is_empty() {
+            garbage.remove(id)?;
+        } else {
+            garbage.insert(id, c.encode().as_slice())?;
+        }
+    }
+    Ok(Outcome::Done)
 }
 
 /// Validates a file's layout options against the server defaults.

@@ -11,6 +11,7 @@
 //! capacity_bytes = 0     # 0 = the filesystem's size
 //! io_memory = 4194304    # glommio registered I/O memory per shard, bytes
 //! lease_ms = 30000       # default lock/reservation lease
+//! scrub_bytes_per_sec = 8388608  # background re-read rate per shard; 0 = off
 //! ```
 
 use clap::Parser;
@@ -61,6 +62,10 @@ pub struct Cli {
     /// Default lease of locks and reservations, milliseconds.
     #[arg(long)]
     pub lease_ms: Option<u64>,
+    /// Bytes per second and shard the scrubber re-reads to find corrupt
+    /// chunks (0 = no scrubbing) [default: 8388608].
+    #[arg(long)]
+    pub scrub_bytes_per_sec: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -75,6 +80,7 @@ struct FileConfig {
     capacity_bytes: Option<u64>,
     io_memory: Option<usize>,
     lease_ms: Option<u64>,
+    scrub_bytes_per_sec: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -90,6 +96,7 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     pub io_memory: usize,
     pub lease_ms: u64,
+    pub scrub_bytes_per_sec: u64,
 }
 
 /// Parses "0,1,3" (a list) or "2" (a count: cores 0..2).
@@ -177,6 +184,10 @@ impl NodeConfig {
             capacity_bytes: cli.capacity_bytes.or(file.capacity_bytes).unwrap_or(0),
             io_memory: cli.io_memory.or(file.io_memory).unwrap_or(4 << 20),
             lease_ms: cli.lease_ms.or(file.lease_ms).unwrap_or(30_000),
+            scrub_bytes_per_sec: cli
+                .scrub_bytes_per_sec
+                .or(file.scrub_bytes_per_sec)
+                .unwrap_or(8 << 20),
         })
     }
 }

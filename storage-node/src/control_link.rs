@@ -3,13 +3,24 @@
 //! retrying with exponential backoff while the server is away. It runs on its
 //! own thread with a tokio current-thread runtime (capnp-rpc is
 //! single-threaded) and reaches the shards only through [`ShardCommand`]s.
+//!
+//! Commands in heartbeat replies (delete a chunk, copy a chunk to another
+//! node) run as tasks of their own on the owning shard; their outcomes go
+//! back with the next heartbeat after they finish, each exactly once per
+//! session (a lost session loses them, and the control server times the
+//! commands out and plans again). Chunks that failed a checksum go with
+//! every heartbeat until they are deleted.
 
 use crate::identity::Identity;
 use crate::shard::{CapacityReport, ShardCommand};
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::channel::{mpsc, oneshot};
 use ringfs_schema::control_capnp::control;
+use ringfs_schema::control_capnp::CommandKind;
+use ringfs_schema::{read_chunk_id, write_chunk_id, ChunkId};
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +30,9 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 const REPORT_PAGE: usize = 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Least time a heartbeat may take to be answered before the session is
+/// considered dead.
+const HEARTBEAT_ANSWER_MIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -40,6 +54,12 @@ impl From<capnp::Error> for LinkError {
             ringfs_schema::wire_error::code_name(code)
         ))
     }
+}
+
+/// A finished command's outcome, waiting for the next heartbeat.
+struct Done {
+    id: u64,
+    result: Result<(u64, u64), String>,
 }
 
 /// Everything the link needs.
@@ -159,6 +179,11 @@ impl ControlLink {
             node_key: Identity::key_hex(r.get_node_key()?),
         };
         let heartbeat = Duration::from_millis(r.get_heartbeat_ms().max(50) as u64);
+        // A heartbeat unanswered for this long means the connection is dead
+        // (a partition leaves TCP hanging, not reset): start a new session.
+        // Generous, so that a slow metadata commit never causes a rejoin.
+        let answer_within =
+            (Duration::from_millis(r.get_ttl_ms() as u64) * 3).max(HEARTBEAT_ANSWER_MIN);
         if joined != identity {
             joined.store(&self.identity_path)?;
         }
@@ -171,21 +196,124 @@ impl ControlLink {
         *backoff = BACKOFF_MIN;
         let key = joined.key_bytes();
         self.report(control, joined.node_id, &key).await?;
+        let done: Rc<RefCell<Vec<Done>>> = Rc::default();
         loop {
             tokio::time::sleep(heartbeat).await;
             let cap = self.capacity().await?;
+            // Outcomes first, then the bad list: a copy that replaced a
+            // bad chunk must not be followed by that chunk reported bad.
+            let finished = std::mem::take(&mut *done.borrow_mut());
+            let bad = self.bad_chunks().await?;
             let mut req = control.heartbeat_request();
             {
                 let mut p = req.get();
                 p.set_node_id(joined.node_id);
                 p.set_node_key(&key);
-                set_capacity(p.init_capacity(), &cap);
+                set_capacity(p.reborrow().init_capacity(), &cap);
+                let mut list = p.reborrow().init_bad_chunks(bad.len() as u32);
+                for (i, id) in bad.iter().enumerate() {
+                    write_chunk_id(list.reborrow().get(i as u32), id_u128(*id));
+                }
+                let mut list = p.init_done(finished.len() as u32);
+                for (i, d) in finished.iter().enumerate() {
+                    let mut b = list.reborrow().get(i as u32);
+                    b.set_id(d.id);
+                    match &d.result {
+                        Ok((version, length)) => {
+                            b.set_ok(true);
+                            b.set_version(*version);
+                            b.set_length(*length);
+                        }
+                        Err(msg) => b.set_message(msg.as_str()),
+                    }
+                }
             }
-            let reply = req.send().promise.await?;
-            if reply.get()?.get_report_wanted() {
+            let reply = tokio::time::timeout(answer_within, req.send().promise)
+                .await
+                .map_err(|_| {
+                    LinkError::Rpc(format!("no heartbeat answer within {answer_within:?}"))
+                })??;
+            let r = reply.get()?;
+            for c in r.get_commands()? {
+                self.start_command(c, &done)?;
+            }
+            if r.get_report_wanted() {
                 self.report(control, joined.node_id, &key).await?;
             }
         }
+    }
+
+    /// Chunks every shard found failing their checksums.
+    async fn bad_chunks(&self) -> Result<Vec<ChunkId>, LinkError> {
+        let mut all = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = oneshot::channel();
+            s.unbounded_send(ShardCommand::Bad(tx))
+                .map_err(|_| LinkError::ShardGone)?;
+            all.extend(rx.await.map_err(|_| LinkError::ShardGone)?);
+        }
+        Ok(all)
+    }
+
+    /// Hands a command to the shard owning its chunk; its outcome lands in
+    /// `done` when it finishes.
+    fn start_command(
+        &self,
+        c: ringfs_schema::control_capnp::node_command::Reader<'_>,
+        done: &Rc<RefCell<Vec<Done>>>,
+    ) -> Result<(), LinkError> {
+        let id = c.get_id();
+        let raw = read_chunk_id(c.get_chunk_id()?);
+        let chunk = ChunkId::new((raw >> 64) as u64, raw as u64);
+        let shard = &self.shards[chunk.shard(self.shards.len())];
+        let rx: oneshot::Receiver<Result<(u64, u64), String>> = match c.get_kind() {
+            Ok(CommandKind::Delete) => {
+                let (tx, rx) = oneshot::channel();
+                let (dtx, drx) = oneshot::channel();
+                shard
+                    .unbounded_send(ShardCommand::Delete(chunk, dtx))
+                    .map_err(|_| LinkError::ShardGone)?;
+                tokio::task::spawn_local(async move {
+                    let r = drx.await.unwrap_or_else(|_| Err("shard gone".into()));
+                    let _ = tx.send(r.map(|()| (0, 0)));
+                });
+                rx
+            }
+            Ok(CommandKind::Copy) => {
+                let target = c
+                    .get_target_address()?
+                    .to_string()
+                    .map_err(|_| LinkError::Rpc("target address is not UTF-8".into()))?;
+                let (tx, rx) = oneshot::channel();
+                shard
+                    .unbounded_send(ShardCommand::Copy {
+                        id: chunk,
+                        version: c.get_version(),
+                        target,
+                        replace: c.get_replace(),
+                        reply: tx,
+                    })
+                    .map_err(|_| LinkError::ShardGone)?;
+                rx
+            }
+            // A command kind from a newer control server: refuse it.
+            Err(_) => {
+                done.borrow_mut().push(Done {
+                    id,
+                    result: Err("unknown command kind".into()),
+                });
+                return Ok(());
+            }
+        };
+        let done = done.clone();
+        tokio::task::spawn_local(async move {
+            let result = rx.await.unwrap_or_else(|_| Err("shard gone".into()));
+            if let Err(e) = &result {
+                tracing::warn!("command {id} on chunk {chunk} failed: {e}");
+            }
+            done.borrow_mut().push(Done { id, result });
+        });
+        Ok(())
     }
 
     /// Sends the full chunk inventory in pages.
@@ -228,6 +356,10 @@ impl ControlLink {
         tracing::info!(chunks = all.len(), "chunk report sent");
         Ok(())
     }
+}
+
+fn id_u128(id: ChunkId) -> u128 {
+    ((id.hi as u128) << 64) | id.lo as u128
 }
 
 fn set_capacity(mut c: ringfs_schema::common_capnp::capacity::Builder<'_>, cap: &CapacityReport) {

@@ -160,6 +160,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             default_lease: Duration::from_millis(cfg.lease_ms),
             max_lease: Duration::from_secs(600),
             implicit_lease: Duration::from_secs(60),
+            scrub_bytes_per_sec: cfg.scrub_bytes_per_sec,
         };
         let port = if cfg.base_port == 0 {
             0

@@ -25,6 +25,7 @@ pub enum ReserveError {
 /// One outstanding reservation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation {
+    /// Disk bytes the chunk will occupy (header included).
     pub bytes: u64,
     pub client: u64,
     /// Generation of the write lock granted with the reservation.

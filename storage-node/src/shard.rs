@@ -52,6 +52,8 @@ pub struct ShardConfig {
     pub max_lease: Duration,
     /// Lease of implicit locks (they are released right after the operation).
     pub implicit_lease: Duration,
+    /// Bytes per second the scrubber re-reads (0 = no scrubbing).
+    pub scrub_bytes_per_sec: u64,
 }
 
 /// A shard's capacity report, in bytes.
@@ -68,20 +70,36 @@ pub enum ShardCommand {
     Capacity(oneshot::Sender<CapacityReport>),
     /// (id, version, length) of every chunk.
     Inventory(oneshot::Sender<Vec<(ChunkId, u64, u64)>>),
+    /// Chunks that failed a checksum (scrubber or a read) and are still here.
+    Bad(oneshot::Sender<Vec<ChunkId>>),
+    /// Delete a chunk (garbage collection); a missing chunk is fine.
+    Delete(ChunkId, oneshot::Sender<Result<(), String>>),
+    /// Copy a chunk at a version to another node's shard (re-replication);
+    /// answers the verified (version, length).
+    Copy {
+        id: ChunkId,
+        version: u64,
+        target: String,
+        replace: bool,
+        reply: oneshot::Sender<Result<(u64, u64), String>>,
+    },
 }
 
 type LockWaiter = oneshot::Sender<Option<Grant>>;
 
 /// The state of one shard (lives on its executor only).
 pub struct Shard {
-    cfg: ShardConfig,
-    node_id: Arc<AtomicU64>,
-    store: ChunkStore,
+    pub(crate) cfg: ShardConfig,
+    pub(crate) node_id: Arc<AtomicU64>,
+    pub(crate) store: ChunkStore,
     locks: RefCell<LockTable<LockWaiter>>,
     reservations: RefCell<Reservations>,
     minter: RefCell<IdMinter>,
     key: TokenKey,
-    peers: PeerPool,
+    pub(crate) peers: PeerPool,
+    /// Chunks that failed a checksum here; reported to the control server
+    /// with every heartbeat until the chunk is deleted (replaced).
+    pub(crate) bad: RefCell<std::collections::HashSet<ChunkId>>,
 }
 
 /// A response on its way to the connection's writer.
@@ -107,7 +125,7 @@ impl Payload {
 type Tx = mpsc::UnboundedSender<Outgoing>;
 
 /// Why an operation failed: a status and a message for the error frame.
-struct OpError(Status, String);
+pub(crate) struct OpError(pub(crate) Status, pub(crate) String);
 
 impl From<StoreError> for OpError {
     fn from(e: StoreError) -> Self {
@@ -167,6 +185,7 @@ impl Shard {
             minter: RefCell::new(minter),
             key,
             peers: PeerPool::default(),
+            bad: RefCell::default(),
         }))
     }
 
@@ -202,10 +221,41 @@ impl Shard {
                         ShardCommand::Inventory(tx) => {
                             let _ = tx.send(me.store.inventory());
                         }
+                        ShardCommand::Bad(tx) => {
+                            let mut bad: Vec<_> = me.bad.borrow().iter().copied().collect();
+                            bad.sort();
+                            let _ = tx.send(bad);
+                        }
+                        // Long-running commands get their own tasks so that
+                        // capacity and inventory requests never wait on them.
+                        ShardCommand::Delete(id, tx) => {
+                            let me = me.clone();
+                            glommio::spawn_local(async move {
+                                let _ = tx.send(me.delete_command(id).await);
+                            })
+                            .detach();
+                        }
+                        ShardCommand::Copy {
+                            id,
+                            version,
+                            target,
+                            replace,
+                            reply,
+                        } => {
+                            let me = me.clone();
+                            glommio::spawn_local(async move {
+                                let r = me.copy_command(id, version, &target, replace).await;
+                                let _ = reply.send(r);
+                            })
+                            .detach();
+                        }
                     }
                 }
             })
             .detach();
+        }
+        if self.cfg.scrub_bytes_per_sec > 0 {
+            glommio::spawn_local(crate::scrubber::run(self.clone())).detach();
         }
         loop {
             match listener.accept().await {
@@ -234,7 +284,7 @@ impl Shard {
         let reserved = self
             .reservations
             .borrow()
-            .outstanding(|id| self.store.info(id).map(|i| i.length).unwrap_or(0));
+            .outstanding(|id| self.store.info(id).map(|i| on_disk(i.length)).unwrap_or(0));
         CapacityReport {
             total,
             used,
@@ -279,7 +329,12 @@ impl Shard {
         }
     }
 
-    fn release(&self, chunk: ChunkId, client: u64, generation: u64) -> Result<(), LockError> {
+    pub(crate) fn release(
+        &self,
+        chunk: ChunkId,
+        client: u64,
+        generation: u64,
+    ) -> Result<(), LockError> {
         let changes = self
             .locks
             .borrow_mut()
@@ -300,7 +355,7 @@ impl Shard {
     }
 
     /// Takes a lock, waiting up to `timeout` (FIFO) if it is not free.
-    async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         chunk: ChunkId,
         client: u64,
@@ -586,6 +641,10 @@ impl Shard {
                 let auth = self.authorize(h, Mode::Read).await?;
                 let r = self.store.read(h.chunk_id, h.offset, h.length as u64).await;
                 self.end_auth(h.chunk_id, auth);
+                if let Err(StoreError::Checksum(..)) = &r {
+                    // Reported to the control server, which has it repaired.
+                    self.bad.borrow_mut().insert(h.chunk_id);
+                }
                 let (data, info) = r?;
                 let mut resp = Header::response_to(h, Status::Ok);
                 resp.offset = h.offset;
@@ -617,6 +676,7 @@ impl Shard {
                 let r = self.store.delete(h.chunk_id).await;
                 self.end_auth(h.chunk_id, auth);
                 r?;
+                self.bad.borrow_mut().remove(&h.chunk_id);
                 ok(Header::response_to(h, Status::Ok))
             }
             Op::CopyTo => ok(self.op_copy_to(h).await?),
@@ -753,9 +813,12 @@ impl Shard {
         };
         let free = self.free_bytes();
         let outstanding = self.capacity().reserved;
+        // What the chunk will occupy on disk: its header (two slots with
+        // the CRC tables) and its data in 4 KiB units, as `used` counts it.
+        let disk_bytes = on_disk(bytes);
         self.reservations
             .borrow()
-            .check(bytes, free, outstanding)
+            .check(disk_bytes, free, outstanding)
             .map_err(|e| OpError(Status::NoSpace, e.to_string()))?;
         let id = match id {
             Some(id) => id,
@@ -789,7 +852,7 @@ impl Shard {
         self.reservations.borrow_mut().insert(
             id,
             Reservation {
-                bytes,
+                bytes: disk_bytes,
                 client: h.client_id,
                 generation: g.generation,
             },
@@ -945,6 +1008,13 @@ impl Shard {
         r.durable_replicas = resp.durable_replicas;
         Ok(r)
     }
+}
+
+/// Bytes a chunk of `length` data bytes occupies on disk (header included),
+/// as [`ChunkStore::used_bytes`] counts it.
+fn on_disk(length: u64) -> u64 {
+    use crate::chunk_file::{align_up, ALIGN, DATA_OFFSET};
+    DATA_OFFSET + align_up(length, ALIGN)
 }
 
 /// (total, available) bytes of the filesystem holding `dir`.

@@ -168,10 +168,12 @@ fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
             .unwrap();
         assert_eq!(w.status, Status::BadToken, "{}", w.message);
     });
-    // The reservation shows in the capacity report.
+    // The reservation shows in the capacity report, as the disk space the
+    // chunk will take: its header plus its data in 4 KiB units.
+    let on_disk = ringfs_node::chunk_file::DATA_OFFSET + 600_000u64.div_ceil(4096) * 4096;
     wait_until(
         Duration::from_secs(5),
-        || cluster_map(port).iter().any(|n| n.reserved == 600_000),
+        || cluster_map(port).iter().any(|n| n.reserved == on_disk),
         || format!("reserved bytes not reported: {:?}", cluster_map(port)),
     );
 }

@@ -41,6 +41,11 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// The log filter of child processes: `RINGFS_TEST_LOG`, else `warn`.
+fn child_log() -> String {
+    std::env::var("RINGFS_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// Writes the cluster secret into `dir` and returns the file's path.
 pub fn write_secret(dir: &Path) -> PathBuf {
     let p = dir.join("secret");
@@ -67,7 +72,7 @@ impl ControlProcess {
             .arg("--secret-file")
             .arg(&secret)
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", child_log());
         let server = Server::spawn(cmd, "ringfs-control listening on ", Duration::from_secs(30))
             .expect("starting ringfs-control");
         ControlProcess {
@@ -86,6 +91,11 @@ impl ControlProcess {
     pub fn pid(&self) -> u32 {
         self.server.pid()
     }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.server.is_running()
+    }
 }
 
 /// A running `ringfs-node` with one shard. Dropping it kills the process.
@@ -102,17 +112,39 @@ impl NodeProcess {
     /// flags. Returns once shard 0 listens (joining follows within a
     /// heartbeat: wait for it in the cluster map).
     pub fn start(dir: &Path, name: &str, control: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_on(dir, name, control, "127.0.0.1", None, extra)
+    }
+
+    /// Like [`NodeProcess::start`], listening on `listen` (an IP address)
+    /// and, with `netns`, run inside that network namespace
+    /// (`ip netns exec`, which execs the node: the pid is the node's).
+    pub fn start_on(
+        dir: &Path,
+        name: &str,
+        control: SocketAddr,
+        listen: &str,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let data = dir.join(name);
         let secret = write_secret(dir);
-        let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
+        let node = binary("ringfs-node", "ringfs-node");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(node);
+                c
+            }
+            None => Command::new(node),
+        };
         cmd.arg("--control")
             .arg(control.to_string())
-            .args(["--listen", "127.0.0.1", "--cores", "1", "--data"])
+            .args(["--listen", listen, "--cores", "1", "--data"])
             .arg(&data)
             .arg("--secret-file")
             .arg(&secret)
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", child_log());
         let server = Server::spawn(
             cmd,
             "ringfs-node: shard 0 on core 0 listening on ",
@@ -134,6 +166,11 @@ impl NodeProcess {
     pub fn pid(&self) -> u32 {
         self.server.pid()
     }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.server.is_running()
+    }
 }
 
 /// A control server and storage nodes on loopback in a temporary directory,
@@ -146,23 +183,46 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
+/// Control-server flags of fault tests: fast failure detection, a short
+/// repair grace, frequent chunk reports, a short orphan grace.
+pub const FAST_REPAIR: &[&str] = &[
+    "--heartbeat-ms",
+    "200",
+    "--node-ttl-ms",
+    "1000",
+    "--repair-grace-ms",
+    "1000",
+    "--report-interval-ms",
+    "1000",
+    "--orphan-grace-ms",
+    "5000",
+];
+
 impl Cluster {
     /// Starts a control server and `nodes` nodes (1 GiB each) and waits
     /// until all of them are up in the cluster map.
     pub fn start(nodes: usize) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let control = ControlProcess::start(
-            dir.path(),
-            "127.0.0.1:0",
+        Self::start_with(
+            nodes,
             &["--heartbeat-ms", "200", "--node-ttl-ms", "1000"],
-        );
+            &[],
+        )
+    }
+
+    /// Like [`Cluster::start`] with these control-server flags and extra
+    /// node flags.
+    pub fn start_with(nodes: usize, control_flags: &[&str], node_flags: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let control = ControlProcess::start(dir.path(), "127.0.0.1:0", control_flags);
         let nodes = (0..nodes)
             .map(|i| {
+                let mut flags = vec!["--capacity-bytes", "1073741824"];
+                flags.extend_from_slice(node_flags);
                 Some(NodeProcess::start(
                     dir.path(),
                     &format!("n{i}"),
                     control.addr,
-                    &["--capacity-bytes", "1073741824"],
+                    &flags,
                 ))
             })
             .collect();
@@ -202,6 +262,36 @@ impl Cluster {
     pub fn kill9(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {
             n.kill9();
+        }
+    }
+
+    /// kill -9 the control server (its data stays).
+    pub fn kill_control9(&mut self) {
+        self.control.server.kill9();
+    }
+
+    /// Starts the control server again on the same address and data, with
+    /// these flags (after [`Cluster::kill_control9`]).
+    pub fn restart_control(&mut self, flags: &[&str]) {
+        self.control.server.kill9();
+        let addr = self.control.addr.to_string();
+        self.control = ControlProcess::start(self.dir.path(), &addr, flags);
+    }
+
+    /// Starts node `i` (a new one if `i == nodes.len()`, else a restart
+    /// from its data directory, so with its node id) with these flags.
+    pub fn start_node(&mut self, i: usize, flags: &[&str]) {
+        let mut all = Vec::new();
+        if !flags.contains(&"--capacity-bytes") {
+            all.extend(["--capacity-bytes", "1073741824"]);
+        }
+        all.extend_from_slice(flags);
+        let n = NodeProcess::start(self.dir.path(), &format!("n{i}"), self.control.addr, &all);
+        if i == self.nodes.len() {
+            self.nodes.push(Some(n));
+        } else {
+            assert!(self.nodes[i].is_none(), "node {i} is running");
+            self.nodes[i] = Some(n);
         }
     }
 }

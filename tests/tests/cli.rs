@@ -275,3 +275,48 @@ fn put_and_get_of_a_2_gib_file_are_byte_identical() {
         "get returned other bytes than put stored"
     );
 }
+
+/// `ringfs fsck` exits 0 on a healthy cluster; with a node down it names the
+/// file and chunk that lack replicas and exits 1; `ringfs status` counts the
+/// under-replicated chunks; after repair fsck is clean again.
+#[test]
+fn fsck_and_status_report_under_replicated_chunks_with_paths() {
+    let mut cl = Cluster::start_with(3, ringfs_tests::FAST_REPAIR, &[]);
+    let local = tempfile::tempdir().unwrap();
+    let src = write_local(local.path(), "in", &pattern(300_000, 3));
+    ok(
+        &cl,
+        &["put", "-r", "3", "--chunk-size", "64K", &src, "/data.bin"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ringfs(&cl, &["fsck"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "fsck never clean");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = ok(&cl, &["fsck"]);
+    assert!(out.contains("5 total, 5 healthy"), "{out}");
+    // A node down (within its repair grace, nobody to copy to): 2 of 3.
+    cl.kill9(0);
+    cl.wait_up(2);
+    let out = ringfs(&cl, &["fsck"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("/data.bin: chunk 0 ") && stdout.contains("(2 of 3 good replicas)"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("5 of 5 chunks lack"));
+    let status = ok(&cl, &["status"]);
+    assert!(status.contains("5 under-replicated"), "{status}");
+    let json = ok(&cl, &["--json", "status"]);
+    assert!(json.contains("\"under_replicated\":5"), "{json}");
+    // A new node: the chunks are copied there and fsck is clean.
+    cl.start_node(3, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ringfs(&cl, &["fsck"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "never repaired");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
