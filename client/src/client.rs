@@ -53,6 +53,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long a node may queue a lock request before answering `timeout`.
     pub lock_wait: Duration,
+    /// How long reads may use chunk records fetched earlier instead of
+    /// asking the control server (see [`crate::record_cache`]); zero makes
+    /// every read see every commit made before it started.
+    pub record_cache: Duration,
 }
 
 impl Default for ClientOptions {
@@ -60,6 +64,7 @@ impl Default for ClientOptions {
         Self {
             request_timeout: Duration::from_secs(30),
             lock_wait: Duration::from_secs(10),
+            record_cache: crate::record_cache::DEFAULT_MAX_AGE,
         }
     }
 }
@@ -597,7 +602,10 @@ impl Client {
         let buf = &mut buf[..n];
         let cs = v.chunk_size;
         let (first, last) = (offset / cs, (offset + n as u64 - 1) / cs);
-        let cached = v.records.borrow().get(first, last, Instant::now());
+        let cached = v
+            .records
+            .borrow()
+            .get(first, last, Instant::now(), self.options.record_cache);
         if let Some(records) = cached {
             if self.read_records(&records, cs, offset, buf).await.is_ok() {
                 return Ok(n);

@@ -4,22 +4,26 @@
 //!
 //! Guarantees:
 //! - An entry (a record, or a hole: no record at that index) is served for
-//!   at most [`MAX_AGE`] after it was fetched. Every cached record was
-//!   committed when fetched, so reads still never see uncommitted data.
-//! - What a reader may miss for up to [`MAX_AGE`] is a record another
-//!   client replaced (a truncate and rewrite, a chunk written into a hole);
-//!   in-place overwrites are seen at once, since they keep the chunk id.
-//!   A read that fails with cached records is retried once with fresh ones,
-//!   and the descriptor's own writes and size refreshes clear the cache.
-//! - At most [`MAX_ENTRIES`] entries per descriptor.
+//!   at most `max_age` after it was fetched ([`DEFAULT_MAX_AGE`], set by
+//!   `ClientOptions::record_cache`; zero turns the cache off). Every cached
+//!   record was committed when fetched, so reads never see uncommitted data.
+//! - The price: a read may return the file as it was when the record was
+//!   fetched, up to `max_age` ago. Another client's commit in that window
+//!   (a new chunk, a truncate, an overwrite) may be missed, and the read may
+//!   be served by a replica that missed that commit, since its version still
+//!   matches the cached record. Nothing older than the cached record is ever
+//!   served. A read that fails with cached records is retried once with
+//!   fresh ones, and a client's own writes, truncates and size refreshes
+//!   clear its cache, so a client always reads its own writes.
+//! - At most [`MAX_ENTRIES`] entries per file.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::control::ChunkRecord;
 
-/// How long a fetched record is served from the cache.
-pub const MAX_AGE: Duration = Duration::from_secs(1);
+/// How long a fetched record is served from the cache by default.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(1);
 /// Entries kept per descriptor; the cache is emptied when full.
 pub const MAX_ENTRIES: usize = 1 << 16;
 
@@ -36,12 +40,18 @@ pub struct RecordCache {
 
 impl RecordCache {
     /// The records of indexes `first..=last` (holes absent) if every index is
-    /// cached and younger than [`MAX_AGE`] at `now`.
-    pub fn get(&self, first: u64, last: u64, now: Instant) -> Option<HashMap<u64, ChunkRecord>> {
+    /// cached and younger than `max_age` at `now`.
+    pub fn get(
+        &self,
+        first: u64,
+        last: u64,
+        now: Instant,
+        max_age: Duration,
+    ) -> Option<HashMap<u64, ChunkRecord>> {
         let mut out = HashMap::new();
         for i in first..=last {
             let (rec, at) = self.entries.get(&i)?;
-            if now.saturating_duration_since(*at) >= MAX_AGE {
+            if now.saturating_duration_since(*at) >= max_age {
                 return None;
             }
             if let Some(r) = rec {
@@ -106,13 +116,23 @@ mod tests {
         let t = Instant::now();
         let fetched: HashMap<u64, ChunkRecord> = [(2, rec(2))].into();
         c.insert(c.generation(), 1, 3, &fetched, t);
-        let got = c.get(1, 3, t).unwrap();
+        let got = c.get(1, 3, t, DEFAULT_MAX_AGE).unwrap();
         assert_eq!(got.len(), 1, "holes are cached as absent");
         assert!(got.contains_key(&2));
-        assert!(c.get(1, 4, t).is_none(), "index 4 was never fetched");
-        assert!(c.get(1, 3, t + MAX_AGE).is_none(), "expired");
+        assert!(
+            c.get(1, 4, t, DEFAULT_MAX_AGE).is_none(),
+            "index 4 was never fetched"
+        );
+        assert!(
+            c.get(1, 3, t + DEFAULT_MAX_AGE, DEFAULT_MAX_AGE).is_none(),
+            "expired"
+        );
+        assert!(
+            c.get(1, 3, t, Duration::ZERO).is_none(),
+            "a zero age turns it off"
+        );
         c.clear();
-        assert!(c.get(2, 2, t).is_none());
+        assert!(c.get(2, 2, t, DEFAULT_MAX_AGE).is_none());
     }
 
     #[test]
@@ -122,6 +142,6 @@ mod tests {
         let before = c.generation();
         c.clear(); // a write committed while the fetch was in flight
         c.insert(before, 0, 0, &HashMap::new(), t);
-        assert!(c.get(0, 0, t).is_none());
+        assert!(c.get(0, 0, t, DEFAULT_MAX_AGE).is_none());
     }
 }

@@ -483,11 +483,42 @@ fn cached_chunk_records_never_hide_own_writes_and_expire_for_others() {
             "own write hidden"
         );
 
-        // Another client replaces the chunks: visible after the cache bound.
+        // A strict reader (no record cache) has the old records too.
+        let strict_client = Client::connect_with(
+            addr,
+            ringfs_client::ClientOptions {
+                record_cache: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let strict = strict_client
+            .open("/f", &OpenOptions::read())
+            .await
+            .unwrap();
+        let mut sbuf = vec![0u8; CHUNK as usize];
+        strict_client
+            .pread(strict, CHUNK as u64, &mut sbuf)
+            .await
+            .unwrap();
+        assert_eq!(sbuf, buf);
+
+        // Another client replaces the chunks: the strict reader sees it at
+        // once, the caching one after the cache bound.
         let other = Client::connect(addr).await.unwrap();
         let newer = pattern(3 * CHUNK as usize, 3);
         put(&other, "/f", &newer, layout(2, 2)).await.unwrap();
-        tokio::time::sleep(ringfs_client::record_cache::MAX_AGE).await;
+        strict_client
+            .pread(strict, CHUNK as u64, &mut sbuf)
+            .await
+            .unwrap();
+        assert_eq!(
+            sbuf,
+            newer[CHUNK as usize..2 * CHUNK as usize],
+            "strict reader"
+        );
+        tokio::time::sleep(ringfs_client::record_cache::DEFAULT_MAX_AGE).await;
         c.pread(reader, CHUNK as u64, &mut buf).await.unwrap();
         assert_eq!(buf, newer[CHUNK as usize..2 * CHUNK as usize]);
         c.close(reader).await.unwrap();
