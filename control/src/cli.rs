@@ -27,6 +27,7 @@ where
         }
     };
     init_tracing();
+    let print_config = args.print_config;
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -34,6 +35,10 @@ where
             return ExitCode::from(2);
         }
     };
+    if print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -29,6 +29,7 @@ where
         )
         .with_writer(std::io::stderr)
         .try_init();
+    let print_config = cli.print_config;
     let cfg = match NodeConfig::resolve(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -36,6 +37,10 @@ where
             return ExitCode::from(2);
         }
     };
+    if print_config {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
     match crate::node::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

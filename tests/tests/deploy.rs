@@ -120,7 +120,7 @@ fn the_example_configs_are_accepted_by_the_servers() {
         )
         .replace("/etc/ringfs/secret", secret.to_str().unwrap())
         .replace("cores = [0, 1]", "cores = [0]")
-        .replace("base_port = 7100", "base_port = 0");
+        .replace("base-port = 7100", "base-port = 0");
     let path = dir.path().join("node.toml");
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
