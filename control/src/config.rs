@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::logging::LogFormat;
 use crate::store::FileDefaults;
 
 /// Command-line flags of `ringfs-control`.
@@ -46,6 +47,13 @@ pub struct Args {
     /// Replication of new files unless they ask otherwise [default: 3].
     #[arg(long)]
     pub default_replication: Option<u8>,
+    /// Log filter (EnvFilter syntax, e.g. "info" or "warn,ringfs_control=debug");
+    /// RUST_LOG wins when set [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The TOML file: the same keys as the long flags. `--print-config`
@@ -61,6 +69,8 @@ struct FileConfig {
     node_ttl_ms: Option<u64>,
     default_chunk_size: Option<u32>,
     default_replication: Option<u8>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
 }
 
 /// Validated configuration.
@@ -74,6 +84,9 @@ pub struct Config {
     pub heartbeat: Duration,
     pub node_ttl: Duration,
     pub defaults: FileDefaults,
+    /// The `log-level` setting (RUST_LOG overrides it at start).
+    pub log_level: String,
+    pub log_format: LogFormat,
 }
 
 /// A configuration problem, stated for the operator.
@@ -132,6 +145,11 @@ impl Config {
         if defaults.replication == 0 {
             return Err(ConfigError("default-replication must be at least 1".into()));
         }
+        let log_level = args
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
+        crate::logging::check_level(&log_level).map_err(ConfigError)?;
         Ok(Config {
             listen,
             data,
@@ -140,6 +158,8 @@ impl Config {
             heartbeat,
             node_ttl,
             defaults,
+            log_level,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
 }
@@ -156,6 +176,8 @@ impl Config {
             node_ttl_ms: Some(self.node_ttl.as_millis() as u64),
             default_chunk_size: Some(self.defaults.chunk_size),
             default_replication: Some(self.defaults.replication),
+            log_level: Some(self.log_level.clone()),
+            log_format: Some(self.log_format),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

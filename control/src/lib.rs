@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod group_commit;
 pub mod leases;
+pub mod logging;
 pub mod membership;
 pub mod path;
 pub mod records;

@@ -18,6 +18,7 @@
 //! `host:port`, cores the machine does not have, and a data directory that
 //! cannot be created or written are refused with a one-line message.
 
+use crate::logging::LogFormat;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -70,6 +71,13 @@ pub struct Cli {
     /// Default lease of locks and reservations, milliseconds.
     #[arg(long)]
     pub lease_ms: Option<u64>,
+    /// Log filter (EnvFilter syntax, e.g. "info" or "warn,ringfs_node=debug");
+    /// RUST_LOG wins when set [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The TOML file. `--print-config` prints it filled with the effective
@@ -86,6 +94,8 @@ struct FileConfig {
     capacity_bytes: Option<u64>,
     io_memory: Option<usize>,
     lease_ms: Option<u64>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
 }
 
 /// The resolved configuration.
@@ -101,6 +111,9 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     pub io_memory: usize,
     pub lease_ms: u64,
+    /// The `log-level` setting (RUST_LOG overrides it at start).
+    pub log_level: String,
+    pub log_format: LogFormat,
 }
 
 /// Parses "0,1,3" (a list) or "2" (a count: cores 0..2).
@@ -176,6 +189,12 @@ impl NodeConfig {
             .or(file.data)
             .ok_or(ConfigError::Missing("data", "data"))?;
         check_data_dir(&data)?;
+        let log_level = cli
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
+        crate::logging::check_level(&log_level)
+            .map_err(|e| ConfigError::Invalid("log-level", e))?;
         Ok(Self {
             control,
             data,
@@ -192,6 +211,8 @@ impl NodeConfig {
             capacity_bytes: cli.capacity_bytes.or(file.capacity_bytes).unwrap_or(0),
             io_memory: cli.io_memory.or(file.io_memory).unwrap_or(4 << 20),
             lease_ms: cli.lease_ms.or(file.lease_ms).unwrap_or(30_000),
+            log_level,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
 }
@@ -214,6 +235,8 @@ impl NodeConfig {
             capacity_bytes: Some(self.capacity_bytes),
             io_memory: Some(self.io_memory),
             lease_ms: Some(self.lease_ms),
+            log_level: Some(self.log_level.clone()),
+            log_format: Some(self.log_format),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

@@ -12,6 +12,7 @@ pub mod group_commit;
 pub mod identity;
 pub mod ids;
 pub mod lock_table;
+pub mod logging;
 pub mod node;
 pub mod peer;
 pub mod reservations;
