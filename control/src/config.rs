@@ -54,6 +54,9 @@ pub struct Args {
     /// Log line format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The TOML file: the same keys as the long flags. `--print-config`
@@ -71,6 +74,7 @@ struct FileConfig {
     default_replication: Option<u8>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    metrics: Option<SocketAddr>,
 }
 
 /// Validated configuration.
@@ -87,6 +91,8 @@ pub struct Config {
     /// The `log-level` setting (RUST_LOG overrides it at start).
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Monitoring endpoint, if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A configuration problem, stated for the operator.
@@ -160,6 +166,7 @@ impl Config {
             defaults,
             log_level,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            metrics: args.metrics.or(file.metrics),
         })
     }
 }
@@ -178,6 +185,7 @@ impl Config {
             default_replication: Some(self.defaults.replication),
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
+            metrics: self.metrics,
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

@@ -20,6 +20,22 @@ const MAX_BATCH: usize = 1024;
 /// Serves until `shutdown` resolves. Everything acknowledged is durable
 /// already, so stopping needs no flush beyond letting the writer finish.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let metrics = std::rc::Rc::new(crate::metrics::ControlMetrics::default());
+    let endpoint = match config.metrics {
+        None => None,
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                ControlError::Unavailable(format!("cannot serve metrics on {addr}: {e}"))
+            })?;
+            if let Ok(local) = l.local_addr() {
+                println!("ringfs-control metrics listening on {local}");
+            }
+            Some(tokio::task::spawn_local(crate::metrics::serve_endpoint(
+                l,
+                metrics.clone(),
+            )))
+        }
+    };
     std::fs::create_dir_all(&config.data).map_err(|e| {
         ControlError::Store(format!(
             "cannot create data dir {}: {e}",
@@ -60,7 +76,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         })
     };
 
-    let bootstrap = state.bootstrap();
+    let bootstrap = state.bootstrap_metered(metrics.clone());
+    metrics.serving.set(1);
     let accept = async {
         loop {
             match listener.accept().await {
@@ -78,6 +95,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         _ = shutdown => {}
     }
     sweeper.abort();
+    metrics.serving.set(0);
+    if let Some(e) = endpoint {
+        e.abort();
+    }
     drop(state);
     tracing::info!("control server stopping");
     // The writer exits once every sender is gone (connections drop theirs

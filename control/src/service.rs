@@ -86,6 +86,19 @@ impl State {
         })
     }
 
+    /// Like [`State::bootstrap`], with every call counted and timed.
+    pub fn bootstrap_metered(
+        self: &Rc<Self>,
+        metrics: Rc<crate::metrics::ControlMetrics>,
+    ) -> control::Client {
+        crate::metrics::metered_client(
+            ControlImpl {
+                state: self.clone(),
+            },
+            metrics,
+        )
+    }
+
     /// Marks silent nodes down; on any change, persists a new epoch and
     /// notifies subscribers. Called periodically by the server.
     pub async fn sweep(self: &Rc<Self>) -> Result<()> {

@@ -78,6 +78,9 @@ pub struct Cli {
     /// Log line format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The TOML file. `--print-config` prints it filled with the effective
@@ -96,6 +99,7 @@ struct FileConfig {
     lease_ms: Option<u64>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// The resolved configuration.
@@ -114,6 +118,8 @@ pub struct NodeConfig {
     /// The `log-level` setting (RUST_LOG overrides it at start).
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Monitoring endpoint, if any.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Parses "0,1,3" (a list) or "2" (a count: cores 0..2).
@@ -213,6 +219,7 @@ impl NodeConfig {
             lease_ms: cli.lease_ms.or(file.lease_ms).unwrap_or(30_000),
             log_level,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            metrics: cli.metrics.or(file.metrics),
         })
     }
 }
@@ -237,6 +244,7 @@ impl NodeConfig {
             lease_ms: Some(self.lease_ms),
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
+            metrics: self.metrics,
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

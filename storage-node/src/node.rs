@@ -145,6 +145,12 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_id = Arc::new(AtomicU64::new(identity.node_id));
     rehome_chunks(&cfg.data, shards)?;
     let key = TokenKey::random().context("generating the token key")?;
+    let metrics = Arc::new(crate::metrics::NodeMetrics::new(shards));
+    if let Some(addr) = cfg.metrics {
+        let local = crate::metrics::spawn_endpoint(addr, metrics.clone())
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        println!("ringfs-node: metrics listening on {local}");
+    }
 
     let mut handles = Vec::new();
     let mut endpoints = Vec::new();
@@ -160,6 +166,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             default_lease: Duration::from_millis(cfg.lease_ms),
             max_lease: Duration::from_secs(600),
             implicit_lease: Duration::from_secs(60),
+            metrics: metrics.shard(index),
         };
         let port = if cfg.base_port == 0 {
             0
@@ -200,7 +207,9 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         commands.push(cmd_tx);
         handles.push(handle);
     }
+    let _ = metrics.commands.set(commands.clone());
     ControlLink {
+        joined: metrics.joined.clone(),
         control_addr: cfg.control.clone(),
         cluster_secret: secret,
         identity_path,

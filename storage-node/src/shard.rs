@@ -52,6 +52,8 @@ pub struct ShardConfig {
     pub max_lease: Duration,
     /// Lease of implicit locks (they are released right after the operation).
     pub implicit_lease: Duration,
+    /// This shard's metric handles (touched by this shard only).
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 /// A shard's capacity report, in bytes.
@@ -528,18 +530,34 @@ impl Shard {
     }
 
     async fn handle(&self, h: Header, payload: Result<Option<WriteBuf>, OpError>, tx: &Tx) {
+        let started = Instant::now();
         let result = match payload {
             Err(e) => Err(e),
             Ok(wb) => self.dispatch(&h, wb, tx).await,
         };
         let out = match result {
             Ok(Some(out)) => out,
-            Ok(None) => return,
+            Ok(None) => {
+                self.cfg.metrics.record(h.op, true, started.elapsed(), 0, 0);
+                return;
+            }
             Err(OpError(status, msg)) => Outgoing {
                 header: Header::error_to(&h, status, msg),
                 payload: Payload::None,
             },
         };
+        let status = out.header.status;
+        let read = match (h.op, status) {
+            (Op::Read, Status::Ok) => out.header.payload_length as u64,
+            _ => 0,
+        };
+        let written = match (h.op, status) {
+            (Op::Write, Status::Ok | Status::Quorum) => h.payload_length as u64,
+            _ => 0,
+        };
+        self.cfg
+            .metrics
+            .record(h.op, status == Status::Ok, started.elapsed(), read, written);
         let _ = tx.unbounded_send(out);
     }
 

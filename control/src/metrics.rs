@@ -1,0 +1,216 @@
+//! Control-server metrics (Prometheus, via `prometheus-client`) and the
+//! monitoring endpoint (`--metrics ADDR`: `/metrics`, `/healthz`,
+//! `/readyz`).
+//!
+//! RPCs on the bootstrap `Control` capability are counted and timed by
+//! [`Metered`], a wrapper around its dispatcher, so the RPC methods
+//! themselves carry no metrics code. Calls on file handles returned by
+//! `open` (getChunks, commitChunks, close, ...) are not metered.
+//! Units: seconds.
+
+use std::time::Instant;
+
+use capnp::capability::{DispatchCallResult, FromServer, Params, Results, Server};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use ringfs_schema::control_capnp::control;
+use std::rc::Rc;
+
+/// Method names of the `Control` interface, by method id (schema order).
+const CONTROL_METHODS: [&str; 14] = [
+    "hello",
+    "create",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "rename",
+    "stat",
+    "list",
+    "open",
+    "join",
+    "heartbeat",
+    "report_chunks",
+    "cluster_map",
+    "subscribe",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+/// The control server's metrics.
+pub struct ControlMetrics {
+    registry: Registry,
+    requests: Family<OpLabel, Counter>,
+    errors: Family<OpLabel, Counter>,
+    latency: Family<OpLabel, Histogram>,
+    /// 1 once the RPC listener is bound and serving.
+    pub serving: Gauge,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<OpLabel, Counter>::default();
+        let errors = Family::<OpLabel, Counter>::default();
+        let latency = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            // 10 µs .. ~5 s
+            Histogram::new(exponential_buckets(1e-5, 2.0, 20))
+        });
+        let serving = Gauge::default();
+        registry.register(
+            "ringfs_control_requests",
+            "RPCs on the Control interface answered, by op",
+            requests.clone(),
+        );
+        registry.register(
+            "ringfs_control_errors",
+            "RPCs on the Control interface answered with an error, by op",
+            errors.clone(),
+        );
+        registry.register(
+            "ringfs_control_request_duration_seconds",
+            "Time to answer an RPC on the Control interface",
+            latency.clone(),
+        );
+        registry.register(
+            "ringfs_control_serving",
+            "1 while the RPC listener is serving",
+            serving.clone(),
+        );
+        ControlMetrics {
+            registry,
+            requests,
+            errors,
+            latency,
+            serving,
+        }
+    }
+}
+
+impl ControlMetrics {
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    fn record(&self, op: &'static str, ok: bool, started: Instant) {
+        let l = OpLabel { op };
+        self.requests.get_or_create(&l).inc();
+        if !ok {
+            self.errors.get_or_create(&l).inc();
+        }
+        self.latency
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A `Control` server wrapped so that every call is counted and timed.
+pub struct Metered<D> {
+    inner: D,
+    metrics: Rc<ControlMetrics>,
+}
+
+impl<D> Metered<D> {
+    pub fn new(inner: D, metrics: Rc<ControlMetrics>) -> Self {
+        Metered { inner, metrics }
+    }
+}
+
+/// The dispatcher capnp-rpc calls for a [`Metered`] server.
+pub struct MeteredDispatch<D>(Rc<Metered<D>>);
+
+impl<D> Clone for MeteredDispatch<D> {
+    fn clone(&self) -> Self {
+        MeteredDispatch(self.0.clone())
+    }
+}
+
+impl<D> std::ops::Deref for MeteredDispatch<D> {
+    type Target = Metered<D>;
+    fn deref(&self) -> &Metered<D> {
+        &self.0
+    }
+}
+
+impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
+    fn dispatch_call(
+        self,
+        interface_id: u64,
+        method_id: u16,
+        params: Params<capnp::any_pointer::Owned>,
+        results: Results<capnp::any_pointer::Owned>,
+    ) -> DispatchCallResult {
+        let op = CONTROL_METHODS
+            .get(method_id as usize)
+            .copied()
+            .unwrap_or("unknown");
+        let started = Instant::now();
+        let inner = self
+            .0
+            .inner
+            .clone()
+            .dispatch_call(interface_id, method_id, params, results);
+        let metrics = self.0.metrics.clone();
+        let promise = inner.promise;
+        DispatchCallResult::new(
+            capnp::capability::Promise::from_future(async move {
+                let r = promise.await;
+                metrics.record(op, r.is_ok(), started);
+                r
+            }),
+            inner.is_streaming,
+        )
+    }
+
+    fn as_ptr(&self) -> usize {
+        self.0.inner.as_ptr()
+    }
+}
+
+impl<D: Server + Clone + 'static> FromServer<Metered<D>> for control::Client {
+    type Dispatch = MeteredDispatch<D>;
+    fn from_server(s: Rc<Metered<D>>) -> MeteredDispatch<D> {
+        MeteredDispatch(s)
+    }
+}
+
+/// Wraps a `Control` implementation into a metered client.
+pub fn metered_client<S: control::Server + 'static>(
+    server: S,
+    metrics: Rc<ControlMetrics>,
+) -> control::Client {
+    let dispatch = <control::Client as FromServer<S>>::from_server(Rc::new(server));
+    capnp_rpc::new_client(Metered::new(dispatch, metrics))
+}
+
+/// Serves the monitoring endpoint on `listener` (inside the server's
+/// `LocalSet`) until dropped.
+pub async fn serve_endpoint(listener: tokio::net::TcpListener, metrics: Rc<ControlMetrics>) {
+    crate::http::serve(listener, move |path: String| {
+        let metrics = metrics.clone();
+        async move {
+            use crate::http::Response;
+            match path.as_str() {
+                "/metrics" => Response {
+                    status: 200,
+                    content_type: crate::http::OPENMETRICS,
+                    body: metrics.render(),
+                },
+                "/healthz" => Response::text(200, "ok\n"),
+                "/readyz" if metrics.serving.get() == 1 => Response::text(200, "ready\n"),
+                "/readyz" => Response::text(503, "not ready: starting\n"),
+                _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
+            }
+        }
+    })
+    .await
+}
