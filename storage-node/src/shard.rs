@@ -70,6 +70,19 @@ pub enum ShardCommand {
     Capacity(oneshot::Sender<CapacityReport>),
     /// (id, version, length) of every chunk.
     Inventory(oneshot::Sender<Vec<(ChunkId, u64, u64)>>),
+    /// Graceful stop (SIGTERM): stop accepting connections and reading
+    /// requests, answer every request already read, then return from
+    /// [`Shard::serve`].
+    Drain,
+}
+
+/// Resolves once a drain was asked for (never if the asker went away).
+type StopSignal = futures::future::Shared<oneshot::Receiver<()>>;
+
+async fn stopped(stop: StopSignal) {
+    if stop.await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 type LockWaiter = oneshot::Sender<Option<Grant>>;
@@ -182,6 +195,8 @@ impl Shard {
         listener: TcpListener,
         mut commands: mpsc::UnboundedReceiver<ShardCommand>,
     ) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let stop: StopSignal = futures::FutureExt::shared(stop_rx);
         {
             let me = self.clone();
             glommio::spawn_local(async move {
@@ -195,6 +210,7 @@ impl Shard {
         }
         {
             let me = self.clone();
+            let mut stop_tx = Some(stop_tx);
             glommio::spawn_local(async move {
                 while let Some(cmd) = commands.next().await {
                     match cmd {
@@ -204,22 +220,49 @@ impl Shard {
                         ShardCommand::Inventory(tx) => {
                             let _ = tx.send(me.store.inventory());
                         }
+                        ShardCommand::Drain => {
+                            if let Some(tx) = stop_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
                     }
                 }
+                // Keep the stop signal pending (not cancelled) forever.
+                std::future::pending::<()>().await;
             })
             .detach();
         }
+        // Connections run through the gate so that a drain can wait for them.
+        let gate = glommio::sync::Gate::new();
         loop {
-            match listener.accept().await {
-                Ok(stream) => {
-                    glommio::spawn_local(self.clone().serve_conn(stream)).detach();
+            let accepted = {
+                let stop = std::pin::pin!(stopped(stop.clone()));
+                let accept = std::pin::pin!(listener.accept());
+                match futures::future::select(stop, accept).await {
+                    futures::future::Either::Left(_) => break,
+                    futures::future::Either::Right((r, _)) => r,
                 }
+            };
+            match accepted {
+                Ok(stream) => match gate.spawn(self.clone().serve_conn(stream, stop.clone())) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(e) => tracing::warn!(shard = self.cfg.index, "connection refused: {e}"),
+                },
                 Err(e) => {
                     tracing::warn!(shard = self.cfg.index, "accept failed: {e}");
                     glommio::timer::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
+        drop(listener);
+        tracing::info!(
+            shard = self.cfg.index,
+            "draining: no new requests, finishing those in flight"
+        );
+        let _ = gate.close().await;
+        tracing::info!(shard = self.cfg.index, "drained");
     }
 
     /// Capacity of this shard: its share of the configured capacity (or of
@@ -411,7 +454,9 @@ impl Shard {
         Ok(())
     }
 
-    async fn serve_conn(self: Rc<Self>, stream: TcpStream) {
+    /// Serves one connection until it closes or `stop` (then the requests
+    /// already read are answered before it closes).
+    async fn serve_conn(self: Rc<Self>, stream: TcpStream, stop: StopSignal) {
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.split();
         // Buffered reads: a header costs one syscall for many pipelined
@@ -455,7 +500,16 @@ impl Shard {
         let inflight = Rc::new(glommio::sync::Semaphore::new(MAX_INFLIGHT));
         let inflight_bytes = Rc::new(glommio::sync::Semaphore::new(MAX_INFLIGHT_BYTES));
         loop {
-            let h = match read_header(&mut rd).await {
+            let next = {
+                let stop = std::pin::pin!(stopped(stop.clone()));
+                let read = std::pin::pin!(read_header(&mut rd));
+                match futures::future::select(stop, read).await {
+                    // A header half read is dropped: it was not acknowledged.
+                    futures::future::Either::Left(_) => break,
+                    futures::future::Either::Right((r, _)) => r,
+                }
+            };
+            let h = match next {
                 Ok(h) => h,
                 Err(WireError::Frame(e)) => {
                     let mut r = Header::request(0, Op::Lock);

@@ -134,6 +134,11 @@ impl NodeProcess {
     pub fn pid(&self) -> u32 {
         self.server.pid()
     }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.server.exit_status()
+    }
 }
 
 /// A control server and storage nodes on loopback in a temporary directory,
