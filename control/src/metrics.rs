@@ -43,6 +43,21 @@ struct OpLabel {
     op: &'static str,
 }
 
+/// Cluster figures read from membership at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterFigures {
+    pub epoch: u64,
+    pub nodes_up: u64,
+    pub nodes_down: u64,
+    /// Summed over the nodes that are up.
+    pub capacity: crate::membership::Capacity,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeStateLabel {
+    state: &'static str,
+}
+
 /// The control server's metrics.
 pub struct ControlMetrics {
     registry: Registry,
@@ -94,10 +109,62 @@ impl Default for ControlMetrics {
 }
 
 impl ControlMetrics {
-    /// The exposition text.
-    pub fn render(&self) -> String {
+    /// The exposition text, with `cluster`'s figures as gauges.
+    pub fn render(&self, cluster: Option<ClusterFigures>) -> String {
         let mut text = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
+        if let Some(c) = cluster {
+            let mut dynamic = Registry::default();
+            let gauge = |dynamic: &mut Registry, name: &str, help: &str, v: u64| {
+                let g = Gauge::<i64>::default();
+                g.set(v.min(i64::MAX as u64) as i64);
+                dynamic.register(name, help, g);
+            };
+            let nodes = Family::<NodeStateLabel, Gauge>::default();
+            nodes
+                .get_or_create(&NodeStateLabel { state: "up" })
+                .set(c.nodes_up as i64);
+            nodes
+                .get_or_create(&NodeStateLabel { state: "down" })
+                .set(c.nodes_down as i64);
+            dynamic.register(
+                "ringfs_control_nodes",
+                "Registered storage nodes by state",
+                nodes,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_map_epoch",
+                "Cluster-map epoch",
+                c.epoch,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_capacity_bytes",
+                "Capacity reported by the nodes that are up",
+                c.capacity.total,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_used_bytes",
+                "Bytes used, as reported by the nodes that are up",
+                c.capacity.used,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_reserved_bytes",
+                "Bytes reserved, as reported by the nodes that are up",
+                c.capacity.reserved,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_chunks",
+                "Chunk replicas, as reported by the nodes that are up",
+                c.capacity.chunks,
+            );
+            let _ = prometheus_client::encoding::text::encode_registry(&mut text, &dynamic);
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut text);
         text
     }
 
@@ -192,18 +259,30 @@ pub fn metered_client<S: control::Server + 'static>(
     capnp_rpc::new_client(Metered::new(dispatch, metrics))
 }
 
+/// Where a scrape reads the cluster figures from, once the server runs.
+pub type FiguresSource = Rc<std::cell::RefCell<Option<std::rc::Weak<crate::service::State>>>>;
+
 /// Serves the monitoring endpoint on `listener` (inside the server's
 /// `LocalSet`) until dropped.
-pub async fn serve_endpoint(listener: tokio::net::TcpListener, metrics: Rc<ControlMetrics>) {
+pub async fn serve_endpoint(
+    listener: tokio::net::TcpListener,
+    metrics: Rc<ControlMetrics>,
+    figures: FiguresSource,
+) {
     crate::http::serve(listener, move |path: String| {
         let metrics = metrics.clone();
+        let cluster = figures
+            .borrow()
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map(|s| s.cluster_figures());
         async move {
             use crate::http::Response;
             match path.as_str() {
                 "/metrics" => Response {
                     status: 200,
                     content_type: crate::http::OPENMETRICS,
-                    body: metrics.render(),
+                    body: metrics.render(cluster),
                 },
                 "/healthz" => Response::text(200, "ok\n"),
                 "/readyz" if metrics.serving.get() == 1 => Response::text(200, "ready\n"),

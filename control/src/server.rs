@@ -21,6 +21,7 @@ const MAX_BATCH: usize = 1024;
 /// already, so stopping needs no flush beyond letting the writer finish.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let metrics = std::rc::Rc::new(crate::metrics::ControlMetrics::default());
+    let figures = crate::metrics::FiguresSource::default();
     let endpoint = match config.metrics {
         None => None,
         Some(addr) => {
@@ -33,6 +34,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             Some(tokio::task::spawn_local(crate::metrics::serve_endpoint(
                 l,
                 metrics.clone(),
+                figures.clone(),
             )))
         }
     };
@@ -76,6 +78,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         })
     };
 
+    *figures.borrow_mut() = Some(std::rc::Rc::downgrade(&state));
     let bootstrap = state.bootstrap_metered(metrics.clone());
     metrics.serving.set(1);
     let accept = async {

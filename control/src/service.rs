@@ -86,6 +86,27 @@ impl State {
         })
     }
 
+    /// Membership figures for metrics: nodes up and down, and the capacity
+    /// reported by the nodes that are up, summed.
+    pub fn cluster_figures(&self) -> crate::metrics::ClusterFigures {
+        let mut f = crate::metrics::ClusterFigures {
+            epoch: self.epoch.get(),
+            ..Default::default()
+        };
+        for (_, n) in self.membership.borrow().iter() {
+            if n.up {
+                f.nodes_up += 1;
+                f.capacity.total += n.capacity.total;
+                f.capacity.used += n.capacity.used;
+                f.capacity.reserved += n.capacity.reserved;
+                f.capacity.chunks += n.capacity.chunks;
+            } else {
+                f.nodes_down += 1;
+            }
+        }
+        f
+    }
+
     /// Like [`State::bootstrap`], with every call counted and timed.
     pub fn bootstrap_metered(
         self: &Rc<Self>,

@@ -211,4 +211,22 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     );
     assert_eq!(delta(&n0, &n1, "ringfs_node_chunks{shard=\"0\"}"), 1.0);
     assert!(value(&n1, "ringfs_node_used_bytes{shard=\"0\"}") >= LEN as f64);
+
+    // The control server's view, from the node's heartbeats (every 200 ms).
+    assert_eq!(value(&c1, "ringfs_control_nodes{state=\"up\"}"), 1.0);
+    assert_eq!(value(&c1, "ringfs_control_nodes{state=\"down\"}"), 0.0);
+    assert_eq!(
+        value(&c1, "ringfs_control_cluster_capacity_bytes"),
+        1073741824.0
+    );
+    let start = Instant::now();
+    while value(&scrape(control_metrics), "ringfs_control_cluster_chunks")
+        != value(&n1, "ringfs_node_chunks{shard=\"0\"}")
+    {
+        assert!(
+            start.elapsed() < WAIT,
+            "the chunk count never reached the control server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
