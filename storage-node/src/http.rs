@@ -127,3 +127,49 @@ async fn respond(stream: &mut TcpStream, r: Response) -> std::io::Result<()> {
 
 /// The content type of Prometheus' OpenMetrics text exposition.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `request` raw and returns the status code answered.
+    async fn status_of(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        // Read to EOF; a reset after the answer (the server closes with
+        // unread input on a 431) ends the read too.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        text.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn bad_requests_get_typed_answers() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::task::spawn_local(serve(listener, |path: String| async move {
+                match path.as_str() {
+                    "/x" => Response::text(200, "x"),
+                    _ => Response::text(404, "no"),
+                }
+            }));
+            assert_eq!(status_of(addr, b"GET /x?a=1 HTTP/1.1\r\n\r\n").await, 200);
+            assert_eq!(status_of(addr, b"GET /y HTTP/1.0\r\n\r\n").await, 404);
+            assert_eq!(status_of(addr, b"POST /x HTTP/1.1\r\n\r\n").await, 405);
+            assert_eq!(status_of(addr, b"hello\r\n\r\n").await, 400);
+            assert_eq!(status_of(addr, b"\xff\xfe\r\n\r\n").await, 400);
+            let mut big = b"GET /x HTTP/1.1\r\n".to_vec();
+            big.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+            assert_eq!(status_of(addr, &big).await, 431);
+        });
+    }
+}
