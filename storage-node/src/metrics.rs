@@ -72,9 +72,27 @@ pub struct ShardMetrics {
     latency: Vec<Histogram>,
     bytes_read: Counter,
     bytes_written: Counter,
+    lock_waits: Counter,
+    lock_timeouts: Counter,
+    reservations_refused: Counter,
 }
 
 impl ShardMetrics {
+    /// A lock request (explicit or implicit) had to queue.
+    pub fn lock_waited(&self) {
+        self.lock_waits.inc();
+    }
+
+    /// A queued lock request timed out.
+    pub fn lock_timed_out(&self) {
+        self.lock_timeouts.inc();
+    }
+
+    /// A reservation was refused for lack of space.
+    pub fn reservation_refused(&self) {
+        self.reservations_refused.inc();
+    }
+
     /// Records one answered request: its op, whether it succeeded, how long
     /// it took, and the payload bytes read from or written to the store.
     pub fn record(&self, op: Op, ok: bool, elapsed: Duration, read: u64, written: u64) {
@@ -115,6 +133,24 @@ impl NodeMetrics {
         });
         let bytes_read = Family::<ShardLabel, Counter>::default();
         let bytes_written = Family::<ShardLabel, Counter>::default();
+        let lock_waits = Family::<ShardLabel, Counter>::default();
+        let lock_timeouts = Family::<ShardLabel, Counter>::default();
+        let refused = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "ringfs_node_lock_waits",
+            "Lock requests that had to queue behind a holder",
+            lock_waits.clone(),
+        );
+        registry.register(
+            "ringfs_node_lock_timeouts",
+            "Queued lock requests that timed out",
+            lock_timeouts.clone(),
+        );
+        registry.register(
+            "ringfs_node_reservations_refused",
+            "Reservations refused for lack of space",
+            refused.clone(),
+        );
         registry.register(
             "ringfs_node_requests",
             "Data-plane requests answered, by shard and op",
@@ -169,6 +205,9 @@ impl NodeMetrics {
                         .collect(),
                     bytes_read: bytes_read.get_or_create(&ShardLabel { shard }).clone(),
                     bytes_written: bytes_written.get_or_create(&ShardLabel { shard }).clone(),
+                    lock_waits: lock_waits.get_or_create(&ShardLabel { shard }).clone(),
+                    lock_timeouts: lock_timeouts.get_or_create(&ShardLabel { shard }).clone(),
+                    reservations_refused: refused.get_or_create(&ShardLabel { shard }).clone(),
                 }
             })
             .collect();
@@ -307,5 +346,43 @@ async fn route(metrics: &NodeMetrics, path: &str) -> crate::http::Response {
             Err(why) => Response::text(503, format!("not ready: {why}\n")),
         },
         _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shard_records_under_its_own_label() {
+        let m = NodeMetrics::new(2);
+        let s1 = m.shard(1);
+        s1.record(Op::Write, true, Duration::from_millis(3), 0, 4096);
+        s1.record(Op::Read, false, Duration::from_micros(50), 0, 0);
+        s1.lock_waited();
+        s1.lock_timed_out();
+        m.shard(0).reservation_refused();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = rt.block_on(m.render());
+        for want in [
+            "ringfs_node_requests_total{shard=\"1\",op=\"write\"} 1\n",
+            "ringfs_node_requests_total{shard=\"0\",op=\"write\"} 0\n",
+            "ringfs_node_errors_total{shard=\"1\",op=\"read\"} 1\n",
+            "ringfs_node_errors_total{shard=\"1\",op=\"write\"} 0\n",
+            "ringfs_node_written_bytes_total{shard=\"1\"} 4096\n",
+            "ringfs_node_request_duration_seconds_count{shard=\"1\",op=\"write\"} 1\n",
+            "ringfs_node_lock_waits_total{shard=\"1\"} 1\n",
+            "ringfs_node_lock_timeouts_total{shard=\"1\"} 1\n",
+            "ringfs_node_reservations_refused_total{shard=\"0\"} 1\n",
+            "ringfs_node_reservations_refused_total{shard=\"1\"} 0\n",
+            "ringfs_node_joined 0\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(m.ready(), Err("shards are starting"));
     }
 }

@@ -363,16 +363,22 @@ impl Shard {
         match r {
             Acquire::Granted(g) => Ok(g),
             Acquire::Busy => Err(OpError(Status::Busy, format!("chunk {chunk} is locked"))),
-            Acquire::Queued(_) => match rx.await {
-                Ok(Some(g)) => Ok(g),
-                _ => Err(OpError(
-                    Status::Timeout,
-                    format!(
-                        "timed out after {} ms waiting for the lock on chunk {chunk}",
-                        timeout.as_millis()
-                    ),
-                )),
-            },
+            Acquire::Queued(_) => {
+                self.cfg.metrics.lock_waited();
+                match rx.await {
+                    Ok(Some(g)) => Ok(g),
+                    _ => {
+                        self.cfg.metrics.lock_timed_out();
+                        Err(OpError(
+                            Status::Timeout,
+                            format!(
+                                "timed out after {} ms waiting for the lock on chunk {chunk}",
+                                timeout.as_millis()
+                            ),
+                        ))
+                    }
+                }
+            }
         }
     }
 
@@ -756,6 +762,7 @@ impl Shard {
                 format!("chunk {} is locked", h.chunk_id),
             )),
             Acquire::Queued(_) => {
+                self.cfg.metrics.lock_waited();
                 let _ = tx.unbounded_send(Outgoing {
                     header: Header::response_to(h, Status::Wait),
                     payload: Payload::None,
@@ -763,6 +770,7 @@ impl Shard {
                 let header = match wrx.await {
                     Ok(Some(g)) => grant_frame(Op::LockGranted, h.client_id, g),
                     _ => {
+                        self.cfg.metrics.lock_timed_out();
                         let mut r = Header::error_to(
                             h,
                             Status::Timeout,
@@ -828,7 +836,10 @@ impl Shard {
         self.reservations
             .borrow()
             .check(bytes, free, outstanding)
-            .map_err(|e| OpError(Status::NoSpace, e.to_string()))?;
+            .map_err(|e| {
+                self.cfg.metrics.reservation_refused();
+                OpError(Status::NoSpace, e.to_string())
+            })?;
         let id = match id {
             Some(id) => id,
             None => self
