@@ -216,10 +216,11 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
         params: Params<capnp::any_pointer::Owned>,
         results: Results<capnp::any_pointer::Owned>,
     ) -> DispatchCallResult {
-        let op = CONTROL_METHODS
-            .get(method_id as usize)
-            .copied()
-            .unwrap_or("unknown");
+        let control_id = <control::Client as capnp::traits::HasTypeId>::TYPE_ID;
+        let op = match CONTROL_METHODS.get(method_id as usize) {
+            Some(name) if interface_id == control_id => name,
+            _ => "unknown",
+        };
         let started = Instant::now();
         let inner = self
             .0
