@@ -2,10 +2,11 @@
 //! monitoring endpoint (`--metrics ADDR`: `/metrics`, `/healthz`,
 //! `/readyz`).
 //!
-//! RPCs on the bootstrap `Control` capability are counted and timed by
-//! [`Metered`], a wrapper around its dispatcher, so the RPC methods
-//! themselves carry no metrics code. Calls on file handles returned by
-//! `open` (getChunks, commitChunks, close, ...) are not metered.
+//! RPCs on the bootstrap `Control` capability and on the file handles that
+//! `open` returns are counted and timed by [`Metered`], a wrapper around
+//! their dispatchers, so the RPC methods themselves carry no metrics code.
+//! File handles find the metrics through a thread-local set by the server
+//! (capnp-rpc is single-threaded: every capability lives on that thread).
 //! Units: seconds.
 
 use std::time::Instant;
@@ -17,7 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use ringfs_schema::control_capnp::control;
+use ringfs_schema::control_capnp::{control, file_handle};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
@@ -37,6 +39,25 @@ const CONTROL_METHODS: [&str; 14] = [
     "cluster_map",
     "subscribe",
 ];
+
+/// Method names of the `FileHandle` interface, by method id.
+const FILE_HANDLE_METHODS: [&str; 5] = [
+    "file_attr",
+    "get_chunks",
+    "commit_chunks",
+    "set_size",
+    "close",
+];
+
+thread_local! {
+    /// The metrics of the control server running on this thread.
+    static CURRENT: RefCell<Option<Rc<ControlMetrics>>> = const { RefCell::new(None) };
+}
+
+/// Makes `metrics` the ones file handles created on this thread record to.
+pub fn set_current(metrics: Option<Rc<ControlMetrics>>) {
+    CURRENT.with(|c| *c.borrow_mut() = metrics);
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -80,17 +101,17 @@ impl Default for ControlMetrics {
         let serving = Gauge::default();
         registry.register(
             "ringfs_control_requests",
-            "RPCs on the Control interface answered, by op",
+            "RPCs answered (Control and FileHandle interfaces), by op",
             requests.clone(),
         );
         registry.register(
             "ringfs_control_errors",
-            "RPCs on the Control interface answered with an error, by op",
+            "RPCs answered with an error (Control and FileHandle interfaces), by op",
             errors.clone(),
         );
         registry.register(
             "ringfs_control_request_duration_seconds",
-            "Time to answer an RPC on the Control interface",
+            "Time to answer an RPC (Control and FileHandle interfaces)",
             latency.clone(),
         );
         registry.register(
@@ -180,16 +201,14 @@ impl ControlMetrics {
     }
 }
 
-/// A `Control` server wrapped so that every call is counted and timed.
+/// A server wrapped so that every call is counted and timed under the
+/// name of its method.
 pub struct Metered<D> {
     inner: D,
     metrics: Rc<ControlMetrics>,
-}
-
-impl<D> Metered<D> {
-    pub fn new(inner: D, metrics: Rc<ControlMetrics>) -> Self {
-        Metered { inner, metrics }
-    }
+    /// The interface whose methods `names` lists, by method id.
+    interface: u64,
+    names: &'static [&'static str],
 }
 
 /// The dispatcher capnp-rpc calls for a [`Metered`] server.
@@ -216,9 +235,8 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
         params: Params<capnp::any_pointer::Owned>,
         results: Results<capnp::any_pointer::Owned>,
     ) -> DispatchCallResult {
-        let control_id = <control::Client as capnp::traits::HasTypeId>::TYPE_ID;
-        let op = match CONTROL_METHODS.get(method_id as usize) {
-            Some(name) if interface_id == control_id => name,
+        let op = match self.0.names.get(method_id as usize) {
+            Some(name) if interface_id == self.0.interface => name,
             _ => "unknown",
         };
         let started = Instant::now();
@@ -251,13 +269,42 @@ impl<D: Server + Clone + 'static> FromServer<Metered<D>> for control::Client {
     }
 }
 
+impl<D: Server + Clone + 'static> FromServer<Metered<D>> for file_handle::Client {
+    type Dispatch = MeteredDispatch<D>;
+    fn from_server(s: Rc<Metered<D>>) -> MeteredDispatch<D> {
+        MeteredDispatch(s)
+    }
+}
+
 /// Wraps a `Control` implementation into a metered client.
 pub fn metered_client<S: control::Server + 'static>(
     server: S,
     metrics: Rc<ControlMetrics>,
 ) -> control::Client {
     let dispatch = <control::Client as FromServer<S>>::from_server(Rc::new(server));
-    capnp_rpc::new_client(Metered::new(dispatch, metrics))
+    capnp_rpc::new_client(Metered {
+        inner: dispatch,
+        metrics,
+        interface: <control::Client as capnp::traits::HasTypeId>::TYPE_ID,
+        names: &CONTROL_METHODS,
+    })
+}
+
+/// A client of a `FileHandle` implementation, metered when this thread has
+/// a control server's metrics ([`set_current`]).
+pub fn file_handle_client<S: file_handle::Server + 'static>(server: S) -> file_handle::Client {
+    match CURRENT.with(|c| c.borrow().clone()) {
+        None => capnp_rpc::new_client(server),
+        Some(metrics) => {
+            let dispatch = <file_handle::Client as FromServer<S>>::from_server(Rc::new(server));
+            capnp_rpc::new_client(Metered {
+                inner: dispatch,
+                metrics,
+                interface: <file_handle::Client as capnp::traits::HasTypeId>::TYPE_ID,
+                names: &FILE_HANDLE_METHODS,
+            })
+        }
+    }
 }
 
 /// Where a scrape reads the cluster figures from, once the server runs.

@@ -22,6 +22,7 @@ const MAX_BATCH: usize = 1024;
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let metrics = std::rc::Rc::new(crate::metrics::ControlMetrics::default());
     let figures = crate::metrics::FiguresSource::default();
+    crate::metrics::set_current(Some(metrics.clone()));
     let endpoint = match config.metrics {
         None => None,
         Some(addr) => {
@@ -99,6 +100,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     }
     sweeper.abort();
     metrics.serving.set(0);
+    crate::metrics::set_current(None);
     if let Some(e) = endpoint {
         e.abort();
     }

@@ -509,7 +509,7 @@ impl control::Server for ControlImpl {
             let mut r = results.get();
             r.set_guid(&guid);
             fill_attr(r.reborrow().init_attr(), ino, &attr_now);
-            r.set_handle(capnp_rpc::new_client(handle));
+            r.set_handle(crate::metrics::file_handle_client(handle));
             Ok(())
         })
     }

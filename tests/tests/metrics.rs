@@ -170,6 +170,26 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
         1.0
     );
     assert_eq!(value(&c1, "ringfs_control_serving"), 1.0);
+    // File-handle calls: both handles closed, the written chunk committed.
+    assert_eq!(
+        delta(&c0, &c1, "ringfs_control_requests_total{op=\"close\"}"),
+        2.0
+    );
+    assert!(
+        delta(
+            &c0,
+            &c1,
+            "ringfs_control_requests_total{op=\"commit_chunks\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        delta(
+            &c0,
+            &c1,
+            "ringfs_control_errors_total{op=\"commit_chunks\"}"
+        ),
+        0.0
+    );
 
     assert_eq!(
         delta(&n0, &n1, "ringfs_node_written_bytes_total{shard=\"0\"}"),
