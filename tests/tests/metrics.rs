@@ -1,6 +1,7 @@
 //! `--metrics` on the real servers: `/healthz` answers while the process
-//! lives, `/readyz` flips when a node joins, and `/metrics` counters move
-//! by exactly what a small workload did.
+//! lives, a node's `/readyz` flips to ready when it joins and back when its
+//! control server goes, and `/metrics` counters move by exactly what a
+//! small workload did.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -103,7 +104,7 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
         .arg("--secret-file")
         .arg(&secret)
         .env("RUST_LOG", "warn");
-    let (_control, addrs) = Server::spawn_all(cmd, "listening on ", 2, WAIT).unwrap();
+    let (mut control, addrs) = Server::spawn_all(cmd, "listening on ", 2, WAIT).unwrap();
     let control_metrics = addrs[0];
     assert_eq!(addrs[1], control_addr);
     assert_eq!(get(control_metrics, "/healthz").0, 200);
@@ -249,4 +250,10 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // Without its control server the node is alive but no longer ready.
+    control.kill9();
+    wait_status(node_metrics, "/readyz", 503);
+    assert_eq!(get(node_metrics, "/healthz").0, 200);
+    assert_eq!(value(&scrape(node_metrics), "ringfs_node_joined"), 0.0);
 }
