@@ -12,7 +12,7 @@ use ringfs_tests::{binary, write_secret};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Starts ringfs-control with `extra` flags and `rust_log`, stops it with
-/// SIGTERM and returns its stderr.
+/// SIGTERM (it must exit 0) and returns its stderr.
 fn control_stderr(dir: &Path, extra: &[&str], rust_log: Option<&str>) -> String {
     let secret = write_secret(dir);
     let log = dir.join("control.log");
@@ -34,10 +34,18 @@ fn control_stderr(dir: &Path, extra: &[&str], rust_log: Option<&str>) -> String 
         .unwrap();
     assert!(status.success());
     let start = Instant::now();
-    while server.is_running() {
+    let status = loop {
+        if let Some(s) = server.exit_status() {
+            break s;
+        }
         assert!(start.elapsed() < WAIT, "ringfs-control ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "ringfs-control after SIGTERM: {status}"
+    );
     std::fs::read_to_string(&log).unwrap()
 }
 
