@@ -26,7 +26,7 @@ where
             };
         }
     };
-    init_tracing();
+    let print_config = args.print_config;
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -34,6 +34,11 @@ where
             return ExitCode::from(2);
         }
     };
+    if print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    crate::logging::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,7 +50,13 @@ where
         }
     };
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, crate::server::run(config, shutdown_signal()));
+    // Registered before serving: a SIGTERM right after the "listening" line
+    // must stop the server in order, not kill it with the default action.
+    let shutdown = {
+        let _guard = runtime.enter();
+        shutdown_signal()
+    };
+    let result = local.block_on(&runtime, crate::server::run(config, shutdown));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -55,28 +66,23 @@ where
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (inside a runtime) and
+/// returns a future that resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
-}
-
-/// Logs to stderr at the level in `RUST_LOG` (default `info`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

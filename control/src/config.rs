@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::logging::LogFormat;
 use crate::store::FileDefaults;
 
 /// Command-line flags of `ringfs-control`.
@@ -21,6 +22,10 @@ pub struct Args {
     /// TOML file with the same keys as the long flags.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Print the effective configuration (file and flags merged) as TOML
+    /// and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to serve Cap'n Proto RPC on (port 0 picks a free port).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -56,10 +61,22 @@ pub struct Args {
     /// How often nodes send a full chunk report, in milliseconds [default: 60000].
     #[arg(long)]
     pub report_interval_ms: Option<u64>,
+    /// Log filter (EnvFilter syntax, e.g. "info" or "warn,ringfs_control=debug");
+    /// RUST_LOG wins when set [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
 }
 
-/// The TOML file: the same keys as the long flags.
-#[derive(Deserialize, Debug, Default)]
+/// The TOML file: the same keys as the long flags. `--print-config`
+/// prints this struct filled with the effective values, so its output is a
+/// valid config file.
+#[derive(Deserialize, Serialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     listen: Option<SocketAddr>,
@@ -73,6 +90,9 @@ struct FileConfig {
     repair_copies: Option<usize>,
     orphan_grace_ms: Option<u64>,
     report_interval_ms: Option<u64>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    metrics: Option<SocketAddr>,
 }
 
 /// Validated configuration.
@@ -80,6 +100,8 @@ struct FileConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub data: PathBuf,
+    /// Where the secret was read from (printed instead of the secret).
+    pub secret_file: PathBuf,
     pub secret: Vec<u8>,
     pub heartbeat: Duration,
     pub node_ttl: Duration,
@@ -88,6 +110,11 @@ pub struct Config {
     pub repair_copies: usize,
     pub orphan_grace: Duration,
     pub report_interval: Duration,
+    /// The `log-level` setting (RUST_LOG overrides it at start).
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Monitoring endpoint, if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A configuration problem, stated for the operator.
@@ -107,8 +134,7 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError(format!("cannot read config file {}: {e}", path.display()))
                 })?;
-                toml::from_str(&text)
-                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+                parse_toml(path, &text)?
             }
         };
         let listen = args.listen.or(file.listen).ok_or_else(|| {
@@ -123,6 +149,7 @@ impl Config {
             .or(file.secret_file)
             .ok_or_else(|| ConfigError("--secret-file is required".into()))?;
         let secret = read_secret(&secret_file)?;
+        check_data_dir(&data)?;
         let heartbeat =
             Duration::from_millis(args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(1000));
         let node_ttl = Duration::from_millis(args.node_ttl_ms.or(file.node_ttl_ms).unwrap_or(5000));
@@ -161,9 +188,15 @@ impl Config {
                 "report-interval-ms must be at least heartbeat-ms".into(),
             ));
         }
+        let log_level = args
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
+        crate::logging::check_level(&log_level).map_err(ConfigError)?;
         Ok(Config {
             listen,
             data,
+            secret_file,
             secret,
             heartbeat,
             node_ttl,
@@ -172,8 +205,66 @@ impl Config {
             repair_copies,
             orphan_grace,
             report_interval,
+            log_level,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            metrics: args.metrics.or(file.metrics),
         })
     }
+}
+
+impl Config {
+    /// The effective configuration as a TOML config file (the secret file's
+    /// path, never the secret).
+    pub fn to_toml(&self) -> String {
+        let file = FileConfig {
+            listen: Some(self.listen),
+            data: Some(self.data.clone()),
+            secret_file: Some(self.secret_file.clone()),
+            heartbeat_ms: Some(self.heartbeat.as_millis() as u64),
+            node_ttl_ms: Some(self.node_ttl.as_millis() as u64),
+            default_chunk_size: Some(self.defaults.chunk_size),
+            default_replication: Some(self.defaults.replication),
+            repair_grace_ms: Some(self.repair_grace.as_millis() as u64),
+            repair_copies: Some(self.repair_copies),
+            orphan_grace_ms: Some(self.orphan_grace.as_millis() as u64),
+            report_interval_ms: Some(self.report_interval.as_millis() as u64),
+            log_level: Some(self.log_level.clone()),
+            log_format: Some(self.log_format),
+            metrics: self.metrics,
+        };
+        toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+/// Parses a config file, reporting the first problem on one line with its
+/// line number (toml's own message spans several lines).
+fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let msg = e.message().trim().replace('\n', " ");
+        ConfigError(match line {
+            Some(l) => format!("config file {} line {l}: {msg}", path.display()),
+            None => format!("config file {}: {msg}", path.display()),
+        })
+    })
+}
+
+/// Creates the data directory if needed and proves it writable by creating
+/// and removing a probe file, so a bad `data` fails at start with its path.
+fn check_data_dir(data: &std::path::Path) -> Result<(), ConfigError> {
+    let fail = |what: &str, e: std::io::Error| {
+        ConfigError(format!("data dir {}: cannot {what}: {e}", data.display()))
+    };
+    std::fs::create_dir_all(data).map_err(|e| fail("create it", e))?;
+    let probe = data.join(".ringfs-write-probe");
+    std::fs::write(&probe, b"probe").map_err(|e| fail("write to it", e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Reads a secret file: its contents with surrounding whitespace trimmed.
@@ -209,7 +300,8 @@ mod tests {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:1\"\ndata = \"/tmp/x\"\nsecret-file = {:?}\nnode-ttl-ms = 9000\n",
+                "listen = \"127.0.0.1:1\"\ndata = {:?}\nsecret-file = {:?}\nnode-ttl-ms = 9000\n",
+                dir.path().join("d"),
                 s
             ),
         )
@@ -270,5 +362,66 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("at least 16"));
+    }
+
+    #[test]
+    fn bad_address_is_one_line_with_its_line_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "# ringfs\nlisten = \"nowhere\"\n").unwrap();
+        let e = Config::from_args(Args {
+            config: Some(cfg),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains('\n'), "one line: {e:?}");
+        assert!(e.contains("line 2") && e.contains("address"), "{e}");
+    }
+
+    #[test]
+    fn data_dir_that_cannot_be_created_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        // A path below a regular file cannot be a directory, even for root.
+        let e = Config::from_args(Args {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data: Some(s.join("meta")),
+            secret_file: Some(s.clone()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("data dir ") && e.contains("cannot create"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn printed_config_reads_back_as_the_same_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secret(&dir);
+        let c = Config::from_args(Args {
+            listen: Some("127.0.0.1:7700".parse().unwrap()),
+            data: Some(dir.path().join("d")),
+            secret_file: Some(s),
+            heartbeat_ms: Some(250),
+            default_replication: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("heartbeat-ms = 250"), "{text}");
+        assert!(!text.contains("0123456789abcdef"), "no secret: {text}");
+        let cfg = dir.path().join("printed.toml");
+        std::fs::write(&cfg, &text).unwrap();
+        let again = Config::from_args(Args {
+            config: Some(cfg),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(again.to_toml(), text);
+        assert_eq!(again.defaults.replication, 2);
     }
 }

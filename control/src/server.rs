@@ -23,6 +23,25 @@ const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 /// Serves until `shutdown` resolves. Everything acknowledged is durable
 /// already, so stopping needs no flush beyond letting the writer finish.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let metrics = std::rc::Rc::new(crate::metrics::ControlMetrics::default());
+    let figures = crate::metrics::FiguresSource::default();
+    crate::metrics::set_current(Some(metrics.clone()));
+    let endpoint = match config.metrics {
+        None => None,
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                ControlError::Unavailable(format!("cannot serve metrics on {addr}: {e}"))
+            })?;
+            if let Ok(local) = l.local_addr() {
+                println!("ringfs-control metrics listening on {local}");
+            }
+            Some(tokio::task::spawn_local(crate::metrics::serve_endpoint(
+                l,
+                metrics.clone(),
+                figures.clone(),
+            )))
+        }
+    };
     std::fs::create_dir_all(&config.data).map_err(|e| {
         ControlError::Store(format!(
             "cannot create data dir {}: {e}",
@@ -88,7 +107,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         })
     };
 
-    let bootstrap = state.bootstrap();
+    *figures.borrow_mut() = Some(std::rc::Rc::downgrade(&state));
+    let bootstrap = state.bootstrap_metered(metrics.clone());
+    metrics.serving.set(1);
     let accept = async {
         loop {
             match listener.accept().await {
@@ -107,6 +128,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     }
     sweeper.abort();
     planner.abort();
+    metrics.serving.set(0);
+    crate::metrics::set_current(None);
+    if let Some(e) = endpoint {
+        e.abort();
+    }
     drop(state);
     tracing::info!("control server stopping");
     // The writer exits once every sender is gone (connections drop theirs

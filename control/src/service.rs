@@ -267,6 +267,40 @@ impl State {
         })
     }
 
+    /// Membership figures for metrics: nodes up and down, and the capacity
+    /// reported by the nodes that are up, summed.
+    pub fn cluster_figures(&self) -> crate::metrics::ClusterFigures {
+        let mut f = crate::metrics::ClusterFigures {
+            epoch: self.epoch.get(),
+            ..Default::default()
+        };
+        for (_, n) in self.membership.borrow().iter() {
+            if n.up {
+                f.nodes_up += 1;
+                f.capacity.total += n.capacity.total;
+                f.capacity.used += n.capacity.used;
+                f.capacity.reserved += n.capacity.reserved;
+                f.capacity.chunks += n.capacity.chunks;
+            } else {
+                f.nodes_down += 1;
+            }
+        }
+        f
+    }
+
+    /// Like [`State::bootstrap`], with every call counted and timed.
+    pub fn bootstrap_metered(
+        self: &Rc<Self>,
+        metrics: Rc<crate::metrics::ControlMetrics>,
+    ) -> control::Client {
+        crate::metrics::metered_client(
+            ControlImpl {
+                state: self.clone(),
+            },
+            metrics,
+        )
+    }
+
     /// Marks silent nodes down; on any change, persists a new epoch and
     /// notifies subscribers. Called periodically by the server.
     pub async fn sweep(self: &Rc<Self>) -> Result<()> {
@@ -656,7 +690,7 @@ impl control::Server for ControlImpl {
             let mut r = results.get();
             r.set_guid(&guid);
             fill_attr(r.reborrow().init_attr(), ino, &attr_now);
-            r.set_handle(capnp_rpc::new_client(handle));
+            r.set_handle(crate::metrics::file_handle_client(handle));
             Ok(())
         })
     }

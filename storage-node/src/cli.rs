@@ -22,13 +22,7 @@ where
             };
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    let print_config = cli.print_config;
     let cfg = match NodeConfig::resolve(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -36,6 +30,11 @@ where
             return ExitCode::from(2);
         }
     };
+    if print_config {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    crate::logging::init(&cfg.log_level, cfg.log_format);
     match crate::node::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

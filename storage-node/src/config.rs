@@ -5,17 +5,23 @@
 //! control = "10.0.0.1:7000"
 //! data = "/var/lib/ringfs"
 //! listen = "10.0.0.5"
-//! secret_file = "/etc/ringfs/secret"
-//! cores = "0,1"          # or a count: cores = 2
-//! base_port = 7100       # shard i listens on base_port + i; 0 = ephemeral
-//! capacity_bytes = 0     # 0 = the filesystem's size
-//! io_memory = 4194304    # glommio registered I/O memory per shard, bytes
-//! lease_ms = 30000       # default lock/reservation lease
-//! scrub_bytes_per_sec = 8388608  # background re-read rate per shard; 0 = off
+//! secret-file = "/etc/ringfs/secret"
+//! cores = [0, 1]         # or a count: cores = 2, or a string "0,1"
+//! base-port = 7100       # shard i listens on base-port + i; 0 = ephemeral
+//! capacity-bytes = 0     # 0 = the filesystem's size
+//! io-memory = 4194304    # glommio registered I/O memory per shard, bytes
+//! lease-ms = 30000       # default lock/reservation lease
+//! scrub-bytes-per-sec = 8388608  # background re-read rate per shard; 0 = off
 //! ```
+//!
+//! Keys are kebab-case, equal to the long flags. Validation happens here,
+//! before any shard starts: unknown keys, a `control` that is not
+//! `host:port`, cores the machine does not have, and a data directory that
+//! cannot be created or written are refused with a one-line message.
 
+use crate::logging::LogFormat;
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -47,9 +53,13 @@ pub struct Cli {
     /// Cores to run shards on: a list "0,1,3" or a count "2" (cores 0..n).
     #[arg(long)]
     pub cores: Option<String>,
-    /// TOML config file with the same keys (snake_case).
+    /// TOML config file with the same keys as the long flags.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Print the effective configuration (file and flags merged) as TOML
+    /// and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// First data-plane port (shard i uses base_port + i); 0 = ephemeral.
     #[arg(long)]
     pub base_port: Option<u16>,
@@ -66,10 +76,22 @@ pub struct Cli {
     /// chunks (0 = no scrubbing) [default: 8388608].
     #[arg(long)]
     pub scrub_bytes_per_sec: Option<u64>,
+    /// Log filter (EnvFilter syntax, e.g. "info" or "warn,ringfs_node=debug");
+    /// RUST_LOG wins when set [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
+/// The TOML file. `--print-config` prints it filled with the effective
+/// values, so its output is a valid config file.
+#[derive(Deserialize, Serialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     control: Option<String>,
     data: Option<PathBuf>,
@@ -81,6 +103,9 @@ struct FileConfig {
     io_memory: Option<usize>,
     lease_ms: Option<u64>,
     scrub_bytes_per_sec: Option<u64>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// The resolved configuration.
@@ -97,6 +122,11 @@ pub struct NodeConfig {
     pub io_memory: usize,
     pub lease_ms: u64,
     pub scrub_bytes_per_sec: u64,
+    /// The `log-level` setting (RUST_LOG overrides it at start).
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Monitoring endpoint, if any.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Parses "0,1,3" (a list) or "2" (a count: cores 0..2).
@@ -143,8 +173,7 @@ impl NodeConfig {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| ConfigError::File(p.display().to_string(), e.to_string()))?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::File(p.display().to_string(), e.to_string()))?
+                parse_toml(p, &text)?
             }
             None => FileConfig::default(),
         };
@@ -162,15 +191,26 @@ impl NodeConfig {
                 .unwrap_or(1))
                 .collect(),
         };
+        check_cores(&cores, online_cores())?;
+        let control = cli
+            .control
+            .or(file.control)
+            .ok_or(ConfigError::Missing("control", "control"))?;
+        check_host_port(&control)?;
+        let data = cli
+            .data
+            .or(file.data)
+            .ok_or(ConfigError::Missing("data", "data"))?;
+        check_data_dir(&data)?;
+        let log_level = cli
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
+        crate::logging::check_level(&log_level)
+            .map_err(|e| ConfigError::Invalid("log-level", e))?;
         Ok(Self {
-            control: cli
-                .control
-                .or(file.control)
-                .ok_or(ConfigError::Missing("control", "control"))?,
-            data: cli
-                .data
-                .or(file.data)
-                .ok_or(ConfigError::Missing("data", "data"))?,
+            control,
+            data,
             listen: cli
                 .listen
                 .or(file.listen)
@@ -178,7 +218,7 @@ impl NodeConfig {
             secret_file: cli
                 .secret_file
                 .or(file.secret_file)
-                .ok_or(ConfigError::Missing("secret_file", "secret-file"))?,
+                .ok_or(ConfigError::Missing("secret-file", "secret-file"))?,
             cores,
             base_port: cli.base_port.or(file.base_port).unwrap_or(0),
             capacity_bytes: cli.capacity_bytes.or(file.capacity_bytes).unwrap_or(0),
@@ -188,8 +228,121 @@ impl NodeConfig {
                 .scrub_bytes_per_sec
                 .or(file.scrub_bytes_per_sec)
                 .unwrap_or(8 << 20),
+            log_level,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            metrics: cli.metrics.or(file.metrics),
         })
     }
+}
+
+impl NodeConfig {
+    /// The effective configuration as a TOML config file.
+    pub fn to_toml(&self) -> String {
+        let file = FileConfig {
+            control: Some(self.control.clone()),
+            data: Some(self.data.clone()),
+            listen: Some(self.listen),
+            secret_file: Some(self.secret_file.clone()),
+            cores: Some(toml::Value::Array(
+                self.cores
+                    .iter()
+                    .map(|&c| toml::Value::Integer(c as i64))
+                    .collect(),
+            )),
+            base_port: Some(self.base_port),
+            capacity_bytes: Some(self.capacity_bytes),
+            io_memory: Some(self.io_memory),
+            lease_ms: Some(self.lease_ms),
+            scrub_bytes_per_sec: Some(self.scrub_bytes_per_sec),
+            log_level: Some(self.log_level.clone()),
+            log_format: Some(self.log_format),
+            metrics: self.metrics,
+        };
+        toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+/// Parses a config file, reporting the first problem on one line with its
+/// line number (toml's own message spans several lines).
+fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let msg = e.message().trim().replace('\n', " ");
+        let msg = match e.span() {
+            Some(s) => format!(
+                "line {}: {msg}",
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            ),
+            None => msg,
+        };
+        ConfigError::File(path.display().to_string(), msg)
+    })
+}
+
+/// CPUs online on this machine (the cores a shard can be pinned to are
+/// 0..this).
+pub fn online_cores() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Refuses cores the machine does not have (`online` CPUs: ids 0..online).
+pub fn check_cores(cores: &[usize], online: usize) -> Result<(), ConfigError> {
+    if let Some(&bad) = cores.iter().find(|&&c| c >= online) {
+        return Err(ConfigError::Invalid(
+            "cores",
+            format!("core {bad} does not exist: this machine has cores 0..{online}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `s` is `host:port` (a name or IPv4, or `[IPv6]`, and a
+/// non-zero port). Names are resolved later, when connecting.
+pub fn check_host_port(s: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid("control", format!("{s:?}: {why}"));
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return match a.port() {
+            0 => Err(bad("the port must be a number in 1..=65535")),
+            _ => Ok(()),
+        };
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port, e.g. 10.0.0.1:7700"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad("the port must be a number in 1..=65535")),
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !name_ok {
+        return Err(bad("the host must be a name or an IP address"));
+    }
+    Ok(())
+}
+
+/// Creates the data directory if needed and proves it writable by creating
+/// and removing a probe file, so a bad `data` fails at start with its path.
+pub fn check_data_dir(data: &std::path::Path) -> Result<(), ConfigError> {
+    let fail = |what: &str, e: std::io::Error| {
+        ConfigError::Invalid("data", format!("{}: cannot {what}: {e}", data.display()))
+    };
+    std::fs::create_dir_all(data).map_err(|e| fail("create it", e))?;
+    let probe = data.join(".ringfs-write-probe");
+    std::fs::write(&probe, b"probe").map_err(|e| fail("write to it", e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -212,7 +365,10 @@ mod tests {
         let f = dir.path().join("node.toml");
         std::fs::write(
             &f,
-            "control = \"127.0.0.1:1\"\ndata = \"/d\"\nlisten = \"127.0.0.1\"\nsecret_file = \"/s\"\ncores = 1\n",
+            format!(
+                "control = \"127.0.0.1:1\"\ndata = {:?}\nlisten = \"127.0.0.1\"\nsecret-file = \"/s\"\ncores = 1\n",
+                dir.path().join("d")
+            ),
         )
         .unwrap();
         let cli = Cli {
@@ -223,7 +379,88 @@ mod tests {
         let c = NodeConfig::resolve(cli).unwrap();
         assert_eq!(c.control, "127.0.0.1:2");
         assert_eq!(c.cores, vec![0]);
-        assert_eq!(c.data, PathBuf::from("/d"));
+        assert_eq!(c.data, dir.path().join("d"));
         assert!(NodeConfig::resolve(Cli::default()).is_err());
+
+        // The printed config reads back as the same config.
+        let text = c.to_toml();
+        assert!(text.contains("secret-file = \"/s\""), "{text}");
+        let again = dir.path().join("again.toml");
+        std::fs::write(&again, &text).unwrap();
+        let c2 = NodeConfig::resolve(Cli {
+            config: Some(again),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c2.to_toml(), text);
+    }
+
+    fn base(dir: &tempfile::TempDir) -> Cli {
+        Cli {
+            control: Some("ctl.example:7700".into()),
+            data: Some(dir.path().join("d")),
+            listen: Some("127.0.0.1".parse().unwrap()),
+            secret_file: Some("/s".into()),
+            cores: Some("1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_errors_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(NodeConfig::resolve(base(&dir)).is_ok());
+        let err = |cli: Cli| NodeConfig::resolve(cli).unwrap_err().to_string();
+        let one_line = |e: String| {
+            assert!(!e.contains('\n'), "one line: {e:?}");
+            e
+        };
+        // Unknown (e.g. old snake_case) keys, with their line.
+        let f = dir.path().join("n.toml");
+        std::fs::write(&f, "cores = 1\nsecret_file = \"/s\"\n").unwrap();
+        let e = one_line(err(Cli {
+            config: Some(f.clone()),
+            ..base(&dir)
+        }));
+        assert!(
+            e.contains("line 2") && e.contains("unknown field `secret_file`"),
+            "{e}"
+        );
+        // A bad listen address in the file.
+        std::fs::write(&f, "listen = \"10.0.0.300\"\n").unwrap();
+        let e = one_line(err(Cli {
+            config: Some(f),
+            listen: None,
+            ..base(&dir)
+        }));
+        assert!(e.contains("line 1"), "{e}");
+        for control in ["10.0.0.1", "10.0.0.1:0", "a b:7700", ":7700", "h:port"] {
+            let e = one_line(err(Cli {
+                control: Some(control.into()),
+                ..base(&dir)
+            }));
+            assert!(e.starts_with("invalid control"), "{control}: {e}");
+        }
+        assert!(check_host_port("[::1]:7700").is_ok());
+        assert!(check_host_port("ctl-1.example.org:7700").is_ok());
+        // Cores beyond the machine.
+        let e = one_line(err(Cli {
+            cores: Some(format!("{},", online_cores())),
+            ..base(&dir)
+        }));
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(check_cores(&[0, 3], 4).is_ok());
+        assert!(check_cores(&[0, 4], 4).is_err());
+        // A data dir below a regular file cannot be created (even by root).
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = one_line(err(Cli {
+            data: Some(file.join("d")),
+            ..base(&dir)
+        }));
+        assert!(
+            e.starts_with("invalid data") && e.contains("cannot create"),
+            "{e}"
+        );
     }
 }

@@ -71,6 +71,8 @@ pub struct ControlLink {
     /// "ip:port" of each shard's listener, by shard index.
     pub endpoints: Vec<String>,
     pub shards: Vec<mpsc::UnboundedSender<ShardCommand>>,
+    /// True while a session is joined (the node's readiness).
+    pub joined: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ControlLink {
@@ -141,6 +143,7 @@ impl ControlLink {
         let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         let rpc_task = tokio::task::spawn_local(rpc);
         let r = self.drive(&control, backoff).await;
+        self.joined.store(false, Ordering::Release);
         rpc_task.abort();
         r
     }
@@ -188,6 +191,7 @@ impl ControlLink {
             joined.store(&self.identity_path)?;
         }
         self.node_id.store(joined.node_id, Ordering::Release);
+        self.joined.store(true, Ordering::Release);
         tracing::info!(
             node_id = joined.node_id,
             "joined the control server at {}",

@@ -130,8 +130,61 @@ fn rehome_chunks(data: &Path, shards: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the node until it fails.
+/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread
+/// it starts afterwards: they are then received only by [`wait_for_stop`].
+fn block_stop_signals() -> anyhow::Result<libc::sigset_t> {
+    // SAFETY: plain libc calls on a zeroed, then initialized, sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            bail!(
+                "blocking SIGTERM: {}",
+                std::io::Error::from_raw_os_error(rc)
+            );
+        }
+        Ok(set)
+    }
+}
+
+/// On a thread of its own: the first SIGTERM or SIGINT drains every shard
+/// (they stop accepting, answer what they read, and return, so the node
+/// exits 0); a second one exits at once.
+fn wait_for_stop(
+    set: libc::sigset_t,
+    shards: Vec<mpsc::UnboundedSender<crate::shard::ShardCommand>>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ringfs-signals".into())
+        .spawn(move || {
+            let mut first = true;
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is initialized and `sig` a valid out-pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                if !first {
+                    tracing::warn!(signal = sig, "second stop signal: exiting now");
+                    std::process::exit(1);
+                }
+                first = false;
+                tracing::info!(signal = sig, "stopping: draining every shard");
+                for s in &shards {
+                    let _ = s.unbounded_send(crate::shard::ShardCommand::Drain);
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Runs the node until it fails, or until SIGTERM/SIGINT and every shard
+/// has drained.
 pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let stop_signals = block_stop_signals()?;
     let shards = cfg.cores.len();
     let io_memory = prepare_memlock(shards, cfg.io_memory)?;
     raise_nofile();
@@ -145,6 +198,12 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_id = Arc::new(AtomicU64::new(identity.node_id));
     rehome_chunks(&cfg.data, shards)?;
     let key = TokenKey::random().context("generating the token key")?;
+    let metrics = Arc::new(crate::metrics::NodeMetrics::new(shards));
+    if let Some(addr) = cfg.metrics {
+        let local = crate::metrics::spawn_endpoint(addr, metrics.clone())
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        println!("ringfs-node: metrics listening on {local}");
+    }
 
     let mut handles = Vec::new();
     let mut endpoints = Vec::new();
@@ -161,6 +220,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             max_lease: Duration::from_secs(600),
             implicit_lease: Duration::from_secs(60),
             scrub_bytes_per_sec: cfg.scrub_bytes_per_sec,
+            metrics: metrics.shard(index),
         };
         let port = if cfg.base_port == 0 {
             0
@@ -201,7 +261,10 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         commands.push(cmd_tx);
         handles.push(handle);
     }
+    let _ = metrics.commands.set(commands.clone());
+    wait_for_stop(stop_signals, commands.clone()).context("starting the signal thread")?;
     ControlLink {
+        joined: metrics.joined.clone(),
         control_addr: cfg.control.clone(),
         cluster_secret: secret,
         identity_path,
@@ -215,5 +278,6 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             bail!("shard {i} failed: {e}");
         }
     }
+    tracing::info!("every shard drained: exiting");
     Ok(())
 }

@@ -54,6 +54,8 @@ pub struct ShardConfig {
     pub implicit_lease: Duration,
     /// Bytes per second the scrubber re-reads (0 = no scrubbing).
     pub scrub_bytes_per_sec: u64,
+    /// This shard's metric handles (touched by this shard only).
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 /// A shard's capacity report, in bytes.
@@ -83,6 +85,19 @@ pub enum ShardCommand {
         replace: bool,
         reply: oneshot::Sender<Result<(u64, u64), String>>,
     },
+    /// Graceful stop (SIGTERM): stop accepting connections and reading
+    /// requests, answer every request already read, then return from
+    /// [`Shard::serve`].
+    Drain,
+}
+
+/// Resolves once a drain was asked for (never if the asker went away).
+type StopSignal = futures::future::Shared<oneshot::Receiver<()>>;
+
+async fn stopped(stop: StopSignal) {
+    if stop.await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 type LockWaiter = oneshot::Sender<Option<Grant>>;
@@ -199,6 +214,8 @@ impl Shard {
         listener: TcpListener,
         mut commands: mpsc::UnboundedReceiver<ShardCommand>,
     ) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let stop: StopSignal = futures::FutureExt::shared(stop_rx);
         {
             let me = self.clone();
             glommio::spawn_local(async move {
@@ -212,6 +229,7 @@ impl Shard {
         }
         {
             let me = self.clone();
+            let mut stop_tx = Some(stop_tx);
             glommio::spawn_local(async move {
                 while let Some(cmd) = commands.next().await {
                     match cmd {
@@ -249,25 +267,52 @@ impl Shard {
                             })
                             .detach();
                         }
+                        ShardCommand::Drain => {
+                            if let Some(tx) = stop_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
                     }
                 }
+                // Keep the stop signal pending (not cancelled) forever.
+                std::future::pending::<()>().await;
             })
             .detach();
         }
         if self.cfg.scrub_bytes_per_sec > 0 {
             glommio::spawn_local(crate::scrubber::run(self.clone())).detach();
         }
+        // Connections run through the gate so that a drain can wait for them.
+        let gate = glommio::sync::Gate::new();
         loop {
-            match listener.accept().await {
-                Ok(stream) => {
-                    glommio::spawn_local(self.clone().serve_conn(stream)).detach();
+            let accepted = {
+                let stop = std::pin::pin!(stopped(stop.clone()));
+                let accept = std::pin::pin!(listener.accept());
+                match futures::future::select(stop, accept).await {
+                    futures::future::Either::Left(_) => break,
+                    futures::future::Either::Right((r, _)) => r,
                 }
+            };
+            match accepted {
+                Ok(stream) => match gate.spawn(self.clone().serve_conn(stream, stop.clone())) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(e) => tracing::warn!(shard = self.cfg.index, "connection refused: {e}"),
+                },
                 Err(e) => {
                     tracing::warn!(shard = self.cfg.index, "accept failed: {e}");
                     glommio::timer::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
+        drop(listener);
+        tracing::info!(
+            shard = self.cfg.index,
+            "draining: no new requests, finishing those in flight"
+        );
+        let _ = gate.close().await;
+        tracing::info!(shard = self.cfg.index, "drained");
     }
 
     /// Capacity of this shard: its share of the configured capacity (or of
@@ -373,16 +418,22 @@ impl Shard {
         match r {
             Acquire::Granted(g) => Ok(g),
             Acquire::Busy => Err(OpError(Status::Busy, format!("chunk {chunk} is locked"))),
-            Acquire::Queued(_) => match rx.await {
-                Ok(Some(g)) => Ok(g),
-                _ => Err(OpError(
-                    Status::Timeout,
-                    format!(
-                        "timed out after {} ms waiting for the lock on chunk {chunk}",
-                        timeout.as_millis()
-                    ),
-                )),
-            },
+            Acquire::Queued(_) => {
+                self.cfg.metrics.lock_waited();
+                match rx.await {
+                    Ok(Some(g)) => Ok(g),
+                    _ => {
+                        self.cfg.metrics.lock_timed_out();
+                        Err(OpError(
+                            Status::Timeout,
+                            format!(
+                                "timed out after {} ms waiting for the lock on chunk {chunk}",
+                                timeout.as_millis()
+                            ),
+                        ))
+                    }
+                }
+            }
         }
     }
 
@@ -464,7 +515,9 @@ impl Shard {
         Ok(())
     }
 
-    async fn serve_conn(self: Rc<Self>, stream: TcpStream) {
+    /// Serves one connection until it closes or `stop` (then the requests
+    /// already read are answered before it closes).
+    async fn serve_conn(self: Rc<Self>, stream: TcpStream, stop: StopSignal) {
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.split();
         // Buffered reads: a header costs one syscall for many pipelined
@@ -508,7 +561,16 @@ impl Shard {
         let inflight = Rc::new(glommio::sync::Semaphore::new(MAX_INFLIGHT));
         let inflight_bytes = Rc::new(glommio::sync::Semaphore::new(MAX_INFLIGHT_BYTES));
         loop {
-            let h = match read_header(&mut rd).await {
+            let next = {
+                let stop = std::pin::pin!(stopped(stop.clone()));
+                let read = std::pin::pin!(read_header(&mut rd));
+                match futures::future::select(stop, read).await {
+                    // A header half read is dropped: it was not acknowledged.
+                    futures::future::Either::Left(_) => break,
+                    futures::future::Either::Right((r, _)) => r,
+                }
+            };
+            let h = match next {
                 Ok(h) => h,
                 Err(WireError::Frame(e)) => {
                     let mut r = Header::request(0, Op::Lock);
@@ -583,18 +645,34 @@ impl Shard {
     }
 
     async fn handle(&self, h: Header, payload: Result<Option<WriteBuf>, OpError>, tx: &Tx) {
+        let started = Instant::now();
         let result = match payload {
             Err(e) => Err(e),
             Ok(wb) => self.dispatch(&h, wb, tx).await,
         };
         let out = match result {
             Ok(Some(out)) => out,
-            Ok(None) => return,
+            Ok(None) => {
+                self.cfg.metrics.record(h.op, true, started.elapsed(), 0, 0);
+                return;
+            }
             Err(OpError(status, msg)) => Outgoing {
                 header: Header::error_to(&h, status, msg),
                 payload: Payload::None,
             },
         };
+        let status = out.header.status;
+        let read = match (h.op, status) {
+            (Op::Read, Status::Ok) => out.header.payload_length as u64,
+            _ => 0,
+        };
+        let written = match (h.op, status) {
+            (Op::Write, Status::Ok | Status::Quorum) => h.payload_length as u64,
+            _ => 0,
+        };
+        self.cfg
+            .metrics
+            .record(h.op, status == Status::Ok, started.elapsed(), read, written);
         let _ = tx.unbounded_send(out);
     }
 
@@ -744,6 +822,7 @@ impl Shard {
                 format!("chunk {} is locked", h.chunk_id),
             )),
             Acquire::Queued(_) => {
+                self.cfg.metrics.lock_waited();
                 let _ = tx.unbounded_send(Outgoing {
                     header: Header::response_to(h, Status::Wait),
                     payload: Payload::None,
@@ -751,6 +830,7 @@ impl Shard {
                 let header = match wrx.await {
                     Ok(Some(g)) => grant_frame(Op::LockGranted, h.client_id, g),
                     _ => {
+                        self.cfg.metrics.lock_timed_out();
                         let mut r = Header::error_to(
                             h,
                             Status::Timeout,
@@ -819,7 +899,10 @@ impl Shard {
         self.reservations
             .borrow()
             .check(disk_bytes, free, outstanding)
-            .map_err(|e| OpError(Status::NoSpace, e.to_string()))?;
+            .map_err(|e| {
+                self.cfg.metrics.reservation_refused();
+                OpError(Status::NoSpace, e.to_string())
+            })?;
         let id = match id {
             Some(id) => id,
             None => self

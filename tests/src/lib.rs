@@ -171,6 +171,11 @@ impl NodeProcess {
     pub fn is_running(&mut self) -> bool {
         self.server.is_running()
     }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.server.exit_status()
+    }
 }
 
 /// A control server and storage nodes on loopback in a temporary directory,

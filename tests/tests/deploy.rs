@@ -103,6 +103,7 @@ fn the_example_configs_are_accepted_by_the_servers() {
             dir.path().join("ctl").to_str().unwrap(),
         )
         .replace("/etc/ringfs/secret", secret.to_str().unwrap());
+    let config = uncomment_optional(&config);
     let path = dir.path().join("control.toml");
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
@@ -120,12 +121,29 @@ fn the_example_configs_are_accepted_by_the_servers() {
         )
         .replace("/etc/ringfs/secret", secret.to_str().unwrap())
         .replace("cores = [0, 1]", "cores = [0]")
-        .replace("base_port = 7100", "base_port = 0");
+        .replace("base-port = 7100", "base-port = 0");
+    let config = uncomment_optional(&config);
     let path = dir.path().join("node.toml");
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
     cmd.arg("--config").arg(&path);
     Server::spawn(cmd, "listening on ", WAIT).expect("ringfs-node starts with deploy/node.toml");
+}
+
+/// Turns on the commented logging and metrics keys of an example (metrics
+/// on an ephemeral loopback port), so that they are checked too.
+fn uncomment_optional(config: &str) -> String {
+    let out: String = config
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if rest.starts_with("metrics = ") => "metrics = \"127.0.0.1:0\"".into(),
+            Some(rest) if rest.starts_with("log-") => rest.to_string(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(out.contains("\nmetrics = ") && out.contains("\nlog-format = "));
+    out + "\n"
 }
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -1,0 +1,343 @@
+//! Control-server metrics (Prometheus, via `prometheus-client`) and the
+//! monitoring endpoint (`--metrics ADDR`: `/metrics`, `/healthz`,
+//! `/readyz`).
+//!
+//! RPCs on the bootstrap `Control` capability and on the file handles that
+//! `open` returns are counted and timed by [`Metered`], a wrapper around
+//! their dispatchers, so the RPC methods themselves carry no metrics code.
+//! File handles find the metrics through a thread-local set by the server
+//! (capnp-rpc is single-threaded: every capability lives on that thread).
+//! Units: seconds.
+
+use std::time::Instant;
+
+use capnp::capability::{DispatchCallResult, FromServer, Params, Results, Server};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use ringfs_schema::control_capnp::{control, file_handle};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Method names of the `Control` interface, by method id (schema order).
+const CONTROL_METHODS: [&str; 14] = [
+    "hello",
+    "create",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "rename",
+    "stat",
+    "list",
+    "open",
+    "join",
+    "heartbeat",
+    "report_chunks",
+    "cluster_map",
+    "subscribe",
+];
+
+/// Method names of the `FileHandle` interface, by method id.
+const FILE_HANDLE_METHODS: [&str; 5] = [
+    "file_attr",
+    "get_chunks",
+    "commit_chunks",
+    "set_size",
+    "close",
+];
+
+thread_local! {
+    /// The metrics of the control server running on this thread.
+    static CURRENT: RefCell<Option<Rc<ControlMetrics>>> = const { RefCell::new(None) };
+}
+
+/// Makes `metrics` the ones file handles created on this thread record to.
+pub fn set_current(metrics: Option<Rc<ControlMetrics>>) {
+    CURRENT.with(|c| *c.borrow_mut() = metrics);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+/// Cluster figures read from membership at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterFigures {
+    pub epoch: u64,
+    pub nodes_up: u64,
+    pub nodes_down: u64,
+    /// Summed over the nodes that are up.
+    pub capacity: crate::membership::Capacity,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeStateLabel {
+    state: &'static str,
+}
+
+/// The control server's metrics.
+pub struct ControlMetrics {
+    registry: Registry,
+    requests: Family<OpLabel, Counter>,
+    errors: Family<OpLabel, Counter>,
+    latency: Family<OpLabel, Histogram>,
+    /// 1 once the RPC listener is bound and serving.
+    pub serving: Gauge,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<OpLabel, Counter>::default();
+        let errors = Family::<OpLabel, Counter>::default();
+        let latency = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            // 10 µs .. ~5 s
+            Histogram::new(exponential_buckets(1e-5, 2.0, 20))
+        });
+        let serving = Gauge::default();
+        registry.register(
+            "ringfs_control_requests",
+            "RPCs answered (Control and FileHandle interfaces), by op",
+            requests.clone(),
+        );
+        registry.register(
+            "ringfs_control_errors",
+            "RPCs answered with an error (Control and FileHandle interfaces), by op",
+            errors.clone(),
+        );
+        registry.register(
+            "ringfs_control_request_duration_seconds",
+            "Time to answer an RPC (Control and FileHandle interfaces)",
+            latency.clone(),
+        );
+        registry.register(
+            "ringfs_control_serving",
+            "1 while the RPC listener is serving",
+            serving.clone(),
+        );
+        ControlMetrics {
+            registry,
+            requests,
+            errors,
+            latency,
+            serving,
+        }
+    }
+}
+
+impl ControlMetrics {
+    /// The exposition text, with `cluster`'s figures as gauges.
+    pub fn render(&self, cluster: Option<ClusterFigures>) -> String {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
+        if let Some(c) = cluster {
+            let mut dynamic = Registry::default();
+            let gauge = |dynamic: &mut Registry, name: &str, help: &str, v: u64| {
+                let g = Gauge::<i64>::default();
+                g.set(v.min(i64::MAX as u64) as i64);
+                dynamic.register(name, help, g);
+            };
+            let nodes = Family::<NodeStateLabel, Gauge>::default();
+            nodes
+                .get_or_create(&NodeStateLabel { state: "up" })
+                .set(c.nodes_up as i64);
+            nodes
+                .get_or_create(&NodeStateLabel { state: "down" })
+                .set(c.nodes_down as i64);
+            dynamic.register(
+                "ringfs_control_nodes",
+                "Registered storage nodes by state",
+                nodes,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_map_epoch",
+                "Cluster-map epoch",
+                c.epoch,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_capacity_bytes",
+                "Capacity reported by the nodes that are up",
+                c.capacity.total,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_used_bytes",
+                "Bytes used, as reported by the nodes that are up",
+                c.capacity.used,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_reserved_bytes",
+                "Bytes reserved, as reported by the nodes that are up",
+                c.capacity.reserved,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_cluster_chunks",
+                "Chunk replicas, as reported by the nodes that are up",
+                c.capacity.chunks,
+            );
+            let _ = prometheus_client::encoding::text::encode_registry(&mut text, &dynamic);
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut text);
+        text
+    }
+
+    fn record(&self, op: &'static str, ok: bool, started: Instant) {
+        let l = OpLabel { op };
+        self.requests.get_or_create(&l).inc();
+        if !ok {
+            self.errors.get_or_create(&l).inc();
+        }
+        self.latency
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A server wrapped so that every call is counted and timed under the
+/// name of its method.
+pub struct Metered<D> {
+    inner: D,
+    metrics: Rc<ControlMetrics>,
+    /// The interface whose methods `names` lists, by method id.
+    interface: u64,
+    names: &'static [&'static str],
+}
+
+/// The dispatcher capnp-rpc calls for a [`Metered`] server.
+pub struct MeteredDispatch<D>(Rc<Metered<D>>);
+
+impl<D> Clone for MeteredDispatch<D> {
+    fn clone(&self) -> Self {
+        MeteredDispatch(self.0.clone())
+    }
+}
+
+impl<D> std::ops::Deref for MeteredDispatch<D> {
+    type Target = Metered<D>;
+    fn deref(&self) -> &Metered<D> {
+        &self.0
+    }
+}
+
+impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
+    fn dispatch_call(
+        self,
+        interface_id: u64,
+        method_id: u16,
+        params: Params<capnp::any_pointer::Owned>,
+        results: Results<capnp::any_pointer::Owned>,
+    ) -> DispatchCallResult {
+        let op = match self.0.names.get(method_id as usize) {
+            Some(name) if interface_id == self.0.interface => name,
+            _ => "unknown",
+        };
+        let started = Instant::now();
+        let inner = self
+            .0
+            .inner
+            .clone()
+            .dispatch_call(interface_id, method_id, params, results);
+        let metrics = self.0.metrics.clone();
+        let promise = inner.promise;
+        DispatchCallResult::new(
+            capnp::capability::Promise::from_future(async move {
+                let r = promise.await;
+                metrics.record(op, r.is_ok(), started);
+                r
+            }),
+            inner.is_streaming,
+        )
+    }
+
+    fn as_ptr(&self) -> usize {
+        self.0.inner.as_ptr()
+    }
+}
+
+impl<D: Server + Clone + 'static> FromServer<Metered<D>> for control::Client {
+    type Dispatch = MeteredDispatch<D>;
+    fn from_server(s: Rc<Metered<D>>) -> MeteredDispatch<D> {
+        MeteredDispatch(s)
+    }
+}
+
+impl<D: Server + Clone + 'static> FromServer<Metered<D>> for file_handle::Client {
+    type Dispatch = MeteredDispatch<D>;
+    fn from_server(s: Rc<Metered<D>>) -> MeteredDispatch<D> {
+        MeteredDispatch(s)
+    }
+}
+
+/// Wraps a `Control` implementation into a metered client.
+pub fn metered_client<S: control::Server + 'static>(
+    server: S,
+    metrics: Rc<ControlMetrics>,
+) -> control::Client {
+    let dispatch = <control::Client as FromServer<S>>::from_server(Rc::new(server));
+    capnp_rpc::new_client(Metered {
+        inner: dispatch,
+        metrics,
+        interface: <control::Client as capnp::traits::HasTypeId>::TYPE_ID,
+        names: &CONTROL_METHODS,
+    })
+}
+
+/// A client of a `FileHandle` implementation, metered when this thread has
+/// a control server's metrics ([`set_current`]).
+pub fn file_handle_client<S: file_handle::Server + 'static>(server: S) -> file_handle::Client {
+    match CURRENT.with(|c| c.borrow().clone()) {
+        None => capnp_rpc::new_client(server),
+        Some(metrics) => {
+            let dispatch = <file_handle::Client as FromServer<S>>::from_server(Rc::new(server));
+            capnp_rpc::new_client(Metered {
+                inner: dispatch,
+                metrics,
+                interface: <file_handle::Client as capnp::traits::HasTypeId>::TYPE_ID,
+                names: &FILE_HANDLE_METHODS,
+            })
+        }
+    }
+}
+
+/// Where a scrape reads the cluster figures from, once the server runs.
+pub type FiguresSource = Rc<std::cell::RefCell<Option<std::rc::Weak<crate::service::State>>>>;
+
+/// Serves the monitoring endpoint on `listener` (inside the server's
+/// `LocalSet`) until dropped.
+pub async fn serve_endpoint(
+    listener: tokio::net::TcpListener,
+    metrics: Rc<ControlMetrics>,
+    figures: FiguresSource,
+) {
+    crate::http::serve(listener, move |path: String| {
+        let metrics = metrics.clone();
+        let cluster = figures
+            .borrow()
+            .as_ref()
+            .and_then(|w| w.upgrade())
+            .map(|s| s.cluster_figures());
+        async move {
+            use crate::http::Response;
+            match path.as_str() {
+                "/metrics" => Response {
+                    status: 200,
+                    content_type: crate::http::OPENMETRICS,
+                    body: metrics.render(cluster),
+                },
+                "/healthz" => Response::text(200, "ok\n"),
+                "/readyz" if metrics.serving.get() == 1 => Response::text(200, "ready\n"),
+                "/readyz" => Response::text(503, "not ready: starting\n"),
+                _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
+            }
+        }
+    })
+    .await
+}

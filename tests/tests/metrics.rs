@@ -1,0 +1,259 @@
+//! `--metrics` on the real servers: `/healthz` answers while the process
+//! lives, a node's `/readyz` flips to ready when it joins and back when its
+//! control server goes, and `/metrics` counters move by exactly what a
+//! small workload did.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ringfs_bench::process::Server;
+use ringfs_client::{BlockingClient, CreateOptions, OpenOptions};
+use ringfs_tests::{binary, write_secret};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// GET `path`: (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// The samples of an exposition, "name{labels}" -> value.
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+fn wait_status(addr: SocketAddr, path: &str, want: u16) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(addr, path);
+        if status == want {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "{path}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let control_addr = free_port();
+
+    // The node first, with no control server to join yet.
+    let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
+    cmd.arg("--control")
+        .arg(control_addr.to_string())
+        .args(["--listen", "127.0.0.1", "--cores", "1"])
+        .args(["--capacity-bytes", "1073741824", "--metrics", "127.0.0.1:0"])
+        .arg("--data")
+        .arg(dir.path().join("node"))
+        .arg("--secret-file")
+        .arg(&secret)
+        .env("RUST_LOG", "warn");
+    let (_node, addrs) = Server::spawn_all(cmd, "listening on ", 2, WAIT).unwrap();
+    let node_metrics = addrs[0];
+    assert_eq!(get(node_metrics, "/healthz").0, 200);
+    let (status, body) = get(node_metrics, "/readyz");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: not joined to the control server\n")
+    );
+    assert_eq!(get(node_metrics, "/nope").0, 404);
+
+    let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
+    cmd.arg("--listen")
+        .arg(control_addr.to_string())
+        .args(["--heartbeat-ms", "200", "--node-ttl-ms", "1000"])
+        .args(["--metrics", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("ctl"))
+        .arg("--secret-file")
+        .arg(&secret)
+        .env("RUST_LOG", "warn");
+    let (mut control, addrs) = Server::spawn_all(cmd, "listening on ", 2, WAIT).unwrap();
+    let control_metrics = addrs[0];
+    assert_eq!(addrs[1], control_addr);
+    assert_eq!(get(control_metrics, "/healthz").0, 200);
+    wait_status(control_metrics, "/readyz", 200);
+    // The node's link retries with backoff (at most 5 s) and then joins.
+    wait_status(node_metrics, "/readyz", 200);
+    let n0 = scrape(node_metrics);
+    assert_eq!(value(&n0, "ringfs_node_joined"), 1.0);
+    assert_eq!(
+        value(&n0, "ringfs_node_capacity_bytes{shard=\"0\"}"),
+        1073741824.0
+    );
+
+    // Wait until the control server lists the node up, then write and
+    // read back one file.
+    let client = BlockingClient::connect(control_addr).unwrap();
+    let start = Instant::now();
+    while !client.cluster_map().unwrap().nodes.iter().any(|n| n.up) {
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c0 = scrape(control_metrics);
+    let n0 = scrape(node_metrics);
+    const LEN: usize = 300_000;
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let layout = CreateOptions {
+        chunk_size: 1 << 20,
+        replication: 1,
+        ..Default::default()
+    };
+    let fd = client.create("/f", layout).unwrap();
+    assert_eq!(client.write(fd, &data).unwrap(), LEN);
+    client.close(fd).unwrap();
+    let fd = client.open("/f", &OpenOptions::read()).unwrap();
+    let mut back = vec![0u8; LEN];
+    assert_eq!(client.pread(fd, 0, &mut back).unwrap(), LEN);
+    client.close(fd).unwrap();
+    assert_eq!(back, data);
+    assert!(client.stat("/missing").is_err());
+
+    let c1 = scrape(control_metrics);
+    let n1 = scrape(node_metrics);
+    let delta =
+        |a: &HashMap<String, f64>, b: &HashMap<String, f64>, k: &str| value(b, k) - value(a, k);
+    // The client's create opens the new file for writing: two opens.
+    for (op, n) in [("create", 1.0), ("open", 2.0), ("stat", 1.0)] {
+        let k = format!("ringfs_control_requests_total{{op=\"{op}\"}}");
+        assert_eq!(delta(&c0, &c1, &k), n, "{k}");
+    }
+    assert_eq!(
+        delta(&c0, &c1, "ringfs_control_errors_total{op=\"stat\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta(&c0, &c1, "ringfs_control_errors_total{op=\"create\"}"),
+        0.0
+    );
+    assert_eq!(
+        delta(
+            &c0,
+            &c1,
+            "ringfs_control_request_duration_seconds_count{op=\"create\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&c1, "ringfs_control_serving"), 1.0);
+    // File-handle calls: both handles closed, the written chunk committed.
+    assert_eq!(
+        delta(&c0, &c1, "ringfs_control_requests_total{op=\"close\"}"),
+        2.0
+    );
+    assert!(
+        delta(
+            &c0,
+            &c1,
+            "ringfs_control_requests_total{op=\"commit_chunks\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        delta(
+            &c0,
+            &c1,
+            "ringfs_control_errors_total{op=\"commit_chunks\"}"
+        ),
+        0.0
+    );
+
+    assert_eq!(
+        delta(&n0, &n1, "ringfs_node_written_bytes_total{shard=\"0\"}"),
+        LEN as f64
+    );
+    assert_eq!(
+        delta(&n0, &n1, "ringfs_node_read_bytes_total{shard=\"0\"}"),
+        LEN as f64
+    );
+    assert_eq!(
+        delta(
+            &n0,
+            &n1,
+            "ringfs_node_requests_total{shard=\"0\",op=\"reserve\"}"
+        ),
+        1.0
+    );
+    let writes = delta(
+        &n0,
+        &n1,
+        "ringfs_node_requests_total{shard=\"0\",op=\"write\"}",
+    );
+    assert!(writes >= 1.0, "{writes}");
+    assert_eq!(
+        delta(
+            &n0,
+            &n1,
+            "ringfs_node_request_duration_seconds_count{shard=\"0\",op=\"write\"}"
+        ),
+        writes
+    );
+    assert_eq!(
+        delta(
+            &n0,
+            &n1,
+            "ringfs_node_errors_total{shard=\"0\",op=\"write\"}"
+        ),
+        0.0
+    );
+    assert_eq!(delta(&n0, &n1, "ringfs_node_chunks{shard=\"0\"}"), 1.0);
+    assert!(value(&n1, "ringfs_node_used_bytes{shard=\"0\"}") >= LEN as f64);
+
+    // The control server's view, from the node's heartbeats (every 200 ms).
+    assert_eq!(value(&c1, "ringfs_control_nodes{state=\"up\"}"), 1.0);
+    assert_eq!(value(&c1, "ringfs_control_nodes{state=\"down\"}"), 0.0);
+    assert_eq!(
+        value(&c1, "ringfs_control_cluster_capacity_bytes"),
+        1073741824.0
+    );
+    let start = Instant::now();
+    while value(&scrape(control_metrics), "ringfs_control_cluster_chunks")
+        != value(&n1, "ringfs_node_chunks{shard=\"0\"}")
+    {
+        assert!(
+            start.elapsed() < WAIT,
+            "the chunk count never reached the control server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Without its control server the node is alive but no longer ready.
+    control.kill9();
+    wait_status(node_metrics, "/readyz", 503);
+    assert_eq!(get(node_metrics, "/healthz").0, 200);
+    assert_eq!(value(&scrape(node_metrics), "ringfs_node_joined"), 0.0);
+}
