@@ -61,18 +61,16 @@ fn wait_status(addr: SocketAddr, path: &str, want: u16) {
     }
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[test]
 fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write_secret(dir.path());
-    let control_addr = free_port();
+    // Hold the control server's port until it starts: a released probe
+    // port can be taken by another test's server (same secret), which the
+    // node would then join. A listener that never answers keeps the node
+    // unjoined meanwhile.
+    let placeholder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control_addr = placeholder.local_addr().unwrap();
 
     // The node first, with no control server to join yet.
     let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
@@ -96,6 +94,7 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     assert_eq!(get(node_metrics, "/nope").0, 404);
 
     let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
+    drop(placeholder);
     cmd.arg("--listen")
         .arg(control_addr.to_string())
         .args(["--heartbeat-ms", "200", "--node-ttl-ms", "1000"])
