@@ -84,9 +84,27 @@ fn sigterm_during_writes_exits_0_and_loses_no_acknowledged_write() {
         control,
         &["--capacity-bytes", "1073741824"],
     );
+    let new_endpoint = node.addr.to_string();
     cluster.nodes[0] = Some(node);
-    cluster.wait_up(1);
-    let client = BlockingClient::connect(control).unwrap();
+    // The map may still list the stopped node's old endpoint as up until
+    // the TTL passes: wait for the restarted node's own.
+    let start = Instant::now();
+    let client = loop {
+        let client = BlockingClient::connect(control).unwrap();
+        let map = client.cluster_map().unwrap();
+        if map
+            .nodes
+            .iter()
+            .any(|n| n.up && n.shards.contains(&new_endpoint))
+        {
+            break client;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node never rejoined: {map:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     for &n in &acked {
         let want = content(n);
         let fd = client
