@@ -1,0 +1,77 @@
+//! Versions: `--version` on every binary, and the protocol version every
+//! control connection starts with (`hello`).
+
+use std::process::Command;
+
+use ringfs_tests::binary;
+
+#[test]
+fn every_binary_reports_its_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    for (package, bin) in [
+        ("ringfs-control", "ringfs-control"),
+        ("ringfs-node", "ringfs-node"),
+        ("ringfs-client", "ringfs"),
+        ("ringfs-bench", "ringfs-bench"),
+    ] {
+        let out = Command::new(binary(package, bin))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bin} --version failed");
+        let out = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.trim(), format!("{bin} {version}"), "{bin} --version");
+    }
+}
+
+#[test]
+fn protocol_version_is_checked_at_connect() {
+    use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+    use ringfs_schema::control_capnp::control;
+    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ringfs_tests::ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (reader, writer) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            reader.compat(),
+            writer.compat_write(),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        tokio::task::spawn_local(rpc);
+        let hello = |version: u32| {
+            let mut req = control.hello_request();
+            req.get().set_protocol_version(version);
+            req.send().promise
+        };
+        let wrong = ringfs_schema::PROTOCOL_VERSION + 1;
+        let err = match hello(wrong).await {
+            Ok(_) => panic!("protocol {wrong} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("[version_mismatch]"), "{err}");
+        assert!(
+            err.contains(&format!(
+                "client speaks protocol {wrong}, this server speaks {}",
+                ringfs_schema::PROTOCOL_VERSION
+            )),
+            "{err}"
+        );
+        let reply = hello(ringfs_schema::PROTOCOL_VERSION).await.unwrap();
+        let version = reply.get().unwrap().get_server_version().unwrap();
+        assert_eq!(
+            version.to_str().unwrap(),
+            concat!("ringfs-control ", env!("CARGO_PKG_VERSION"))
+        );
+    });
+}
