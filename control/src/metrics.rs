@@ -72,6 +72,13 @@ pub struct ClusterFigures {
     pub nodes_down: u64,
     /// Summed over the nodes that are up.
     pub capacity: crate::membership::Capacity,
+    /// Chunks waiting for a re-replication copy at the last planning round.
+    pub repair_backlog: u64,
+    /// Re-replication copies commanded and not yet finished.
+    pub repair_copies_in_flight: u64,
+    /// Copies finished and failed since the server started.
+    pub repair_copies_done: u64,
+    pub repair_copies_failed: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -182,6 +189,30 @@ impl ControlMetrics {
                 "ringfs_control_cluster_chunks",
                 "Chunk replicas, as reported by the nodes that are up",
                 c.capacity.chunks,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_repair_backlog_chunks",
+                "Chunks with fewer than R good replicas waiting for a copy (last planning round)",
+                c.repair_backlog,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_repair_copies_in_flight",
+                "Re-replication copies commanded and not yet finished",
+                c.repair_copies_in_flight,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_repair_copies_done",
+                "Re-replication copies verified and recorded since start",
+                c.repair_copies_done,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_repair_copies_failed",
+                "Re-replication copies that failed since start",
+                c.repair_copies_failed,
             );
             let _ = prometheus_client::encoding::text::encode_registry(&mut text, &dynamic);
         }

@@ -118,6 +118,9 @@ pub struct Repair {
     pub suspects: HashSet<(u128, u64)>,
     pub copies_done: u64,
     pub copies_failed: u64,
+    /// Chunks that were waiting for a copy (not yet in flight) at the last
+    /// planning round: the re-replication backlog.
+    pub backlog: std::cell::Cell<u64>,
     pub bad_reports: u64,
 }
 
@@ -130,6 +133,7 @@ impl Repair {
             suspects: HashSet::new(),
             copies_done: 0,
             copies_failed: 0,
+            backlog: Default::default(),
             bad_reports: 0,
         }
     }
@@ -214,10 +218,6 @@ impl Repair {
                 busy_chunks.insert(*chunk);
             }
         }
-        let mut room = self.cfg.max_copies.saturating_sub(cmds.copies());
-        if room == 0 {
-            return;
-        }
         let mut candidates: Vec<(usize, &MapEntry, Assessment)> = map
             .iter()
             .filter_map(|e| {
@@ -230,6 +230,11 @@ impl Repair {
                     .then_some((a.good, e, a))
             })
             .collect();
+        self.backlog.set(candidates.len() as u64);
+        let mut room = self.cfg.max_copies.saturating_sub(cmds.copies());
+        if room == 0 {
+            return;
+        }
         candidates.sort_by_key(|(good, e, _)| (*good, e.inode, e.index));
         for (_, e, a) in candidates {
             if room == 0 {

@@ -270,8 +270,13 @@ impl State {
     /// Membership figures for metrics: nodes up and down, and the capacity
     /// reported by the nodes that are up, summed.
     pub fn cluster_figures(&self) -> crate::metrics::ClusterFigures {
+        let repair = self.repair.borrow();
         let mut f = crate::metrics::ClusterFigures {
             epoch: self.epoch.get(),
+            repair_backlog: repair.backlog.get(),
+            repair_copies_in_flight: self.commands.borrow().copies() as u64,
+            repair_copies_done: repair.copies_done,
+            repair_copies_failed: repair.copies_failed,
             ..Default::default()
         };
         for (_, n) in self.membership.borrow().iter() {

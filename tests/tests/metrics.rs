@@ -235,6 +235,9 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     // The control server's view, from the node's heartbeats (every 200 ms).
     assert_eq!(value(&c1, "ringfs_control_nodes{state=\"up\"}"), 1.0);
     assert_eq!(value(&c1, "ringfs_control_nodes{state=\"down\"}"), 0.0);
+    // A healthy cluster has nothing to re-replicate.
+    assert_eq!(value(&c1, "ringfs_control_repair_backlog_chunks"), 0.0);
+    assert_eq!(value(&c1, "ringfs_control_repair_copies_in_flight"), 0.0);
     assert_eq!(
         value(&c1, "ringfs_control_cluster_capacity_bytes"),
         1073741824.0
