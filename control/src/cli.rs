@@ -38,7 +38,7 @@ where
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    crate::logging::init(&config.log_level, config.log_format);
+    ringfs_ops::logging::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::logging::LogFormat;
 use crate::store::FileDefaults;
+use ringfs_ops::logging::LogFormat;
 
 /// Command-line flags of `ringfs-control`.
 #[derive(Parser, Debug, Default)]
@@ -191,8 +191,8 @@ impl Config {
         let log_level = args
             .log_level
             .or(file.log_level)
-            .unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
-        crate::logging::check_level(&log_level).map_err(ConfigError)?;
+            .unwrap_or_else(|| ringfs_ops::logging::DEFAULT_LEVEL.into());
+        ringfs_ops::logging::check_level(&log_level).map_err(ConfigError)?;
         Ok(Config {
             listen,
             data,

@@ -348,7 +348,7 @@ pub async fn serve_endpoint(
     metrics: Rc<ControlMetrics>,
     figures: FiguresSource,
 ) {
-    crate::http::serve(listener, move |path: String| {
+    ringfs_ops::http::serve(listener, move |path: String| {
         let metrics = metrics.clone();
         let cluster = figures
             .borrow()
@@ -356,11 +356,11 @@ pub async fn serve_endpoint(
             .and_then(|w| w.upgrade())
             .map(|s| s.cluster_figures());
         async move {
-            use crate::http::Response;
+            use ringfs_ops::http::Response;
             match path.as_str() {
                 "/metrics" => Response {
                     status: 200,
-                    content_type: crate::http::OPENMETRICS,
+                    content_type: ringfs_ops::http::OPENMETRICS,
                     body: metrics.render(cluster),
                 },
                 "/healthz" => Response::text(200, "ok\n"),

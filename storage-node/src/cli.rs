@@ -34,7 +34,7 @@ where
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
     }
-    crate::logging::init(&cfg.log_level, cfg.log_format);
+    ringfs_ops::logging::init(&cfg.log_level, cfg.log_format);
     match crate::node::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -19,8 +19,8 @@
 //! `host:port`, cores the machine does not have, and a data directory that
 //! cannot be created or written are refused with a one-line message.
 
-use crate::logging::LogFormat;
 use clap::Parser;
+use ringfs_ops::logging::LogFormat;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -205,8 +205,8 @@ impl NodeConfig {
         let log_level = cli
             .log_level
             .or(file.log_level)
-            .unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
-        crate::logging::check_level(&log_level)
+            .unwrap_or_else(|| ringfs_ops::logging::DEFAULT_LEVEL.into());
+        ringfs_ops::logging::check_level(&log_level)
             .map_err(|e| ConfigError::Invalid("log-level", e))?;
         Ok(Self {
             control,

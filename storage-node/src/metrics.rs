@@ -322,7 +322,7 @@ pub fn spawn_endpoint(addr: SocketAddr, metrics: Arc<NodeMetrics>) -> std::io::R
                         return;
                     }
                 };
-                crate::http::serve(listener, move |path: String| {
+                ringfs_ops::http::serve(listener, move |path: String| {
                     let metrics = metrics.clone();
                     async move { route(&metrics, &path).await }
                 })
@@ -332,12 +332,12 @@ pub fn spawn_endpoint(addr: SocketAddr, metrics: Arc<NodeMetrics>) -> std::io::R
     Ok(local)
 }
 
-async fn route(metrics: &NodeMetrics, path: &str) -> crate::http::Response {
-    use crate::http::Response;
+async fn route(metrics: &NodeMetrics, path: &str) -> ringfs_ops::http::Response {
+    use ringfs_ops::http::Response;
     match path {
         "/metrics" => Response {
             status: 200,
-            content_type: crate::http::OPENMETRICS,
+            content_type: ringfs_ops::http::OPENMETRICS,
             body: metrics.render().await,
         },
         "/healthz" => Response::text(200, "ok\n"),

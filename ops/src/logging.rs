@@ -1,10 +1,6 @@
 //! Logging: `tracing` events to stderr as text or JSON lines. The level
 //! filter is `RUST_LOG` when set (it wins), else the `log-level` setting
-//! (default `info`); both use `EnvFilter` syntax, e.g. `info,ringfs_node=debug`.
-//!
-//! The control server has the same module; the only crate both share is
-//! `ringfs-schema`, which the client uses too, so it stays out of there
-//! rather than dragging tracing-subscriber into the client.
+//! (default `info`); both use `EnvFilter` syntax, e.g. `info,ringfs_control=debug`.
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::filter::LevelFilter;

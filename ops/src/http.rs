@@ -3,8 +3,6 @@
 //! limited to 8 KiB and 5 s. Monitoring needs no more, and this keeps hyper
 //! and its dependency tree out of the build. Must run inside a tokio
 //! `LocalSet` (connections are `spawn_local`ed).
-//!
-//! The control server carries the same module (`ringfs_control::http`).
 
 use std::future::Future;
 use std::time::Duration;
