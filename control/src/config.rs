@@ -236,35 +236,21 @@ impl Config {
     }
 }
 
-/// Parses a config file, reporting the first problem on one line with its
-/// line number (toml's own message spans several lines).
+/// Parses a config file; the error names the file and the line.
 fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e: toml::de::Error| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let msg = e.message().trim().replace('\n', " ");
-        ConfigError(match line {
-            Some(l) => format!("config file {} line {l}: {msg}", path.display()),
-            None => format!("config file {}: {msg}", path.display()),
+    ringfs_ops::config_file::parse_toml(text).map_err(|e| {
+        ConfigError(match e.line {
+            Some(l) => format!("config file {} line {l}: {}", path.display(), e.message),
+            None => format!("config file {}: {}", path.display(), e.message),
         })
     })
 }
 
-/// Creates the data directory if needed and proves it writable by creating
-/// and removing a probe file, so a bad `data` fails at start with its path.
 fn check_data_dir(data: &std::path::Path) -> Result<(), ConfigError> {
-    let fail = |what: &str, e: std::io::Error| {
-        ConfigError(format!("data dir {}: cannot {what}: {e}", data.display()))
-    };
-    std::fs::create_dir_all(data).map_err(|e| fail("create it", e))?;
-    let probe = data.join(".ringfs-write-probe");
-    std::fs::write(&probe, b"probe").map_err(|e| fail("write to it", e))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    ringfs_ops::config_file::check_data_dir(data).map_err(|e| ConfigError(format!("data dir {e}")))
 }
 
 /// Reads a secret file: its contents with surrounding whitespace trimmed.

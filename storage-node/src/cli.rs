@@ -2,7 +2,6 @@
 //! launcher runs the node as a hidden subcommand of itself).
 
 use crate::config::{Cli, NodeConfig};
-use clap::Parser;
 use std::process::ExitCode;
 
 /// Parses `args` (program name first) and runs the node until it fails.
@@ -11,16 +10,9 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli: Cli = match ringfs_ops::args::parse(args) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let print_config = cli.print_config;
     let cfg = match NodeConfig::resolve(cli) {

@@ -262,20 +262,15 @@ impl NodeConfig {
     }
 }
 
-/// Parses a config file, reporting the first problem on one line with its
-/// line number (toml's own message spans several lines).
+/// Parses a config file; the error names the file and the line.
 fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e: toml::de::Error| {
-        let msg = e.message().trim().replace('\n', " ");
-        let msg = match e.span() {
-            Some(s) => format!(
-                "line {}: {msg}",
-                text[..s.start.min(text.len())].matches('\n').count() + 1
-            ),
-            None => msg,
+    ringfs_ops::config_file::parse_toml(text).map_err(|e| {
+        let msg = match e.line {
+            Some(l) => format!("line {l}: {}", e.message),
+            None => e.message,
         };
         ConfigError::File(path.display().to_string(), msg)
     })
@@ -332,17 +327,9 @@ pub fn check_host_port(s: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Creates the data directory if needed and proves it writable by creating
-/// and removing a probe file, so a bad `data` fails at start with its path.
+/// Creates the data directory if needed and proves it writable.
 pub fn check_data_dir(data: &std::path::Path) -> Result<(), ConfigError> {
-    let fail = |what: &str, e: std::io::Error| {
-        ConfigError::Invalid("data", format!("{}: cannot {what}: {e}", data.display()))
-    };
-    std::fs::create_dir_all(data).map_err(|e| fail("create it", e))?;
-    let probe = data.join(".ringfs-write-probe");
-    std::fs::write(&probe, b"probe").map_err(|e| fail("write to it", e))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    ringfs_ops::config_file::check_data_dir(data).map_err(|e| ConfigError::Invalid("data", e))
 }
 
 #[cfg(test)]

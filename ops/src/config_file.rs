@@ -1,0 +1,35 @@
+//! Pieces of config handling both servers share: reading a TOML config file
+//! with a one-line error, and proving the data directory usable at start.
+
+use std::path::Path;
+
+/// A config file that did not parse: toml's message folded onto one line,
+/// with the line of the problem when toml knows it.
+#[derive(Debug)]
+pub struct TomlError {
+    /// 1-based line of the problem.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Parses a config file's `text` (toml's own message spans several lines).
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| TomlError {
+        line: e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        message: e.message().trim().replace('\n', " "),
+    })
+}
+
+/// Creates the data directory if needed and proves it writable by creating
+/// and removing a probe file, so a bad `data` fails at start with its path.
+/// The error reads `<path>: cannot <what>: <why>`.
+pub fn check_data_dir(data: &Path) -> Result<(), String> {
+    let fail = |what: &str, e: std::io::Error| format!("{}: cannot {what}: {e}", data.display());
+    std::fs::create_dir_all(data).map_err(|e| fail("create it", e))?;
+    let probe = data.join(".ringfs-write-probe");
+    std::fs::write(&probe, b"probe").map_err(|e| fail("write to it", e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
