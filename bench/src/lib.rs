@@ -25,12 +25,6 @@ pub mod stats;
 pub mod suite;
 pub mod workload;
 
-/// Runs `f` on a current-thread runtime inside a `LocalSet`, as the
-/// client's RPC needs.
-pub fn local<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
+/// Runs a future on a current-thread runtime inside a `LocalSet`, as the
+/// client's RPC needs (the client library's own helper).
+pub use ringfs_client::local;
