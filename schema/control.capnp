@@ -189,6 +189,15 @@ interface Control {
   chunkHealth @15 (problemLimit :UInt32) -> (health :ChunkHealth);
   # Replica health of every chunk, and up to problemLimit problems (0 = none)
   # with their paths, for `ringfs status` and `ringfs fsck`.
+
+  # -- Leaving. --
+  leave @16 (nodeId :UInt64, nodeKey :Data) -> (epoch :UInt64);
+  # The node is stopping (it has drained: no request of its is in flight).
+  # The control server marks it down at once rather than after the TTL and
+  # returns the epoch of the map that says so. The node's replicas count as
+  # down, so re-replication starts after the repair grace as for any down
+  # node; a restarted node joins again with its id and key. A control
+  # server older than this method answers `unimplemented`.
 }
 
 enum CommandKind {

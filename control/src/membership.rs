@@ -201,6 +201,18 @@ impl Membership {
         Ok(())
     }
 
+    /// Records that node `id` is stopping: it is down from now on (its
+    /// repair grace counts from now), until it joins or heartbeats again.
+    /// Returns whether it was up (the map changed).
+    pub fn left(&mut self, id: u64, key: &[u8]) -> Result<bool> {
+        self.authenticate(id, key)?;
+        let n = self.nodes.get_mut(&id).expect("authenticated above");
+        n.last_heartbeat = Some(Instant::now());
+        let was_up = n.up;
+        n.up = false;
+        Ok(was_up)
+    }
+
     /// Marks down every up node silent for longer than `ttl`; returns their ids.
     pub fn sweep(&mut self, now: Instant, ttl: Duration) -> Vec<u64> {
         let mut down = Vec::new();
@@ -259,6 +271,26 @@ mod tests {
         let later = Instant::now() + Duration::from_millis(200);
         assert_eq!(m.sweep(later, ttl), vec![1]);
         assert!(m.sweep(later, ttl).is_empty(), "reported down once");
+        let (came_up, _) = m.heartbeat(1, &[1; 16], Capacity::default(), H).unwrap();
+        assert!(came_up);
+    }
+
+    #[test]
+    fn a_leaving_node_is_down_at_once_until_it_heartbeats() {
+        let mut m = member();
+        assert!(matches!(
+            m.left(1, &[2; 16]),
+            Err(ControlError::PermissionDenied(_))
+        ));
+        assert!(m.get(1).unwrap().up, "a wrong key changes nothing");
+        assert!(m.left(1, &[1; 16]).unwrap());
+        assert!(!m.get(1).unwrap().up);
+        assert!(!m.left(1, &[1; 16]).unwrap(), "leaving twice is no change");
+        assert!(
+            m.sweep(Instant::now() + H, Duration::from_millis(1))
+                .is_empty(),
+            "a node that left is not reported down again"
+        );
         let (came_up, _) = m.heartbeat(1, &[1; 16], Capacity::default(), H).unwrap();
         assert!(came_up);
     }

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
-const CONTROL_METHODS: [&str; 14] = [
+const CONTROL_METHODS: [&str; 17] = [
     "hello",
     "create",
     "mkdir",
@@ -38,6 +38,9 @@ const CONTROL_METHODS: [&str; 14] = [
     "report_chunks",
     "cluster_map",
     "subscribe",
+    "report_bad_replica",
+    "chunk_health",
+    "leave",
 ];
 
 /// Method names of the `FileHandle` interface, by method id.

@@ -908,6 +908,28 @@ impl control::Server for ControlImpl {
         })
     }
 
+    fn leave(
+        self: CapRc<Self>,
+        params: control::LeaveParams,
+        mut results: control::LeaveResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let id = p.get_node_id();
+            let was_up = self
+                .state
+                .membership
+                .borrow_mut()
+                .left(id, p.get_node_key()?)?;
+            tracing::info!(node_id = id, "node is leaving: marked down");
+            if was_up {
+                self.state.map_changed().await?;
+            }
+            results.get().set_epoch(self.state.epoch.get());
+            Ok(())
+        })
+    }
+
     fn chunk_health(
         self: CapRc<Self>,
         params: control::ChunkHealthParams,

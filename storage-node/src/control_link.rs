@@ -4,6 +4,11 @@
 //! own thread with a tokio current-thread runtime (capnp-rpc is
 //! single-threaded) and reaches the shards only through [`ShardCommand`]s.
 //!
+//! When the node stops, [`LeaveHandle::leave`] ends the heartbeats and
+//! tells the control server the node is leaving, on the session's own
+//! connection when there is one (so it is ordered after every heartbeat
+//! sent) or on a fresh one.
+//!
 //! Commands in heartbeat replies (delete a chunk, copy a chunk to another
 //! node) run as tasks of their own on the owning shard; their outcomes go
 //! back with the next heartbeat after they finish, each exactly once per
@@ -62,6 +67,34 @@ struct Done {
     result: Result<(u64, u64), String>,
 }
 
+/// A joined session's connection and credentials.
+#[derive(Clone)]
+struct Session {
+    control: control::Client,
+    node_id: u64,
+    key: Vec<u8>,
+}
+
+/// Sender half of a leave request: where the outcome goes.
+type LeaveReply = std::sync::mpsc::Sender<Result<u64, LinkError>>;
+
+/// Asks a running [`ControlLink`] to report that the node is leaving.
+pub struct LeaveHandle(mpsc::UnboundedSender<LeaveReply>);
+
+impl LeaveHandle {
+    /// Stops the heartbeats and tells the control server that this node is
+    /// leaving; returns the epoch of the map that shows it down. Waits at
+    /// most `within` (the control server may be away).
+    pub fn leave(&self, within: Duration) -> Result<u64, LinkError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.0
+            .unbounded_send(tx)
+            .map_err(|_| LinkError::Rpc("the control link has stopped".into()))?;
+        rx.recv_timeout(within)
+            .map_err(|_| LinkError::Rpc(format!("no answer within {within:?}")))?
+    }
+}
+
 /// Everything the link needs.
 pub struct ControlLink {
     pub control_addr: String,
@@ -76,8 +109,9 @@ pub struct ControlLink {
 }
 
 impl ControlLink {
-    /// Runs the link on a new thread, forever.
-    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Runs the link on a new thread until the node leaves.
+    pub fn spawn(self) -> std::io::Result<LeaveHandle> {
+        let (leave_tx, leave_rx) = mpsc::unbounded();
         std::thread::Builder::new()
             .name("ringfs-control-link".into())
             .spawn(move || {
@@ -92,39 +126,75 @@ impl ControlLink {
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, self.run());
-            })
+                local.block_on(&rt, self.run(leave_rx));
+            })?;
+        Ok(LeaveHandle(leave_tx))
     }
 
-    async fn run(self) {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            match self.session(&mut backoff).await {
-                Ok(()) => {}
-                Err(e) => tracing::warn!("control link: {e}; retrying in {backoff:?}"),
+    /// Sessions, one after another, until a leave request; then the leave.
+    async fn run(self, mut leave_rx: mpsc::UnboundedReceiver<LeaveReply>) {
+        use futures::StreamExt;
+        let current: RefCell<Option<Session>> = RefCell::new(None);
+        let sessions = async {
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                match self.session(&mut backoff, &current).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!("control link: {e}; retrying in {backoff:?}"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        };
+        let reply = tokio::select! {
+            () = sessions => return,
+            reply = leave_rx.next() => match reply {
+                Some(reply) => reply,
+                None => return,
+            },
+        };
+        // The session loop is gone: no heartbeat follows the leave. Its
+        // connection lives on in `current` (the RPC task is detached).
+        let session = current.borrow_mut().take();
+        let _ = reply.send(self.leave(session).await);
     }
 
-    async fn capacity(&self) -> Result<CapacityReport, LinkError> {
-        let mut total = CapacityReport::default();
-        for s in &self.shards {
-            let (tx, rx) = oneshot::channel();
-            s.unbounded_send(ShardCommand::Capacity(tx))
-                .map_err(|_| LinkError::ShardGone)?;
-            let c = rx.await.map_err(|_| LinkError::ShardGone)?;
-            total.total += c.total;
-            total.used += c.used;
-            total.reserved += c.reserved;
-            total.chunks += c.chunks;
-        }
-        Ok(total)
+    /// Reports leaving on `session`'s connection, or on a new one.
+    async fn leave(&self, session: Option<Session>) -> Result<u64, LinkError> {
+        let session = match session {
+            Some(s) => s,
+            None => {
+                let identity = Identity::load(&self.identity_path)?;
+                if identity.node_id == 0 {
+                    return Err(LinkError::Rpc("this node never joined".into()));
+                }
+                let (control, _rpc_task) = self.connect().await?;
+                Session {
+                    control,
+                    node_id: identity.node_id,
+                    key: identity.key_bytes(),
+                }
+            }
+        };
+        let mut req = session.control.leave_request();
+        req.get().set_node_id(session.node_id);
+        req.get().set_node_key(&session.key);
+        let reply = req.send().promise.await?;
+        self.joined.store(false, Ordering::Release);
+        Ok(reply.get()?.get_epoch())
     }
 
-    /// One connection: join, report chunks, heartbeat until something fails.
-    async fn session(&self, backoff: &mut Duration) -> Result<(), LinkError> {
+    /// A connection to the control server, said hello to; the RPC system
+    /// runs as a local task until the handle is aborted.
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            control::Client,
+            tokio::task::JoinHandle<Result<(), capnp::Error>>,
+        ),
+        LinkError,
+    > {
         let addr = &self.control_addr;
         let stream =
             tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
@@ -142,7 +212,42 @@ impl ControlLink {
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         let rpc_task = tokio::task::spawn_local(rpc);
-        let r = self.drive(&control, backoff).await;
+        let mut hello = control.hello_request();
+        hello
+            .get()
+            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
+        if let Err(e) = hello.send().promise.await {
+            rpc_task.abort();
+            return Err(e.into());
+        }
+        Ok((control, rpc_task))
+    }
+
+    async fn capacity(&self) -> Result<CapacityReport, LinkError> {
+        let mut total = CapacityReport::default();
+        for s in &self.shards {
+            let (tx, rx) = oneshot::channel();
+            s.unbounded_send(ShardCommand::Capacity(tx))
+                .map_err(|_| LinkError::ShardGone)?;
+            let c = rx.await.map_err(|_| LinkError::ShardGone)?;
+            total.total += c.total;
+            total.used += c.used;
+            total.reserved += c.reserved;
+            total.chunks += c.chunks;
+        }
+        Ok(total)
+    }
+
+    /// One connection: join, report chunks, heartbeat until something
+    /// fails. `current` holds the session while it is joined.
+    async fn session(
+        &self,
+        backoff: &mut Duration,
+        current: &RefCell<Option<Session>>,
+    ) -> Result<(), LinkError> {
+        let (control, rpc_task) = self.connect().await?;
+        let r = self.drive(&control, backoff, current).await;
+        current.borrow_mut().take();
         self.joined.store(false, Ordering::Release);
         rpc_task.abort();
         r
@@ -152,13 +257,8 @@ impl ControlLink {
         &self,
         control: &control::Client,
         backoff: &mut Duration,
+        current: &RefCell<Option<Session>>,
     ) -> Result<(), LinkError> {
-        let mut hello = control.hello_request();
-        hello
-            .get()
-            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
-        hello.send().promise.await?;
-
         let identity = Identity::load(&self.identity_path)?;
         let cap = self.capacity().await?;
         let mut req = control.join_request();
@@ -199,6 +299,11 @@ impl ControlLink {
         );
         *backoff = BACKOFF_MIN;
         let key = joined.key_bytes();
+        *current.borrow_mut() = Some(Session {
+            control: control.clone(),
+            node_id: joined.node_id,
+            key: key.clone(),
+        });
         self.report(control, joined.node_id, &key).await?;
         let done: Rc<RefCell<Vec<Done>>> = Rc::default();
         loop {

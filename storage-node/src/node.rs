@@ -16,6 +16,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a stopping node waits for the control server to acknowledge
+/// that it is leaving before it exits anyway.
+const LEAVE_WITHIN: Duration = Duration::from_secs(5);
+
 /// Locked memory glommio needs per executor beyond its I/O memory (rings).
 const RING_OVERHEAD: u64 = 512 * 1024;
 /// Least I/O memory per shard worth registering.
@@ -263,7 +267,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     let _ = metrics.commands.set(commands.clone());
     wait_for_stop(stop_signals, commands.clone()).context("starting the signal thread")?;
-    ControlLink {
+    let link = ControlLink {
         joined: metrics.joined.clone(),
         control_addr: cfg.control.clone(),
         cluster_secret: secret,
@@ -278,6 +282,15 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             bail!("shard {i} failed: {e}");
         }
     }
-    tracing::info!("every shard drained: exiting");
+    tracing::info!("every shard drained");
+    // Shards return only after a drain, so the node is stopping: say so,
+    // so that clients and placement stop using it now rather than after
+    // the node TTL.
+    match link.leave(LEAVE_WITHIN) {
+        Ok(epoch) => tracing::info!(epoch, "left the cluster: exiting"),
+        Err(e) => tracing::warn!(
+            "could not report leaving ({e}); the control server marks this node down after its TTL"
+        ),
+    }
     Ok(())
 }
