@@ -107,6 +107,26 @@ impl Server {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Sends SIGTERM (a graceful stop) and waits up to `within` for the
+    /// process to exit; `None` if it still runs then.
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.exit_status() {
+            return Some(s);
+        }
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.exit_status() {
+                return Some(s);
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// kill -9 and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

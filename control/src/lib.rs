@@ -15,6 +15,7 @@
 //! - [`service`]: the RPC objects.
 //! - [`server`], [`config`], [`cli`]: the process.
 
+pub mod call_gate;
 pub mod cli;
 pub mod commands;
 pub mod config;

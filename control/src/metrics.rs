@@ -11,6 +11,8 @@
 
 use std::time::Instant;
 
+use crate::call_gate::CallGate;
+
 use capnp::capability::{DispatchCallResult, FromServer, Params, Results, Server};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,13 +55,15 @@ const FILE_HANDLE_METHODS: [&str; 5] = [
 ];
 
 thread_local! {
-    /// The metrics of the control server running on this thread.
-    static CURRENT: RefCell<Option<Rc<ControlMetrics>>> = const { RefCell::new(None) };
+    /// The metrics and call gate of the control server running on this
+    /// thread.
+    static CURRENT: RefCell<Option<(Rc<ControlMetrics>, Rc<CallGate>)>> = const { RefCell::new(None) };
 }
 
-/// Makes `metrics` the ones file handles created on this thread record to.
-pub fn set_current(metrics: Option<Rc<ControlMetrics>>) {
-    CURRENT.with(|c| *c.borrow_mut() = metrics);
+/// Makes `metrics` the ones file handles created on this thread record to,
+/// and `gate` the one their calls pass.
+pub fn set_current(current: Option<(Rc<ControlMetrics>, Rc<CallGate>)>) {
+    CURRENT.with(|c| *c.borrow_mut() = current);
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +86,8 @@ pub struct ClusterFigures {
     /// Copies finished and failed since the server started.
     pub repair_copies_done: u64,
     pub repair_copies_failed: u64,
+    /// RPCs admitted and not yet answered.
+    pub requests_in_flight: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,6 +201,12 @@ impl ControlMetrics {
             );
             gauge(
                 &mut dynamic,
+                "ringfs_control_requests_in_flight",
+                "RPCs admitted and not yet answered",
+                c.requests_in_flight,
+            );
+            gauge(
+                &mut dynamic,
                 "ringfs_control_repair_backlog_chunks",
                 "Chunks with fewer than R good replicas waiting for a copy (last planning round)",
                 c.repair_backlog,
@@ -236,10 +248,12 @@ impl ControlMetrics {
 }
 
 /// A server wrapped so that every call is counted and timed under the
-/// name of its method.
+/// name of its method, and passes the server's [`CallGate`] (refused with
+/// `unavailable` once the server is stopping).
 pub struct Metered<D> {
     inner: D,
     metrics: Rc<ControlMetrics>,
+    gate: Rc<CallGate>,
     /// The interface whose methods `names` lists, by method id.
     interface: u64,
     names: &'static [&'static str],
@@ -274,6 +288,13 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
             _ => "unknown",
         };
         let started = Instant::now();
+        let admitted = match self.0.gate.enter() {
+            Ok(a) => a,
+            Err(e) => {
+                self.0.metrics.record(op, false, started);
+                return DispatchCallResult::new(capnp::capability::Promise::err(e.into()), false);
+            }
+        };
         let inner = self
             .0
             .inner
@@ -285,6 +306,7 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
             capnp::capability::Promise::from_future(async move {
                 let r = promise.await;
                 metrics.record(op, r.is_ok(), started);
+                drop(admitted);
                 r
             }),
             inner.is_streaming,
@@ -314,11 +336,13 @@ impl<D: Server + Clone + 'static> FromServer<Metered<D>> for file_handle::Client
 pub fn metered_client<S: control::Server + 'static>(
     server: S,
     metrics: Rc<ControlMetrics>,
+    gate: Rc<CallGate>,
 ) -> control::Client {
     let dispatch = <control::Client as FromServer<S>>::from_server(Rc::new(server));
     capnp_rpc::new_client(Metered {
         inner: dispatch,
         metrics,
+        gate,
         interface: <control::Client as capnp::traits::HasTypeId>::TYPE_ID,
         names: &CONTROL_METHODS,
     })
@@ -329,11 +353,12 @@ pub fn metered_client<S: control::Server + 'static>(
 pub fn file_handle_client<S: file_handle::Server + 'static>(server: S) -> file_handle::Client {
     match CURRENT.with(|c| c.borrow().clone()) {
         None => capnp_rpc::new_client(server),
-        Some(metrics) => {
+        Some((metrics, gate)) => {
             let dispatch = <file_handle::Client as FromServer<S>>::from_server(Rc::new(server));
             capnp_rpc::new_client(Metered {
                 inner: dispatch,
                 metrics,
+                gate,
                 interface: <file_handle::Client as capnp::traits::HasTypeId>::TYPE_ID,
                 names: &FILE_HANDLE_METHODS,
             })

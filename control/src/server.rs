@@ -20,12 +20,22 @@ const MAX_BATCH: usize = 1024;
 /// read-back takes well under this on any working network).
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Serves until `shutdown` resolves. Everything acknowledged is durable
-/// already, so stopping needs no flush beyond letting the writer finish.
+/// How long a stopping server waits for the calls it admitted to be
+/// answered before it closes their connections anyway.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long it then waits for the metadata writer to commit what it holds
+/// and close the store.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves until `shutdown` resolves, then stops in order: stop accepting,
+/// refuse new calls, answer those in flight (lease waits are answered
+/// `unavailable` at once), close the connections, let the metadata writer
+/// commit what it holds and close the store. Everything acknowledged is
+/// durable already; the order makes every call that was admitted get its
+/// answer, and the store close cleanly.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let metrics = std::rc::Rc::new(crate::metrics::ControlMetrics::default());
     let figures = crate::metrics::FiguresSource::default();
-    crate::metrics::set_current(Some(metrics.clone()));
     let endpoint = match config.metrics {
         None => None,
         Some(addr) => {
@@ -72,6 +82,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         node_ttl: config.node_ttl,
     };
     let state = State::new(store, committer, config.secret.clone(), timing, repair)?;
+    crate::metrics::set_current(Some((metrics.clone(), state.gate.clone())));
     // Tests and launchers wait for this line to know the port.
     println!("ringfs-control listening on {local}");
     tracing::info!(%local, data = %config.data.display(), "control server started");
@@ -110,10 +121,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     *figures.borrow_mut() = Some(std::rc::Rc::downgrade(&state));
     let bootstrap = state.bootstrap_metered(metrics.clone());
     metrics.serving.set(1);
+    let mut connections = tokio::task::JoinSet::new();
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok((stream, peer)) => serve_connection(stream, peer, bootstrap.clone()),
+                Ok((stream, peer)) => {
+                    while connections.try_join_next().is_some() {}
+                    serve_connection(&mut connections, stream, peer, bootstrap.clone());
+                }
                 Err(e) => {
                     // Out of descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -126,22 +141,51 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         _ = accept => {}
         _ = shutdown => {}
     }
+    drop(listener);
+    metrics.serving.set(0);
+    state.gate.stop();
     sweeper.abort();
     planner.abort();
-    metrics.serving.set(0);
+    tracing::info!(
+        in_flight = state.gate.in_flight(),
+        "stopping: refusing new calls, answering those in flight"
+    );
+    if tokio::time::timeout(DRAIN_WITHIN, state.gate.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = state.gate.in_flight(),
+            "calls still unanswered after {DRAIN_WITHIN:?}: closing their connections"
+        );
+    }
+    // The connections' capabilities hold the state, and the state holds
+    // the writer's queue: close them so that the writer can finish.
+    connections.shutdown().await;
     crate::metrics::set_current(None);
     if let Some(e) = endpoint {
         e.abort();
     }
+    drop(bootstrap);
     drop(state);
-    tracing::info!("control server stopping");
-    // The writer exits once every sender is gone (connections drop theirs
-    // as the runtime shuts down); it never holds an unanswered commit.
-    drop(writer);
+    // The writer commits what it received, then stops once every sender is
+    // gone (background tasks finishing a command outcome hold one briefly);
+    // the store closes with its last reference.
+    let closing = std::time::Instant::now();
+    while !writer.is_finished() {
+        if closing.elapsed() > CLOSE_WITHIN {
+            tracing::warn!("the metadata writer did not stop within {CLOSE_WITHIN:?}");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let _ = writer.join();
+    tracing::info!("control server stopped: metadata store closed");
     Ok(())
 }
 
 fn serve_connection(
+    connections: &mut tokio::task::JoinSet<()>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     bootstrap: ringfs_schema::control_capnp::control::Client,
@@ -158,7 +202,7 @@ fn serve_connection(
         Default::default(),
     );
     let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
-    tokio::task::spawn_local(async move {
+    connections.spawn_local(async move {
         if let Err(e) = rpc.await {
             tracing::debug!(%peer, error = %e, "connection ended");
         }

@@ -18,6 +18,7 @@ use ringfs_schema::control_capnp::{
 };
 use ringfs_schema::{read_chunk_id, write_chunk_id, PROTOCOL_VERSION};
 
+use crate::call_gate::CallGate;
 use crate::commands::{Commands, Work};
 use crate::error::{ControlError, Result};
 use crate::gc::Gc;
@@ -61,6 +62,8 @@ pub struct State {
     repair: RefCell<Repair>,
     commands: RefCell<Commands>,
     gc: RefCell<Gc>,
+    /// Every RPC passes it; a graceful stop closes it.
+    pub gate: Rc<CallGate>,
 }
 
 impl State {
@@ -86,6 +89,7 @@ impl State {
             repair: RefCell::new(Repair::new(repair)),
             commands: RefCell::default(),
             gc: RefCell::default(),
+            gate: Rc::default(),
         }))
     }
 
@@ -277,6 +281,7 @@ impl State {
             repair_copies_in_flight: self.commands.borrow().copies() as u64,
             repair_copies_done: repair.copies_done,
             repair_copies_failed: repair.copies_failed,
+            requests_in_flight: self.gate.in_flight(),
             ..Default::default()
         };
         for (_, n) in self.membership.borrow().iter() {
@@ -303,6 +308,7 @@ impl State {
                 state: self.clone(),
             },
             metrics,
+            self.gate.clone(),
         )
     }
 
@@ -483,11 +489,17 @@ impl ControlImpl {
             inode,
             guid,
         };
-        let granted = matches!(tokio::time::timeout(wait, rx).await, Ok(Ok(())))
-            || self.state.leases.borrow().holds(inode, &guid);
-        if granted {
+        // A stopping server answers waiters at once rather than holding
+        // its stop up for as long as they asked to wait.
+        let waited = tokio::select! {
+            r = tokio::time::timeout(wait, rx) => matches!(r, Ok(Ok(()))),
+            () = self.state.gate.stopped() => false,
+        };
+        if waited || self.state.leases.borrow().holds(inode, &guid) {
             std::mem::forget(guard);
             Ok(())
+        } else if self.state.gate.is_stopping() {
+            Err(CallGate::stopping_error())
         } else {
             Err(ControlError::Busy(format!(
                 "file is open for writing by another client (waited {} ms)",

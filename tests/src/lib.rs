@@ -96,7 +96,17 @@ impl ControlProcess {
     pub fn is_running(&mut self) -> bool {
         self.server.is_running()
     }
+
+    /// SIGTERM, then waits (up to 30 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.server
+            .terminate(STOP_WITHIN)
+            .expect("ringfs-control did not exit after SIGTERM")
+    }
 }
+
+/// How long a test waits for a server to stop after SIGTERM.
+const STOP_WITHIN: Duration = Duration::from_secs(30);
 
 /// A running `ringfs-node` with one shard. Dropping it kills the process.
 pub struct NodeProcess {
@@ -175,6 +185,13 @@ impl NodeProcess {
     /// How the process ended, if it has.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.server.exit_status()
+    }
+
+    /// SIGTERM, then waits (up to 30 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.server
+            .terminate(STOP_WITHIN)
+            .expect("ringfs-node did not exit after SIGTERM")
     }
 }
 

@@ -28,19 +28,9 @@ fn control_stderr(dir: &Path, extra: &[&str], rust_log: Option<&str>) -> String 
         cmd.env("RUST_LOG", v);
     }
     let mut server = Server::spawn(cmd, "ringfs-control listening on ", WAIT).unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = server.exit_status() {
-            break s;
-        }
-        assert!(start.elapsed() < WAIT, "ringfs-control ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server
+        .terminate(WAIT)
+        .expect("ringfs-control ignored SIGTERM");
     assert_eq!(
         status.code(),
         Some(0),
@@ -72,7 +62,7 @@ fn control_json_logs_are_json_lines() {
         "{text}"
     );
     assert!(
-        messages.iter().any(|m| m == "control server stopping"),
+        messages.iter().any(|m| m == "control server stopped: metadata store closed"),
         "{text}"
     );
 }
@@ -85,6 +75,8 @@ fn log_level_filters_unless_rust_log_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let loud = control_stderr(dir.path(), &["--log-level", "warn"], Some("info"));
     assert!(loud.contains("control server started"), "{loud}");
+    // A graceful stop closes the metadata store (no repair on next open).
+    assert!(loud.contains("metadata store closed"), "{loud}");
 }
 
 #[test]

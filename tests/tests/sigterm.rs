@@ -1,22 +1,33 @@
-//! SIGTERM on a storage node during a write workload: the node stops
-//! taking requests, answers those in flight and exits 0, and every write
+//! SIGTERM on the servers.
+//!
+//! A storage node during a write workload stops taking requests, answers
+//! those in flight, tells the control server it is leaving (the map shows
+//! it down at once, long before its TTL) and exits 0; every write
 //! acknowledged before it stopped reads back intact after a restart.
+//!
+//! The control server refuses new calls, answers those in flight (a writer
+//! waiting for a lease is told the server is stopping), closes its store
+//! and exits 0; no create it acknowledged is lost.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ringfs_client::{BlockingClient, CreateOptions, OpenOptions};
-use ringfs_tests::{Cluster, NodeProcess};
+use ringfs_client::{BlockingClient, ControlClient, CreateOptions, Error, OpenOptions};
+use ringfs_tests::{Cluster, ControlProcess};
 
 fn content(i: usize) -> Vec<u8> {
     (0..40_000 + i * 37).map(|j| (j * 7 + i) as u8).collect()
 }
 
 #[test]
-fn sigterm_during_writes_exits_0_and_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::start(1);
+fn node_sigterm_during_writes_leaves_exits_0_and_loses_no_acknowledged_write() {
+    // A node TTL far beyond the test: only the node's leave can mark it down.
+    let mut cluster = Cluster::start_with(
+        1,
+        &["--heartbeat-ms", "200", "--node-ttl-ms", "600000"],
+        &[],
+    );
     let control = cluster.control.addr;
     let stop = Arc::new(AtomicBool::new(false));
     // Writers: each file counts as acknowledged once close returned Ok.
@@ -51,25 +62,17 @@ fn sigterm_during_writes_exits_0_and_loses_no_acknowledged_write() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    let node = cluster.nodes[0].as_mut().unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &node.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(s) = node.exit_status() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "node did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = cluster.nodes[0].as_mut().unwrap().terminate();
     stop.store(true, Ordering::Relaxed);
     assert_eq!(exit.code(), Some(0), "node exit status: {exit}");
+    // The node waited for the control server to take its leave before it
+    // exited: the map says so already.
+    let client = BlockingClient::connect(control).unwrap();
+    let map = client.cluster_map().unwrap();
+    assert!(
+        map.nodes.iter().all(|n| !n.up),
+        "a node that left is down at once: {map:?}"
+    );
     let acked: Vec<usize> = writers
         .into_iter()
         .flat_map(|w| w.join().unwrap())
@@ -78,33 +81,8 @@ fn sigterm_during_writes_exits_0_and_loses_no_acknowledged_write() {
 
     // Restart on the same data: every acknowledged file reads back.
     cluster.nodes[0] = None;
-    let node = NodeProcess::start(
-        cluster.dir.path(),
-        "n0",
-        control,
-        &["--capacity-bytes", "1073741824"],
-    );
-    let new_endpoint = node.addr.to_string();
-    cluster.nodes[0] = Some(node);
-    // The map may still list the stopped node's old endpoint as up until
-    // the TTL passes: wait for the restarted node's own.
-    let start = Instant::now();
-    let client = loop {
-        let client = BlockingClient::connect(control).unwrap();
-        let map = client.cluster_map().unwrap();
-        if map
-            .nodes
-            .iter()
-            .any(|n| n.up && n.shards.contains(&new_endpoint))
-        {
-            break client;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "node never rejoined: {map:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    cluster.start_node(0, &[]);
+    cluster.wait_up(1);
     for &n in &acked {
         let want = content(n);
         let fd = client
@@ -117,4 +95,116 @@ fn sigterm_during_writes_exits_0_and_loses_no_acknowledged_write() {
         assert!(got[..len] == want[..], "/w{n} content");
     }
     eprintln!("{} acknowledged files intact", acked.len());
+}
+
+#[test]
+fn control_sigterm_answers_a_waiting_writer_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
+    let addr = control.addr;
+    let (queued_tx, queued_rx) = std::sync::mpsc::channel();
+    let clients = std::thread::spawn(move || {
+        ringfs_client::local(async move {
+            let holder = ControlClient::connect(addr).await.unwrap();
+            holder.create("/f", CreateOptions::default()).await.unwrap();
+            let _lease = holder.open("/f", true, Duration::ZERO).await.unwrap();
+            // A second writer queues for the lease, for up to a minute.
+            let waiter = ControlClient::connect(addr).await.unwrap();
+            let wait = tokio::task::spawn_local(async move {
+                waiter
+                    .open("/f", true, Duration::from_secs(60))
+                    .await
+                    .map(|_| ())
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!wait.is_finished(), "the second writer waits for the lease");
+            queued_tx.send(()).unwrap();
+            wait.await.unwrap()
+        })
+    });
+    queued_rx.recv().unwrap();
+    let exit = control.terminate();
+    assert_eq!(exit.code(), Some(0), "control exit status: {exit}");
+    match clients.join().unwrap() {
+        Err(Error::Unavailable(msg)) => {
+            assert!(msg.contains("stopping"), "answered, not cut off: {msg}")
+        }
+        other => panic!("the waiting writer got {other:?}"),
+    }
+}
+
+#[test]
+fn control_sigterm_during_creates_exits_0_and_loses_no_acknowledged_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
+    let addr = control.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let creators: Vec<_> = (0..4)
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                ringfs_client::local(async move {
+                    let c = ControlClient::connect(addr).await.unwrap();
+                    let mut acked = Vec::new();
+                    let mut failure = None;
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let path = format!("/c{w}-{i}");
+                        match c.create(&path, CreateOptions::default()).await {
+                            Ok(_) => acked.push(path),
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    (acked, failure)
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let exit = control.terminate();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(exit.code(), Some(0), "control exit status: {exit}");
+    let mut acked = Vec::new();
+    for c in creators {
+        let (paths, failure) = c.join().unwrap();
+        // How each creator's run ended: refused as stopping, or its
+        // connection closed; never a wrong answer.
+        if let Some(e) = failure {
+            assert!(
+                matches!(
+                    e,
+                    Error::Unavailable(_) | Error::Internal(_) | Error::Timeout(_)
+                ),
+                "{e:?}"
+            );
+        }
+        acked.extend(paths);
+    }
+    assert!(
+        acked.len() >= 10,
+        "the workload ran: {} creates",
+        acked.len()
+    );
+
+    let addr = control.addr.to_string();
+    drop(control);
+    let control = ControlProcess::start(dir.path(), &addr, &[]);
+    let addr = control.addr;
+    let missing = ringfs_client::local(async move {
+        let c = ControlClient::connect(addr).await.unwrap();
+        let mut missing = Vec::new();
+        for p in &acked {
+            if c.stat(p).await.is_err() {
+                missing.push(p.clone());
+            }
+        }
+        eprintln!("{} acknowledged creates checked", acked.len());
+        missing
+    });
+    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
 }
