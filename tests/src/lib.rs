@@ -57,6 +57,8 @@ pub fn write_secret(dir: &Path) -> PathBuf {
 pub struct ControlProcess {
     server: Server,
     pub addr: SocketAddr,
+    /// The monitoring endpoint, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
     pub data: PathBuf,
 }
 
@@ -73,10 +75,14 @@ impl ControlProcess {
             .arg(&secret)
             .args(extra)
             .env("RUST_LOG", child_log());
-        let server = Server::spawn(cmd, "ringfs-control listening on ", Duration::from_secs(30))
-            .expect("starting ringfs-control");
+        // With --metrics, the endpoint's "listening on" line comes first.
+        let lines = if extra.contains(&"--metrics") { 2 } else { 1 };
+        let (server, addrs) =
+            Server::spawn_all(cmd, "listening on ", lines, Duration::from_secs(30))
+                .expect("starting ringfs-control");
         ControlProcess {
-            addr: server.addr,
+            addr: addrs[lines - 1],
+            metrics: (lines == 2).then_some(addrs[0]),
             server,
             data,
         }

@@ -62,7 +62,9 @@ fn control_json_logs_are_json_lines() {
         "{text}"
     );
     assert!(
-        messages.iter().any(|m| m == "control server stopped: metadata store closed"),
+        messages
+            .iter()
+            .any(|m| m == "control server stopped: metadata store closed"),
         "{text}"
     );
 }

@@ -1,7 +1,8 @@
 //! `--metrics` on the real servers: `/healthz` answers while the process
 //! lives, a node's `/readyz` flips to ready when it joins and back when its
-//! control server goes, and `/metrics` counters move by exactly what a
-//! small workload did.
+//! control server goes, `/metrics` counters move by exactly what a small
+//! workload did, and the re-replication figures follow a lost replica from
+//! backlog to copies done.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ringfs_bench::process::Server;
 use ringfs_client::{BlockingClient, CreateOptions, OpenOptions};
-use ringfs_tests::{binary, write_secret};
+use ringfs_tests::{binary, write_secret, Cluster, FAST_REPAIR};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -258,4 +259,74 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     wait_status(node_metrics, "/readyz", 503);
     assert_eq!(get(node_metrics, "/healthz").0, 200);
     assert_eq!(value(&scrape(node_metrics), "ringfs_node_joined"), 0.0);
+}
+
+/// Waits until `key` reads `want` at `addr`; returns that scrape.
+fn wait_value(addr: SocketAddr, key: &str, want: f64) -> HashMap<String, f64> {
+    let start = Instant::now();
+    loop {
+        let m = scrape(addr);
+        if value(&m, key) == want {
+            return m;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{key} = {}, want {want}",
+            value(&m, key)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn repair_backlog_rises_with_a_lost_replica_and_falls_as_copies_finish() {
+    const CHUNKS: usize = 4;
+    let mut flags = FAST_REPAIR.to_vec();
+    flags.extend(["--metrics", "127.0.0.1:0"]);
+    let mut cluster = Cluster::start_with(2, &flags, &[]);
+    let metrics = cluster.control.metrics.expect("control metrics endpoint");
+    let client = BlockingClient::connect(cluster.control.addr).unwrap();
+    let layout = CreateOptions {
+        chunk_size: 1 << 20,
+        replication: 2,
+        ..Default::default()
+    };
+    let data: Vec<u8> = (0..CHUNKS << 20).map(|i| (i % 253) as u8).collect();
+    let fd = client.create("/f", layout).unwrap();
+    assert_eq!(client.write(fd, &data).unwrap(), data.len());
+    client.close(fd).unwrap();
+    let m = scrape(metrics);
+    assert_eq!(value(&m, "ringfs_control_repair_backlog_chunks"), 0.0);
+    assert_eq!(value(&m, "ringfs_control_repair_copies_done"), 0.0);
+
+    // One of the two nodes dies: every chunk is down to one good replica,
+    // and with no third node there is nowhere to copy it. The backlog
+    // counts them all once the node is down and its grace has passed.
+    cluster.kill9(1);
+    let m = wait_value(
+        metrics,
+        "ringfs_control_repair_backlog_chunks",
+        CHUNKS as f64,
+    );
+    assert_eq!(value(&m, "ringfs_control_nodes{state=\"down\"}"), 1.0);
+    assert_eq!(value(&m, "ringfs_control_repair_copies_in_flight"), 0.0);
+    assert_eq!(value(&m, "ringfs_control_repair_copies_done"), 0.0);
+
+    // A new node gives the copies a target: the backlog drains to zero and
+    // exactly one verified copy per chunk is recorded.
+    cluster.start_node(2, &[]);
+    let m = wait_value(metrics, "ringfs_control_repair_copies_done", CHUNKS as f64);
+    let m = if value(&m, "ringfs_control_repair_backlog_chunks") == 0.0 {
+        m
+    } else {
+        wait_value(metrics, "ringfs_control_repair_backlog_chunks", 0.0)
+    };
+    assert_eq!(value(&m, "ringfs_control_repair_copies_failed"), 0.0);
+    assert_eq!(value(&m, "ringfs_control_repair_copies_in_flight"), 0.0);
+    // And the data survived the move.
+    let fd = client.open("/f", &OpenOptions::read()).unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(client.pread(fd, 0, &mut back).unwrap(), data.len());
+    client.close(fd).unwrap();
+    assert!(back == data);
 }
