@@ -378,11 +378,9 @@ pub async fn serve_endpoint(
 ) {
     ringfs_ops::http::serve(listener, move |path: String| {
         let metrics = metrics.clone();
-        let cluster = figures
-            .borrow()
-            .as_ref()
-            .and_then(|w| w.upgrade())
-            .map(|s| s.cluster_figures());
+        let state = figures.borrow().as_ref().and_then(|w| w.upgrade());
+        let cluster = state.as_ref().map(|s| s.cluster_figures());
+        let stopping = state.is_some_and(|s| s.gate.is_stopping());
         async move {
             use ringfs_ops::http::Response;
             match path.as_str() {
@@ -393,6 +391,7 @@ pub async fn serve_endpoint(
                 },
                 "/healthz" => Response::text(200, "ok\n"),
                 "/readyz" if metrics.serving.get() == 1 => Response::text(200, "ready\n"),
+                "/readyz" if stopping => Response::text(503, "not ready: stopping\n"),
                 "/readyz" => Response::text(503, "not ready: starting\n"),
                 _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
             }
