@@ -34,6 +34,8 @@ enum Cmd {
     /// and tears everything down (also on Ctrl-C or failure).
     Local {
         #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
         load: LoadArgs,
         /// Storage nodes to start.
         #[arg(long, default_value_t = 3)]
@@ -48,6 +50,8 @@ enum Cmd {
     },
     /// Runs the workloads against an existing cluster.
     Run {
+        #[command(flatten)]
+        config: ConfigArgs,
         /// The cluster's control server.
         #[arg(long)]
         control: SocketAddr,
@@ -66,6 +70,8 @@ enum Cmd {
     /// same pattern raw on the same filesystem (io_uring + O_DIRECT).
     /// Starts its own control server and node in a temporary directory.
     Node {
+        #[command(flatten)]
+        config: ConfigArgs,
         /// Write the results (an array, one object per workload) as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -103,8 +109,35 @@ enum Cmd {
     },
 }
 
+/// A run described in a file: `ringfs-bench local --config run.toml`.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML file whose keys are this command's long flags (flags given here
+    /// win), so a run can be kept and repeated.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print the effective settings as a config file and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let (cli, matches) = match ringfs_ops::flag_file::parse::<Cli>(None) {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
+    };
+    if let Cmd::Local { config, .. } | Cmd::Run { config, .. } | Cmd::Node { config, .. } =
+        &cli.command
+    {
+        if config.print_config {
+            print!(
+                "{}",
+                ringfs_ops::flag_file::print(&Cli::command(), &matches)
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
     let result = match cli.command {
         Cmd::Control { args } => {
             let argv = std::iter::once("ringfs-control".to_string()).chain(args);
@@ -115,6 +148,7 @@ fn main() -> ExitCode {
             return ringfs_node::cli::main_with_args(argv);
         }
         Cmd::Node {
+            config: _,
             json,
             dir,
             chunks,
@@ -139,12 +173,14 @@ fn main() -> ExitCode {
             json.as_deref(),
         ),
         Cmd::Local {
+            config: _,
             load,
             nodes,
             dir,
             keep,
         } => run_local(load, nodes, dir, keep),
         Cmd::Run {
+            config: _,
             control,
             load,
             dir,

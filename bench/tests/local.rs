@@ -293,19 +293,20 @@ fn run_drives_an_existing_cluster() {
     })
     .unwrap();
     let json = tmp.path().join("run.json");
+    // The run is described by a config file; a flag given too wins.
+    let config = tmp.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workload = [\"seq-write\", \"seq-read\"]\nreplication = 1\nsize = \"4MiB\"\n\
+             block-size = \"256KiB\"\nchunk-size = \"1MiB\"\nno-baseline = true\njson = {json:?}\n"
+        ),
+    )
+    .unwrap();
     let out = bench()
         .args(["run", "--control", &cluster.control_addr.to_string()])
-        .args(["--workload", "seq-write,seq-read", "--replication", "2"])
-        .args([
-            "--size",
-            "4MiB",
-            "--block-size",
-            "256KiB",
-            "--chunk-size",
-            "1MiB",
-        ])
-        .args(["--no-baseline", "--json"])
-        .arg(&json)
+        .args(["--replication", "2", "--config"])
+        .arg(&config)
         .output()
         .unwrap();
     assert!(
@@ -315,6 +316,7 @@ fn run_drives_an_existing_cluster() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(doc[1]["workload"], "seq-read");
+    assert_eq!(doc[0]["replication"], 2, "the flag beats the file");
     assert_eq!(doc[1]["verified_bytes"], 4 << 20);
     assert!(doc[0]["baseline"].is_null() && doc[0]["cpu_seconds"]["nodes"].is_null());
     // The dataset was removed again: the namespace is empty.
@@ -325,4 +327,54 @@ fn run_drives_an_existing_cluster() {
         c.list("/").await.unwrap()
     });
     assert!(left.is_empty(), "left in the cluster: {left:?}");
+}
+
+#[test]
+fn config_files_print_back_and_bad_ones_fail_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, "nodes = 2\nsize = \"1GiB\"\nkeep = true\n").unwrap();
+    let out = bench()
+        .args(["local", "--size", "2GiB", "--print-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "nodes = 2\n",
+        "size = \"2GiB\"\n",
+        "keep = true\n",
+        "threads = 1\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    // What it printed is a config file that reads back the same.
+    let again = tmp.path().join("again.toml");
+    std::fs::write(&again, text.as_bytes()).unwrap();
+    let out2 = bench()
+        .args(["local", "--print-config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out2.stdout), text);
+
+    std::fs::write(&config, "nodez = 2\n").unwrap();
+    let out = bench()
+        .args(["local", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown key `nodez`"), "{err}");
+    std::fs::write(&config, "nodes = \"many\"\n").unwrap();
+    let out = bench()
+        .args(["local", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("many"), "{err}");
 }

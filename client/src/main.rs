@@ -1,7 +1,12 @@
 //! `ringfs`: the command-line client.
 //!
+//! Settings come from flags, then environment variables, then a TOML file
+//! whose keys are the long flags (`--config`, else `$RINGFS_CONFIG`, else
+//! `~/.config/ringfs/client.toml` if it exists), e.g. `control = "h:7000"`
+//! or a default `replication` for `put`.
+//!
 //! Exit codes: 0 success, 1 an operation failed (one line on stderr),
-//! 2 bad usage (from clap).
+//! 2 bad usage or a bad config file.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,6 +21,13 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(name = "ringfs", version, about = "ringfs command-line client")]
 struct Cli {
+    /// TOML file whose keys are the long flags [default:
+    /// ~/.config/ringfs/client.toml if it exists].
+    #[arg(long, global = true, value_name = "PATH", env = "RINGFS_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Print the effective settings of this command as a config file and exit.
+    #[arg(long, global = true)]
+    print_config: bool,
     /// Control server address (host:port).
     #[arg(long, env = "RINGFS_CONTROL", global = true)]
     control: Option<String>,
@@ -97,7 +109,18 @@ fn parse_size_u32(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let (cli, matches) = match ringfs_ops::flag_file::parse::<Cli>(config_path().as_deref()) {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
+    };
+    if cli.print_config {
+        print!(
+            "{}",
+            ringfs_ops::flag_file::print(&Cli::command(), &matches)
+        );
+        return ExitCode::SUCCESS;
+    }
     match ringfs_client::local(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -113,48 +136,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The client config file: `$RINGFS_CONFIG`, else
-/// `$HOME/.config/ringfs/client.toml` if it exists.
+/// The config file used when neither `--config` nor `$RINGFS_CONFIG`
+/// names one (and only if it exists).
 fn config_path() -> Option<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("RINGFS_CONFIG") {
-        return Some(p.into());
-    }
-    let p = std::path::Path::new(&std::env::var_os("HOME")?).join(".config/ringfs/client.toml");
-    p.exists().then_some(p)
+    Some(std::path::Path::new(&std::env::var_os("HOME")?).join(".config/ringfs/client.toml"))
 }
 
-/// `control = "host:port"` from the config file, if there is one.
-fn control_from_config() -> Result<Option<String>> {
-    let Some(path) = config_path() else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the config file {}", path.display()))?;
-    let v: toml::Table = text
-        .parse()
-        .with_context(|| format!("parsing the config file {}", path.display()))?;
-    match v.get("control") {
-        None => Ok(None),
-        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => bail!(
-            "{}: `control` must be a string \"host:port\"",
-            path.display()
-        ),
-    }
-}
-
-/// The control address: `--control`, else `RINGFS_CONTROL` (both through
-/// clap), else the config file.
+/// The control address: `--control`, else `RINGFS_CONTROL`, else the config
+/// file (all through clap).
 fn control_addr(flag: Option<&str>) -> Result<SocketAddr> {
-    let s = match flag {
-        Some(s) => s.to_string(),
-        None => control_from_config()?.ok_or_else(|| {
-            anyhow!(
-                "no control server: pass --control HOST:PORT, set RINGFS_CONTROL, \
-                 or put control = \"HOST:PORT\" in ~/.config/ringfs/client.toml"
-            )
-        })?,
-    };
+    let s = flag.ok_or_else(|| {
+        anyhow!(
+            "no control server: pass --control HOST:PORT, set RINGFS_CONTROL, \
+             or put control = \"HOST:PORT\" in ~/.config/ringfs/client.toml"
+        )
+    })?;
     s.to_socket_addrs()
         .with_context(|| format!("control address {s:?}"))?
         .next()

@@ -1,6 +1,10 @@
-//! ringfs-ops: what the control server and the storage node share for
-//! operations, kept out of `ringfs-schema` so that clients do not build it.
+//! ringfs-ops: what the ringfs binaries share for operations, kept out of
+//! `ringfs-schema` so that client libraries do not build it. Only
+//! [`flag_file`] is built without the `server` feature (the `ringfs` CLI
+//! needs nothing else).
 //!
+//! - [`flag_file`]: a TOML config file for the command-line tools, its
+//!   keys being their long flags.
 //! - [`args`]: command-line parsing with the usual exit codes.
 //! - [`config_file`]: parsing a config file, checking the data directory.
 //! - [`logging`]: `tracing` to stderr as text or JSON, level from
@@ -8,7 +12,12 @@
 //! - [`http`]: the minimal GET-only HTTP responder behind `--metrics`
 //!   (`/metrics`, `/healthz`, `/readyz`).
 
+#[cfg(feature = "server")]
 pub mod args;
+#[cfg(feature = "server")]
 pub mod config_file;
+pub mod flag_file;
+#[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
 pub mod logging;

@@ -320,3 +320,59 @@ fn fsck_and_status_report_under_replicated_chunks_with_paths() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `ringfs` with only a config file to go on (no RINGFS_CONTROL).
+fn ringfs_with_config(config: &Path, args: &[&str]) -> Output {
+    Command::new(binary("ringfs-client", "ringfs"))
+        .args(args)
+        .env_remove("RINGFS_CONTROL")
+        .env("RINGFS_CONFIG", config)
+        .output()
+        .expect("running ringfs")
+}
+
+#[test]
+fn a_config_file_sets_the_control_server_and_put_defaults() {
+    let cl = Cluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control = \"{}\"\nreplication = 2\nchunk-size = \"64KiB\"\n",
+            cl.control.addr
+        ),
+    )
+    .unwrap();
+    let src = write_local(dir.path(), "in", &pattern(200_000, 7));
+    // `replication` applies to put; `ls` and `stat`, which have no such
+    // flag, ignore it.
+    for args in [
+        &["put", src.as_str(), "/two"][..],
+        &["put", "-r", "3", src.as_str(), "/three"],
+        &["ls", "/"],
+    ] {
+        let out = ringfs_with_config(&config, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    for (path, r) in [("/two", 2), ("/three", 3)] {
+        let out = ringfs_with_config(&config, &["--json", "stat", path]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["replication"], r, "{path}: {v}");
+        assert_eq!(v["chunk_size"], 65536, "{path}: {v}");
+    }
+    let out = ringfs_with_config(&config, &["put", "--print-config", "-r", "3", "a", "b"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("replication = 3\n"), "{text}");
+    assert!(
+        text.contains(&format!("control = \"{}\"\n", cl.control.addr)),
+        "{text}"
+    );
+
+    std::fs::write(&config, "controll = \"127.0.0.1:1\"\n").unwrap();
+    let out = ringfs_with_config(&config, &["ls", "/"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown key `controll`"), "{err}");
+}
