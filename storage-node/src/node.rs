@@ -260,12 +260,16 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             .recv()
             .map_err(|_| anyhow::anyhow!("shard {index} died during start-up"))?
             .map_err(|e| anyhow::anyhow!("shard {index}: {e}"))?;
-        println!("ringfs-node: shard {index} on core {core} listening on {addr}");
         endpoints.push(addr.to_string());
         commands.push(cmd_tx);
         handles.push(handle);
     }
     let _ = metrics.commands.set(commands.clone());
+    // Announced only now that every shard serves: launchers and tests that
+    // wait for these lines then find the node past "shards are starting".
+    for (index, (core, addr)) in cfg.cores.iter().zip(&endpoints).enumerate() {
+        println!("ringfs-node: shard {index} on core {core} listening on {addr}");
+    }
     wait_for_stop(stop_signals, commands.clone()).context("starting the signal thread")?;
     let link = ControlLink {
         joined: metrics.joined.clone(),
