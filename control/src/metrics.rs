@@ -88,6 +88,8 @@ pub struct ClusterFigures {
     pub repair_copies_failed: u64,
     /// RPCs admitted and not yet answered.
     pub requests_in_flight: u64,
+    /// Planning rounds that scanned the whole chunk map, since start.
+    pub repair_scans: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -228,6 +230,12 @@ impl ControlMetrics {
                 "ringfs_control_repair_copies_failed",
                 "Re-replication copies that failed since start",
                 c.repair_copies_failed,
+            );
+            gauge(
+                &mut dynamic,
+                "ringfs_control_repair_scans",
+                "Planning rounds that scanned the whole chunk map since start (only when something may need repair or collection, and every report interval)",
+                c.repair_scans,
             );
             let _ = prometheus_client::encoding::text::encode_registry(&mut text, &dynamic);
         }

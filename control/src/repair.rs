@@ -122,6 +122,8 @@ pub struct Repair {
     /// planning round: the re-replication backlog.
     pub backlog: std::cell::Cell<u64>,
     pub bad_reports: u64,
+    /// Planning rounds that scanned the chunk map, since start.
+    pub scans: std::cell::Cell<u64>,
 }
 
 impl Repair {
@@ -135,6 +137,7 @@ impl Repair {
             copies_failed: 0,
             backlog: Default::default(),
             bad_reports: 0,
+            scans: Default::default(),
         }
     }
 

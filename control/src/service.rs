@@ -64,6 +64,10 @@ pub struct State {
     gc: RefCell<Gc>,
     /// Every RPC passes it; a graceful stop closes it.
     pub gate: Rc<CallGate>,
+    /// Something happened that the next planning round must scan for.
+    rescan: Cell<bool>,
+    /// When the planner last scanned the chunk map.
+    last_scan: Cell<Option<Instant>>,
 }
 
 impl State {
@@ -90,19 +94,20 @@ impl State {
             commands: RefCell::default(),
             gc: RefCell::default(),
             gate: Rc::default(),
+            rescan: Cell::new(true),
+            last_scan: Cell::new(None),
         }))
     }
 
     /// One round of repair and garbage collection: forgets lost commands,
-    /// then plans copies and deletes from the current chunk map.
+    /// then, if a scan is due ([`State::scan_due`]), plans copies and
+    /// deletes from the current chunk map.
     pub async fn plan_round(self: &Rc<Self>) -> Result<()> {
-        let map = self.store.chunk_map()?;
-        let garbage = self.store.garbage()?;
         let now = Instant::now();
-        let repair = self.repair.borrow();
+        let garbage = self.store.garbage()?;
         let membership = self.membership.borrow();
         let mut cmds = self.commands.borrow_mut();
-        let forgotten = cmds.expire(now, repair.cfg.command_timeout, |n| {
+        let forgotten = cmds.expire(now, self.repair.borrow().cfg.command_timeout, |n| {
             membership.get(n).is_none_or(|s| !s.up)
         });
         for c in forgotten.iter().filter(|c| c.sent.is_some()) {
@@ -112,8 +117,6 @@ impl State {
                 "node did not report a command's outcome in time"
             );
         }
-        repair.plan(&map, &membership, &mut cmds, now);
-        drop(repair);
         // Commit times matter only until every up node reported after them
         // (a node that comes back is unverified until its fresh report).
         if let Some(oldest) = membership
@@ -128,7 +131,15 @@ impl State {
                 .committed_at
                 .retain(|_, c| *c >= oldest);
         }
+        if !self.scan_due(now, &membership, &cmds, &garbage) {
+            return Ok(());
+        }
+        self.rescan.set(false);
+        self.last_scan.set(Some(now));
+        let map = self.store.chunk_map()?;
         let repair = self.repair.borrow();
+        repair.scans.set(repair.scans.get() + 1);
+        repair.plan(&map, &membership, &mut cmds, now);
         self.gc.borrow_mut().plan(
             &map,
             &garbage,
@@ -150,6 +161,7 @@ impl State {
         version: u64,
         length: u64,
     ) -> Result<()> {
+        self.rescan.set(true);
         // The command stays open (its chunk busy for the planner) until its
         // outcome is applied, so no second copy is planned meanwhile.
         let Some(cmd) = self.commands.borrow().get(node, id) else {
@@ -264,6 +276,47 @@ impl State {
         Ok(())
     }
 
+    /// Whether this round must read the whole chunk map. A healthy, idle
+    /// cluster has nothing to plan, and the scan is O(chunks) on the RPC
+    /// thread, so it runs only when it can find work: something changed
+    /// that may need repair (`rescan`: membership, a command outcome, a
+    /// commit with fewer replicas than the file's R), work is under way or
+    /// waiting (commands, backlog, garbage), a replica is suspect, a node is
+    /// down within its grace or has not reported since it came back, or
+    /// `report_interval` passed since the last scan (orphans, and replicas a
+    /// node's fresh report no longer lists).
+    fn scan_due(
+        &self,
+        now: Instant,
+        membership: &Membership,
+        cmds: &Commands,
+        garbage: &[Chunk],
+    ) -> bool {
+        let repair = self.repair.borrow();
+        let cfg = &repair.cfg;
+        let periodic = self
+            .last_scan
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= cfg.report_interval);
+        // A down node's replicas turn from "in grace" to lost without any
+        // event: keep scanning until a round after its grace ended.
+        let settle = cfg.node_ttl + cfg.grace + self.timing.heartbeat;
+        let node_needs_scan = |n: &crate::membership::NodeState| {
+            !n.bad.is_empty()
+                || (n.up && !n.report_complete)
+                || (!n.up
+                    && now.saturating_duration_since(n.last_heartbeat.unwrap_or(repair.started))
+                        < settle)
+        };
+        periodic
+            || self.rescan.get()
+            || !garbage.is_empty()
+            || cmds.iter().next().is_some()
+            || repair.backlog.get() > 0
+            || !repair.suspects.is_empty()
+            || membership.iter().any(|(_, n)| node_needs_scan(n))
+    }
+
     /// The bootstrap capability to serve on every connection.
     pub fn bootstrap(self: &Rc<Self>) -> control::Client {
         capnp_rpc::new_client(ControlImpl {
@@ -282,6 +335,7 @@ impl State {
             repair_copies_done: repair.copies_done,
             repair_copies_failed: repair.copies_failed,
             requests_in_flight: self.gate.in_flight(),
+            repair_scans: repair.scans.get(),
             ..Default::default()
         };
         for (_, n) in self.membership.borrow().iter() {
@@ -328,6 +382,7 @@ impl State {
 
     /// Persists a new epoch, then pushes the map to every watcher.
     async fn map_changed(self: &Rc<Self>) -> Result<()> {
+        self.rescan.set(true);
         if let Outcome::Epoch(e) = self.committer.submit(Mutation::BumpEpoch).await? {
             self.epoch.set(self.epoch.get().max(e));
         }
@@ -1178,6 +1233,7 @@ impl file_handle::Server for FileHandleImpl {
                     repair.committed_at.insert(c.id, now);
                 }
             }
+            let fewest_replicas = chunks.iter().map(|(_, c)| c.replicas.len()).min();
             let m = Mutation::CommitChunks {
                 inode: self.inode,
                 chunks,
@@ -1185,7 +1241,13 @@ impl file_handle::Server for FileHandleImpl {
                 now_ns: now_ns(),
             };
             match self.state.committer.submit(m).await? {
-                Outcome::Attr(ino, a) => fill_attr(results.get().init_attr(), ino, &a),
+                Outcome::Attr(ino, a) => {
+                    if fewest_replicas.is_some_and(|n| n < a.replication as usize) {
+                        // A write that reached fewer than R replicas (W < R).
+                        self.state.rescan.set(true);
+                    }
+                    fill_attr(results.get().init_attr(), ino, &a)
+                }
                 other => return Err(ControlError::Store(format!("unexpected {other:?}"))),
             }
             Ok(())

@@ -254,6 +254,17 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // An idle, healthy cluster gives the planner nothing to look for: it
+    // plans every 100 ms here but does not scan the chunk map.
+    let scans = value(&scrape(control_metrics), "ringfs_control_repair_scans");
+    assert!(scans >= 1.0, "the first round scans");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        value(&scrape(control_metrics), "ringfs_control_repair_scans"),
+        scans,
+        "no scan while idle and healthy"
+    );
+
     // Without its control server the node is alive but no longer ready.
     control.kill9();
     wait_status(node_metrics, "/readyz", 503);
@@ -329,4 +340,61 @@ fn repair_backlog_rises_with_a_lost_replica_and_falls_as_copies_finish() {
     assert_eq!(client.pread(fd, 0, &mut back).unwrap(), data.len());
     client.close(fd).unwrap();
     assert!(back == data);
+}
+
+#[test]
+fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
+    const CHUNKS: usize = 2;
+    // Periodic scans every 10 minutes: within the test only events can
+    // make the planner look.
+    let flags = [
+        "--heartbeat-ms",
+        "200",
+        "--node-ttl-ms",
+        "1000",
+        "--repair-grace-ms",
+        "1000",
+        "--report-interval-ms",
+        "600000",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let mut cluster = Cluster::start_with(3, &flags, &[]);
+    let metrics = cluster.control.metrics.expect("control metrics endpoint");
+    cluster.kill9(2);
+    wait_value(metrics, "ringfs_control_nodes{state=\"down\"}", 1.0);
+    // Past the dead node's grace (TTL 1 s + grace 1 s + a heartbeat), an
+    // idle cluster with nothing to repair stops scanning.
+    std::thread::sleep(Duration::from_millis(2500));
+    let scans = value(&scrape(metrics), "ringfs_control_repair_scans");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        value(&scrape(metrics), "ringfs_control_repair_scans"),
+        scans,
+        "no scan while nothing can be repaired"
+    );
+
+    // R=3, W=2 with two nodes up: each chunk is committed with two
+    // replicas, and the commit alone makes the planner count them.
+    let client = BlockingClient::connect(cluster.control.addr).unwrap();
+    let layout = CreateOptions {
+        chunk_size: 1 << 20,
+        replication: 3,
+        write_quorum: 2,
+        ..Default::default()
+    };
+    let data: Vec<u8> = (0..CHUNKS << 20).map(|i| (i % 241) as u8).collect();
+    let fd = client.create("/short", layout).unwrap();
+    assert_eq!(client.write(fd, &data).unwrap(), data.len());
+    client.close(fd).unwrap();
+    wait_value(
+        metrics,
+        "ringfs_control_repair_backlog_chunks",
+        CHUNKS as f64,
+    );
+
+    // The node comes back: the third replicas are copied.
+    cluster.start_node(2, &[]);
+    wait_value(metrics, "ringfs_control_repair_copies_done", CHUNKS as f64);
+    wait_value(metrics, "ringfs_control_repair_backlog_chunks", 0.0);
 }
