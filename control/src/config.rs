@@ -241,12 +241,8 @@ fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    ringfs_ops::config_file::parse_toml(text).map_err(|e| {
-        ConfigError(match e.line {
-            Some(l) => format!("config file {} line {l}: {}", path.display(), e.message),
-            None => format!("config file {}: {}", path.display(), e.message),
-        })
-    })
+    ringfs_ops::config_file::parse_toml(text)
+        .map_err(|e| ConfigError(e.in_file(&format!("config file {}", path.display()))))
 }
 
 fn check_data_dir(data: &std::path::Path) -> Result<(), ConfigError> {

@@ -12,6 +12,27 @@ pub struct TomlError {
     pub message: String,
 }
 
+impl std::fmt::Display for TomlError {
+    /// `line N: message`, or the message alone when the line is unknown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl TomlError {
+    /// `<file> line N: message`, or `<file>: message` when the line is
+    /// unknown.
+    pub fn in_file(&self, file: &str) -> String {
+        match self.line {
+            Some(l) => format!("{file} line {l}: {}", self.message),
+            None => format!("{file}: {}", self.message),
+        }
+    }
+}
+
 /// Parses a config file's `text` (toml's own message spans several lines).
 pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
     toml::from_str(text).map_err(|e: toml::de::Error| TomlError {

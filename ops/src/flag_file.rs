@@ -50,13 +50,8 @@ pub fn expand(
     };
     let shown = Path::new(&path).display().to_string();
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{shown}: {e}"))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e.span().map_or(String::new(), |s| {
-            let n = text[..s.start.min(text.len())].matches('\n').count() + 1;
-            format!(" line {n}")
-        });
-        format!("{shown}{line}: {}", e.message().trim().replace('\n', " "))
-    })?;
+    let table: toml::Table =
+        crate::config_file::parse_toml(&text).map_err(|e| e.in_file(&shown))?;
     let mut flags = Vec::new();
     for (key, value) in &table {
         if key == CONFIG_FLAG || key == PRINT_FLAG {

@@ -1,7 +1,7 @@
 //! ringfs-ops: what the ringfs binaries share for operations, kept out of
 //! `ringfs-schema` so that client libraries do not build it. Only
-//! [`flag_file`] is built without the `server` feature (the `ringfs` CLI
-//! needs nothing else).
+//! [`flag_file`] and [`config_file`] are built without the `server`
+//! feature (the `ringfs` CLI needs nothing else).
 //!
 //! - [`flag_file`]: a TOML config file for the command-line tools, its
 //!   keys being their long flags.
@@ -14,7 +14,6 @@
 
 #[cfg(feature = "server")]
 pub mod args;
-#[cfg(feature = "server")]
 pub mod config_file;
 pub mod flag_file;
 #[cfg(feature = "server")]

@@ -267,13 +267,8 @@ fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    ringfs_ops::config_file::parse_toml(text).map_err(|e| {
-        let msg = match e.line {
-            Some(l) => format!("line {l}: {}", e.message),
-            None => e.message,
-        };
-        ConfigError::File(path.display().to_string(), msg)
-    })
+    ringfs_ops::config_file::parse_toml(text)
+        .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))
 }
 
 /// CPUs online on this machine (the cores a shard can be pinned to are
