@@ -112,22 +112,9 @@ impl ControlLink {
     /// Runs the link on a new thread until the node leaves.
     pub fn spawn(self) -> std::io::Result<LeaveHandle> {
         let (leave_tx, leave_rx) = mpsc::unbounded();
-        std::thread::Builder::new()
-            .name("ringfs-control-link".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!("control link: cannot start its runtime: {e}");
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, self.run(leave_rx));
-            })?;
+        crate::tokio_thread::spawn("ringfs-control-link", "control link", move || {
+            self.run(leave_rx)
+        })?;
         Ok(LeaveHandle(leave_tx))
     }
 

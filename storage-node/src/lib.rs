@@ -20,4 +20,5 @@ pub mod reservations;
 pub mod scrubber;
 pub mod shard;
 pub mod token;
+pub mod tokio_thread;
 pub mod wire;

@@ -300,35 +300,20 @@ pub fn spawn_endpoint(addr: SocketAddr, metrics: Arc<NodeMetrics>) -> std::io::R
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let local = std_listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("ringfs-metrics".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("metrics endpoint: cannot start its runtime: {e}");
-                    return;
-                }
-            };
-            let tasks = tokio::task::LocalSet::new();
-            tasks.block_on(&rt, async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!("metrics endpoint: {e}");
-                        return;
-                    }
-                };
-                ringfs_ops::http::serve(listener, move |path: String| {
-                    let metrics = metrics.clone();
-                    async move { route(&metrics, &path).await }
-                })
-                .await
-            });
-        })?;
+    crate::tokio_thread::spawn("ringfs-metrics", "metrics endpoint", move || async move {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("metrics endpoint: {e}");
+                return;
+            }
+        };
+        ringfs_ops::http::serve(listener, move |path: String| {
+            let metrics = metrics.clone();
+            async move { route(&metrics, &path).await }
+        })
+        .await
+    })?;
     Ok(local)
 }
 
