@@ -64,7 +64,8 @@ pub fn give(buf: DmaBuffer) {
 }
 
 /// Bytes held by this shard's free list.
-pub fn held_bytes() -> usize {
+#[cfg(test)]
+fn held_bytes() -> usize {
     FREE.with(|f| f.borrow().bytes)
 }
 

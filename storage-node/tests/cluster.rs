@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use ringfs_node::frame::{Header, Hop, LockMode, Op, Status, Token};
-use ringfs_node::ids::ChunkId;
 use ringfs_node::peer::Peer;
+use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status, Token};
+use ringfs_schema::ids::ChunkId;
 use std::time::Duration;
 
 fn reserve_req(client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
@@ -401,7 +401,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
     s.read_exact(&mut len).unwrap();
     let mut hdr = vec![0u8; u32::from_le_bytes(len) as usize];
     s.read_exact(&mut hdr).unwrap();
-    let h = ringfs_node::frame::decode_header(&hdr).unwrap();
+    let h = ringfs_schema::frame::decode_header(&hdr).unwrap();
     assert_eq!(h.status, Status::Malformed, "{}", h.message);
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "connection closed");

@@ -116,14 +116,18 @@ pub struct Node {
 
 impl Node {
     /// The endpoint of the shard owning `id`.
-    pub fn endpoint_for(&self, id: ringfs_node::ids::ChunkId) -> String {
+    pub fn endpoint_for(&self, id: ringfs_schema::ids::ChunkId) -> String {
         self.endpoints[id.shard(self.endpoints.len())].clone()
     }
 
     pub fn node_id(&self) -> u64 {
-        ringfs_node::identity::Identity::load(&self.data.join("node-identity"))
+        let text = std::fs::read_to_string(self.data.join("node-identity")).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("node_id = "))
             .unwrap()
-            .node_id
+            .trim()
+            .parse()
+            .unwrap()
     }
 }
 
@@ -152,11 +156,7 @@ pub fn start_node(dir: &Path, name: &str, control_port: u16, extra: &[&str]) -> 
     let shards = extra
         .iter()
         .position(|a| *a == "--cores")
-        .map(|i| {
-            ringfs_node::config::parse_cores(extra[i + 1])
-                .unwrap()
-                .len()
-        })
+        .map(|i| ringfs_node::parse_cores(extra[i + 1]).unwrap().len())
         .unwrap_or(1);
     let mut endpoints = Vec::new();
     wait_until(
