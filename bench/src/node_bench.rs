@@ -13,13 +13,13 @@
 //! node / raw (throughput for sequential workloads, IOPS for random reads).
 
 use crate::cluster::command;
-use crate::process::Server;
 use crate::raw_disk::{self, Pattern};
 use crate::report::Baseline;
 use crate::stats::Percentiles;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use ringfs_node::peer::Peer;
+use ringfs_ops::launch::Server;
 use ringfs_schema::frame::{Header, Op, Status, Token};
 use ringfs_schema::ids::{mix64, ChunkId};
 use serde::Serialize;

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use ringfs_tests::files::pattern;
 use ringfs_tests::{binary, Cluster};
 
 fn ringfs(cl: &Cluster, args: &[&str]) -> Output {
@@ -34,12 +35,6 @@ fn fails(cl: &Cluster, args: &[&str]) -> String {
     err
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 11) as u8 ^ seed)
-        .collect()
-}
-
 fn write_local(dir: &Path, name: &str, data: &[u8]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, data).unwrap();
@@ -53,7 +48,7 @@ fn put_get_round_trips_with_r1_and_r3() {
     let chunk = 64 * 1024;
     for r in ["1", "3"] {
         for size in [0, 1, 4095, 4096, chunk, chunk + 1, 7 * chunk + 3] {
-            let data = pattern(size, size as u8);
+            let data = pattern(size, size as u64);
             let src = write_local(local.path(), &format!("in-{r}-{size}"), &data);
             let remote = format!("/r{r}-{size}");
             ok(
@@ -92,14 +87,10 @@ fn put_get_round_trips_with_r1_and_r3() {
     assert!(out.stdout == data);
 
     // cat concatenates; --json stat reports the layout.
-    let cat = Command::new(binary("ringfs-client", "ringfs"))
-        .args(["cat", "/r3-1", "/r3-4095"])
-        .env("RINGFS_CONTROL", cl.control.addr.to_string())
-        .output()
-        .unwrap();
+    let cat = ringfs(&cl, &["cat", "/r3-1", "/r3-4095"]);
     assert!(cat.status.success());
     let mut want = pattern(1, 1);
-    want.extend(pattern(4095, 4095u32 as u8));
+    want.extend(pattern(4095, 4095));
     assert!(cat.stdout == want);
     let stat: String = ok(&cl, &["--json", "stat", "/r3-65537"]);
     for field in [

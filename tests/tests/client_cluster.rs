@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ringfs_client::{Client, CreateOptions, Error, OpenOptions, SeekFrom};
+use ringfs_tests::files::{corrupt_chunk_file, get, overwrite, pattern, put, records};
 use ringfs_tests::{local, Cluster};
 
 /// Small chunks keep the tests fast while crossing many chunk boundaries.
@@ -13,43 +14,8 @@ fn cluster(nodes: usize) -> Cluster {
     Cluster::start(nodes)
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 13) as u8 ^ seed)
-        .collect()
-}
-
 fn layout(r: u8, w: u8) -> CreateOptions {
-    CreateOptions {
-        chunk_size: CHUNK,
-        replication: r,
-        write_quorum: w,
-        ..Default::default()
-    }
-}
-
-async fn put(c: &Client, path: &str, data: &[u8], layout: CreateOptions) -> Result<(), Error> {
-    let fd = c.create(path, layout).await?;
-    // Uneven write sizes exercise pieces that straddle chunk boundaries.
-    for piece in data.chunks(150_000) {
-        c.write(fd, piece).await?;
-    }
-    c.close(fd).await
-}
-
-async fn get(c: &Client, path: &str) -> Result<Vec<u8>, Error> {
-    let fd = c.open(path, &OpenOptions::read()).await?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 100_000];
-    loop {
-        let n = c.read(fd, &mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    c.close(fd).await?;
-    Ok(out)
+    ringfs_tests::files::layout(CHUNK as usize, r, w)
 }
 
 const SIZES: &[usize] = &[
@@ -71,7 +37,7 @@ fn round_trips_of_every_size_with_r1_and_r3() {
         for r in [1u8, 3] {
             for &size in SIZES {
                 let path = format!("/r{r}-{size}");
-                let data = pattern(size, r);
+                let data = pattern(size, r as u64);
                 put(&c, &path, &data, layout(r, r)).await.unwrap();
                 let attr = c.stat(&path).await.unwrap();
                 assert_eq!(attr.size, size as u64, "{path}");
@@ -80,16 +46,7 @@ fn round_trips_of_every_size_with_r1_and_r3() {
             }
         }
         // Every chunk of an R=3 file lives on three distinct nodes.
-        let h = c
-            .control()
-            .open(
-                &format!("/r3-{}", 5 * CHUNK as usize + 4097),
-                false,
-                Duration::ZERO,
-            )
-            .await
-            .unwrap();
-        let recs = h.get_chunks(0, 100).await.unwrap();
+        let recs = records(&c, &format!("/r3-{}", 5 * CHUNK as usize + 4097)).await;
         assert_eq!(recs.len(), 6);
         for rec in recs {
             let mut reps = rec.replicas.clone();
@@ -271,20 +228,6 @@ fn a_second_writer_is_refused_busy_while_the_first_holds_the_file() {
     });
 }
 
-/// Flips a byte inside the data of chunk `chunk_id` in node `data`'s store:
-/// found by searching the chunk file for the bytes the chunk starts with,
-/// whatever the file's header layout.
-fn corrupt_chunk_file(data: &std::path::Path, chunk_id: u128, starts_with: &[u8]) {
-    let path = data.join("shard-0").join(format!("{chunk_id:032x}.chunk"));
-    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let at = bytes
-        .windows(starts_with.len())
-        .position(|w| w == starts_with)
-        .expect("chunk data in its file");
-    bytes[at + 1000] ^= 0x5a;
-    std::fs::write(&path, &bytes).unwrap();
-}
-
 #[test]
 fn a_corrupt_replica_is_detected_read_around_and_repaired() {
     let mut cl = cluster(3);
@@ -295,24 +238,13 @@ fn a_corrupt_replica_is_detected_read_around_and_repaired() {
         async move {
             let c = Client::connect(addr).await.unwrap();
             put(&c, "/c", &data, layout(3, 3)).await.unwrap();
-            let h = c.control().open("/c", false, Duration::ZERO).await.unwrap();
-            let rec = h.get_chunks(0, 1).await.unwrap().remove(0);
-            let map = c.cluster_map().await.unwrap();
-            let node = map
-                .nodes
-                .iter()
-                .find(|n| n.node_id == rec.replicas[0])
-                .unwrap();
-            (rec.chunk_id, node.shards[0].clone())
+            let rec = records(&c, "/c").await.remove(0);
+            (rec.chunk_id, rec.replicas[0])
         }
     });
     // Reads try the first replica of chunk 0 first: corrupt that one.
-    let bad = cl
-        .nodes
-        .iter()
-        .position(|n| n.as_ref().unwrap().addr.to_string() == primary)
-        .unwrap();
-    corrupt_chunk_file(&cl.nodes[bad].as_ref().unwrap().data, chunk_id, &data[..64]);
+    let bad = (0..3).find(|&i| cl.node_id(i) == primary).unwrap();
+    corrupt_chunk_file(&cl.node(bad).chunk_file(chunk_id), &data[..64], 1000, 1);
     local({
         let data = data.clone();
         async move {
@@ -434,22 +366,10 @@ fn an_overwrite_with_a_replica_down_keeps_the_live_ones_and_reads_back() {
     data[at..at + patch.len()].copy_from_slice(&patch);
     local(async move {
         let c = Client::connect(addr).await.unwrap();
-        let fd = c
-            .open(
-                "/o",
-                &OpenOptions {
-                    write: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        c.pwrite(fd, at as u64, &patch).await.unwrap();
-        c.close(fd).await.unwrap();
+        overwrite(&c, "/o", at as u64, &patch).await.unwrap();
         assert!(get(&c, "/o").await.unwrap() == data);
         // The records of the rewritten chunks list only the two live replicas.
-        let h = c.control().open("/o", false, Duration::ZERO).await.unwrap();
-        let recs = h.get_chunks(0, 3).await.unwrap();
+        let recs = records(&c, "/o").await;
         assert_eq!(recs[0].replicas.len(), 2, "{recs:?}");
         assert_eq!(recs[1].replicas.len(), 2, "{recs:?}");
         assert_eq!(recs[2].replicas.len(), 3, "{recs:?}");

@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ringfs_bench::process::Server;
-use ringfs_tests::binary;
+use ringfs_tests::{binary, Server};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

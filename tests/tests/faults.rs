@@ -11,100 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringfs_client::{ChunkHealth, Client, CreateOptions, Error, OpenOptions};
-use ringfs_tests::{local, Cluster, ControlProcess, NodeProcess, FAST_REPAIR};
+use ringfs_client::{Client, OpenOptions};
+use ringfs_tests::files::{corrupt_chunk_file, get, layout, overwrite, pattern, put, records};
+use ringfs_tests::{local, Cluster, ControlProcess, NodeOptions, NodeProcess, FAST_REPAIR};
 
 const MIB: usize = 1 << 20;
-
-fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn layout(chunk: usize, r: u8, w: u8) -> CreateOptions {
-    CreateOptions {
-        chunk_size: chunk as u32,
-        replication: r,
-        write_quorum: w,
-        ..Default::default()
-    }
-}
-
-async fn put(c: &Client, path: &str, data: &[u8], layout: CreateOptions) -> Result<(), Error> {
-    let fd = c.create(path, layout).await?;
-    for piece in data.chunks(8 * MIB) {
-        c.write(fd, piece).await?;
-    }
-    c.close(fd).await
-}
-
-async fn get(c: &Client, path: &str) -> Result<Vec<u8>, Error> {
-    let fd = c.open(path, &OpenOptions::read()).await?;
-    let size = c.fstat(fd).await?.size as usize;
-    let mut out = vec![0u8; size];
-    let mut at = 0;
-    while at < size {
-        let n = c
-            .pread(fd, at as u64, &mut out[at..(at + 8 * MIB).min(size)])
-            .await?;
-        assert!(n > 0, "short read at {at} of {size}");
-        at += n;
-    }
-    c.close(fd).await?;
-    Ok(out)
-}
-
-async fn health(addr: SocketAddr) -> ChunkHealth {
-    let c = Client::connect(addr).await.expect("connect");
-    c.control().chunk_health(20).await.expect("chunk health")
-}
-
-/// Waits until every chunk has R good replicas; returns how long it took.
-fn wait_clean(addr: SocketAddr, limit: Duration) -> Duration {
-    let start = Instant::now();
-    local(async move {
-        loop {
-            let h = health(addr).await;
-            if h.is_clean() {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "not clean after {limit:?}: {h:#?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-}
-
-/// The node id whose shard 0 listens on `addr`.
-fn node_id_of(control: SocketAddr, addr: SocketAddr) -> u64 {
-    local(async move {
-        let c = Client::connect(control).await.unwrap();
-        let map = c.cluster_map().await.unwrap();
-        map.nodes
-            .iter()
-            .find(|n| n.shards[0] == addr.to_string())
-            .map(|n| n.node_id)
-            .expect("node in the map")
-    })
-}
-
-/// Every chunk record of `path`.
-async fn records(c: &Client, path: &str) -> Vec<ringfs_client::ChunkRecord> {
-    let h = c.control().open(path, false, Duration::ZERO).await.unwrap();
-    let recs = h.get_chunks(0, 4096).await.unwrap();
-    h.close().await.unwrap();
-    recs
-}
-
-fn chunk_file(data: &std::path::Path, id: u128) -> std::path::PathBuf {
-    data.join("shard-0").join(format!("{id:032x}.chunk"))
-}
 
 /// 1. 256 MiB with R=3, kill -9 one node: everything still reads back
 ///    byte-identical, and within grace + repair time every chunk has 3 good
@@ -130,9 +41,9 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
         }
     });
     eprintln!("wrote 256 MiB in {:?}", t.elapsed());
-    wait_clean(addr, Duration::from_secs(30));
+    cl.wait_clean(Duration::from_secs(30));
 
-    let victim = node_id_of(addr, cl.nodes[1].as_ref().unwrap().addr);
+    let victim = cl.node_id(1);
     cl.kill9(1);
     cl.start_node(3, &[]);
     let killed = Instant::now();
@@ -142,7 +53,7 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
             assert!(get(&c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
         }
     });
-    let repaired = wait_clean(addr, Duration::from_secs(150));
+    let repaired = cl.wait_clean(Duration::from_secs(150));
     eprintln!(
         "256 MiB re-replicated {:?} after the kill (grace 1 s + TTL 1 s included)",
         killed.elapsed()
@@ -273,7 +184,7 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
         });
     }
     cl.start_node(3, &[]);
-    wait_clean(addr, Duration::from_secs(90));
+    cl.wait_clean(Duration::from_secs(90));
     // After recovery every chunk is wholly old or wholly new, on every
     // path a reader may take (all replicas good).
     local(async move {
@@ -359,7 +270,7 @@ fn a_control_server_crash_loses_nothing_acknowledged() {
             );
         }
     });
-    wait_clean(addr, Duration::from_secs(30));
+    cl.wait_clean(Duration::from_secs(30));
 }
 
 /// 4. A node restarted after missing writes is never served from: its copy
@@ -379,25 +290,14 @@ fn a_node_that_missed_writes_is_not_served_stale_data_from() {
             put(&c, "/f", &old, layout(64 * 1024, 3, 2)).await.unwrap();
         }
     });
-    wait_clean(addr, Duration::from_secs(20));
+    cl.wait_clean(Duration::from_secs(20));
     cl.kill9(0);
     cl.wait_up(2);
     local({
         let new = new.clone();
         async move {
             let c = Client::connect(addr).await.unwrap();
-            let fd = c
-                .open(
-                    "/f",
-                    &OpenOptions {
-                        write: true,
-                        ..OpenOptions::read()
-                    },
-                )
-                .await
-                .unwrap();
-            c.pwrite(fd, 0, &new).await.unwrap();
-            c.close(fd).await.unwrap();
+            overwrite(&c, "/f", 0, &new).await.unwrap();
         }
     });
     cl.start_node(0, &[]);
@@ -418,7 +318,7 @@ fn a_node_that_missed_writes_is_not_served_stale_data_from() {
     cl.start_node(1, &[]);
     cl.start_node(2, &[]);
     cl.wait_up(3);
-    wait_clean(addr, Duration::from_secs(60));
+    cl.wait_clean(Duration::from_secs(60));
     // Repaired: the once-stale node alone serves the new bytes.
     cl.kill9(1);
     cl.kill9(2);
@@ -445,35 +345,19 @@ fn a_corrupt_chunk_file_is_found_by_the_scrubber_and_repaired() {
             (r.chunk_id, r.replicas[0])
         }
     });
-    wait_clean(addr, Duration::from_secs(20));
-    let bad = (0..3)
-        .find(|&i| node_id_of(addr, cl.nodes[i].as_ref().unwrap().addr) == first)
-        .unwrap();
-    let path = chunk_file(&cl.nodes[bad].as_ref().unwrap().data, chunk);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes
-        .windows(64)
-        .position(|w| w == &data[..64])
-        .expect("chunk data in its file");
-    for b in &mut bytes[at + 5000..at + 5016] {
-        *b ^= 0xff;
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    cl.wait_clean(Duration::from_secs(20));
+    let bad = (0..3).find(|&i| cl.node_id(i) == first).unwrap();
+    corrupt_chunk_file(&cl.node(bad).chunk_file(chunk), &data[..64], 5000, 16);
     // Detected (the chunk map turns unhealthy) and repaired (clean again).
     let start = Instant::now();
-    local(async move {
-        loop {
-            if !health(addr).await.is_clean() {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "corruption never detected"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    let t = wait_clean(addr, Duration::from_secs(30));
+    while cl.health().is_clean() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "corruption never detected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = cl.wait_clean(Duration::from_secs(30));
     eprintln!(
         "corruption detected after {:?}, repaired {t:?} later",
         start.elapsed() - t
@@ -500,7 +384,7 @@ fn a_full_node_refuses_reservations_and_writes_go_elsewhere() {
     // A fourth node with room for about three 4 MiB chunks.
     cl.start_node(3, &["--capacity-bytes", "13000000"]);
     cl.wait_up(4);
-    let small = node_id_of(addr, cl.nodes[3].as_ref().unwrap().addr);
+    let small = cl.node_id(3);
     let first = pattern(4 * MIB, 6);
     let second = pattern(40 * MIB, 7);
     local(async move {
@@ -736,17 +620,21 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
             let nodes = (0..3)
                 .map(|i| {
                     let name = format!("n{i}");
-                    Some(NodeProcess::start_on(
-                        dir.path(),
-                        &name,
-                        ctl,
-                        &ns.host_ip,
-                        None,
-                        &small,
-                    ))
+                    let opts = NodeOptions {
+                        listen: &ns.host_ip,
+                        flags: &small,
+                        ..NodeOptions::default()
+                    };
+                    Some(NodeProcess::start_with(dir.path(), &name, ctl, &opts))
                 })
                 .collect();
-            let p = NodeProcess::start_on(dir.path(), "p", ctl, &ns.ns_ip, Some(&ns.name), &big);
+            let opts = NodeOptions {
+                listen: &ns.ns_ip,
+                netns: Some(&ns.name),
+                flags: &big,
+                ..NodeOptions::default()
+            };
+            let p = NodeProcess::start_with(dir.path(), "p", ctl, &opts);
             (Cut::Netns(ns), control, nodes, p)
         }
         None => {
@@ -775,7 +663,7 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
     };
     let addr = cl.control.addr;
     cl.wait_up(4);
-    let p_id = node_id_of(addr, cut_off.addr);
+    let p_id = cl.node_id_at(cut_off.addr);
     let data = pattern(2 * MIB, 8);
     let (keep, gone) = local({
         let data = data.clone();
@@ -809,7 +697,7 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
             }
         }
     });
-    let t = wait_clean(addr, Duration::from_secs(30));
+    let t = cl.wait_clean(Duration::from_secs(30));
     eprintln!("partitioned node's chunks re-replicated in {t:?}");
     local(async move {
         let c = Client::connect(addr).await.unwrap();
@@ -820,17 +708,13 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
     // Heal.
     cut.set(false);
     cl.wait_up(4);
-    assert_eq!(
-        node_id_of(addr, cut_off.addr),
-        p_id,
-        "rejoined under its id"
-    );
+    assert_eq!(cl.node_id_at(cut_off.addr), p_id, "rejoined under its id");
     let start = Instant::now();
     loop {
         let left = keep
             .iter()
             .chain(&gone)
-            .filter(|r| chunk_file(&cut_off.data, r.chunk_id).exists())
+            .filter(|r| cut_off.chunk_file(r.chunk_id).exists())
             .count();
         if left == 0 {
             break;
@@ -842,7 +726,7 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(cut_off.is_running());
-    wait_clean(addr, Duration::from_secs(20));
+    cl.wait_clean(Duration::from_secs(20));
     local(async move {
         let c = Client::connect(addr).await.unwrap();
         assert!(get(&c, "/keep").await.unwrap() == data);
@@ -1025,22 +909,7 @@ fn both_servers_survive_bad_input_and_keep_serving() {
         assert_eq!(map.nodes.iter().filter(|n| n.up).count(), 3);
     });
     drop(slow);
-    wait_clean(addr, Duration::from_secs(20));
-}
-
-/// Chunk files on disk of every running node.
-fn chunk_files(cl: &Cluster) -> Vec<String> {
-    let mut out = Vec::new();
-    for n in cl.nodes.iter().flatten() {
-        for e in std::fs::read_dir(n.data.join("shard-0")).unwrap() {
-            let name = e.unwrap().file_name().to_string_lossy().to_string();
-            if name.ends_with(".chunk") {
-                out.push(name);
-            }
-        }
-    }
-    out.sort();
-    out
+    cl.wait_clean(Duration::from_secs(20));
 }
 
 /// Garbage collection end to end: chunks of an unlinked file, of a
@@ -1110,10 +979,10 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
         files.sort();
         files
     });
-    assert!(chunk_files(&cl).len() > kept.len());
+    assert!(cl.chunk_files().len() > kept.len());
     let start = Instant::now();
     loop {
-        let on_disk = chunk_files(&cl);
+        let on_disk = cl.chunk_files();
         if on_disk == kept {
             break;
         }
