@@ -37,8 +37,6 @@ mod replicate;
 mod reservations;
 mod scrubber;
 mod shard;
-#[cfg(test)]
-mod testing;
 mod token;
 mod tokio_thread;
 

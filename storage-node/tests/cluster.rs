@@ -25,13 +25,15 @@ fn endpoints(cl: &Cluster, i: usize) -> Vec<String> {
         .collect()
 }
 
-fn reserve_req(client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
+/// Sends a reserve request (a fresh id for `ChunkId::default()`) and
+/// returns the answer, whatever its status.
+async fn reserve(p: &Peer, client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
     let mut h = Header::request(0, Op::Reserve);
     h.client_id = client;
     h.reserve_bytes = bytes;
     h.chunk_id = id;
     h.lease_ms = lease_ms;
-    h
+    p.call(h, &[]).await.expect("reserve answered").0
 }
 
 fn write_req(id: ChunkId, offset: u64, token: &Token, chain: Vec<Hop>) -> Header {
@@ -99,17 +101,11 @@ fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
     let node_id = cl.node_id(0);
     on_glommio(move || async move {
         let p = Peer::connect(&ep).await.unwrap();
-        let (a, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let a = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(a.status, Status::Ok, "{}", a.message);
         assert_eq!(a.chunk_id.hi, node_id, "chunk id carries the node id");
         assert_eq!(a.lock_mode, LockMode::Write);
-        let (b, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let b = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(b.status, Status::NoSpace, "{}", b.message);
         // Unlocking abandons the reservation.
         let mut unlock = Header::request(0, Op::Unlock);
@@ -118,22 +114,13 @@ fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
         let (u, _) = p.call(unlock, &[]).await.unwrap();
         assert_eq!(u.status, Status::Ok, "{}", u.message);
         // A short lease expires by itself.
-        let (c, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 200), &[])
-            .await
-            .unwrap();
+        let c = reserve(&p, 1, 600_000, ChunkId::default(), 200).await;
         assert_eq!(c.status, Status::Ok, "{}", c.message);
         assert_ne!(c.chunk_id, a.chunk_id);
-        let (d, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let d = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(d.status, Status::NoSpace);
         glommio::timer::sleep(Duration::from_millis(400)).await;
-        let (e, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let e = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(e.status, Status::Ok, "{}", e.message);
         // The expired reservation's token is stale now.
         let (w, _) = p
@@ -158,10 +145,7 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
     let chunk = on_glommio(move || async move {
         let client = 77;
         let p0 = Peer::connect(&eps[0][0]).await.unwrap();
-        let (r, _) = p0
-            .call(reserve_req(client, 4 << 20, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p0, client, 4 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         let id = r.chunk_id;
         assert_eq!(id.shard(2), 0, "minted by shard 0 for shard 0");
@@ -171,10 +155,7 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
         for i in 1..3 {
             let ep = eps[i][id.shard(2)].clone();
             let p = Peer::connect(&ep).await.unwrap();
-            let (rr, _) = p
-                .call(reserve_req(client, 4 << 20, id, 0), &[])
-                .await
-                .unwrap();
+            let rr = reserve(&p, client, 4 << 20, id, 0).await;
             assert_eq!(rr.status, Status::Ok, "{}", rr.message);
             hops.push(Hop {
                 node_id: ids[i],
@@ -249,10 +230,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
     let eps = endpoints(&cl, 0);
     on_glommio(move || async move {
         let p = Peer::connect(&eps[0]).await.unwrap();
-        let (r, _) = p
-            .call(reserve_req(1, 1 << 20, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p, 1, 1 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok);
         let id = r.chunk_id;
         let (w, _) = p
@@ -335,10 +313,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         h.offset = u64::MAX - 3;
         let (e, _) = p2.call(h, &[]).await.unwrap();
         assert_eq!(e.status, Status::InvalidArgument, "{}", e.message);
-        let (e, _) = p
-            .call(reserve_req(1, 1 << 40, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let e = reserve(&p, 1, 1 << 40, ChunkId::default(), 0).await;
         assert_eq!(e.status, Status::InvalidArgument);
         // Wrong shard.
         let other = &eps[1 - id.shard(2)];
@@ -372,10 +347,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
     let eps = endpoints(&cl, 0);
     on_glommio(move || async move {
         let p = Peer::connect(&eps[0]).await.unwrap();
-        let (r, _) = p
-            .call(reserve_req(1, 4096, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p, 1, 4096, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok);
     });
 }
@@ -386,10 +358,7 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
     let (ea, eb, b_id) = (endpoints(&cl, 0), endpoints(&cl, 1), cl.node_id(1));
     on_glommio(move || async move {
         let pa = Peer::connect(&ea[1]).await.unwrap();
-        let (r, _) = pa
-            .call(reserve_req(4, 1 << 20, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&pa, 4, 1 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         let id = r.chunk_id;
         assert_eq!(id.shard(2), 1);
@@ -401,7 +370,7 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
         assert_eq!(w.status, Status::Ok, "{}", w.message);
         // The target reserves the id; the source copies into it.
         let pb = Peer::connect(&eb[id.shard(2)]).await.unwrap();
-        let (rb, _) = pb.call(reserve_req(4, 1 << 20, id, 0), &[]).await.unwrap();
+        let rb = reserve(&pb, 4, 1 << 20, id, 0).await;
         assert_eq!(rb.status, Status::Ok, "{}", rb.message);
         let mut copy = Header::request(0, Op::CopyTo);
         copy.chunk_id = id;
@@ -445,10 +414,7 @@ fn node_rejoins_and_reports_after_a_control_server_restart() {
     let ep = endpoints(&cl, 0)[0].clone();
     on_glommio(move || async move {
         let p = Peer::connect(&ep).await.unwrap();
-        let (r, _) = p
-            .call(reserve_req(1, 8192, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p, 1, 8192, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         // Renewing the lock with its token extends the lease.
         let mut renew = Header::request(0, Op::Lock);

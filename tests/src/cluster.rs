@@ -115,15 +115,20 @@ impl Cluster {
             .unwrap_or_else(|| panic!("node {i} is not running"))
     }
 
-    /// The cluster map, fetched now.
-    pub fn map(&self) -> ClusterMap {
+    /// Runs `f` with a fresh connection to the control server.
+    fn with_control<T>(&self, f: impl AsyncFnOnce(&ControlClient) -> T) -> T {
         let addr = self.control.addr;
         local(async move {
             let c = ControlClient::connect(addr)
                 .await
                 .expect("connecting to the control server");
-            c.cluster_map().await.expect("cluster map")
+            f(&c).await
         })
+    }
+
+    /// The cluster map, fetched now.
+    pub fn map(&self) -> ClusterMap {
+        self.with_control(async |c| c.cluster_map().await.expect("cluster map"))
     }
 
     /// The node id of running node `i` (from the cluster map).
@@ -155,11 +160,7 @@ impl Cluster {
     /// Waits until `cond` holds for the cluster map; panics with the map
     /// after `limit`.
     pub fn wait_map(&self, limit: Duration, cond: impl Fn(&ClusterMap) -> bool) -> ClusterMap {
-        let addr = self.control.addr;
-        local(async move {
-            let c = ControlClient::connect(addr)
-                .await
-                .expect("connecting to the control server");
+        self.with_control(async |c| {
             let start = Instant::now();
             loop {
                 let map = c.cluster_map().await.expect("cluster map");
@@ -174,13 +175,7 @@ impl Cluster {
 
     /// The control server's view of chunk health (up to 20 problems listed).
     pub fn health(&self) -> ChunkHealth {
-        let addr = self.control.addr;
-        local(async move {
-            let c = ControlClient::connect(addr)
-                .await
-                .expect("connecting to the control server");
-            c.chunk_health(20).await.expect("chunk health")
-        })
+        self.with_control(async |c| c.chunk_health(20).await.expect("chunk health"))
     }
 
     /// Waits until every chunk has R good replicas; returns how long that
@@ -214,6 +209,14 @@ impl Cluster {
         if let Some(mut n) = self.nodes[i].take() {
             n.kill9();
         }
+    }
+
+    /// kill -9 every node but `i`, and waits until the map shows only it up.
+    pub fn keep_only(&mut self, i: usize) {
+        for j in (0..self.nodes.len()).filter(|&j| j != i) {
+            self.kill9(j);
+        }
+        self.wait_up(1);
     }
 
     /// kill -9 the control server (its data stays).

@@ -66,14 +66,18 @@ pub async fn get(c: &Client, path: &str) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// Open for reading and writing (which takes the file's write lease).
+pub fn read_write() -> OpenOptions {
+    OpenOptions {
+        write: true,
+        ..OpenOptions::read()
+    }
+}
+
 /// Writes `data` at `offset` of the existing file `path` (open, pwrite,
 /// close).
 pub async fn overwrite(c: &Client, path: &str, offset: u64, data: &[u8]) -> Result<(), Error> {
-    let opts = OpenOptions {
-        write: true,
-        ..OpenOptions::read()
-    };
-    let fd = c.open(path, &opts).await?;
+    let fd = c.open(path, &read_write()).await?;
     c.pwrite(fd, offset, data).await?;
     c.close(fd).await
 }

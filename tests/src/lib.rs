@@ -16,6 +16,8 @@
 //!   and on chunk health.
 //! - [`files`]: test data ([`files::pattern`]) and whole-file helpers over
 //!   the client library.
+//! - [`run_ok`], [`run_failing`], [`run`]: short-lived commands (the CLI,
+//!   `--print-config`, scripts) with how they ended checked.
 //! - [`Server`]: the launcher underneath (`ringfs_ops::launch`, shared with
 //!   the bench), for tests that build a server's command line themselves.
 //!
@@ -24,11 +26,13 @@
 
 mod binaries;
 mod cluster;
+mod commands;
 pub mod files;
 mod servers;
 
 pub use binaries::binary;
 pub use cluster::{Cluster, FAST_REPAIR, QUICK};
+pub use commands::{run, run_failing, run_ok, Ran};
 pub use ringfs_client::local;
 pub use ringfs_ops::launch::Server;
 pub use servers::{ControlProcess, NodeOptions, NodeProcess};
@@ -73,4 +77,18 @@ where
         .expect("starting a glommio executor")
         .join()
         .expect("the glommio executor panicked")
+}
+
+/// Runs `f` with a new client of the cluster whose control server is at
+/// `control`, on a fresh current-thread runtime (so `f` may borrow).
+pub fn with_client<T>(
+    control: std::net::SocketAddr,
+    f: impl AsyncFnOnce(&ringfs_client::Client) -> T,
+) -> T {
+    local(async move {
+        let c = ringfs_client::Client::connect(control)
+            .await
+            .expect("connecting a client");
+        f(&c).await
+    })
 }

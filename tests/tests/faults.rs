@@ -12,8 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringfs_client::{Client, OpenOptions};
-use ringfs_tests::files::{corrupt_chunk_file, get, layout, overwrite, pattern, put, records};
-use ringfs_tests::{local, Cluster, ControlProcess, NodeOptions, NodeProcess, FAST_REPAIR};
+use ringfs_tests::files::{
+    corrupt_chunk_file, get, layout, overwrite, pattern, put, read_write, records,
+};
+use ringfs_tests::{
+    local, with_client, Cluster, ControlProcess, NodeOptions, NodeProcess, FAST_REPAIR,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -27,11 +31,10 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
     let mut cl = Cluster::start_with(3, FAST_REPAIR, &[]);
     let addr = cl.control.addr;
     let t = Instant::now();
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
             put(
-                &c,
+                c,
                 &format!("/f{f}"),
                 &pattern(SIZE, f),
                 layout(4 * MIB, 3, 3),
@@ -47,10 +50,9 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
     cl.kill9(1);
     cl.start_node(3, &[]);
     let killed = Instant::now();
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
-            assert!(get(&c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
+            assert!(get(c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
         }
     });
     let repaired = cl.wait_clean(Duration::from_secs(150));
@@ -59,11 +61,10 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
         killed.elapsed()
     );
     let _ = repaired;
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
             let path = format!("/f{f}");
-            for r in records(&c, &path).await {
+            for r in records(c, &path).await {
                 assert_eq!(r.replicas.len(), 3, "{path} chunk {}", r.index);
                 assert!(
                     !r.replicas.contains(&victim),
@@ -76,10 +77,9 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
     // kill one more original and read everything again.
     cl.kill9(0);
     cl.wait_up(2);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
-            assert!(get(&c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
+            assert!(get(c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
         }
     });
 }
@@ -96,19 +96,14 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     let addr = cl.control.addr;
     let old = pattern(SIZE, 1);
     let new = pattern(SIZE, 2);
-    local({
-        let old = old.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/big", &old, layout(CHUNK, 3, 2)).await.unwrap();
-        }
+    with_client(addr, async |c| {
+        put(c, "/big", &old, layout(CHUNK, 3, 2)).await.unwrap();
     });
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (old, new, stop) = (old.clone(), new.clone(), stop.clone());
         std::thread::spawn(move || {
-            local(async move {
-                let c = Client::connect(addr).await.unwrap();
+            with_client(addr, async |c| {
                 let mut chunks_checked = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let fd = c.open("/big", &OpenOptions::read()).await.unwrap();
@@ -133,17 +128,8 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     let writer = {
         let new = new.clone();
         std::thread::spawn(move || {
-            local(async move {
-                let c = Client::connect(addr).await.unwrap();
-                let fd = c
-                    .open(
-                        "/big",
-                        &OpenOptions {
-                            write: true,
-                            ..OpenOptions::read()
-                        },
-                    )
-                    .await?;
+            with_client(addr, async |c| {
+                let fd = c.open("/big", &read_write()).await?;
                 for piece in new.chunks(4 * MIB) {
                     c.write(fd, piece).await?;
                 }
@@ -167,19 +153,15 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     let checked = reader.join().unwrap();
     assert!(checked > 0, "the reader read nothing");
     if outcome.is_ok() {
-        local({
-            let new = new.clone();
-            async move {
-                let c = Client::connect(addr).await.unwrap();
-                assert!(get(&c, "/big").await.unwrap() == new);
-                for r in records(&c, "/big").await {
-                    assert!(
-                        r.replicas.len() >= 2,
-                        "chunk {} below W: {:?}",
-                        r.index,
-                        r.replicas
-                    );
-                }
+        with_client(addr, async |c| {
+            assert!(get(c, "/big").await.unwrap() == new);
+            for r in records(c, "/big").await {
+                assert!(
+                    r.replicas.len() >= 2,
+                    "chunk {} below W: {:?}",
+                    r.index,
+                    r.replicas
+                );
             }
         });
     }
@@ -187,9 +169,8 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     cl.wait_clean(Duration::from_secs(90));
     // After recovery every chunk is wholly old or wholly new, on every
     // path a reader may take (all replicas good).
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        let data = get(&c, "/big").await.unwrap();
+    with_client(addr, async |c| {
+        let data = get(c, "/big").await.unwrap();
         for (i, chunk) in data.chunks(CHUNK).enumerate() {
             let at = i * CHUNK;
             assert!(chunk == &old[at..at + CHUNK] || chunk == &new[at..at + CHUNK]);
@@ -214,14 +195,13 @@ fn a_control_server_crash_loses_nothing_acknowledged() {
     let writer = {
         let (acked, failed, restarted) = (acked.clone(), failed.clone(), restarted.clone());
         std::thread::spawn(move || {
-            local(async move {
-                let c = Client::connect(addr).await.unwrap();
+            with_client(addr, async |c| {
                 c.mkdir("/s", 0).await.unwrap();
                 let start = Instant::now();
                 for i in 0u64.. {
                     assert!(start.elapsed() < Duration::from_secs(90), "never resumed");
                     let data = pattern(100_000 + i as usize, i);
-                    let r = put(&c, &format!("/s/f{i}"), &data, layout(64 * 1024, 3, 2)).await;
+                    let r = put(c, &format!("/s/f{i}"), &data, layout(64 * 1024, 3, 2)).await;
                     match r {
                         Ok(()) => {
                             acked.lock().unwrap().push(i);
@@ -260,12 +240,11 @@ fn a_control_server_crash_loses_nothing_acknowledged() {
         acked.len() > before,
         "nothing acknowledged after the restart"
     );
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for &i in &acked {
             let data = pattern(100_000 + i as usize, i);
             assert!(
-                get(&c, &format!("/s/f{i}")).await.unwrap() == data,
+                get(c, &format!("/s/f{i}")).await.unwrap() == data,
                 "acknowledged file /s/f{i} differs after the restart"
             );
         }
@@ -283,22 +262,14 @@ fn a_node_that_missed_writes_is_not_served_stale_data_from() {
     let addr = cl.control.addr;
     let old = pattern(SIZE, 3);
     let new = pattern(SIZE, 4);
-    local({
-        let old = old.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/f", &old, layout(64 * 1024, 3, 2)).await.unwrap();
-        }
+    with_client(addr, async |c| {
+        put(c, "/f", &old, layout(64 * 1024, 3, 2)).await.unwrap();
     });
     cl.wait_clean(Duration::from_secs(20));
     cl.kill9(0);
     cl.wait_up(2);
-    local({
-        let new = new.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            overwrite(&c, "/f", 0, &new).await.unwrap();
-        }
+    with_client(addr, async |c| {
+        overwrite(c, "/f", 0, &new).await.unwrap();
     });
     cl.start_node(0, &[]);
     cl.wait_up(3);
@@ -334,16 +305,10 @@ fn a_corrupt_chunk_file_is_found_by_the_scrubber_and_repaired() {
     let mut cl = Cluster::start_with(3, FAST_REPAIR, &["--scrub-bytes-per-sec", "67108864"]);
     let addr = cl.control.addr;
     let data = pattern(2 * MIB, 5);
-    let (chunk, first) = local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/c", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            let r = records(&c, "/c").await.remove(0);
-            (r.chunk_id, r.replicas[0])
-        }
+    let (chunk, first) = with_client(addr, async |c| {
+        put(c, "/c", &data, layout(256 * 1024, 3, 3)).await.unwrap();
+        let r = records(c, "/c").await.remove(0);
+        (r.chunk_id, r.replicas[0])
     });
     cl.wait_clean(Duration::from_secs(20));
     let bad = (0..3).find(|&i| cl.node_id(i) == first).unwrap();
@@ -362,15 +327,9 @@ fn a_corrupt_chunk_file_is_found_by_the_scrubber_and_repaired() {
         "corruption detected after {:?}, repaired {t:?} later",
         start.elapsed() - t
     );
-    for i in 0..3 {
-        if i != bad {
-            cl.kill9(i);
-        }
-    }
-    cl.wait_up(1);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/c").await.unwrap() == data);
+    cl.keep_only(bad);
+    with_client(addr, async |c| {
+        assert!(get(c, "/c").await.unwrap() == data);
         assert_eq!(c.repairs(), 0, "the replica was already good");
     });
 }
@@ -387,21 +346,20 @@ fn a_full_node_refuses_reservations_and_writes_go_elsewhere() {
     let small = cl.node_id(3);
     let first = pattern(4 * MIB, 6);
     let second = pattern(40 * MIB, 7);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         // R=4: every chunk wants the small node until it is full.
-        put(&c, "/first", &first, layout(4 * MIB, 4, 3))
+        put(c, "/first", &first, layout(4 * MIB, 4, 3))
             .await
             .unwrap();
-        let recs = records(&c, "/first").await;
+        let recs = records(c, "/first").await;
         assert!(
             recs[0].replicas.contains(&small),
             "the small node took the first file"
         );
-        put(&c, "/second", &second, layout(4 * MIB, 4, 3))
+        put(c, "/second", &second, layout(4 * MIB, 4, 3))
             .await
             .unwrap();
-        let recs = records(&c, "/second").await;
+        let recs = records(c, "/second").await;
         let on_small = recs.iter().filter(|r| r.replicas.contains(&small)).count();
         assert!(on_small < recs.len(), "the full node took every chunk");
         for r in &recs {
@@ -419,17 +377,13 @@ fn a_full_node_refuses_reservations_and_writes_go_elsewhere() {
             "over quota: {:?}",
             n.capacity
         );
-        assert!(get(&c, "/first").await.unwrap() == first);
-        assert!(get(&c, "/second").await.unwrap() == second);
+        assert!(get(c, "/first").await.unwrap() == first);
+        assert!(get(c, "/second").await.unwrap() == second);
     });
     // What the full node stored is intact: read /first from it alone.
-    for i in 0..3 {
-        cl.kill9(i);
-    }
-    cl.wait_up(1);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/first").await.unwrap() == pattern(4 * MIB, 6));
+    cl.keep_only(3);
+    with_client(addr, async |c| {
+        assert!(get(c, "/first").await.unwrap() == pattern(4 * MIB, 6));
     });
 }
 
@@ -665,43 +619,34 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
     cl.wait_up(4);
     let p_id = cl.node_id_at(cut_off.addr);
     let data = pattern(2 * MIB, 8);
-    let (keep, gone) = local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            // The partitioned node has the most free space: it holds every chunk.
-            put(&c, "/keep", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            put(&c, "/gone", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            (records(&c, "/keep").await, records(&c, "/gone").await)
-        }
+    let (keep, gone) = with_client(addr, async |c| {
+        // The partitioned node has the most free space: it holds every chunk.
+        put(c, "/keep", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
+        put(c, "/gone", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
+        (records(c, "/keep").await, records(c, "/gone").await)
     });
     assert!(keep.iter().all(|r| r.replicas.contains(&p_id)));
     cut.set(true);
     cl.wait_up(3);
-    local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            c.unlink("/gone").await.unwrap();
-            assert!(get(&c, "/keep").await.unwrap() == data);
-            // New writes avoid the partitioned node.
-            put(&c, "/during", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            for r in records(&c, "/during").await {
-                assert!(!r.replicas.contains(&p_id));
-            }
+    with_client(addr, async |c| {
+        c.unlink("/gone").await.unwrap();
+        assert!(get(c, "/keep").await.unwrap() == data);
+        // New writes avoid the partitioned node.
+        put(c, "/during", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
+        for r in records(c, "/during").await {
+            assert!(!r.replicas.contains(&p_id));
         }
     });
     let t = cl.wait_clean(Duration::from_secs(30));
     eprintln!("partitioned node's chunks re-replicated in {t:?}");
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        for r in records(&c, "/keep").await {
+    with_client(addr, async |c| {
+        for r in records(c, "/keep").await {
             assert!(!r.replicas.contains(&p_id));
         }
     });
@@ -727,9 +672,8 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
     }
     assert!(cut_off.is_running());
     cl.wait_clean(Duration::from_secs(20));
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/keep").await.unwrap() == data);
+    with_client(addr, async |c| {
+        assert!(get(c, "/keep").await.unwrap() == data);
     });
 }
 
@@ -857,14 +801,10 @@ fn both_servers_survive_bad_input_and_keep_serving() {
     let mut cl = Cluster::start_with(3, FAST_REPAIR, &[]);
     let addr = cl.control.addr;
     let data = pattern(MIB, 9);
-    local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/before", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-        }
+    with_client(addr, async |c| {
+        put(c, "/before", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
     });
     let node = cl.nodes[0].as_ref().unwrap().addr;
     let targets = [addr, node];
@@ -898,13 +838,12 @@ fn both_servers_survive_bad_input_and_keep_serving() {
     }
     assert!(cl.control.is_running(), "the control server died");
     assert!(cl.nodes[0].as_mut().unwrap().is_running(), "the node died");
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/before").await.unwrap() == data);
-        put(&c, "/after", &data, layout(256 * 1024, 3, 3))
+    with_client(addr, async |c| {
+        assert!(get(c, "/before").await.unwrap() == data);
+        put(c, "/after", &data, layout(256 * 1024, 3, 3))
             .await
             .unwrap();
-        assert!(get(&c, "/after").await.unwrap() == data);
+        assert!(get(c, "/after").await.unwrap() == data);
         let map = c.cluster_map().await.unwrap();
         assert_eq!(map.nodes.iter().filter(|n| n.up).count(), 3);
     });
@@ -923,30 +862,15 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
     let cl = Cluster::start_with(3, FAST_REPAIR, &[]);
     let addr = cl.control.addr;
     let node = cl.nodes[0].as_ref().unwrap().addr.to_string();
-    let kept = local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        put(&c, "/unlinked", &pattern(MIB, 10), layout(256 * 1024, 3, 3))
+    let kept = with_client(addr, async |c| {
+        put(c, "/unlinked", &pattern(MIB, 10), layout(256 * 1024, 3, 3))
             .await
             .unwrap();
-        put(
-            &c,
-            "/truncated",
-            &pattern(MIB, 11),
-            layout(256 * 1024, 3, 3),
-        )
-        .await
-        .unwrap();
+        put(c, "/truncated", &pattern(MIB, 11), layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
         c.unlink("/unlinked").await.unwrap();
-        let fd = c
-            .open(
-                "/truncated",
-                &OpenOptions {
-                    write: true,
-                    ..OpenOptions::read()
-                },
-            )
-            .await
-            .unwrap();
+        let fd = c.open("/truncated", &read_write()).await.unwrap();
         c.set_len(fd, 300_000).await.unwrap();
         c.close(fd).await.unwrap();
         // An abandoned write: reserved and written on a node, never committed.
@@ -966,7 +890,7 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
             .await
             .unwrap();
         assert_eq!(r.status, Status::Ok, "{}", r.message);
-        let recs = records(&c, "/truncated").await;
+        let recs = records(c, "/truncated").await;
         assert_eq!(recs.len(), 2, "300000 bytes in 256 KiB chunks");
         let mut files: Vec<String> = recs
             .iter()
@@ -994,9 +918,8 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/truncated").await.unwrap() == pattern(MIB, 11)[..300_000]);
+    with_client(addr, async |c| {
+        assert!(get(c, "/truncated").await.unwrap() == pattern(MIB, 11)[..300_000]);
         let h = c.control().chunk_health(0).await.unwrap();
         assert_eq!(h.deletes_pending, 0, "{h:?}");
     });

@@ -9,8 +9,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use ringfs_client::{BlockingClient, CreateOptions, OpenOptions};
-use ringfs_tests::{Cluster, ControlProcess, NodeProcess, FAST_REPAIR};
+use ringfs_client::{BlockingClient, OpenOptions};
+use ringfs_tests::files::{layout, pattern};
+use ringfs_tests::{Cluster, ControlProcess, NodeProcess, FAST_REPAIR, QUICK};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -110,13 +111,8 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     let c0 = scrape(control_metrics);
     let n0 = scrape(node_metrics);
     const LEN: usize = 300_000;
-    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
-    let layout = CreateOptions {
-        chunk_size: 1 << 20,
-        replication: 1,
-        ..Default::default()
-    };
-    let fd = client.create("/f", layout).unwrap();
+    let data = pattern(LEN, 251);
+    let fd = client.create("/f", layout(1 << 20, 1, 1)).unwrap();
     assert_eq!(client.write(fd, &data).unwrap(), LEN);
     client.close(fd).unwrap();
     let fd = client.open("/f", &OpenOptions::read()).unwrap();
@@ -278,12 +274,8 @@ fn repair_backlog_rises_with_a_lost_replica_and_falls_as_copies_finish() {
     let mut cluster = Cluster::start_with(2, &flags, &[]);
     let metrics = cluster.control.metrics.expect("control metrics endpoint");
     let client = BlockingClient::connect(cluster.control.addr).unwrap();
-    let layout = CreateOptions {
-        chunk_size: 1 << 20,
-        replication: 2,
-        ..Default::default()
-    };
-    let data: Vec<u8> = (0..CHUNKS << 20).map(|i| (i % 253) as u8).collect();
+    let layout = layout(1 << 20, 2, 2);
+    let data = pattern(CHUNKS << 20, 253);
     let fd = client.create("/f", layout).unwrap();
     assert_eq!(client.write(fd, &data).unwrap(), data.len());
     client.close(fd).unwrap();
@@ -328,11 +320,7 @@ fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
     const CHUNKS: usize = 2;
     // Periodic scans every 10 minutes: within the test only events can
     // make the planner look.
-    let flags = [
-        "--heartbeat-ms",
-        "200",
-        "--node-ttl-ms",
-        "1000",
+    let more = [
         "--repair-grace-ms",
         "1000",
         "--report-interval-ms",
@@ -340,6 +328,7 @@ fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
         "--metrics",
         "127.0.0.1:0",
     ];
+    let flags = [QUICK, &more].concat();
     let mut cluster = Cluster::start_with(3, &flags, &[]);
     let metrics = cluster.control.metrics.expect("control metrics endpoint");
     cluster.kill9(2);
@@ -358,13 +347,8 @@ fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
     // R=3, W=2 with two nodes up: each chunk is committed with two
     // replicas, and the commit alone makes the planner count them.
     let client = BlockingClient::connect(cluster.control.addr).unwrap();
-    let layout = CreateOptions {
-        chunk_size: 1 << 20,
-        replication: 3,
-        write_quorum: 2,
-        ..Default::default()
-    };
-    let data: Vec<u8> = (0..CHUNKS << 20).map(|i| (i % 241) as u8).collect();
+    let layout = layout(1 << 20, 3, 2);
+    let data = pattern(CHUNKS << 20, 241);
     let fd = client.create("/short", layout).unwrap();
     assert_eq!(client.write(fd, &data).unwrap(), data.len());
     client.close(fd).unwrap();

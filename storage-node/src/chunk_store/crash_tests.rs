@@ -19,9 +19,9 @@
 use super::tests::{read, write};
 use super::*;
 use crate::disk::sim::{CrashStats, SimDisk};
-use crate::testing::on_glommio;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use ringfs_tests::on_glommio;
 
 /// Chunks written concurrently (so group commits batch several files).
 const CHUNKS: u64 = 3;

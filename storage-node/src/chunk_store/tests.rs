@@ -3,9 +3,9 @@
 //! byte, restart recovery, group commit.
 
 use super::*;
-use crate::testing::on_glommio as run;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use ringfs_tests::on_glommio as run;
 use std::collections::HashMap;
 use std::path::Path;
 

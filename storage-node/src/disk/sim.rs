@@ -10,8 +10,8 @@
 //! - `fdatasync` makes the file's written image (content and size) durable;
 //! - directory changes (create, remove, rename) are logged; `sync` of the
 //!   directory makes them durable;
-//! - every `fdatasync` and directory `sync` is a *sync point*, counted from
-//!   1. With [`SimDisk::crash_at`]`(n)` the disk loses power when sync
+//! - every `fdatasync` and directory `sync` is a *sync point*, counted
+//!   from one. With [`SimDisk::crash_at`]`(n)` the disk loses power when sync
 //!   point `n` starts: that sync and every later operation fail with EIO.
 //!   [`SimDisk::syncs`] after a run without a crash counts the points (the
 //!   probe pass of a crash test);
@@ -106,7 +106,7 @@ impl State {
 }
 
 fn check_aligned(pos: u64, len: usize) -> io::Result<()> {
-    if pos % ALIGN != 0 || len % SECTOR != 0 {
+    if !pos.is_multiple_of(ALIGN) || !len.is_multiple_of(SECTOR) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     Ok(())
@@ -433,7 +433,13 @@ impl DiskFile for SimFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::on_glommio;
+    use ringfs_tests::on_glommio;
+
+    /// The first four sectors of file `name` on `disk`.
+    async fn read_all(disk: &SimDisk, name: &str) -> SimRead {
+        let f = disk.dir().open(name).await.unwrap();
+        f.read_at(0, 4 * SECTOR).await.unwrap()
+    }
 
     fn buf(byte: u8, len: usize) -> DmaBuffer {
         let mut b = glommio::allocate_dma_buffer(len);
@@ -472,22 +478,8 @@ mod tests {
                 seen.kept += stats.kept;
                 seen.torn += stats.torn;
                 let d = image.dir();
-                let a = d
-                    .open("a")
-                    .await
-                    .unwrap()
-                    .read_at(0, 4 * SECTOR)
-                    .await
-                    .unwrap();
-                let a2 = again
-                    .dir()
-                    .open("a")
-                    .await
-                    .unwrap()
-                    .read_at(0, 4 * SECTOR)
-                    .await
-                    .unwrap();
-                assert_eq!(&*a, &*a2, "seed {seed} replays");
+                let a = read_all(&image, "a").await;
+                assert_eq!(*a, *read_all(&again, "a").await, "seed {seed} replays");
                 assert!(a.len() == 2 * SECTOR || a.len() == 3 * SECTOR);
                 for (s, new) in [(0, 2u8), (1, 3)] {
                     for piece in a[s * SECTOR..(s + 1) * SECTOR].chunks(PIECE) {
