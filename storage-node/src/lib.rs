@@ -11,6 +11,8 @@
 //! - [`parse_cores`]: how `--cores` is read (the bench counts shards with it).
 //!
 //! The frame codec and chunk ids are in `ringfs-schema`, shared with clients.
+//! With the `fuzzing` feature, [`fuzz`] holds the entry points of the fuzz
+//! targets over this crate's decoders and state machines.
 #![warn(missing_docs)]
 
 // First: the `failpoint!` macro is used by the modules below.
@@ -27,6 +29,8 @@ mod config;
 mod conn;
 mod control_link;
 mod disk;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod group_commit;
 mod identity;
 mod lock_table;

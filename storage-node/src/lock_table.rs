@@ -344,6 +344,12 @@ impl<W> LockTable<W> {
         self.chunks.contains_key(&chunk)
     }
 
+    /// Number of chunks with holders or waiters.
+    #[cfg(feature = "fuzzing")]
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()
