@@ -144,7 +144,6 @@ struct OpenFile {
 /// no borrow is held across an await.
 #[derive(Clone)]
 struct FileView {
-    path: String,
     handle: Rc<FileHandle>,
     records: Rc<RefCell<RecordCache>>,
     size: u64,
@@ -476,24 +475,20 @@ impl Client {
     /// either fully applied or not at all; `fstat` after reconnecting
     /// tells which.
     pub async fn set_len(&self, fd: Fd, size: u64) -> Result<()> {
-        let (h, io, records, path) = self.with_file(fd, |f| {
+        let (h, io, records) = self.with_file(fd, |f| {
             if !f.write {
                 return Err(Error::BadDescriptor(format!(
                     "{fd} is not open for writing"
                 )));
             }
-            Ok((
-                f.handle.clone(),
-                f.io.clone(),
-                f.records.clone(),
-                f.path.clone(),
-            ))
+            Ok((f.handle.clone(), f.io.clone(), f.records.clone()))
         })?;
         let _io = io.lock().await;
         let was_connected = h.is_connected();
         let attr = h.set_size(size).await;
         records.borrow_mut().clear();
         let attr = attr.map_err(|e| {
+            let path = self.path_of(fd).unwrap_or_default();
             handle_call_error(&h, was_connected, format!("set_len {path} to {size}"), e)
         })?;
         self.with_file_mut(fd, |f| {
@@ -647,7 +642,6 @@ impl Client {
 
     fn view(&self, f: &OpenFile) -> FileView {
         FileView {
-            path: f.path.clone(),
             handle: f.handle.clone(),
             records: f.records.clone(),
             size: f.size,
@@ -706,7 +700,8 @@ impl Client {
         // Also after a failed commit: the chunks may have changed anyway.
         v.records.borrow_mut().clear();
         let attr = attr.map_err(|e| {
-            let call = format!("commit of {} bytes at {offset} of {}", data.len(), v.path);
+            let path = self.path_of(fd).unwrap_or_default();
+            let call = format!("commit of {} bytes at {offset} of {path}", data.len());
             handle_call_error(&v.handle, was_connected, call, e)
         })?;
         self.with_file_mut(fd, |f| {
