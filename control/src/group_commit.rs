@@ -3,8 +3,8 @@
 //! caller when its batch is on disk.
 //!
 //! Guarantee: a caller is answered `Ok` only after the transaction holding
-//! its mutation committed durably; when the transaction fails, every caller
-//! of the batch gets that error and none of the batch is applied. Batches form by themselves: while one
+//! its mutation committed durably; when the transaction fails, every
+//! caller of the batch gets that error and none of the batch is applied. Batches form by themselves: while one
 //! commit is in flight, new requests queue up and become the next batch, so
 //! the fsync cost is shared by everything that arrived meanwhile.
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use ringfs_schema::control_capnp::control;
+use ringfs_schema::wire_error::describe;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -144,7 +145,7 @@ fn spawn_sweeper(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
         loop {
             tick.tick().await;
             if let Err(e) = state.sweep().await {
-                tracing::error!(error = %ringfs_schema::wire_error::describe(&e), "membership sweep failed");
+                tracing::error!(error = %describe(&e), "membership sweep failed");
             }
         }
     })
@@ -161,7 +162,7 @@ fn spawn_planner(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
         loop {
             tick.tick().await;
             if let Err(e) = state.plan_round().await {
-                tracing::error!(error = %ringfs_schema::wire_error::describe(&e), "repair round failed");
+                tracing::error!(error = %describe(&e), "repair round failed");
             }
         }
     })

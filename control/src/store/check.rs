@@ -21,7 +21,7 @@ pub(super) fn problems(txn: &ReadTransaction) -> Result<Vec<String>> {
         let (ino, value) = item?;
         let ino = ino.value();
         let attr = Inode::decode(value.value())
-            .map_err(|e| ControlError::corrupt(format!("inode {ino}"), e))?;
+            .map_err(|e| ControlError::corrupt(format!("inode {ino}"), e.problem))?;
         inodes.insert(ino, attr);
     }
     match inodes.get(&ROOT_INODE) {

@@ -36,7 +36,8 @@ pub(super) fn get_inode(
     inodes
         .get(ino)?
         .map(|v| {
-            Inode::decode(v.value()).map_err(|e| ControlError::corrupt(format!("inode {ino}"), e))
+            Inode::decode(v.value())
+                .map_err(|e| ControlError::corrupt(format!("inode {ino}"), e.problem))
         })
         .transpose()
 }
@@ -54,7 +55,8 @@ pub(super) fn must_inode(
 
 /// Decodes the chunk record stored under (`ino`, `index`).
 pub(super) fn decode_chunk(ino: u64, index: u64, bytes: &[u8]) -> Result<Chunk> {
-    Chunk::decode(bytes).map_err(|e| ControlError::corrupt(format!("chunk ({ino}, {index})"), e))
+    Chunk::decode(bytes)
+        .map_err(|e| ControlError::corrupt(format!("chunk ({ino}, {index})"), e.problem))
 }
 
 /// The chunk record (`ino`, `index`), if it exists.
@@ -71,12 +73,12 @@ pub(super) fn get_chunk(
 
 /// Decodes the garbage entry stored under chunk id `id`.
 pub(super) fn decode_garbage(id: u128, bytes: &[u8]) -> Result<Chunk> {
-    Chunk::decode(bytes).map_err(|e| ControlError::corrupt(format!("garbage {id:032x}"), e))
+    Chunk::decode(bytes).map_err(|e| ControlError::corrupt(format!("garbage {id:032x}"), e.problem))
 }
 
 /// Decodes the node record stored under `id`.
 pub(super) fn decode_node(id: u64, bytes: &[u8]) -> Result<Node> {
-    Node::decode(bytes).map_err(|e| ControlError::corrupt(format!("node {id}"), e))
+    Node::decode(bytes).map_err(|e| ControlError::corrupt(format!("node {id}"), e.problem))
 }
 
 /// Returns counter `name` and advances it.
