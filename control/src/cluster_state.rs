@@ -48,16 +48,19 @@ pub struct State {
     pub(crate) next_watcher: Cell<u64>,
     pub(crate) repair: RefCell<Repair>,
     pub(crate) commands: RefCell<Commands>,
-    pub(crate) gc: RefCell<Gc>,
+    gc: RefCell<Gc>,
     /// Every RPC passes it; a graceful stop closes it.
     pub gate: Rc<CallGate>,
     /// Something happened that the next planning round must scan for.
     pub(crate) rescan: Cell<bool>,
     /// When the planner last scanned the chunk map.
-    pub(crate) last_scan: Cell<Option<Instant>>,
+    last_scan: Cell<Option<Instant>>,
 }
 
 impl State {
+    /// The state of a server starting on `store`: membership from the
+    /// registered nodes (every node down until it heartbeats), the epoch as
+    /// persisted, no leases, no watchers, a planner that scans at once.
     pub fn new(
         store: Arc<MetaStore>,
         committer: Committer,
