@@ -593,7 +593,7 @@ fn a_crash_loses_nothing_acknowledged_and_leaves_a_consistent_store() {
         Some(seed) => vec![seed],
         None => {
             let base: u64 = rand::random();
-            (0..env("RINGFS_CRASH_RUNS").unwrap_or(16))
+            (0..env("RINGFS_CRASH_RUNS").unwrap_or(12))
                 .map(|i| base.wrapping_add(i))
                 .collect()
         }
