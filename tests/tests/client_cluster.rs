@@ -165,7 +165,10 @@ fn write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
     with_client(addr, async |c| {
         let data = pattern(2 * CHUNK as usize + 5, 9);
         let e = put(c, "/w3", &data, layout(3, 3)).await.unwrap_err();
-        assert!(matches!(e, Error::Unavailable(_) | Error::Quorum(_)), "{e}");
+        assert!(
+            matches!(e, Error::Unavailable { .. } | Error::Quorum(_)),
+            "{e}"
+        );
         assert!(e.to_string().contains("2 of the 3 replicas"), "{e}");
         // Nothing was committed.
         assert_eq!(c.stat("/w3").await.unwrap().size, 0);
