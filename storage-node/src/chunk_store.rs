@@ -109,6 +109,16 @@ impl WriteBuf {
         let s = (self.offset - self.io_start) as usize;
         &mut self.buf.as_bytes_mut()[s..s + self.len as usize]
     }
+
+    /// The prepared buffer, to share between the disk write and the forward.
+    fn share(self) -> SharedPayload {
+        SharedPayload {
+            io_start: self.io_start,
+            start: (self.offset - self.io_start) as usize,
+            len: self.len as usize,
+            buf: Rc::new(self.buf),
+        }
+    }
 }
 
 /// A write's payload after preparation, shared between the local disk write
@@ -126,6 +136,13 @@ pub(crate) struct SharedPayload {
 impl SharedPayload {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf.as_bytes()[self.start..self.start + self.len]
+    }
+
+    /// Once every use is done: the buffer serves the next payload.
+    fn recycle(self) {
+        if let Ok(buf) = Rc::try_unwrap(self.buf) {
+            crate::buffer_pool::give(buf);
+        }
     }
 }
 
@@ -288,10 +305,9 @@ where
     /// local write failed before it could start). Returns once the write is
     /// durable.
     ///
-    /// Steps: take the chunk's write lock, pick the version, merge the edge
-    /// blocks, compute the new header, then write data and header and sync
-    /// ([`ChunkStore::persist`]) while the payload is forwarded, and only
-    /// then apply the new header in memory.
+    /// Steps: take the chunk's write lock, [`prepare`] the blocks and the
+    /// new header, write and sync them ([`ChunkStore::persist`]) while the
+    /// payload is forwarded, and only then [`apply`] the new header.
     pub(crate) async fn write<Fw, Fut, T>(
         &self,
         id: ChunkId,
@@ -304,13 +320,9 @@ where
         Fw: FnOnce(SharedPayload, u64) -> Fut,
         Fut: Future<Output = T>,
     {
-        let chunk = match self.get(id) {
-            Some(c) => c,
-            None if create => match self.create(id).await {
-                Ok(c) => c,
-                Err(e) => return (Err(e), None),
-            },
-            None => return (Err(StoreError::NotFound(id)), None),
+        let chunk = match self.chunk_for_write(id, create).await {
+            Ok(c) => c,
+            Err(e) => return (Err(e), None),
         };
         let Ok(_guard) = chunk.io_lock.write().await else {
             return (Err(StoreError::NotFound(id)), None);
@@ -319,48 +331,36 @@ where
             // Deleted while we waited for the I/O lock.
             return (Err(StoreError::NotFound(id)), None);
         }
-        let old = chunk.meta.borrow().clone();
-        let prepared = async {
-            let new_version = next_version(id, &old, version)?;
-            let span = WriteSpan::of(&old, &data);
-            merge_edges(&chunk, &old, &mut data, span.io_end).await?;
-            data.buf
-                .trim_to_size((span.io_end - data.io_start) as usize);
-            Ok(span.new_meta(&old, &data, new_version))
-        };
-        let new_meta = match prepared.await {
+        let new_meta = match prepare(&chunk, &mut data, version).await {
             Ok(m) => m,
             Err(e) => return (Err(e), None),
         };
-        let (new_version, new_len) = (new_meta.version, new_meta.length);
-        let shared = SharedPayload {
-            io_start: data.io_start,
-            start: (data.offset - data.io_start) as usize,
-            len: data.len as usize,
-            buf: Rc::new(data.buf),
-        };
+        let payload = data.share();
         let (local, fwd) = futures::join!(
-            self.persist(&chunk, &shared, &new_meta),
-            forward(shared.clone(), new_version)
+            self.persist(&chunk, &payload, &new_meta),
+            forward(payload.clone(), new_meta.version)
         );
-        // Both uses are done: the buffer serves the next payload.
-        if let Ok(buf) = Rc::try_unwrap(shared.buf) {
-            crate::buffer_pool::give(buf);
-        }
-        match local {
-            Ok(()) => {
-                *chunk.meta.borrow_mut() = new_meta;
-                (
-                    Ok(ChunkInfo {
-                        version: new_version,
-                        length: new_len,
-                    }),
-                    Some(fwd),
-                )
-            }
+        payload.recycle();
+        let local = match local {
+            Ok(()) => Ok(apply(&chunk, new_meta)),
             // The on-disk blocks may now disagree with the (unchanged) CRCs:
             // later reads report a checksum error, never wrong bytes.
-            Err(e) => (Err(StoreError::Io(id, e.to_string())), Some(fwd)),
+            Err(e) => Err(StoreError::Io(id, e.to_string())),
+        };
+        (local, Some(fwd))
+    }
+
+    /// The chunk a write goes to: the existing one, or (with `create`) a
+    /// new empty one.
+    async fn chunk_for_write(
+        &self,
+        id: ChunkId,
+        create: bool,
+    ) -> Result<Rc<Chunk<D::File>>, StoreError> {
+        match self.get(id) {
+            Some(c) => Ok(c),
+            None if create => self.create(id).await,
+            None => Err(StoreError::NotFound(id)),
         }
     }
 
@@ -442,6 +442,34 @@ where
             .map_err(|e| StoreError::Io(id, e.to_string()))?;
         Ok(())
     }
+}
+
+/// Picks the write's version, fills the edge blocks of `data` (old bytes
+/// or zeros) and returns the chunk's header after the write. Nothing is
+/// written yet.
+async fn prepare<F: DiskFile>(
+    chunk: &Chunk<F>,
+    data: &mut WriteBuf,
+    version: u64,
+) -> Result<ChunkMeta, StoreError> {
+    let old = chunk.meta.borrow().clone();
+    let new_version = next_version(chunk.id, &old, version)?;
+    let span = WriteSpan::of(&old, data);
+    merge_edges(chunk, &old, data, span.io_end).await?;
+    data.buf
+        .trim_to_size((span.io_end - data.io_start) as usize);
+    Ok(span.new_meta(&old, data, new_version))
+}
+
+/// Makes a durable write's header the chunk's: what reads verify against
+/// from now on.
+fn apply<F>(chunk: &Chunk<F>, meta: ChunkMeta) -> ChunkInfo {
+    let info = ChunkInfo {
+        version: meta.version,
+        length: meta.length,
+    };
+    *chunk.meta.borrow_mut() = meta;
+    info
 }
 
 /// The version a write gets: `requested`, or the current one + 1 for 0.
