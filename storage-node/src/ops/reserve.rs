@@ -25,35 +25,7 @@ impl Shard {
                 format!("reserveBytes {bytes} must be in 1..={}", MAX_CHUNK_SIZE),
             ));
         }
-        let id = if h.chunk_id == ChunkId::default() {
-            let node_id = self.node_id.load(Ordering::Acquire);
-            if node_id == 0 {
-                return Err(OpError(
-                    Status::Unavailable,
-                    "node has not joined the control server yet (no node id to mint chunk ids)"
-                        .into(),
-                ));
-            }
-            None
-        } else {
-            // A replica's reservation of an id minted elsewhere.
-            self.check_shard(h.chunk_id)?;
-            if self.store.contains(h.chunk_id) {
-                return Err(OpError(
-                    Status::Exists,
-                    format!("chunk {} already exists", h.chunk_id),
-                ));
-            }
-            if self.reservations.borrow().get(h.chunk_id).is_some()
-                || self.locks.borrow().is_busy(h.chunk_id)
-            {
-                return Err(OpError(
-                    Status::Busy,
-                    format!("chunk {} is already reserved or locked", h.chunk_id),
-                ));
-            }
-            Some(h.chunk_id)
-        };
+        let id = self.id_to_reserve(h)?;
         let free = self.free_bytes();
         let outstanding = self.capacity().reserved;
         // What the chunk will occupy on disk: its header (two slots with
@@ -68,15 +40,7 @@ impl Shard {
             })?;
         let id = match id {
             Some(id) => id,
-            None => self
-                .minter
-                .borrow_mut()
-                .mint(
-                    self.node_id.load(Ordering::Acquire),
-                    self.cfg.index,
-                    self.cfg.shards,
-                )
-                .map_err(|e| OpError(Status::Io, e.to_string()))?,
+            None => self.mint()?,
         };
         let lease = self.lease(h.lease_ms);
         let g = match self.locks.borrow_mut().acquire(
@@ -110,6 +74,50 @@ impl Shard {
         r.lease_ms = lease.as_millis() as u32;
         r.reserve_bytes = bytes;
         Ok(r)
+    }
+
+    /// The id a reservation asks for: `None` for a fresh one (this node
+    /// must have joined, to have a node id), or a replica's reservation of
+    /// an id minted elsewhere, which must be this shard's and unused.
+    fn id_to_reserve(&self, h: &Header) -> Result<Option<ChunkId>, OpError> {
+        if h.chunk_id == ChunkId::default() {
+            if self.node_id.load(Ordering::Acquire) == 0 {
+                return Err(OpError(
+                    Status::Unavailable,
+                    "node has not joined the control server yet (no node id to mint chunk ids)"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        self.check_shard(h.chunk_id)?;
+        if self.store.contains(h.chunk_id) {
+            return Err(OpError(
+                Status::Exists,
+                format!("chunk {} already exists", h.chunk_id),
+            ));
+        }
+        if self.reservations.borrow().get(h.chunk_id).is_some()
+            || self.locks.borrow().is_busy(h.chunk_id)
+        {
+            return Err(OpError(
+                Status::Busy,
+                format!("chunk {} is already reserved or locked", h.chunk_id),
+            ));
+        }
+        Ok(Some(h.chunk_id))
+    }
+
+    /// A chunk id never minted before, owned by this shard.
+    fn mint(&self) -> Result<ChunkId, OpError> {
+        self.minter
+            .borrow_mut()
+            .mint(
+                self.node_id.load(Ordering::Acquire),
+                self.cfg.index,
+                self.cfg.shards,
+            )
+            .map_err(|e| OpError(Status::Io, e.to_string()))
     }
 
     pub(super) async fn op_delete(&self, h: &Header) -> Result<Header, OpError> {

@@ -1,8 +1,10 @@
 //! `write`: a chunk write on this node and its forward to the rest of the
-//! chain, concurrently. The local part is [`crate::chunk_store`]'s (durable
-//! before it returns); this file decides the version, forwards the payload
-//! to the next hop with the chain's tail, and answers how many replicas
-//! are durable (`quorum` when fewer than the write quorum).
+//! chain, concurrently. The local part is [`crate::chunk_store`]'s (it picks
+//! the version and is durable before it returns); this file checks the
+//! chain and the write quorum, authorizes the write, forwards the payload
+//! with the version to the next hop along with the chain's tail, and
+//! answers how many replicas are durable (`quorum` when fewer than the
+//! write quorum).
 
 use super::OpError;
 use crate::chunk_store::{SharedPayload, WriteBuf};
