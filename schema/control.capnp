@@ -22,6 +22,11 @@ enum ErrorCode {
   unavailable @10;
   staleHandle @11;
   versionMismatch @12;
+  notLeader @13;
+  # A replicated control server that is not the Raft leader refuses calls
+  # that need the leader (mutations, membership, linearizable reads); the
+  # message names the leader when one is known. Find it with `hello` on the
+  # replicas and call again there.
 }
 
 enum FileKind {
@@ -89,11 +94,11 @@ interface FileHandle {
   getChunks @1 (firstIndex :UInt64, count :UInt32) -> (chunks :List(ChunkRecord));
   # Records of the chunks with index in [firstIndex, firstIndex + count),
   # ascending; indexes with no record are holes.
-  commitChunks @2 (chunks :List(ChunkRecord), fileSize :UInt64) -> (attr :Attr);
+  commitChunks @2 (chunks :List(ChunkRecord), fileSize :UInt64, requestId :Data) -> (attr :Attr);
   # Write handles only. Atomically stores the records (replacing any with the
   # same index) and sets the file size: the commit is what makes data
   # visible. A record's version must be greater than the one it replaces.
-  setSize @3 (size :UInt64) -> (attr :Attr);
+  setSize @3 (size :UInt64, requestId :Data) -> (attr :Attr);
   # Write handles only. Truncate or extend; chunks wholly past the new size
   # are dropped from the map.
   close @4 ();
@@ -140,21 +145,34 @@ interface Subscription {
 interface Control {
   # The bootstrap capability of the control server.
 
-  hello @0 (protocolVersion :UInt32) -> (protocolVersion :UInt32, serverVersion :Text);
+  hello @0 (protocolVersion :UInt32)
+      -> (protocolVersion :UInt32, serverVersion :Text,
+          isLeader :Bool, leaderAddress :Text, replicated :Bool);
   # Fails with `version_mismatch` if the caller speaks another protocol.
+  # isLeader: this server serves every call (a single control server always
+  # does; a replica only while it is the Raft leader). leaderAddress: the
+  # leader's RPC address as this replica knows it (empty when unknown or
+  # when this is the leader). replicated: the control plane runs Raft.
 
   # -- Namespace. Paths are absolute, '/'-separated, UTF-8. --
-  create @1 (path :Text, options :CreateOptions) -> (attr :Attr);
-  mkdir @2 (path :Text, mode :UInt32) -> (attr :Attr);
-  unlink @3 (path :Text);
-  rmdir @4 (path :Text);
-  rename @5 (from :Text, to :Text);
+  # requestId (16 bytes, or empty): a mutation sent again with the same id
+  # (after a lost answer or a leader change) is answered with the outcome
+  # of its first application and not applied twice, for as long as the
+  # server keeps the id (docs/protocol.md: at least 120 s).
+  create @1 (path :Text, options :CreateOptions, requestId :Data) -> (attr :Attr);
+  mkdir @2 (path :Text, mode :UInt32, requestId :Data) -> (attr :Attr);
+  unlink @3 (path :Text, requestId :Data);
+  rmdir @4 (path :Text, requestId :Data);
+  rename @5 (from :Text, to :Text, requestId :Data);
   # Atomic. Replaces an existing file at `to`, or an empty directory with a
   # directory; never moves a directory inside itself.
-  stat @6 (path :Text) -> (attr :Attr);
-  list @7 (path :Text, after :Text, limit :UInt32) -> (entries :List(DirEntry), more :Bool);
+  stat @6 (path :Text, stale :Bool) -> (attr :Attr);
+  # stale: a replica that is not the leader may answer from its own,
+  # possibly older, state; otherwise the answer is linearizable.
+  list @7 (path :Text, after :Text, limit :UInt32, stale :Bool)
+      -> (entries :List(DirEntry), more :Bool);
   # Entries with name > `after`, in byte order of the names, at most `limit`
-  # (0 = server default, capped by the server).
+  # (0 = server default, capped by the server). stale: as for stat.
   open @8 (path :Text, mode :OpenMode, waitMs :UInt32)
       -> (handle :FileHandle, guid :Data, attr :Attr);
   # `guid` is 16 bytes. A write open waits up to waitMs for the lease, FIFO,
@@ -198,6 +216,53 @@ interface Control {
   # down, so re-replication starts after the repair grace as for any down
   # node; a restarted node joins again with its id and key. A control
   # server older than this method answers `unimplemented`.
+
+  # -- Replication (Raft between control replicas). --
+  raft @17 (secret :Data, fromReplica :UInt64) -> (peer :RaftPeer);
+  # The Raft endpoint of this replica, for another replica that knows the
+  # cluster secret.
+  replication @18 () -> (status :ReplicationStatus);
+  # This replica's view of the group, for `ringfs status` and monitoring.
+  addReplica @19 (secret :Data, replicaId :UInt64, address :Text);
+  # Leader only: adds a replica (an empty one catches up, from a snapshot
+  # if the log was compacted), then makes it a voter. Returns once it votes.
+  removeReplica @20 (secret :Data, replicaId :UInt64);
+  # Leader only: removes a replica from the voters and the group.
+  takeSnapshot @21 (secret :Data) -> (path :Text, lastIndex :UInt64, bytes :UInt64);
+  # Writes a consistent snapshot of the metadata to a file in this server's
+  # data directory and returns its path (backup; see docs/operations.md).
+}
+
+interface RaftPeer {
+  # Raft messages between control replicas. Each request and response is
+  # openraft's message serialized with postcard (docs/protocol.md).
+  appendEntries @0 (request :Data) -> (response :Data);
+  vote @1 (request :Data) -> (response :Data);
+  installSnapshot @2 (request :Data) -> (response :Data);
+}
+
+struct ReplicaInfo {
+  replicaId @0 :UInt64;
+  address @1 :Text;
+  voter @2 :Bool;
+  matchedIndex @3 :UInt64;
+  # Leader only: the highest log index known replicated there (0: none or
+  # unknown).
+}
+
+struct ReplicationStatus {
+  replicated @0 :Bool;
+  replicaId @1 :UInt64;
+  state @2 :Text;
+  # leader, follower, candidate, learner or shutdown.
+  leaderId @3 :UInt64;
+  # 0 when unknown.
+  leaderAddress @4 :Text;
+  term @5 :UInt64;
+  lastLogIndex @6 :UInt64;
+  appliedIndex @7 :UInt64;
+  snapshotIndex @8 :UInt64;
+  replicas @9 :List(ReplicaInfo);
 }
 
 enum CommandKind {

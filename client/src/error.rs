@@ -54,6 +54,13 @@ pub enum Error {
     /// The control server speaks another protocol version.
     #[error("protocol version mismatch: {0}")]
     VersionMismatch(String),
+    /// The control replica asked is not the Raft leader (the message names
+    /// the leader when known). The client finds the leader and calls again
+    /// by itself; an application sees this only when no leader could be
+    /// found in time, or from a write handle opened under an earlier
+    /// leader (reopen the file).
+    #[error("not the leader: {0}")]
+    NotLeader(String),
     /// The control server or a storage node could not be reached, its
     /// connection broke, or it refused for now (stopping, not joined). The
     /// call did not take effect, except as documented for chunk writes.

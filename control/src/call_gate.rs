@@ -3,25 +3,46 @@
 //! stopping, refuses new ones with `unavailable`, so that a graceful stop
 //! can answer every call it accepted and then close.
 //!
+//! It also knows whether this server may serve calls that need the Raft
+//! leader ([`CallGate::check_leader`]): a single control server always may;
+//! a replica only while it is the leader and has applied everything its
+//! predecessors committed.
+//!
 //! Invariant: after [`CallGate::stop`], `in_flight` only falls, and
 //! [`CallGate::idle`] resolves once it is zero.
 //!
 //! Single-threaded: it lives on the RPC thread.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use tokio::sync::Notify;
 
 use crate::error::ControlError;
 
-/// Calls in flight and whether the server is stopping.
-#[derive(Default)]
+/// Calls in flight, whether the server is stopping, and whether it leads.
 pub struct CallGate {
     in_flight: Cell<u64>,
     stopping: Cell<bool>,
+    /// Serves calls that need the leader.
+    leader: Cell<bool>,
+    /// Who the leader is, for the `not_leader` message.
+    leader_hint: RefCell<String>,
     /// Woken on `stop` and whenever the last call in flight ends.
     changed: Notify,
+}
+
+impl Default for CallGate {
+    /// A gate of a server that leads (a single control server).
+    fn default() -> Self {
+        CallGate {
+            in_flight: Cell::new(0),
+            stopping: Cell::new(false),
+            leader: Cell::new(true),
+            leader_hint: RefCell::default(),
+            changed: Notify::new(),
+        }
+    }
 }
 
 /// One admitted call; dropping it (answered or cancelled) ends it.
@@ -55,6 +76,32 @@ impl CallGate {
     /// Whether [`CallGate::stop`] was called.
     pub fn is_stopping(&self) -> bool {
         self.stopping.get()
+    }
+
+    /// Sets whether this server serves calls that need the leader, and
+    /// what a refused call is told about the leader.
+    pub fn set_leader(&self, leader: bool, hint: String) {
+        self.leader.set(leader);
+        *self.leader_hint.borrow_mut() = hint;
+    }
+
+    /// Whether this server serves calls that need the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get()
+    }
+
+    /// `Ok` if this server serves calls that need the leader, otherwise the
+    /// `not_leader` error naming the leader as known.
+    pub fn check_leader(&self) -> Result<(), ControlError> {
+        if self.leader.get() {
+            return Ok(());
+        }
+        let hint = self.leader_hint.borrow();
+        Err(ControlError::NotLeader(if hint.is_empty() {
+            "no leader is known yet (an election is under way)".into()
+        } else {
+            hint.clone()
+        }))
     }
 
     /// Calls admitted and not yet answered.

@@ -18,6 +18,7 @@ where
         Err(code) => return code,
     };
     let print_config = args.print_config;
+    let restore = args.restore.clone();
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -28,6 +29,22 @@ where
     if print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Some(from) = restore {
+        return match crate::backup::restore(&from, &config.data) {
+            Ok(bytes) => {
+                println!(
+                    "restored {bytes} bytes of metadata from {} into {}",
+                    from.display(),
+                    config.data.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringfs-control: restore: {}", ringfs_schema::wire_error::describe(&e));
+                ExitCode::FAILURE
+            }
+        };
     }
     ringfs_ops::logging::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -2,6 +2,13 @@
 //! store and its writer, membership, leases, map watchers, and the repair
 //! and garbage-collection planner with its commands.
 //!
+//! With a replicated control plane, the leader's in-memory state
+//! (membership, liveness, chunk reports, leases, commands, repair timing,
+//! watchers) is not replicated: a new leader rebuilds it ([`State::lead`])
+//! from the replicated store and the nodes' heartbeats, as a restarted
+//! single server does, and a replica that stops leading drops it
+//! ([`State::follow`]), which ends every write lease it granted.
+//!
 //! Everything here lives on the RPC thread (capnp-rpc is single-threaded),
 //! in `Cell`s and `RefCell`s: no borrow is held across an `await`. The RPC
 //! objects in [`crate::service`] read and change it; the server's periodic
@@ -18,7 +25,7 @@ use crate::call_gate::CallGate;
 use crate::commands::{Commands, Work};
 use crate::error::Result;
 use crate::gc::Gc;
-use crate::group_commit::Committer;
+use crate::proposer::Proposer;
 use crate::leases::Leases;
 use crate::membership::Membership;
 use crate::records::Chunk;
@@ -37,7 +44,11 @@ pub struct MembershipTiming {
 /// State shared by every connection.
 pub struct State {
     pub(crate) store: Arc<MetaStore>,
-    pub(crate) committer: Committer,
+    pub(crate) committer: Proposer,
+    /// The data directory (snapshots for backups go there).
+    pub(crate) data_dir: std::path::PathBuf,
+    /// This server's replica, when the control plane is replicated.
+    pub(crate) replica: Option<Rc<crate::raft::Replica>>,
     pub(crate) secret: Vec<u8>,
     pub(crate) timing: MembershipTiming,
     pub(crate) leases: RefCell<Leases>,
@@ -63,16 +74,21 @@ impl State {
     /// persisted, no leases, no watchers, a planner that scans at once.
     pub fn new(
         store: Arc<MetaStore>,
-        committer: Committer,
+        committer: Proposer,
+        replica: Option<Rc<crate::raft::Replica>>,
         secret: Vec<u8>,
         timing: MembershipTiming,
         repair: RepairConfig,
+        gate: Rc<CallGate>,
+        data_dir: std::path::PathBuf,
     ) -> Result<Rc<Self>> {
         let membership = Membership::new(store.nodes()?);
         let epoch = store.epoch()?;
         Ok(Rc::new(State {
             store,
             committer,
+            replica,
+            data_dir,
             secret,
             timing,
             leases: RefCell::default(),
@@ -83,16 +99,61 @@ impl State {
             repair: RefCell::new(Repair::new(repair)),
             commands: RefCell::default(),
             gc: RefCell::default(),
-            gate: Rc::default(),
+            gate,
             rescan: Cell::new(true),
             last_scan: Cell::new(None),
         }))
     }
 
+    /// Takes over as the leader of a replicated control plane: the state a
+    /// restarted single server would have, from the replicated store (every
+    /// node down until it heartbeats here, no chunk report yet, so nothing
+    /// is judged lost before the nodes report; downtime counts from now),
+    /// and no lease (those granted by an earlier leader ended with it).
+    pub(crate) async fn lead(self: &Rc<Self>) -> Result<()> {
+        let membership = Membership::new(self.store.nodes()?);
+        *self.membership.borrow_mut() = membership;
+        self.epoch.set(self.store.epoch()?);
+        self.drop_leader_state();
+        let cfg = self.repair.borrow().cfg;
+        *self.repair.borrow_mut() = Repair::new(cfg);
+        self.rescan.set(true);
+        self.last_scan.set(None);
+        // Nodes and clients see the map of the new leader's term.
+        self.map_changed().await
+    }
+
+    /// Stops leading: every lease, watcher and command of this term ends
+    /// (their holders get `not_leader` and go to the new leader).
+    pub(crate) fn follow(&self) {
+        self.drop_leader_state();
+    }
+
+    fn drop_leader_state(&self) {
+        *self.leases.borrow_mut() = Leases::default();
+        self.watchers.borrow_mut().clear();
+        *self.commands.borrow_mut() = Commands::default();
+        *self.gc.borrow_mut() = Gc::default();
+    }
+
+    /// Returns when a read here may be served: at once for a single
+    /// server, or for a `stale` read (any replica, possibly behind);
+    /// otherwise once this replica confirmed its leadership and applied
+    /// every write acknowledged before (linearizable).
+    pub(crate) async fn read_barrier(&self, stale: bool) -> Result<()> {
+        match &self.replica {
+            Some(r) if !stale => r.read_barrier().await,
+            _ => Ok(()),
+        }
+    }
+
     /// One round of repair and garbage collection: forgets lost commands,
     /// then, if a scan is due ([`State::scan_due`]), plans copies and
-    /// deletes from the current chunk map.
+    /// deletes from the current chunk map. Only the leader plans.
     pub async fn plan_round(self: &Rc<Self>) -> Result<()> {
+        if !self.gate.is_leader() {
+            return Ok(());
+        }
         let now = Instant::now();
         let garbage = self.store.garbage()?;
         let membership = self.membership.borrow();
@@ -338,6 +399,9 @@ impl State {
     /// Marks silent nodes down; on any change, persists a new epoch and
     /// notifies subscribers. Called periodically by the server.
     pub async fn sweep(self: &Rc<Self>) -> Result<()> {
+        if !self.gate.is_leader() {
+            return Ok(());
+        }
         let down = self
             .membership
             .borrow_mut()

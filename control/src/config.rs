@@ -26,6 +26,11 @@ pub struct Args {
     /// and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Restore the metadata snapshot FILE (from `ringfs admin snapshot`)
+    /// into the empty data directory, then exit. Start the server there
+    /// afterwards (alone, or with --bootstrap as the first replica).
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
     /// Address to serve Cap'n Proto RPC on (port 0 picks a free port).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -71,6 +76,32 @@ pub struct Args {
     /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Replicated control plane: RPC addresses ("host:port") of the other
+    /// control replicas, comma-separated. A replica with no Raft state asks
+    /// them to add it to their group. Unset (and no --bootstrap): a single
+    /// control server.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Start a new replicated group with this replica as its only voter,
+    /// if this replica has no Raft state yet (ignored once it has).
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// The RPC address other replicas and clients reach this one at
+    /// [default: the listening address].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long)]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft election timeout in milliseconds (lower bound; the upper is twice it) [default: 500].
+    #[arg(long)]
+    pub raft_election_ms: Option<u64>,
+    /// Log entries between two snapshots of the metadata [default: 20000].
+    #[arg(long)]
+    pub raft_snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot, for followers a little behind [default: 1000].
+    #[arg(long)]
+    pub raft_logs_kept: Option<u64>,
 }
 
 /// The TOML file: the same keys as the long flags. `--print-config`
@@ -93,6 +124,13 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     metrics: Option<SocketAddr>,
+    peers: Option<Vec<String>>,
+    bootstrap: Option<bool>,
+    advertise: Option<String>,
+    raft_heartbeat_ms: Option<u64>,
+    raft_election_ms: Option<u64>,
+    raft_snapshot_every: Option<u64>,
+    raft_logs_kept: Option<u64>,
 }
 
 /// Validated configuration.
@@ -115,6 +153,23 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Monitoring endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// Replication, when the control plane is replicated.
+    pub replication: Option<Replication>,
+}
+
+/// Settings of a replicated control plane (Raft).
+#[derive(Clone, Debug)]
+pub struct Replication {
+    /// Other replicas' RPC addresses.
+    pub peers: Vec<String>,
+    /// Start a new group if this replica has no Raft state.
+    pub bootstrap: bool,
+    /// The address others reach this replica at (`None`: the bound one).
+    pub advertise: Option<String>,
+    pub heartbeat: Duration,
+    pub election: Duration,
+    pub snapshot_every: u64,
+    pub logs_kept: u64,
 }
 
 /// A configuration problem, stated for the operator.
@@ -193,6 +248,41 @@ impl Config {
             .or(file.log_level)
             .unwrap_or_else(|| ringfs_ops::logging::DEFAULT_LEVEL.into());
         ringfs_ops::logging::check_level(&log_level).map_err(ConfigError)?;
+        let peers = args.peers.or(file.peers).unwrap_or_default();
+        let bootstrap = args.bootstrap || file.bootstrap.unwrap_or(false);
+        for p in &peers {
+            ringfs_ops::config_file::check_host_port(p)
+                .map_err(|e| ConfigError(format!("peers: {e}")))?;
+        }
+        let advertise = args.advertise.or(file.advertise);
+        if let Some(a) = &advertise {
+            ringfs_ops::config_file::check_host_port(a)
+                .map_err(|e| ConfigError(format!("advertise: {e}")))?;
+        }
+        let raft_heartbeat = ms(args.raft_heartbeat_ms, file.raft_heartbeat_ms, 100);
+        let raft_election = ms(args.raft_election_ms, file.raft_election_ms, 500);
+        if raft_heartbeat.is_zero() || raft_election <= raft_heartbeat * 2 {
+            return Err(ConfigError(format!(
+                "raft-election-ms ({}) must be more than twice raft-heartbeat-ms ({}), which must be above 0",
+                raft_election.as_millis(),
+                raft_heartbeat.as_millis()
+            )));
+        }
+        let snapshot_every = args
+            .raft_snapshot_every
+            .or(file.raft_snapshot_every)
+            .unwrap_or(20_000)
+            .max(1);
+        let logs_kept = args.raft_logs_kept.or(file.raft_logs_kept).unwrap_or(1000);
+        let replication = (bootstrap || !peers.is_empty()).then(|| Replication {
+            peers,
+            bootstrap,
+            advertise,
+            heartbeat: raft_heartbeat,
+            election: raft_election,
+            snapshot_every,
+            logs_kept,
+        });
         Ok(Config {
             listen,
             data,
@@ -208,6 +298,7 @@ impl Config {
             log_level,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics: args.metrics.or(file.metrics),
+            replication,
         })
     }
 }
@@ -231,6 +322,19 @@ impl Config {
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
             metrics: self.metrics,
+            peers: self.replication.as_ref().map(|r| r.peers.clone()),
+            bootstrap: self.replication.as_ref().map(|r| r.bootstrap),
+            advertise: self.replication.as_ref().and_then(|r| r.advertise.clone()),
+            raft_heartbeat_ms: self
+                .replication
+                .as_ref()
+                .map(|r| r.heartbeat.as_millis() as u64),
+            raft_election_ms: self
+                .replication
+                .as_ref()
+                .map(|r| r.election.as_millis() as u64),
+            raft_snapshot_every: self.replication.as_ref().map(|r| r.snapshot_every),
+            raft_logs_kept: self.replication.as_ref().map(|r| r.logs_kept),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

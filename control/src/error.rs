@@ -54,6 +54,10 @@ pub enum ControlError {
     /// The peer speaks another protocol version.
     #[error("protocol version mismatch: {0}")]
     VersionMismatch(String),
+    /// This replica is not the Raft leader: the call needs the leader. The
+    /// message names the leader when one is known.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
     /// The server cannot serve the call now (stopping, writer gone).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -123,10 +127,18 @@ macro_rules! wire_codes {
             }
 
             /// An error of the variant named like `code`.
-            #[cfg(test)]
-            fn with_code(code: ErrorCode, message: String) -> Self {
+            pub fn with_code(code: ErrorCode, message: String) -> Self {
                 match code {
                     $(ErrorCode::$code => Self::$code(message),)*
+                }
+            }
+
+            /// A refusal's code and message (what [`ControlError::with_code`]
+            /// rebuilds it from); `None` for failures of the server itself.
+            pub fn refusal(&self) -> Option<(ErrorCode, &str)> {
+                match self {
+                    $(Self::$code(m) => Some((ErrorCode::$code, m.as_str())),)*
+                    Self::Store(_) | Self::Corrupt { .. } | Self::Io { .. } => None,
                 }
             }
         }

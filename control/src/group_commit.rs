@@ -14,10 +14,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::error::{ControlError, Result};
-use crate::store::{MetaStore, Mutation, Outcome};
+use crate::store::{Batch, MetaStore, Mutation, Outcome, Request};
 
-struct Request {
-    mutation: Mutation,
+struct Waiting {
+    request: Request,
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
@@ -25,13 +25,13 @@ struct Request {
 /// it has committed what it already received.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Waiting>,
 }
 
 impl Committer {
     /// Starts the writer thread; batches hold at most `max_batch` mutations.
     pub fn start(store: Arc<MetaStore>, max_batch: usize) -> (Self, std::thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel::<Request>();
+        let (tx, rx) = mpsc::channel::<Waiting>();
         let thread = std::thread::Builder::new()
             .name("ringfs-commit".into())
             .spawn(move || writer_loop(&store, &rx, max_batch.max(1)))
@@ -41,34 +41,45 @@ impl Committer {
 
     /// Applies `mutation` durably and returns its outcome.
     pub async fn submit(&self, mutation: Mutation) -> Result<Outcome> {
+        self.submit_request(Request { id: None, mutation }).await
+    }
+
+    /// Applies `request` durably and returns its outcome; a request id seen
+    /// before (within its retention) gets the first answer, not a second
+    /// application.
+    pub async fn submit_request(&self, request: Request) -> Result<Outcome> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { mutation, reply })
+            .send(Waiting { request, reply })
             .map_err(|_| ControlError::Unavailable("the metadata writer has stopped".into()))?;
         rx.await
             .map_err(|_| ControlError::Unavailable("the metadata writer has stopped".into()))?
     }
 }
 
-fn writer_loop(store: &MetaStore, rx: &mpsc::Receiver<Request>, max_batch: usize) {
-    let mut mutations = Vec::with_capacity(max_batch);
+fn writer_loop(store: &MetaStore, rx: &mpsc::Receiver<Waiting>, max_batch: usize) {
+    let mut batch = Batch {
+        now_ns: 0,
+        requests: Vec::with_capacity(max_batch),
+    };
     let mut replies = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
-        mutations.push(first.mutation);
+        batch.requests.push(first.request);
         replies.push(first.reply);
-        while mutations.len() < max_batch {
+        while batch.requests.len() < max_batch {
             match rx.try_recv() {
                 Ok(r) => {
-                    mutations.push(r.mutation);
+                    batch.requests.push(r.request);
                     replies.push(r.reply);
                 }
                 Err(_) => break,
             }
         }
+        batch.now_ns = crate::service::now_ns();
         let started = std::time::Instant::now();
-        let outcome = commit_batch(store, &mutations);
+        let outcome = commit_batch(store, &batch);
         tracing::debug!(
-            batch = mutations.len(),
+            batch = batch.requests.len(),
             commit_us = started.elapsed().as_micros() as u64,
             "group commit"
         );
@@ -83,7 +94,7 @@ fn writer_loop(store: &MetaStore, rx: &mpsc::Receiver<Request>, max_batch: usize
             Err(e) => {
                 tracing::error!(
                     error = %ringfs_schema::wire_error::describe(&e),
-                    batch = mutations.len(),
+                    batch = batch.requests.len(),
                     "metadata commit failed"
                 );
                 for reply in replies.drain(..) {
@@ -91,17 +102,20 @@ fn writer_loop(store: &MetaStore, rx: &mpsc::Receiver<Request>, max_batch: usize
                 }
             }
         }
-        mutations.clear();
+        batch.requests.clear();
     }
 }
 
 /// Applies and commits one batch. Failpoint `group_commit::before_commit`
 /// fails the whole batch with a storage error before it reaches the store.
-fn commit_batch(store: &MetaStore, mutations: &[Mutation]) -> Result<Vec<Result<Outcome>>> {
+fn commit_batch(store: &MetaStore, batch: &Batch) -> Result<Vec<Result<Outcome>>> {
     crate::fail_point!("group_commit::before_commit", |_| Err(ControlError::from(
         redb::StorageError::Io(std::io::Error::other(
             "injected by failpoint group_commit::before_commit"
         ))
     )));
-    store.apply_batch(mutations)
+    Ok(store
+        .apply_batches(&[batch], &[], true)?
+        .pop()
+        .unwrap_or_default())
 }

@@ -33,6 +33,7 @@ macro_rules! fail_point {
 }
 pub(crate) use fail_point;
 
+pub mod backup;
 pub mod call_gate;
 pub mod cli;
 pub mod cluster_state;
@@ -45,6 +46,8 @@ pub mod leases;
 pub mod membership;
 pub mod metrics;
 pub mod path;
+pub mod proposer;
+pub mod raft;
 pub mod records;
 pub mod repair;
 pub mod server;

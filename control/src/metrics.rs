@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
-const CONTROL_METHODS: [&str; 17] = [
+const CONTROL_METHODS: [&str; 22] = [
     "hello",
     "create",
     "mkdir",
@@ -43,7 +43,19 @@ const CONTROL_METHODS: [&str; 17] = [
     "report_bad_replica",
     "chunk_health",
     "leave",
+    "raft",
+    "replication",
+    "add_replica",
+    "remove_replica",
+    "take_snapshot",
 ];
+
+/// Whether `Control` method `id` needs the Raft leader: every one but
+/// `hello`, the reads that may be stale (`stat`, `list`, which check for
+/// themselves) and the replication calls (which check for themselves).
+fn control_needs_leader(id: u16) -> bool {
+    !matches!(id, 0 | 6 | 7 | 17..=21)
+}
 
 /// Method names of the `FileHandle` interface, by method id.
 const FILE_HANDLE_METHODS: [&str; 5] = [
@@ -265,6 +277,8 @@ pub struct Metered<D> {
     /// The interface whose methods `names` lists, by method id.
     interface: u64,
     names: &'static [&'static str],
+    /// Whether a method (by id) is refused on a replica that does not lead.
+    needs_leader: fn(u16) -> bool,
 }
 
 /// The dispatcher capnp-rpc calls for a [`Metered`] server.
@@ -296,7 +310,12 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
             _ => "unknown",
         };
         let started = Instant::now();
-        let admitted = match self.0.gate.enter() {
+        let leading = if (self.0.needs_leader)(method_id) {
+            self.0.gate.check_leader()
+        } else {
+            Ok(())
+        };
+        let admitted = match leading.and_then(|()| self.0.gate.enter()) {
             Ok(a) => a,
             Err(e) => {
                 self.0.metrics.record(op, false, started);
@@ -353,6 +372,7 @@ pub fn metered_client<S: control::Server + 'static>(
         gate,
         interface: <control::Client as capnp::traits::HasTypeId>::TYPE_ID,
         names: &CONTROL_METHODS,
+        needs_leader: control_needs_leader,
     })
 }
 
@@ -369,6 +389,9 @@ pub fn file_handle_client<S: file_handle::Server + 'static>(server: S) -> file_h
                 gate,
                 interface: <file_handle::Client as capnp::traits::HasTypeId>::TYPE_ID,
                 names: &FILE_HANDLE_METHODS,
+                // A handle (and its lease) belongs to the leader that
+                // granted it: a deposed one refuses its calls.
+                needs_leader: |_| true,
             })
         }
     }

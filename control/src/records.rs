@@ -9,7 +9,7 @@
 pub const ROOT_INODE: u64 = 1;
 
 /// Kind of an inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// A regular file: chunks and a size.
     File,
@@ -31,7 +31,7 @@ type Result<T> = std::result::Result<T, Malformed>;
 
 /// An inode. Files and directories have exactly one parent (no hard links),
 /// which makes "is this directory inside that one" a walk up the parents.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Inode {
     /// File or directory.
     pub kind: Kind,
@@ -54,7 +54,7 @@ pub struct Inode {
 }
 
 /// Where one chunk of a file lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Chunk {
     /// The chunk id the storage nodes know it by.
     pub id: u128,

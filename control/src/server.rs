@@ -47,6 +47,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         Some(addr) => Some(start_metrics_endpoint(addr, &metrics, &figures).await?),
     };
     let (state, writer, listener) = start(&config).await?;
+    if let Some(r) = &state.replica {
+        r.follow(Rc::downgrade(&state));
+    }
     crate::metrics::set_current(Some((metrics.clone(), state.gate.clone())));
     let background = [
         spawn_sweeper(&state, &config),
@@ -97,8 +100,9 @@ async fn start_metrics_endpoint(
     )))
 }
 
-/// Opens the store, starts its writer thread, listens, and builds the shared
-/// state; prints the "listening" line launchers wait for.
+/// Opens the store, starts its writer thread (and with replication, the
+/// replica), listens, and builds the shared state; prints the "listening"
+/// line launchers wait for.
 async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()>, TcpListener)> {
     std::fs::create_dir_all(&config.data).map_err(|e| {
         ControlError::io(
@@ -110,6 +114,8 @@ async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()
         &config.data.join("meta.redb"),
         config.defaults,
     )?);
+    // The local writer also serves a replica: it is idle there (mutations
+    // go through Raft), and it keeps one shutdown path for both.
     let (committer, writer) = Committer::start(store.clone(), MAX_BATCH);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -129,7 +135,45 @@ async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()
         command_timeout: COMMAND_TIMEOUT,
         node_ttl: config.node_ttl,
     };
-    let state = State::new(store, committer, config.secret.clone(), timing, repair)?;
+    let gate: Rc<crate::call_gate::CallGate> = Rc::default();
+    let (proposer, replica) = match &config.replication {
+        None => (crate::proposer::Proposer::Local(committer), None),
+        Some(r) => {
+            let cfg = crate::raft::ReplicaConfig {
+                bootstrap: r.bootstrap,
+                peers: r.peers.clone(),
+                advertise: r.advertise.clone().unwrap_or_else(|| local.to_string()),
+                heartbeat: r.heartbeat,
+                election: r.election,
+                snapshot_every: r.snapshot_every,
+                logs_kept: r.logs_kept,
+            };
+            drop(committer);
+            let replica = crate::raft::Replica::start(
+                cfg,
+                &config.data,
+                store.clone(),
+                gate.clone(),
+                config.secret.clone().into(),
+                config.defaults,
+            )
+            .await?;
+            (
+                crate::proposer::Proposer::Raft(replica.proposer.clone()),
+                Some(replica),
+            )
+        }
+    };
+    let state = State::new(
+        store,
+        proposer,
+        replica,
+        config.secret.clone(),
+        timing,
+        repair,
+        gate,
+        config.data.clone(),
+    )?;
     // Tests and launchers wait for this line to know the port.
     println!("ringfs-control listening on {local}");
     tracing::info!(%local, data = %config.data.display(), "control server started");

@@ -54,3 +54,32 @@ pub fn check_data_dir(data: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+/// Checks that `s` is "host:port" (an IP address or a DNS name, and a
+/// port in 1..=65535); names are resolved only when connecting. The error
+/// says what is wrong with it.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{s:?}: {why}"));
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return match a.port() {
+            0 => bad("the port must be a number in 1..=65535"),
+            _ => Ok(()),
+        };
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return bad("expected host:port, e.g. 10.0.0.1:7700");
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return bad("the port must be a number in 1..=65535"),
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !name_ok {
+        return bad("the host must be a name or an IP address");
+    }
+    Ok(())
+}

@@ -37,6 +37,7 @@ macro_rules! with_error_codes {
             Unavailable => "unavailable",
             StaleHandle => "stale_handle",
             VersionMismatch => "version_mismatch",
+            NotLeader => "not_leader",
         }
     };
 }

@@ -302,29 +302,7 @@ pub fn check_cores(cores: &[usize], online: usize) -> Result<(), ConfigError> {
 /// Checks that `s` is `host:port` (a name or IPv4, or `[IPv6]`, and a
 /// non-zero port). Names are resolved later, when connecting.
 pub fn check_host_port(s: &str) -> Result<(), ConfigError> {
-    let bad = |why: &str| ConfigError::Invalid("control", format!("{s:?}: {why}"));
-    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
-        return match a.port() {
-            0 => Err(bad("the port must be a number in 1..=65535")),
-            _ => Ok(()),
-        };
-    }
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| bad("expected host:port, e.g. 10.0.0.1:7700"))?;
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err(bad("the port must be a number in 1..=65535")),
-    }
-    let name_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if !name_ok {
-        return Err(bad("the host must be a name or an IP address"));
-    }
-    Ok(())
+    ringfs_ops::config_file::check_host_port(s).map_err(|e| ConfigError::Invalid("control", e))
 }
 
 /// Creates the data directory if needed and proves it writable.

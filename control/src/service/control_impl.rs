@@ -20,7 +20,7 @@ use crate::cluster_state::State;
 use crate::error::{ControlError, Result};
 use crate::leases::{Acquire, Guid};
 use crate::records::Kind;
-use crate::store::{CreateOptions, Mutation, Outcome};
+use crate::store::{CreateOptions, Mutation, Outcome, Request};
 
 /// The bootstrap capability; one per server, shared by every connection.
 pub(super) struct ControlImpl {
@@ -28,8 +28,13 @@ pub(super) struct ControlImpl {
 }
 
 impl ControlImpl {
-    async fn mutate_attr(&self, m: Mutation, out: attr::Builder<'_>) -> Result<()> {
-        match self.state.committer.submit(m).await? {
+    async fn mutate_attr(
+        &self,
+        id: Option<u128>,
+        m: Mutation,
+        out: attr::Builder<'_>,
+    ) -> Result<()> {
+        match self.submit(id, m).await? {
             Outcome::Attr(ino, a) => {
                 fill_attr(out, ino, &a);
                 Ok(())
@@ -38,6 +43,23 @@ impl ControlImpl {
                 "unexpected outcome {other:?}"
             ))),
         }
+    }
+
+    /// Applies `mutation` under the client's request id `id`.
+    async fn submit(&self, id: Option<u128>, mutation: Mutation) -> Result<Outcome> {
+        self.state
+            .committer
+            .submit_request(Request { id, mutation })
+            .await
+    }
+
+    /// The replica, for calls that exist only on a replicated control
+    /// plane, after checking the cluster secret.
+    fn replica(&self, secret: &[u8]) -> Result<&Rc<crate::raft::Replica>> {
+        check_secret(secret, &self.state.secret)?;
+        self.state.replica.as_ref().ok_or_else(|| {
+            ControlError::InvalidArgument("this control server is not replicated".into())
+        })
     }
 
     /// Waits (FIFO, up to `wait`) for the write lease on `inode`.
@@ -106,6 +128,13 @@ impl control::Server for ControlImpl {
             let mut r = results.get();
             r.set_protocol_version(PROTOCOL_VERSION);
             r.set_server_version(concat!("ringfs-control ", env!("CARGO_PKG_VERSION")));
+            r.set_is_leader(self.state.gate.is_leader());
+            r.set_replicated(self.state.replica.is_some());
+            if let Some(replica) = &self.state.replica {
+                if !self.state.gate.is_leader() {
+                    r.set_leader_address(replica.leader_address().as_str());
+                }
+            }
             Ok(())
         })
     }
@@ -131,7 +160,8 @@ impl control::Server for ControlImpl {
                 options,
                 now_ns: now_ns(),
             };
-            self.mutate_attr(m, results.get().init_attr()).await
+            let id = request_id(p.get_request_id())?;
+            self.mutate_attr(id, m, results.get().init_attr()).await
         })
     }
 
@@ -147,7 +177,8 @@ impl control::Server for ControlImpl {
                 mode: p.get_mode(),
                 now_ns: now_ns(),
             };
-            self.mutate_attr(m, results.get().init_attr()).await
+            let id = request_id(p.get_request_id())?;
+            self.mutate_attr(id, m, results.get().init_attr()).await
         })
     }
 
@@ -157,12 +188,14 @@ impl control::Server for ControlImpl {
         _: control::UnlinkResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            let path = text(params.get()?.get_path())?;
+            let p = params.get()?;
             let m = Mutation::Unlink {
-                path,
+                path: text(p.get_path())?,
                 now_ns: now_ns(),
             };
-            self.state.committer.submit(m).await.map(drop)
+            self.submit(request_id(p.get_request_id())?, m)
+                .await
+                .map(drop)
         })
     }
 
@@ -172,12 +205,14 @@ impl control::Server for ControlImpl {
         _: control::RmdirResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            let path = text(params.get()?.get_path())?;
+            let p = params.get()?;
             let m = Mutation::Rmdir {
-                path,
+                path: text(p.get_path())?,
                 now_ns: now_ns(),
             };
-            self.state.committer.submit(m).await.map(drop)
+            self.submit(request_id(p.get_request_id())?, m)
+                .await
+                .map(drop)
         })
     }
 
@@ -193,7 +228,9 @@ impl control::Server for ControlImpl {
                 to: text(p.get_to())?,
                 now_ns: now_ns(),
             };
-            self.state.committer.submit(m).await.map(drop)
+            self.submit(request_id(p.get_request_id())?, m)
+                .await
+                .map(drop)
         })
     }
 
@@ -203,7 +240,9 @@ impl control::Server for ControlImpl {
         mut results: control::StatResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            let path = text(params.get()?.get_path())?;
+            let p = params.get()?;
+            let path = text(p.get_path())?;
+            self.state.read_barrier(p.get_stale()).await?;
             let (ino, a) = self.state.store.stat(&path)?;
             fill_attr(results.get().init_attr(), ino, &a);
             Ok(())
@@ -223,6 +262,7 @@ impl control::Server for ControlImpl {
                 0 => DEFAULT_LIST,
                 n => n.min(MAX_LIST),
             };
+            self.state.read_barrier(p.get_stale()).await?;
             let (entries, more) = self.state.store.list(&path, &after, limit as usize)?;
             let mut r = results.get();
             r.set_more(more);
@@ -246,6 +286,7 @@ impl control::Server for ControlImpl {
             let path = text(p.get_path())?;
             let write = p.get_mode()? == OpenMode::Write;
             let wait = Duration::from_millis(p.get_wait_ms() as u64).min(MAX_WAIT);
+            self.state.read_barrier(false).await?;
             let (ino, a) = self.state.store.stat(&path)?;
             if a.kind == Kind::Directory {
                 return Err(ControlError::IsDirectory(path));
@@ -284,11 +325,7 @@ impl control::Server for ControlImpl {
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
             let p = params.get()?;
-            if !crate::store::constant_time_eq(p.get_secret()?, &self.state.secret) {
-                return Err(ControlError::PermissionDenied(
-                    "wrong cluster secret".to_string(),
-                ));
-            }
+            check_secret(p.get_secret()?, &self.state.secret)?;
             let node_id = p.get_node_id();
             let key = node_key(p.get_node_key())?;
             let shards = p
@@ -554,5 +591,115 @@ impl control::Server for ControlImpl {
             }));
             Ok(())
         })
+    }
+
+    fn raft(
+        self: CapRc<Self>,
+        params: control::RaftParams,
+        mut results: control::RaftResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let replica = self.replica(p.get_secret()?)?;
+            results
+                .get()
+                .set_peer(capnp_rpc::new_client(crate::raft::peer::PeerImpl {
+                    raft: replica.raft.clone(),
+                    from: p.get_from_replica(),
+                }));
+            Ok(())
+        })
+    }
+
+    fn replication(
+        self: CapRc<Self>,
+        _: control::ReplicationParams,
+        mut results: control::ReplicationResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        let mut s = results.get().init_status();
+        match &self.state.replica {
+            None => {
+                s.set_replicated(false);
+                s.set_state("leader");
+            }
+            Some(r) => r.fill_status(s),
+        }
+        std::future::ready(Ok(()))
+    }
+
+    fn add_replica(
+        self: CapRc<Self>,
+        params: control::AddReplicaParams,
+        _: control::AddReplicaResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let replica = self.replica(p.get_secret()?)?.clone();
+            let id = p.get_replica_id();
+            let addr = text(p.get_address())?;
+            ringfs_ops::config_file::check_host_port(&addr).map_err(ControlError::InvalidArgument)?;
+            if id == 0 {
+                return Err(ControlError::InvalidArgument("replica id 0".into()));
+            }
+            replica.add_replica(id, addr).await
+        })
+    }
+
+    fn remove_replica(
+        self: CapRc<Self>,
+        params: control::RemoveReplicaParams,
+        _: control::RemoveReplicaResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let replica = self.replica(p.get_secret()?)?.clone();
+            replica.remove_replica(p.get_replica_id()).await
+        })
+    }
+
+    fn take_snapshot(
+        self: CapRc<Self>,
+        params: control::TakeSnapshotParams,
+        mut results: control::TakeSnapshotResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            check_secret(params.get()?.get_secret()?, &self.state.secret)?;
+            let (path, index, bytes) = match &self.state.replica {
+                Some(r) => r.snapshot_now().await?,
+                None => {
+                    let store = self.state.store.clone();
+                    let dir = self.state.data_dir.clone();
+                    tokio::task::spawn_blocking(move || crate::backup::write(&store, &dir))
+                        .await
+                        .map_err(|e| ControlError::Internal(format!("snapshot task: {e}")))??
+                }
+            };
+            let mut r = results.get();
+            r.set_path(path.to_string_lossy().as_ref());
+            r.set_last_index(index);
+            r.set_bytes(bytes);
+            Ok(())
+        })
+    }
+}
+
+/// Checks a presented cluster secret (constant time).
+fn check_secret(presented: &[u8], secret: &[u8]) -> Result<()> {
+    if crate::store::constant_time_eq(presented, secret) {
+        Ok(())
+    } else {
+        Err(ControlError::PermissionDenied("wrong cluster secret".into()))
+    }
+}
+
+/// A request id from the wire: empty is none, 16 bytes an id.
+pub(super) fn request_id(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<Option<u128>> {
+    let bytes = r?;
+    match bytes.len() {
+        0 => Ok(None),
+        16 => Ok(Some(u128::from_le_bytes(bytes.try_into().expect("16 bytes")))),
+        n => Err(ControlError::InvalidArgument(format!(
+            "a request id is 16 bytes, not {n}"
+        ))),
     }
 }

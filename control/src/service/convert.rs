@@ -16,7 +16,8 @@ use crate::membership::Capacity;
 use crate::records::{Chunk, Inode, Kind};
 use crate::repair::ProblemKind;
 
-pub(super) fn now_ns() -> i64 {
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

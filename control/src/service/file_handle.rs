@@ -13,7 +13,7 @@ use super::MAX_CHUNKS_PER_CALL;
 use crate::cluster_state::State;
 use crate::error::{ControlError, Result};
 use crate::leases::Guid;
-use crate::store::{Mutation, Outcome};
+use crate::store::{Mutation, Outcome, Request};
 
 /// An open file. Holds the write lease for write handles until closed or
 /// dropped (the client disconnected).
@@ -133,7 +133,11 @@ impl file_handle::Server for FileHandleImpl {
                 file_size: p.get_file_size(),
                 now_ns: now_ns(),
             };
-            match self.state.committer.submit(m).await? {
+            let request = Request {
+                id: super::control_impl::request_id(p.get_request_id())?,
+                mutation: m,
+            };
+            match self.state.committer.submit_request(request).await? {
                 Outcome::Attr(ino, a) => {
                     if fewest_replicas.is_some_and(|n| n < a.replication as usize) {
                         // A write that reached fewer than R replicas (W < R).
@@ -154,12 +158,17 @@ impl file_handle::Server for FileHandleImpl {
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
             self.check_writer()?;
+            let p = params.get()?;
             let m = Mutation::SetSize {
                 inode: self.inode,
-                size: params.get()?.get_size(),
+                size: p.get_size(),
                 now_ns: now_ns(),
             };
-            match self.state.committer.submit(m).await? {
+            let request = Request {
+                id: super::control_impl::request_id(p.get_request_id())?,
+                mutation: m,
+            };
+            match self.state.committer.submit_request(request).await? {
                 Outcome::Attr(ino, a) => fill_attr(results.get().init_attr(), ino, &a),
                 other => return Err(ControlError::Internal(format!("unexpected {other:?}"))),
             }

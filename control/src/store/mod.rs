@@ -35,17 +35,23 @@ pub mod chunk_map;
 pub mod mutation;
 pub mod namespace;
 pub mod nodes;
+pub mod requests;
+mod snapshot;
 mod tables;
 
 pub use chunk_map::{MapEntry, MAX_FILE_SIZE};
-pub use mutation::{Mutation, Outcome};
+pub use mutation::{Batch, Mutation, Outcome, Request};
+pub use requests::Answer;
+pub use snapshot::SnapshotError;
 pub use namespace::{
     validate_layout, CreateOptions, Entry, FileDefaults, MAX_CHUNK_SIZE, MAX_REPLICATION,
     MIN_CHUNK_SIZE,
 };
 pub use nodes::constant_time_eq;
 
-use tables::{CHUNKS, COUNTERS, DIRENTS, EPOCH, GARBAGE, INODES, NEXT_INODE, NEXT_NODE_ID, NODES};
+use tables::{
+    CHUNKS, COUNTERS, DIRENTS, EPOCH, GARBAGE, INODES, NEXT_INODE, NEXT_NODE_ID, NODES, REPLICATION,
+};
 
 /// The metadata database. Reads may run on any thread concurrently with one
 /// writer (redb MVCC); mutations go through [`MetaStore::apply_batch`].
@@ -75,6 +81,9 @@ impl MetaStore {
             txn.open_table(CHUNKS)?;
             txn.open_table(NODES)?;
             txn.open_table(GARBAGE)?;
+            txn.open_table(requests::REQUESTS)?;
+            txn.open_table(requests::REQUEST_TIMES)?;
+            txn.open_table(REPLICATION)?;
             let mut counters = txn.open_table(COUNTERS)?;
             if inodes.get(ROOT_INODE)?.is_none() {
                 inodes.insert(ROOT_INODE, namespace::root().encode().as_slice())?;
@@ -147,7 +156,85 @@ impl MetaStore {
         check::problems(&self.db.begin_read()?)
     }
 
+    /// The replication state stored under `key` with the last applied
+    /// batches (see [`MetaStore::apply_batches`]), if any.
+    pub fn replication_state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REPLICATION)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
     // --------------------------------------------------------------- writes
+
+    /// Applies `batches` in order in one transaction, with request-id
+    /// deduplication ([`requests`]), and stores `replication` (key, value)
+    /// pairs in the same transaction (a Raft state machine's last applied
+    /// log id and membership). `durable`: commit with an fsync; otherwise
+    /// the commit is visible at once but survives a crash only once a later
+    /// durable commit ([`MetaStore::sync`]) follows, which is how a Raft
+    /// state machine may apply without an fsync per entry (its log holds
+    /// the entries until a durable commit covers them).
+    ///
+    /// Returns one result per request, per batch; `Err` for the whole call
+    /// only when the transaction failed (then nothing was applied).
+    pub fn apply_batches(
+        &self,
+        batches: &[&Batch],
+        replication: &[(&str, &[u8])],
+        durable: bool,
+    ) -> Result<Vec<Vec<Result<Outcome>>>> {
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        let mut out = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut results = Vec::with_capacity(batch.requests.len());
+            for r in &batch.requests {
+                let result = match r.id.map(|id| requests::lookup(&txn, id)).transpose() {
+                    Ok(Some(Some(answer))) => answer.into_result(),
+                    Ok(_) => apply_one(&txn, &self.defaults, &r.mutation),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result {
+                    if e.is_storage_failure() {
+                        txn.abort()?;
+                        return Err(e.clone());
+                    }
+                }
+                if let (Some(id), Some(answer)) = (r.id, Answer::of(&result)) {
+                    if let Err(e) = requests::remember(&txn, id, batch.now_ns, answer) {
+                        txn.abort()?;
+                        return Err(e);
+                    }
+                }
+                results.push(result);
+            }
+            if let Err(e) = requests::expire(&txn, batch.now_ns) {
+                txn.abort()?;
+                return Err(e);
+            }
+            out.push(results);
+        }
+        {
+            let mut table = txn.open_table(REPLICATION)?;
+            for (k, v) in replication {
+                table.insert(*k, *v)?;
+            }
+        }
+        crate::fail_point!("store::before_commit", |_| Err(injected(
+            "store::before_commit"
+        )));
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Makes every commit so far durable (one fsync).
+    pub fn sync(&self) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.commit()?;
+        Ok(())
+    }
 
     /// Applies `batch` in one durable transaction (group commit). Returns one
     /// result per mutation, in order; `Err` for the whole batch only when the

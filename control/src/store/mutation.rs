@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::records::{Chunk, Inode, Kind};
 
 /// One change to the metadata. Applied by [`super::MetaStore::apply_batch`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Mutation {
     /// Create a file (or, not exclusive, return the existing one).
     Create {
@@ -119,8 +119,30 @@ pub enum Mutation {
     },
 }
 
+/// A mutation as a client sent it: with its request id, if it has one
+/// (see [`super::requests`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    /// The client's id for this mutation; a second request with the same
+    /// id gets the first one's answer and is not applied again.
+    pub id: Option<u128>,
+    /// The change.
+    pub mutation: Mutation,
+}
+
+/// Mutations applied together, in order, in one transaction: a group
+/// commit, and with replication the payload of one Raft log entry.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Batch {
+    /// When the batch was formed (nanoseconds since the Unix epoch, the
+    /// proposer's clock): the time request ids are remembered under.
+    pub now_ns: i64,
+    /// The requests.
+    pub requests: Vec<Request>,
+}
+
 /// The result of a successful [`Mutation`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// Applied; nothing to report.
     Done,

@@ -46,7 +46,7 @@ impl Default for FileDefaults {
 }
 
 /// What a client asked for when creating a file; zero means "default".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CreateOptions {
     /// Permission bits.
     pub mode: u32,

@@ -21,6 +21,10 @@ pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("co
 /// its replicas by garbage collection.
 pub(super) const GARBAGE: TableDefinition<u128, &[u8]> = TableDefinition::new("garbage");
 
+/// Replication state kept with the data it describes (the Raft state
+/// machine's last applied log id and membership), key -> bytes.
+pub(super) const REPLICATION: TableDefinition<&str, &[u8]> = TableDefinition::new("replication");
+
 /// The next inode number to hand out.
 pub(super) const NEXT_INODE: &str = "next_inode";
 /// The next node id to hand out.

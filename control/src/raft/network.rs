@@ -1,0 +1,290 @@
+//! Raft messages to other replicas, over Cap'n Proto RPC: a connection to
+//! the target's control port, whose `raft(secret)` call hands out its
+//! `RaftPeer` capability; every message is openraft's own, encoded with
+//! postcard ([`super::encode`]).
+//!
+//! A connection that fails is dropped and made again at the next message;
+//! an unreachable target makes openraft back off before it retries.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use ringfs_schema::control_capnp::{control, raft_peer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use super::{decode, encode, TypeConfig};
+
+/// Longest a connection attempt to another replica may take.
+const CONNECT_WITHIN: Duration = Duration::from_secs(2);
+
+/// Makes a [`PeerConn`] per target replica.
+#[derive(Clone)]
+pub struct Network {
+    /// The cluster secret, presented to the targets.
+    pub secret: Rc<[u8]>,
+    /// This replica's id.
+    pub from: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConn {
+        PeerConn {
+            target,
+            addr: node.addr.clone(),
+            secret: self.secret.clone(),
+            from: self.from,
+            conn: None,
+        }
+    }
+}
+
+/// An open connection: the peer capability and the RPC task.
+struct Open {
+    peer: raft_peer::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The messages to one target replica.
+pub struct PeerConn {
+    target: u64,
+    addr: String,
+    secret: Rc<[u8]>,
+    from: u64,
+    conn: Option<Open>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failure(String);
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
+
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerConn {
+    async fn connect(&self) -> Result<Open, Failure> {
+        let stream = tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| Failure(format!("connecting to {} timed out", self.addr)))?
+            .map_err(|e| Failure(format!("cannot connect to {}: {e}", self.addr)))?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            tokio::io::BufReader::with_capacity(64 * 1024, reader).compat(),
+            tokio::io::BufWriter::with_capacity(64 * 1024, writer).compat_write(),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let task = tokio::task::spawn_local(async move {
+            let _ = rpc.await;
+        });
+        let mut req = control.raft_request();
+        req.get().set_secret(&self.secret);
+        req.get().set_from_replica(self.from);
+        // Pipelined: the first message goes out with the handshake.
+        let peer = req.send().pipeline.get_peer();
+        Ok(Open { peer, task })
+    }
+
+    /// Sends one message and returns the target's answer, or why it could
+    /// not be had: `Err(Ok(..))` a transport failure (`unreachable`: the
+    /// target could not be reached at all), `Err(Err(..))` never here.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, (bool, Failure)> {
+        if self.conn.as_ref().is_none_or(|c| c.task.is_finished()) {
+            self.conn = Some(self.connect().await.map_err(|e| (true, e))?);
+        }
+        let peer = &self.conn.as_ref().expect("connected above").peer;
+        let bytes = encode(req);
+        let answer = async {
+            let reply = match method {
+                Method::Append => {
+                    let mut r = peer.append_entries_request();
+                    r.get().set_request(&bytes);
+                    r.send().promise.await?.get()?.get_response()?.to_vec()
+                }
+                Method::Vote => {
+                    let mut r = peer.vote_request();
+                    r.get().set_request(&bytes);
+                    r.send().promise.await?.get()?.get_response()?.to_vec()
+                }
+                Method::Snapshot => {
+                    let mut r = peer.install_snapshot_request();
+                    r.get().set_request(&bytes);
+                    r.send().promise.await?.get()?.get_response()?.to_vec()
+                }
+            };
+            Ok::<_, capnp::Error>(reply)
+        };
+        let reply = match tokio::time::timeout(ttl, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.conn = None;
+                let (_, message) = ringfs_schema::wire_error::decode(&e);
+                return Err((false, Failure(format!("replica {}: {message}", self.target))));
+            }
+            Err(_) => {
+                self.conn = None;
+                return Err((false, Failure(format!("replica {} timed out", self.target))));
+            }
+        };
+        decode(&reply).map_err(|e| (false, Failure(format!("malformed answer: {e}"))))
+    }
+
+    fn fail<E: std::error::Error>(&self, (unreachable, f): (bool, Failure)) -> RPCError<u64, BasicNode, E> {
+        if unreachable {
+            RPCError::Unreachable(Unreachable::new(&f))
+        } else {
+            RPCError::Network(NetworkError::new(&f))
+        }
+    }
+}
+
+fn remote<T, E: std::error::Error>(
+    target: u64,
+    r: Result<T, RaftError<u64, E>>,
+) -> Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>> {
+    r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        let r: Result<_, RaftError<u64>> = self
+            .call(Method::Append, &rpc, option.hard_ttl())
+            .await
+            .map_err(|e| self.fail(e))?;
+        remote(self.target, r)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        let r: Result<_, RaftError<u64, InstallSnapshotError>> = self
+            .call(Method::Snapshot, &rpc, option.hard_ttl())
+            .await
+            .map_err(|e| self.fail(e))?;
+        remote(self.target, r)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcErr> {
+        let r: Result<_, RaftError<u64>> = self
+            .call(Method::Vote, &rpc, option.hard_ttl())
+            .await
+            .map_err(|e| self.fail(e))?;
+        remote(self.target, r)
+    }
+}
+
+/// Why asking a replica to add this one failed.
+pub enum AddFailure {
+    /// The replica asked is not the leader; the leader's address if known.
+    Leader(Option<String>),
+    /// Anything else (unreachable, refused).
+    Other(String),
+}
+
+/// Asks the replica at `via` to add replica `id` (at `addr`) to the group;
+/// returns once it is a voter.
+pub async fn add_replica(via: &str, secret: &[u8], id: u64, addr: &str) -> Result<(), AddFailure> {
+    let other = |e: String| AddFailure::Other(e);
+    let stream = tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(via))
+        .await
+        .map_err(|_| other(format!("connecting to {via} timed out")))?
+        .map_err(|e| other(format!("cannot connect to {via}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let task = tokio::task::spawn_local(async move {
+        let _ = rpc.await;
+    });
+    let _task = scopeguard(task);
+    let rpc_err = |e: capnp::Error| {
+        let (code, message) = ringfs_schema::wire_error::decode(&e);
+        if code == ringfs_schema::control_capnp::ErrorCode::NotLeader {
+            AddFailure::Leader(None)
+        } else {
+            AddFailure::Other(message)
+        }
+    };
+    let mut hello = control.hello_request();
+    hello
+        .get()
+        .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
+    let reply = hello.send().promise.await.map_err(rpc_err)?;
+    let r = reply.get().map_err(rpc_err)?;
+    if !r.get_is_leader() {
+        let leader = r
+            .get_leader_address()
+            .ok()
+            .and_then(|t| t.to_str().ok())
+            .filter(|a| !a.is_empty())
+            .map(str::to_string);
+        return Err(AddFailure::Leader(leader));
+    }
+    let mut req = control.add_replica_request();
+    req.get().set_secret(secret);
+    req.get().set_replica_id(id);
+    req.get().set_address(addr);
+    req.send().promise.await.map_err(rpc_err)?;
+    Ok(())
+}
+
+/// Aborts the RPC task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn scopeguard(task: tokio::task::JoinHandle<()>) -> AbortOnDrop {
+    AbortOnDrop(task)
+}
