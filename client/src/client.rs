@@ -58,6 +58,12 @@ pub struct ClientOptions {
     /// asking the control server (see [`crate::record_cache`]); zero makes
     /// every read see every commit made before it started. Default 1 s.
     pub record_cache: Duration,
+    /// With a replicated control plane: `stat` and `list` may be answered
+    /// by any replica from its own state, which may be behind the leader
+    /// (by the writes it has not applied yet). Off by default: every read
+    /// is linearizable (the leader confirms its leadership with a majority
+    /// before it answers).
+    pub stale_reads: bool,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +72,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(30),
             lock_wait: Duration::from_secs(10),
             record_cache: crate::record_cache::DEFAULT_MAX_AGE,
+            stale_reads: false,
         }
     }
 }
@@ -163,6 +170,10 @@ pub struct Client {
     record_caches: RefCell<HashMap<u64, Weak<RefCell<RecordCache>>>>,
 }
 
+/// How long taking a write lease again after a leader change may wait
+/// behind other writers.
+const LEASE_AGAIN_WAIT: Duration = Duration::from_secs(10);
+
 /// The error of a call through `handle` that is not safe to repeat: when
 /// the connection was up when the call started and is gone now, the call
 /// may have been applied before it dropped, so its outcome is unknown.
@@ -192,7 +203,18 @@ impl Client {
 
     /// Like [`Client::connect`], with `options`.
     pub async fn connect_with(control_addr: SocketAddr, options: ClientOptions) -> Result<Self> {
-        let cluster = Rc::new(Cluster::connect(control_addr).await?);
+        Self::connect_replicas(&[control_addr], options).await
+    }
+
+    /// Connects to a control plane given every address it may answer at
+    /// (the replicas of a replicated control plane; one address for a
+    /// single server): the client talks to the one that serves (the Raft
+    /// leader) and follows leadership changes by itself.
+    pub async fn connect_replicas(
+        control_addrs: &[SocketAddr],
+        options: ClientOptions,
+    ) -> Result<Self> {
+        let cluster = Rc::new(Cluster::connect(control_addrs).await?);
         Ok(Self {
             io: ChunkIo::new(cluster.clone(), options),
             cluster,
@@ -233,34 +255,38 @@ impl Client {
 
     /// Attributes of the file or directory at `path` (an absolute path).
     /// Fails with [`Error::NotFound`] or [`Error::NotDirectory`] (a
-    /// component is a file). Retried once after a reconnect.
+    /// component is a file). Run again on a new connection if the control
+    /// server went away or stopped leading.
     pub async fn stat(&self, path: &str) -> Result<Attr> {
+        let stale = self.options.stale_reads;
         self.cluster
-            .retry(|c| async move { c.stat(path).await })
+            .retry(|c| async move { c.stat_with(path, stale).await })
             .await
     }
 
     /// Creates the directory `path` with permission bits `mode` (0: 0o755)
     /// and returns its attributes. Its parent must exist:
     /// [`Error::NotFound`] otherwise, [`Error::Exists`] if `path` exists.
-    /// Not retried: a dropped connection gives [`Error::OutcomeUnknown`].
+    /// Sent again after a reconnect under the same request id (applied at
+    /// most once); [`Error::OutcomeUnknown`] if no control server answers
+    /// again in time.
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr> {
         self.cluster
-            .once(
+            .mutate(
                 || format!("mkdir {path}"),
-                |c| async move { c.mkdir(path, mode).await },
+                |c, id| async move { c.mkdir_as(Some(id), path, mode).await },
             )
             .await
     }
 
     /// Removes the empty directory `path`: [`Error::NotEmpty`] if it has
-    /// entries, [`Error::NotDirectory`] if it is a file. Not retried: a
-    /// dropped connection gives [`Error::OutcomeUnknown`].
+    /// entries, [`Error::NotDirectory`] if it is a file. Sent again after a
+    /// reconnect like [`Client::mkdir`].
     pub async fn rmdir(&self, path: &str) -> Result<()> {
         self.cluster
-            .once(
+            .mutate(
                 || format!("rmdir {path}"),
-                |c| async move { c.rmdir(path).await },
+                |c, id| async move { c.rmdir_as(Some(id), path).await },
             )
             .await
     }
@@ -268,12 +294,12 @@ impl Client {
     /// Removes the file `path`; the control server collects its chunks.
     /// Descriptors open on it fail from their next control call on
     /// ([`Error::StaleHandle`]). [`Error::IsDirectory`] for a directory.
-    /// Not retried: a dropped connection gives [`Error::OutcomeUnknown`].
+    /// Sent again after a reconnect like [`Client::mkdir`].
     pub async fn unlink(&self, path: &str) -> Result<()> {
         self.cluster
-            .once(
+            .mutate(
                 || format!("unlink {path}"),
-                |c| async move { c.unlink(path).await },
+                |c, id| async move { c.unlink_as(Some(id), path).await },
             )
             .await
     }
@@ -281,23 +307,24 @@ impl Client {
     /// Moves `from` to `to` atomically, replacing a file or an empty
     /// directory at `to` (a file only by a file, a directory only by a
     /// directory). A directory cannot move inside itself
-    /// ([`Error::InvalidArgument`]). Not retried: a dropped connection gives
-    /// [`Error::OutcomeUnknown`].
+    /// ([`Error::InvalidArgument`]). Sent again after a reconnect like
+    /// [`Client::mkdir`].
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.cluster
-            .once(
+            .mutate(
                 || format!("rename {from} to {to}"),
-                |c| async move { c.rename(from, to).await },
+                |c, id| async move { c.rename_as(Some(id), from, to).await },
             )
             .await
     }
 
     /// Every entry of the directory `path`, in byte order of the names,
     /// with its attributes (fetched page by page: not one snapshot when the
-    /// directory changes meanwhile). Retried once after a reconnect.
+    /// directory changes meanwhile). Run again like [`Client::stat`].
     pub async fn list(&self, path: &str) -> Result<Vec<(String, Attr)>> {
+        let stale = self.options.stale_reads;
         self.cluster
-            .retry(|c| async move { c.list(path).await })
+            .retry(|c| async move { c.list_with(path, stale).await })
             .await
     }
 
@@ -313,10 +340,10 @@ impl Client {
     /// A write open takes the file's exclusive write lease, waiting up to
     /// `opts.wait` behind other writers ([`Error::Busy`] after that);
     /// readers never wait. `create` and `truncate` need a write open
-    /// ([`Error::InvalidArgument`]). A non-exclusive create is retried after
-    /// a reconnect (it returns an existing file unchanged); an exclusive one
-    /// is not ([`Error::OutcomeUnknown`]). If the open itself fails after
-    /// the create, the created file stays.
+    /// ([`Error::InvalidArgument`]). The create is sent again after a
+    /// reconnect under the same request id, so an exclusive create that was
+    /// applied before the connection dropped is not refused as existing.
+    /// If the open itself fails after the create, the created file stays.
     pub async fn open(&self, path: &str, opts: &OpenOptions) -> Result<Fd> {
         let write = opts.write || opts.append;
         if (opts.truncate || opts.create) && !write {
@@ -333,20 +360,12 @@ impl Client {
                     layout.chunk_size
                 )));
             }
-            // A non-exclusive create returns an existing file unchanged, so
-            // it may be repeated after a reconnect; an exclusive one not.
-            if layout.exclusive {
-                self.cluster
-                    .once(
-                        || format!("create {path}"),
-                        |c| async move { c.create(path, layout).await },
-                    )
-                    .await?;
-            } else {
-                self.cluster
-                    .retry(|c| async move { c.create(path, layout).await })
-                    .await?;
-            }
+            self.cluster
+                .mutate(
+                    || format!("create {path}"),
+                    |c, id| async move { c.create_as(Some(id), path, layout).await },
+                )
+                .await?;
         }
         let wait = opts.wait;
         let handle = self
@@ -484,13 +503,16 @@ impl Client {
             Ok((f.handle.clone(), f.io.clone(), f.records.clone()))
         })?;
         let _io = io.lock().await;
-        let was_connected = h.is_connected();
-        let attr = h.set_size(size).await;
+        let attr = self
+            .handle_call(
+                fd,
+                &h,
+                || format!("set_len {} to {size}", self.path_of(fd).unwrap_or_default()),
+                |h, id| async move { h.set_size_as(Some(id), size).await },
+            )
+            .await;
         records.borrow_mut().clear();
-        let attr = attr.map_err(|e| {
-            let path = self.path_of(fd).unwrap_or_default();
-            handle_call_error(&h, was_connected, format!("set_len {path} to {size}"), e)
-        })?;
+        let attr = attr?;
         self.with_file_mut(fd, |f| {
             f.size = attr.size;
             Ok(())
@@ -668,6 +690,61 @@ impl Client {
         Ok(out)
     }
 
+    /// Runs a write-handle call of `fd` (a commit, a truncation) under a
+    /// request id of its own. If the write lease ended with the control
+    /// server that granted it (a leader change, a lost connection), takes
+    /// the lease again from the server that serves now and sends the call
+    /// again under the same id: applied at most once, and a commit of
+    /// chunks whose data is already durable on the nodes is not lost. If
+    /// that fails, the first error is returned ([`Error::OutcomeUnknown`]
+    /// when the connection dropped during the call).
+    async fn handle_call<T, F, Fut>(
+        &self,
+        fd: Fd,
+        h: &Rc<FileHandle>,
+        call: impl Fn() -> String,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(Rc<FileHandle>, u128) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let id: u128 = rand::random();
+        let was_connected = h.is_connected();
+        let e = match f(h.clone(), id).await {
+            Err(e) if matches!(e, Error::NotLeader(_)) || (was_connected && !h.is_connected()) => e,
+            r => return r.map_err(|e| handle_call_error(h, was_connected, call(), e)),
+        };
+        match self.lease_again(fd, h.attr.inode).await {
+            Ok(h2) => f(h2, id).await,
+            // The first failure says what happened to this call.
+            Err(_) => Err(handle_call_error(h, was_connected, call(), e)),
+        }
+    }
+
+    /// Takes the write lease of `fd`'s file again (from the control server
+    /// that serves now) and makes the new handle the descriptor's. Fails
+    /// with [`Error::StaleHandle`] if its path now names another file.
+    async fn lease_again(&self, fd: Fd, inode: u64) -> Result<Rc<FileHandle>> {
+        let path = self.path_of(fd)?;
+        let path = path.as_str();
+        let handle = self
+            .cluster
+            .retry(|c| async move { c.open(path, true, LEASE_AGAIN_WAIT).await })
+            .await?;
+        if handle.attr.inode != inode {
+            return Err(Error::StaleHandle(format!(
+                "{path} names another file since it was opened"
+            )));
+        }
+        let handle = Rc::new(handle);
+        self.with_file_mut(fd, |f| {
+            f.handle = handle.clone();
+            Ok(())
+        })?;
+        Ok(handle)
+    }
+
     /// Writes `data` at `offset` (`None`: at the end of file); returns the
     /// end offset. Commits before returning (see [`Client::write`]).
     async fn write_at(&self, fd: Fd, offset: Option<u64>, data: &[u8]) -> Result<u64> {
@@ -695,15 +772,21 @@ impl Client {
             .write_range(&v.layout, &existing, offset, data)
             .await?;
         let new_size = v.size.max(end);
-        let was_connected = v.handle.is_connected();
-        let attr = v.handle.commit_chunks(&records, new_size).await;
+        let records = &records;
+        let attr = self
+            .handle_call(
+                fd,
+                &v.handle,
+                || {
+                    let path = self.path_of(fd).unwrap_or_default();
+                    format!("commit of {} bytes at {offset} of {path}", data.len())
+                },
+                |h, id| async move { h.commit_chunks_as(Some(id), records, new_size).await },
+            )
+            .await;
         // Also after a failed commit: the chunks may have changed anyway.
         v.records.borrow_mut().clear();
-        let attr = attr.map_err(|e| {
-            let path = self.path_of(fd).unwrap_or_default();
-            let call = format!("commit of {} bytes at {offset} of {path}", data.len());
-            handle_call_error(&v.handle, was_connected, call, e)
-        })?;
+        let attr = attr?;
         self.with_file_mut(fd, |f| {
             f.size = attr.size;
             Ok(())

@@ -2,10 +2,18 @@
 //! (reconnected when the server restarts), how calls run over it, and the
 //! cluster map it keeps current.
 //!
-//! - Idempotent calls ([`Cluster::retry`]) reconnect and run once more if
-//!   the connection dropped; calls that are not safe to repeat
-//!   ([`Cluster::once`]) reconnect for later calls and fail with
-//!   [`Error::OutcomeUnknown`].
+//! - The control plane may be one server or a group of replicas: the
+//!   client is given every address and talks to the one that serves
+//!   (the single server, or the Raft leader), found with `hello`
+//!   ([`connect_leader`]); a replica that stopped leading answers
+//!   `not_leader` and the client finds the new leader.
+//! - Reads ([`Cluster::retry`]) are run again on the new connection when
+//!   the connection dropped or the replica no longer leads. Mutations
+//!   ([`Cluster::mutate`]) carry a request id and are sent again with the
+//!   same id, which the control server answers from its record of the
+//!   first application instead of applying twice; they fail with
+//!   [`Error::OutcomeUnknown`] only when no server could be reached again
+//!   within [`RECONNECT_FOR`].
 //! - The map follows the server's pushes (nodes up and down); capacities
 //!   are fetched again when older than [`MAP_MAX_AGE`] before chunks are
 //!   placed, and the bytes this client reserved since are counted against
@@ -23,8 +31,11 @@ use crate::error::{Error, Result};
 /// A cluster map older than this is fetched again before placing chunks
 /// (the subscription pushes up/down changes, not capacity changes).
 pub(crate) const MAP_MAX_AGE: Duration = Duration::from_secs(1);
-/// How long a client keeps trying to reach a control server that went away.
-const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// How long a client keeps trying to reach a control server that went
+/// away (or a leader while an election runs). Well below the time the
+/// control server remembers request ids (120 s), so a mutation sent again
+/// within it is never applied twice.
+pub(crate) const RECONNECT_FOR: Duration = Duration::from_secs(30);
 
 struct MapState {
     map: ClusterMap,
@@ -47,7 +58,8 @@ pub(crate) struct Cluster {
     /// Replaced by a new connection when the control server went away
     /// (see [`Cluster::reconnect`]).
     control: RefCell<ControlClient>,
-    control_addr: SocketAddr,
+    /// Every control address the client was given.
+    control_addrs: Vec<SocketAddr>,
     map: Rc<RefCell<MapState>>,
     watcher: RefCell<tokio::task::JoinHandle<()>>,
 }
@@ -70,10 +82,53 @@ fn watch_map(map: Rc<RefCell<MapState>>, mut sub: MapSubscription) -> tokio::tas
     })
 }
 
+/// Connects to the control server among `addrs` that serves every call
+/// (the single server, or the replicas' leader): asks each in turn, going
+/// straight to the leader a replica names, until one leads or `within`
+/// passed. A protocol-version mismatch fails at once.
+pub(crate) async fn connect_leader(addrs: &[SocketAddr], within: Duration) -> Result<ControlClient> {
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(20);
+    let mut last: Option<Error> = None;
+    // Once a replica answered, a leader is only an election away: wait for
+    // one even when the caller would not wait for unreachable servers.
+    let mut within = within;
+    loop {
+        let mut hint: Option<SocketAddr> = None;
+        for addr in addrs.iter().copied() {
+            let tried = [hint.take(), Some(addr)];
+            for a in tried.into_iter().flatten() {
+                match ControlClient::connect(a).await {
+                    Ok(c) if c.server_info().is_leader => return Ok(c),
+                    Ok(c) => {
+                        within = within.max(RECONNECT_FOR);
+                        hint = c.server_info().leader_address.parse().ok().filter(|h| *h != a);
+                        last = Some(Error::NotLeader(format!(
+                            "{a} is not the leader ({})",
+                            match &hint {
+                                Some(h) => format!("it names {h}"),
+                                None => "no leader known".into(),
+                            }
+                        )));
+                    }
+                    Err(e @ Error::VersionMismatch(_)) => return Err(e),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        if start.elapsed() >= within {
+            return Err(last.unwrap_or_else(|| Error::unavailable("no control address given")));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(500));
+    }
+}
+
 impl Cluster {
-    /// Connects to the control server and subscribes to the cluster map.
-    pub(crate) async fn connect(control_addr: SocketAddr) -> Result<Self> {
-        let control = ControlClient::connect(control_addr).await?;
+    /// Connects to the control server (among `control_addrs`, the one that
+    /// serves) and subscribes to the cluster map.
+    pub(crate) async fn connect(control_addrs: &[SocketAddr]) -> Result<Self> {
+        let control = connect_leader(control_addrs, Duration::ZERO).await?;
         let (map, sub) = control.subscribe().await?;
         let map = Rc::new(RefCell::new(MapState {
             map,
@@ -83,7 +138,7 @@ impl Cluster {
         let watcher = watch_map(map.clone(), sub);
         Ok(Self {
             control: RefCell::new(control),
-            control_addr,
+            control_addrs: control_addrs.to_vec(),
             map,
             watcher: RefCell::new(watcher),
         })
@@ -99,71 +154,77 @@ impl Cluster {
         if self.ctl().is_connected() {
             return Ok(false);
         }
-        let start = Instant::now();
-        let mut wait = Duration::from_millis(50);
-        let control = loop {
-            match ControlClient::connect(self.control_addr).await {
-                Ok(c) => break c,
-                Err(e) if start.elapsed() >= RECONNECT_FOR => return Err(e),
-                Err(_) => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(1));
-                }
-            }
-        };
+        self.reconnect_within(RECONNECT_FOR).await?;
+        Ok(true)
+    }
+
+    /// Connects anew to whichever control server serves (trying for up to
+    /// `within`) and resubscribes to the map.
+    async fn reconnect_within(&self, within: Duration) -> Result<()> {
+        let control = connect_leader(&self.control_addrs, within).await?;
         let (map, sub) = control.subscribe().await?;
         self.map.borrow_mut().replace(map);
         let watcher = watch_map(self.map.clone(), sub);
         self.watcher.replace(watcher).abort();
         self.control.replace(control);
-        Ok(true)
+        Ok(())
     }
 
-    /// Runs an idempotent control call; if it failed because the control
-    /// connection dropped, reconnects and runs it once more.
+    /// Whether a call that failed with `e` should run again on a new
+    /// connection: the connection dropped, or the replica no longer leads.
+    fn lost_server(&self, e: &Error) -> bool {
+        matches!(e, Error::NotLeader(_)) || !self.ctl().is_connected()
+    }
+
+    /// Runs a control call that is safe to repeat; while it fails because
+    /// the connection dropped or the replica no longer leads, reconnects
+    /// (to the leader) and runs it again, for up to [`RECONNECT_FOR`].
     pub(crate) async fn retry<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn(ControlClient) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        match f(self.ctl()).await {
-            Err(e) if !self.ctl().is_connected() => {
-                if self.reconnect().await? {
-                    f(self.ctl()).await
-                } else {
-                    Err(e)
+        let start = Instant::now();
+        loop {
+            match f(self.ctl()).await {
+                Err(e) if self.lost_server(&e) && start.elapsed() < RECONNECT_FOR => {
+                    self.reconnect_within(RECONNECT_FOR.saturating_sub(start.elapsed()))
+                        .await?;
                 }
+                r => return r,
             }
-            r => r,
         }
     }
 
-    /// Runs a control call that is not safe to repeat (it may have been
-    /// applied before the connection dropped): if it failed with the
-    /// connection gone, reconnects for later calls and fails with
-    /// [`Error::OutcomeUnknown`] naming `call`. Any other failure is the
-    /// server's answer: nothing was applied.
-    pub(crate) async fn once<T, F, Fut>(&self, call: impl FnOnce() -> String, f: F) -> Result<T>
+    /// Runs a mutation under a request id of its own (`f` gets the id):
+    /// while it fails because the connection dropped or the replica no
+    /// longer leads, reconnects and sends it again with the same id, which
+    /// the control server applies at most once. If no server serves again
+    /// within [`RECONNECT_FOR`], fails with [`Error::OutcomeUnknown`]
+    /// naming `call`. Any other failure is the server's answer.
+    pub(crate) async fn mutate<T, F, Fut>(&self, call: impl FnOnce() -> String, f: F) -> Result<T>
     where
-        F: FnOnce(ControlClient) -> Fut,
+        F: Fn(ControlClient, u128) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let r = f(self.ctl()).await;
-        match r {
-            Err(e) if !self.ctl().is_connected() => {
-                // Best effort: a failed reconnect is tried again by the
-                // next call; this one's answer stays "unknown".
-                let _ = self.reconnect().await;
-                Err(Error::OutcomeUnknown {
+        let id: u128 = rand::random();
+        let start = Instant::now();
+        loop {
+            let e = match f(self.ctl(), id).await {
+                Err(e) if self.lost_server(&e) => e,
+                r => return r,
+            };
+            let left = RECONNECT_FOR.saturating_sub(start.elapsed());
+            if left.is_zero() || self.reconnect_within(left).await.is_err() {
+                return Err(Error::OutcomeUnknown {
                     message: format!(
-                        "{}: the control-server connection dropped during the call; \
+                        "{}: no control server answered again within {RECONNECT_FOR:?}; \
                          it may or may not have been applied",
                         call()
                     ),
                     source: Box::new(e),
-                })
+                });
             }
-            r => r,
         }
     }
 

@@ -218,11 +218,32 @@ impl Drop for Conn {
     }
 }
 
+/// What a control server said about itself when the connection opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Its version string.
+    pub version: String,
+    /// It serves every call: a single control server, or the Raft leader
+    /// of a replicated control plane (when the connection opened).
+    pub is_leader: bool,
+    /// The leader's address as this replica knew it (empty when unknown,
+    /// or when this is the leader).
+    pub leader_address: String,
+    /// The control plane is replicated.
+    pub replicated: bool,
+}
+
 /// A connection to the control server.
 #[derive(Clone)]
 pub struct ControlClient {
     control: control::Client,
     conn: Rc<Conn>,
+    info: Rc<ServerInfo>,
+}
+
+/// A 16-byte request id on the wire (empty: none).
+fn id_bytes(id: Option<u128>) -> Vec<u8> {
+    id.map(|i| i.to_le_bytes().to_vec()).unwrap_or_default()
 }
 
 fn read_attr(a: attr::Reader) -> Result<Attr> {
@@ -320,12 +341,18 @@ impl ControlClient {
         let task = tokio::task::spawn_local(async move {
             let _ = rpc.await;
         });
-        let client = ControlClient {
+        let mut client = ControlClient {
             control,
             conn: Rc::new(Conn { task }),
+            info: Rc::default(),
         };
-        client.hello().await?;
+        client.info = Rc::new(client.hello().await?);
         Ok(client)
+    }
+
+    /// What the server said about itself when this connection opened.
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.info
     }
 
     /// Whether the connection still runs (false once the server closed it
@@ -334,19 +361,38 @@ impl ControlClient {
         !self.conn.task.is_finished()
     }
 
-    async fn hello(&self) -> Result<String> {
+    async fn hello(&self) -> Result<ServerInfo> {
         let mut req = self.control.hello_request();
         req.get()
             .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
         let reply = req.send().promise.await?;
-        Ok(reply.get()?.get_server_version()?.to_str()?.to_string())
+        let r = reply.get()?;
+        Ok(ServerInfo {
+            version: r.get_server_version()?.to_str()?.to_string(),
+            // A single server leads; a replica says whether it does.
+            is_leader: r.get_is_leader() || !r.get_replicated(),
+            leader_address: r.get_leader_address()?.to_str()?.to_string(),
+            replicated: r.get_replicated(),
+        })
     }
 
     /// Creates a file entry (no data) and returns its attributes; an
     /// existing file is returned unchanged unless `options.exclusive`.
     pub async fn create(&self, path: &str, options: CreateOptions) -> Result<Attr> {
+        self.create_as(None, path, options).await
+    }
+
+    /// [`ControlClient::create`] with request id `id`: sent again with the
+    /// same id, it is not applied twice.
+    pub async fn create_as(
+        &self,
+        id: Option<u128>,
+        path: &str,
+        options: CreateOptions,
+    ) -> Result<Attr> {
         let mut req = self.control.create_request();
         let mut p = req.get();
+        p.set_request_id(&id_bytes(id));
         p.set_path(path);
         let mut o = p.init_options();
         o.set_mode(options.mode);
@@ -360,7 +406,13 @@ impl ControlClient {
 
     /// Creates a directory (`mode` 0: 0o755).
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr> {
+        self.mkdir_as(None, path, mode).await
+    }
+
+    /// [`ControlClient::mkdir`] with request id `id`.
+    pub async fn mkdir_as(&self, id: Option<u128>, path: &str, mode: u32) -> Result<Attr> {
         let mut req = self.control.mkdir_request();
+        req.get().set_request_id(&id_bytes(id));
         req.get().set_path(path);
         req.get().set_mode(mode);
         let reply = req.send().promise.await?;
@@ -369,7 +421,13 @@ impl ControlClient {
 
     /// Removes a file.
     pub async fn unlink(&self, path: &str) -> Result<()> {
+        self.unlink_as(None, path).await
+    }
+
+    /// [`ControlClient::unlink`] with request id `id`.
+    pub async fn unlink_as(&self, id: Option<u128>, path: &str) -> Result<()> {
         let mut req = self.control.unlink_request();
+        req.get().set_request_id(&id_bytes(id));
         req.get().set_path(path);
         req.send().promise.await?;
         Ok(())
@@ -377,7 +435,13 @@ impl ControlClient {
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, path: &str) -> Result<()> {
+        self.rmdir_as(None, path).await
+    }
+
+    /// [`ControlClient::rmdir`] with request id `id`.
+    pub async fn rmdir_as(&self, id: Option<u128>, path: &str) -> Result<()> {
         let mut req = self.control.rmdir_request();
+        req.get().set_request_id(&id_bytes(id));
         req.get().set_path(path);
         req.send().promise.await?;
         Ok(())
@@ -385,7 +449,13 @@ impl ControlClient {
 
     /// Moves `from` to `to` (see [`crate::Client::rename`]).
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_as(None, from, to).await
+    }
+
+    /// [`ControlClient::rename`] with request id `id`.
+    pub async fn rename_as(&self, id: Option<u128>, from: &str, to: &str) -> Result<()> {
         let mut req = self.control.rename_request();
+        req.get().set_request_id(&id_bytes(id));
         req.get().set_from(from);
         req.get().set_to(to);
         req.send().promise.await?;
@@ -394,7 +464,14 @@ impl ControlClient {
 
     /// Attributes of `path`.
     pub async fn stat(&self, path: &str) -> Result<Attr> {
+        self.stat_with(path, false).await
+    }
+
+    /// Attributes of `path`; `stale`: a replica that does not lead may
+    /// answer from its own, possibly older, state.
+    pub async fn stat_with(&self, path: &str, stale: bool) -> Result<Attr> {
         let mut req = self.control.stat_request();
+        req.get().set_stale(stale);
         req.get().set_path(path);
         let reply = req.send().promise.await?;
         read_attr(reply.get()?.get_attr()?)
@@ -408,7 +485,20 @@ impl ControlClient {
         after: &str,
         limit: u32,
     ) -> Result<(Vec<(String, Attr)>, bool)> {
+        self.list_page_with(path, after, limit, false).await
+    }
+
+    /// [`ControlClient::list_page`]; `stale` as for
+    /// [`ControlClient::stat_with`].
+    pub async fn list_page_with(
+        &self,
+        path: &str,
+        after: &str,
+        limit: u32,
+        stale: bool,
+    ) -> Result<(Vec<(String, Attr)>, bool)> {
         let mut req = self.control.list_request();
+        req.get().set_stale(stale);
         req.get().set_path(path);
         req.get().set_after(after);
         req.get().set_limit(limit);
@@ -426,10 +516,16 @@ impl ControlClient {
 
     /// The whole directory, page by page.
     pub async fn list(&self, path: &str) -> Result<Vec<(String, Attr)>> {
+        self.list_with(path, false).await
+    }
+
+    /// The whole directory, page by page; `stale` as for
+    /// [`ControlClient::stat_with`].
+    pub async fn list_with(&self, path: &str, stale: bool) -> Result<Vec<(String, Attr)>> {
         let mut all: Vec<(String, Attr)> = Vec::new();
         loop {
             let after = all.last().map(|(n, _)| n.clone()).unwrap_or_default();
-            let (page, more) = self.list_page(path, &after, 0).await?;
+            let (page, more) = self.list_page_with(path, &after, 0, stale).await?;
             all.extend(page);
             if !more {
                 return Ok(all);
@@ -594,6 +690,108 @@ impl ControlClient {
     }
 }
 
+/// One control replica, as the replica asked knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    /// Its id.
+    pub replica_id: u64,
+    /// Its RPC address.
+    pub address: String,
+    /// It votes (otherwise a learner catching up).
+    pub voter: bool,
+    /// On the leader: the highest log index known replicated there.
+    pub matched_index: u64,
+}
+
+/// A control replica's view of the replicated control plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    /// The control plane is replicated (otherwise the rest is empty).
+    pub replicated: bool,
+    /// The replica asked.
+    pub replica_id: u64,
+    /// Its Raft state: leader, follower, candidate, learner or shutdown.
+    pub state: String,
+    /// The leader's id (0: unknown) and address.
+    pub leader_id: u64,
+    /// The leader's RPC address.
+    pub leader_address: String,
+    /// The current term.
+    pub term: u64,
+    /// Its last log index.
+    pub last_log_index: u64,
+    /// The last index applied to its metadata store.
+    pub applied_index: u64,
+    /// The last index its latest snapshot covers.
+    pub snapshot_index: u64,
+    /// Every replica of the group.
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+impl ControlClient {
+    /// This replica's view of the replicated control plane.
+    pub async fn replication(&self) -> Result<ReplicationStatus> {
+        let reply = self.control.replication_request().send().promise.await?;
+        let s = reply.get()?.get_status()?;
+        let mut replicas = Vec::new();
+        for r in s.get_replicas()? {
+            replicas.push(ReplicaInfo {
+                replica_id: r.get_replica_id(),
+                address: r.get_address()?.to_str()?.to_string(),
+                voter: r.get_voter(),
+                matched_index: r.get_matched_index(),
+            });
+        }
+        Ok(ReplicationStatus {
+            replicated: s.get_replicated(),
+            replica_id: s.get_replica_id(),
+            state: s.get_state()?.to_str()?.to_string(),
+            leader_id: s.get_leader_id(),
+            leader_address: s.get_leader_address()?.to_str()?.to_string(),
+            term: s.get_term(),
+            last_log_index: s.get_last_log_index(),
+            applied_index: s.get_applied_index(),
+            snapshot_index: s.get_snapshot_index(),
+            replicas,
+        })
+    }
+
+    /// Adds control replica `replica_id` at `address` (leader only; the
+    /// cluster secret authorizes it). Returns once it votes.
+    pub async fn add_replica(&self, secret: &[u8], replica_id: u64, address: &str) -> Result<()> {
+        let mut req = self.control.add_replica_request();
+        req.get().set_secret(secret);
+        req.get().set_replica_id(replica_id);
+        req.get().set_address(address);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Removes control replica `replica_id` from the group (leader only).
+    pub async fn remove_replica(&self, secret: &[u8], replica_id: u64) -> Result<()> {
+        let mut req = self.control.remove_replica_request();
+        req.get().set_secret(secret);
+        req.get().set_replica_id(replica_id);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Has the server write a consistent metadata snapshot into its data
+    /// directory; returns its path there, the last log index it covers and
+    /// its size in bytes.
+    pub async fn take_snapshot(&self, secret: &[u8]) -> Result<(String, u64, u64)> {
+        let mut req = self.control.take_snapshot_request();
+        req.get().set_secret(secret);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        Ok((
+            r.get_path()?.to_str()?.to_string(),
+            r.get_last_index(),
+            r.get_bytes(),
+        ))
+    }
+}
+
 /// Receives the cluster map on every change.
 pub struct MapSubscription {
     _sub: subscription::Client,
@@ -676,7 +874,18 @@ impl FileHandle {
 
     /// Makes `chunks` visible and sets the file size (write handles).
     pub async fn commit_chunks(&self, chunks: &[ChunkRecord], file_size: u64) -> Result<Attr> {
+        self.commit_chunks_as(None, chunks, file_size).await
+    }
+
+    /// [`FileHandle::commit_chunks`] with request id `id`.
+    pub async fn commit_chunks_as(
+        &self,
+        id: Option<u128>,
+        chunks: &[ChunkRecord],
+        file_size: u64,
+    ) -> Result<Attr> {
         let mut req = self.cap.commit_chunks_request();
+        req.get().set_request_id(&id_bytes(id));
         req.get().set_file_size(file_size);
         let mut list = req.get().init_chunks(chunks.len() as u32);
         for (i, c) in chunks.iter().enumerate() {
@@ -688,7 +897,13 @@ impl FileHandle {
 
     /// Truncates or extends the file (write handles).
     pub async fn set_size(&self, size: u64) -> Result<Attr> {
+        self.set_size_as(None, size).await
+    }
+
+    /// [`FileHandle::set_size`] with request id `id`.
+    pub async fn set_size_as(&self, id: Option<u128>, size: u64) -> Result<Attr> {
         let mut req = self.cap.set_size_request();
+        req.get().set_request_id(&id_bytes(id));
         req.get().set_size(size);
         let reply = req.send().promise.await?;
         read_attr(reply.get()?.get_attr()?)

@@ -33,6 +33,6 @@ pub use blocking::BlockingClient;
 pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};
 pub use control::{
     Attr, ChunkHealth, ChunkProblem, ChunkRecord, ClusterMap, ControlClient, CreateOptions,
-    FileHandle, Kind, NodeInfo, ProblemKind,
+    FileHandle, Kind, NodeInfo, ProblemKind, ReplicaInfo, ReplicationStatus, ServerInfo,
 };
 pub use error::{Cause, Error, Result};

@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ringfs_client::human;
-use ringfs_client::{Attr, Client, CreateOptions, Error, Kind, OpenOptions};
+use ringfs_client::{
+    Attr, Client, ControlClient, CreateOptions, Error, Kind, OpenOptions, ReplicationStatus,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -28,7 +30,8 @@ struct Cli {
     /// Print the effective settings of this command as a config file and exit.
     #[arg(long, global = true)]
     print_config: bool,
-    /// Control server address (host:port).
+    /// Control server address (host:port), or every control replica's,
+    /// comma-separated: the client finds the leader.
     #[arg(long, env = "RINGFS_CONTROL", global = true)]
     control: Option<String>,
     /// Machine-readable JSON output.
@@ -93,6 +96,28 @@ enum Cmd {
     /// Check every chunk against the namespace and the replica reports;
     /// exits 0 only if every chunk has R live, current, verified replicas.
     Fsck,
+    /// Administration of the control plane (needs the cluster secret).
+    Admin {
+        /// File holding the cluster secret.
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Write a consistent snapshot of the metadata into the serving control
+    /// server's data directory (a backup; restore with
+    /// `ringfs-control --restore FILE`).
+    Snapshot,
+    /// Add a control replica (an empty one started with --peers asks for
+    /// this by itself).
+    AddReplica { replica_id: u64, address: String },
+    /// Remove a control replica from the group (e.g. a dead one before it
+    /// is replaced).
+    RemoveReplica { replica_id: u64 },
 }
 
 /// `println!` that returns an error (a closed pipe, `ringfs status | head`)
@@ -142,24 +167,29 @@ fn config_path() -> Option<std::path::PathBuf> {
     Some(std::path::Path::new(&std::env::var_os("HOME")?).join(".config/ringfs/client.toml"))
 }
 
-/// The control address: `--control`, else `RINGFS_CONTROL`, else the config
-/// file (all through clap).
-fn control_addr(flag: Option<&str>) -> Result<SocketAddr> {
+/// The control addresses: `--control`, else `RINGFS_CONTROL`, else the
+/// config file (all through clap); one, or every replica's, comma-separated.
+fn control_addrs(flag: Option<&str>) -> Result<Vec<SocketAddr>> {
     let s = flag.ok_or_else(|| {
         anyhow!(
             "no control server: pass --control HOST:PORT, set RINGFS_CONTROL, \
              or put control = \"HOST:PORT\" in ~/.config/ringfs/client.toml"
         )
     })?;
-    s.to_socket_addrs()
-        .with_context(|| format!("control address {s:?}"))?
-        .next()
-        .ok_or_else(|| anyhow!("control address {s:?} resolves to nothing"))
+    s.split(',')
+        .map(|a| {
+            let a = a.trim();
+            a.to_socket_addrs()
+                .with_context(|| format!("control address {a:?}"))?
+                .next()
+                .ok_or_else(|| anyhow!("control address {a:?} resolves to nothing"))
+        })
+        .collect()
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let addr = control_addr(cli.control.as_deref())?;
-    let c = Client::connect(addr).await?;
+    let addrs = control_addrs(cli.control.as_deref())?;
+    let c = Client::connect_replicas(&addrs, Default::default()).await?;
     let json = cli.json;
     match cli.cmd {
         Cmd::Put {
@@ -190,7 +220,34 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Mv { from, to } => cmd_mv(&c, &from, &to).await,
         Cmd::Fsck => cmd_fsck(&c, json).await,
-        Cmd::Status => cmd_status(&c, json).await,
+        Cmd::Status => cmd_status(&c, &addrs, json).await,
+        Cmd::Admin { secret_file, cmd } => {
+            let secret = std::fs::read(&secret_file)
+                .with_context(|| format!("reading {}", secret_file.display()))?;
+            let secret = secret.trim_ascii();
+            let ctl = c.control();
+            match cmd {
+                AdminCmd::Snapshot => {
+                    let (path, index, bytes) = ctl.take_snapshot(secret).await?;
+                    if json {
+                        outln!("{}", json!({"path": path, "last_index": index, "bytes": bytes}));
+                    } else {
+                        outln!(
+                            "snapshot of {} written to {path} (up to log index {index})",
+                            human::size(bytes)
+                        );
+                    }
+                }
+                AdminCmd::AddReplica {
+                    replica_id,
+                    address,
+                } => ctl.add_replica(secret, replica_id, &address).await?,
+                AdminCmd::RemoveReplica { replica_id } => {
+                    ctl.remove_replica(secret, replica_id).await?
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -390,8 +447,36 @@ async fn cmd_fsck(c: &Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `status`: nodes, up/down, capacity and chunk health.
-async fn cmd_status(c: &Client, json: bool) -> Result<()> {
+/// The control replicas as the leader sees them, with each reachable
+/// replica's own view (term, log positions); `None` for a single server.
+async fn control_status(
+    c: &Client,
+    addrs: &[SocketAddr],
+) -> Result<Option<(ReplicationStatus, Vec<ReplicationStatus>)>> {
+    let leader = c.control().replication().await?;
+    if !leader.replicated {
+        return Ok(None);
+    }
+    let mut each = Vec::new();
+    let mut asked: Vec<String> = leader.replicas.iter().map(|r| r.address.clone()).collect();
+    asked.extend(addrs.iter().map(|a| a.to_string()));
+    asked.sort();
+    asked.dedup();
+    for a in asked {
+        let Ok(addr) = a.parse::<SocketAddr>() else { continue };
+        let probe = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            ControlClient::connect(addr).await?.replication().await
+        });
+        if let Ok(Ok(s)) = probe.await {
+            each.push(s);
+        }
+    }
+    Ok(Some((leader, each)))
+}
+
+/// `status`: control replicas, nodes, up/down, capacity and chunk health.
+async fn cmd_status(c: &Client, addrs: &[SocketAddr], json: bool) -> Result<()> {
+    let control = control_status(c, addrs).await?;
     let health = c.control().chunk_health(0).await?;
     let map = c.cluster_map().await?;
     let total: u64 = map.nodes.iter().map(|n| n.capacity.total).sum();
@@ -424,9 +509,13 @@ async fn cmd_status(c: &Client, json: bool) -> Result<()> {
                 "total_bytes": total,
                 "used_bytes": used,
                 "chunks": health_json(&health),
+                "control": control.as_ref().map(|(leader, each)| control_json(leader, each)),
             })
         );
         return Ok(());
+    }
+    if let Some((leader, each)) = &control {
+        print_control(leader, each)?;
     }
     outln!(
         "{} of {} nodes up, {} used of {} (map epoch {})",
@@ -753,6 +842,77 @@ async fn rm(c: &Client, path: &str, recursive: bool) -> Result<()> {
                 c.unlink(&p).await?;
             }
         }
+    }
+    Ok(())
+}
+
+fn control_json(leader: &ReplicationStatus, each: &[ReplicationStatus]) -> serde_json::Value {
+    let replicas: Vec<_> = leader
+        .replicas
+        .iter()
+        .map(|r| {
+            let own = each.iter().find(|s| s.replica_id == r.replica_id);
+            json!({
+                "replica_id": r.replica_id,
+                "address": r.address,
+                "voter": r.voter,
+                "leader": r.replica_id == leader.leader_id,
+                "matched_index": r.matched_index,
+                "reachable": own.is_some(),
+                "state": own.map(|s| s.state.clone()),
+                "term": own.map(|s| s.term),
+                "last_log_index": own.map(|s| s.last_log_index),
+                "applied_index": own.map(|s| s.applied_index),
+                "snapshot_index": own.map(|s| s.snapshot_index),
+            })
+        })
+        .collect();
+    json!({
+        "leader_id": leader.leader_id,
+        "leader_address": leader.leader_address,
+        "term": leader.term,
+        "replicas": replicas,
+    })
+}
+
+fn print_control(leader: &ReplicationStatus, each: &[ReplicationStatus]) -> Result<()> {
+    outln!(
+        "control: {} replicas, leader {} at {} (term {})",
+        leader.replicas.len(),
+        leader.leader_id,
+        leader.leader_address,
+        leader.term
+    );
+    outln!(
+        "{:>20}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "replica",
+        "address",
+        "state",
+        "term",
+        "last log",
+        "applied",
+        "snapshot",
+        "matched"
+    );
+    for r in &leader.replicas {
+        let own = each.iter().find(|s| s.replica_id == r.replica_id);
+        let state = match own {
+            Some(s) if r.voter => s.state.clone(),
+            Some(_) => "learner".into(),
+            None => "UNREACHABLE".into(),
+        };
+        let n = |f: fn(&ReplicationStatus) -> u64| own.map(|s| f(s).to_string()).unwrap_or("-".into());
+        outln!(
+            "{:>20}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}",
+            r.replica_id,
+            r.address,
+            state,
+            n(|s| s.term),
+            n(|s| s.last_log_index),
+            n(|s| s.applied_index),
+            n(|s| s.snapshot_index),
+            r.matched_index
+        );
     }
     Ok(())
 }

@@ -201,7 +201,9 @@ impl NodeConfig {
             .control
             .or(file.control)
             .ok_or(ConfigError::Missing("control", "control"))?;
-        check_host_port(&control)?;
+        for addr in control.split(',') {
+            check_host_port(addr.trim())?;
+        }
         let data = cli
             .data
             .or(file.data)

@@ -9,6 +9,14 @@
 //! connection when there is one (so it is ordered after every heartbeat
 //! sent) or on a fresh one.
 //!
+//! With a replicated control plane, `control_addr` lists every replica
+//! (comma-separated): each session connects to the one that leads (asked
+//! with `hello`, following the leader a replica names), so heartbeats,
+//! joins and chunk reports reach the leader, which rebuilds membership from
+//! them after a failover. A replica that stops leading answers
+//! `not_leader`; the session ends and the next one finds the new leader at
+//! once, without backing off.
+//!
 //! Commands in heartbeat replies (delete a chunk, copy a chunk to another
 //! node) run as tasks of their own on the owning shard; their outcomes go
 //! back with the next heartbeat after they finish, each exactly once per
@@ -45,6 +53,9 @@ pub enum LinkError {
     Connect(String, String),
     #[error("control server: {0}")]
     Rpc(String),
+    /// The replica reached does not lead; the leader's address if it knew.
+    #[error("control replica {0} is not the leader")]
+    NotLeader(String, Option<String>),
     #[error("a shard stopped answering")]
     ShardGone,
     #[error("{0}")]
@@ -54,6 +65,9 @@ pub enum LinkError {
 impl From<capnp::Error> for LinkError {
     fn from(e: capnp::Error) -> Self {
         let (code, msg) = ringfs_schema::wire_error::decode(&e);
+        if code == ringfs_schema::control_capnp::ErrorCode::NotLeader {
+            return LinkError::NotLeader(msg, None);
+        }
         LinkError::Rpc(format!(
             "[{}] {msg}",
             ringfs_schema::wire_error::code_name(code)
@@ -97,6 +111,8 @@ impl LeaveHandle {
 
 /// Everything the link needs.
 pub struct ControlLink {
+    /// The control server's address, or every control replica's,
+    /// comma-separated.
     pub control_addr: String,
     pub cluster_secret: Vec<u8>,
     pub identity_path: PathBuf,
@@ -106,6 +122,10 @@ pub struct ControlLink {
     pub shards: Vec<mpsc::UnboundedSender<ShardCommand>>,
     /// True while a session is joined (the node's readiness).
     pub joined: Arc<std::sync::atomic::AtomicBool>,
+    /// Which address the next connection tries (replicas in turn), and
+    /// the leader a replica named, tried first.
+    pub(crate) next: std::cell::Cell<usize>,
+    pub(crate) leader_hint: RefCell<Option<String>>,
 }
 
 impl ControlLink {
@@ -127,6 +147,14 @@ impl ControlLink {
             loop {
                 match self.session(&mut backoff, &current).await {
                     Ok(()) => {}
+                    Err(LinkError::NotLeader(at, hint)) => {
+                        // Leadership moved: find the leader now.
+                        tracing::info!("control link: {at} does not lead; trying {}", hint.as_deref().unwrap_or("the next replica"));
+                        *self.leader_hint.borrow_mut() = hint;
+                        backoff = BACKOFF_MIN;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                     Err(e) => tracing::warn!("control link: {e}; retrying in {backoff:?}"),
                 }
                 tokio::time::sleep(backoff).await;
@@ -182,7 +210,7 @@ impl ControlLink {
         ),
         LinkError,
     > {
-        let addr = &self.control_addr;
+        let addr = &self.next_addr();
         let stream =
             tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
                 .await
@@ -203,11 +231,41 @@ impl ControlLink {
         hello
             .get()
             .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
-        if let Err(e) = hello.send().promise.await {
-            rpc_task.abort();
-            return Err(e.into());
+        let leads = match hello.send().promise.await {
+            Ok(reply) => reply.get().map(|r| {
+                let hint = r
+                    .get_leader_address()
+                    .ok()
+                    .and_then(|a| a.to_str().ok())
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string);
+                (r.get_is_leader() || !r.get_replicated(), hint)
+            }),
+            Err(e) => Err(e),
+        };
+        match leads {
+            Ok((true, _)) => Ok((control, rpc_task)),
+            Ok((false, hint)) => {
+                rpc_task.abort();
+                Err(LinkError::NotLeader(addr.clone(), hint))
+            }
+            Err(e) => {
+                rpc_task.abort();
+                Err(e.into())
+            }
         }
-        Ok((control, rpc_task))
+    }
+
+    /// The address to connect to: the leader a replica named, else the
+    /// next of the configured addresses in turn.
+    fn next_addr(&self) -> String {
+        if let Some(hint) = self.leader_hint.borrow_mut().take() {
+            return hint;
+        }
+        let addrs: Vec<&str> = self.control_addr.split(',').map(str::trim).collect();
+        let i = self.next.get();
+        self.next.set(i.wrapping_add(1));
+        addrs[i % addrs.len()].to_string()
     }
 
     async fn capacity(&self) -> Result<CapacityReport, LinkError> {

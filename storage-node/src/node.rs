@@ -279,6 +279,8 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         node_id,
         endpoints,
         shards: commands,
+        next: Default::default(),
+        leader_hint: Default::default(),
     }
     .spawn()?;
     for (i, h) in handles.into_iter().enumerate() {
