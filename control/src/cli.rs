@@ -46,7 +46,14 @@ where
             }
         };
     }
-    ringfs_ops::logging::init(&config.log_level, config.log_format);
+    // openraft reports every election and membership step at info; its
+    // warnings are what an operator needs unless the filter asks for more.
+    let level = if config.log_level.contains("openraft") {
+        config.log_level.clone()
+    } else {
+        format!("{},openraft=warn", config.log_level)
+    };
+    ringfs_ops::logging::init(&level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,7 +17,6 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{oneshot, Notify};
 
 use super::Raft;
-use crate::call_gate::CallGate;
 use crate::error::{ControlError, Result};
 use crate::store::{Batch, FileDefaults, Mutation, Outcome, Request};
 
@@ -31,7 +30,6 @@ type Waiting = (Request, oneshot::Sender<Result<Outcome>>);
 /// Proposes client mutations through Raft.
 pub struct Proposer {
     raft: Raft,
-    gate: Rc<CallGate>,
     defaults: FileDefaults,
     queue: RefCell<Vec<Waiting>>,
     wake: Notify,
@@ -72,10 +70,9 @@ fn resolve_defaults(m: &mut Mutation, defaults: &FileDefaults) {
 
 impl Proposer {
     /// Starts proposing on `raft` (a local task on the RPC thread).
-    pub fn start(raft: Raft, gate: Rc<CallGate>, defaults: FileDefaults) -> Rc<Self> {
+    pub fn start(raft: Raft, defaults: FileDefaults) -> Rc<Self> {
         let p = Rc::new(Proposer {
             raft,
-            gate,
             defaults,
             queue: RefCell::default(),
             wake: Notify::new(),
@@ -94,9 +91,11 @@ impl Proposer {
 
     /// Applies `r` through the Raft log; answers once it is committed and
     /// applied here. Fails with `not_leader` on a replica that is not the
-    /// leader (then nothing was proposed).
+    /// leader (Raft refuses the proposal), or that lost its leadership
+    /// before the entry committed: then the entry may still be committed by
+    /// the next leader, and the request id is what makes sending it again
+    /// safe.
     pub async fn submit(&self, mut r: Request) -> Result<Outcome> {
-        self.gate.check_leader()?;
         resolve_defaults(&mut r.mutation, &self.defaults);
         let (tx, rx) = oneshot::channel();
         self.queue.borrow_mut().push((r, tx));

@@ -121,7 +121,7 @@ impl Replica {
             .await
             .map_err(|e| ControlError::Unavailable(format!("starting Raft: {e}")))?;
         gate.set_leader(false, String::new());
-        let proposer = Proposer::start(raft.clone(), gate.clone(), defaults);
+        let proposer = Proposer::start(raft.clone(), defaults);
         let replica = Rc::new(Replica {
             id,
             addr: cfg.advertise.clone(),
@@ -243,6 +243,7 @@ impl Replica {
                             let Some(state) = state.upgrade() else { return };
                             if let Err(e) = state.lead().await {
                                 tracing::error!(error = %e, "taking over as leader failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue;
                             }
                             me.gate.set_leader(true, String::new());
