@@ -94,26 +94,33 @@ pub(crate) async fn connect_leader(addrs: &[SocketAddr], within: Duration) -> Re
     // one even when the caller would not wait for unreachable servers.
     let mut within = within;
     loop {
-        let mut hint: Option<SocketAddr> = None;
-        for addr in addrs.iter().copied() {
-            let tried = [hint.take(), Some(addr)];
-            for a in tried.into_iter().flatten() {
-                match ControlClient::connect(a).await {
-                    Ok(c) if c.server_info().is_leader => return Ok(c),
-                    Ok(c) => {
-                        within = within.max(RECONNECT_FOR);
-                        hint = c.server_info().leader_address.parse().ok().filter(|h| *h != a);
-                        last = Some(Error::NotLeader(format!(
-                            "{a} is not the leader ({})",
-                            match &hint {
-                                Some(h) => format!("it names {h}"),
-                                None => "no leader known".into(),
-                            }
-                        )));
+        // Each round asks every address once, and a leader named on the
+        // way at once (also one not among `addrs`).
+        let mut queue: std::collections::VecDeque<SocketAddr> = addrs.iter().copied().collect();
+        let mut asked: Vec<SocketAddr> = Vec::new();
+        while let Some(a) = queue.pop_front() {
+            if asked.contains(&a) {
+                continue;
+            }
+            asked.push(a);
+            match ControlClient::connect(a).await {
+                Ok(c) if c.server_info().is_leader => return Ok(c),
+                Ok(c) => {
+                    within = within.max(RECONNECT_FOR);
+                    let hint: Option<SocketAddr> = c.server_info().leader_address.parse().ok();
+                    last = Some(Error::NotLeader(format!(
+                        "{a} is not the leader ({})",
+                        match &hint {
+                            Some(h) => format!("it names {h}"),
+                            None => "no leader known".into(),
+                        }
+                    )));
+                    if let Some(h) = hint {
+                        queue.push_front(h);
                     }
-                    Err(e @ Error::VersionMismatch(_)) => return Err(e),
-                    Err(e) => last = Some(e),
                 }
+                Err(e @ Error::VersionMismatch(_)) => return Err(e),
+                Err(e) => last = Some(e),
             }
         }
         if start.elapsed() >= within {

@@ -155,6 +155,29 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Replication, when the control plane is replicated.
     pub replication: Option<Replication>,
+    /// The Raft settings given (also without peers or bootstrap: a replica
+    /// restarted with neither uses them).
+    tuning: Replication,
+}
+
+impl Config {
+    /// The Raft settings given, for a replica restarted without peers or
+    /// bootstrap.
+    pub fn replication_defaults(&self) -> Replication {
+        self.tuning.clone()
+    }
+}
+
+impl Replication {
+    /// `settings` for a replica that has Raft state already: nothing to
+    /// bootstrap, nobody to ask.
+    pub fn restart_only(settings: Replication) -> Self {
+        Replication {
+            peers: Vec::new(),
+            bootstrap: false,
+            ..settings
+        }
+    }
 }
 
 /// Settings of a replicated control plane (Raft).
@@ -274,7 +297,7 @@ impl Config {
             .unwrap_or(20_000)
             .max(1);
         let logs_kept = args.raft_logs_kept.or(file.raft_logs_kept).unwrap_or(1000);
-        let replication = (bootstrap || !peers.is_empty()).then(|| Replication {
+        let tuning = Replication {
             peers,
             bootstrap,
             advertise,
@@ -282,7 +305,8 @@ impl Config {
             election: raft_election,
             snapshot_every,
             logs_kept,
-        });
+        };
+        let replication = (bootstrap || !tuning.peers.is_empty()).then(|| tuning.clone());
         Ok(Config {
             listen,
             data,
@@ -299,6 +323,7 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics: args.metrics.or(file.metrics),
             replication,
+            tuning,
         })
     }
 }

@@ -136,7 +136,17 @@ async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()
         node_ttl: config.node_ttl,
     };
     let gate: Rc<crate::call_gate::CallGate> = Rc::default();
-    let (proposer, replica) = match &config.replication {
+    // A data directory with a Raft log belongs to a replica, whatever the
+    // flags say: started as a single server it would serve a second,
+    // diverging history. Its group is in its log, so no flag is needed.
+    let replication = config.replication.clone().or_else(|| {
+        config
+            .data
+            .join(crate::raft::log_store::FILE)
+            .exists()
+            .then(|| crate::config::Replication::restart_only(config.replication_defaults()))
+    });
+    let (proposer, replica) = match &replication {
         None => (crate::proposer::Proposer::Local(committer), None),
         Some(r) => {
             let cfg = crate::raft::ReplicaConfig {

@@ -31,6 +31,9 @@ use tokio::sync::oneshot;
 
 use super::{decode, encode, LogId, StorageError, TypeConfig};
 
+/// The log's file name in the data directory.
+pub const FILE: &str = "raft-log.redb";
+
 /// index -> Entry (postcard)
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// name -> value (postcard)

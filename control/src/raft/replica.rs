@@ -98,7 +98,7 @@ impl Replica {
         secret: Rc<[u8]>,
         defaults: FileDefaults,
     ) -> Result<Rc<Self>> {
-        let (log, id) = LogStore::open(&dir.join("raft-log.redb"))?;
+        let (log, id) = LogStore::open(&dir.join(super::log_store::FILE))?;
         let sm = StateMachine::new(store, dir.to_path_buf());
         let ms = cfg.election.as_millis() as u64;
         let config = openraft::Config {
