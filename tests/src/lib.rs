@@ -14,6 +14,9 @@
 //!   inherits any.
 //! - [`Cluster`]: a control server and nodes, with waits on the cluster map
 //!   and on chunk health.
+//! - [`ControlGroup`], [`ReplicatedCluster`]: N control replicas (Raft),
+//!   alone or with nodes; kill, restart, replace, find the leader.
+//! - [`Netns`]: a network namespace to cut a server off (partitions).
 //! - [`files`]: test data ([`files::pattern`]) and whole-file helpers over
 //!   the client library.
 //! - [`run_ok`], [`run_failing`], [`run`]: short-lived commands (the CLI,
@@ -27,7 +30,9 @@
 mod binaries;
 mod cluster;
 mod commands;
+mod control_group;
 pub mod files;
+mod netns;
 mod servers;
 
 pub use binaries::binary;
@@ -35,6 +40,8 @@ pub use cluster::{Cluster, FAST_REPAIR, QUICK};
 pub use commands::{run, run_failing, run_ok, Ran};
 pub use ringfs_client::local;
 pub use ringfs_ops::launch::Server;
+pub use control_group::{ControlGroup, ReplicatedCluster, FAST_RAFT};
+pub use netns::{ip, Netns};
 pub use servers::{ControlProcess, NodeOptions, NodeProcess};
 
 use std::path::{Path, PathBuf};

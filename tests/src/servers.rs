@@ -42,9 +42,32 @@ impl ControlProcess {
 
     /// Like [`ControlProcess::start`], with these `FAILPOINTS` armed.
     pub fn start_with(dir: &Path, listen: &str, extra: &[&str], failpoints: Option<&str>) -> Self {
-        let data = dir.join("control");
+        Self::start_in(dir, "control", listen, extra, failpoints, None)
+    }
+
+    /// Starts a control server with its data under `dir/name`, listening
+    /// on `listen`, plus `extra` flags, these `FAILPOINTS` armed, inside
+    /// network namespace `netns` if given (`ip netns exec`, which execs the
+    /// server: the pid is the server's).
+    pub fn start_in(
+        dir: &Path,
+        name: &str,
+        listen: &str,
+        extra: &[&str],
+        failpoints: Option<&str>,
+        netns: Option<&str>,
+    ) -> Self {
+        let data = dir.join(name);
         let secret = write_secret(dir);
-        let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
+        let control = binary("ringfs-control", "ringfs-control");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(control);
+                c
+            }
+            None => Command::new(control),
+        };
         cmd.args(["--listen", listen, "--data"])
             .arg(&data)
             .arg("--secret-file")
@@ -79,6 +102,9 @@ pub struct NodeOptions<'a> {
     pub shards: usize,
     /// The IP address to listen on.
     pub listen: &'a str,
+    /// Every control replica's address, when there are several (the node
+    /// is then given all of them instead of the one it is started with).
+    pub controls: &'a [SocketAddr],
     /// Run inside this network namespace (`ip netns exec`, which execs the
     /// node: the pid is the node's).
     pub netns: Option<&'a str>,
@@ -93,6 +119,7 @@ impl Default for NodeOptions<'_> {
         Self {
             shards: 1,
             listen: "127.0.0.1",
+            controls: &[],
             netns: None,
             flags: &[],
             failpoints: None,
@@ -140,8 +167,14 @@ impl NodeProcess {
             }
             None => Command::new(node),
         };
+        let control = if opts.controls.is_empty() {
+            control.to_string()
+        } else {
+            let list: Vec<String> = opts.controls.iter().map(|a| a.to_string()).collect();
+            list.join(",")
+        };
         cmd.arg("--control")
-            .arg(control.to_string())
+            .arg(control)
             .args(["--listen", opts.listen])
             .args(["--cores", &opts.shards.to_string()])
             .arg("--data")

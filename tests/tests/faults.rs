@@ -16,7 +16,7 @@ use ringfs_tests::files::{
     corrupt_chunk_file, get, layout, overwrite, pattern, put, read_write, records,
 };
 use ringfs_tests::{
-    local, with_client, Cluster, ControlProcess, NodeOptions, NodeProcess, FAST_REPAIR,
+    local, with_client, Netns, Cluster, ControlProcess, NodeOptions, NodeProcess, FAST_REPAIR,
 };
 
 const MIB: usize = 1 << 20;
@@ -441,97 +441,6 @@ impl Partition {
             }
         });
         Partition { addr, cut }
-    }
-}
-
-/// A network namespace joined to the host by a veth pair: a node inside it
-/// is cut off from everything (control server, other nodes, clients) by
-/// setting its end of the pair down. Removed on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    ns_if: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-fn ip(args: &[&str]) -> bool {
-    std::process::Command::new("ip")
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Netns {
-    /// Creates it, or `None` where the machine does not allow it.
-    fn create() -> Option<Self> {
-        let id = std::process::id() % 100_000;
-        let net = id % 250;
-        let ns = Netns {
-            name: format!("rfs{id}"),
-            host_if: format!("rfs{id}h"),
-            ns_if: format!("rfs{id}n"),
-            host_ip: format!("10.213.{net}.1"),
-            ns_ip: format!("10.213.{net}.2"),
-        };
-        let n = ns.name.as_str();
-        let ok = ip(&["netns", "add", n])
-            && ip(&[
-                "link",
-                "add",
-                &ns.host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &ns.ns_if,
-            ])
-            && ip(&["link", "set", &ns.ns_if, "netns", n])
-            && ip(&[
-                "addr",
-                "add",
-                &format!("{}/30", ns.host_ip),
-                "dev",
-                &ns.host_if,
-            ])
-            && ip(&["link", "set", &ns.host_if, "up"])
-            && ip(&[
-                "netns",
-                "exec",
-                n,
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/30", ns.ns_ip),
-                "dev",
-                &ns.ns_if,
-            ])
-            && ip(&["netns", "exec", n, "ip", "link", "set", &ns.ns_if, "up"])
-            && ip(&["netns", "exec", n, "ip", "link", "set", "lo", "up"]);
-        // On failure, drop cleans up whatever was made.
-        ok.then_some(ns)
-    }
-
-    fn set(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        assert!(ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "link",
-            "set",
-            &self.ns_if,
-            state
-        ]));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        ip(&["link", "del", &self.host_if]);
-        ip(&["netns", "del", &self.name]);
     }
 }
 

@@ -120,6 +120,8 @@ impl Proposer {
             let me = self.clone();
             tokio::task::spawn_local(async move {
                 let (requests, replies): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+                let hold = held_path()
+                    .is_some_and(|p| requests.iter().any(|r| touches(&r.mutation, &p)));
                 let batch = Batch {
                     now_ns: crate::service::now_ns(),
                     requests,
@@ -127,6 +129,10 @@ impl Proposer {
                 let result = me.raft.client_write(batch).await;
                 me.in_flight.set(me.in_flight.get() - 1);
                 me.wake.notify_one();
+                if hold && result.is_ok() {
+                    tracing::warn!("failpoint raft::before_answer: holding the answers of a committed entry");
+                    std::future::pending::<()>().await;
+                }
                 match result {
                     Ok(resp) => {
                         let mut answers = resp.data.0.into_iter();
@@ -146,5 +152,25 @@ impl Proposer {
                 }
             });
         }
+    }
+}
+
+/// Failpoint `raft::before_answer` (`return(PATH)`): the answers of a
+/// committed entry with a mutation of PATH are never sent, as if this
+/// leader died between commit and answer (tests then kill it).
+fn held_path() -> Option<String> {
+    crate::fail_point!("raft::before_answer", |arg| arg);
+    None
+}
+
+/// Whether `m` names `path`.
+fn touches(m: &Mutation, path: &str) -> bool {
+    match m {
+        Mutation::Create { path: p, .. }
+        | Mutation::Mkdir { path: p, .. }
+        | Mutation::Unlink { path: p, .. }
+        | Mutation::Rmdir { path: p, .. } => p == path,
+        Mutation::Rename { from, to, .. } => from == path || to == path,
+        _ => false,
     }
 }
