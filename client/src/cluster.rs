@@ -178,9 +178,19 @@ impl Cluster {
     }
 
     /// Whether a call that failed with `e` should run again on a new
-    /// connection: the connection dropped, or the replica no longer leads.
+    /// connection: the connection dropped, the replica no longer leads, or
+    /// the server could not serve it now (stopping, or a replica that could
+    /// not get a majority to commit it).
     fn lost_server(&self, e: &Error) -> bool {
-        matches!(e, Error::NotLeader(_)) || !self.ctl().is_connected()
+        matches!(e, Error::NotLeader(_) | Error::Unavailable { .. }) || !self.ctl().is_connected()
+    }
+
+    /// A server that answered `unavailable` on a live connection is asked
+    /// again only after a pause (another replica may lead by then).
+    async fn pause_after(&self, e: &Error, left: Duration) {
+        if self.ctl().is_connected() && matches!(e, Error::Unavailable { .. }) {
+            tokio::time::sleep(Duration::from_millis(100).min(left)).await;
+        }
     }
 
     /// Runs a control call that is safe to repeat; while it fails because
@@ -195,8 +205,9 @@ impl Cluster {
         loop {
             match f(self.ctl()).await {
                 Err(e) if self.lost_server(&e) && start.elapsed() < RECONNECT_FOR => {
-                    self.reconnect_within(RECONNECT_FOR.saturating_sub(start.elapsed()))
-                        .await?;
+                    let left = RECONNECT_FOR.saturating_sub(start.elapsed());
+                    self.pause_after(&e, left).await;
+                    self.reconnect_within(left).await?;
                 }
                 r => return r,
             }
@@ -222,6 +233,7 @@ impl Cluster {
                 r => return r,
             };
             let left = RECONNECT_FOR.saturating_sub(start.elapsed());
+            self.pause_after(&e, left).await;
             if left.is_zero() || self.reconnect_within(left).await.is_err() {
                 return Err(Error::OutcomeUnknown {
                     message: format!(

@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{oneshot, Notify};
@@ -24,6 +25,11 @@ use crate::store::{Batch, FileDefaults, Mutation, Outcome, Request};
 pub const MAX_BATCH: usize = 1024;
 /// Log entries proposed and not yet answered, at most.
 pub const IN_FLIGHT: usize = 4;
+/// How long a proposal may wait to be committed before its callers are
+/// answered `unavailable` (a leader cut off from its majority never
+/// commits; it does not know it is no longer the leader). The entry may
+/// still be committed later: the request id makes sending it again safe.
+pub const COMMIT_WITHIN: Duration = Duration::from_secs(10);
 
 type Waiting = (Request, oneshot::Sender<Result<Outcome>>);
 
@@ -126,13 +132,20 @@ impl Proposer {
                     now_ns: crate::service::now_ns(),
                     requests,
                 };
-                let result = me.raft.client_write(batch).await;
+                let result = tokio::time::timeout(COMMIT_WITHIN, me.raft.client_write(batch)).await;
                 me.in_flight.set(me.in_flight.get() - 1);
                 me.wake.notify_one();
-                if hold && result.is_ok() {
+                if hold && matches!(result, Ok(Ok(_))) {
                     tracing::warn!("failpoint raft::before_answer: holding the answers of a committed entry");
                     std::future::pending::<()>().await;
                 }
+                let result = match result {
+                    Ok(r) => r.map_err(write_error),
+                    Err(_) => Err(ControlError::Unavailable(format!(
+                        "not committed within {COMMIT_WITHIN:?} (this replica may have lost its \
+                         majority); it may still be applied: send it again with the same request id"
+                    ))),
+                };
                 match result {
                     Ok(resp) => {
                         let mut answers = resp.data.0.into_iter();
@@ -144,7 +157,6 @@ impl Proposer {
                         }
                     }
                     Err(e) => {
-                        let e = write_error(e);
                         for reply in replies {
                             let _ = reply.send(Err(e.clone()));
                         }
