@@ -1,5 +1,6 @@
-//! A local cluster: one control server and N storage nodes as child
-//! processes on loopback, with all their data in one directory.
+//! A local cluster: one control server (or a group of control replicas on
+//! Raft) and N storage nodes as child processes on loopback, with all their
+//! data in one directory.
 //!
 //! Guarantees:
 //! - [`LocalCluster::start`] returns only once every node has joined and is
@@ -30,6 +31,9 @@ pub struct ClusterOptions {
     pub launcher: Launcher,
     /// Storage nodes (each one shard).
     pub nodes: usize,
+    /// Control replicas: 1 is a single control server (no Raft); more
+    /// start a replicated control plane, the first one leading.
+    pub control_replicas: usize,
     /// Parent of the cluster's directory (the filesystem under test); the
     /// system temp dir if None.
     pub parent: Option<PathBuf>,
@@ -40,6 +44,7 @@ pub struct ClusterOptions {
 /// CPU seconds used so far by the cluster's processes.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterCpu {
+    /// Summed over the control replicas.
     pub control: f64,
     /// Per storage node, in start order.
     pub nodes: Vec<f64>,
@@ -62,10 +67,17 @@ impl ClusterCpu {
 /// A running local cluster.
 pub struct LocalCluster {
     // Field order is drop order: processes die before the directory goes.
-    control: Server,
+    /// Control replica `i`; `None` while killed (failover measurement).
+    controls: Vec<Option<Server>>,
     nodes: Vec<Server>,
     dir: Dir,
+    /// The address of the control server, or of the first replica (which
+    /// leads once the group formed).
     pub control_addr: SocketAddr,
+    /// Every control replica's address.
+    pub control_addrs: Vec<SocketAddr>,
+    launcher: Vec<OsString>,
+    secret: PathBuf,
 }
 
 /// The cluster's directory: removed on drop unless kept.
@@ -98,25 +110,48 @@ impl LocalCluster {
         } else {
             Dir::Temp(tmp)
         };
-        let root = dir.path();
+        let root = dir.path().to_path_buf();
         let secret = root.join("secret");
         std::fs::write(&secret, random_secret()).context("writing the cluster secret")?;
 
-        let mut cmd = command(&opts.launcher.control)?;
-        cmd.args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(root.join("control"))
-            .arg("--secret-file")
-            .arg(&secret);
-        quiet_logs(&mut cmd);
-        let control = Server::spawn(cmd, "ringfs-control listening on ", START_TIMEOUT)
-            .context("starting the control server")?;
-        let control_addr = control.addr;
+        let replicas = opts.control_replicas.max(1);
+        let mut cluster = LocalCluster {
+            controls: Vec::new(),
+            nodes: Vec::new(),
+            dir,
+            control_addr: "127.0.0.1:0".parse().expect("an address"),
+            control_addrs: Vec::new(),
+            launcher: opts.launcher.control.clone(),
+            secret: secret.clone(),
+        };
+        for i in 0..replicas {
+            let extra: Vec<String> = match (replicas, i) {
+                (1, _) => Vec::new(),
+                (_, 0) => vec!["--bootstrap".into()],
+                _ => vec!["--peers".into(), cluster.control_addrs[0].to_string()],
+            };
+            let server = cluster
+                .spawn_control(i, "127.0.0.1:0", &extra)
+                .with_context(|| format!("starting control replica {i}"))?;
+            cluster.control_addrs.push(server.addr);
+            cluster.controls.push(Some(server));
+        }
+        cluster.control_addr = cluster.control_addrs[0];
+        if replicas > 1 {
+            cluster.wait_replicas(replicas)?;
+        }
+        let control_list = cluster
+            .control_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
 
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
             let mut cmd = command(&opts.launcher.node)?;
-            cmd.args(["--control", &control_addr.to_string()])
+            cmd.args(["--control", &control_list])
                 .args(["--listen", "127.0.0.1"])
                 // One shard per node, spread over the cores.
                 .args(["--cores", &format!("{},", i % cpus)])
@@ -129,14 +164,106 @@ impl LocalCluster {
                 .with_context(|| format!("starting storage node {}", i + 1))?;
             nodes.push(node);
         }
-        let cluster = LocalCluster {
-            control,
-            nodes,
-            dir,
-            control_addr,
-        };
+        cluster.nodes = nodes;
         cluster.wait_joined(opts.nodes)?;
         Ok(cluster)
+    }
+
+    /// Starts control replica `i` (data in `control` for a single server,
+    /// `control-<i>` for replicas) on `listen` with `extra` flags.
+    fn spawn_control(&self, i: usize, listen: &str, extra: &[String]) -> anyhow::Result<Server> {
+        let data = if self.control_addrs.len() <= 1 && extra.is_empty() && i == 0 {
+            self.dir.path().join("control")
+        } else {
+            self.dir.path().join(format!("control-{i}"))
+        };
+        let mut cmd = command(&self.launcher)?;
+        cmd.args(["--listen", listen, "--data"])
+            .arg(data)
+            .arg("--secret-file")
+            .arg(&self.secret)
+            .args(extra);
+        quiet_logs(&mut cmd);
+        Ok(Server::spawn(cmd, "ringfs-control listening on ", START_TIMEOUT)?)
+    }
+
+    /// Waits until the leader counts `want` voters and every replica
+    /// applied what the leader has.
+    pub fn wait_replicas(&self, want: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addrs: Vec<SocketAddr> = self
+            .control_addrs
+            .iter()
+            .zip(&self.controls)
+            .filter(|(_, s)| s.is_some())
+            .map(|(a, _)| *a)
+            .collect();
+        crate::local(async {
+            loop {
+                let mut views = Vec::new();
+                for a in &addrs {
+                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), async {
+                        ringfs_client::ControlClient::connect(*a).await?.replication().await
+                    })
+                    .await
+                    {
+                        views.push(s);
+                    }
+                }
+                if let Some(leader) = views.iter().find(|v| v.state == "leader") {
+                    let voters = leader.replicas.iter().filter(|r| r.voter).count();
+                    let caught_up = views.len() == addrs.len()
+                        && views.iter().all(|v| v.applied_index >= leader.applied_index);
+                    if voters == want && caught_up {
+                        return Ok(());
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("the control replicas did not form a group of {want} within {START_TIMEOUT:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
+    /// The index of the control replica that leads now (asked with
+    /// `hello`), waiting up to 30 s for one.
+    pub fn leader(&self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            for (i, a) in self.control_addrs.iter().enumerate() {
+                if self.controls[i].is_none() {
+                    continue;
+                }
+                let leads = crate::local(async {
+                    tokio::time::timeout(Duration::from_secs(2), ringfs_client::ControlClient::connect(*a))
+                        .await
+                        .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
+                });
+                if leads {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no control replica leads after {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9 control replica `i` (its data stays).
+    pub fn kill_control(&mut self, i: usize) {
+        if let Some(mut s) = self.controls[i].take() {
+            s.kill9();
+        }
+    }
+
+    /// Starts control replica `i` again on its address, from its data.
+    pub fn restart_control(&mut self, i: usize) -> anyhow::Result<()> {
+        let addr = self.control_addrs[i].to_string();
+        let server = self.spawn_control(i, &addr, &[])?;
+        self.controls[i] = Some(server);
+        Ok(())
     }
 
     /// Waits until `want` nodes are up in the cluster map.
@@ -162,8 +289,9 @@ impl LocalCluster {
         self.dir.path()
     }
 
-    pub fn control_pid(&self) -> u32 {
-        self.control.pid()
+    /// The pid of every running control replica.
+    pub fn control_pids(&self) -> Vec<u32> {
+        self.controls.iter().flatten().map(Server::pid).collect()
     }
 
     pub fn node_pids(&self) -> Vec<u32> {
@@ -172,11 +300,14 @@ impl LocalCluster {
 
     /// Fails if any process has exited.
     pub fn check(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.control.exit_status() {
-            bail!(
-                "the control server (pid {}) exited unexpectedly: {status}",
-                self.control.pid()
-            );
+        for (i, control) in self.controls.iter_mut().enumerate() {
+            let Some(control) = control else { continue };
+            if let Some(status) = control.exit_status() {
+                bail!(
+                    "control server {i} (pid {}) exited unexpectedly: {status}",
+                    control.pid()
+                );
+            }
         }
         for (i, node) in self.nodes.iter_mut().enumerate() {
             if let Some(status) = node.exit_status() {
@@ -194,7 +325,12 @@ impl LocalCluster {
     /// counts as zero).
     pub fn cpu(&self) -> ClusterCpu {
         ClusterCpu {
-            control: cpu_seconds(self.control.pid()).unwrap_or(0.0),
+            control: self
+                .controls
+                .iter()
+                .flatten()
+                .map(|c| cpu_seconds(c.pid()).unwrap_or(0.0))
+                .sum(),
             nodes: self
                 .nodes
                 .iter()

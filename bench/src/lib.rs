@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod dataset;
+pub mod failover;
 pub mod live;
 pub mod metadata;
 pub mod node_bench;

@@ -47,6 +47,17 @@ enum Cmd {
         /// Keep the data directory (and the dataset) afterwards.
         #[arg(long)]
         keep: bool,
+        /// Control replicas: 1 runs a single control server; 3 or 5 a
+        /// replicated control plane (Raft), the workloads talking to its
+        /// leader.
+        #[arg(long, default_value_t = 1)]
+        control_replicas: usize,
+        /// After the workloads, kill the leading control replica this many
+        /// times (restarting it in between) while a client creates files,
+        /// and report the failover time (kill to the next acknowledged
+        /// create), p50 and max. Needs --control-replicas 3 or more.
+        #[arg(long, default_value_t = 0)]
+        failover_kills: usize,
     },
     /// Runs the workloads against an existing cluster.
     Run {
@@ -178,7 +189,9 @@ fn main() -> ExitCode {
             nodes,
             dir,
             keep,
-        } => run_local(load, nodes, dir, keep),
+            control_replicas,
+            failover_kills,
+        } => run_local(load, nodes, dir, keep, control_replicas, failover_kills),
         Cmd::Run {
             config: _,
             control,
@@ -334,23 +347,41 @@ fn duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
-fn run_local(load: LoadArgs, nodes: usize, dir: Option<PathBuf>, keep: bool) -> anyhow::Result<()> {
+fn run_local(
+    load: LoadArgs,
+    nodes: usize,
+    dir: Option<PathBuf>,
+    keep: bool,
+    control_replicas: usize,
+    failover_kills: usize,
+) -> anyhow::Result<()> {
     if let Some(r) = load.replication.filter(|&r| usize::from(r) > nodes) {
         bail!("--replication {r} needs at least {r} storage nodes (--nodes {nodes})");
+    }
+    if failover_kills > 0 && control_replicas < 3 {
+        bail!("--failover-kills needs --control-replicas 3 or more");
     }
     live::catch_interrupts();
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut cluster = LocalCluster::start(&ClusterOptions {
         launcher: node_bench::Launcher::subcommands(exe, "__control", "__node"),
         nodes,
+        control_replicas,
         parent: dir,
         keep,
     })?;
-    println!(
-        "control server (pid {}) listening on {}",
-        cluster.control_pid(),
-        cluster.control_addr
-    );
+    for (i, (pid, addr)) in cluster
+        .control_pids()
+        .into_iter()
+        .zip(&cluster.control_addrs)
+        .enumerate()
+    {
+        if control_replicas > 1 {
+            println!("control replica {i} (pid {pid}) listening on {addr}");
+        } else {
+            println!("control server (pid {pid}) listening on {addr}");
+        }
+    }
     for (i, pid) in cluster.node_pids().into_iter().enumerate() {
         println!("storage node {} (pid {pid})", i + 1);
     }
@@ -358,6 +389,15 @@ fn run_local(load: LoadArgs, nodes: usize, dir: Option<PathBuf>, keep: bool) -> 
     let replication = load.replication.unwrap_or(nodes.min(3) as u8);
     let opts = load.suite(replication, cluster.dir().to_path_buf(), keep);
     let reports = suite::run(cluster.control_addr, Some(&mut cluster), &opts)?;
+    if failover_kills > 0 {
+        let f = ringfs_bench::failover::run(&mut cluster, failover_kills)?;
+        println!(
+            "failover (leader killed -> next acknowledged create) over {} kills: p50 {:?}, max {:?}",
+            f.samples.len(),
+            f.p50(),
+            f.max()
+        );
+    }
     drop(cluster);
     load.finish(&reports)
 }

@@ -127,7 +127,7 @@ pub(crate) async fn connect_leader(addrs: &[SocketAddr], within: Duration) -> Re
             return Err(last.unwrap_or_else(|| Error::unavailable("no control address given")));
         }
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(500));
+        wait = (wait * 2).min(Duration::from_millis(100));
     }
 }
 
