@@ -184,7 +184,11 @@ impl LocalCluster {
             .arg(&self.secret)
             .args(extra);
         quiet_logs(&mut cmd);
-        Ok(Server::spawn(cmd, "ringfs-control listening on ", START_TIMEOUT)?)
+        Ok(Server::spawn(
+            cmd,
+            "ringfs-control listening on ",
+            START_TIMEOUT,
+        )?)
     }
 
     /// Waits until the leader counts `want` voters and every replica
@@ -203,7 +207,10 @@ impl LocalCluster {
                 let mut views = Vec::new();
                 for a in &addrs {
                     if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), async {
-                        ringfs_client::ControlClient::connect(*a).await?.replication().await
+                        ringfs_client::ControlClient::connect(*a)
+                            .await?
+                            .replication()
+                            .await
                     })
                     .await
                     {
@@ -213,7 +220,9 @@ impl LocalCluster {
                 if let Some(leader) = views.iter().find(|v| v.state == "leader") {
                     let voters = leader.replicas.iter().filter(|r| r.voter).count();
                     let caught_up = views.len() == addrs.len()
-                        && views.iter().all(|v| v.applied_index >= leader.applied_index);
+                        && views
+                            .iter()
+                            .all(|v| v.applied_index >= leader.applied_index);
                     if voters == want && caught_up {
                         return Ok(());
                     }
@@ -236,9 +245,12 @@ impl LocalCluster {
                     continue;
                 }
                 let leads = crate::local(async {
-                    tokio::time::timeout(Duration::from_secs(2), ringfs_client::ControlClient::connect(*a))
-                        .await
-                        .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
+                    tokio::time::timeout(
+                        Duration::from_secs(2),
+                        ringfs_client::ControlClient::connect(*a),
+                    )
+                    .await
+                    .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
                 });
                 if leads {
                     return Ok(i);

@@ -63,10 +63,13 @@ pub fn run(cluster: &mut LocalCluster, kills: usize) -> anyhow::Result<Failover>
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
                         let fd = c
-                            .open(&format!("{dir}/f{i}"), &ringfs_client::OpenOptions {
-                                exclusive: true,
-                                ..ringfs_client::OpenOptions::create(options)
-                            })
+                            .open(
+                                &format!("{dir}/f{i}"),
+                                &ringfs_client::OpenOptions {
+                                    exclusive: true,
+                                    ..ringfs_client::OpenOptions::create(options)
+                                },
+                            )
                             .await?;
                         c.close(fd).await?;
                         acked.lock().expect("acks").push((sent, Instant::now()));
@@ -92,7 +95,12 @@ pub fn run(cluster: &mut LocalCluster, kills: usize) -> anyhow::Result<Failover>
             cluster.kill_control(leader);
             let deadline = killed + Duration::from_secs(60);
             let first = loop {
-                if let Some((_, t)) = acked.lock().expect("acks").iter().find(|(s, _)| *s > killed) {
+                if let Some((_, t)) = acked
+                    .lock()
+                    .expect("acks")
+                    .iter()
+                    .find(|(s, _)| *s > killed)
+                {
                     break *t;
                 }
                 if let Some(e) = failed.lock().expect("failure").clone() {
@@ -104,7 +112,10 @@ pub fn run(cluster: &mut LocalCluster, kills: usize) -> anyhow::Result<Failover>
                 std::thread::sleep(Duration::from_millis(1));
             };
             let d = first - killed;
-            println!("failover {}: replica {leader} killed, next create acknowledged after {d:?}", k + 1);
+            println!(
+                "failover {}: replica {leader} killed, next create acknowledged after {d:?}",
+                k + 1
+            );
             samples.push(d);
             cluster
                 .restart_control(leader)

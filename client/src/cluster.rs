@@ -86,7 +86,10 @@ fn watch_map(map: Rc<RefCell<MapState>>, mut sub: MapSubscription) -> tokio::tas
 /// (the single server, or the replicas' leader): asks each in turn, going
 /// straight to the leader a replica names, until one leads or `within`
 /// passed. A protocol-version mismatch fails at once.
-pub(crate) async fn connect_leader(addrs: &[SocketAddr], within: Duration) -> Result<ControlClient> {
+pub(crate) async fn connect_leader(
+    addrs: &[SocketAddr],
+    within: Duration,
+) -> Result<ControlClient> {
     let start = Instant::now();
     let mut wait = Duration::from_millis(20);
     let mut last: Option<Error> = None;

@@ -230,7 +230,10 @@ async fn run(cli: Cli) -> Result<()> {
                 AdminCmd::Snapshot => {
                     let (path, index, bytes) = ctl.take_snapshot(secret).await?;
                     if json {
-                        outln!("{}", json!({"path": path, "last_index": index, "bytes": bytes}));
+                        outln!(
+                            "{}",
+                            json!({"path": path, "last_index": index, "bytes": bytes})
+                        );
                     } else {
                         outln!(
                             "snapshot of {} written to {path} (up to log index {index})",
@@ -463,7 +466,9 @@ async fn control_status(
     asked.sort();
     asked.dedup();
     for a in asked {
-        let Ok(addr) = a.parse::<SocketAddr>() else { continue };
+        let Ok(addr) = a.parse::<SocketAddr>() else {
+            continue;
+        };
         let probe = tokio::time::timeout(std::time::Duration::from_secs(2), async {
             ControlClient::connect(addr).await?.replication().await
         });
@@ -901,7 +906,8 @@ fn print_control(leader: &ReplicationStatus, each: &[ReplicationStatus]) -> Resu
             Some(_) => "learner".into(),
             None => "UNREACHABLE".into(),
         };
-        let n = |f: fn(&ReplicationStatus) -> u64| own.map(|s| f(s).to_string()).unwrap_or("-".into());
+        let n =
+            |f: fn(&ReplicationStatus) -> u64| own.map(|s| f(s).to_string()).unwrap_or("-".into());
         outln!(
             "{:>20}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}",
             r.replica_id,

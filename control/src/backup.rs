@@ -39,7 +39,8 @@ pub fn write(store: &MetaStore, dir: &Path) -> Result<(PathBuf, u64, u64)> {
     let f = f
         .into_inner()
         .map_err(|e| ControlError::io(format!("writing {}", tmp.display()), e.into_error()))?;
-    f.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
+    f.sync_all()
+        .map_err(io(format!("syncing {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

@@ -41,7 +41,10 @@ where
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("ringfs-control: restore: {}", ringfs_schema::wire_error::describe(&e));
+                eprintln!(
+                    "ringfs-control: restore: {}",
+                    ringfs_schema::wire_error::describe(&e)
+                );
                 ExitCode::FAILURE
             }
         };

@@ -25,9 +25,9 @@ use crate::call_gate::CallGate;
 use crate::commands::{Commands, Work};
 use crate::error::Result;
 use crate::gc::Gc;
-use crate::proposer::Proposer;
 use crate::leases::Leases;
 use crate::membership::Membership;
+use crate::proposer::Proposer;
 use crate::records::Chunk;
 use crate::repair::{Repair, RepairConfig};
 use crate::store::{MetaStore, Mutation, Outcome};
@@ -380,6 +380,7 @@ impl State {
             repair_copies_failed: repair.copies_failed,
             requests_in_flight: self.gate.in_flight(),
             repair_scans: repair.scans.get(),
+            raft: self.replica.as_ref().map(|r| r.figures()),
             ..Default::default()
         };
         for (_, n) in self.membership.borrow().iter() {

@@ -102,6 +102,22 @@ pub struct ClusterFigures {
     pub requests_in_flight: u64,
     /// Planning rounds that scanned the whole chunk map, since start.
     pub repair_scans: u64,
+    /// Replication figures, for a control replica.
+    pub raft: Option<RaftFigures>,
+}
+
+/// A control replica's Raft figures at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RaftFigures {
+    /// 1 while this replica serves as the leader.
+    pub leader: u64,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    /// Replicas in the group (voters and learners).
+    pub replicas: u64,
+    pub voters: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -249,6 +265,43 @@ impl ControlMetrics {
                 "Planning rounds that scanned the whole chunk map since start (only when something may need repair or collection, and every report interval)",
                 c.repair_scans,
             );
+            if let Some(r) = c.raft {
+                for (name, help, v) in [
+                    (
+                        "ringfs_control_raft_leader",
+                        "1 while this control replica serves as the Raft leader",
+                        r.leader,
+                    ),
+                    ("ringfs_control_raft_term", "Current Raft term", r.term),
+                    (
+                        "ringfs_control_raft_last_log_index",
+                        "Index of the last entry in this replica's Raft log",
+                        r.last_log_index,
+                    ),
+                    (
+                        "ringfs_control_raft_applied_index",
+                        "Index of the last Raft entry applied to this replica's metadata",
+                        r.applied_index,
+                    ),
+                    (
+                        "ringfs_control_raft_snapshot_index",
+                        "Last Raft index this replica's latest snapshot covers",
+                        r.snapshot_index,
+                    ),
+                    (
+                        "ringfs_control_raft_replicas",
+                        "Control replicas in the group (voters and learners)",
+                        r.replicas,
+                    ),
+                    (
+                        "ringfs_control_raft_voters",
+                        "Voting control replicas in the group",
+                        r.voters,
+                    ),
+                ] {
+                    gauge(&mut dynamic, name, help, v);
+                }
+            }
             let _ = prometheus_client::encoding::text::encode_registry(&mut text, &dynamic);
         }
         let _ = prometheus_client::encoding::text::encode_eof(&mut text);

@@ -149,7 +149,10 @@ impl ControlLink {
                     Ok(()) => {}
                     Err(LinkError::NotLeader(at, hint)) => {
                         // Leadership moved: find the leader now.
-                        tracing::info!("control link: {at} does not lead; trying {}", hint.as_deref().unwrap_or("the next replica"));
+                        tracing::info!(
+                            "control link: {at} does not lead; trying {}",
+                            hint.as_deref().unwrap_or("the next replica")
+                        );
                         *self.leader_hint.borrow_mut() = hint;
                         backoff = BACKOFF_MIN;
                         tokio::time::sleep(Duration::from_millis(20)).await;

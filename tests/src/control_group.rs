@@ -64,7 +64,11 @@ impl ControlGroup {
         ControlGroup {
             replicas: Vec::new(),
             addrs: Vec::new(),
-            flags: FAST_RAFT.iter().chain(flags).map(|s| s.to_string()).collect(),
+            flags: FAST_RAFT
+                .iter()
+                .chain(flags)
+                .map(|s| s.to_string())
+                .collect(),
             failpoints: Vec::new(),
             dir: tempfile::tempdir().expect("temporary directory"),
         }
@@ -89,11 +93,28 @@ impl ControlGroup {
         self.add("127.0.0.1:0", &["--peers", &peers], None)
     }
 
-    fn launch(&self, i: usize, listen: &str, extra: &[&str], netns: Option<&str>) -> ControlProcess {
-        let failpoints = self.failpoints.iter().find(|(r, _)| *r == i).map(|(_, f)| f.as_str());
+    fn launch(
+        &self,
+        i: usize,
+        listen: &str,
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> ControlProcess {
+        let failpoints = self
+            .failpoints
+            .iter()
+            .find(|(r, _)| *r == i)
+            .map(|(_, f)| f.as_str());
         let mut flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
         flags.extend_from_slice(extra);
-        ControlProcess::start_in(self.dir.path(), &format!("r{i}"), listen, &flags, failpoints, netns)
+        ControlProcess::start_in(
+            self.dir.path(),
+            &format!("r{i}"),
+            listen,
+            &flags,
+            failpoints,
+            netns,
+        )
     }
 
     /// Arms `FAILPOINTS` in replica `i` from its next start on.
@@ -178,7 +199,10 @@ impl ControlGroup {
                 let voters = s.replicas.iter().filter(|r| r.voter).count();
                 let caught_up = (0..self.replicas.len())
                     .filter(|&i| self.replicas[i].is_some())
-                    .all(|i| self.status(i).is_some_and(|r| r.applied_index >= s.applied_index));
+                    .all(|i| {
+                        self.status(i)
+                            .is_some_and(|r| r.applied_index >= s.applied_index)
+                    });
                 if voters == n && caught_up {
                     return;
                 }
@@ -266,7 +290,10 @@ impl ReplicatedCluster {
             if map.nodes.iter().filter(|node| node.up).count() == n {
                 return;
             }
-            assert!(start.elapsed() < LEADER_WITHIN, "after {LEADER_WITHIN:?}: {map:?}");
+            assert!(
+                start.elapsed() < LEADER_WITHIN,
+                "after {LEADER_WITHIN:?}: {map:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -38,10 +38,10 @@ mod servers;
 pub use binaries::binary;
 pub use cluster::{Cluster, FAST_REPAIR, QUICK};
 pub use commands::{run, run_failing, run_ok, Ran};
-pub use ringfs_client::local;
-pub use ringfs_ops::launch::Server;
 pub use control_group::{ControlGroup, ReplicatedCluster, FAST_RAFT};
 pub use netns::{ip, Netns};
+pub use ringfs_client::local;
+pub use ringfs_ops::launch::Server;
 pub use servers::{ControlProcess, NodeOptions, NodeProcess};
 
 use std::path::{Path, PathBuf};

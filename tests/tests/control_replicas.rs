@@ -39,16 +39,25 @@ async fn step(c: &Client, i: u64, acked: &Mutex<Acked>) -> Result<(), (String, E
         layout: layout(64 * 1024, 3, 2),
         ..OpenOptions::create(layout(64 * 1024, 3, 2))
     };
-    let fd = c.open(&f, &open).await.map_err(|e| (format!("create {f}"), e))?;
-    c.write(fd, &data).await.map_err(|e| (format!("write {f}"), e))?;
+    let fd = c
+        .open(&f, &open)
+        .await
+        .map_err(|e| (format!("create {f}"), e))?;
+    c.write(fd, &data)
+        .await
+        .map_err(|e| (format!("write {f}"), e))?;
     c.close(fd).await.map_err(|e| (format!("close {f}"), e))?;
     acked.lock().unwrap().files.push((f.clone(), i));
     let d = format!("/s/d{i}");
-    c.mkdir(&d, 0).await.map_err(|e| (format!("mkdir {d}"), e))?;
+    c.mkdir(&d, 0)
+        .await
+        .map_err(|e| (format!("mkdir {d}"), e))?;
     acked.lock().unwrap().dirs.push(d);
     if i % 2 == 1 {
         let g = format!("/s/g{i}");
-        c.rename(&f, &g).await.map_err(|e| (format!("rename {f}"), e))?;
+        c.rename(&f, &g)
+            .await
+            .map_err(|e| (format!("rename {f}"), e))?;
         let mut a = acked.lock().unwrap();
         a.files.retain(|(p, _)| *p != f);
         a.files.push((g, i));
@@ -73,9 +82,14 @@ fn check_state(group: &ControlGroup, acked: &Acked) {
             .cloned()
             .chain(acked.files.iter().map(|(p, _)| p.clone()))
             .collect();
-        assert_eq!(names, expected, "the namespace is not what was acknowledged");
+        assert_eq!(
+            names, expected,
+            "the namespace is not what was acknowledged"
+        );
         for (p, seed) in &acked.files {
-            let data = get(c, p).await.unwrap_or_else(|e| panic!("reading {p}: {e}"));
+            let data = get(c, p)
+                .await
+                .unwrap_or_else(|e| panic!("reading {p}: {e}"));
             assert!(
                 data == pattern(64 * 1024 + *seed as usize * 100, *seed),
                 "{p} does not read back as written"
@@ -96,8 +110,13 @@ fn check_state(group: &ControlGroup, acked: &Acked) {
 fn leader_killed_during_a_stream_loses_nothing_and_applies_nothing_twice() {
     let failpoint = format!("raft::before_answer=return({HELD})");
     let mut cl = ReplicatedCluster::start_armed(3, 3, QUICK, Some(&failpoint));
-    assert_eq!(cl.group.leader(), 0, "the bootstrapped replica leads at first");
-    cl.group.with_client(async |c| c.mkdir("/s", 0).await.expect("mkdir /s"));
+    assert_eq!(
+        cl.group.leader(),
+        0,
+        "the bootstrapped replica leads at first"
+    );
+    cl.group
+        .with_client(async |c| c.mkdir("/s", 0).await.expect("mkdir /s"));
 
     let acked = Arc::new(Mutex::new(Acked::default()));
     let done = Arc::new(AtomicUsize::new(0));
@@ -126,25 +145,52 @@ fn leader_killed_during_a_stream_loses_nothing_and_applies_nothing_twice() {
 
     // The stream stops at the held mkdir (step 6).
     let start = Instant::now();
-    while !acked.lock().unwrap().dirs.iter().any(|d| d == "/s/d5") || done.load(Ordering::Relaxed) < 6 {
-        assert!(acked.lock().unwrap().errors.is_empty(), "{:?}", acked.lock().unwrap().errors);
-        assert!(start.elapsed() < Duration::from_secs(60), "the stream did not get to step 6");
+    while !acked.lock().unwrap().dirs.iter().any(|d| d == "/s/d5")
+        || done.load(Ordering::Relaxed) < 6
+    {
+        assert!(
+            acked.lock().unwrap().errors.is_empty(),
+            "{:?}",
+            acked.lock().unwrap().errors
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the stream did not get to step 6"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(done.load(Ordering::Relaxed), 6, "the leader did not hold the answer of {HELD}");
+    assert_eq!(
+        done.load(Ordering::Relaxed),
+        6,
+        "the leader did not hold the answer of {HELD}"
+    );
     let killed = Instant::now();
     cl.group.kill9(0);
     while done.load(Ordering::Relaxed) < 7 {
-        assert!(acked.lock().unwrap().errors.is_empty(), "{:?}", acked.lock().unwrap().errors);
-        assert!(killed.elapsed() < Duration::from_secs(30), "no progress after the leader died");
+        assert!(
+            acked.lock().unwrap().errors.is_empty(),
+            "{:?}",
+            acked.lock().unwrap().errors
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no progress after the leader died"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("failover: the stream went on {:?} after the leader was killed", killed.elapsed());
+    eprintln!(
+        "failover: the stream went on {:?} after the leader was killed",
+        killed.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     stream.join().expect("the stream thread");
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert!(acked.errors.is_empty(), "the stream failed: {:?}", acked.errors);
+    assert!(
+        acked.errors.is_empty(),
+        "the stream failed: {:?}",
+        acked.errors
+    );
     assert!(acked.dirs.iter().any(|d| d == HELD));
     check_state(&cl.group, &acked);
 
@@ -196,9 +242,14 @@ fn a_partitioned_leader_acknowledges_nothing_and_one_history_remains() {
         let c = Client::connect_replicas(&majority, ClientOptions::default())
             .await
             .expect("the majority serves");
-        c.mkdir("/majority", 0).await.expect("mkdir on the majority side");
+        c.mkdir("/majority", 0)
+            .await
+            .expect("mkdir on the majority side");
     });
-    eprintln!("partition: the majority acknowledged after {:?}", t.elapsed());
+    eprintln!(
+        "partition: the majority acknowledged after {:?}",
+        t.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(2));
     let ended = minority.try_wait().expect("the minority client");
     let _ = minority.kill();
@@ -241,7 +292,8 @@ fn a_partitioned_leader_acknowledges_nothing_and_one_history_remains() {
 /// holds the same metadata as the leader.
 #[test]
 fn an_empty_replacement_catches_up_from_a_snapshot() {
-    let mut group = ControlGroup::start(3, &["--raft-snapshot-every", "20", "--raft-logs-kept", "0"]);
+    let mut group =
+        ControlGroup::start(3, &["--raft-snapshot-every", "20", "--raft-logs-kept", "0"]);
     group.with_client(async |c| {
         for i in 0..60 {
             c.mkdir(&format!("/d{i:02}"), 0).await.expect("mkdir");
@@ -253,14 +305,21 @@ fn an_empty_replacement_catches_up_from_a_snapshot() {
     let secret = ringfs_tests::SECRET.as_bytes().to_vec();
     let leader_addr = group.addrs[group.leader()];
     local(async move {
-        let c = ControlClient::connect(leader_addr).await.expect("connecting");
-        c.remove_replica(&secret, dead_id).await.expect("removing the dead replica");
+        let c = ControlClient::connect(leader_addr)
+            .await
+            .expect("connecting");
+        c.remove_replica(&secret, dead_id)
+            .await
+            .expect("removing the dead replica");
     });
     group.wait_voters(2);
     let new = group.add_empty();
     group.wait_voters(3);
     let s = group.status(new).expect("the new replica's status");
-    assert!(s.snapshot_index >= 20, "the new replica has no snapshot: {s:?}");
+    assert!(
+        s.snapshot_index >= 20,
+        "the new replica has no snapshot: {s:?}"
+    );
     let addr = group.addrs[new];
     let names = local(async move {
         let c = ControlClient::connect(addr).await.expect("connecting");

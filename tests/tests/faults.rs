@@ -16,7 +16,7 @@ use ringfs_tests::files::{
     corrupt_chunk_file, get, layout, overwrite, pattern, put, read_write, records,
 };
 use ringfs_tests::{
-    local, with_client, Netns, Cluster, ControlProcess, NodeOptions, NodeProcess, FAST_REPAIR,
+    local, with_client, Cluster, ControlProcess, Netns, NodeOptions, NodeProcess, FAST_REPAIR,
 };
 
 const MIB: usize = 1 << 20;

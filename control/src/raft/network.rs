@@ -15,8 +15,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use ringfs_schema::control_capnp::{control, raft_peer};
@@ -87,10 +87,11 @@ enum Method {
 
 impl PeerConn {
     async fn connect(&self) -> Result<Open, Failure> {
-        let stream = tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| Failure(format!("connecting to {} timed out", self.addr)))?
-            .map_err(|e| Failure(format!("cannot connect to {}: {e}", self.addr)))?;
+        let stream =
+            tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| Failure(format!("connecting to {} timed out", self.addr)))?
+                .map_err(|e| Failure(format!("cannot connect to {}: {e}", self.addr)))?;
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
         let network = twoparty::VatNetwork::new(
@@ -151,7 +152,10 @@ impl PeerConn {
             Ok(Err(e)) => {
                 self.conn = None;
                 let (_, message) = ringfs_schema::wire_error::decode(&e);
-                return Err((false, Failure(format!("replica {}: {message}", self.target))));
+                return Err((
+                    false,
+                    Failure(format!("replica {}: {message}", self.target)),
+                ));
             }
             Err(_) => {
                 self.conn = None;
@@ -161,7 +165,10 @@ impl PeerConn {
         decode(&reply).map_err(|e| (false, Failure(format!("malformed answer: {e}"))))
     }
 
-    fn fail<E: std::error::Error>(&self, (unreachable, f): (bool, Failure)) -> RPCError<u64, BasicNode, E> {
+    fn fail<E: std::error::Error>(
+        &self,
+        (unreachable, f): (bool, Failure),
+    ) -> RPCError<u64, BasicNode, E> {
         if unreachable {
             RPCError::Unreachable(Unreachable::new(&f))
         } else {

@@ -47,7 +47,11 @@ pub fn write_error(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             ControlError::NotLeader(match f.leader_node {
-                Some(n) => format!("the leader is {} (replica {})", n.addr, f.leader_id.unwrap_or(0)),
+                Some(n) => format!(
+                    "the leader is {} (replica {})",
+                    n.addr,
+                    f.leader_id.unwrap_or(0)
+                ),
                 None => "no leader is known yet (an election is under way)".into(),
             })
         }
@@ -126,8 +130,8 @@ impl Proposer {
             let me = self.clone();
             tokio::task::spawn_local(async move {
                 let (requests, replies): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
-                let hold = held_path()
-                    .is_some_and(|p| requests.iter().any(|r| touches(&r.mutation, &p)));
+                let hold =
+                    held_path().is_some_and(|p| requests.iter().any(|r| touches(&r.mutation, &p)));
                 let batch = Batch {
                     now_ns: crate::service::now_ns(),
                     requests,
@@ -136,7 +140,9 @@ impl Proposer {
                 me.in_flight.set(me.in_flight.get() - 1);
                 me.wake.notify_one();
                 if hold && matches!(result, Ok(Ok(_))) {
-                    tracing::warn!("failpoint raft::before_answer: holding the answers of a committed entry");
+                    tracing::warn!(
+                        "failpoint raft::before_answer: holding the answers of a committed entry"
+                    );
                     std::future::pending::<()>().await;
                 }
                 let result = match result {
@@ -151,7 +157,9 @@ impl Proposer {
                         let mut answers = resp.data.0.into_iter();
                         for reply in replies {
                             let r = answers.next().map(|a| a.into_result()).unwrap_or_else(|| {
-                                Err(ControlError::Internal("an entry's answer is missing".into()))
+                                Err(ControlError::Internal(
+                                    "an entry's answer is missing".into(),
+                                ))
                             });
                             let _ = reply.send(r);
                         }

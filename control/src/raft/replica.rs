@@ -76,7 +76,11 @@ fn not_leader(e: RaftError<u64, CheckIsLeaderError<u64, BasicNode>>) -> ControlE
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
             ControlError::NotLeader(match f.leader_node {
-                Some(n) => format!("the leader is {} (replica {})", n.addr, f.leader_id.unwrap_or(0)),
+                Some(n) => format!(
+                    "the leader is {} (replica {})",
+                    n.addr,
+                    f.leader_id.unwrap_or(0)
+                ),
                 None => "no leader is known yet (an election is under way)".into(),
             })
         }
@@ -178,7 +182,11 @@ impl Replica {
             }
             let _ = self.raft.trigger().snapshot().await;
             let mut metrics = self.raft.metrics();
-            let _ = tokio::time::timeout(Duration::from_secs(60), metrics.wait_for(|m| m.snapshot.is_some())).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(60),
+                metrics.wait_for(|m| m.snapshot.is_some()),
+            )
+            .await;
             if let Some(s) = self.raft.metrics().borrow().snapshot {
                 let _ = self.raft.trigger().purge_log(s.index).await;
             }
@@ -231,7 +239,13 @@ impl Replica {
                     let hint = m
                         .current_leader
                         .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-                        .map(|n| format!("the leader is {} (replica {})", n.addr, m.current_leader.unwrap_or(0)))
+                        .map(|n| {
+                            format!(
+                                "the leader is {} (replica {})",
+                                n.addr,
+                                m.current_leader.unwrap_or(0)
+                            )
+                        })
                         .unwrap_or_default();
                     (m.state == ServerState::Leader, hint)
                 };
@@ -289,7 +303,12 @@ impl Replica {
                     if waiters.is_empty() {
                         break;
                     }
-                    let r = me.raft.ensure_linearizable().await.map(drop).map_err(not_leader);
+                    let r = me
+                        .raft
+                        .ensure_linearizable()
+                        .await
+                        .map(drop)
+                        .map_err(not_leader);
                     for w in waiters {
                         let _ = w.send(r.clone());
                     }
@@ -305,7 +324,13 @@ impl Replica {
     /// a snapshot if the log was compacted), then as a voter. Leader only.
     pub async fn add_replica(&self, id: u64, addr: String) -> Result<()> {
         self.gate.check_leader()?;
-        let voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .collect();
         if voters.contains(&id) {
             return Ok(());
         }
@@ -324,7 +349,13 @@ impl Replica {
     /// Removes replica `id` from the group. Leader only.
     pub async fn remove_replica(&self, id: u64) -> Result<()> {
         self.gate.check_leader()?;
-        let voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .collect();
         if voters.contains(&id) && voters.len() == 1 {
             return Err(ControlError::InvalidArgument(
                 "cannot remove the last voter of the group".into(),
@@ -357,7 +388,8 @@ impl Replica {
     /// covers and its size.
     pub async fn snapshot_now(&self) -> Result<(std::path::PathBuf, u64, u64)> {
         let before = self.raft.metrics().borrow().snapshot;
-        let stopped = |e: openraft::error::Fatal<u64>| ControlError::Unavailable(format!("Raft: {e}"));
+        let stopped =
+            |e: openraft::error::Fatal<u64>| ControlError::Unavailable(format!("Raft: {e}"));
         self.raft.trigger().snapshot().await.map_err(stopped)?;
         let mut metrics = self.raft.metrics();
         let built = tokio::time::timeout(
@@ -367,9 +399,17 @@ impl Replica {
         .await;
         // Nothing new applied since the last snapshot: that one is current.
         if built.is_err() && before.is_none() {
-            return Err(ControlError::Unavailable("no snapshot was built in time".into()));
+            return Err(ControlError::Unavailable(
+                "no snapshot was built in time".into(),
+            ));
         }
-        let index = self.raft.metrics().borrow().snapshot.map(|s| s.index).unwrap_or(0);
+        let index = self
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map(|s| s.index)
+            .unwrap_or(0);
         let path = self.dir.join(super::state_machine::SNAPSHOT_FILE);
         let bytes = std::fs::metadata(&path)
             .map_err(|e| ControlError::io(format!("reading {}", path.display()), e))?
@@ -378,7 +418,10 @@ impl Replica {
     }
 
     /// This replica's view of the group, for `Control.replication`.
-    pub fn fill_status(&self, mut s: ringfs_schema::control_capnp::replication_status::Builder<'_>) {
+    pub fn fill_status(
+        &self,
+        mut s: ringfs_schema::control_capnp::replication_status::Builder<'_>,
+    ) {
         let m = self.raft.metrics();
         let m = m.borrow();
         s.set_replicated(true);
@@ -410,8 +453,28 @@ impl Replica {
                 .as_ref()
                 .and_then(|r| r.get(id).cloned().flatten())
                 .map(|l| l.index)
-                .unwrap_or(if *id == self.id { m.last_log_index.unwrap_or(0) } else { 0 });
+                .unwrap_or(if *id == self.id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    0
+                });
             b.set_matched_index(matched);
+        }
+    }
+
+    /// The figures metrics export.
+    pub fn figures(&self) -> crate::metrics::RaftFigures {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        crate::metrics::RaftFigures {
+            leader: u64::from(self.gate.is_leader()),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            replicas: membership.nodes().count() as u64,
+            voters: membership.voter_ids().count() as u64,
         }
     }
 }

@@ -229,7 +229,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .unwrap_or_default()
                             .iter()
                             .map(|r| {
-                                Answer::of(r).unwrap_or(Answer::Refused(0, "storage failure".into()))
+                                Answer::of(r)
+                                    .unwrap_or(Answer::Refused(0, "storage failure".into()))
                             })
                             .collect(),
                     ),

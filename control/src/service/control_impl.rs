@@ -637,7 +637,8 @@ impl control::Server for ControlImpl {
             let replica = self.replica(p.get_secret()?)?.clone();
             let id = p.get_replica_id();
             let addr = text(p.get_address())?;
-            ringfs_ops::config_file::check_host_port(&addr).map_err(ControlError::InvalidArgument)?;
+            ringfs_ops::config_file::check_host_port(&addr)
+                .map_err(ControlError::InvalidArgument)?;
             if id == 0 {
                 return Err(ControlError::InvalidArgument("replica id 0".into()));
             }
@@ -688,7 +689,9 @@ fn check_secret(presented: &[u8], secret: &[u8]) -> Result<()> {
     if crate::store::constant_time_eq(presented, secret) {
         Ok(())
     } else {
-        Err(ControlError::PermissionDenied("wrong cluster secret".into()))
+        Err(ControlError::PermissionDenied(
+            "wrong cluster secret".into(),
+        ))
     }
 }
 
@@ -697,7 +700,9 @@ pub(super) fn request_id(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<Op
     let bytes = r?;
     match bytes.len() {
         0 => Ok(None),
-        16 => Ok(Some(u128::from_le_bytes(bytes.try_into().expect("16 bytes")))),
+        16 => Ok(Some(u128::from_le_bytes(
+            bytes.try_into().expect("16 bytes"),
+        ))),
         n => Err(ControlError::InvalidArgument(format!(
             "a request id is 16 bytes, not {n}"
         ))),

@@ -41,13 +41,13 @@ mod tables;
 
 pub use chunk_map::{MapEntry, MAX_FILE_SIZE};
 pub use mutation::{Batch, Mutation, Outcome, Request};
-pub use requests::Answer;
-pub use snapshot::SnapshotError;
 pub use namespace::{
     validate_layout, CreateOptions, Entry, FileDefaults, MAX_CHUNK_SIZE, MAX_REPLICATION,
     MIN_CHUNK_SIZE,
 };
 pub use nodes::constant_time_eq;
+pub use requests::Answer;
+pub use snapshot::SnapshotError;
 
 use tables::{
     CHUNKS, COUNTERS, DIRENTS, EPOCH, GARBAGE, INODES, NEXT_INODE, NEXT_NODE_ID, NODES, REPLICATION,

@@ -103,7 +103,10 @@ pub(super) fn expire(txn: &WriteTransaction, now_ns: i64) -> Result<()> {
     let mut times = txn.open_table(REQUEST_TIMES)?;
     let mut requests = txn.open_table(REQUESTS)?;
     let mut gone = Vec::new();
-    for item in times.range((i64::MIN, 0)..(before, 0))?.take(EXPIRE_PER_BATCH) {
+    for item in times
+        .range((i64::MIN, 0)..(before, 0))?
+        .take(EXPIRE_PER_BATCH)
+    {
         gone.push(item?.0.value());
     }
     for key in gone {
