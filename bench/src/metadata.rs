@@ -5,6 +5,8 @@
 //!
 //! Clients are spread over `threads` load threads; each client has one
 //! request in flight, as a program calling the API synchronously would.
+//! Creates and unlinks carry a request id, as the client library sends
+//! them (the server records each id with its answer).
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Barrier};
@@ -176,7 +178,9 @@ async fn client_phase(
 ) -> anyhow::Result<Histogram<u64>> {
     let mut h = latency_histogram();
     let mut path = String::with_capacity(dir.len() + 16);
+    let ids = request_ids();
     for i in files {
+        let id = Some(ids ^ ((i as u128) << 64 | phase.len() as u128));
         use std::fmt::Write;
         path.clear();
         write!(path, "{dir}/f{i}").expect("writing to a String");
@@ -187,14 +191,22 @@ async fn client_phase(
                     exclusive: true,
                     ..Default::default()
                 };
-                c.create(&path, options).await.map(drop)
+                c.create_as(id, &path, options).await.map(drop)
             }
             "stat" => c.stat(&path).await.map(drop),
-            _ => c.unlink(&path).await,
+            _ => c.unlink_as(id, &path).await,
         }
         .with_context(|| format!("{phase} {path}"))?;
         h.saturating_record(t.elapsed().as_micros().max(1) as u64);
         live.done(0);
     }
     Ok(h)
+}
+
+/// A random base for this client's request ids (distinct per run and
+/// client; an id is this base mixed with the file number and the phase).
+fn request_ids() -> u128 {
+    use std::hash::{BuildHasher, RandomState};
+    let s = RandomState::new();
+    (u128::from(s.hash_one(1u8)) << 64) | u128::from(s.hash_one(2u8))
 }

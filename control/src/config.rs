@@ -307,6 +307,13 @@ impl Config {
             logs_kept,
         };
         let replication = (bootstrap || !tuning.peers.is_empty()).then(|| tuning.clone());
+        if replication.is_some() && tuning.advertise.is_none() && listen.ip().is_unspecified() {
+            return Err(ConfigError(format!(
+                "listen {listen} is not an address other replicas can reach: set advertise \
+                 (the address of this replica, e.g. 10.0.0.11:{})",
+                listen.port()
+            )));
+        }
         Ok(Config {
             listen,
             data,

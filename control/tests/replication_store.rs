@@ -1,0 +1,166 @@
+//! The store's side of replication: request ids answered once and
+//! forgotten after their retention, and snapshots that round-trip the
+//! whole store and refuse a damaged stream without changing anything.
+
+use redb::backends::InMemoryBackend;
+use ringfs_control::store::requests::REQUEST_RETENTION;
+use ringfs_control::store::{Batch, FileDefaults, MetaStore, Mutation, Outcome, Request};
+use ringfs_control::ControlError;
+
+fn store() -> MetaStore {
+    MetaStore::with_backend(InMemoryBackend::new(), FileDefaults::default()).unwrap()
+}
+
+fn mkdir(path: &str) -> Mutation {
+    Mutation::Mkdir {
+        path: path.into(),
+        mode: 0,
+        now_ns: 1,
+    }
+}
+
+fn apply(s: &MetaStore, now_ns: i64, requests: Vec<Request>) -> Vec<Result<Outcome, ControlError>> {
+    let batch = Batch { now_ns, requests };
+    s.apply_batches(&[&batch], &[], true)
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
+#[test]
+fn a_request_id_is_applied_once_and_answered_again_until_it_expires() {
+    let s = store();
+    let id = Some(7u128);
+    let first = apply(
+        &s,
+        1_000,
+        vec![Request {
+            id,
+            mutation: mkdir("/a"),
+        }],
+    );
+    let attr = first[0].clone().expect("the first mkdir applies");
+    // Sent again (a lost answer): the first answer, not `exists`.
+    let again = apply(
+        &s,
+        2_000,
+        vec![Request {
+            id,
+            mutation: mkdir("/a"),
+        }],
+    );
+    assert_eq!(again[0].clone().unwrap(), attr);
+    // Without the id, the same mutation is a new one and is refused.
+    let other = apply(
+        &s,
+        2_000,
+        vec![Request {
+            id: None,
+            mutation: mkdir("/a"),
+        }],
+    );
+    assert!(matches!(other[0], Err(ControlError::Exists(_))));
+    // A refusal is remembered too.
+    let refused = apply(
+        &s,
+        3_000,
+        vec![Request {
+            id: Some(8),
+            mutation: mkdir("/x/y"),
+        }],
+    );
+    let refused_again = apply(
+        &s,
+        3_000,
+        vec![Request {
+            id: Some(8),
+            mutation: mkdir("/x/y"),
+        }],
+    );
+    assert_eq!(
+        refused[0].as_ref().unwrap_err().to_string(),
+        refused_again[0].as_ref().unwrap_err().to_string()
+    );
+    // Past the retention the id is forgotten (by the next batch, which
+    // expires ids at its end): the same id is then a new request.
+    let later = 1_000 + REQUEST_RETENTION.as_nanos() as i64 + 1;
+    apply(&s, later, Vec::new());
+    let expired = apply(
+        &s,
+        later,
+        vec![Request {
+            id,
+            mutation: mkdir("/a"),
+        }],
+    );
+    assert!(
+        matches!(expired[0], Err(ControlError::Exists(_))),
+        "{expired:?}"
+    );
+    assert!(s.consistency_problems().unwrap().is_empty());
+}
+
+#[test]
+fn a_snapshot_round_trips_the_store_and_a_damaged_one_changes_nothing() {
+    let s = store();
+    let requests = (0..50)
+        .map(|i| Request {
+            id: Some(i),
+            mutation: mkdir(&format!("/d{i:02}")),
+        })
+        .collect();
+    apply(&s, 5, requests);
+    let mut snap = Vec::new();
+    let bytes = s.export(&mut snap).unwrap();
+    assert_eq!(bytes as usize, snap.len());
+
+    let t = store();
+    apply(
+        &t,
+        5,
+        vec![Request {
+            id: None,
+            mutation: mkdir("/other"),
+        }],
+    );
+    t.import(snap.as_slice(), &[]).unwrap();
+    let names = |s: &MetaStore| -> Vec<String> {
+        s.list("/", "", 1000)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    };
+    assert_eq!(names(&t), names(&s));
+    assert!(t.consistency_problems().unwrap().is_empty());
+    // The request ids came along: a resent request is answered, not applied.
+    let again = apply(
+        &t,
+        6,
+        vec![Request {
+            id: Some(3),
+            mutation: mkdir("/d03"),
+        }],
+    );
+    assert!(again[0].is_ok());
+
+    // Every damaged byte and every truncation is refused, and the store
+    // keeps what it had.
+    let u = store();
+    apply(
+        &u,
+        5,
+        vec![Request {
+            id: None,
+            mutation: mkdir("/kept"),
+        }],
+    );
+    for i in (0..snap.len()).step_by(29) {
+        let mut bad = snap.clone();
+        bad[i] ^= 0x40;
+        assert!(u.import(bad.as_slice(), &[]).is_err(), "byte {i} flipped");
+        assert!(u.import(&snap[..i], &[]).is_err(), "cut at {i}");
+    }
+    assert_eq!(names(&u), vec!["kept".to_string()]);
+}
