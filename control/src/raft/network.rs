@@ -3,9 +3,15 @@
 //! `RaftPeer` capability; every message is openraft's own, encoded with
 //! postcard ([`super::encode`]).
 //!
-//! A connection that fails is dropped and made again at the next message;
-//! an unreachable target makes openraft back off before it retries.
+//! One connection per target replica, shared by every sender (openraft
+//! makes a new client for each leadership confirmation of a read, and a
+//! TCP and Cap'n Proto handshake each time would cost more than the
+//! confirmation); Cap'n Proto multiplexes their calls. A connection that
+//! fails is dropped and made again at the next message; an unreachable
+//! target makes openraft back off before it retries.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -29,6 +35,9 @@ use super::{decode, encode, TypeConfig};
 /// Longest a connection attempt to another replica may take.
 const CONNECT_WITHIN: Duration = Duration::from_secs(2);
 
+/// Open connections by target replica.
+type Pool = Rc<RefCell<HashMap<u64, Rc<Open>>>>;
+
 /// Makes a [`PeerConn`] per target replica.
 #[derive(Clone)]
 pub struct Network {
@@ -36,6 +45,18 @@ pub struct Network {
     pub secret: Rc<[u8]>,
     /// This replica's id.
     pub from: u64,
+    pool: Pool,
+}
+
+impl Network {
+    /// Connections to other replicas, presenting `secret` as replica `from`.
+    pub fn new(secret: Rc<[u8]>, from: u64) -> Self {
+        Network {
+            secret,
+            from,
+            pool: Pool::default(),
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -47,13 +68,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             secret: self.secret.clone(),
             from: self.from,
-            conn: None,
+            pool: self.pool.clone(),
         }
     }
 }
 
 /// An open connection: the peer capability and the RPC task.
 struct Open {
+    addr: String,
     peer: raft_peer::Client,
     task: tokio::task::JoinHandle<()>,
 }
@@ -70,7 +92,7 @@ pub struct PeerConn {
     addr: String,
     secret: Rc<[u8]>,
     from: u64,
-    conn: Option<Open>,
+    pool: Pool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +132,31 @@ impl PeerConn {
         req.get().set_from_replica(self.from);
         // Pipelined: the first message goes out with the handshake.
         let peer = req.send().pipeline.get_peer();
-        Ok(Open { peer, task })
+        Ok(Open {
+            addr: self.addr.clone(),
+            peer,
+            task,
+        })
+    }
+
+    /// The shared connection to the target, made if there is none (or it
+    /// ended, or the target moved).
+    async fn open(&self) -> Result<Rc<Open>, Failure> {
+        let pooled = self.pool.borrow().get(&self.target).cloned();
+        if let Some(o) = pooled.filter(|o| !o.task.is_finished() && o.addr == self.addr) {
+            return Ok(o);
+        }
+        let o = Rc::new(self.connect().await?);
+        self.pool.borrow_mut().insert(self.target, o.clone());
+        Ok(o)
+    }
+
+    /// Drops `conn` from the pool (if it is still the pooled one).
+    fn forget(&self, conn: &Rc<Open>) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.get(&self.target).is_some_and(|o| Rc::ptr_eq(o, conn)) {
+            pool.remove(&self.target);
+        }
     }
 
     /// Sends one message and returns the target's answer, or why it could
@@ -122,10 +168,8 @@ impl PeerConn {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, (bool, Failure)> {
-        if self.conn.as_ref().is_none_or(|c| c.task.is_finished()) {
-            self.conn = Some(self.connect().await.map_err(|e| (true, e))?);
-        }
-        let peer = &self.conn.as_ref().expect("connected above").peer;
+        let conn = self.open().await.map_err(|e| (true, e))?;
+        let peer = &conn.peer;
         let bytes = encode(req);
         let answer = async {
             let reply = match method {
@@ -150,7 +194,7 @@ impl PeerConn {
         let reply = match tokio::time::timeout(ttl, answer).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                self.conn = None;
+                self.forget(&conn);
                 let (_, message) = ringfs_schema::wire_error::decode(&e);
                 return Err((
                     false,
@@ -158,7 +202,7 @@ impl PeerConn {
                 ));
             }
             Err(_) => {
-                self.conn = None;
+                self.forget(&conn);
                 return Err((false, Failure(format!("replica {} timed out", self.target))));
             }
         };

@@ -117,10 +117,7 @@ impl Replica {
         }
         .validate()
         .map_err(|e| ControlError::InvalidArgument(format!("Raft settings: {e}")))?;
-        let network = Network {
-            secret: secret.clone(),
-            from: id,
-        };
+        let network = Network::new(secret.clone(), id);
         let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| ControlError::Unavailable(format!("starting Raft: {e}")))?;
