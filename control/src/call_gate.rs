@@ -4,9 +4,11 @@
 //! can answer every call it accepted and then close.
 //!
 //! It also knows whether this server may serve calls that need the Raft
-//! leader ([`CallGate::check_leader`]): a single control server always may;
-//! a replica only while it is the leader and has applied everything its
-//! predecessors committed.
+//! leader: a single control server always may; a replica only while it is
+//! the leader and has applied everything its predecessors committed
+//! ([`CallGate::check_leader`], what storage nodes' calls need), and client
+//! calls only once the nodes had a chance to report to it
+//! ([`CallGate::check_serving`]).
 //!
 //! Invariant: after [`CallGate::stop`], `in_flight` only falls, and
 //! [`CallGate::idle`] resolves once it is zero.
@@ -26,6 +28,8 @@ pub struct CallGate {
     stopping: Cell<bool>,
     /// Serves calls that need the leader.
     leader: Cell<bool>,
+    /// Serves clients' calls (implies `leader`).
+    serving: Cell<bool>,
     /// Who the leader is, for the `not_leader` message.
     leader_hint: RefCell<String>,
     /// Woken on `stop` and whenever the last call in flight ends.
@@ -39,6 +43,7 @@ impl Default for CallGate {
             in_flight: Cell::new(0),
             stopping: Cell::new(false),
             leader: Cell::new(true),
+            serving: Cell::new(true),
             leader_hint: RefCell::default(),
             changed: Notify::new(),
         }
@@ -82,12 +87,39 @@ impl CallGate {
     /// what a refused call is told about the leader.
     pub fn set_leader(&self, leader: bool, hint: String) {
         self.leader.set(leader);
+        if !leader {
+            self.serving.set(false);
+        }
         *self.leader_hint.borrow_mut() = hint;
+    }
+
+    /// Sets whether this server, which leads, serves clients' calls too.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.set(serving && self.leader.get());
     }
 
     /// Whether this server serves calls that need the leader.
     pub fn is_leader(&self) -> bool {
         self.leader.get()
+    }
+
+    /// Whether this server serves clients' calls.
+    pub fn is_serving(&self) -> bool {
+        self.serving.get()
+    }
+
+    /// `Ok` if this server serves clients' calls; otherwise `not_leader`
+    /// (a leader still taking over says so).
+    pub fn check_serving(&self) -> Result<(), ControlError> {
+        if self.serving.get() {
+            return Ok(());
+        }
+        if self.leader.get() {
+            return Err(ControlError::NotLeader(
+                "this replica is taking over as the leader; ask again shortly".into(),
+            ));
+        }
+        self.check_leader()
     }
 
     /// `Ok` if this server serves calls that need the leader, otherwise the

@@ -123,6 +123,21 @@ impl State {
         self.map_changed().await
     }
 
+    /// Waits until every registered node has heartbeated this leader, for
+    /// at most two heartbeat periods (a node that is down does not hold up
+    /// a failover longer): a client placing chunks right after a failover
+    /// then sees the nodes up, not the all-down map a new leader starts
+    /// with.
+    pub(crate) async fn wait_for_nodes(&self) {
+        let until = Instant::now() + 2 * self.timing.heartbeat;
+        while Instant::now() < until && self.gate.is_leader() {
+            if self.membership.borrow().iter().all(|(_, n)| n.up) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops leading: every lease, watcher and command of this term ends
     /// (their holders get `not_leader` and go to the new leader).
     pub(crate) fn follow(&self) {

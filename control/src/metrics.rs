@@ -50,11 +50,28 @@ const CONTROL_METHODS: [&str; 22] = [
     "take_snapshot",
 ];
 
-/// Whether `Control` method `id` needs the Raft leader: every one but
-/// `hello`, the reads that may be stale (`stat`, `list`, which check for
-/// themselves) and the replication calls (which check for themselves).
-fn control_needs_leader(id: u16) -> bool {
-    !matches!(id, 0 | 6 | 7 | 17..=21)
+/// What a call needs of a replica's leadership (see
+/// [`CallGate::check_serving`]).
+#[derive(Clone, Copy)]
+pub enum Needs {
+    /// Nothing: any replica answers (or the method checks for itself).
+    Nothing,
+    /// The leader: storage nodes' calls, which rebuild its state.
+    Leader,
+    /// A leader that serves clients.
+    Serving,
+}
+
+/// What `Control` method `id` needs: nodes' calls (join, heartbeat,
+/// reportChunks, leave) the leader; `hello`, the reads that may be stale
+/// (`stat`, `list`, which check for themselves) and the replication calls
+/// (which check for themselves) nothing; every other a serving leader.
+fn control_needs(id: u16) -> Needs {
+    match id {
+        0 | 6 | 7 | 17..=21 => Needs::Nothing,
+        9 | 10 | 11 | 16 => Needs::Leader,
+        _ => Needs::Serving,
+    }
 }
 
 /// Method names of the `FileHandle` interface, by method id.
@@ -330,8 +347,8 @@ pub struct Metered<D> {
     /// The interface whose methods `names` lists, by method id.
     interface: u64,
     names: &'static [&'static str],
-    /// Whether a method (by id) is refused on a replica that does not lead.
-    needs_leader: fn(u16) -> bool,
+    /// What a method (by id) needs of the replica's leadership.
+    needs: fn(u16) -> Needs,
 }
 
 /// The dispatcher capnp-rpc calls for a [`Metered`] server.
@@ -363,10 +380,10 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
             _ => "unknown",
         };
         let started = Instant::now();
-        let leading = if (self.0.needs_leader)(method_id) {
-            self.0.gate.check_leader()
-        } else {
-            Ok(())
+        let leading = match (self.0.needs)(method_id) {
+            Needs::Nothing => Ok(()),
+            Needs::Leader => self.0.gate.check_leader(),
+            Needs::Serving => self.0.gate.check_serving(),
         };
         let admitted = match leading.and_then(|()| self.0.gate.enter()) {
             Ok(a) => a,
@@ -425,7 +442,7 @@ pub fn metered_client<S: control::Server + 'static>(
         gate,
         interface: <control::Client as capnp::traits::HasTypeId>::TYPE_ID,
         names: &CONTROL_METHODS,
-        needs_leader: control_needs_leader,
+        needs: control_needs,
     })
 }
 
@@ -444,7 +461,7 @@ pub fn file_handle_client<S: file_handle::Server + 'static>(server: S) -> file_h
                 names: &FILE_HANDLE_METHODS,
                 // A handle (and its lease) belongs to the leader that
                 // granted it: a deposed one refuses its calls.
-                needs_leader: |_| true,
+                needs: |_| Needs::Serving,
             })
         }
     }

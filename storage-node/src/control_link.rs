@@ -144,9 +144,14 @@ impl ControlLink {
         let current: RefCell<Option<Session>> = RefCell::new(None);
         let sessions = async {
             let mut backoff = BACKOFF_MIN;
+            let addresses = self.control_addr.split(',').count();
+            // Failed attempts since the last pause: with several replicas,
+            // the next one is tried at once, and the link pauses (and backs
+            // off) only after every one failed.
+            let mut failed = 0usize;
             loop {
                 match self.session(&mut backoff, &current).await {
-                    Ok(()) => {}
+                    Ok(()) => failed = 0,
                     Err(LinkError::NotLeader(at, hint)) => {
                         // Leadership moved: find the leader now.
                         tracing::info!(
@@ -155,8 +160,21 @@ impl ControlLink {
                         );
                         *self.leader_hint.borrow_mut() = hint;
                         backoff = BACKOFF_MIN;
+                        failed = 0;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
+                    }
+                    Err(e @ LinkError::Connect(..)) if addresses > 1 => {
+                        failed += 1;
+                        if failed < addresses {
+                            tracing::debug!("control link: {e}; trying the next replica");
+                            continue;
+                        }
+                        failed = 0;
+                        backoff = backoff.min(Duration::from_millis(500));
+                        tracing::warn!(
+                            "control link: {e}; no replica answered, retrying in {backoff:?}"
+                        );
                     }
                     Err(e) => tracing::warn!("control link: {e}; retrying in {backoff:?}"),
                 }

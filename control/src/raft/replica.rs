@@ -252,12 +252,18 @@ impl Replica {
                     match me.raft.ensure_linearizable().await {
                         Ok(_) => {
                             let Some(state) = state.upgrade() else { return };
+                            // Nodes may call from now on (they rebuild the
+                            // leader's membership); clients once the nodes
+                            // had a heartbeat's time to come.
+                            me.gate.set_leader(true, String::new());
                             if let Err(e) = state.lead().await {
                                 tracing::error!(error = %e, "taking over as leader failed");
+                                me.gate.set_leader(false, String::new());
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue;
                             }
-                            me.gate.set_leader(true, String::new());
+                            state.wait_for_nodes().await;
+                            me.gate.set_serving(true);
                             leading = true;
                             tracing::info!(replica = me.id, "leading the control group");
                         }
@@ -289,7 +295,7 @@ impl Replica {
     /// (read index) and applied up to that point. Concurrent reads share
     /// one confirmation that started after they arrived.
     pub async fn read_barrier(self: &Rc<Self>) -> Result<()> {
-        self.gate.check_leader()?;
+        self.gate.check_serving()?;
         let (tx, rx) = oneshot::channel();
         self.barrier_waiters.borrow_mut().push(tx);
         if !self.barrier_running.replace(true) {

@@ -128,10 +128,10 @@ impl control::Server for ControlImpl {
             let mut r = results.get();
             r.set_protocol_version(PROTOCOL_VERSION);
             r.set_server_version(concat!("ringfs-control ", env!("CARGO_PKG_VERSION")));
-            r.set_is_leader(self.state.gate.is_leader());
+            r.set_is_leader(self.state.gate.is_serving());
             r.set_replicated(self.state.replica.is_some());
             if let Some(replica) = &self.state.replica {
-                if !self.state.gate.is_leader() {
+                if !self.state.gate.is_serving() {
                     r.set_leader_address(replica.leader_address().as_str());
                 }
             }
