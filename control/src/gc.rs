@@ -12,15 +12,21 @@
 //! - **Orphans**: chunks a node reports that no record lists on that node
 //!   (abandoned writes whose client died before committing, copies that a
 //!   failed repair left, replicas dropped from a record while their node was
-//!   down). One is deleted only after it has stayed unreferenced for
-//!   `orphan_grace`, which must exceed the longest time between a chunk's
-//!   node write and its commit; reservations themselves lapse on the nodes
-//!   with their lease.
+//!   down). A chunk whose reported version carries the epoch of a write
+//!   lease still open is never an orphan: that lease wrote it and may still
+//!   commit it (garbage collection by state, not by clock). Any other is
+//!   deleted once it has stayed unreferenced for `orphan_grace` (a margin
+//!   for reports racing commits and copies), and only at the version it was
+//!   reported at: a replica written since is kept (the delete is fenced on
+//!   the node). Reservations themselves lapse on the nodes with their
+//!   lease.
 //!
 //! Units: durations as `Duration`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+use ringfs_schema::Version;
 
 use crate::commands::{Commands, Work};
 use crate::membership::Membership;
@@ -38,7 +44,9 @@ pub struct Gc {
 
 impl Gc {
     /// Queues deletes for garbage chunks on every up node that held them
-    /// and for orphans older than `orphan_grace`.
+    /// and for orphans older than `orphan_grace`; `live_epoch(e)`: a write
+    /// lease of epoch `e` is open.
+    #[allow(clippy::too_many_arguments)]
     pub fn plan(
         &mut self,
         map: &[MapEntry],
@@ -47,6 +55,7 @@ impl Gc {
         cmds: &mut Commands,
         orphan_grace: Duration,
         now: Instant,
+        live_epoch: &dyn Fn(u64) -> bool,
     ) {
         let mut queued: HashMap<u64, usize> = HashMap::new();
         let mut budget = |node: u64| {
@@ -64,6 +73,7 @@ impl Gc {
                         Work::Delete {
                             chunk: g.id,
                             garbage: true,
+                            newest: Version::MAX,
                         },
                     );
                 }
@@ -89,9 +99,13 @@ impl Gc {
             if !n.up || !n.report_complete {
                 continue;
             }
-            for &chunk in n.chunks.keys() {
+            for (&chunk, &(version, _)) in &n.chunks {
                 let listed = referenced.get(&chunk).is_some_and(|r| r.contains(&node));
-                if listed || garbage_ids.contains(&chunk) || copying.contains(&(node, chunk)) {
+                if listed
+                    || garbage_ids.contains(&chunk)
+                    || copying.contains(&(node, chunk))
+                    || live_epoch(version.epoch)
+                {
                     continue;
                 }
                 seen_now.insert((node, chunk));
@@ -110,6 +124,7 @@ impl Gc {
                         Work::Delete {
                             chunk,
                             garbage: false,
+                            newest: version,
                         },
                     );
                 }

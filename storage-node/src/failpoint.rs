@@ -36,3 +36,26 @@ macro_rules! failpoint {
 pub(crate) fn injected(point: &str) -> std::io::Error {
     std::io::Error::other(format!("injected by failpoint {point}"))
 }
+
+/// Sleeps (without blocking the shard) as long as failpoint `name` says:
+/// `name=return(MS)`; nothing when it is off or without the feature.
+pub(crate) async fn delay(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(ms)) = fail::eval(name, |arg| arg.and_then(|a| a.parse::<u64>().ok())) {
+        glommio::timer::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// The number failpoint `name` returns (`name=return(N)`), if it is on.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+pub(crate) fn value(name: &str) -> Option<u64> {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(name, |arg| arg.and_then(|a| a.parse::<u64>().ok())).flatten();
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        None
+    }
+}
