@@ -190,6 +190,12 @@ impl Peer {
         r.map_err(|e| self.fail(e.to_string()))
     }
 
+    /// Closes the connection: shut down now (the node sees it end), every
+    /// pending request failed.
+    pub fn close(&self) {
+        self.fail("closed".into());
+    }
+
     /// Breaks the connection for good: shut down, every pending request
     /// failed, never written to again.
     fn fail(&self, why: String) -> PeerError {

@@ -1,6 +1,9 @@
 //! Integration tests: real `ringfs-control` and `ringfs-node` processes on
 //! loopback (the test kit), driven over the data-plane protocol.
 
+mod common;
+
+use common::{bytes_at, endpoints, read_req, reserve, shards, write_req};
 use ringfs_node::peer::Peer;
 use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status, Token};
 use ringfs_schema::ids::ChunkId;
@@ -8,75 +11,6 @@ use ringfs_schema::Version;
 use ringfs_tests::files::pattern;
 use ringfs_tests::{on_glommio, Cluster, NodeOptions, QUICK};
 use std::time::Duration;
-
-/// Nodes of `shards` shards with the kit's defaults.
-fn shards(shards: usize) -> NodeOptions<'static> {
-    NodeOptions {
-        shards,
-        ..NodeOptions::default()
-    }
-}
-
-/// The data-plane endpoints of every shard of running node `i`.
-fn endpoints(cl: &Cluster, i: usize) -> Vec<String> {
-    cl.node(i)
-        .endpoints
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
-/// Sends a reserve request (a fresh id for `ChunkId::default()`) and
-/// returns the answer, whatever its status.
-async fn reserve(p: &Peer, client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
-    let mut h = Header::request(0, Op::Reserve);
-    h.client_id = client;
-    h.reserve_bytes = bytes;
-    h.chunk_id = id;
-    h.lease_ms = lease_ms;
-    p.call(h, &[]).await.expect("reserve answered").0
-}
-
-/// A write of `data` at `offset` creating version (1, `seq`) on top of
-/// (1, `seq` - 1) ((0, 0) for seq 1), with its CRCs.
-fn write_req(
-    id: ChunkId,
-    offset: u64,
-    token: &Token,
-    chain: Vec<Hop>,
-    seq: u64,
-    data: &[u8],
-) -> Header {
-    let mut h = Header::request(0, Op::Write);
-    h.chunk_id = id;
-    h.offset = offset;
-    h.token = token.clone();
-    h.chain = chain;
-    h.version = Version::new(1, seq);
-    h.expected = if seq == 1 {
-        Version::NONE
-    } else {
-        Version::new(1, seq - 1)
-    };
-    h.crcs = ringfs_schema::crc::piece_crcs(offset, data);
-    h
-}
-
-/// The `len` bytes at `offset` of a read answer, which starts at a block
-/// boundary at or before `offset`.
-fn bytes_at(h: &Header, data: &[u8], offset: u64, len: usize) -> Vec<u8> {
-    let skip = (offset - h.offset) as usize;
-    data[skip..(skip + len).min(data.len())].to_vec()
-}
-
-fn read_req(id: ChunkId, offset: u64, len: u32, token: &Token) -> Header {
-    let mut h = Header::request(0, Op::Read);
-    h.chunk_id = id;
-    h.offset = offset;
-    h.length = len;
-    h.token = token.clone();
-    h
-}
 
 #[test]
 fn node_joins_heartbeats_and_keeps_its_id_across_restarts() {
