@@ -205,7 +205,7 @@ impl ChunkIo {
 /// block boundary) against the CRCs the node stored; the index of the first
 /// block that fails (or of the first one without a CRC).
 fn verify_blocks(start: u64, data: &[u8], crcs: &[u32]) -> std::result::Result<(), u64> {
-    if start % CRC_BLOCK != 0 {
+    if !start.is_multiple_of(CRC_BLOCK) {
         return Err(0);
     }
     for (i, block) in data.chunks(CRC_BLOCK as usize).enumerate() {

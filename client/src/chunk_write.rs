@@ -620,18 +620,14 @@ impl ChunkIo {
                 writer.put(index, state);
                 continue;
             }
-            let copied = self.copy_to_node(&state, node, layout).await;
-            match copied {
-                Ok(()) => {
-                    state.in_sync.push(node);
-                    state.behind.retain(|(n, _)| *n != node);
-                    let mut r = rec.clone();
-                    r.replicas = state.in_sync.clone();
-                    out.push(r);
-                }
-                // Left out of the record: the control server, which asked
-                // for it, plans the copy again.
-                Err(_) => {}
+            // A copy that fails leaves the node out of the record: the
+            // control server, which asked for it, plans the copy again.
+            if self.copy_to_node(&state, node, layout).await.is_ok() {
+                state.in_sync.push(node);
+                state.behind.retain(|(n, _)| *n != node);
+                let mut r = rec.clone();
+                r.replicas = state.in_sync.clone();
+                out.push(r);
             }
             writer.put(index, state);
         }

@@ -214,11 +214,15 @@ impl Drop for Armed<'_> {
     }
 }
 
-/// Failpoint `node_conn::stall_send=return(N)`: writes the first N bytes of
-/// the frame, then never finishes, as a send stuck behind a node that
+/// Failpoint `node_conn::stall_send=return(N)` (frames with a payload):
+/// writes the first N bytes of the frame, then never finishes, as a send stuck behind a node that
 /// stopped reading does; the call's timeout cuts it.
 #[cfg(feature = "failpoints")]
 async fn stall_mid_frame(w: &mut OwnedWriteHalf, head: &[u8], payload: &[u8]) {
+    // Frames with a payload (writes) only.
+    if payload.is_empty() {
+        return;
+    }
     let Some(Some(at)) = fail::eval("node_conn::stall_send", |a| {
         a.and_then(|a| a.parse::<usize>().ok())
     }) else {

@@ -550,6 +550,7 @@ where
         failpoint!("chunk_store::before_sync", |_| Err(
             crate::failpoint::injected("chunk_store::before_sync")
         ));
+        crate::failpoint::delay("chunk_store::slow_persist").await;
         self.commit.sync(chunk.file.clone()).await?;
         failpoint!("chunk_store::before_apply", |_| Err(
             crate::failpoint::injected("chunk_store::before_apply")

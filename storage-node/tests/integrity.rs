@@ -556,7 +556,7 @@ fn a_peer_that_never_reads_stalls_only_itself() {
          another read served in {served:?}",
         before >> 20,
         during >> 20,
-        REQUESTS * CHUNK as u64 >> 20
+        (REQUESTS * CHUNK as u64) >> 20
     );
     assert!(
         served < Duration::from_secs(5),
