@@ -138,3 +138,47 @@ impl Gc {
         self.orphan_seen.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Capacity;
+
+    /// Node 1 reports chunk 10 at (`epoch`, 1), which no record lists.
+    fn reporting(epoch: u64) -> Membership {
+        let mut m = Membership::default();
+        m.joined(1, [1; 16], vec!["127.0.0.1:1".into()], Capacity::default());
+        m.report_chunks(1, &[1; 16], [(10, Version::new(epoch, 1), 4096)], true)
+            .unwrap();
+        m
+    }
+
+    fn deletes(cmds: &Commands) -> Vec<(u128, Version)> {
+        cmds.iter()
+            .filter_map(|c| match c.work {
+                Work::Delete { chunk, newest, .. } => Some((chunk, newest)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_an_open_lease_wrote_is_never_an_orphan_and_others_go_at_their_version() {
+        let grace = Duration::from_secs(1);
+        let (t0, later) = (Instant::now(), Instant::now() + grace * 10);
+        // Written under epoch 7, whose lease is open: kept, however long.
+        let m = reporting(7);
+        let (mut gc, mut cmds) = (Gc::default(), Commands::default());
+        let live = |e| e == 7;
+        gc.plan(&[], &[], &m, &mut cmds, grace, t0, &live);
+        gc.plan(&[], &[], &m, &mut cmds, grace, later, &live);
+        assert!(deletes(&cmds).is_empty());
+        // Once the lease ended, an orphan past its grace, deleted only at
+        // the version it was seen at.
+        let ended = |_| false;
+        gc.plan(&[], &[], &m, &mut cmds, grace, later, &ended);
+        assert!(deletes(&cmds).is_empty(), "first seen now");
+        gc.plan(&[], &[], &m, &mut cmds, grace, later + grace, &ended);
+        assert_eq!(deletes(&cmds), vec![(10, Version::new(7, 1))]);
+    }
+}
