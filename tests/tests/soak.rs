@@ -1,9 +1,12 @@
 //! A randomized soak: one writer overwrites random ranges of a file (R = 3,
 //! W = 2, small chunks) while storage nodes are killed with -9 and
-//! restarted one after another; a write that fails is repeated until it
-//! succeeds, so the model of the file is exact. At the end every node runs
-//! again, repair settles, `ringfs fsck --verify` finds every replica of
-//! every chunk identical, and every byte equals the model.
+//! restarted one after another, and every node fails a few percent of its
+//! chunk writes before writing anything (failpoint
+//! `chunk_store::before_persist`, so replicas that are alive miss writes
+//! too); a write that fails is repeated until it succeeds, so the model of
+//! the file is exact. At the end every node runs again, repair settles,
+//! `ringfs fsck --verify` finds every replica of every chunk identical, and
+//! every byte equals the model.
 //!
 //! Sized for CI (about 20 s of load); `RINGFS_SOAK_SECS` runs it longer and
 //! `RINGFS_SOAK_SEED` replays one (the seed is printed).
@@ -43,6 +46,7 @@ fn random_overwrites_while_nodes_die_and_return_leave_identical_replicas_equal_t
     eprintln!("soak: {secs} s, seed {seed} (RINGFS_SOAK_SEED={seed} replays it)");
     let opts = NodeOptions {
         flags: &["--forward-timeout-ms", "3000"],
+        failpoints: Some("chunk_store::before_persist=3%return"),
         ..NodeOptions::default()
     };
     let mut cl = Cluster::start_custom(NODES, FAST_REPAIR, &opts);
