@@ -400,3 +400,65 @@ fn fsck_verify_names_a_replica_that_differs_at_the_same_version() {
         "{verify:#?}"
     );
 }
+
+/// With heartbeats only every 3 s, repair still copies chunk after chunk
+/// without waiting for them: the control server pushes each command through
+/// the capability the node offered at its join and hears the outcome as
+/// the call's answer, then plans the next copy at once. A node that stops
+/// (SIGTERM: it leaves) has its chunks copied within a few seconds of its
+/// grace, where commands riding on heartbeats would need one heartbeat out
+/// and one back per round of copies. Prints the repair rate.
+#[test]
+fn repair_commands_are_pushed_not_carried_by_heartbeats() {
+    const CHUNKS: usize = 16;
+    const SIZE: usize = 1 << 20;
+    let flags = [
+        "--heartbeat-ms",
+        "3000",
+        "--node-ttl-ms",
+        "3500",
+        "--repair-grace-ms",
+        "100",
+        "--report-interval-ms",
+        "60000",
+    ];
+    let mut cl = Cluster::start_with(3, &flags, &[]);
+    let addr = cl.control.addr;
+    let data = pattern(CHUNKS * SIZE, 15);
+    let gone = with_client(addr, async |c| {
+        put(c, "/many", &data, layout(SIZE, 2, 2)).await.unwrap();
+        records(c, "/many").await[0].replicas[0]
+    });
+    let lost = with_client(addr, async |c| {
+        records(c, "/many")
+            .await
+            .iter()
+            .filter(|r| r.replicas.contains(&gone))
+            .count()
+    });
+    let gone = index_of(&cl, gone);
+    let stopped = Instant::now();
+    cl.nodes[gone].as_mut().unwrap().terminate();
+    cl.nodes[gone] = None;
+    // Down at once (it left); its replicas are lost after TTL + grace.
+    let healed = cl.wait_clean(Duration::from_secs(60));
+    let after_grace = stopped
+        .elapsed()
+        .saturating_sub(Duration::from_millis(3600));
+    eprintln!(
+        "{lost} chunks of 1 MiB re-replicated {:?} after the node stopped, {after_grace:?} after \
+         its grace: {:.1} MiB/s with 3 s heartbeats",
+        stopped.elapsed(),
+        lost as f64 / after_grace.as_secs_f64().max(0.001)
+    );
+    assert!(lost >= 4, "{lost} chunks on the stopped node");
+    // Riding on heartbeats, each round of (at most two) copies would take
+    // a heartbeat out and one back: 6 s per round, 30 s for ten chunks.
+    assert!(
+        healed < Duration::from_secs(15),
+        "repair took {healed:?}: commands waited for heartbeats"
+    );
+    with_client(addr, async |c| {
+        assert!(get(c, "/many").await.unwrap() == data)
+    });
+}
