@@ -11,8 +11,11 @@
 //! - A new chunk is placed on up to R distinct live nodes, most free space
 //!   first; fewer than W reserved or durable replicas is an error.
 //! - An existing chunk is overwritten under explicit write locks taken on its
-//!   replicas in ascending node-id order (two writers cannot deadlock); the
-//!   nodes bump its version.
+//!   in-sync replicas in ascending node-id order (two writers cannot
+//!   deadlock), each write creating a version `(epoch, seq)` of this
+//!   descriptor's write lease on top of the exact version its replicas hold
+//!   (see [`crate::chunk_write`]); a commit lists exactly the replicas that
+//!   hold it.
 //! - Offsets and sizes are bytes; a chunk covers
 //!   `[index * chunk_size, (index + 1) * chunk_size)` of the file.
 //!
@@ -29,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use ringfs_schema::MAX_CHUNK_SIZE;
 
-use crate::chunk_io::{ChunkIo, Layout};
+use crate::chunk_io::{chunk_id, ChunkIo, Layout, ReplicaDigest};
+use crate::chunk_write::Writer;
 use crate::cluster::Cluster;
 use crate::control::{
-    Attr, ChunkRecord, ClusterMap, ControlClient, CreateOptions, FileHandle, Kind,
+    Attr, ChunkRecord, ClusterMap, Committed, ControlClient, CreateOptions, FileHandle, Kind,
 };
 use crate::error::{Error, Result};
 use crate::record_cache::RecordCache;
@@ -143,6 +147,8 @@ struct OpenFile {
     layout: Layout,
     /// Serializes writes through this descriptor (they update chunk records).
     io: Rc<tokio::sync::Mutex<()>>,
+    /// Write descriptors: the lease's view of the chunks it writes.
+    writer: Option<Rc<Writer>>,
     /// Chunk records recently read through this descriptor.
     records: Rc<RefCell<RecordCache>>,
 }
@@ -155,6 +161,7 @@ struct FileView {
     records: Rc<RefCell<RecordCache>>,
     size: u64,
     layout: Layout,
+    writer: Option<Rc<Writer>>,
 }
 
 /// A ringfs client: one control connection, data-plane connections per shard
@@ -389,6 +396,7 @@ impl Client {
         if opts.truncate {
             records.borrow_mut().clear();
         }
+        let writer = write.then(|| Rc::new(Writer::new(handle.write_epoch)));
         let fd = self.next_fd.get();
         self.next_fd.set(fd.wrapping_add(1).max(3));
         self.files.borrow_mut().insert(
@@ -407,6 +415,7 @@ impl Client {
                     write_quorum: attr.write_quorum,
                 },
                 io: Rc::new(tokio::sync::Mutex::new(())),
+                writer,
                 records,
             },
         );
@@ -512,6 +521,10 @@ impl Client {
             )
             .await;
         records.borrow_mut().clear();
+        if let Ok(Some(w)) = self.with_file(fd, |f| Ok(f.writer.clone())) {
+            // Chunks may have been dropped: what it knew is void.
+            w.forget();
+        }
         let attr = attr?;
         self.with_file_mut(fd, |f| {
             f.size = attr.size;
@@ -668,6 +681,7 @@ impl Client {
             records: f.records.clone(),
             size: f.size,
             layout: f.layout,
+            writer: f.writer.clone(),
         }
     }
 
@@ -712,7 +726,7 @@ impl Client {
         let id: u128 = rand::random();
         let was_connected = h.is_connected();
         let e = match f(h.clone(), id).await {
-            Err(e) if matches!(e, Error::NotLeader(_)) || (was_connected && !h.is_connected()) => e,
+            Err(e) if Self::lease_lost(h, was_connected, &e) => e,
             r => return r.map_err(|e| handle_call_error(h, was_connected, call(), e)),
         };
         match self.lease_again(fd, h.attr.inode).await {
@@ -720,6 +734,37 @@ impl Client {
             // The first failure says what happened to this call.
             Err(_) => Err(handle_call_error(h, was_connected, call(), e)),
         }
+    }
+
+    /// Writes `data` at `offset` through the handle of `v` and its writer,
+    /// then commits the new records with request id `id`.
+    async fn write_and_commit(
+        &self,
+        v: &FileView,
+        writer: &Rc<Writer>,
+        offset: u64,
+        data: &[u8],
+        id: u128,
+    ) -> Result<(Vec<ChunkRecord>, Committed)> {
+        let cs = v.layout.chunk_size;
+        let end = offset + data.len() as u64;
+        let existing = self.records(&v.handle, offset / cs, (end - 1) / cs).await?;
+        let records = self
+            .io
+            .write_range(&v.layout, &existing, offset, data, writer)
+            .await?;
+        let committed = v
+            .handle
+            .commit_chunks_as(Some(id), &records, v.size.max(end))
+            .await?;
+        Ok((records, committed))
+    }
+
+    /// Whether a handle call failed because the handle's lease ended with
+    /// its control server (it stopped leading, or the connection to it
+    /// dropped): a new lease from the server that serves now may succeed.
+    fn lease_lost(h: &FileHandle, was_connected: bool, e: &Error) -> bool {
+        matches!(e, Error::NotLeader(_)) || (was_connected && !h.is_connected())
     }
 
     /// Takes the write lease of `fd`'s file again (from the control server
@@ -738,8 +783,11 @@ impl Client {
             )));
         }
         let handle = Rc::new(handle);
+        let writer = Rc::new(Writer::new(handle.write_epoch));
         self.with_file_mut(fd, |f| {
             f.handle = handle.clone();
+            // Versions the new lease creates carry its epoch.
+            f.writer = Some(writer);
             Ok(())
         })?;
         Ok(handle)
@@ -765,33 +813,95 @@ impl Client {
         if data.is_empty() {
             return Ok(offset);
         }
-        let cs = v.layout.chunk_size;
-        let existing = self.records(&v.handle, offset / cs, (end - 1) / cs).await?;
-        let records = self
-            .io
-            .write_range(&v.layout, &existing, offset, data)
-            .await?;
-        let new_size = v.size.max(end);
-        let records = &records;
-        let attr = self
-            .handle_call(
-                fd,
-                &v.handle,
-                || {
-                    let path = self.path_of(fd).unwrap_or_default();
-                    format!("commit of {} bytes at {offset} of {path}", data.len())
-                },
-                |h, id| async move { h.commit_chunks_as(Some(id), records, new_size).await },
-            )
-            .await;
-        // Also after a failed commit: the chunks may have changed anyway.
-        v.records.borrow_mut().clear();
-        let attr = attr?;
+        let call = || {
+            let path = self.path_of(fd).unwrap_or_default();
+            format!("commit of {} bytes at {offset} of {path}", data.len())
+        };
+        // One request id for the commit, also when it is sent again: a
+        // commit applied before a failover is answered, not applied twice.
+        let id: u128 = rand::random();
+        let mut v = v;
+        let mut again = false;
+        let (records, committed, writer) = loop {
+            let writer = v
+                .writer
+                .clone()
+                .ok_or_else(|| Error::BadDescriptor(format!("{fd} is not open for writing")))?;
+            let was_connected = v.handle.is_connected();
+            let attempt = self.write_and_commit(&v, &writer, offset, data, id).await;
+            // Also after a failed commit: the chunks may have changed anyway.
+            v.records.borrow_mut().clear();
+            match attempt {
+                Ok((records, committed)) => break (records, committed, writer),
+                Err(e) if !again && Self::lease_lost(&v.handle, was_connected, &e) => {
+                    // The lease ended with its control server (a leader
+                    // change). Chunks written under it can no longer be
+                    // committed (a commit's new chunks carry the handle's
+                    // epoch), so the whole write is done again under a new
+                    // lease: writing the same bytes at the same offset twice
+                    // leaves what writing them once does, and the old
+                    // chunks, never committed, are garbage.
+                    if self.lease_again(fd, v.handle.attr.inode).await.is_err() {
+                        return Err(handle_call_error(&v.handle, was_connected, call(), e));
+                    }
+                    again = true;
+                    v = self.with_file(fd, |f| Ok(self.view(f)))?;
+                }
+                Err(e) => return Err(handle_call_error(&v.handle, was_connected, call(), e)),
+            }
+        };
         self.with_file_mut(fd, |f| {
-            f.size = attr.size;
+            f.size = committed.attr.size;
             Ok(())
         })?;
+        if !committed.repairs.is_empty() {
+            // Chunks with fewer than R replicas: this writer adds the nodes
+            // the control server named, in step with its own writes. The
+            // write itself is done and committed; this is repair, best
+            // effort.
+            let added = self
+                .io
+                .add_replicas(&records, &committed.repairs, &v.layout, &writer)
+                .await;
+            if !added.is_empty() {
+                let _ = v.handle.commit_chunks(&added, committed.attr.size).await;
+                v.records.borrow_mut().clear();
+            }
+        }
         Ok(end)
+    }
+
+    /// Every replica of every chunk of the file at `path`, with what the
+    /// replica says it holds (version, length, and a digest of its stored
+    /// CRCs: replicas at one version must agree on it), or why it could not
+    /// be asked. No chunk data crosses the network. For `ringfs fsck
+    /// --verify`.
+    pub async fn replica_digests(
+        &self,
+        path: &str,
+    ) -> Result<Vec<(ChunkRecord, Vec<(u64, Result<ReplicaDigest>)>)>> {
+        let fd = self.open(path, &OpenOptions::read()).await?;
+        let h = self.with_file(fd, |f| Ok(f.handle.clone()))?;
+        let size = self.with_file(fd, |f| Ok(f.size))?;
+        let cs = self.with_file(fd, |f| Ok(f.layout.chunk_size))?.max(1);
+        let records = if size == 0 {
+            Ok(HashMap::new())
+        } else {
+            self.records(&h, 0, (size - 1) / cs).await
+        };
+        let _ = self.close(fd).await;
+        let mut records: Vec<ChunkRecord> = records?.into_values().collect();
+        records.sort_by_key(|r| r.index);
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let id = chunk_id(r.chunk_id);
+            let mut replicas = Vec::with_capacity(r.replicas.len());
+            for &node in &r.replicas {
+                replicas.push((node, self.io.digest(id, node).await));
+            }
+            out.push((r, replicas));
+        }
+        Ok(out)
     }
 }
 

@@ -106,7 +106,7 @@ mod tests {
             chunk_id: index.into(),
             replicas: vec![1],
             length: 1,
-            version: 1,
+            version: crate::Version::new(1, 1),
         }
     }
 

@@ -22,6 +22,7 @@ mod file_handle;
 mod subscription;
 
 pub use convert::now_ns;
+pub(crate) use convert::{fill_command, read_command_result};
 
 /// Most entries one `list` call returns.
 pub const MAX_LIST: u32 = 10_000;
