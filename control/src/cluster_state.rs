@@ -92,6 +92,7 @@ impl State {
     /// The state of a server starting on `store`: membership from the
     /// registered nodes (every node down until it heartbeats), the epoch as
     /// persisted, no leases, no watchers, a planner that scans at once.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<MetaStore>,
         committer: Proposer,

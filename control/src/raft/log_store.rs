@@ -121,7 +121,7 @@ impl LogStore {
             std::thread::Builder::new()
                 .name("ringfs-raft-log".into())
                 .spawn(move || writer(&db, &pending, &rx))
-                .map_err(|e| redb::Error::Io(e))?;
+                .map_err(redb::Error::Io)?;
         }
         Ok((
             LogStore {

@@ -21,43 +21,37 @@ fn malformed(e: postcard::Error) -> capnp::Error {
 }
 
 impl raft_peer::Server for PeerImpl {
-    fn append_entries(
+    async fn append_entries(
         self: CapRc<Self>,
         params: raft_peer::AppendEntriesParams,
         mut results: raft_peer::AppendEntriesResults,
-    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let req = decode(params.get()?.get_request()?).map_err(malformed)?;
-            let resp = self.raft.append_entries(req).await;
-            results.get().set_response(&encode(&resp));
-            Ok(())
-        }
+    ) -> Result<(), capnp::Error> {
+        let req = decode(params.get()?.get_request()?).map_err(malformed)?;
+        let resp = self.raft.append_entries(req).await;
+        results.get().set_response(&encode(&resp));
+        Ok(())
     }
 
-    fn vote(
+    async fn vote(
         self: CapRc<Self>,
         params: raft_peer::VoteParams,
         mut results: raft_peer::VoteResults,
-    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let req = decode(params.get()?.get_request()?).map_err(malformed)?;
-            let resp = self.raft.vote(req).await;
-            results.get().set_response(&encode(&resp));
-            Ok(())
-        }
+    ) -> Result<(), capnp::Error> {
+        let req = decode(params.get()?.get_request()?).map_err(malformed)?;
+        let resp = self.raft.vote(req).await;
+        results.get().set_response(&encode(&resp));
+        Ok(())
     }
 
-    fn install_snapshot(
+    async fn install_snapshot(
         self: CapRc<Self>,
         params: raft_peer::InstallSnapshotParams,
         mut results: raft_peer::InstallSnapshotResults,
-    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let req = decode(params.get()?.get_request()?).map_err(malformed)?;
-            tracing::debug!(from = self.from, "snapshot chunk");
-            let resp = self.raft.install_snapshot(req).await;
-            results.get().set_response(&encode(&resp));
-            Ok(())
-        }
+    ) -> Result<(), capnp::Error> {
+        let req = decode(params.get()?.get_request()?).map_err(malformed)?;
+        tracing::debug!(from = self.from, "snapshot chunk");
+        let resp = self.raft.install_snapshot(req).await;
+        results.get().set_response(&encode(&resp));
+        Ok(())
     }
 }

@@ -33,6 +33,9 @@ use openraft::{
 use super::{decode, encode, Applied, LogId, StorageError, TypeConfig};
 use crate::store::{Answer, Batch, MetaStore};
 
+/// A snapshot file's meta and bytes.
+type StoredSnapshot = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
+
 /// Longest time between durable commits of applied entries.
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 const APPLIED: &str = "raft_applied";
@@ -126,7 +129,7 @@ impl StateMachine {
     }
 
     /// The current snapshot file, if any: its meta and its bytes.
-    fn current(&self) -> Result<Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>, StorageError> {
+    fn current(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let bytes = match std::fs::read(self.dir.join(SNAPSHOT_FILE)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

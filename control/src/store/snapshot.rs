@@ -79,6 +79,9 @@ impl<W: Write> Write for Crc<W> {
     }
 }
 
+/// Replication state stored under one key (opaque to the store).
+type ReplicationState = Vec<u8>;
+
 /// Calls `$each!(id, TABLE)` for every table a snapshot holds. The
 /// replication table is not among them: the receiver writes its own.
 macro_rules! snapshot_tables {
@@ -153,7 +156,7 @@ impl MetaStore {
         &self,
         out: impl Write,
         keys: &[&str],
-    ) -> Result<(u64, Vec<Option<Vec<u8>>>), SnapshotError> {
+    ) -> Result<(u64, Vec<Option<ReplicationState>>), SnapshotError> {
         let txn = self.db.begin_read()?;
         let state = {
             let table = txn.open_table(REPLICATION)?;
