@@ -1,8 +1,8 @@
 //! A replicated control plane (3 control replicas on Raft) under faults:
 //! the leader killed during a stream of creates, renames and file writes;
 //! the leader partitioned from the others; every replica restarted at once;
-//! a replica replaced by an empty one. Real processes on loopback (and a
-//! network namespace for the partition).
+//! a replica replaced by an empty one; a follower asked for a mutation.
+//! Real processes on loopback (and a network namespace for the partition).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -328,4 +328,52 @@ fn an_empty_replacement_catches_up_from_a_snapshot() {
     let expected: Vec<String> = (0..60).map(|i| format!("d{i:02}")).collect();
     let names: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, expected, "the new replica's metadata differs");
+}
+
+/// A follower never acknowledges a mutation: it answers `not_leader`,
+/// naming the leader, and no replica's state ever holds the refused
+/// mutation, while the leader's next one reaches every replica.
+#[test]
+fn a_follower_refuses_mutations_and_names_the_leader() {
+    let group = ControlGroup::start(3, &[]);
+    group.wait_voters(3);
+    let leader = group.leader();
+    let follower = (leader + 1) % 3;
+    let (at_follower, at_leader) = (group.addrs[follower], group.addrs[leader]);
+    let refused = local(async move {
+        let c = ControlClient::connect(at_follower)
+            .await
+            .expect("connecting to a follower");
+        c.mkdir("/via-follower", 0).await
+    });
+    match refused {
+        Err(Error::NotLeader(m)) => assert!(
+            m.contains(&at_leader.to_string()),
+            "not_leader does not name the leader {at_leader}: {m}"
+        ),
+        other => panic!("a follower answered a mutation: {other:?}"),
+    }
+    group.with_client(async |c| c.mkdir("/after", 0).await.expect("mkdir on the leader"));
+    for i in 0..3 {
+        let addr = group.addrs[i];
+        let start = Instant::now();
+        loop {
+            let names: Vec<String> = local(async move {
+                let c = ControlClient::connect(addr).await.expect("connecting");
+                c.list_with("/", true).await.expect("listing")
+            })
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+            if names.iter().any(|n| n == "after") {
+                assert_eq!(names, ["after"], "replica {i}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "replica {i} holds {names:?}, never /after"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
