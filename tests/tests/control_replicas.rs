@@ -1,7 +1,8 @@
 //! A replicated control plane (3 control replicas on Raft) under faults:
 //! the leader killed during a stream of creates, renames and file writes;
 //! the leader partitioned from the others; every replica restarted at once;
-//! a replica replaced by an empty one; a follower asked for a mutation.
+//! a replica replaced by an empty one; a follower asked for a mutation;
+//! write epochs across a failover.
 //! Real processes on loopback (and a network namespace for the partition).
 
 use std::collections::BTreeSet;
@@ -376,4 +377,43 @@ fn a_follower_refuses_mutations_and_names_the_leader() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Write epochs handed out by the leader at `addr` for write opens of
+/// `files` new files.
+fn write_epochs(addr: std::net::SocketAddr, files: std::ops::Range<u32>) -> Vec<u64> {
+    local(async move {
+        let c = ControlClient::connect(addr).await.expect("connecting");
+        let mut epochs = Vec::new();
+        for i in files {
+            let path = format!("/e{i}");
+            c.create(&path, Default::default()).await.expect("create");
+            let h = c
+                .open(&path, true, Duration::from_secs(5))
+                .await
+                .expect("write open");
+            epochs.push(h.write_epoch);
+            h.close().await.expect("close");
+        }
+        epochs
+    })
+}
+
+/// Write epochs only grow across a failover: the new leader hands out
+/// epochs above every one the old leader did (the mark they come from is
+/// raised through the replicated log).
+#[test]
+fn write_epochs_grow_across_a_failover() {
+    let mut group = ControlGroup::start(3, &[]);
+    group.wait_voters(3);
+    let old = group.leader();
+    let before = write_epochs(group.addrs[old], 0..3);
+    assert!(before.windows(2).all(|w| w[0] < w[1]), "{before:?}");
+    group.kill9(old);
+    let new = group.leader();
+    let after = write_epochs(group.addrs[new], 3..5);
+    assert!(
+        after[0] > *before.last().unwrap() && after[0] < after[1],
+        "the old leader handed out {before:?}, the new one {after:?}"
+    );
 }
