@@ -364,6 +364,18 @@ impl Client {
         self.retry(|c| async move { c.stat(path).await }).await
     }
 
+    /// Sets the permission bits and/or the modification time (`None`:
+    /// unchanged); returns the new attributes. Safe to repeat.
+    pub async fn set_attr(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr> {
+        self.retry(|c| async move { c.set_attr(path, mode, mtime_ns).await })
+            .await
+    }
+
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr> {
         self.once(|c| async move { c.mkdir(path, mode).await })
             .await

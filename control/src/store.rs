@@ -115,6 +115,13 @@ pub enum Mutation {
         size: u64,
         now_ns: i64,
     },
+    /// chmod / utimes: the permission bits and/or the modification time
+    /// of a file or directory (`None`: unchanged).
+    SetAttr {
+        path: String,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    },
     /// Register a new node (`node_id == 0`) or re-register a known one.
     Join {
         node_id: u64,
@@ -506,6 +513,11 @@ fn apply(txn: &WriteTransaction, defaults: &FileDefaults, m: &Mutation) -> Resul
             size,
             now_ns,
         } => set_size(txn, *inode, *size, *now_ns),
+        Mutation::SetAttr {
+            path,
+            mode,
+            mtime_ns,
+        } => set_attr(txn, path, *mode, *mtime_ns),
         Mutation::Join {
             node_id,
             key,
@@ -979,6 +991,33 @@ fn set_size(txn: &WriteTransaction, ino: u64, size: u64, now_ns: i64) -> Result<
     }
     attr.size = size;
     touch(&mut attr, now_ns);
+    inodes.insert(ino, attr.encode().as_slice())?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
+fn set_attr(
+    txn: &WriteTransaction,
+    path: &str,
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+) -> Result<Outcome> {
+    if let Some(mode) = mode.filter(|m| *m > 0o7777) {
+        return Err(ControlError::InvalidArgument(format!(
+            "mode {mode:o} has bits beyond 0o7777"
+        )));
+    }
+    let comps = components(path)?;
+    let mut inodes = txn.open_table(INODES)?;
+    let dirents = txn.open_table(DIRENTS)?;
+    let (ino, mut attr) = resolve(&inodes, &dirents, path, &comps)?;
+    // Every check has passed: from here on only writes.
+    if let Some(mode) = mode {
+        attr.mode = mode;
+    }
+    if let Some(t) = mtime_ns {
+        attr.mtime_ns = t;
+    }
+    attr.version += 1;
     inodes.insert(ino, attr.encode().as_slice())?;
     Ok(Outcome::Attr(ino, attr))
 }
