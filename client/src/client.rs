@@ -407,6 +407,13 @@ impl Client {
     }
 
     pub async fn open(&self, path: &str, opts: &OpenOptions) -> Result<Fd> {
+        Ok(self.open_with_attr(path, opts).await?.0)
+    }
+
+    /// Like [`Client::open`], also returning the file's attributes as the
+    /// open found them (after the truncate, with `truncate`): one control
+    /// round trip for both, which is what a close-to-open check needs.
+    pub async fn open_with_attr(&self, path: &str, opts: &OpenOptions) -> Result<(Fd, Attr)> {
         let write = opts.write || opts.append;
         if (opts.truncate || opts.create) && !write {
             return Err(Error::InvalidArgument(format!(
@@ -450,6 +457,7 @@ impl Client {
             attr = handle.set_size(0).await?;
         }
         let records = self.record_cache(attr.inode);
+        records.borrow_mut().revalidate(attr.version);
         if opts.truncate {
             records.borrow_mut().clear();
         }
@@ -472,7 +480,7 @@ impl Client {
                 records,
             },
         );
-        Ok(fd)
+        Ok((fd, attr))
     }
 
     /// Releases the descriptor and its control handle (and write lease).
