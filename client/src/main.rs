@@ -55,7 +55,10 @@ enum Cmd {
         remote: String,
     },
     /// Copy a ringfs file to a local file (or - for stdout).
-    Get { remote: String, local: String },
+    Get {
+        remote: String,
+        local: String,
+    },
     /// Print files to stdout.
     Cat {
         #[arg(required = true)]
@@ -70,7 +73,9 @@ enum Cmd {
         path: String,
     },
     /// Show a file's or directory's attributes.
-    Stat { path: String },
+    Stat {
+        path: String,
+    },
     /// Create directories.
     Mkdir {
         /// Create parents as needed; no error if it exists.
@@ -87,12 +92,16 @@ enum Cmd {
         paths: Vec<String>,
     },
     /// Rename or move.
-    Mv { from: String, to: String },
+    Mv {
+        from: String,
+        to: String,
+    },
     /// Cluster status: nodes, up/down, capacity, chunk health.
     Status,
     /// Check every chunk against the namespace and the replica reports;
     /// exits 0 only if every chunk has R live, current, verified replicas.
     Fsck,
+    Mount(ringfs_client::mount::MountArgs),
 }
 
 /// `println!` that returns an error (a closed pipe, `ringfs status | head`)
@@ -120,6 +129,18 @@ fn main() -> ExitCode {
             ringfs_ops::flag_file::print(&Cli::command(), &matches)
         );
         return ExitCode::SUCCESS;
+    }
+    if let Cmd::Mount(args) = &cli.cmd {
+        // Not on a LocalSet: the mount runs its own threads.
+        let mounted = control_addr(cli.control.as_deref())
+            .and_then(|addr| ringfs_client::mount::cli::run(addr, args));
+        return match mounted {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringfs: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match ringfs_client::local(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -345,6 +366,8 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+        // Served by `main` before any connection exists.
+        Cmd::Mount(_) => bail!("mount runs outside the async client"),
         Cmd::Status => {
             let health = c.control().chunk_health(0).await?;
             let map = c.cluster_map().await?;
