@@ -143,7 +143,11 @@ impl Inodes {
                         self.names.remove(&before);
                     }
                 }
-                node.unlinked = false;
+                // Seen under a real name again; a hidden name stays
+                // marked for removal at the last close.
+                if !is_hidden(name) {
+                    node.unlinked = false;
+                }
                 node.lookups += u64::from(count);
             }
             None => {
@@ -290,6 +294,8 @@ mod tests {
         let hidden = format!("{HIDDEN_PREFIX}5");
         t.renamed((ROOT, "f"), (ROOT, &hidden));
         t.get_mut(5).unwrap().unlinked = true;
+        // A listing shows it under that name: still to be removed.
+        t.learn(ROOT, &hidden, 5, Kind::File, true);
         assert_eq!(t.released(5), Some((ROOT, hidden)));
     }
 
