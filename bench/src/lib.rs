@@ -4,7 +4,8 @@
 //!   loopback ([`process`]: one child server).
 //! - [`suite`]: runs workloads one after another under a monitor, each with
 //!   its raw-disk baseline ([`raw_disk`]: io_uring + O_DIRECT).
-//! - [`workload`]: the workloads, through the client library; [`dataset`]:
+//! - [`workload`]: the workloads, through the client library or ([`posix`])
+//!   file calls on any mounted file system; [`dataset`]:
 //!   what they write and how reads are verified; [`metadata`]: the
 //!   create/stat/unlink workload; [`live`]: progress shared with the monitor.
 //! - [`report`]: figures, JSON and table; [`plot`]: the SVG picture;
@@ -18,6 +19,7 @@ pub mod live;
 pub mod metadata;
 pub mod node_bench;
 pub mod plot;
+pub mod posix;
 pub mod process;
 pub mod raw_disk;
 pub mod report;

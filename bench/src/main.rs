@@ -11,7 +11,7 @@ use ringfs_bench::cluster::{ClusterOptions, LocalCluster};
 use ringfs_bench::live::{self, Limit};
 use ringfs_bench::report::{self, Report};
 use ringfs_bench::suite::{self, SuiteOptions};
-use ringfs_bench::workload::Workload;
+use ringfs_bench::workload::{Target, Workload};
 use ringfs_bench::{node_bench, plot};
 use ringfs_client::CreateOptions;
 
@@ -48,17 +48,30 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
-    /// Runs the workloads against an existing cluster.
+    /// Runs the workloads against an existing cluster (--control), or
+    /// against any mounted file system through ordinary file calls
+    /// (--path: a ringfs mount, a local disk, another distributed file
+    /// system), verifying every byte read either way.
     Run {
         #[command(flatten)]
         config: ConfigArgs,
         /// The cluster's control server.
+        #[arg(long, required_unless_present = "path", conflicts_with = "path")]
+        control: Option<SocketAddr>,
+        /// A directory to run in, through file calls (pread/pwrite, one
+        /// thread per stream or operation in flight, O_DIRECT and O_DSYNC
+        /// unless --buffered). --replication then only says how many copies
+        /// the file system keeps, for the per-copy ratios.
         #[arg(long)]
-        control: SocketAddr,
+        path: Option<PathBuf>,
+        /// With --path: go through the page cache (no O_DIRECT, no O_DSYNC).
+        #[arg(long, requires = "path")]
+        buffered: bool,
         #[command(flatten)]
         load: LoadArgs,
         /// Where the raw baseline writes its files: a directory on the
-        /// storage nodes' filesystem [default: the system temp dir].
+        /// storage nodes' filesystem (or the disk to compare --path with)
+        /// [default: the system temp dir].
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Leave the dataset in the cluster afterwards.
@@ -182,10 +195,22 @@ fn main() -> ExitCode {
         Cmd::Run {
             config: _,
             control,
+            path,
+            buffered,
             load,
             dir,
             keep,
-        } => run_remote(control, load, dir, keep),
+        } => {
+            let target = match (control, path) {
+                (Some(c), _) => Target::Cluster(c),
+                (None, Some(dir)) => Target::Posix {
+                    dir,
+                    direct: !buffered,
+                },
+                (None, None) => unreachable!("clap requires --control or --path"),
+            };
+            run_remote(&target, load, dir, keep)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -357,13 +382,17 @@ fn run_local(load: LoadArgs, nodes: usize, dir: Option<PathBuf>, keep: bool) -> 
     println!("data in {}", cluster.dir().display());
     let replication = load.replication.unwrap_or(nodes.min(3) as u8);
     let opts = load.suite(replication, cluster.dir().to_path_buf(), keep);
-    let reports = suite::run(cluster.control_addr, Some(&mut cluster), &opts)?;
+    let reports = suite::run(
+        &Target::Cluster(cluster.control_addr),
+        Some(&mut cluster),
+        &opts,
+    )?;
     drop(cluster);
     load.finish(&reports)
 }
 
 fn run_remote(
-    control: SocketAddr,
+    target: &Target,
     load: LoadArgs,
     dir: Option<PathBuf>,
     keep: bool,
@@ -379,6 +408,6 @@ fn run_remote(
         raw.path().to_path_buf(),
         keep,
     );
-    let reports = suite::run(control, None, &opts)?;
+    let reports = suite::run(target, None, &opts)?;
     load.finish(&reports)
 }
