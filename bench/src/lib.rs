@@ -10,11 +10,13 @@
 //!   create/stat/unlink workload; [`live`]: progress shared with the monitor.
 //! - [`report`]: figures, JSON and table; [`plot`]: the SVG picture;
 //!   [`stats`]: latency histograms and CPU time from /proc.
+//! - [`fio`]: fio through a ringfs mount and on the raw disk.
 //! - [`node_bench`]: one storage node over its data-plane protocol against
 //!   the raw disk.
 
 pub mod cluster;
 pub mod dataset;
+pub mod fio;
 pub mod live;
 pub mod metadata;
 pub mod node_bench;

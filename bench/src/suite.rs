@@ -262,6 +262,7 @@ fn monitored(
         nodes: used.as_ref().map(|u| u.nodes.iter().sum()),
         per_node: used.map(|u| u.nodes).unwrap_or_default(),
         bench: own_cpu() - bench0,
+        mount: None,
     };
     Ok((measured, seconds, timeline.samples, cpu))
 }
