@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use crate::dataset::{xorshift, Dataset, PageAligned, WriteBuf, PAGE};
 use crate::live::Live;
 use crate::metadata::{Phase, PHASES};
-use crate::stats::{latency_histogram, Percentiles};
+use crate::stats::latency_histogram;
 use crate::workload::{Measured, Running, Spec, Workload};
 
 /// Where the dataset's file `f` lives under `dir`.
@@ -230,13 +230,7 @@ pub fn metadata(
                 })
             })
             .collect();
-        let mut timings = Vec::new();
-        for _ in PHASES {
-            barrier.wait();
-            let t0 = Instant::now();
-            barrier.wait();
-            timings.push(t0.elapsed());
-        }
+        let timings = crate::metadata::time_phases(&barrier);
         let mut merged: Vec<Histogram<u64>> = PHASES.iter().map(|_| latency_histogram()).collect();
         for w in workers {
             let hists = w
@@ -249,16 +243,5 @@ pub fn metadata(
         anyhow::Ok((timings, merged))
     })?;
     std::fs::remove_dir(&root).with_context(|| format!("removing {}", root.display()))?;
-    Ok(PHASES
-        .iter()
-        .zip(timings)
-        .zip(hists)
-        .map(|((name, elapsed), h)| Phase {
-            name,
-            ops: h.len(),
-            seconds: elapsed.as_secs_f64(),
-            latency: Percentiles::of(&h),
-            histogram: h,
-        })
-        .collect())
+    Ok(crate::metadata::phases(timings, hists))
 }
