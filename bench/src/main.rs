@@ -113,8 +113,8 @@ enum Cmd {
     /// fio through a ringfs mount and on the raw disk with the same jobs:
     /// 1 MiB sequential write and read, 4 KiB random read and write (4 jobs
     /// each), create/stat/unlink of many empty files. Starts a local
-    /// cluster and mounts it once per --replication value, unless --path
-    /// names a directory to run in (any mounted file system).
+    /// cluster and a mount of it for each --replication value, unless
+    /// --path names a directory to run in (any mounted file system).
     Fio {
         #[command(flatten)]
         config: ConfigArgs,
@@ -571,13 +571,15 @@ fn run_fio(o: FioRun) -> anyhow::Result<()> {
                 o.nodes
             );
         }
-        let mut cluster = LocalCluster::start(&ClusterOptions {
-            launcher: node_bench::Launcher::subcommands(exe.clone(), "__control", "__node"),
-            nodes: o.nodes,
-            parent: Some(work.path().to_path_buf()),
-            keep: false,
-        })?;
         for r in replication {
+            // A fresh cluster per run: the previous run's garbage
+            // collection must not run under this one.
+            let mut cluster = LocalCluster::start(&ClusterOptions {
+                launcher: node_bench::Launcher::subcommands(exe.clone(), "__control", "__node"),
+                nodes: o.nodes,
+                parent: Some(work.path().to_path_buf()),
+                keep: false,
+            })?;
             let mnt = work.path().join(format!("mnt-r{r}"));
             std::fs::create_dir(&mnt)?;
             let mut flags = vec!["--replication".to_string(), r.to_string()];
@@ -602,8 +604,6 @@ fn run_fio(o: FioRun) -> anyhow::Result<()> {
                 print_fio_line(&label, job, &f);
                 got.push((f, cpu));
             }
-            // Room for the next run's file.
-            std::fs::remove_file(mnt.join("seq.dat")).context("removing the test file")?;
             drop(mount);
             reports.push(fio::reports(&jobs, &got, &raw, r));
         }
