@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -66,6 +66,10 @@ pub struct MountArgs {
     /// Kernel readahead, KiB (0 keeps the kernel's default; needs root).
     #[arg(long, default_value_t = 4096)]
     pub readahead_kib: u32,
+    /// With --daemon: append the mount's messages to this file once it
+    /// runs in the background [default: they are dropped].
+    #[arg(long, requires = "daemon")]
+    pub log_file: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -116,9 +120,9 @@ pub fn run(control: SocketAddr, args: &MountArgs) -> anyhow::Result<()> {
         let _ = writeln!(out, "{READY} {control} on {}", opts.mountpoint.display());
         let _ = out.flush();
         if child {
-            // Our parent read the line and is gone: nothing more goes to
-            // that pipe.
-            detach_stdout();
+            // Let go of the starter's output: it has read the line and is
+            // gone, and whoever ran it waits for its pipes to close.
+            detach_stdio(args.log_file.as_deref());
         }
     })?;
     Ok(())
@@ -158,10 +162,26 @@ fn daemonize() -> anyhow::Result<()> {
     bail!("the background mount did not start ({status})")
 }
 
-fn detach_stdout() {
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: both descriptors are open; dup2 replaces stdout.
-        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+/// Points stdout at /dev/null and stderr at `log` (appended) or
+/// /dev/null.
+fn detach_stdio(log: Option<&std::path::Path>) {
+    use std::os::fd::AsRawFd;
+    let open = |p: &std::path::Path, append| {
+        std::fs::OpenOptions::new()
+            .create(append)
+            .append(append)
+            .write(true)
+            .open(p)
+    };
+    let null = Path::new("/dev/null");
+    let err = log.map_or_else(|| open(null, false), |p| open(p, true));
+    for (file, fd) in [
+        (open(null, false), libc::STDOUT_FILENO),
+        (err, libc::STDERR_FILENO),
+    ] {
+        if let Ok(f) = file {
+            // SAFETY: both descriptors are open; dup2 replaces `fd`.
+            unsafe { libc::dup2(f.as_raw_fd(), fd) };
+        }
     }
 }

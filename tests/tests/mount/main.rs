@@ -11,5 +11,6 @@
 mod consistency;
 mod faults;
 mod kit;
+mod lifecycle;
 mod posix;
 mod programs;
