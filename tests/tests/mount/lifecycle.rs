@@ -56,12 +56,20 @@ fn a_daemon_mount_serves_and_stops_on_sigterm() {
     struct Detach<'a>(&'a std::path::Path, u32);
     impl Drop for Detach<'_> {
         fn drop(&mut self) {
-            // SAFETY: kill(2) of the daemon this test started.
-            unsafe { libc::kill(self.1 as libc::pid_t, libc::SIGKILL) };
-            let _ = Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(self.0)
-                .status();
+            // Only while that pid is still our daemon (not our child, so
+            // its pid may be reused once it exits).
+            let ours = std::fs::read(format!("/proc/{}/cmdline", self.1))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*self.0.to_string_lossy()));
+            if ours {
+                // SAFETY: kill(2) of the daemon this test started.
+                unsafe { libc::kill(self.1 as libc::pid_t, libc::SIGKILL) };
+            }
+            if is_mounted(self.0) {
+                let _ = Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(self.0)
+                    .status();
+            }
         }
     }
     let _guard = Detach(&path, pid);
