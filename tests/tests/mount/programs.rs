@@ -182,6 +182,7 @@ fn fio_verifies_sequential_and_random_io() {
              direct=1\n\
              verify=crc32c\n\
              verify_fatal=1\n\
+             verify_state_save=0\n\
              fallocate=none\n\
              randseed=1234\n\
              \n\
@@ -201,7 +202,10 @@ fn fio_verifies_sequential_and_random_io() {
     )
     .unwrap();
     let out = run(
-        Command::new("fio").arg(&job).arg("--output-format=terse"),
+        Command::new("fio")
+            .arg(&job)
+            .arg("--output-format=terse")
+            .current_dir(local.path()),
         4 * MIN,
     );
     // Terse v3: field 5 is each job's error; all four jobs ran clean.
