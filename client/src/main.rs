@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ringfs_client::human;
+use ringfs_client::mount::MountArgs;
 use ringfs_client::{Attr, Client, CreateOptions, Error, Kind, OpenOptions};
 use serde_json::json;
 
@@ -101,7 +102,7 @@ enum Cmd {
     /// Check every chunk against the namespace and the replica reports;
     /// exits 0 only if every chunk has R live, current, verified replicas.
     Fsck,
-    Mount(ringfs_client::mount::MountArgs),
+    Mount(MountArgs),
 }
 
 /// `println!` that returns an error (a closed pipe, `ringfs status | head`)
