@@ -56,10 +56,7 @@ enum Cmd {
         remote: String,
     },
     /// Copy a ringfs file to a local file (or - for stdout).
-    Get {
-        remote: String,
-        local: String,
-    },
+    Get { remote: String, local: String },
     /// Print files to stdout.
     Cat {
         #[arg(required = true)]
@@ -74,9 +71,7 @@ enum Cmd {
         path: String,
     },
     /// Show a file's or directory's attributes.
-    Stat {
-        path: String,
-    },
+    Stat { path: String },
     /// Create directories.
     Mkdir {
         /// Create parents as needed; no error if it exists.
@@ -93,15 +88,14 @@ enum Cmd {
         paths: Vec<String>,
     },
     /// Rename or move.
-    Mv {
-        from: String,
-        to: String,
-    },
+    Mv { from: String, to: String },
     /// Cluster status: nodes, up/down, capacity, chunk health.
     Status,
     /// Check every chunk against the namespace and the replica reports;
     /// exits 0 only if every chunk has R live, current, verified replicas.
     Fsck,
+    /// Mount ringfs on a directory (FUSE) until unmounted (SIGTERM, Ctrl-C,
+    /// `fusermount3 -u DIR`); see docs/client.md.
     Mount(MountArgs),
 }
 
