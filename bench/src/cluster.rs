@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::node_bench::Launcher;
-use crate::process::Server;
 use crate::stats::cpu_seconds;
+use ringfs_ops::launch::Server;
 
 /// How long a server may take to print its address, and the nodes to join.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

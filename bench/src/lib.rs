@@ -1,7 +1,7 @@
 //! ringfs-bench: the load generator and local-cluster launcher.
 //!
 //! - [`cluster`]: a control server and storage nodes as child processes on
-//!   loopback ([`process`]: one child server).
+//!   loopback (each started with `ringfs_ops::launch`).
 //! - [`suite`]: runs workloads one after another under a monitor, each with
 //!   its raw-disk baseline ([`raw_disk`]: io_uring + O_DIRECT).
 //! - [`workload`]: the workloads, through the client library or ([`posix`])
@@ -22,7 +22,6 @@ pub mod metadata;
 pub mod node_bench;
 pub mod plot;
 pub mod posix;
-pub mod process;
 pub mod raw_disk;
 pub mod report;
 pub mod stats;

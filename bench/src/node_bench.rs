@@ -13,15 +13,15 @@
 //! node / raw (throughput for sequential workloads, IOPS for random reads).
 
 use crate::cluster::command;
-use crate::process::Server;
 use crate::raw_disk::{self, Pattern};
 use crate::report::Baseline;
 use crate::stats::Percentiles;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use ringfs_node::frame::{Header, Op, Status, Token};
-use ringfs_node::ids::ChunkId;
 use ringfs_node::peer::Peer;
+use ringfs_ops::launch::Server;
+use ringfs_schema::frame::{Header, Op, Status, Token};
+use ringfs_schema::ids::{mix64, ChunkId};
 use serde::Serialize;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -225,7 +225,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
 }
 
 fn ringfs_node_shards(cores: &str) -> anyhow::Result<usize> {
-    Ok(ringfs_node::config::parse_cores(cores)?.len())
+    Ok(ringfs_node::parse_cores(cores)?.len())
 }
 
 /// A chunk the load generator writes and reads, with its shard's connection.
@@ -358,9 +358,9 @@ async fn drive_node(opts: &Options, endpoints: &[String]) -> anyhow::Result<Vec<
             if k >= per_stream {
                 return Ok(None);
             }
-            let mut x = ringfs_node::ids::mix64((s as u64) << 32 | k);
+            let mut x = mix64((s as u64) << 32 | k);
             let tg = &t[(x % t.len() as u64) as usize];
-            x = ringfs_node::ids::mix64(x);
+            x = mix64(x);
             let mut h = Header::request(0, Op::Read);
             h.chunk_id = tg.id;
             h.offset = (x % chunk_pages) * 4096;

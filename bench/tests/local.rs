@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ringfs_tests::{run_failing, run_ok, Cluster};
+
 fn bench() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ringfs-bench"));
     c.env("RUST_LOG", "error");
@@ -72,35 +74,31 @@ fn smoke_run_reports_every_workload_verified_and_tears_down() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("out.json");
     let plot = tmp.path().join("out.svg");
-    let out = bench()
-        .args([
-            "local",
-            "--nodes",
-            "3",
-            "--size",
-            "8MiB",
-            "--block-size",
-            "1MiB",
-        ])
-        .args([
-            "--chunk-size",
-            "1MiB",
-            "--duration",
-            "1s",
-            "--metadata-files",
-            "60",
-        ])
-        .args(["--concurrency", "4", "--dir"])
-        .arg(tmp.path())
-        .arg("--json")
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plot)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let mut cmd = bench();
+    cmd.args([
+        "local",
+        "--nodes",
+        "3",
+        "--size",
+        "8MiB",
+        "--block-size",
+        "1MiB",
+    ])
+    .args([
+        "--chunk-size",
+        "1MiB",
+        "--duration",
+        "1s",
+        "--metadata-files",
+        "60",
+    ])
+    .args(["--concurrency", "4", "--dir"])
+    .arg(tmp.path())
+    .arg("--json")
+    .arg(&json)
+    .arg("--plot")
+    .arg(&plot);
+    let stdout = run_ok(&mut cmd);
 
     let mut announced = Announced::default();
     stdout.lines().for_each(|l| announced.parse(l));
@@ -278,20 +276,8 @@ fn assert_dir_empty(dir: &Path) {
 
 #[test]
 fn run_drives_an_existing_cluster() {
-    use ringfs_bench::cluster::{ClusterOptions, LocalCluster};
-    use ringfs_bench::node_bench::Launcher;
+    let cluster = Cluster::start(2);
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(&ClusterOptions {
-        launcher: Launcher::subcommands(
-            env!("CARGO_BIN_EXE_ringfs-bench").into(),
-            "__control",
-            "__node",
-        ),
-        nodes: 2,
-        parent: Some(tmp.path().to_path_buf()),
-        keep: false,
-    })
-    .unwrap();
     let json = tmp.path().join("run.json");
     // The run is described by a config file; a flag given too wins.
     let config = tmp.path().join("run.toml");
@@ -303,16 +289,11 @@ fn run_drives_an_existing_cluster() {
         ),
     )
     .unwrap();
-    let out = bench()
-        .args(["run", "--control", &cluster.control_addr.to_string()])
-        .args(["--replication", "2", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        bench()
+            .args(["run", "--control", &cluster.control.addr.to_string()])
+            .args(["--replication", "2", "--config"])
+            .arg(&config),
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(doc[1]["workload"], "seq-read");
@@ -320,10 +301,9 @@ fn run_drives_an_existing_cluster() {
     assert_eq!(doc[1]["verified_bytes"], 4 << 20);
     assert!(doc[0]["baseline"].is_null() && doc[0]["cpu_seconds"]["nodes"].is_null());
     // The dataset was removed again: the namespace is empty.
-    let left = ringfs_bench::local(async {
-        let c = ringfs_client::ControlClient::connect(cluster.control_addr)
-            .await
-            .unwrap();
+    let addr = cluster.control.addr;
+    let left = ringfs_tests::local(async move {
+        let c = ringfs_client::ControlClient::connect(addr).await.unwrap();
         c.list("/").await.unwrap()
     });
     assert!(left.is_empty(), "left in the cluster: {left:?}");
@@ -334,13 +314,11 @@ fn config_files_print_back_and_bad_ones_fail_with_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("run.toml");
     std::fs::write(&config, "nodes = 2\nsize = \"1GiB\"\nkeep = true\n").unwrap();
-    let out = bench()
-        .args(["local", "--size", "2GiB", "--print-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = run_ok(
+        bench()
+            .args(["local", "--size", "2GiB", "--print-config", "--config"])
+            .arg(&config),
+    );
     for line in [
         "nodes = 2\n",
         "size = \"2GiB\"\n",
@@ -352,25 +330,19 @@ fn config_files_print_back_and_bad_ones_fail_with_exit_2() {
     // What it printed is a config file that reads back the same.
     let again = tmp.path().join("again.toml");
     std::fs::write(&again, text.as_bytes()).unwrap();
-    let out2 = bench()
-        .args(["local", "--print-config", "--config"])
-        .arg(&again)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out2.stdout), text);
+    let again = run_ok(
+        bench()
+            .args(["local", "--print-config", "--config"])
+            .arg(&again),
+    );
+    assert_eq!(again, text);
 
     for (bad, named) in [
         ("nodez = 2\n", "unknown key `nodez`"),
         ("nodes = \"many\"\n", "many"),
     ] {
         std::fs::write(&config, bad).unwrap();
-        let out = bench()
-            .args(["local", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{bad}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = run_failing(bench().args(["local", "--config"]).arg(&config), 2);
         assert!(err.contains(named), "{err}");
     }
 }

@@ -25,31 +25,48 @@ use crate::error::{Error, Result};
 /// Kind of a namespace entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Directory,
 }
 
 /// Attributes of a file or directory (see `Attr` in control.capnp).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attr {
+    /// Inode number: stable across renames, never reused while the file
+    /// exists.
     pub inode: u64,
+    /// File or directory.
     pub kind: Kind,
-    /// Committed size in bytes.
+    /// Committed size in bytes (files; 0 for directories).
     pub size: u64,
+    /// Permission bits (the lower 12).
     pub mode: u32,
+    /// Last change of the content or the entries, nanoseconds since the
+    /// Unix epoch (the control server's clock).
     pub mtime_ns: i64,
+    /// Bytes per chunk (files; 0 for directories).
     pub chunk_size: u32,
+    /// Replicas per chunk (files; 0 for directories).
     pub replication: u8,
+    /// Durable replicas a write needs, 1..=replication (files).
     pub write_quorum: u8,
+    /// Bumped on every change of the inode.
     pub version: u64,
 }
 
 /// Options of a new file; zero means the server's default.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CreateOptions {
+    /// Permission bits (the lower 12).
     pub mode: u32,
+    /// Bytes per chunk: a multiple of 4096, at most 64 MiB (the storage
+    /// nodes' limit).
     pub chunk_size: u32,
+    /// Replicas per chunk, at most 16.
     pub replication: u8,
+    /// Durable replicas a write needs, at most `replication`.
     pub write_quorum: u8,
     /// Fail with [`Error::Exists`] if the path exists.
     pub exclusive: bool,
@@ -58,48 +75,69 @@ pub struct CreateOptions {
 /// Where one chunk of a file lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkRecord {
+    /// The chunk's index in the file (it covers bytes
+    /// `index * chunk_size ..`).
     pub index: u64,
+    /// The id the storage nodes know it by.
     pub chunk_id: u128,
     /// Node ids, primary first.
     pub replicas: Vec<u64>,
-    /// Valid bytes in the chunk.
+    /// Valid bytes in the chunk; bytes past it read as zeros.
     pub length: u32,
+    /// The version of its last committed write; a replica below it missed
+    /// a write and is not read from.
     pub version: u64,
 }
 
 /// A node's capacity report, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capacity {
+    /// Bytes the node may store.
     pub total: u64,
+    /// Bytes its chunk files take.
     pub used: u64,
+    /// Bytes reserved for chunks being written.
     pub reserved: u64,
+    /// Chunks it holds (a count, not bytes).
     pub chunks: u64,
 }
 
 /// One node of the cluster map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// The node's id.
     pub node_id: u64,
+    /// Whether it heartbeats (false: missed its TTL, or left).
     pub up: bool,
     /// Data-plane endpoint of each shard, index = shard.
     pub shards: Vec<String>,
+    /// Its last capacity report.
     pub capacity: Capacity,
+    /// Milliseconds since its last heartbeat (`u64::MAX`: none since the
+    /// control server started).
     pub last_heartbeat_ago_ms: u64,
 }
 
 /// The cluster map at one epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterMap {
+    /// Bumped on every membership change; never goes back, also across
+    /// control-server restarts.
     pub epoch: u64,
+    /// Every registered node, ascending id.
     pub nodes: Vec<NodeInfo>,
 }
 
 /// What a successful join returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Joined {
+    /// The node's id (new, or the one it presented).
     pub node_id: u64,
+    /// The secret it presents from now on (persist it).
     pub node_key: [u8; 16],
+    /// How often to heartbeat.
     pub heartbeat: Duration,
+    /// Silence after which the control server marks it down.
     pub ttl: Duration,
 }
 
@@ -121,28 +159,44 @@ pub enum ProblemKind {
 /// One chunk problem, with the file's path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkProblem {
+    /// The file's path (or a placeholder for a record without a file).
     pub path: String,
+    /// The chunk's index in the file.
     pub index: u64,
+    /// The chunk id.
     pub chunk_id: u128,
+    /// What is wrong.
     pub kind: ProblemKind,
+    /// Live, current, verified replicas.
     pub good_replicas: u8,
+    /// Replicas the file asks for.
     pub wanted: u8,
+    /// For people: which replicas are missing, stale or corrupt.
     pub detail: String,
 }
 
 /// Replica health of every chunk (see `ChunkHealth` in control.capnp).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkHealth {
+    /// Chunk records in the map.
     pub chunks: u64,
-    /// R live, current, verified replicas.
+    /// Chunks with R live, current, verified replicas.
     pub healthy: u64,
+    /// Chunks with fewer than R good replicas, at least one.
     pub under_replicated: u64,
+    /// Under-replicated chunks with a copy in flight.
     pub being_repaired: u64,
+    /// Chunks without a good replica.
     pub lost: u64,
+    /// Chunks a node has not reported on yet.
     pub unverified: u64,
+    /// Records the namespace and the chunk map disagree about.
     pub namespace_errors: u64,
+    /// Repair copies running now.
     pub copies_in_flight: u32,
+    /// Garbage copies still to delete on their nodes.
     pub deletes_pending: u64,
+    /// Up to the asked number of problems, with paths.
     pub problems: Vec<ChunkProblem>,
 }
 
@@ -249,7 +303,7 @@ impl ControlClient {
     pub async fn connect(addr: SocketAddr) -> Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?;
+            .map_err(|e| Error::unavailable_from(format!("cannot connect to {addr}"), e))?;
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
         let network = twoparty::VatNetwork::new(
@@ -288,6 +342,8 @@ impl ControlClient {
         Ok(reply.get()?.get_server_version()?.to_str()?.to_string())
     }
 
+    /// Creates a file entry (no data) and returns its attributes; an
+    /// existing file is returned unchanged unless `options.exclusive`.
     pub async fn create(&self, path: &str, options: CreateOptions) -> Result<Attr> {
         let mut req = self.control.create_request();
         let mut p = req.get();
@@ -302,6 +358,7 @@ impl ControlClient {
         read_attr(reply.get()?.get_attr()?)
     }
 
+    /// Creates a directory (`mode` 0: 0o755).
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr> {
         let mut req = self.control.mkdir_request();
         req.get().set_path(path);
@@ -310,6 +367,7 @@ impl ControlClient {
         read_attr(reply.get()?.get_attr()?)
     }
 
+    /// Removes a file.
     pub async fn unlink(&self, path: &str) -> Result<()> {
         let mut req = self.control.unlink_request();
         req.get().set_path(path);
@@ -317,6 +375,7 @@ impl ControlClient {
         Ok(())
     }
 
+    /// Removes an empty directory.
     pub async fn rmdir(&self, path: &str) -> Result<()> {
         let mut req = self.control.rmdir_request();
         req.get().set_path(path);
@@ -324,6 +383,7 @@ impl ControlClient {
         Ok(())
     }
 
+    /// Moves `from` to `to` (see [`crate::Client::rename`]).
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let mut req = self.control.rename_request();
         req.get().set_from(from);
@@ -350,6 +410,7 @@ impl ControlClient {
         read_attr(reply.get()?.get_attr()?)
     }
 
+    /// Attributes of `path`.
     pub async fn stat(&self, path: &str) -> Result<Attr> {
         let mut req = self.control.stat_request();
         req.get().set_path(path);
@@ -407,9 +468,10 @@ impl ControlClient {
             .set_wait_ms(wait.as_millis().min(u32::MAX as u128) as u32);
         let reply = req.send().promise.await?;
         let r = reply.get()?;
-        let guid: [u8; 16] = r.get_guid()?.try_into().map_err(|_| {
-            Error::Internal("the server sent a handle id that is not 16 bytes".into())
-        })?;
+        let guid: [u8; 16] = r
+            .get_guid()?
+            .try_into()
+            .map_err(|_| Error::internal("the server sent a handle id that is not 16 bytes"))?;
         Ok(FileHandle {
             cap: r.get_handle()?,
             guid,
@@ -446,7 +508,7 @@ impl ControlClient {
             node_key: r
                 .get_node_key()?
                 .try_into()
-                .map_err(|_| Error::Internal("node key is not 16 bytes".into()))?,
+                .map_err(|_| Error::internal("node key is not 16 bytes"))?,
             heartbeat: Duration::from_millis(r.get_heartbeat_ms() as u64),
             ttl: Duration::from_millis(r.get_ttl_ms() as u64),
         })
@@ -524,6 +586,7 @@ impl ControlClient {
         })
     }
 
+    /// The current cluster map.
     pub async fn cluster_map(&self) -> Result<ClusterMap> {
         let reply = self.control.cluster_map_request().send().promise.await?;
         read_map(reply.get()?.get_map()?)
@@ -608,6 +671,13 @@ impl std::fmt::Debug for FileHandle {
 }
 
 impl FileHandle {
+    /// Whether the connection the handle was opened on still runs: a handle
+    /// outlives neither its connection nor a control-server restart.
+    pub fn is_connected(&self) -> bool {
+        !self._conn.task.is_finished()
+    }
+
+    /// The file's attributes now.
     pub async fn attr(&self) -> Result<Attr> {
         let reply = self.cap.attr_request().send().promise.await?;
         read_attr(reply.get()?.get_attr()?)

@@ -11,9 +11,18 @@
 //! Everything runs on a tokio `LocalSet` (capnp-rpc is single-threaded);
 //! [`local`] runs a future on one, and [`BlockingClient`] wraps the file
 //! API for synchronous programs.
+//!
+//! Inside, [`client`] keeps the descriptor table and the POSIX-like calls,
+//! `cluster` the control connection and the cluster map, `chunk_io` the
+//! replica protocol with the storage nodes, and `replica_policy` its
+//! decisions as pure functions.
+
+#![warn(missing_docs)]
 
 pub mod blocking;
+mod chunk_io;
 pub mod client;
+mod cluster;
 pub mod control;
 pub mod error;
 pub mod human;
@@ -21,6 +30,7 @@ pub mod mount;
 pub mod node_conn;
 pub mod placement;
 pub mod record_cache;
+mod replica_policy;
 
 pub use blocking::BlockingClient;
 pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};
@@ -28,4 +38,4 @@ pub use control::{
     Attr, ChunkHealth, ChunkProblem, ChunkRecord, ClusterMap, ControlClient, CreateOptions,
     FileHandle, Kind, NodeInfo, ProblemKind,
 };
-pub use error::{Error, Result};
+pub use error::{Cause, Error, Result};

@@ -191,253 +191,297 @@ async fn run(cli: Cli) -> Result<()> {
                 write_quorum: write_quorum.unwrap_or(0),
                 ..Default::default()
             };
-            let remote = put_target(&c, &local, &remote).await?;
-            let existed = c.stat(&remote).await.is_ok();
-            let bytes = match put(&c, &local, &remote, layout, !json).await {
-                Ok(n) => n,
-                Err(e) => {
-                    // Leave no empty or partial file behind that we created.
-                    if !existed {
-                        let _ = c.unlink(&remote).await;
-                    }
-                    return Err(e);
-                }
-            };
-            if json {
-                outln!("{}", json!({"path": remote, "bytes": bytes}));
-            }
+            cmd_put(&c, json, layout, &local, &remote).await
         }
-        Cmd::Get { remote, local } => {
-            let bytes = if local == "-" {
-                copy_out(&c, &remote, &mut std::io::stdout().lock(), !json).await?
-            } else {
-                let local = if std::path::Path::new(&local).is_dir() {
-                    let name = remote.rsplit('/').next().unwrap_or_default();
-                    format!("{}/{name}", local.trim_end_matches('/'))
-                } else {
-                    local
-                };
-                let mut f =
-                    std::fs::File::create(&local).with_context(|| format!("creating {local}"))?;
-                let n = copy_out(&c, &remote, &mut f, !json).await?;
-                f.sync_all().with_context(|| format!("syncing {local}"))?;
-                n
-            };
-            if json {
-                outln!("{}", json!({"path": remote, "bytes": bytes}));
-            }
-        }
-        Cmd::Cat { paths } => {
-            let mut out = std::io::stdout().lock();
-            for p in paths {
-                copy_out(&c, &p, &mut out, false).await?;
-            }
-        }
-        Cmd::Ls { long, path } => {
-            let attr = c.stat(&path).await?;
-            let entries = if attr.kind == Kind::Directory {
-                c.list(&path).await?
-            } else {
-                vec![(path.rsplit('/').next().unwrap_or(&path).to_string(), attr)]
-            };
-            if json {
-                let v: Vec<_> = entries.iter().map(|(n, a)| attr_json(Some(n), a)).collect();
-                outln!("{}", serde_json::Value::Array(v));
-            } else {
-                let mut out = std::io::stdout().lock();
-                for (name, a) in &entries {
-                    if long {
-                        writeln!(
-                            out,
-                            "{}{} {:>9} {:>2} {}  {}{}",
-                            if a.kind == Kind::Directory { 'd' } else { '-' },
-                            rwx(a.mode),
-                            human::size(a.size),
-                            if a.kind == Kind::File {
-                                a.replication.to_string()
-                            } else {
-                                "-".into()
-                            },
-                            human::time(a.mtime_ns),
-                            name,
-                            if a.kind == Kind::Directory { "/" } else { "" }
-                        )?;
-                    } else {
-                        writeln!(
-                            out,
-                            "{name}{}",
-                            if a.kind == Kind::Directory { "/" } else { "" }
-                        )?;
-                    }
-                }
-            }
-        }
-        Cmd::Stat { path } => {
-            let a = c.stat(&path).await?;
-            if json {
-                outln!("{}", attr_json(Some(&path), &a));
-            } else {
-                outln!("  path: {path}");
-                outln!(
-                    "  kind: {}",
-                    if a.kind == Kind::File {
-                        "file"
-                    } else {
-                        "directory"
-                    }
-                );
-                outln!("  size: {} ({} bytes)", human::size(a.size), a.size);
-                outln!("  mode: {:o}", a.mode);
-                outln!(" mtime: {} UTC", human::time(a.mtime_ns));
-                outln!(" inode: {}", a.inode);
-                if a.kind == Kind::File {
-                    outln!(" chunk: {}", human::size(a.chunk_size as u64));
-                    outln!(
-                        "copies: {} (write quorum {})",
-                        a.replication,
-                        a.write_quorum
-                    );
-                }
-            }
-        }
-        Cmd::Mkdir { parents, paths } => {
-            for p in paths {
-                if parents {
-                    mkdir_p(&c, &p).await?;
-                } else {
-                    c.mkdir(&p, 0).await?;
-                }
-            }
-        }
+        Cmd::Get { remote, local } => cmd_get(&c, json, &remote, local).await,
+        Cmd::Cat { paths } => cmd_cat(&c, &paths).await,
+        Cmd::Ls { long, path } => cmd_ls(&c, json, long, &path).await,
+        Cmd::Stat { path } => cmd_stat(&c, json, &path).await,
+        Cmd::Mkdir { parents, paths } => cmd_mkdir(&c, parents, &paths).await,
         Cmd::Rm { recursive, paths } => {
             for p in paths {
                 rm(&c, &p, recursive).await?;
             }
+            Ok(())
         }
-        Cmd::Mv { from, to } => {
-            // Moving into an existing directory keeps the name, as mv does.
-            let to = match c.stat(&to).await {
-                Ok(a) if a.kind == Kind::Directory => {
-                    let name = from.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-                    join(&to, name)
-                }
-                _ => to,
-            };
-            c.rename(&from, &to).await?;
-        }
-        Cmd::Fsck => {
-            let h = c.control().chunk_health(u32::MAX).await?;
-            if json {
-                let problems: Vec<_> = h.problems.iter().map(problem_json).collect();
-                outln!(
-                    "{}",
-                    json!({"clean": h.is_clean(), "health": health_json(&h), "problems": problems})
-                );
-            } else {
-                for p in &h.problems {
-                    outln!(
-                        "{}: chunk {} ({:032x}): {} ({} of {} good replicas) {}",
-                        p.path,
-                        p.index,
-                        p.chunk_id,
-                        problem_name(p.kind),
-                        p.good_replicas,
-                        p.wanted,
-                        p.detail
-                    );
-                }
-                outln!("{}", health_line(&h));
-            }
-            if !h.is_clean() {
-                bail!(
-                    "{} of {} chunks lack R live, current, verified replicas{}",
-                    h.chunks - h.healthy,
-                    h.chunks,
-                    if h.namespace_errors > 0 {
-                        format!(", {} namespace errors", h.namespace_errors)
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-        }
+        Cmd::Mv { from, to } => cmd_mv(&c, &from, &to).await,
+        Cmd::Fsck => cmd_fsck(&c, json).await,
+        Cmd::Status => cmd_status(&c, json).await,
         // Served by `main` before any connection exists.
         Cmd::Mount(_) => bail!("mount runs outside the async client"),
-        Cmd::Status => {
-            let health = c.control().chunk_health(0).await?;
-            let map = c.cluster_map().await?;
-            let total: u64 = map.nodes.iter().map(|n| n.capacity.total).sum();
-            let used: u64 = map.nodes.iter().map(|n| n.capacity.used).sum();
-            let up = map.nodes.iter().filter(|n| n.up).count();
-            if json {
-                let nodes: Vec<_> = map
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        json!({
-                            "node_id": n.node_id,
-                            "up": n.up,
-                            "shards": n.shards,
-                            "total_bytes": n.capacity.total,
-                            "used_bytes": n.capacity.used,
-                            "reserved_bytes": n.capacity.reserved,
-                            "free_bytes": ringfs_client::placement::free_bytes(n),
-                            "chunks": n.capacity.chunks,
-                            "last_heartbeat_ago_ms": n.last_heartbeat_ago_ms,
-                        })
-                    })
-                    .collect();
-                outln!(
-                    "{}",
-                    json!({
-                        "epoch": map.epoch,
-                        "nodes_up": up,
-                        "nodes": nodes,
-                        "total_bytes": total,
-                        "used_bytes": used,
-                        "chunks": health_json(&health),
-                    })
-                );
-            } else {
-                outln!(
-                    "{} of {} nodes up, {} used of {} (map epoch {})",
-                    up,
-                    map.nodes.len(),
-                    human::size(used),
-                    human::size(total),
-                    map.epoch
-                );
-                outln!("{}", health_line(&health));
-                outln!(
-                    "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  shards",
-                    "node",
-                    "up",
-                    "total",
-                    "used",
-                    "free",
-                    "chunks",
-                    "heartbeat"
-                );
-                for n in &map.nodes {
-                    let hb = if n.last_heartbeat_ago_ms == u64::MAX {
-                        "never".to_string()
-                    } else {
-                        format!("{:.1}s ago", n.last_heartbeat_ago_ms as f64 / 1000.0)
-                    };
-                    outln!(
-                        "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  {}",
-                        n.node_id,
-                        if n.up { "up" } else { "DOWN" },
-                        human::size(n.capacity.total),
-                        human::size(n.capacity.used),
-                        human::size(ringfs_client::placement::free_bytes(n)),
-                        n.capacity.chunks,
-                        hb,
-                        n.shards.join(",")
-                    );
-                }
+    }
+}
+
+/// `put`: copies `local` (or stdin) to `remote`; a file it created is
+/// removed again if the copy fails.
+async fn cmd_put(
+    c: &Client,
+    json: bool,
+    layout: CreateOptions,
+    local: &str,
+    remote: &str,
+) -> Result<()> {
+    let remote = put_target(c, local, remote).await?;
+    let existed = c.stat(&remote).await.is_ok();
+    let bytes = match put(c, local, &remote, layout, !json).await {
+        Ok(n) => n,
+        Err(e) => {
+            // Leave no empty or partial file behind that we created.
+            if !existed {
+                let _ = c.unlink(&remote).await;
             }
+            return Err(e);
         }
+    };
+    if json {
+        outln!("{}", json!({"path": remote, "bytes": bytes}));
+    }
+    Ok(())
+}
+
+/// `get`: copies `remote` to `local` (a directory keeps the name; `-` is
+/// stdout), synced to disk.
+async fn cmd_get(c: &Client, json: bool, remote: &str, local: String) -> Result<()> {
+    let bytes = if local == "-" {
+        copy_out(c, remote, &mut std::io::stdout().lock(), !json).await?
+    } else {
+        let local = if std::path::Path::new(&local).is_dir() {
+            let name = remote.rsplit('/').next().unwrap_or_default();
+            format!("{}/{name}", local.trim_end_matches('/'))
+        } else {
+            local
+        };
+        let mut f = std::fs::File::create(&local).with_context(|| format!("creating {local}"))?;
+        let n = copy_out(c, remote, &mut f, !json).await?;
+        f.sync_all().with_context(|| format!("syncing {local}"))?;
+        n
+    };
+    if json {
+        outln!("{}", json!({"path": remote, "bytes": bytes}));
+    }
+    Ok(())
+}
+
+/// `cat`: the files to stdout, one after the other.
+async fn cmd_cat(c: &Client, paths: &[String]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for p in paths {
+        copy_out(c, p, &mut out, false).await?;
+    }
+    Ok(())
+}
+
+/// `ls`: a directory's entries, or a file's own line.
+async fn cmd_ls(c: &Client, json: bool, long: bool, path: &str) -> Result<()> {
+    let attr = c.stat(path).await?;
+    let entries = if attr.kind == Kind::Directory {
+        c.list(path).await?
+    } else {
+        vec![(path.rsplit('/').next().unwrap_or(path).to_string(), attr)]
+    };
+    if json {
+        let v: Vec<_> = entries.iter().map(|(n, a)| attr_json(Some(n), a)).collect();
+        outln!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, a) in &entries {
+        let slash = if a.kind == Kind::Directory { "/" } else { "" };
+        if long {
+            writeln!(
+                out,
+                "{}{} {:>9} {:>2} {}  {}{}",
+                if a.kind == Kind::Directory { 'd' } else { '-' },
+                rwx(a.mode),
+                human::size(a.size),
+                if a.kind == Kind::File {
+                    a.replication.to_string()
+                } else {
+                    "-".into()
+                },
+                human::time(a.mtime_ns),
+                name,
+                slash
+            )?;
+        } else {
+            writeln!(out, "{name}{slash}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `stat`: one file's or directory's attributes.
+async fn cmd_stat(c: &Client, json: bool, path: &str) -> Result<()> {
+    let a = c.stat(path).await?;
+    if json {
+        outln!("{}", attr_json(Some(path), &a));
+        return Ok(());
+    }
+    outln!("  path: {path}");
+    outln!(
+        "  kind: {}",
+        if a.kind == Kind::File {
+            "file"
+        } else {
+            "directory"
+        }
+    );
+    outln!("  size: {} ({} bytes)", human::size(a.size), a.size);
+    outln!("  mode: {:o}", a.mode);
+    outln!(" mtime: {} UTC", human::time(a.mtime_ns));
+    outln!(" inode: {}", a.inode);
+    if a.kind == Kind::File {
+        outln!(" chunk: {}", human::size(a.chunk_size as u64));
+        outln!(
+            "copies: {} (write quorum {})",
+            a.replication,
+            a.write_quorum
+        );
+    }
+    Ok(())
+}
+
+/// `mkdir`: each directory (with `-p`, its parents too, and no error if it
+/// exists).
+async fn cmd_mkdir(c: &Client, parents: bool, paths: &[String]) -> Result<()> {
+    for p in paths {
+        if parents {
+            mkdir_p(c, p).await?;
+        } else {
+            c.mkdir(p, 0).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `mv`: renames; moving into an existing directory keeps the name, as mv
+/// does.
+async fn cmd_mv(c: &Client, from: &str, to: &str) -> Result<()> {
+    let to = match c.stat(to).await {
+        Ok(a) if a.kind == Kind::Directory => {
+            let name = from.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            join(to, name)
+        }
+        _ => to.to_string(),
+    };
+    c.rename(from, &to).await?;
+    Ok(())
+}
+
+/// `fsck`: every chunk problem with its path; fails unless every chunk has
+/// R live, current, verified replicas and the namespace is consistent.
+async fn cmd_fsck(c: &Client, json: bool) -> Result<()> {
+    let h = c.control().chunk_health(u32::MAX).await?;
+    if json {
+        let problems: Vec<_> = h.problems.iter().map(problem_json).collect();
+        outln!(
+            "{}",
+            json!({"clean": h.is_clean(), "health": health_json(&h), "problems": problems})
+        );
+    } else {
+        for p in &h.problems {
+            outln!(
+                "{}: chunk {} ({:032x}): {} ({} of {} good replicas) {}",
+                p.path,
+                p.index,
+                p.chunk_id,
+                problem_name(p.kind),
+                p.good_replicas,
+                p.wanted,
+                p.detail
+            );
+        }
+        outln!("{}", health_line(&h));
+    }
+    if !h.is_clean() {
+        bail!(
+            "{} of {} chunks lack R live, current, verified replicas{}",
+            h.chunks - h.healthy,
+            h.chunks,
+            if h.namespace_errors > 0 {
+                format!(", {} namespace errors", h.namespace_errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `status`: nodes, up/down, capacity and chunk health.
+async fn cmd_status(c: &Client, json: bool) -> Result<()> {
+    let health = c.control().chunk_health(0).await?;
+    let map = c.cluster_map().await?;
+    let total: u64 = map.nodes.iter().map(|n| n.capacity.total).sum();
+    let used: u64 = map.nodes.iter().map(|n| n.capacity.used).sum();
+    let up = map.nodes.iter().filter(|n| n.up).count();
+    if json {
+        let nodes: Vec<_> = map
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id,
+                    "up": n.up,
+                    "shards": n.shards,
+                    "total_bytes": n.capacity.total,
+                    "used_bytes": n.capacity.used,
+                    "reserved_bytes": n.capacity.reserved,
+                    "free_bytes": ringfs_client::placement::free_bytes(n),
+                    "chunks": n.capacity.chunks,
+                    "last_heartbeat_ago_ms": n.last_heartbeat_ago_ms,
+                })
+            })
+            .collect();
+        outln!(
+            "{}",
+            json!({
+                "epoch": map.epoch,
+                "nodes_up": up,
+                "nodes": nodes,
+                "total_bytes": total,
+                "used_bytes": used,
+                "chunks": health_json(&health),
+            })
+        );
+        return Ok(());
+    }
+    outln!(
+        "{} of {} nodes up, {} used of {} (map epoch {})",
+        up,
+        map.nodes.len(),
+        human::size(used),
+        human::size(total),
+        map.epoch
+    );
+    outln!("{}", health_line(&health));
+    outln!(
+        "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  shards",
+        "node",
+        "up",
+        "total",
+        "used",
+        "free",
+        "chunks",
+        "heartbeat"
+    );
+    for n in &map.nodes {
+        let hb = if n.last_heartbeat_ago_ms == u64::MAX {
+            "never".to_string()
+        } else {
+            format!("{:.1}s ago", n.last_heartbeat_ago_ms as f64 / 1000.0)
+        };
+        outln!(
+            "{:>6}  {:<4}  {:>10}  {:>10}  {:>10}  {:>8}  {:>10}  {}",
+            n.node_id,
+            if n.up { "up" } else { "DOWN" },
+            human::size(n.capacity.total),
+            human::size(n.capacity.used),
+            human::size(ringfs_client::placement::free_bytes(n)),
+            n.capacity.chunks,
+            hb,
+            n.shards.join(",")
+        );
     }
     Ok(())
 }

@@ -33,8 +33,9 @@ pub struct NodeConn {
     addr: String,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>>,
-    /// Set (with the reason) once the connection failed; every later call fails.
-    broken: Rc<RefCell<Option<String>>>,
+    /// Set (to the failure) once the connection failed; every later call
+    /// fails with it.
+    broken: Rc<RefCell<Option<Error>>>,
     next_id: Cell<u64>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -46,17 +47,20 @@ impl Drop for NodeConn {
 }
 
 impl NodeConn {
+    /// Connects to the shard endpoint `addr` (`ip:port`) within 5 s:
+    /// [`Error::Timeout`] after that, [`Error::Unavailable`] (with the I/O
+    /// error as source) if refused.
     pub async fn connect(addr: &str) -> Result<Rc<Self>> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Timeout(format!("connecting to storage node {addr}")))?
             .map_err(|e| {
-                Error::Unavailable(format!("cannot connect to storage node {addr}: {e}"))
+                Error::unavailable_from(format!("cannot connect to storage node {addr}"), e)
             })?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>> = Rc::default();
-        let broken: Rc<RefCell<Option<String>>> = Rc::default();
+        let broken: Rc<RefCell<Option<Error>>> = Rc::default();
         let reader = tokio::task::spawn_local(read_loop(
             addr.to_string(),
             rd,
@@ -73,10 +77,13 @@ impl NodeConn {
         }))
     }
 
+    /// The shard endpoint.
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
+    /// Whether the connection failed (every call on it fails; the pool
+    /// replaces it).
     pub fn is_broken(&self) -> bool {
         self.broken.borrow().is_some()
     }
@@ -86,8 +93,8 @@ impl NodeConn {
         self.pending.borrow().len()
     }
 
-    fn broken_error(&self, why: &str) -> Error {
-        Error::Unavailable(format!("storage node {}: {why}", self.addr))
+    fn closed_error(&self) -> Error {
+        Error::unavailable(format!("storage node {}: connection closed", self.addr))
     }
 
     /// Sends `h` (its request id and payload length are set here) with
@@ -95,8 +102,8 @@ impl NodeConn {
     /// `lock` answered `wait`, that is the pushed `lockGranted` frame. A
     /// timeout leaves the connection usable (a late answer is dropped).
     pub async fn call(&self, mut h: Header, payload: &[u8], timeout: Duration) -> Result<Reply> {
-        if let Some(why) = self.broken.borrow().clone() {
-            return Err(self.broken_error(&why));
+        if let Some(e) = self.broken.borrow().clone() {
+            return Err(e);
         }
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -108,8 +115,7 @@ impl NodeConn {
         let op = h.op;
         let result = tokio::time::timeout(timeout, async {
             self.send(&h, payload).await?;
-            rx.await
-                .unwrap_or_else(|_| Err(self.broken_error("connection closed")))
+            rx.await.unwrap_or_else(|_| Err(self.closed_error()))
         })
         .await;
         match result {
@@ -141,11 +147,11 @@ impl NodeConn {
         }
         .await;
         if let Err(e) = r {
-            let why = format!("send failed: {e}");
-            *self.broken.borrow_mut() = Some(why.clone());
+            let e = Error::unavailable_from(format!("storage node {}: send failed", self.addr), e);
+            *self.broken.borrow_mut() = Some(e.clone());
             // A half-written frame loses the framing: the connection is done.
             let _ = w.shutdown().await;
-            return Err(self.broken_error(&why));
+            return Err(e);
         }
         Ok(())
     }
@@ -155,18 +161,21 @@ async fn read_loop(
     addr: String,
     rd: OwnedReadHalf,
     pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>>,
-    broken: Rc<RefCell<Option<String>>>,
+    broken: Rc<RefCell<Option<Error>>>,
 ) {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let why = loop {
-        match read_frame(&mut rd).await {
+        match read_frame(&addr, &mut rd).await {
             Ok((h, payload)) => {
                 // `wait` is an interim answer to a lock: the grant follows.
                 if h.op == Op::Lock && h.status == Status::Wait {
                     continue;
                 }
                 if h.status == Status::Malformed && h.request_id == 0 {
-                    break format!("node refused a frame as malformed: {}", h.message);
+                    break Error::unavailable(format!(
+                        "storage node {addr}: node refused a frame as malformed: {}",
+                        h.message
+                    ));
                 }
                 if let Some(tx) = pending.borrow_mut().remove(&h.request_id) {
                     let _ = tx.send(Ok((h, payload)));
@@ -177,9 +186,7 @@ async fn read_loop(
     };
     *broken.borrow_mut() = Some(why.clone());
     for (_, tx) in pending.borrow_mut().drain() {
-        let _ = tx.send(Err(Error::Unavailable(format!(
-            "storage node {addr}: {why}"
-        ))));
+        let _ = tx.send(Err(why.clone()));
     }
 }
 
@@ -224,29 +231,30 @@ pub fn recycle_payload(buf: Vec<u8>) {
     });
 }
 
-/// Reads one frame; the payload is read into a buffer of exactly its size.
-async fn read_frame(rd: &mut BufReader<OwnedReadHalf>) -> std::result::Result<Reply, String> {
-    let len = match rd.read_u32_le().await {
-        Ok(n) => n as usize,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err("connection closed".into())
+/// Reads one frame from shard `addr`; the payload is read into a buffer of
+/// exactly its size. Every failure loses the framing: the connection is
+/// done.
+async fn read_frame(addr: &str, rd: &mut BufReader<OwnedReadHalf>) -> Result<Reply> {
+    let failed = |what: &str, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::unavailable(format!("storage node {addr}: connection closed{what}"))
+        } else {
+            Error::unavailable_from(format!("storage node {addr}: read failed"), e)
         }
-        Err(e) => return Err(format!("read failed: {e}")),
     };
-    check_header_len(len).map_err(|e| e.to_string())?;
+    let bad_frame = |e| Error::unavailable_from(format!("storage node {addr}: bad frame"), e);
+    let len = rd.read_u32_le().await.map_err(|e| failed("", e))? as usize;
+    check_header_len(len).map_err(bad_frame)?;
     let mut head = vec![0u8; len];
     rd.read_exact(&mut head)
         .await
-        .map_err(|e| format!("read failed: {e}"))?;
-    let h = decode_header(&head).map_err(|e| format!("bad frame from node: {e}"))?;
+        .map_err(|e| failed(" inside a header", e))?;
+    let h = decode_header(&head).map_err(bad_frame)?;
     let n = h.payload_length as usize;
     let mut payload = take_payload_buffer(n);
     rd.read_exact(&mut payload)
         .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => "connection closed inside a payload".to_string(),
-            _ => format!("read failed: {e}"),
-        })?;
+        .map_err(|e| failed(" inside a payload", e))?;
     Ok((h, payload))
 }
 
@@ -257,6 +265,8 @@ pub struct NodePool {
 }
 
 impl NodePool {
+    /// The connection to `addr`, made (see [`NodeConn::connect`]) if there
+    /// is none or the last one broke.
     pub async fn get(&self, addr: &str) -> Result<Rc<NodeConn>> {
         if let Some(c) = self.conns.borrow().get(addr) {
             if !c.is_broken() {
@@ -274,7 +284,7 @@ impl NodePool {
     }
 }
 
-/// The client error for a non-`ok` response status.
+/// The client error for a non-`ok` response status from shard `addr`.
 pub fn status_error(h: &Header, addr: &str) -> Error {
     let msg = format!("storage node {addr}: {:?}: {}", h.op, h.message);
     match h.status {
@@ -285,8 +295,8 @@ pub fn status_error(h: &Header, addr: &str) -> Error {
         Status::Busy => Error::Busy(msg),
         Status::Exists => Error::Exists(msg),
         Status::InvalidArgument => Error::InvalidArgument(msg),
-        Status::Unavailable | Status::Io | Status::WrongShard => Error::Unavailable(msg),
+        Status::Unavailable | Status::Io | Status::WrongShard => Error::unavailable(msg),
         Status::Quorum => Error::Quorum(msg),
-        _ => Error::Internal(msg),
+        _ => Error::internal(msg),
     }
 }

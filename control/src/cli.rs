@@ -51,7 +51,10 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringfs-control: {e}");
+            eprintln!(
+                "ringfs-control: {}",
+                ringfs_schema::wire_error::describe(&e)
+            );
             ExitCode::FAILURE
         }
     }

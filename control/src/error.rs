@@ -1,66 +1,142 @@
 //! The control server's error type. Every variant maps to one wire
-//! [`ErrorCode`] so clients in any language get a typed error.
+//! [`ErrorCode`] so clients in any language get a typed error; the mapping
+//! is generated from the one list of codes in `ringfs-schema`
+//! ([`ringfs_schema::with_error_codes!`]).
+
+use std::sync::Arc;
 
 use ringfs_schema::control_capnp::ErrorCode;
 use ringfs_schema::wire_error;
 
 /// Errors of the control server and its metadata store.
-#[derive(Debug, thiserror::Error)]
+///
+/// The variants named like an [`ErrorCode`] are refusals a client caused or
+/// must handle, sent with that code. [`ControlError::Store`],
+/// [`ControlError::Corrupt`] and [`ControlError::Io`] are failures of the
+/// server itself, sent as `internal`. Cloning is cheap: sources are shared,
+/// so a failed group commit can answer every caller of its batch.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ControlError {
+    /// A server-side failure without a more specific kind (a broken
+    /// internal expectation).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The path (or node, or record) does not exist.
     #[error("{0}: no such file or directory")]
     NotFound(String),
+    /// The path exists (exclusive create, mkdir, ...).
     #[error("{0}: already exists")]
     Exists(String),
+    /// A path component, or the target, is not a directory.
     #[error("{0}: not a directory")]
     NotDirectory(String),
+    /// The target is a directory where a file is needed.
     #[error("{0}: is a directory")]
     IsDirectory(String),
+    /// The directory to remove or replace has entries.
     #[error("{0}: directory not empty")]
     NotEmpty(String),
+    /// A malformed or out-of-range request.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Another client holds what this call needs (the write lease).
     #[error("{0}")]
     Busy(String),
+    /// A wrong cluster secret or node key.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A write through a handle without the file's write lease.
     #[error("no write lease: {0}")]
     NoLease(String),
+    /// A handle that is closed, or whose file was removed.
     #[error("stale handle: {0}")]
     StaleHandle(String),
+    /// The peer speaks another protocol version.
     #[error("protocol version mismatch: {0}")]
     VersionMismatch(String),
+    /// The server cannot serve the call now (stopping, writer gone).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    #[error("metadata store: {0}")]
-    Store(String),
-    #[error("corrupt metadata record: {0}")]
-    Corrupt(String),
+    /// redb failed: the metadata store could not be read or written. A
+    /// mutation batch that meets it is aborted as a whole. The source is
+    /// the `Arc<redb::Error>`.
+    #[error("metadata store")]
+    Store(#[source] Arc<redb::Error>),
+    /// A stored record does not decode, or the records disagree (an entry
+    /// pointing to a missing inode, a missing counter).
+    #[error("corrupt metadata record {record}: {problem}")]
+    Corrupt {
+        /// Which record, e.g. `inode 42` or `chunk (42, 3)`.
+        record: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// An operating-system call of the server process failed (its data
+    /// directory, a listening socket).
+    #[error("{context}")]
+    Io {
+        /// What the server was doing.
+        context: String,
+        /// The failure.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
 }
 
 impl ControlError {
-    /// The wire code of this error.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::NotFound(_) => ErrorCode::NotFound,
-            Self::Exists(_) => ErrorCode::Exists,
-            Self::NotDirectory(_) => ErrorCode::NotDirectory,
-            Self::IsDirectory(_) => ErrorCode::IsDirectory,
-            Self::NotEmpty(_) => ErrorCode::NotEmpty,
-            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Self::Busy(_) => ErrorCode::Busy,
-            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
-            Self::NoLease(_) => ErrorCode::NoLease,
-            Self::StaleHandle(_) => ErrorCode::StaleHandle,
-            Self::VersionMismatch(_) => ErrorCode::VersionMismatch,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
-            Self::Store(_) | Self::Corrupt(_) => ErrorCode::Internal,
+    /// A [`ControlError::Corrupt`] about `record`.
+    pub fn corrupt(record: impl std::fmt::Display, problem: impl std::fmt::Display) -> Self {
+        Self::Corrupt {
+            record: record.to_string(),
+            problem: problem.to_string(),
         }
+    }
+
+    /// A [`ControlError::Io`]: `source` failed while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// Whether this error means the store itself failed, so that a
+    /// transaction that met it may hold partial writes and must be
+    /// aborted, rather than a refusal checked before any write.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(_) | Self::Corrupt { .. } | Self::Io { .. }
+        )
     }
 }
 
+macro_rules! wire_codes {
+    ($($code:ident => $name:literal,)*) => {
+        impl ControlError {
+            /// The wire code of this error.
+            pub fn code(&self) -> ErrorCode {
+                match self {
+                    $(Self::$code(_) => ErrorCode::$code,)*
+                    Self::Store(_) | Self::Corrupt { .. } | Self::Io { .. } => ErrorCode::Internal,
+                }
+            }
+
+            /// An error of the variant named like `code`.
+            #[cfg(test)]
+            fn with_code(code: ErrorCode, message: String) -> Self {
+                match code {
+                    $(ErrorCode::$code => Self::$code(message),)*
+                }
+            }
+        }
+    };
+}
+ringfs_schema::with_error_codes!(wire_codes);
+
 impl From<ControlError> for capnp::Error {
     fn from(e: ControlError) -> Self {
-        wire_error::encode(e.code(), &e.to_string())
+        wire_error::encode_error(e.code(), &e)
     }
 }
 
@@ -81,7 +157,7 @@ macro_rules! store_error {
     ($($t:ty),*) => {$(
         impl From<$t> for ControlError {
             fn from(e: $t) -> Self {
-                ControlError::Store(e.to_string())
+                ControlError::Store(Arc::new(e.into()))
             }
         }
     )*};
@@ -96,4 +172,36 @@ store_error!(
     redb::SetDurabilityError
 );
 
+/// The result type of the control server.
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wire_code_has_a_variant_that_round_trips() {
+        for (code, _) in wire_error::CODES {
+            let e = ControlError::with_code(code, "x".into());
+            assert_eq!(e.code(), code);
+            let d = wire_error::parse(&capnp::Error::from(e.clone()));
+            assert_eq!((d.code, d.message, d.coded), (code, e.to_string(), true));
+        }
+    }
+
+    #[test]
+    fn a_store_error_keeps_its_source_and_sends_it() {
+        let e = ControlError::from(redb::StorageError::Io(std::io::Error::other(
+            "disk on fire",
+        )));
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(e.is_storage_failure());
+        let source = std::error::Error::source(&e).expect("the redb error");
+        assert!(source.downcast_ref::<Arc<redb::Error>>().is_some());
+        let (_, message) = wire_error::decode(&capnp::Error::from(e));
+        assert!(
+            message.starts_with("metadata store: ") && message.contains("disk on fire"),
+            "{message}"
+        );
+    }
+}

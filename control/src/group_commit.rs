@@ -3,7 +3,8 @@
 //! caller when its batch is on disk.
 //!
 //! Guarantee: a caller is answered `Ok` only after the transaction holding
-//! its mutation committed durably. Batches form by themselves: while one
+//! its mutation committed durably; when the transaction fails, every
+//! caller of the batch gets that error and none of the batch is applied. Batches form by themselves: while one
 //! commit is in flight, new requests queue up and become the next batch, so
 //! the fsync cost is shared by everything that arrived meanwhile.
 
@@ -65,12 +66,13 @@ fn writer_loop(store: &MetaStore, rx: &mpsc::Receiver<Request>, max_batch: usize
             }
         }
         let started = std::time::Instant::now();
-        let outcome = store.apply_batch(&mutations);
+        let outcome = commit_batch(store, &mutations);
         tracing::debug!(
             batch = mutations.len(),
             commit_us = started.elapsed().as_micros() as u64,
             "group commit"
         );
+        crate::fail_point!("group_commit::before_answer");
         match outcome {
             Ok(results) => {
                 for (reply, result) in replies.drain(..).zip(results) {
@@ -79,12 +81,27 @@ fn writer_loop(store: &MetaStore, rx: &mpsc::Receiver<Request>, max_batch: usize
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batch = mutations.len(), "metadata commit failed");
+                tracing::error!(
+                    error = %ringfs_schema::wire_error::describe(&e),
+                    batch = mutations.len(),
+                    "metadata commit failed"
+                );
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(ControlError::Store(e.to_string())));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
         mutations.clear();
     }
+}
+
+/// Applies and commits one batch. Failpoint `group_commit::before_commit`
+/// fails the whole batch with a storage error before it reaches the store.
+fn commit_batch(store: &MetaStore, mutations: &[Mutation]) -> Result<Vec<Result<Outcome>>> {
+    crate::fail_point!("group_commit::before_commit", |_| Err(ControlError::from(
+        redb::StorageError::Io(std::io::Error::other(
+            "injected by failpoint group_commit::before_commit"
+        ))
+    )));
+    store.apply_batch(mutations)
 }

@@ -12,11 +12,30 @@
 //! - [`commands`]: delete/copy commands for nodes, carried by heartbeats.
 //! - [`repair`]: replica health, re-replication planning, fsck.
 //! - [`gc`]: garbage and orphan chunk deletion.
+//! - [`cluster_state`]: the state shared by every connection (membership,
+//!   leases, watchers, the repair planner).
 //! - [`service`]: the RPC objects.
 //! - [`server`], [`config`], [`cli`]: the process.
+//!
+//! With the `failpoints` cargo feature, `fail` failpoints (TiKV's
+//! `fail-rs`) sit at the durability points: `group_commit::before_commit`,
+//! `group_commit::before_answer`, `store::apply` (before each mutation of a
+//! batch) and `store::before_commit`. The `ringfs-control` binary reads
+//! them from the `FAILPOINTS` environment variable (`name=action;...`).
+//! Without the feature none of this is compiled.
+
+/// `fail::fail_point!` with the `failpoints` feature, nothing without it.
+macro_rules! fail_point {
+    ($($args:tt)*) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($($args)*);
+    };
+}
+pub(crate) use fail_point;
 
 pub mod call_gate;
 pub mod cli;
+pub mod cluster_state;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -376,7 +376,7 @@ pub fn file_handle_client<S: file_handle::Server + 'static>(server: S) -> file_h
 }
 
 /// Where a scrape reads the cluster figures from, once the server runs.
-pub type FiguresSource = Rc<std::cell::RefCell<Option<std::rc::Weak<crate::service::State>>>>;
+pub type FiguresSource = Rc<std::cell::RefCell<Option<std::rc::Weak<crate::cluster_state::State>>>>;
 
 /// Serves the monitoring endpoint on `listener` (inside the server's
 /// `LocalSet`) until dropped.

@@ -1,10 +1,9 @@
 //! The records the metadata store keeps, and their byte encodings in redb.
 //!
 //! Encodings are little-endian, start with a format byte, and are decoded
-//! with bounds checks: a damaged record is a [`ControlError::Corrupt`],
+//! with bounds checks: a damaged record is a [`Malformed`] error (which the
+//! store reports as a [`crate::ControlError::Corrupt`] naming the record),
 //! never a panic.
-
-use crate::error::{ControlError, Result};
 
 /// Inode number of the root directory.
 pub const ROOT_INODE: u64 = 1;
@@ -12,14 +11,29 @@ pub const ROOT_INODE: u64 = 1;
 /// Kind of an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file: chunks and a size.
     File,
+    /// A directory: entries.
     Directory,
 }
+
+/// Why a stored record does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {problem}")]
+pub struct Malformed {
+    /// The kind of record: `inode`, `chunk` or `node`.
+    pub what: &'static str,
+    /// What is wrong with its bytes.
+    pub problem: String,
+}
+
+type Result<T> = std::result::Result<T, Malformed>;
 
 /// An inode. Files and directories have exactly one parent (no hard links),
 /// which makes "is this directory inside that one" a walk up the parents.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
+    /// File or directory.
     pub kind: Kind,
     /// Parent directory's inode; the root is its own parent.
     pub parent: u64,
@@ -42,11 +56,14 @@ pub struct Inode {
 /// Where one chunk of a file lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
+    /// The chunk id the storage nodes know it by.
     pub id: u128,
     /// Node ids, primary first; distinct.
     pub replicas: Vec<u64>,
     /// Valid bytes; bytes past it read as zeros.
     pub length: u32,
+    /// The version the nodes gave the chunk's last committed write; a
+    /// replica below it missed a write.
     pub version: u64,
 }
 
@@ -74,13 +91,19 @@ impl<'a> Reader<'a> {
         let mut r = Reader { buf, what };
         let f = r.u8()?;
         if f != format {
-            return Err(ControlError::Corrupt(format!("{what}: unknown format {f}")));
+            return Err(r.malformed(format!("unknown format {f}")));
         }
         Ok(r)
     }
+    fn malformed(&self, problem: impl Into<String>) -> Malformed {
+        Malformed {
+            what: self.what,
+            problem: problem.into(),
+        }
+    }
     fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
         if self.buf.len() < N {
-            return Err(ControlError::Corrupt(format!("{}: truncated", self.what)));
+            return Err(self.malformed("truncated"));
         }
         let (head, tail) = self.buf.split_at(N);
         self.buf = tail;
@@ -103,7 +126,7 @@ impl<'a> Reader<'a> {
     }
     fn bytes(&mut self, len: usize) -> Result<&'a [u8]> {
         if self.buf.len() < len {
-            return Err(ControlError::Corrupt(format!("{}: truncated", self.what)));
+            return Err(self.malformed("truncated"));
         }
         let (head, tail) = self.buf.split_at(len);
         self.buf = tail;
@@ -113,15 +136,20 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(ControlError::Corrupt(format!(
-                "{}: trailing bytes",
-                self.what
-            )))
+            Err(self.malformed("trailing bytes"))
         }
     }
 }
 
 impl Inode {
+    /// Records a change at `now_ns` (nanoseconds since the Unix epoch):
+    /// sets the mtime and bumps the version.
+    pub fn touch(&mut self, now_ns: i64) {
+        self.mtime_ns = now_ns;
+        self.version += 1;
+    }
+
+    /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(48);
         b.push(INODE_FORMAT);
@@ -140,12 +168,13 @@ impl Inode {
         b
     }
 
+    /// Decodes the stored form.
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let mut r = Reader::new(buf, "inode", INODE_FORMAT)?;
         let kind = match r.u8()? {
             0 => Kind::File,
             1 => Kind::Directory,
-            k => return Err(ControlError::Corrupt(format!("inode: unknown kind {k}"))),
+            k => return Err(r.malformed(format!("unknown kind {k}"))),
         };
         let inode = Inode {
             kind,
@@ -164,6 +193,7 @@ impl Inode {
 }
 
 impl Chunk {
+    /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(32 + 8 * self.replicas.len());
         b.push(CHUNK_FORMAT);
@@ -177,6 +207,7 @@ impl Chunk {
         b
     }
 
+    /// Decodes the stored form.
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let mut r = Reader::new(buf, "chunk", CHUNK_FORMAT)?;
         let id = r.u128()?;
@@ -195,6 +226,7 @@ impl Chunk {
 }
 
 impl Node {
+    /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![NODE_FORMAT];
         b.extend_from_slice(&self.key);
@@ -206,6 +238,7 @@ impl Node {
         b
     }
 
+    /// Decodes the stored form.
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let mut r = Reader::new(buf, "node", NODE_FORMAT)?;
         let key = r.take::<16>()?;
@@ -214,7 +247,7 @@ impl Node {
         for _ in 0..n {
             let len = r.u16()? as usize;
             let s = std::str::from_utf8(r.bytes(len)?)
-                .map_err(|_| ControlError::Corrupt("node: endpoint is not UTF-8".into()))?;
+                .map_err(|_| r.malformed("endpoint is not UTF-8"))?;
             shards.push(s.to_string());
         }
         r.end()?;
@@ -258,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn truncated_record_is_corrupt() {
+    fn truncated_record_is_malformed() {
         let c = Chunk {
             id: 7,
             replicas: vec![1, 2],
@@ -266,9 +299,12 @@ mod tests {
             version: 3,
         }
         .encode();
-        assert!(matches!(
+        assert_eq!(
             Chunk::decode(&c[..c.len() - 1]),
-            Err(ControlError::Corrupt(_))
-        ));
+            Err(Malformed {
+                what: "chunk",
+                problem: "truncated".into()
+            })
+        );
     }
 }

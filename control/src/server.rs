@@ -2,30 +2,36 @@
 //! writer, serves Cap'n Proto RPC on a TCP listener and sweeps membership.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use ringfs_schema::control_capnp::control;
+use ringfs_schema::wire_error::describe;
 use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+use crate::cluster_state::{MembershipTiming, State};
 use crate::config::Config;
 use crate::error::{ControlError, Result};
 use crate::group_commit::Committer;
-use crate::service::{MembershipTiming, State};
+use crate::metrics::{ControlMetrics, FiguresSource};
 use crate::store::MetaStore;
 
 /// Largest batch one group commit applies.
 const MAX_BATCH: usize = 1024;
 /// How long a node has to report a command's outcome (a 64 MiB copy with
 /// read-back takes well under this on any working network).
-const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a stopping server waits for the calls it admitted to be
 /// answered before it closes their connections anyway.
-const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 /// How long it then waits for the metadata writer to commit what it holds
 /// and close the store.
-const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` resolves, then stops in order: stop accepting,
 /// refuse new calls, answer those in flight (lease waits are answered
@@ -34,41 +40,83 @@ const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// durable already; the order makes every call that was admitted get its
 /// answer, and the store close cleanly.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let metrics = std::rc::Rc::new(crate::metrics::ControlMetrics::default());
-    let figures = crate::metrics::FiguresSource::default();
+    let metrics = Rc::new(ControlMetrics::default());
+    let figures = FiguresSource::default();
     let endpoint = match config.metrics {
         None => None,
-        Some(addr) => {
-            let l = TcpListener::bind(addr).await.map_err(|e| {
-                ControlError::Unavailable(format!("cannot serve metrics on {addr}: {e}"))
-            })?;
-            if let Ok(local) = l.local_addr() {
-                println!("ringfs-control metrics listening on {local}");
-            }
-            Some(tokio::task::spawn_local(crate::metrics::serve_endpoint(
-                l,
-                metrics.clone(),
-                figures.clone(),
-            )))
-        }
+        Some(addr) => Some(start_metrics_endpoint(addr, &metrics, &figures).await?),
     };
+    let (state, writer, listener) = start(&config).await?;
+    crate::metrics::set_current(Some((metrics.clone(), state.gate.clone())));
+    let background = [
+        spawn_sweeper(&state, &config),
+        spawn_planner(&state, &config),
+    ];
+    *figures.borrow_mut() = Some(Rc::downgrade(&state));
+    let bootstrap = crate::service::bootstrap_metered(&state, metrics.clone());
+    metrics.serving.set(1);
+
+    let mut connections = JoinSet::new();
+    tokio::select! {
+        _ = accept_loop(&listener, &mut connections, &bootstrap) => {}
+        _ = shutdown => {}
+    }
+
+    drop(listener);
+    metrics.serving.set(0);
+    drain(&state, &background).await;
+    // The connections' capabilities hold the state, and the state holds
+    // the writer's queue: close them so that the writer can finish.
+    connections.shutdown().await;
+    crate::metrics::set_current(None);
+    if let Some(e) = endpoint {
+        e.abort();
+    }
+    drop(bootstrap);
+    drop(state);
+    close_store(writer).await;
+    Ok(())
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`.
+async fn start_metrics_endpoint(
+    addr: SocketAddr,
+    metrics: &Rc<ControlMetrics>,
+    figures: &FiguresSource,
+) -> Result<JoinHandle<()>> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| ControlError::io(format!("cannot serve metrics on {addr}"), e))?;
+    if let Ok(local) = l.local_addr() {
+        println!("ringfs-control metrics listening on {local}");
+    }
+    Ok(tokio::task::spawn_local(crate::metrics::serve_endpoint(
+        l,
+        metrics.clone(),
+        figures.clone(),
+    )))
+}
+
+/// Opens the store, starts its writer thread, listens, and builds the shared
+/// state; prints the "listening" line launchers wait for.
+async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()>, TcpListener)> {
     std::fs::create_dir_all(&config.data).map_err(|e| {
-        ControlError::Store(format!(
-            "cannot create data dir {}: {e}",
-            config.data.display()
-        ))
+        ControlError::io(
+            format!("cannot create data dir {}", config.data.display()),
+            e,
+        )
     })?;
     let store = Arc::new(MetaStore::open(
         &config.data.join("meta.redb"),
         config.defaults,
     )?);
     let (committer, writer) = Committer::start(store.clone(), MAX_BATCH);
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        ControlError::Unavailable(format!("cannot listen on {}: {e}", config.listen))
-    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ControlError::io(format!("cannot listen on {}", config.listen), e))?;
     let local = listener
         .local_addr()
-        .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        .map_err(|e| ControlError::io("cannot read the listening address", e))?;
     let timing = MembershipTiming {
         heartbeat: config.heartbeat,
         node_ttl: config.node_ttl,
@@ -82,70 +130,72 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         node_ttl: config.node_ttl,
     };
     let state = State::new(store, committer, config.secret.clone(), timing, repair)?;
-    crate::metrics::set_current(Some((metrics.clone(), state.gate.clone())));
     // Tests and launchers wait for this line to know the port.
     println!("ringfs-control listening on {local}");
     tracing::info!(%local, data = %config.data.display(), "control server started");
+    Ok((state, writer, listener))
+}
 
-    let sweeper = {
-        let state = state.clone();
-        let period = (config.node_ttl / 4).max(std::time::Duration::from_millis(10));
-        tokio::task::spawn_local(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                if let Err(e) = state.sweep().await {
-                    tracing::error!(error = %e, "membership sweep failed");
-                }
-            }
-        })
-    };
-
-    // Repair and garbage collection: plan a round every half heartbeat, so
-    // that commands are ready when nodes heartbeat.
-    let planner = {
-        let state = state.clone();
-        let period = (config.heartbeat / 2).max(std::time::Duration::from_millis(20));
-        tokio::task::spawn_local(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = state.plan_round().await {
-                    tracing::error!(error = %e, "repair round failed");
-                }
-            }
-        })
-    };
-
-    *figures.borrow_mut() = Some(std::rc::Rc::downgrade(&state));
-    let bootstrap = state.bootstrap_metered(metrics.clone());
-    metrics.serving.set(1);
-    let mut connections = tokio::task::JoinSet::new();
-    let accept = async {
+/// Marks silent nodes down every TTL/4.
+fn spawn_sweeper(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
+    let state = state.clone();
+    let period = (config.node_ttl / 4).max(Duration::from_millis(10));
+    tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(period);
         loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    while connections.try_join_next().is_some() {}
-                    serve_connection(&mut connections, stream, peer, bootstrap.clone());
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+            tick.tick().await;
+            if let Err(e) = state.sweep().await {
+                tracing::error!(error = %describe(&e), "membership sweep failed");
             }
         }
-    };
-    tokio::select! {
-        _ = accept => {}
-        _ = shutdown => {}
+    })
+}
+
+/// Repair and garbage collection: plans a round every half heartbeat, so
+/// that commands are ready when nodes heartbeat.
+fn spawn_planner(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
+    let state = state.clone();
+    let period = (config.heartbeat / 2).max(Duration::from_millis(20));
+    tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = state.plan_round().await {
+                tracing::error!(error = %describe(&e), "repair round failed");
+            }
+        }
+    })
+}
+
+/// Accepts connections until dropped.
+async fn accept_loop(
+    listener: &TcpListener,
+    connections: &mut JoinSet<()>,
+    bootstrap: &control::Client,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                while connections.try_join_next().is_some() {}
+                serve_connection(connections, stream, peer, bootstrap.clone());
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
-    drop(listener);
-    metrics.serving.set(0);
+}
+
+/// Refuses new calls, stops the periodic tasks and waits (up to
+/// [`DRAIN_WITHIN`]) for the calls in flight to be answered.
+async fn drain(state: &State, background: &[JoinHandle<()>]) {
     state.gate.stop();
-    sweeper.abort();
-    planner.abort();
+    for task in background {
+        task.abort();
+    }
     tracing::info!(
         in_flight = state.gate.in_flight(),
         "stopping: refusing new calls, answering those in flight"
@@ -159,36 +209,30 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             "calls still unanswered after {DRAIN_WITHIN:?}: closing their connections"
         );
     }
-    // The connections' capabilities hold the state, and the state holds
-    // the writer's queue: close them so that the writer can finish.
-    connections.shutdown().await;
-    crate::metrics::set_current(None);
-    if let Some(e) = endpoint {
-        e.abort();
-    }
-    drop(bootstrap);
-    drop(state);
-    // The writer commits what it received, then stops once every sender is
-    // gone (background tasks finishing a command outcome hold one briefly);
-    // the store closes with its last reference.
+}
+
+/// Waits (up to [`CLOSE_WITHIN`]) for the metadata writer to commit what it
+/// received and stop. It stops once every sender is gone (background tasks
+/// finishing a command outcome hold one briefly); the store closes with its
+/// last reference.
+async fn close_store(writer: std::thread::JoinHandle<()>) {
     let closing = std::time::Instant::now();
     while !writer.is_finished() {
         if closing.elapsed() > CLOSE_WITHIN {
             tracing::warn!("the metadata writer did not stop within {CLOSE_WITHIN:?}");
-            return Ok(());
+            return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = writer.join();
     tracing::info!("control server stopped: metadata store closed");
-    Ok(())
 }
 
 fn serve_connection(
-    connections: &mut tokio::task::JoinSet<()>,
+    connections: &mut JoinSet<()>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    bootstrap: ringfs_schema::control_capnp::control::Client,
+    bootstrap: control::Client,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();

@@ -268,6 +268,7 @@ proptest! {
                 prop_assert_eq!(got, expected, "op {:?}", op);
             }
             prop_assert_eq!(walk(&store), model.entries.clone());
+            prop_assert_eq!(store.consistency_problems().unwrap(), Vec::<String>::new());
         }
     }
 }

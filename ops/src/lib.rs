@@ -11,6 +11,8 @@
 //!   `RUST_LOG` or the `log-level` setting.
 //! - [`http`]: the minimal GET-only HTTP responder behind `--metrics`
 //!   (`/metrics`, `/healthz`, `/readyz`).
+//! - [`launch`] (feature `launch`): starting the servers as child
+//!   processes, for the bench's local cluster and the test kit.
 
 #[cfg(feature = "server")]
 pub mod args;
@@ -18,5 +20,7 @@ pub mod config_file;
 pub mod flag_file;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "launch")]
+pub mod launch;
 #[cfg(feature = "server")]
 pub mod logging;

@@ -26,27 +26,44 @@ pub const MAX_MAC_LEN: usize = 64;
 /// connection is closed after a `malformed` error frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
+    /// The length prefix is out of range or not a multiple of 8.
     #[error("header length {0} outside 8..={MAX_HEADER_LEN} or not a multiple of 8")]
     HeaderLength(usize),
+    /// The header bytes are not a Cap'n Proto `FrameHeader`.
     #[error("header is not a valid Cap'n Proto FrameHeader: {0}")]
     Capnp(String),
+    /// Bytes follow the message inside the header length.
     #[error("header has {0} trailing bytes after the message")]
     Trailing(usize),
+    /// The announced payload is larger than [`MAX_PAYLOAD_LEN`].
     #[error("payload length {0} exceeds the limit {MAX_PAYLOAD_LEN}")]
     PayloadTooLong(u64),
+    /// The chain lists more than [`MAX_CHAIN`] hops.
     #[error("chain of {0} hops exceeds the limit {MAX_CHAIN}")]
     ChainTooLong(usize),
+    /// A token's MAC is longer than [`MAX_MAC_LEN`].
     #[error("token MAC of {0} bytes exceeds the limit {MAX_MAC_LEN}")]
     MacTooLong(usize),
+    /// An enum field holds a value this build does not know.
     #[error("unknown {field} value {value}")]
-    UnknownEnum { field: &'static str, value: u16 },
+    UnknownEnum {
+        /// The header field.
+        field: &'static str,
+        /// Its raw value.
+        value: u16,
+    },
 }
 
 /// A lock token as carried on the wire.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Token {
+    /// The client the lock was granted to.
     pub client_id: u64,
+    /// The node's grant counter for this chunk: a token of an earlier grant
+    /// is stale.
     pub generation: u64,
+    /// The node's keyed hash over chunk id, client id and generation;
+    /// opaque to clients. Empty: no token.
     pub mac: Vec<u8>,
 }
 
@@ -60,8 +77,11 @@ impl Token {
 /// One further replica of a chain write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hop {
+    /// The replica's node id.
     pub node_id: u64,
+    /// Its shard endpoint, `ip:port`.
     pub address: String,
+    /// The write lock (or reservation) held on that replica.
     pub token: Token,
 }
 
@@ -69,25 +89,50 @@ pub struct Hop {
 /// in `schema/data.capnp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Chosen by the client, echoed by the node: matches responses to requests.
     pub request_id: u64,
+    /// The operation.
     pub op: Op,
+    /// Requests: `ok`. Responses: the outcome.
     pub status: Status,
+    /// Responses: human-readable error detail (empty on success).
     pub message: String,
+    /// The chunk the operation is about.
     pub chunk_id: ChunkId,
+    /// Byte offset in the chunk (read, write).
     pub offset: u64,
+    /// Bytes to read (read requests).
     pub length: u32,
+    /// Bytes of raw payload following the header.
     pub payload_length: u32,
+    /// Write requests: 0 = the node assigns current + 1, else it must exceed
+    /// the current version. Responses: the chunk's version.
     pub version: u64,
+    /// Lock, reserve and implicit-lock requests: who the lock is for.
     pub client_id: u64,
+    /// Requests: the caller's lock token. Lock/reserve responses: the new token.
     pub token: Token,
+    /// Lock requests: the mode wanted. Grants: the mode granted.
     pub lock_mode: LockMode,
+    /// Requests without a token: take this lock for `client_id` around the
+    /// single operation.
     pub implicit_lock: LockMode,
+    /// Lease of a lock or reservation in milliseconds (0 = the node's
+    /// default). Grants: the lease granted.
     pub lease_ms: u32,
+    /// How long a lock (or implicit lock) may wait, in milliseconds; 0 = do
+    /// not wait (`busy`).
     pub timeout_ms: u32,
+    /// Write requests: the remaining replicas, next hop first.
     pub chain: Vec<Hop>,
+    /// Write requests: durable replicas needed for `ok` (0 = all of the chain).
     pub write_quorum: u8,
+    /// Write responses: replicas (this node and downstream) holding the write
+    /// durably.
     pub durable_replicas: u8,
+    /// Reserve requests: bytes to reserve.
     pub reserve_bytes: u64,
+    /// Responses: the chunk's length in bytes.
     pub chunk_length: u64,
 }
 

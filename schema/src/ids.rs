@@ -7,11 +7,14 @@ use std::fmt;
 /// lower 16 bits (so ids minted by different shards never collide).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ChunkId {
+    /// The id of the node that minted it.
     pub hi: u64,
+    /// The minting shard's counter (upper 48 bits) and shard index (lower 16).
     pub lo: u64,
 }
 
 impl ChunkId {
+    /// The id with halves `hi` and `lo`.
     pub const fn new(hi: u64, lo: u64) -> Self {
         Self { hi, lo }
     }

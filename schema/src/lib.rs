@@ -6,14 +6,17 @@
 //! - [`control_capnp`]: the control server's RPC interface.
 //! - [`data_capnp`]: the data-plane frame header spoken with storage nodes.
 
-#![allow(clippy::all, unused_parens, dead_code)]
+#![warn(missing_docs)]
 
+#[allow(clippy::all, unused_parens, dead_code, missing_docs)]
 pub mod common_capnp {
     include!("generated/common_capnp.rs");
 }
+#[allow(clippy::all, unused_parens, dead_code, missing_docs)]
 pub mod control_capnp {
     include!("generated/control_capnp.rs");
 }
+#[allow(clippy::all, unused_parens, dead_code, missing_docs)]
 pub mod data_capnp {
     include!("generated/data_capnp.rs");
 }

@@ -3,12 +3,16 @@
 use crate::frame::{check_header_len, decode_header, encode_header, FrameError, Header};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    /// The peer closed the stream cleanly between two frames.
     #[error("connection closed")]
     Closed,
+    /// The stream failed (or ended inside a frame).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer sent a frame that does not decode; the framing is lost.
     #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
 }

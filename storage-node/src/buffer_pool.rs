@@ -64,7 +64,8 @@ pub fn give(buf: DmaBuffer) {
 }
 
 /// Bytes held by this shard's free list.
-pub fn held_bytes() -> usize {
+#[cfg(test)]
+fn held_bytes() -> usize {
     FREE.with(|f| f.borrow().bytes)
 }
 
@@ -74,25 +75,21 @@ mod tests {
 
     #[test]
     fn buffers_are_reused_by_exact_size_and_bounded() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                let a = take(2 << 20);
-                let ptr = a.as_ptr();
-                give(a);
-                assert_eq!(held_bytes(), 2 << 20);
-                assert_ne!(take(4 << 20).as_ptr(), ptr, "other sizes are not reused");
-                assert_eq!(take(2 << 20).as_ptr(), ptr, "same size reused");
-                assert_eq!(held_bytes(), 0);
-                give(take(4096));
-                assert_eq!(held_bytes(), 0, "small buffers are not kept");
-                for _ in 0..(MAX_BYTES / (16 << 20)) + 3 {
-                    give(take(16 << 20));
-                    give(glommio::allocate_dma_buffer(16 << 20));
-                }
-                assert!(held_bytes() <= MAX_BYTES);
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        ringfs_tests::on_glommio(|| async {
+            let a = take(2 << 20);
+            let ptr = a.as_ptr();
+            give(a);
+            assert_eq!(held_bytes(), 2 << 20);
+            assert_ne!(take(4 << 20).as_ptr(), ptr, "other sizes are not reused");
+            assert_eq!(take(2 << 20).as_ptr(), ptr, "same size reused");
+            assert_eq!(held_bytes(), 0);
+            give(take(4096));
+            assert_eq!(held_bytes(), 0, "small buffers are not kept");
+            for _ in 0..(MAX_BYTES / (16 << 20)) + 3 {
+                give(take(16 << 20));
+                give(glommio::allocate_dma_buffer(16 << 20));
+            }
+            assert!(held_bytes() <= MAX_BYTES);
+        });
     }
 }

@@ -28,50 +28,51 @@ pub const ALIGN: u64 = 4096;
 /// Bytes covered by one CRC32C (see the module doc for why 4 KiB).
 pub const CRC_BLOCK: u64 = 4 * 1024;
 /// Largest chunk, in bytes.
-pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+pub const MAX_CHUNK_SIZE: u64 = ringfs_schema::MAX_CHUNK_SIZE;
 /// Bytes per header slot.
 pub const SLOT_LEN: usize = 68 * 1024;
 /// File offset of chunk data.
 pub const DATA_OFFSET: u64 = 2 * SLOT_LEN as u64;
 /// CRC entries per header (one per block of a maximal chunk).
-pub const MAX_BLOCKS: usize = (MAX_CHUNK_SIZE / CRC_BLOCK) as usize;
+pub(crate) const MAX_BLOCKS: usize = (MAX_CHUNK_SIZE / CRC_BLOCK) as usize;
 const MAGIC: &[u8; 8] = b"RFSCHNK1";
 const CRCS_AT: usize = 40;
 const _: () = assert!(CRCS_AT + 4 * MAX_BLOCKS <= SLOT_LEN);
 
 /// The durable metadata of a chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct ChunkMeta {
+pub(crate) struct ChunkMeta {
     /// Header update counter (selects the slot).
-    pub seq: u64,
-    pub version: u64,
+    pub(crate) seq: u64,
+    /// The chunk version this content carries.
+    pub(crate) version: u64,
     /// Valid bytes.
-    pub length: u64,
+    pub(crate) length: u64,
     /// One CRC32C per [`CRC_BLOCK`]; `len == blocks(length)`.
-    pub crcs: Vec<u32>,
+    pub(crate) crcs: Vec<u32>,
 }
 
 /// Number of CRC blocks covering `length` bytes.
-pub fn blocks(length: u64) -> usize {
+pub(crate) fn blocks(length: u64) -> usize {
     length.div_ceil(CRC_BLOCK) as usize
 }
 
-pub fn align_down(v: u64, a: u64) -> u64 {
+pub(crate) fn align_down(v: u64, a: u64) -> u64 {
     v / a * a
 }
 
-pub fn align_up(v: u64, a: u64) -> u64 {
+pub(crate) fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
 impl ChunkMeta {
     /// File offset of the slot this meta is written to.
-    pub fn slot_offset(&self) -> u64 {
+    pub(crate) fn slot_offset(&self) -> u64 {
         (self.seq % 2) * SLOT_LEN as u64
     }
 
     /// Encodes into a slot image (exactly [`SLOT_LEN`] bytes).
-    pub fn encode(&self, out: &mut [u8]) {
+    pub(crate) fn encode(&self, out: &mut [u8]) {
         assert_eq!(out.len(), SLOT_LEN);
         assert!(self.crcs.len() <= MAX_BLOCKS);
         out.fill(0);
@@ -87,7 +88,7 @@ impl ChunkMeta {
     }
 
     /// Decodes a slot image; `None` if it is not a valid, intact slot.
-    pub fn decode(slot: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(slot: &[u8]) -> Option<Self> {
         if slot.len() != SLOT_LEN || &slot[..8] != MAGIC {
             return None;
         }
@@ -120,7 +121,7 @@ impl ChunkMeta {
     }
 
     /// The newer valid slot of the two at the head of a chunk file.
-    pub fn from_slots(a: &[u8], b: &[u8]) -> Option<Self> {
+    pub(crate) fn from_slots(a: &[u8], b: &[u8]) -> Option<Self> {
         match (Self::decode(a), Self::decode(b)) {
             (Some(x), Some(y)) => Some(if x.seq >= y.seq { x } else { y }),
             (x, y) => x.or(y),
@@ -129,7 +130,7 @@ impl ChunkMeta {
 }
 
 /// CRC32C of `n` zero bytes appended to `crc`.
-pub fn extend_with_zeros(mut crc: u32, mut n: u64) -> u32 {
+pub(crate) fn extend_with_zeros(mut crc: u32, mut n: u64) -> u32 {
     const Z: [u8; 4096] = [0; 4096];
     while n > 0 {
         let k = n.min(Z.len() as u64) as usize;

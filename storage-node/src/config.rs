@@ -25,12 +25,16 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+/// A configuration the node refuses to start with (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read or parsed: (path, why).
     #[error("config file {0}: {1}")]
     File(String, String),
+    /// A required setting is absent: (key, flag).
     #[error("missing required setting `{0}` (flag --{1} or key `{0}` in --config)")]
     Missing(&'static str, &'static str),
+    /// A setting has a bad value: (key, why).
     #[error("invalid {0}: {1}")]
     Invalid(&'static str, String),
 }
@@ -129,7 +133,8 @@ pub struct NodeConfig {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// Parses "0,1,3" (a list) or "2" (a count: cores 0..2).
+/// Parses `--cores`: "0,1,3" (a list, each core once) or "2" (a count:
+/// cores 0 and 1). The node runs one shard per listed core.
 pub fn parse_cores(s: &str) -> Result<Vec<usize>, ConfigError> {
     let bad = || {
         ConfigError::Invalid(

@@ -3,35 +3,46 @@
 //! file once, concurrently through io_uring) and wakes all of them, while
 //! requests arriving meanwhile queue for the next batch. A write is
 //! acknowledged only after the batch that contains it completed.
+//!
+//! Failpoints (feature `failpoints`): `group_commit::before_fdatasync` and
+//! `group_commit::after_fdatasync`; with `return` the whole batch fails
+//! (before: nothing was synced; after: everything was, and is reported
+//! failed anyway).
 
+use crate::disk::DiskFile;
 use futures::channel::oneshot;
-use glommio::io::DmaFile;
 use std::cell::RefCell;
+use std::io;
 use std::rc::Rc;
 
-type Waiter = (Rc<DmaFile>, oneshot::Sender<Result<(), String>>);
+type Waiter<F> = (Rc<F>, oneshot::Sender<Result<(), String>>);
 
-#[derive(Default)]
-struct Inner {
-    pending: Vec<Waiter>,
+struct Inner<F> {
+    pending: Vec<Waiter<F>>,
     leader_running: bool,
     batches: u64,
     syncs: u64,
 }
 
 /// The group-commit queue of one shard (not `Send`: it lives on its executor).
-#[derive(Clone, Default)]
-pub struct GroupCommit {
-    inner: Rc<RefCell<Inner>>,
+pub(crate) struct GroupCommit<F> {
+    inner: Rc<RefCell<Inner<F>>>,
 }
 
-impl GroupCommit {
-    pub fn new() -> Self {
-        Self::default()
+impl<F: DiskFile + 'static> GroupCommit<F> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Rc::new(RefCell::new(Inner {
+                pending: Vec::new(),
+                leader_running: false,
+                batches: 0,
+                syncs: 0,
+            })),
+        }
     }
 
     /// Returns once `file`'s data written before this call is durable.
-    pub async fn sync(&self, file: Rc<DmaFile>) -> std::io::Result<()> {
+    pub(crate) async fn sync(&self, file: Rc<F>) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         let start_leader = {
             let mut inner = self.inner.borrow_mut();
@@ -43,32 +54,33 @@ impl GroupCommit {
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(std::io::Error::other(e)),
-            Err(_) => Err(std::io::Error::other("group commit leader vanished")),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::Error::other("group commit leader vanished")),
         }
     }
 
     /// (batches, fdatasync calls) so far: batches < calls shows grouping.
-    pub fn stats(&self) -> (u64, u64) {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> (u64, u64) {
         let i = self.inner.borrow();
         (i.batches, i.syncs)
     }
 
-    async fn lead(inner: Rc<RefCell<Inner>>) {
+    async fn lead(inner: Rc<RefCell<Inner<F>>>) {
         loop {
             let batch = std::mem::take(&mut inner.borrow_mut().pending);
             if batch.is_empty() {
                 inner.borrow_mut().leader_running = false;
                 return;
             }
-            // Each distinct file once.
-            let mut files: Vec<Rc<DmaFile>> = Vec::new();
+            // Each distinct file once (a chunk has one open file).
+            let mut files: Vec<Rc<F>> = Vec::new();
             for (f, _) in &batch {
-                if !files.iter().any(|g| g.is_same(f)) {
+                if !files.iter().any(|g| Rc::ptr_eq(g, f)) {
                     files.push(f.clone());
                 }
             }
-            let results = futures::future::join_all(files.iter().map(|f| f.fdatasync())).await;
+            let results = sync_all(&files).await;
             {
                 let mut i = inner.borrow_mut();
                 i.batches += 1;
@@ -77,7 +89,7 @@ impl GroupCommit {
             for (f, tx) in batch {
                 let idx = files
                     .iter()
-                    .position(|g| g.is_same(&f))
+                    .position(|g| Rc::ptr_eq(g, &f))
                     .expect("file in batch");
                 let r = match &results[idx] {
                     Ok(()) => Ok(()),
@@ -87,4 +99,18 @@ impl GroupCommit {
             }
         }
     }
+}
+
+/// fdatasync of every file, concurrently; one result per file.
+async fn sync_all<F: DiskFile>(files: &[Rc<F>]) -> Vec<io::Result<()>> {
+    failpoint!("group_commit::before_fdatasync", |_| files
+        .iter()
+        .map(|_| Err(crate::failpoint::injected("group_commit::before_fdatasync")))
+        .collect());
+    let results = futures::future::join_all(files.iter().map(|f| f.fdatasync())).await;
+    failpoint!("group_commit::after_fdatasync", |_| files
+        .iter()
+        .map(|_| Err(crate::failpoint::injected("group_commit::after_fdatasync")))
+        .collect());
+    results
 }

@@ -15,7 +15,7 @@
 //! The table is pure bookkeeping: time is passed in and waiters are opaque
 //! handles `W` (the shard uses one-shot channels), which keeps it unit-testable.
 
-use crate::ids::ChunkId;
+use ringfs_schema::ids::ChunkId;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -54,8 +54,8 @@ pub enum LockError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Acquire {
     Granted(Grant),
-    /// Queued with this waiter id; the grant (or timeout) comes later.
-    Queued(u64),
+    /// Queued; the grant (or the timeout) comes later through the handle.
+    Queued,
     /// Not free and the caller did not want to wait.
     Busy,
 }
@@ -91,7 +91,6 @@ struct Holder {
 
 #[derive(Debug)]
 struct Waiter<W> {
-    id: u64,
     client: u64,
     mode: Mode,
     lease: Duration,
@@ -117,7 +116,6 @@ impl<W> Entry<W> {
 pub struct LockTable<W> {
     chunks: HashMap<ChunkId, Entry<W>>,
     next_generation: u64,
-    next_waiter: u64,
 }
 
 impl<W> Default for LockTable<W> {
@@ -131,7 +129,6 @@ impl<W> LockTable<W> {
         Self {
             chunks: HashMap::new(),
             next_generation: 1,
-            next_waiter: 1,
         }
     }
 
@@ -184,17 +181,14 @@ impl<W> LockTable<W> {
         }
         match wait {
             Some((deadline, handle)) => {
-                let id = self.next_waiter;
-                self.next_waiter += 1;
                 entry.queue.push_back(Waiter {
-                    id,
                     client,
                     mode,
                     lease,
                     deadline,
                     handle,
                 });
-                Acquire::Queued(id)
+                Acquire::Queued
             }
             None => {
                 self.cleanup(chunk);
@@ -284,23 +278,6 @@ impl<W> LockTable<W> {
         Ok(changes)
     }
 
-    /// Withdraws a queued request (its requester gave up); returns its handle.
-    pub fn cancel(&mut self, chunk: ChunkId, waiter: u64, now: Instant) -> (Option<W>, Changes<W>) {
-        let mut changes = Changes::default();
-        let Some(entry) = self.chunks.get_mut(&chunk) else {
-            return (None, changes);
-        };
-        let handle = entry
-            .queue
-            .iter()
-            .position(|w| w.id == waiter)
-            .and_then(|p| entry.queue.remove(p))
-            .map(|w| w.handle);
-        // Removing a queued writer may unblock the readers behind it.
-        self.promote(chunk, now, &mut changes);
-        (handle, changes)
-    }
-
     /// Releases lapsed leases, times out waiters past their deadline, and
     /// grants what that unblocks.
     pub fn expire(&mut self, now: Instant) -> Changes<W> {
@@ -368,10 +345,12 @@ impl<W> LockTable<W> {
     }
 
     /// Number of chunks with holders or waiters.
+    #[cfg(feature = "fuzzing")]
     pub fn len(&self) -> usize {
         self.chunks.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
@@ -422,16 +401,16 @@ mod tests {
         // A writer queues behind the reader...
         assert!(matches!(
             t.acquire(C, 2, Mode::Write, LEASE, now, Some((later, 20))),
-            Acquire::Queued(_)
+            Acquire::Queued
         ));
         // ...and a later reader queues behind the writer instead of sharing.
         assert!(matches!(
             t.acquire(C, 3, Mode::Read, LEASE, now, Some((later, 30))),
-            Acquire::Queued(_)
+            Acquire::Queued
         ));
         assert!(matches!(
             t.acquire(C, 4, Mode::Read, LEASE, now, Some((later, 40))),
-            Acquire::Queued(_)
+            Acquire::Queued
         ));
         let ch = t.release(C, 1, r1.generation, now).unwrap();
         assert_eq!(ch.granted.len(), 1);
@@ -451,7 +430,7 @@ mod tests {
         let deadline = now + Duration::from_millis(50);
         assert!(matches!(
             t.acquire(C, 2, Mode::Read, LEASE, now, Some((deadline, 7))),
-            Acquire::Queued(_)
+            Acquire::Queued
         ));
         assert!(t
             .expire(now + Duration::from_millis(10))
@@ -471,7 +450,7 @@ mod tests {
         let far = now + Duration::from_secs(60);
         assert!(matches!(
             t.acquire(C, 2, Mode::Write, LEASE, now, Some((far, 9))),
-            Acquire::Queued(_)
+            Acquire::Queued
         ));
         let at = now + Duration::from_millis(100);
         assert_eq!(
@@ -516,25 +495,6 @@ mod tests {
         );
         let renewed = t.renew(C, 1, r.generation, LEASE * 2, now).unwrap();
         assert!(renewed.expires > r.expires);
-    }
-
-    #[test]
-    fn cancelling_a_queued_writer_unblocks_readers_behind_it() {
-        let now = Instant::now();
-        let far = now + Duration::from_secs(60);
-        let mut t = LockTable::<u32>::new();
-        let _r = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
-        let Acquire::Queued(wid) = t.acquire(C, 2, Mode::Write, LEASE, now, Some((far, 2))) else {
-            panic!()
-        };
-        assert!(matches!(
-            t.acquire(C, 3, Mode::Read, LEASE, now, Some((far, 3))),
-            Acquire::Queued(_)
-        ));
-        let (h, ch) = t.cancel(C, wid, now);
-        assert_eq!(h, Some(2));
-        assert_eq!(ch.granted.len(), 1);
-        assert_eq!(ch.granted[0].0, 3);
     }
 
     #[test]

@@ -11,7 +11,6 @@
 //!   every shard through its command channel, as the heartbeat does.
 //! - Units: bytes, seconds.
 
-use crate::frame::Op;
 use crate::shard::ShardCommand;
 use futures::channel::{mpsc, oneshot};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use ringfs_schema::frame::Op;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

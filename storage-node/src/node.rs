@@ -4,12 +4,12 @@
 use crate::config::NodeConfig;
 use crate::control_link::ControlLink;
 use crate::identity::Identity;
-use crate::ids::ChunkId;
 use crate::shard::{Shard, ShardConfig};
 use crate::token::TokenKey;
 use anyhow::{bail, Context};
 use futures::channel::mpsc;
 use glommio::{LocalExecutorBuilder, Placement};
+use ringfs_schema::ids::ChunkId;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;

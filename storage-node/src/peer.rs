@@ -2,21 +2,25 @@
 //! chain writes and copies to other nodes, and by tests. Requests get fresh
 //! request ids; responses are matched by id, in any order.
 
-use crate::frame::{encode_header, Header, Op, Status};
-use crate::wire::{read_header, write_frame, WireError};
 use futures::channel::oneshot;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use ringfs_schema::frame::{encode_header, Header, Op, Status};
+use ringfs_schema::wire::{read_header, write_frame, WireError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// Why a request over a [`Peer`] got no answer.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum PeerError {
+    /// The connection could not be opened within 5 s: (address, why).
     #[error("cannot connect to {0}: {1}")]
     Connect(String, String),
+    /// The connection failed; every request pending on it fails with this,
+    /// and so does every later one: (address, why).
     #[error("connection to {0} failed: {1}")]
     Broken(String, String),
 }
@@ -45,6 +49,8 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Connects to the shard at `addr` (`ip:port`), giving up after 5 s.
+    /// Must run on a glommio executor (the connection is its TCP).
     pub async fn connect(addr: &str) -> Result<Rc<Self>, PeerError> {
         let stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))
             .await
@@ -72,6 +78,7 @@ impl Peer {
         }))
     }
 
+    /// Whether the connection failed (a new one is needed).
     pub fn is_broken(&self) -> bool {
         self.broken.borrow().is_some()
     }
@@ -190,12 +197,14 @@ impl Peer {
 
 /// Connections of one shard to other nodes, by address, reconnected when broken.
 #[derive(Default)]
-pub struct PeerPool {
+pub(crate) struct PeerPool {
     peers: RefCell<HashMap<String, Rc<Peer>>>,
 }
 
 impl PeerPool {
-    pub async fn get(&self, addr: &str) -> Result<Rc<Peer>, PeerError> {
+    /// The pooled connection to `addr`, opening a new one if there is none
+    /// or it broke.
+    pub(crate) async fn get(&self, addr: &str) -> Result<Rc<Peer>, PeerError> {
         if let Some(p) = self.peers.borrow().get(addr) {
             if !p.is_broken() {
                 return Ok(p.clone());

@@ -13,10 +13,10 @@
 //!
 //! Sizes in bytes; durations as `Duration`.
 
-use crate::frame::{Header, LockMode, Op, Status, Token};
-use crate::ids::ChunkId;
 use crate::lock_table::Mode;
 use crate::shard::Shard;
+use ringfs_schema::frame::{Header, LockMode, Op, Status, Token};
+use ringfs_schema::ids::ChunkId;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

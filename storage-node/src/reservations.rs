@@ -5,7 +5,7 @@
 //! reserved space is `bytes - length written so far` per reservation; a new
 //! reservation is refused when `free - outstanding < bytes`.
 
-use crate::ids::ChunkId;
+use ringfs_schema::ids::ChunkId;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -85,10 +85,7 @@ impl Reservations {
         false
     }
 
-    pub fn len(&self) -> usize {
-        self.by_chunk.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_chunk.is_empty()
     }

@@ -3,8 +3,8 @@
 //! altered token is refused. Staleness (a released or expired generation) is
 //! checked by the lock table, which only honours generations it holds.
 
-use crate::frame::Token;
-use crate::ids::ChunkId;
+use ringfs_schema::frame::Token;
+use ringfs_schema::ids::ChunkId;
 
 /// MAC length in bytes.
 pub const MAC_LEN: usize = 32;
@@ -15,6 +15,7 @@ pub const MAC_LEN: usize = 32;
 pub struct TokenKey([u8; 32]);
 
 impl TokenKey {
+    #[cfg(test)]
     pub fn from_bytes(key: [u8; 32]) -> Self {
         Self(key)
     }

@@ -1,21 +1,39 @@
 //! Integration tests: real `ringfs-control` and `ringfs-node` processes on
-//! loopback, driven over the data-plane protocol.
+//! loopback (the test kit), driven over the data-plane protocol.
 
-mod common;
-
-use common::*;
-use ringfs_node::frame::{Header, Hop, LockMode, Op, Status, Token};
-use ringfs_node::ids::ChunkId;
 use ringfs_node::peer::Peer;
+use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status, Token};
+use ringfs_schema::ids::ChunkId;
+use ringfs_tests::files::pattern;
+use ringfs_tests::{on_glommio, Cluster, NodeOptions, QUICK};
 use std::time::Duration;
 
-fn reserve_req(client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
+/// Nodes of `shards` shards with the kit's defaults.
+fn shards(shards: usize) -> NodeOptions<'static> {
+    NodeOptions {
+        shards,
+        ..NodeOptions::default()
+    }
+}
+
+/// The data-plane endpoints of every shard of running node `i`.
+fn endpoints(cl: &Cluster, i: usize) -> Vec<String> {
+    cl.node(i)
+        .endpoints
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Sends a reserve request (a fresh id for `ChunkId::default()`) and
+/// returns the answer, whatever its status.
+async fn reserve(p: &Peer, client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
     let mut h = Header::request(0, Op::Reserve);
     h.client_id = client;
     h.reserve_bytes = bytes;
     h.chunk_id = id;
     h.lease_ms = lease_ms;
-    h
+    p.call(h, &[]).await.expect("reserve answered").0
 }
 
 fn write_req(id: ChunkId, offset: u64, token: &Token, chain: Vec<Hop>) -> Header {
@@ -36,106 +54,58 @@ fn read_req(id: ChunkId, offset: u64, len: u32, token: &Token) -> Header {
     h
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
 #[test]
 fn node_joins_heartbeats_and_keeps_its_id_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _control = start_control(dir.path(), port);
-    let node = start_node(
-        dir.path(),
-        "n1",
-        port,
-        &["--cores", "2", "--capacity-bytes", "1073741824"],
-    );
-    let id = node.node_id();
+    let mut cl = Cluster::start_custom(1, QUICK, &shards(2));
+    let id = cl.node_id(0);
     assert_ne!(id, 0);
     // Heartbeats keep it up with a fresh capacity report.
     std::thread::sleep(Duration::from_millis(800));
-    let map = cluster_map(port);
+    let map = cl.map();
     let me = map
+        .nodes
         .iter()
         .find(|n| n.node_id == id)
         .expect("node in the cluster map");
     assert!(me.up, "{me:?}");
     assert!(me.last_heartbeat_ago_ms < 1000, "{me:?}");
-    assert_eq!(me.total, 1 << 30);
-    assert_eq!(me.shards, node.endpoints);
+    assert_eq!(me.capacity.total, 1 << 30);
+    assert_eq!(me.shards, endpoints(&cl, 0));
     // A restart rejoins under the same id.
-    let data = node.data.clone();
-    drop(node);
-    let node = start_node(dir.path(), "n1", port, &["--cores", "2"]);
-    assert_eq!(node.data, data);
-    assert_eq!(node.node_id(), id);
+    cl.kill9(0);
+    cl.start_node_with(0, &shards(2));
+    cl.wait_up(1);
+    assert_eq!(cl.node_id(0), id);
 }
 
 #[test]
 fn node_keeps_retrying_until_the_control_server_appears() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let secret = write_secret(dir.path());
-    let out = dir.path().join("n.out");
-    let log = dir.path().join("n.log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringfs-node"))
-        .args([
-            "--control",
-            &format!("127.0.0.1:{port}"),
-            "--listen",
-            "127.0.0.1",
-            "--cores",
-            "1",
-        ])
-        .arg("--data")
-        .arg(dir.path().join("n"))
-        .arg("--secret-file")
-        .arg(&secret)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let node = Proc { child, log };
+    let mut cl = Cluster::start(0);
+    cl.kill_control9();
+    cl.start_node(0, &[]);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!dir.path().join("n/node-identity").exists());
-    let _control = start_control(dir.path(), port);
-    wait_until(
-        Duration::from_secs(15),
-        || dir.path().join("n/node-identity").exists(),
-        || format!("node never joined: {}", node.log_text()),
-    );
+    assert!(!cl.node(0).data.join("node-identity").exists());
+    cl.restart_control(QUICK);
+    cl.wait_up(1);
 }
 
 #[test]
 fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _control = start_control(dir.path(), port);
     // 1 MiB of capacity on one shard.
-    let node = start_node(
-        dir.path(),
-        "n1",
-        port,
-        &["--cores", "1", "--capacity-bytes", "1048576"],
-    );
-    let ep = node.endpoints[0].clone();
-    let node_id = node.node_id();
+    let opts = NodeOptions {
+        flags: &["--capacity-bytes", "1048576"],
+        ..NodeOptions::default()
+    };
+    let cl = Cluster::start_custom(1, QUICK, &opts);
+    let ep = endpoints(&cl, 0)[0].clone();
+    let node_id = cl.node_id(0);
     on_glommio(move || async move {
         let p = Peer::connect(&ep).await.unwrap();
-        let (a, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let a = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(a.status, Status::Ok, "{}", a.message);
         assert_eq!(a.chunk_id.hi, node_id, "chunk id carries the node id");
         assert_eq!(a.lock_mode, LockMode::Write);
-        let (b, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let b = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(b.status, Status::NoSpace, "{}", b.message);
         // Unlocking abandons the reservation.
         let mut unlock = Header::request(0, Op::Unlock);
@@ -144,22 +114,13 @@ fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
         let (u, _) = p.call(unlock, &[]).await.unwrap();
         assert_eq!(u.status, Status::Ok, "{}", u.message);
         // A short lease expires by itself.
-        let (c, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 200), &[])
-            .await
-            .unwrap();
+        let c = reserve(&p, 1, 600_000, ChunkId::default(), 200).await;
         assert_eq!(c.status, Status::Ok, "{}", c.message);
         assert_ne!(c.chunk_id, a.chunk_id);
-        let (d, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let d = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(d.status, Status::NoSpace);
         glommio::timer::sleep(Duration::from_millis(400)).await;
-        let (e, _) = p
-            .call(reserve_req(1, 600_000, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let e = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(e.status, Status::Ok, "{}", e.message);
         // The expired reservation's token is stale now.
         let (w, _) = p
@@ -171,30 +132,20 @@ fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
     // The reservation shows in the capacity report, as the disk space the
     // chunk will take: its header plus its data in 4 KiB units.
     let on_disk = ringfs_node::chunk_file::DATA_OFFSET + 600_000u64.div_ceil(4096) * 4096;
-    wait_until(
-        Duration::from_secs(5),
-        || cluster_map(port).iter().any(|n| n.reserved == on_disk),
-        || format!("reserved bytes not reported: {:?}", cluster_map(port)),
-    );
+    cl.wait_map(Duration::from_secs(5), |map| {
+        map.nodes.iter().any(|n| n.capacity.reserved == on_disk)
+    });
 }
 
 #[test]
 fn chain_write_through_three_nodes_reads_back_from_each_replica() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _control = start_control(dir.path(), port);
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| start_node(dir.path(), &format!("n{i}"), port, &["--cores", "2"]))
-        .collect();
-    let eps: Vec<Vec<String>> = nodes.iter().map(|n| n.endpoints.clone()).collect();
-    let ids: Vec<u64> = nodes.iter().map(|n| n.node_id()).collect();
+    let mut cl = Cluster::start_custom(3, QUICK, &shards(2));
+    let eps: Vec<Vec<String>> = (0..3).map(|i| endpoints(&cl, i)).collect();
+    let ids: Vec<u64> = (0..3).map(|i| cl.node_id(i)).collect();
     let chunk = on_glommio(move || async move {
         let client = 77;
         let p0 = Peer::connect(&eps[0][0]).await.unwrap();
-        let (r, _) = p0
-            .call(reserve_req(client, 4 << 20, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p0, client, 4 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         let id = r.chunk_id;
         assert_eq!(id.shard(2), 0, "minted by shard 0 for shard 0");
@@ -204,10 +155,7 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
         for i in 1..3 {
             let ep = eps[i][id.shard(2)].clone();
             let p = Peer::connect(&ep).await.unwrap();
-            let (rr, _) = p
-                .call(reserve_req(client, 4 << 20, id, 0), &[])
-                .await
-                .unwrap();
+            let rr = reserve(&p, client, 4 << 20, id, 0).await;
             assert_eq!(rr.status, Status::Ok, "{}", rr.message);
             hops.push(Hop {
                 node_id: ids[i],
@@ -255,17 +203,13 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
         id
     });
     // Every node reports the chunk to the control server.
-    wait_until(
-        Duration::from_secs(5),
-        || cluster_map(port).iter().filter(|n| n.chunks == 1).count() == 3,
-        || format!("chunk counts: {:?}", cluster_map(port)),
-    );
+    cl.wait_map(Duration::from_secs(5), |map| {
+        map.nodes.iter().filter(|n| n.capacity.chunks == 1).count() == 3
+    });
     // After a restart the replica still serves the chunk (with an implicit lock).
-    let n2 = nodes.into_iter().nth(2).unwrap();
-    let name = n2.data.file_name().unwrap().to_str().unwrap().to_string();
-    drop(n2);
-    let n2 = start_node(dir.path(), &name, port, &["--cores", "2"]);
-    let ep = n2.endpoint_for(chunk);
+    cl.kill9(2);
+    cl.start_node_with(2, &shards(2));
+    let ep = cl.node(2).endpoint_for(chunk);
     on_glommio(move || async move {
         let p = Peer::connect(&ep).await.unwrap();
         let mut h = Header::request(0, Op::Read);
@@ -282,17 +226,11 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
 
 #[test]
 fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _control = start_control(dir.path(), port);
-    let node = start_node(dir.path(), "n1", port, &["--cores", "2"]);
-    let eps = node.endpoints.clone();
+    let cl = Cluster::start_custom(1, QUICK, &shards(2));
+    let eps = endpoints(&cl, 0);
     on_glommio(move || async move {
         let p = Peer::connect(&eps[0]).await.unwrap();
-        let (r, _) = p
-            .call(reserve_req(1, 1 << 20, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p, 1, 1 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok);
         let id = r.chunk_id;
         let (w, _) = p
@@ -375,10 +313,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         h.offset = u64::MAX - 3;
         let (e, _) = p2.call(h, &[]).await.unwrap();
         assert_eq!(e.status, Status::InvalidArgument, "{}", e.message);
-        let (e, _) = p
-            .call(reserve_req(1, 1 << 40, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let e = reserve(&p, 1, 1 << 40, ChunkId::default(), 0).await;
         assert_eq!(e.status, Status::InvalidArgument);
         // Wrong shard.
         let other = &eps[1 - id.shard(2)];
@@ -394,46 +329,36 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
     });
     // A garbage frame gets a `malformed` error frame and closes only that connection.
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&node.endpoints[0]).unwrap();
+    let mut s = std::net::TcpStream::connect(cl.node(0).addr).unwrap();
     s.write_all(&[16, 0, 0, 0]).unwrap();
     s.write_all(&[0xff; 16]).unwrap();
     let mut len = [0u8; 4];
     s.read_exact(&mut len).unwrap();
     let mut hdr = vec![0u8; u32::from_le_bytes(len) as usize];
     s.read_exact(&mut hdr).unwrap();
-    let h = ringfs_node::frame::decode_header(&hdr).unwrap();
+    let h = ringfs_schema::frame::decode_header(&hdr).unwrap();
     assert_eq!(h.status, Status::Malformed, "{}", h.message);
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "connection closed");
-    let mut s = std::net::TcpStream::connect(&node.endpoints[0]).unwrap();
+    let mut s = std::net::TcpStream::connect(cl.node(0).addr).unwrap();
     s.write_all(&[0xff, 0xff, 0xff, 0x7f]).unwrap();
     s.read_exact(&mut len).unwrap();
     // The node still serves new connections.
-    let eps = node.endpoints.clone();
+    let eps = endpoints(&cl, 0);
     on_glommio(move || async move {
         let p = Peer::connect(&eps[0]).await.unwrap();
-        let (r, _) = p
-            .call(reserve_req(1, 4096, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p, 1, 4096, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok);
     });
 }
 
 #[test]
 fn copy_to_replicates_a_chunk_and_delete_removes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _control = start_control(dir.path(), port);
-    let a = start_node(dir.path(), "a", port, &["--cores", "2"]);
-    let b = start_node(dir.path(), "b", port, &["--cores", "2"]);
-    let (ea, eb, b_id) = (a.endpoints.clone(), b.endpoints.clone(), b.node_id());
+    let cl = Cluster::start_custom(2, QUICK, &shards(2));
+    let (ea, eb, b_id) = (endpoints(&cl, 0), endpoints(&cl, 1), cl.node_id(1));
     on_glommio(move || async move {
         let pa = Peer::connect(&ea[1]).await.unwrap();
-        let (r, _) = pa
-            .call(reserve_req(4, 1 << 20, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&pa, 4, 1 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         let id = r.chunk_id;
         assert_eq!(id.shard(2), 1);
@@ -445,7 +370,7 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
         assert_eq!(w.status, Status::Ok, "{}", w.message);
         // The target reserves the id; the source copies into it.
         let pb = Peer::connect(&eb[id.shard(2)]).await.unwrap();
-        let (rb, _) = pb.call(reserve_req(4, 1 << 20, id, 0), &[]).await.unwrap();
+        let rb = reserve(&pb, 4, 1 << 20, id, 0).await;
         assert_eq!(rb.status, Status::Ok, "{}", rb.message);
         let mut copy = Header::request(0, Op::CopyTo);
         copy.chunk_id = id;
@@ -484,18 +409,12 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
 
 #[test]
 fn node_rejoins_and_reports_after_a_control_server_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let control = start_control(dir.path(), port);
-    let node = start_node(dir.path(), "n1", port, &["--cores", "1"]);
-    let id = node.node_id();
-    let ep = node.endpoints[0].clone();
+    let mut cl = Cluster::start(1);
+    let id = cl.node_id(0);
+    let ep = endpoints(&cl, 0)[0].clone();
     on_glommio(move || async move {
         let p = Peer::connect(&ep).await.unwrap();
-        let (r, _) = p
-            .call(reserve_req(1, 8192, ChunkId::default(), 0), &[])
-            .await
-            .unwrap();
+        let r = reserve(&p, 1, 8192, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         // Renewing the lock with its token extends the lease.
         let mut renew = Header::request(0, Op::Lock);
@@ -512,22 +431,12 @@ fn node_rejoins_and_reports_after_a_control_server_restart() {
             .unwrap();
         assert_eq!(w.status, Status::Ok, "{}", w.message);
     });
-    drop(control);
+    cl.kill_control9();
     std::thread::sleep(Duration::from_millis(500));
-    let _control = start_control(dir.path(), port);
-    wait_until(
-        Duration::from_secs(20),
-        || {
-            cluster_map(port)
-                .iter()
-                .any(|n| n.node_id == id && n.up && n.chunks == 1)
-        },
-        || {
-            format!(
-                "node did not come back: {:?}\n{}",
-                cluster_map(port),
-                node.proc.log_text()
-            )
-        },
-    );
+    cl.restart_control(QUICK);
+    cl.wait_map(Duration::from_secs(20), |map| {
+        map.nodes
+            .iter()
+            .any(|n| n.node_id == id && n.up && n.capacity.chunks == 1)
+    });
 }

@@ -1,50 +1,50 @@
-//! Harness for integration tests that start the real ringfs binaries as
-//! child processes on loopback, each with its own temporary directory.
+//! The test kit: what every crate's integration tests (`storage-node/tests`,
+//! `tests/tests`, `bench/tests`) use to run the real ringfs binaries as
+//! child processes on loopback, each cluster in its own temporary
+//! directory, and to check data through the client.
 //!
-//! Binaries are built on first use with the cargo that runs the tests, so
-//! `cargo test` alone is enough.
+//! - [`binary`]: the binaries, built on first use with the cargo that runs
+//!   the tests (so `cargo test` alone is enough), the servers with their
+//!   `failpoints` feature.
+//! - [`ControlProcess`], [`NodeProcess`] ([`NodeOptions`]): one server,
+//!   listening on port 0; the kit learns the address from the server's
+//!   `listening on` line (never a guessed free port). A test arms failpoints
+//!   in one child with `failpoints` (the child's `FAILPOINTS`, e.g.
+//!   `"group_commit::before_fdatasync=1*off->return"`); no other child
+//!   inherits any.
+//! - [`Cluster`]: a control server and nodes, with waits on the cluster map
+//!   and on chunk health.
+//! - [`files`]: test data ([`files::pattern`]) and whole-file helpers over
+//!   the client library.
+//! - [`run_ok`], [`run_failing`], [`run`]: short-lived commands (the CLI,
+//!   `--print-config`, scripts) with how they ended checked.
+//! - [`Server`]: the launcher underneath (`ringfs_ops::launch`, shared with
+//!   the bench), for tests that build a server's command line themselves.
+//!
+//! Every process is killed when its handle is dropped (and dies with the
+//! test process: `PR_SET_PDEATHSIG`); every wait has a deadline.
 
-use std::net::SocketAddr;
+mod binaries;
+mod cluster;
+mod commands;
+pub mod files;
+mod servers;
+
+pub use binaries::binary;
+pub use cluster::{Cluster, FAST_REPAIR, QUICK};
+pub use commands::{run, run_failing, run_ok, Ran};
+pub use ringfs_client::local;
+pub use ringfs_ops::launch::Server;
+pub use servers::{ControlProcess, NodeOptions, NodeProcess};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
-use std::time::Duration;
-
-pub use ringfs_bench::local;
-use ringfs_bench::process::Server;
+use std::time::{Duration, Instant};
 
 /// The cluster secret every test cluster uses.
 pub const SECRET: &str = "ringfs-test-secret-0123456789";
 
-/// Builds `bin` of `package` (once per test process) and returns its path.
-pub fn binary(package: &str, bin: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = profile_dir.join(bin);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == bin) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p {package} --bin {bin} failed"
-        );
-        built.push(bin.to_string());
-    }
-    path
-}
-
-/// The log filter of child processes: `RINGFS_TEST_LOG`, else `warn`.
-fn child_log() -> String {
-    std::env::var("RINGFS_TEST_LOG").unwrap_or_else(|_| "warn".into())
-}
+/// How long a server may take to start, or to stop after SIGTERM.
+pub const START_WITHIN: Duration = Duration::from_secs(30);
 
 /// Writes the cluster secret into `dir` and returns the file's path.
 pub fn write_secret(dir: &Path) -> PathBuf {
@@ -53,273 +53,42 @@ pub fn write_secret(dir: &Path) -> PathBuf {
     p
 }
 
-/// A running `ringfs-control`. Dropping it kills the process.
-pub struct ControlProcess {
-    server: Server,
-    pub addr: SocketAddr,
-    /// The monitoring endpoint, when started with `--metrics`.
-    pub metrics: Option<SocketAddr>,
-    pub data: PathBuf,
-}
-
-impl ControlProcess {
-    /// Starts a control server with its data under `dir/control`, listening
-    /// on `listen` (port 0 picks one), plus `extra` flags.
-    pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> Self {
-        let data = dir.join("control");
-        let secret = write_secret(dir);
-        let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
-        cmd.args(["--listen", listen, "--data"])
-            .arg(&data)
-            .arg("--secret-file")
-            .arg(&secret)
-            .args(extra)
-            .env("RUST_LOG", child_log());
-        // With --metrics, the endpoint's "listening on" line comes first.
-        let lines = if extra.contains(&"--metrics") { 2 } else { 1 };
-        let (server, addrs) =
-            Server::spawn_all(cmd, "listening on ", lines, Duration::from_secs(30))
-                .expect("starting ringfs-control");
-        ControlProcess {
-            addr: addrs[lines - 1],
-            metrics: (lines == 2).then_some(addrs[0]),
-            server,
-            data,
-        }
-    }
-
-    /// kill -9: no chance to flush or clean up.
-    pub fn kill9(mut self) {
-        self.server.kill9();
-    }
-
-    /// The process id (to send signals).
-    pub fn pid(&self) -> u32 {
-        self.server.pid()
-    }
-
-    /// Whether the process still runs.
-    pub fn is_running(&mut self) -> bool {
-        self.server.is_running()
-    }
-
-    /// SIGTERM, then waits (up to 30 s) for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        self.server
-            .terminate(STOP_WITHIN)
-            .expect("ringfs-control did not exit after SIGTERM")
+/// Polls `cond` every 50 ms until it holds; panics with `msg()` after `limit`.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, msg: impl Fn() -> String) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "after {limit:?}: {}", msg());
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// How long a test waits for a server to stop after SIGTERM.
-const STOP_WITHIN: Duration = Duration::from_secs(30);
-
-/// A running `ringfs-node` with one shard. Dropping it kills the process.
-pub struct NodeProcess {
-    server: Server,
-    /// The data-plane endpoint of its shard 0.
-    pub addr: SocketAddr,
-    pub data: PathBuf,
+/// Runs `f` on a fresh glommio executor, as the node's data-plane client
+/// (`ringfs_node::peer::Peer`) needs; its I/O memory is small, so many
+/// can run side by side under the locked-memory limit.
+pub fn on_glommio<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(f)
+        .expect("starting a glommio executor")
+        .join()
+        .expect("the glommio executor panicked")
 }
 
-impl NodeProcess {
-    /// Starts a storage node with its data under `dir/name`, joining the
-    /// control server at `control` with one shard on core 0, plus `extra`
-    /// flags. Returns once shard 0 listens (joining follows within a
-    /// heartbeat: wait for it in the cluster map).
-    pub fn start(dir: &Path, name: &str, control: SocketAddr, extra: &[&str]) -> Self {
-        Self::start_on(dir, name, control, "127.0.0.1", None, extra)
-    }
-
-    /// Like [`NodeProcess::start`], listening on `listen` (an IP address)
-    /// and, with `netns`, run inside that network namespace
-    /// (`ip netns exec`, which execs the node: the pid is the node's).
-    pub fn start_on(
-        dir: &Path,
-        name: &str,
-        control: SocketAddr,
-        listen: &str,
-        netns: Option<&str>,
-        extra: &[&str],
-    ) -> Self {
-        let data = dir.join(name);
-        let secret = write_secret(dir);
-        let node = binary("ringfs-node", "ringfs-node");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(node);
-                c
-            }
-            None => Command::new(node),
-        };
-        cmd.arg("--control")
-            .arg(control.to_string())
-            .args(["--listen", listen, "--cores", "1", "--data"])
-            .arg(&data)
-            .arg("--secret-file")
-            .arg(&secret)
-            .args(extra)
-            .env("RUST_LOG", child_log());
-        let server = Server::spawn(
-            cmd,
-            "ringfs-node: shard 0 on core 0 listening on ",
-            Duration::from_secs(30),
-        )
-        .expect("starting ringfs-node");
-        NodeProcess {
-            addr: server.addr,
-            server,
-            data,
-        }
-    }
-
-    /// kill -9: no chance to flush or clean up.
-    pub fn kill9(mut self) {
-        self.server.kill9();
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.server.pid()
-    }
-
-    /// Whether the process still runs.
-    pub fn is_running(&mut self) -> bool {
-        self.server.is_running()
-    }
-
-    /// How the process ended, if it has.
-    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.server.exit_status()
-    }
-
-    /// SIGTERM, then waits (up to 30 s) for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        self.server
-            .terminate(STOP_WITHIN)
-            .expect("ringfs-node did not exit after SIGTERM")
-    }
-}
-
-/// A control server and storage nodes on loopback in a temporary directory,
-/// with a short heartbeat (200 ms) and node TTL (1 s) so down nodes show
-/// quickly. Dropping it kills every process.
-pub struct Cluster {
-    pub control: ControlProcess,
-    /// `None` once killed.
-    pub nodes: Vec<Option<NodeProcess>>,
-    pub dir: tempfile::TempDir,
-}
-
-/// Control-server flags of fault tests: fast failure detection, a short
-/// repair grace, frequent chunk reports, a short orphan grace.
-pub const FAST_REPAIR: &[&str] = &[
-    "--heartbeat-ms",
-    "200",
-    "--node-ttl-ms",
-    "1000",
-    "--repair-grace-ms",
-    "1000",
-    "--report-interval-ms",
-    "1000",
-    "--orphan-grace-ms",
-    "5000",
-];
-
-impl Cluster {
-    /// Starts a control server and `nodes` nodes (1 GiB each) and waits
-    /// until all of them are up in the cluster map.
-    pub fn start(nodes: usize) -> Self {
-        Self::start_with(
-            nodes,
-            &["--heartbeat-ms", "200", "--node-ttl-ms", "1000"],
-            &[],
-        )
-    }
-
-    /// Like [`Cluster::start`] with these control-server flags and extra
-    /// node flags.
-    pub fn start_with(nodes: usize, control_flags: &[&str], node_flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let control = ControlProcess::start(dir.path(), "127.0.0.1:0", control_flags);
-        let nodes = (0..nodes)
-            .map(|i| {
-                let mut flags = vec!["--capacity-bytes", "1073741824"];
-                flags.extend_from_slice(node_flags);
-                Some(NodeProcess::start(
-                    dir.path(),
-                    &format!("n{i}"),
-                    control.addr,
-                    &flags,
-                ))
-            })
-            .collect();
-        let c = Cluster {
-            control,
-            nodes,
-            dir,
-        };
-        c.wait_up(c.nodes.iter().filter(|n| n.is_some()).count());
-        c
-    }
-
-    /// Waits (up to 20 s) until exactly `n` nodes are up in the cluster map.
-    pub fn wait_up(&self, n: usize) {
-        let addr = self.control.addr;
-        ringfs_client::local(async move {
-            let c = ringfs_client::ControlClient::connect(addr)
-                .await
-                .expect("connecting to the control server");
-            let start = std::time::Instant::now();
-            loop {
-                let map = c.cluster_map().await.expect("cluster map");
-                let up = map.nodes.iter().filter(|n| n.up).count();
-                if up == n {
-                    return;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "{up} nodes up, want {n}: {map:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-    }
-
-    /// kill -9 node `i`.
-    pub fn kill9(&mut self, i: usize) {
-        if let Some(n) = self.nodes[i].take() {
-            n.kill9();
-        }
-    }
-
-    /// kill -9 the control server (its data stays).
-    pub fn kill_control9(&mut self) {
-        self.control.server.kill9();
-    }
-
-    /// Starts the control server again on the same address and data, with
-    /// these flags (after [`Cluster::kill_control9`]).
-    pub fn restart_control(&mut self, flags: &[&str]) {
-        self.control.server.kill9();
-        let addr = self.control.addr.to_string();
-        self.control = ControlProcess::start(self.dir.path(), &addr, flags);
-    }
-
-    /// Starts node `i` (a new one if `i == nodes.len()`, else a restart
-    /// from its data directory, so with its node id) with these flags.
-    pub fn start_node(&mut self, i: usize, flags: &[&str]) {
-        let mut all = Vec::new();
-        if !flags.contains(&"--capacity-bytes") {
-            all.extend(["--capacity-bytes", "1073741824"]);
-        }
-        all.extend_from_slice(flags);
-        let n = NodeProcess::start(self.dir.path(), &format!("n{i}"), self.control.addr, &all);
-        if i == self.nodes.len() {
-            self.nodes.push(Some(n));
-        } else {
-            assert!(self.nodes[i].is_none(), "node {i} is running");
-            self.nodes[i] = Some(n);
-        }
-    }
+/// Runs `f` with a new client of the cluster whose control server is at
+/// `control`, on a fresh current-thread runtime (so `f` may borrow).
+pub fn with_client<T>(
+    control: std::net::SocketAddr,
+    f: impl AsyncFnOnce(&ringfs_client::Client) -> T,
+) -> T {
+    local(async move {
+        let c = ringfs_client::Client::connect(control)
+            .await
+            .expect("connecting a client");
+        f(&c).await
+    })
 }

@@ -1,43 +1,30 @@
 //! The `ringfs` CLI against a real control server and three storage nodes.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use ringfs_tests::{binary, Cluster};
+use ringfs_tests::files::pattern;
+use ringfs_tests::{binary, run, run_failing, run_ok, Cluster};
 
-fn ringfs(cl: &Cluster, args: &[&str]) -> Output {
-    Command::new(binary("ringfs-client", "ringfs"))
-        .args(args)
-        .env("RINGFS_CONTROL", cl.control.addr.to_string())
-        .output()
-        .expect("running ringfs")
+/// `ringfs args` against the cluster.
+fn ringfs(cl: &Cluster, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("ringfs-client", "ringfs"));
+    cmd.args(args)
+        .env("RINGFS_CONTROL", cl.control.addr.to_string());
+    cmd
 }
 
 /// Runs `ringfs args` and returns its stdout; panics with stderr on failure.
 fn ok(cl: &Cluster, args: &[&str]) -> String {
-    let out = ringfs(cl, args);
-    assert!(
-        out.status.success(),
-        "ringfs {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    run_ok(&mut ringfs(cl, args))
 }
 
 /// Runs `ringfs args`, expects exit code 1 and returns the stderr line.
 fn fails(cl: &Cluster, args: &[&str]) -> String {
-    let out = ringfs(cl, args);
-    assert_eq!(out.status.code(), Some(1), "ringfs {args:?}: {out:?}");
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = run_failing(&mut ringfs(cl, args), 1);
     assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
     assert!(err.starts_with("ringfs: "), "{err}");
     err
-}
-
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 11) as u8 ^ seed)
-        .collect()
 }
 
 fn write_local(dir: &Path, name: &str, data: &[u8]) -> String {
@@ -53,7 +40,7 @@ fn put_get_round_trips_with_r1_and_r3() {
     let chunk = 64 * 1024;
     for r in ["1", "3"] {
         for size in [0, 1, 4095, 4096, chunk, chunk + 1, 7 * chunk + 3] {
-            let data = pattern(size, size as u8);
+            let data = pattern(size, size as u64);
             let src = write_local(local.path(), &format!("in-{r}-{size}"), &data);
             let remote = format!("/r{r}-{size}");
             ok(
@@ -75,9 +62,7 @@ fn put_get_round_trips_with_r1_and_r3() {
     }
     // stdin to stdout.
     let data = pattern(200_000, 42);
-    let mut child = Command::new(binary("ringfs-client", "ringfs"))
-        .args(["put", "--chunk-size", "64K", "-", "/stdin"])
-        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+    let mut child = ringfs(&cl, &["put", "--chunk-size", "64K", "-", "/stdin"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -87,19 +72,15 @@ fn put_get_round_trips_with_r1_and_r3() {
         stdin.write_all(&data).unwrap();
     }
     assert!(child.wait().unwrap().success());
-    let out = ringfs(&cl, &["get", "/stdin", "-"]);
+    let out = ringfs(&cl, &["get", "/stdin", "-"]).output().unwrap();
     assert!(out.status.success());
     assert!(out.stdout == data);
 
     // cat concatenates; --json stat reports the layout.
-    let cat = Command::new(binary("ringfs-client", "ringfs"))
-        .args(["cat", "/r3-1", "/r3-4095"])
-        .env("RINGFS_CONTROL", cl.control.addr.to_string())
-        .output()
-        .unwrap();
+    let cat = ringfs(&cl, &["cat", "/r3-1", "/r3-4095"]).output().unwrap();
     assert!(cat.status.success());
     let mut want = pattern(1, 1);
-    want.extend(pattern(4095, 4095u32 as u8));
+    want.extend(pattern(4095, 4095));
     assert!(cat.stdout == want);
     let stat: String = ok(&cl, &["--json", "stat", "/r3-65537"]);
     for field in [
@@ -155,9 +136,7 @@ fn namespace_commands_status_and_errors() {
     assert!(json.contains("\"nodes_up\":3"), "{json}");
 
     // A closed stdout (`ringfs status | head -0`) is not a crash.
-    let mut child = Command::new(binary("ringfs-client", "ringfs"))
-        .args(["status"])
-        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+    let mut child = ringfs(&cl, &["status"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -172,27 +151,24 @@ fn namespace_commands_status_and_errors() {
     );
 
     // No control address: a clear error.
-    let out = Command::new(binary("ringfs-client", "ringfs"))
-        .args(["ls", "/"])
-        .env_remove("RINGFS_CONTROL")
-        .env_remove("RINGFS_CONFIG")
-        .env("HOME", local.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RINGFS_CONTROL"));
+    let err = run_failing(
+        ringfs(&cl, &["ls", "/"])
+            .env_remove("RINGFS_CONTROL")
+            .env_remove("RINGFS_CONFIG")
+            .env("HOME", local.path()),
+        1,
+    );
+    assert!(err.contains("RINGFS_CONTROL"), "{err}");
     // ... or from the config file.
     let config = local.path().join("client.toml");
     std::fs::write(&config, format!("control = \"{}\"\n", cl.control.addr)).unwrap();
-    let out = Command::new(binary("ringfs-client", "ringfs"))
-        .args(["status"])
-        .env_remove("RINGFS_CONTROL")
-        .env("RINGFS_CONFIG", &config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    run_ok(
+        ringfs(&cl, &["status"])
+            .env_remove("RINGFS_CONTROL")
+            .env("RINGFS_CONFIG", &config),
+    );
     // Bad usage: clap's exit code 2.
-    assert_eq!(ringfs(&cl, &["put"]).status.code(), Some(2));
+    run_failing(&mut ringfs(&cl, &["put"]), 2);
 }
 
 #[test]
@@ -241,12 +217,7 @@ fn put_with_write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
 }
 
 fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    run_ok(Command::new("sha256sum").arg(path))[..64].to_string()
 }
 
 #[test]
@@ -289,7 +260,7 @@ fn fsck_and_status_report_under_replicated_chunks_with_paths() {
         &["put", "-r", "3", "--chunk-size", "64K", &src, "/data.bin"],
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !ringfs(&cl, &["fsck"]).status.success() {
+    while run(&mut ringfs(&cl, &["fsck"])).code != Some(0) {
         assert!(std::time::Instant::now() < deadline, "fsck never clean");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -298,16 +269,14 @@ fn fsck_and_status_report_under_replicated_chunks_with_paths() {
     // A node down (within its repair grace, nobody to copy to): 2 of 3.
     cl.kill9(0);
     cl.wait_up(2);
-    let out = ringfs(&cl, &["fsck"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let out = run(&mut ringfs(&cl, &["fsck"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let stdout = out.stdout;
     assert!(
         stdout.contains("/data.bin: chunk 0 ") && stdout.contains("(2 of 3 good replicas)"),
         "{stdout}"
     );
-    assert!(String::from_utf8(out.stderr)
-        .unwrap()
-        .contains("5 of 5 chunks lack"));
+    assert!(out.stderr.contains("5 of 5 chunks lack"), "{}", out.stderr);
     let status = ok(&cl, &["status"]);
     assert!(status.contains("5 under-replicated"), "{status}");
     let json = ok(&cl, &["--json", "status"]);
@@ -315,20 +284,19 @@ fn fsck_and_status_report_under_replicated_chunks_with_paths() {
     // A new node: the chunks are copied there and fsck is clean.
     cl.start_node(3, &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ringfs(&cl, &["fsck"]).status.success() {
+    while run(&mut ringfs(&cl, &["fsck"])).code != Some(0) {
         assert!(std::time::Instant::now() < deadline, "never repaired");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
 /// `ringfs` with only a config file to go on (no RINGFS_CONTROL).
-fn ringfs_with_config(config: &Path, args: &[&str]) -> Output {
-    Command::new(binary("ringfs-client", "ringfs"))
-        .args(args)
+fn ringfs_with_config(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("ringfs-client", "ringfs"));
+    cmd.args(args)
         .env_remove("RINGFS_CONTROL")
-        .env("RINGFS_CONFIG", config)
-        .output()
-        .expect("running ringfs")
+        .env("RINGFS_CONFIG", config);
+    cmd
 }
 
 #[test]
@@ -352,18 +320,19 @@ fn a_config_file_sets_the_control_server_and_put_defaults() {
         &["put", "-r", "3", src.as_str(), "/three"],
         &["ls", "/"],
     ] {
-        let out = ringfs_with_config(&config, args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
+        run_ok(&mut ringfs_with_config(&config, args));
     }
     for (path, r) in [("/two", 2), ("/three", 3)] {
-        let out = ringfs_with_config(&config, &["--json", "stat", path]);
-        assert!(out.status.success(), "{out:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = run_ok(&mut ringfs_with_config(&config, &["--json", "stat", path]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["replication"], r, "{path}: {v}");
         assert_eq!(v["chunk_size"], 65536, "{path}: {v}");
     }
-    let out = ringfs_with_config(&config, &["put", "--print-config", "-r", "3", "a", "b"]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = run(&mut ringfs_with_config(
+        &config,
+        &["put", "--print-config", "-r", "3", "a", "b"],
+    ))
+    .stdout;
     assert!(text.contains("replication = 3\n"), "{text}");
     assert!(
         text.contains(&format!("control = \"{}\"\n", cl.control.addr)),
@@ -371,8 +340,6 @@ fn a_config_file_sets_the_control_server_and_put_defaults() {
     );
 
     std::fs::write(&config, "controll = \"127.0.0.1:1\"\n").unwrap();
-    let out = ringfs_with_config(&config, &["ls", "/"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_failing(&mut ringfs_with_config(&config, &["ls", "/"]), 2);
     assert!(err.contains("unknown key `controll`"), "{err}");
 }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ringfs_client::{Client, CreateOptions, Error, OpenOptions, SeekFrom};
-use ringfs_tests::{local, Cluster};
+use ringfs_tests::files::{corrupt_chunk_file, get, overwrite, pattern, put, read_write, records};
+use ringfs_tests::{local, with_client, Cluster};
 
 /// Small chunks keep the tests fast while crossing many chunk boundaries.
 const CHUNK: u32 = 64 * 1024;
@@ -13,43 +14,8 @@ fn cluster(nodes: usize) -> Cluster {
     Cluster::start(nodes)
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 13) as u8 ^ seed)
-        .collect()
-}
-
 fn layout(r: u8, w: u8) -> CreateOptions {
-    CreateOptions {
-        chunk_size: CHUNK,
-        replication: r,
-        write_quorum: w,
-        ..Default::default()
-    }
-}
-
-async fn put(c: &Client, path: &str, data: &[u8], layout: CreateOptions) -> Result<(), Error> {
-    let fd = c.create(path, layout).await?;
-    // Uneven write sizes exercise pieces that straddle chunk boundaries.
-    for piece in data.chunks(150_000) {
-        c.write(fd, piece).await?;
-    }
-    c.close(fd).await
-}
-
-async fn get(c: &Client, path: &str) -> Result<Vec<u8>, Error> {
-    let fd = c.open(path, &OpenOptions::read()).await?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 100_000];
-    loop {
-        let n = c.read(fd, &mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    c.close(fd).await?;
-    Ok(out)
+    ringfs_tests::files::layout(CHUNK as usize, r, w)
 }
 
 const SIZES: &[usize] = &[
@@ -66,30 +32,20 @@ const SIZES: &[usize] = &[
 fn round_trips_of_every_size_with_r1_and_r3() {
     let cl = cluster(3);
     let addr = cl.control.addr;
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for r in [1u8, 3] {
             for &size in SIZES {
                 let path = format!("/r{r}-{size}");
-                let data = pattern(size, r);
-                put(&c, &path, &data, layout(r, r)).await.unwrap();
+                let data = pattern(size, r as u64);
+                put(c, &path, &data, layout(r, r)).await.unwrap();
                 let attr = c.stat(&path).await.unwrap();
                 assert_eq!(attr.size, size as u64, "{path}");
-                let back = get(&c, &path).await.unwrap();
+                let back = get(c, &path).await.unwrap();
                 assert!(back == data, "{path}: read back other bytes");
             }
         }
         // Every chunk of an R=3 file lives on three distinct nodes.
-        let h = c
-            .control()
-            .open(
-                &format!("/r3-{}", 5 * CHUNK as usize + 4097),
-                false,
-                Duration::ZERO,
-            )
-            .await
-            .unwrap();
-        let recs = h.get_chunks(0, 100).await.unwrap();
+        let recs = records(c, &format!("/r3-{}", 5 * CHUNK as usize + 4097)).await;
         assert_eq!(recs.len(), 6);
         for rec in recs {
             let mut reps = rec.replicas.clone();
@@ -104,8 +60,7 @@ fn round_trips_of_every_size_with_r1_and_r3() {
 fn pwrite_holes_truncate_append_and_seek_behave_as_posix() {
     let cl = cluster(3);
     let addr = cl.control.addr;
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         let fd = c.create("/f", layout(2, 2)).await.unwrap();
         // A write far out leaves a hole of zeros (whole chunks without records).
         let far = 3 * CHUNK as u64 + 100;
@@ -122,20 +77,10 @@ fn pwrite_holes_truncate_append_and_seek_behave_as_posix() {
             )))
         );
         c.close(fd).await.unwrap();
-        assert_eq!(get(&c, "/f").await.unwrap(), expect);
+        assert_eq!(get(c, "/f").await.unwrap(), expect);
 
         // Overwrite inside a chunk, across a chunk boundary.
-        let fd = c
-            .open(
-                "/f",
-                &OpenOptions {
-                    read: true,
-                    write: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let fd = c.open("/f", &read_write()).await.unwrap();
         let cross = pattern(5000, 7);
         let at = CHUNK as u64 - 2000;
         c.pwrite(fd, at, &cross).await.unwrap();
@@ -182,7 +127,7 @@ fn pwrite_holes_truncate_append_and_seek_behave_as_posix() {
             .unwrap();
         c.write(fd, b"++").await.unwrap();
         c.close(fd).await.unwrap();
-        let all = get(&c, "/f").await.unwrap();
+        let all = get(c, "/f").await.unwrap();
         assert_eq!(&all[20..], b"new++");
         assert_eq!(
             c.write(fd, b"x").await,
@@ -197,17 +142,15 @@ fn reads_keep_working_with_one_of_three_nodes_killed() {
     let addr = cl.control.addr;
     let data = pattern(4 * CHUNK as usize + 77, 3);
     let d = data.clone();
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        put(&c, "/keep", &d, layout(3, 3)).await.unwrap();
+    with_client(addr, async |c| {
+        put(c, "/keep", &d, layout(3, 3)).await.unwrap();
     });
     cl.kill9(1);
     // At once (the map still calls the node up) and after it is marked down.
     for _ in 0..2 {
         let d = data.clone();
-        local(async move {
-            let c = Client::connect(addr).await.unwrap();
-            assert!(get(&c, "/keep").await.unwrap() == d);
+        with_client(addr, async |c| {
+            assert!(get(c, "/keep").await.unwrap() == d);
         });
         cl.wait_up(2);
     }
@@ -219,16 +162,18 @@ fn write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
     let addr = cl.control.addr;
     cl.kill9(2);
     cl.wait_up(2);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         let data = pattern(2 * CHUNK as usize + 5, 9);
-        let e = put(&c, "/w3", &data, layout(3, 3)).await.unwrap_err();
-        assert!(matches!(e, Error::Unavailable(_) | Error::Quorum(_)), "{e}");
+        let e = put(c, "/w3", &data, layout(3, 3)).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Unavailable { .. } | Error::Quorum(_)),
+            "{e}"
+        );
         assert!(e.to_string().contains("2 of the 3 replicas"), "{e}");
         // Nothing was committed.
         assert_eq!(c.stat("/w3").await.unwrap().size, 0);
-        put(&c, "/w2", &data, layout(3, 2)).await.unwrap();
-        assert!(get(&c, "/w2").await.unwrap() == data);
+        put(c, "/w2", &data, layout(3, 2)).await.unwrap();
+        assert!(get(c, "/w2").await.unwrap() == data);
     });
 }
 
@@ -241,48 +186,16 @@ fn a_second_writer_is_refused_busy_while_the_first_holds_the_file() {
         let b = Client::connect(addr).await.unwrap();
         let fd = a.create("/x", layout(1, 1)).await.unwrap();
         a.write(fd, b"first").await.unwrap();
-        let e = b
-            .open(
-                "/x",
-                &OpenOptions {
-                    write: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err();
+        let e = b.open("/x", &read_write()).await.unwrap_err();
         assert!(matches!(e, Error::Busy(_)), "{e}");
         // A reader sees the committed bytes meanwhile.
         assert_eq!(get(&b, "/x").await.unwrap(), b"first");
         a.close(fd).await.unwrap();
-        let fd = b
-            .open(
-                "/x",
-                &OpenOptions {
-                    write: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let fd = b.open("/x", &read_write()).await.unwrap();
         b.pwrite(fd, 0, b"SECOND").await.unwrap();
         b.close(fd).await.unwrap();
         assert_eq!(get(&a, "/x").await.unwrap(), b"SECOND");
     });
-}
-
-/// Flips a byte inside the data of chunk `chunk_id` in node `data`'s store:
-/// found by searching the chunk file for the bytes the chunk starts with,
-/// whatever the file's header layout.
-fn corrupt_chunk_file(data: &std::path::Path, chunk_id: u128, starts_with: &[u8]) {
-    let path = data.join("shard-0").join(format!("{chunk_id:032x}.chunk"));
-    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let at = bytes
-        .windows(starts_with.len())
-        .position(|w| w == starts_with)
-        .expect("chunk data in its file");
-    bytes[at + 1000] ^= 0x5a;
-    std::fs::write(&path, &bytes).unwrap();
 }
 
 #[test]
@@ -290,47 +203,22 @@ fn a_corrupt_replica_is_detected_read_around_and_repaired() {
     let mut cl = cluster(3);
     let addr = cl.control.addr;
     let data = pattern(CHUNK as usize, 11);
-    let (chunk_id, primary) = local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/c", &data, layout(3, 3)).await.unwrap();
-            let h = c.control().open("/c", false, Duration::ZERO).await.unwrap();
-            let rec = h.get_chunks(0, 1).await.unwrap().remove(0);
-            let map = c.cluster_map().await.unwrap();
-            let node = map
-                .nodes
-                .iter()
-                .find(|n| n.node_id == rec.replicas[0])
-                .unwrap();
-            (rec.chunk_id, node.shards[0].clone())
-        }
+    let (chunk_id, primary) = with_client(addr, async |c| {
+        put(c, "/c", &data, layout(3, 3)).await.unwrap();
+        let rec = records(c, "/c").await.remove(0);
+        (rec.chunk_id, rec.replicas[0])
     });
     // Reads try the first replica of chunk 0 first: corrupt that one.
-    let bad = cl
-        .nodes
-        .iter()
-        .position(|n| n.as_ref().unwrap().addr.to_string() == primary)
-        .unwrap();
-    corrupt_chunk_file(&cl.nodes[bad].as_ref().unwrap().data, chunk_id, &data[..64]);
-    local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            assert!(get(&c, "/c").await.unwrap() == data);
-            assert_eq!(c.repairs(), 1, "the corrupt replica was repaired");
-        }
+    let bad = (0..3).find(|&i| cl.node_id(i) == primary).unwrap();
+    corrupt_chunk_file(&cl.node(bad).chunk_file(chunk_id), &data[..64], 1000, 1);
+    with_client(addr, async |c| {
+        assert!(get(c, "/c").await.unwrap() == data);
+        assert_eq!(c.repairs(), 1, "the corrupt replica was repaired");
     });
     // Only the repaired replica left: it serves the right bytes.
-    for i in 0..3 {
-        if i != bad {
-            cl.kill9(i);
-        }
-    }
-    cl.wait_up(1);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/c").await.unwrap() == data);
+    cl.keep_only(bad);
+    with_client(addr, async |c| {
+        assert!(get(c, "/c").await.unwrap() == data);
         assert_eq!(c.repairs(), 0);
     });
 }
@@ -348,16 +236,7 @@ fn concurrent_readers_never_see_a_mix_inside_a_chunk() {
             .unwrap();
         let writer = async {
             for g in 2..=12u8 {
-                let fd = w
-                    .open(
-                        "/m",
-                        &OpenOptions {
-                            write: true,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let fd = w.open("/m", &read_write()).await.unwrap();
                 w.pwrite(fd, 0, &vec![g; CHUNKS * CHUNK as usize])
                     .await
                     .unwrap();
@@ -423,33 +302,19 @@ fn an_overwrite_with_a_replica_down_keeps_the_live_ones_and_reads_back() {
     let addr = cl.control.addr;
     let mut data = pattern(3 * CHUNK as usize, 21);
     let d = data.clone();
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        put(&c, "/o", &d, layout(3, 2)).await.unwrap();
+    with_client(addr, async |c| {
+        put(c, "/o", &d, layout(3, 2)).await.unwrap();
     });
     cl.kill9(0);
     cl.wait_up(2);
     let patch = pattern(CHUNK as usize, 99);
     let at = CHUNK as usize / 2;
     data[at..at + patch.len()].copy_from_slice(&patch);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        let fd = c
-            .open(
-                "/o",
-                &OpenOptions {
-                    write: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        c.pwrite(fd, at as u64, &patch).await.unwrap();
-        c.close(fd).await.unwrap();
-        assert!(get(&c, "/o").await.unwrap() == data);
+    with_client(addr, async |c| {
+        overwrite(c, "/o", at as u64, &patch).await.unwrap();
+        assert!(get(c, "/o").await.unwrap() == data);
         // The records of the rewritten chunks list only the two live replicas.
-        let h = c.control().open("/o", false, Duration::ZERO).await.unwrap();
-        let recs = h.get_chunks(0, 3).await.unwrap();
+        let recs = records(c, "/o").await;
         assert_eq!(recs[0].replicas.len(), 2, "{recs:?}");
         assert_eq!(recs[1].replicas.len(), 2, "{recs:?}");
         assert_eq!(recs[2].replicas.len(), 3, "{recs:?}");
@@ -464,10 +329,9 @@ fn an_overwrite_with_a_replica_down_keeps_the_live_ones_and_reads_back() {
 fn cached_chunk_records_never_hide_own_writes_and_expire_for_others() {
     let cl = cluster(3);
     let addr = cl.control.addr;
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         let old = pattern(3 * CHUNK as usize, 1);
-        put(&c, "/f", &old, layout(2, 2)).await.unwrap();
+        put(c, "/f", &old, layout(2, 2)).await.unwrap();
         let reader = c.open("/f", &OpenOptions::read()).await.unwrap();
         let mut buf = vec![0u8; CHUNK as usize];
         c.pread(reader, CHUNK as u64, &mut buf).await.unwrap();
@@ -475,7 +339,7 @@ fn cached_chunk_records_never_hide_own_writes_and_expire_for_others() {
 
         // Same client, another descriptor: truncate and rewrite (new chunks).
         let new = pattern(3 * CHUNK as usize, 2);
-        put(&c, "/f", &new, layout(2, 2)).await.unwrap();
+        put(c, "/f", &new, layout(2, 2)).await.unwrap();
         c.pread(reader, CHUNK as u64, &mut buf).await.unwrap();
         assert_eq!(
             buf,

@@ -4,25 +4,18 @@
 //! one-line message naming the problem.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use ringfs_tests::{binary, write_secret};
+use ringfs_tests::{binary, run_failing, run_ok, write_secret};
 
-fn run(bin: &str, package: &str, args: &[&str], config: Option<&Path>) -> Output {
-    let mut cmd = Command::new(binary(package, bin));
+/// Server `bin` with `args`, and `--config config` if given.
+fn cmd(bin: &str, args: &[&str], config: Option<&Path>) -> Command {
+    let mut cmd = Command::new(binary(bin, bin));
     cmd.args(args);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    cmd.output().expect("running the binary")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    cmd
 }
 
 #[test]
@@ -39,14 +32,11 @@ fn control_prints_its_effective_config_and_refuses_a_bad_one() {
         ),
     )
     .unwrap();
-    let out = run(
-        "ringfs-control",
+    let text = run_ok(&mut cmd(
         "ringfs-control",
         &["--print-config", "--heartbeat-ms", "300"],
         Some(&file),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    ));
     assert!(text.contains("listen = \"127.0.0.1:7700\""), "{text}");
     assert!(text.contains("node-ttl-ms = 9000"), "from the file: {text}");
     assert!(text.contains("heartbeat-ms = 300"), "from the flag: {text}");
@@ -54,29 +44,26 @@ fn control_prints_its_effective_config_and_refuses_a_bad_one() {
     // The output is itself a valid config file.
     let printed = dir.path().join("printed.toml");
     std::fs::write(&printed, &text).unwrap();
-    let again = run(
-        "ringfs-control",
-        "ringfs-control",
-        &["--print-config"],
-        Some(&printed),
+    assert_eq!(
+        run_ok(&mut cmd(
+            "ringfs-control",
+            &["--print-config"],
+            Some(&printed),
+        )),
+        text
     );
-    assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(stdout(&again), text);
 
     // Unknown key and bad address: exit 2, one line naming the file line.
     std::fs::write(&file, "listen = \"127.0.0.1:7700\"\nsecret_file = \"/x\"\n").unwrap();
-    let out = run("ringfs-control", "ringfs-control", &[], Some(&file));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = run_failing(&mut cmd("ringfs-control", &[], Some(&file)), 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("line 2") && err.contains("unknown field `secret_file`"),
         "{err}"
     );
     std::fs::write(&file, "listen = \"localhost\"\n").unwrap();
-    let out = run("ringfs-control", "ringfs-control", &[], Some(&file));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+    let err = run_failing(&mut cmd("ringfs-control", &[], Some(&file)), 2);
+    assert!(err.contains("line 1"), "{err}");
 }
 
 #[test]
@@ -93,14 +80,11 @@ fn node_prints_its_effective_config_and_refuses_a_bad_one() {
         ),
     )
     .unwrap();
-    let out = run(
-        "ringfs-node",
+    let text = run_ok(&mut cmd(
         "ringfs-node",
         &["--print-config", "--lease-ms", "5000"],
         Some(&file),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    ));
     for want in [
         "control = \"127.0.0.1:7700\"",
         "cores = [0]",
@@ -112,42 +96,30 @@ fn node_prints_its_effective_config_and_refuses_a_bad_one() {
     }
     let printed = dir.path().join("printed.toml");
     std::fs::write(&printed, &text).unwrap();
-    let again = run(
-        "ringfs-node",
-        "ringfs-node",
-        &["--print-config"],
-        Some(&printed),
+    assert_eq!(
+        run_ok(&mut cmd("ringfs-node", &["--print-config"], Some(&printed),)),
+        text
     );
-    assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(stdout(&again), text);
 
     // A core the machine lacks, given as a flag over a good file.
-    let out = run(
-        "ringfs-node",
-        "ringfs-node",
-        &["--cores", "4096,"],
-        Some(&file),
+    let err = run_failing(
+        &mut cmd("ringfs-node", &["--cores", "4096,"], Some(&file)),
+        2,
     );
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("core 4096 does not exist"), "{err}");
     // A data dir that cannot be created.
-    let out = run(
-        "ringfs-node",
-        "ringfs-node",
-        &["--data", secret.join("d").to_str().unwrap()],
-        Some(&file),
+    let err = run_failing(
+        &mut cmd(
+            "ringfs-node",
+            &["--data", secret.join("d").to_str().unwrap()],
+            Some(&file),
+        ),
+        2,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot create"), "{}", stderr(&out));
+    assert!(err.contains("cannot create"), "{err}");
     // Old snake_case keys are unknown now.
     std::fs::write(&file, "base_port = 7100\n").unwrap();
-    let out = run("ringfs-node", "ringfs-node", &[], Some(&file));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown field `base_port`"),
-        "{}",
-        stderr(&out)
-    );
+    let err = run_failing(&mut cmd("ringfs-node", &[], Some(&file)), 2);
+    assert!(err.contains("unknown field `base_port`"), "{err}");
 }

@@ -258,7 +258,7 @@ fn chunk_map_commits_and_truncation() {
 #[test]
 fn acknowledged_metadata_survives_kill9() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
+    let mut server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     let (node, inodes) = local(async {
         let c = ControlClient::connect(server.addr).await.unwrap();
         let joined = join_node(&c, 7001).await;

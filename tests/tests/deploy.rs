@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ringfs_bench::process::Server;
-use ringfs_tests::binary;
+use ringfs_tests::{binary, run, run_ok, Server, START_WITHIN};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,18 +28,13 @@ fn bin_dir() -> PathBuf {
 fn install_script_lays_out_a_server_and_keeps_existing_files() {
     let root = tempfile::tempdir().unwrap();
     let install = |root: &Path| {
-        let out = Command::new("bash")
-            .arg(repo().join("deploy/install.sh"))
-            .arg("--bin-dir")
-            .arg(bin_dir())
-            .arg("--root")
-            .arg(root)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "install.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("bash")
+                .arg(repo().join("deploy/install.sh"))
+                .arg("--bin-dir")
+                .arg(bin_dir())
+                .arg("--root")
+                .arg(root),
         );
     };
     install(root.path());
@@ -109,7 +103,7 @@ fn the_example_configs_are_accepted_by_the_servers() {
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
     cmd.arg("--config").arg(&path);
-    let control = Server::spawn(cmd, "ringfs-control listening on ", WAIT)
+    let control = Server::spawn(cmd, "ringfs-control listening on ", START_WITHIN)
         .expect("ringfs-control starts with deploy/control.toml");
 
     let example = std::fs::read_to_string(repo().join("deploy/node.toml")).unwrap();
@@ -128,7 +122,8 @@ fn the_example_configs_are_accepted_by_the_servers() {
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
     cmd.arg("--config").arg(&path);
-    Server::spawn(cmd, "listening on ", WAIT).expect("ringfs-node starts with deploy/node.toml");
+    Server::spawn(cmd, "ringfs-node: shard ", START_WITHIN)
+        .expect("ringfs-node starts with deploy/node.toml");
 }
 
 /// Turns on the commented logging and metrics keys of an example (metrics
@@ -146,8 +141,6 @@ fn uncomment_optional(config: &str) -> String {
     assert!(out.contains("\nmetrics = ") && out.contains("\nlog-format = "));
     out + "\n"
 }
-
-const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
@@ -176,14 +169,13 @@ fn systemd_units_pass_systemd_analyze_verify() {
         std::fs::write(&p, text).unwrap();
         paths.push(p);
     }
-    let out = Command::new("systemd-analyze")
+    let ran = run(Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .args(&paths)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
+        .args(&paths));
+    let stderr = ran.stderr;
+    assert_eq!(
+        ran.code,
+        Some(0),
         "systemd-analyze verify failed:\n{stderr}"
     );
     // It only warns about unknown or malformed settings: none allowed.

@@ -11,100 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringfs_client::{ChunkHealth, Client, CreateOptions, Error, OpenOptions};
-use ringfs_tests::{local, Cluster, ControlProcess, NodeProcess, FAST_REPAIR};
+use ringfs_client::{Client, OpenOptions};
+use ringfs_tests::files::{
+    corrupt_chunk_file, get, layout, overwrite, pattern, put, read_write, records,
+};
+use ringfs_tests::{
+    local, with_client, Cluster, ControlProcess, NodeOptions, NodeProcess, FAST_REPAIR,
+};
 
 const MIB: usize = 1 << 20;
-
-fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn layout(chunk: usize, r: u8, w: u8) -> CreateOptions {
-    CreateOptions {
-        chunk_size: chunk as u32,
-        replication: r,
-        write_quorum: w,
-        ..Default::default()
-    }
-}
-
-async fn put(c: &Client, path: &str, data: &[u8], layout: CreateOptions) -> Result<(), Error> {
-    let fd = c.create(path, layout).await?;
-    for piece in data.chunks(8 * MIB) {
-        c.write(fd, piece).await?;
-    }
-    c.close(fd).await
-}
-
-async fn get(c: &Client, path: &str) -> Result<Vec<u8>, Error> {
-    let fd = c.open(path, &OpenOptions::read()).await?;
-    let size = c.fstat(fd).await?.size as usize;
-    let mut out = vec![0u8; size];
-    let mut at = 0;
-    while at < size {
-        let n = c
-            .pread(fd, at as u64, &mut out[at..(at + 8 * MIB).min(size)])
-            .await?;
-        assert!(n > 0, "short read at {at} of {size}");
-        at += n;
-    }
-    c.close(fd).await?;
-    Ok(out)
-}
-
-async fn health(addr: SocketAddr) -> ChunkHealth {
-    let c = Client::connect(addr).await.expect("connect");
-    c.control().chunk_health(20).await.expect("chunk health")
-}
-
-/// Waits until every chunk has R good replicas; returns how long it took.
-fn wait_clean(addr: SocketAddr, limit: Duration) -> Duration {
-    let start = Instant::now();
-    local(async move {
-        loop {
-            let h = health(addr).await;
-            if h.is_clean() {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < limit, "not clean after {limit:?}: {h:#?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-}
-
-/// The node id whose shard 0 listens on `addr`.
-fn node_id_of(control: SocketAddr, addr: SocketAddr) -> u64 {
-    local(async move {
-        let c = Client::connect(control).await.unwrap();
-        let map = c.cluster_map().await.unwrap();
-        map.nodes
-            .iter()
-            .find(|n| n.shards[0] == addr.to_string())
-            .map(|n| n.node_id)
-            .expect("node in the map")
-    })
-}
-
-/// Every chunk record of `path`.
-async fn records(c: &Client, path: &str) -> Vec<ringfs_client::ChunkRecord> {
-    let h = c.control().open(path, false, Duration::ZERO).await.unwrap();
-    let recs = h.get_chunks(0, 4096).await.unwrap();
-    h.close().await.unwrap();
-    recs
-}
-
-fn chunk_file(data: &std::path::Path, id: u128) -> std::path::PathBuf {
-    data.join("shard-0").join(format!("{id:032x}.chunk"))
-}
 
 /// 1. 256 MiB with R=3, kill -9 one node: everything still reads back
 ///    byte-identical, and within grace + repair time every chunk has 3 good
@@ -116,11 +31,10 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
     let mut cl = Cluster::start_with(3, FAST_REPAIR, &[]);
     let addr = cl.control.addr;
     let t = Instant::now();
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
             put(
-                &c,
+                c,
                 &format!("/f{f}"),
                 &pattern(SIZE, f),
                 layout(4 * MIB, 3, 3),
@@ -130,29 +44,27 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
         }
     });
     eprintln!("wrote 256 MiB in {:?}", t.elapsed());
-    wait_clean(addr, Duration::from_secs(30));
+    cl.wait_clean(Duration::from_secs(30));
 
-    let victim = node_id_of(addr, cl.nodes[1].as_ref().unwrap().addr);
+    let victim = cl.node_id(1);
     cl.kill9(1);
     cl.start_node(3, &[]);
     let killed = Instant::now();
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
-            assert!(get(&c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
+            assert!(get(c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
         }
     });
-    let repaired = wait_clean(addr, Duration::from_secs(150));
+    let repaired = cl.wait_clean(Duration::from_secs(150));
     eprintln!(
         "256 MiB re-replicated {:?} after the kill (grace 1 s + TTL 1 s included)",
         killed.elapsed()
     );
     let _ = repaired;
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
             let path = format!("/f{f}");
-            for r in records(&c, &path).await {
+            for r in records(c, &path).await {
                 assert_eq!(r.replicas.len(), 3, "{path} chunk {}", r.index);
                 assert!(
                     !r.replicas.contains(&victim),
@@ -165,10 +77,9 @@ fn a_killed_node_loses_nothing_and_its_chunks_are_re_replicated() {
     // kill one more original and read everything again.
     cl.kill9(0);
     cl.wait_up(2);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for f in 0..FILES {
-            assert!(get(&c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
+            assert!(get(c, &format!("/f{f}")).await.unwrap() == pattern(SIZE, f));
         }
     });
 }
@@ -185,19 +96,14 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     let addr = cl.control.addr;
     let old = pattern(SIZE, 1);
     let new = pattern(SIZE, 2);
-    local({
-        let old = old.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/big", &old, layout(CHUNK, 3, 2)).await.unwrap();
-        }
+    with_client(addr, async |c| {
+        put(c, "/big", &old, layout(CHUNK, 3, 2)).await.unwrap();
     });
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (old, new, stop) = (old.clone(), new.clone(), stop.clone());
         std::thread::spawn(move || {
-            local(async move {
-                let c = Client::connect(addr).await.unwrap();
+            with_client(addr, async |c| {
                 let mut chunks_checked = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let fd = c.open("/big", &OpenOptions::read()).await.unwrap();
@@ -222,17 +128,8 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     let writer = {
         let new = new.clone();
         std::thread::spawn(move || {
-            local(async move {
-                let c = Client::connect(addr).await.unwrap();
-                let fd = c
-                    .open(
-                        "/big",
-                        &OpenOptions {
-                            write: true,
-                            ..OpenOptions::read()
-                        },
-                    )
-                    .await?;
+            with_client(addr, async |c| {
+                let fd = c.open("/big", &read_write()).await?;
                 for piece in new.chunks(4 * MIB) {
                     c.write(fd, piece).await?;
                 }
@@ -256,29 +153,24 @@ fn a_node_killed_mid_write_never_mixes_bytes_inside_a_chunk() {
     let checked = reader.join().unwrap();
     assert!(checked > 0, "the reader read nothing");
     if outcome.is_ok() {
-        local({
-            let new = new.clone();
-            async move {
-                let c = Client::connect(addr).await.unwrap();
-                assert!(get(&c, "/big").await.unwrap() == new);
-                for r in records(&c, "/big").await {
-                    assert!(
-                        r.replicas.len() >= 2,
-                        "chunk {} below W: {:?}",
-                        r.index,
-                        r.replicas
-                    );
-                }
+        with_client(addr, async |c| {
+            assert!(get(c, "/big").await.unwrap() == new);
+            for r in records(c, "/big").await {
+                assert!(
+                    r.replicas.len() >= 2,
+                    "chunk {} below W: {:?}",
+                    r.index,
+                    r.replicas
+                );
             }
         });
     }
     cl.start_node(3, &[]);
-    wait_clean(addr, Duration::from_secs(90));
+    cl.wait_clean(Duration::from_secs(90));
     // After recovery every chunk is wholly old or wholly new, on every
     // path a reader may take (all replicas good).
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        let data = get(&c, "/big").await.unwrap();
+    with_client(addr, async |c| {
+        let data = get(c, "/big").await.unwrap();
         for (i, chunk) in data.chunks(CHUNK).enumerate() {
             let at = i * CHUNK;
             assert!(chunk == &old[at..at + CHUNK] || chunk == &new[at..at + CHUNK]);
@@ -303,14 +195,13 @@ fn a_control_server_crash_loses_nothing_acknowledged() {
     let writer = {
         let (acked, failed, restarted) = (acked.clone(), failed.clone(), restarted.clone());
         std::thread::spawn(move || {
-            local(async move {
-                let c = Client::connect(addr).await.unwrap();
+            with_client(addr, async |c| {
                 c.mkdir("/s", 0).await.unwrap();
                 let start = Instant::now();
                 for i in 0u64.. {
                     assert!(start.elapsed() < Duration::from_secs(90), "never resumed");
                     let data = pattern(100_000 + i as usize, i);
-                    let r = put(&c, &format!("/s/f{i}"), &data, layout(64 * 1024, 3, 2)).await;
+                    let r = put(c, &format!("/s/f{i}"), &data, layout(64 * 1024, 3, 2)).await;
                     match r {
                         Ok(()) => {
                             acked.lock().unwrap().push(i);
@@ -349,17 +240,16 @@ fn a_control_server_crash_loses_nothing_acknowledged() {
         acked.len() > before,
         "nothing acknowledged after the restart"
     );
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         for &i in &acked {
             let data = pattern(100_000 + i as usize, i);
             assert!(
-                get(&c, &format!("/s/f{i}")).await.unwrap() == data,
+                get(c, &format!("/s/f{i}")).await.unwrap() == data,
                 "acknowledged file /s/f{i} differs after the restart"
             );
         }
     });
-    wait_clean(addr, Duration::from_secs(30));
+    cl.wait_clean(Duration::from_secs(30));
 }
 
 /// 4. A node restarted after missing writes is never served from: its copy
@@ -372,33 +262,14 @@ fn a_node_that_missed_writes_is_not_served_stale_data_from() {
     let addr = cl.control.addr;
     let old = pattern(SIZE, 3);
     let new = pattern(SIZE, 4);
-    local({
-        let old = old.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/f", &old, layout(64 * 1024, 3, 2)).await.unwrap();
-        }
+    with_client(addr, async |c| {
+        put(c, "/f", &old, layout(64 * 1024, 3, 2)).await.unwrap();
     });
-    wait_clean(addr, Duration::from_secs(20));
+    cl.wait_clean(Duration::from_secs(20));
     cl.kill9(0);
     cl.wait_up(2);
-    local({
-        let new = new.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            let fd = c
-                .open(
-                    "/f",
-                    &OpenOptions {
-                        write: true,
-                        ..OpenOptions::read()
-                    },
-                )
-                .await
-                .unwrap();
-            c.pwrite(fd, 0, &new).await.unwrap();
-            c.close(fd).await.unwrap();
-        }
+    with_client(addr, async |c| {
+        overwrite(c, "/f", 0, &new).await.unwrap();
     });
     cl.start_node(0, &[]);
     cl.wait_up(3);
@@ -418,7 +289,7 @@ fn a_node_that_missed_writes_is_not_served_stale_data_from() {
     cl.start_node(1, &[]);
     cl.start_node(2, &[]);
     cl.wait_up(3);
-    wait_clean(addr, Duration::from_secs(60));
+    cl.wait_clean(Duration::from_secs(60));
     // Repaired: the once-stale node alone serves the new bytes.
     cl.kill9(1);
     cl.kill9(2);
@@ -434,59 +305,31 @@ fn a_corrupt_chunk_file_is_found_by_the_scrubber_and_repaired() {
     let mut cl = Cluster::start_with(3, FAST_REPAIR, &["--scrub-bytes-per-sec", "67108864"]);
     let addr = cl.control.addr;
     let data = pattern(2 * MIB, 5);
-    let (chunk, first) = local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/c", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            let r = records(&c, "/c").await.remove(0);
-            (r.chunk_id, r.replicas[0])
-        }
+    let (chunk, first) = with_client(addr, async |c| {
+        put(c, "/c", &data, layout(256 * 1024, 3, 3)).await.unwrap();
+        let r = records(c, "/c").await.remove(0);
+        (r.chunk_id, r.replicas[0])
     });
-    wait_clean(addr, Duration::from_secs(20));
-    let bad = (0..3)
-        .find(|&i| node_id_of(addr, cl.nodes[i].as_ref().unwrap().addr) == first)
-        .unwrap();
-    let path = chunk_file(&cl.nodes[bad].as_ref().unwrap().data, chunk);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes
-        .windows(64)
-        .position(|w| w == &data[..64])
-        .expect("chunk data in its file");
-    for b in &mut bytes[at + 5000..at + 5016] {
-        *b ^= 0xff;
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    cl.wait_clean(Duration::from_secs(20));
+    let bad = (0..3).find(|&i| cl.node_id(i) == first).unwrap();
+    corrupt_chunk_file(&cl.node(bad).chunk_file(chunk), &data[..64], 5000, 16);
     // Detected (the chunk map turns unhealthy) and repaired (clean again).
     let start = Instant::now();
-    local(async move {
-        loop {
-            if !health(addr).await.is_clean() {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "corruption never detected"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    let t = wait_clean(addr, Duration::from_secs(30));
+    while cl.health().is_clean() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "corruption never detected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = cl.wait_clean(Duration::from_secs(30));
     eprintln!(
         "corruption detected after {:?}, repaired {t:?} later",
         start.elapsed() - t
     );
-    for i in 0..3 {
-        if i != bad {
-            cl.kill9(i);
-        }
-    }
-    cl.wait_up(1);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/c").await.unwrap() == data);
+    cl.keep_only(bad);
+    with_client(addr, async |c| {
+        assert!(get(c, "/c").await.unwrap() == data);
         assert_eq!(c.repairs(), 0, "the replica was already good");
     });
 }
@@ -500,24 +343,23 @@ fn a_full_node_refuses_reservations_and_writes_go_elsewhere() {
     // A fourth node with room for about three 4 MiB chunks.
     cl.start_node(3, &["--capacity-bytes", "13000000"]);
     cl.wait_up(4);
-    let small = node_id_of(addr, cl.nodes[3].as_ref().unwrap().addr);
+    let small = cl.node_id(3);
     let first = pattern(4 * MIB, 6);
     let second = pattern(40 * MIB, 7);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
+    with_client(addr, async |c| {
         // R=4: every chunk wants the small node until it is full.
-        put(&c, "/first", &first, layout(4 * MIB, 4, 3))
+        put(c, "/first", &first, layout(4 * MIB, 4, 3))
             .await
             .unwrap();
-        let recs = records(&c, "/first").await;
+        let recs = records(c, "/first").await;
         assert!(
             recs[0].replicas.contains(&small),
             "the small node took the first file"
         );
-        put(&c, "/second", &second, layout(4 * MIB, 4, 3))
+        put(c, "/second", &second, layout(4 * MIB, 4, 3))
             .await
             .unwrap();
-        let recs = records(&c, "/second").await;
+        let recs = records(c, "/second").await;
         let on_small = recs.iter().filter(|r| r.replicas.contains(&small)).count();
         assert!(on_small < recs.len(), "the full node took every chunk");
         for r in &recs {
@@ -535,17 +377,13 @@ fn a_full_node_refuses_reservations_and_writes_go_elsewhere() {
             "over quota: {:?}",
             n.capacity
         );
-        assert!(get(&c, "/first").await.unwrap() == first);
-        assert!(get(&c, "/second").await.unwrap() == second);
+        assert!(get(c, "/first").await.unwrap() == first);
+        assert!(get(c, "/second").await.unwrap() == second);
     });
     // What the full node stored is intact: read /first from it alone.
-    for i in 0..3 {
-        cl.kill9(i);
-    }
-    cl.wait_up(1);
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/first").await.unwrap() == pattern(4 * MIB, 6));
+    cl.keep_only(3);
+    with_client(addr, async |c| {
+        assert!(get(c, "/first").await.unwrap() == pattern(4 * MIB, 6));
     });
 }
 
@@ -736,17 +574,21 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
             let nodes = (0..3)
                 .map(|i| {
                     let name = format!("n{i}");
-                    Some(NodeProcess::start_on(
-                        dir.path(),
-                        &name,
-                        ctl,
-                        &ns.host_ip,
-                        None,
-                        &small,
-                    ))
+                    let opts = NodeOptions {
+                        listen: &ns.host_ip,
+                        flags: &small,
+                        ..NodeOptions::default()
+                    };
+                    Some(NodeProcess::start_with(dir.path(), &name, ctl, &opts))
                 })
                 .collect();
-            let p = NodeProcess::start_on(dir.path(), "p", ctl, &ns.ns_ip, Some(&ns.name), &big);
+            let opts = NodeOptions {
+                listen: &ns.ns_ip,
+                netns: Some(&ns.name),
+                flags: &big,
+                ..NodeOptions::default()
+            };
+            let p = NodeProcess::start_with(dir.path(), "p", ctl, &opts);
             (Cut::Netns(ns), control, nodes, p)
         }
         None => {
@@ -775,62 +617,49 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
     };
     let addr = cl.control.addr;
     cl.wait_up(4);
-    let p_id = node_id_of(addr, cut_off.addr);
+    let p_id = cl.node_id_at(cut_off.addr);
     let data = pattern(2 * MIB, 8);
-    let (keep, gone) = local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            // The partitioned node has the most free space: it holds every chunk.
-            put(&c, "/keep", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            put(&c, "/gone", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            (records(&c, "/keep").await, records(&c, "/gone").await)
-        }
+    let (keep, gone) = with_client(addr, async |c| {
+        // The partitioned node has the most free space: it holds every chunk.
+        put(c, "/keep", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
+        put(c, "/gone", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
+        (records(c, "/keep").await, records(c, "/gone").await)
     });
     assert!(keep.iter().all(|r| r.replicas.contains(&p_id)));
     cut.set(true);
     cl.wait_up(3);
-    local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            c.unlink("/gone").await.unwrap();
-            assert!(get(&c, "/keep").await.unwrap() == data);
-            // New writes avoid the partitioned node.
-            put(&c, "/during", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-            for r in records(&c, "/during").await {
-                assert!(!r.replicas.contains(&p_id));
-            }
+    with_client(addr, async |c| {
+        c.unlink("/gone").await.unwrap();
+        assert!(get(c, "/keep").await.unwrap() == data);
+        // New writes avoid the partitioned node.
+        put(c, "/during", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
+        for r in records(c, "/during").await {
+            assert!(!r.replicas.contains(&p_id));
         }
     });
-    let t = wait_clean(addr, Duration::from_secs(30));
+    let t = cl.wait_clean(Duration::from_secs(30));
     eprintln!("partitioned node's chunks re-replicated in {t:?}");
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        for r in records(&c, "/keep").await {
+    with_client(addr, async |c| {
+        for r in records(c, "/keep").await {
             assert!(!r.replicas.contains(&p_id));
         }
     });
     // Heal.
     cut.set(false);
     cl.wait_up(4);
-    assert_eq!(
-        node_id_of(addr, cut_off.addr),
-        p_id,
-        "rejoined under its id"
-    );
+    assert_eq!(cl.node_id_at(cut_off.addr), p_id, "rejoined under its id");
     let start = Instant::now();
     loop {
         let left = keep
             .iter()
             .chain(&gone)
-            .filter(|r| chunk_file(&cut_off.data, r.chunk_id).exists())
+            .filter(|r| cut_off.chunk_file(r.chunk_id).exists())
             .count();
         if left == 0 {
             break;
@@ -842,10 +671,9 @@ fn a_partitioned_node_is_treated_as_down_and_heals() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(cut_off.is_running());
-    wait_clean(addr, Duration::from_secs(20));
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/keep").await.unwrap() == data);
+    cl.wait_clean(Duration::from_secs(20));
+    with_client(addr, async |c| {
+        assert!(get(c, "/keep").await.unwrap() == data);
     });
 }
 
@@ -973,14 +801,10 @@ fn both_servers_survive_bad_input_and_keep_serving() {
     let mut cl = Cluster::start_with(3, FAST_REPAIR, &[]);
     let addr = cl.control.addr;
     let data = pattern(MIB, 9);
-    local({
-        let data = data.clone();
-        async move {
-            let c = Client::connect(addr).await.unwrap();
-            put(&c, "/before", &data, layout(256 * 1024, 3, 3))
-                .await
-                .unwrap();
-        }
+    with_client(addr, async |c| {
+        put(c, "/before", &data, layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
     });
     let node = cl.nodes[0].as_ref().unwrap().addr;
     let targets = [addr, node];
@@ -1014,33 +838,17 @@ fn both_servers_survive_bad_input_and_keep_serving() {
     }
     assert!(cl.control.is_running(), "the control server died");
     assert!(cl.nodes[0].as_mut().unwrap().is_running(), "the node died");
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/before").await.unwrap() == data);
-        put(&c, "/after", &data, layout(256 * 1024, 3, 3))
+    with_client(addr, async |c| {
+        assert!(get(c, "/before").await.unwrap() == data);
+        put(c, "/after", &data, layout(256 * 1024, 3, 3))
             .await
             .unwrap();
-        assert!(get(&c, "/after").await.unwrap() == data);
+        assert!(get(c, "/after").await.unwrap() == data);
         let map = c.cluster_map().await.unwrap();
         assert_eq!(map.nodes.iter().filter(|n| n.up).count(), 3);
     });
     drop(slow);
-    wait_clean(addr, Duration::from_secs(20));
-}
-
-/// Chunk files on disk of every running node.
-fn chunk_files(cl: &Cluster) -> Vec<String> {
-    let mut out = Vec::new();
-    for n in cl.nodes.iter().flatten() {
-        for e in std::fs::read_dir(n.data.join("shard-0")).unwrap() {
-            let name = e.unwrap().file_name().to_string_lossy().to_string();
-            if name.ends_with(".chunk") {
-                out.push(name);
-            }
-        }
-    }
-    out.sort();
-    out
+    cl.wait_clean(Duration::from_secs(20));
 }
 
 /// Garbage collection end to end: chunks of an unlinked file, of a
@@ -1054,30 +862,15 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
     let cl = Cluster::start_with(3, FAST_REPAIR, &[]);
     let addr = cl.control.addr;
     let node = cl.nodes[0].as_ref().unwrap().addr.to_string();
-    let kept = local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        put(&c, "/unlinked", &pattern(MIB, 10), layout(256 * 1024, 3, 3))
+    let kept = with_client(addr, async |c| {
+        put(c, "/unlinked", &pattern(MIB, 10), layout(256 * 1024, 3, 3))
             .await
             .unwrap();
-        put(
-            &c,
-            "/truncated",
-            &pattern(MIB, 11),
-            layout(256 * 1024, 3, 3),
-        )
-        .await
-        .unwrap();
+        put(c, "/truncated", &pattern(MIB, 11), layout(256 * 1024, 3, 3))
+            .await
+            .unwrap();
         c.unlink("/unlinked").await.unwrap();
-        let fd = c
-            .open(
-                "/truncated",
-                &OpenOptions {
-                    write: true,
-                    ..OpenOptions::read()
-                },
-            )
-            .await
-            .unwrap();
+        let fd = c.open("/truncated", &read_write()).await.unwrap();
         c.set_len(fd, 300_000).await.unwrap();
         c.close(fd).await.unwrap();
         // An abandoned write: reserved and written on a node, never committed.
@@ -1097,7 +890,7 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
             .await
             .unwrap();
         assert_eq!(r.status, Status::Ok, "{}", r.message);
-        let recs = records(&c, "/truncated").await;
+        let recs = records(c, "/truncated").await;
         assert_eq!(recs.len(), 2, "300000 bytes in 256 KiB chunks");
         let mut files: Vec<String> = recs
             .iter()
@@ -1110,10 +903,10 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
         files.sort();
         files
     });
-    assert!(chunk_files(&cl).len() > kept.len());
+    assert!(cl.chunk_files().len() > kept.len());
     let start = Instant::now();
     loop {
-        let on_disk = chunk_files(&cl);
+        let on_disk = cl.chunk_files();
         if on_disk == kept {
             break;
         }
@@ -1125,9 +918,8 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    local(async move {
-        let c = Client::connect(addr).await.unwrap();
-        assert!(get(&c, "/truncated").await.unwrap() == pattern(MIB, 11)[..300_000]);
+    with_client(addr, async |c| {
+        assert!(get(c, "/truncated").await.unwrap() == pattern(MIB, 11)[..300_000]);
         let h = c.control().chunk_health(0).await.unwrap();
         assert_eq!(h.deletes_pending, 0, "{h:?}");
     });

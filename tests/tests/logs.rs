@@ -6,8 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringfs_bench::process::Server;
-use ringfs_tests::{binary, write_secret};
+use ringfs_tests::{binary, write_secret, Server};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -7,12 +7,11 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ringfs_bench::process::Server;
-use ringfs_client::{BlockingClient, CreateOptions, OpenOptions};
-use ringfs_tests::{binary, write_secret, Cluster, FAST_REPAIR};
+use ringfs_client::{BlockingClient, OpenOptions};
+use ringfs_tests::files::{layout, pattern};
+use ringfs_tests::{Cluster, ControlProcess, NodeProcess, FAST_REPAIR, QUICK};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -65,7 +64,6 @@ fn wait_status(addr: SocketAddr, path: &str, want: u16) {
 #[test]
 fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(dir.path());
     // Hold the control server's port until it starts: a released probe
     // port can be taken by another test's server (same secret), which the
     // node would then join. A listener that never answers keeps the node
@@ -74,18 +72,9 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     let control_addr = placeholder.local_addr().unwrap();
 
     // The node first, with no control server to join yet.
-    let mut cmd = Command::new(binary("ringfs-node", "ringfs-node"));
-    cmd.arg("--control")
-        .arg(control_addr.to_string())
-        .args(["--listen", "127.0.0.1", "--cores", "1"])
-        .args(["--capacity-bytes", "1073741824", "--metrics", "127.0.0.1:0"])
-        .arg("--data")
-        .arg(dir.path().join("node"))
-        .arg("--secret-file")
-        .arg(&secret)
-        .env("RUST_LOG", "warn");
-    let (_node, addrs) = Server::spawn_all(cmd, "listening on ", 2, WAIT).unwrap();
-    let node_metrics = addrs[0];
+    let node_flags = ["--capacity-bytes", "1073741824", "--metrics", "127.0.0.1:0"];
+    let node = NodeProcess::start(dir.path(), "node", control_addr, &node_flags);
+    let node_metrics = node.metrics.expect("node metrics endpoint");
     assert_eq!(get(node_metrics, "/healthz").0, 200);
     let (status, body) = get(node_metrics, "/readyz");
     assert_eq!(
@@ -94,19 +83,12 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     );
     assert_eq!(get(node_metrics, "/nope").0, 404);
 
-    let mut cmd = Command::new(binary("ringfs-control", "ringfs-control"));
     drop(placeholder);
-    cmd.arg("--listen")
-        .arg(control_addr.to_string())
-        .args(["--heartbeat-ms", "200", "--node-ttl-ms", "1000"])
-        .args(["--metrics", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("ctl"))
-        .arg("--secret-file")
-        .arg(&secret)
-        .env("RUST_LOG", "warn");
-    let (mut control, addrs) = Server::spawn_all(cmd, "listening on ", 2, WAIT).unwrap();
-    let control_metrics = addrs[0];
-    assert_eq!(addrs[1], control_addr);
+    let control_flags = ["--heartbeat-ms", "200", "--node-ttl-ms", "1000"];
+    let control_flags = [&control_flags[..], &["--metrics", "127.0.0.1:0"]].concat();
+    let mut control = ControlProcess::start(dir.path(), &control_addr.to_string(), &control_flags);
+    let control_metrics = control.metrics.expect("control metrics endpoint");
+    assert_eq!(control.addr, control_addr);
     assert_eq!(get(control_metrics, "/healthz").0, 200);
     wait_status(control_metrics, "/readyz", 200);
     // The node's link retries with backoff (at most 5 s) and then joins.
@@ -129,13 +111,8 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
     let c0 = scrape(control_metrics);
     let n0 = scrape(node_metrics);
     const LEN: usize = 300_000;
-    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
-    let layout = CreateOptions {
-        chunk_size: 1 << 20,
-        replication: 1,
-        ..Default::default()
-    };
-    let fd = client.create("/f", layout).unwrap();
+    let data = pattern(LEN, 251);
+    let fd = client.create("/f", layout(1 << 20, 1, 1)).unwrap();
     assert_eq!(client.write(fd, &data).unwrap(), LEN);
     client.close(fd).unwrap();
     let fd = client.open("/f", &OpenOptions::read()).unwrap();
@@ -297,12 +274,8 @@ fn repair_backlog_rises_with_a_lost_replica_and_falls_as_copies_finish() {
     let mut cluster = Cluster::start_with(2, &flags, &[]);
     let metrics = cluster.control.metrics.expect("control metrics endpoint");
     let client = BlockingClient::connect(cluster.control.addr).unwrap();
-    let layout = CreateOptions {
-        chunk_size: 1 << 20,
-        replication: 2,
-        ..Default::default()
-    };
-    let data: Vec<u8> = (0..CHUNKS << 20).map(|i| (i % 253) as u8).collect();
+    let layout = layout(1 << 20, 2, 2);
+    let data = pattern(CHUNKS << 20, 253);
     let fd = client.create("/f", layout).unwrap();
     assert_eq!(client.write(fd, &data).unwrap(), data.len());
     client.close(fd).unwrap();
@@ -347,11 +320,7 @@ fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
     const CHUNKS: usize = 2;
     // Periodic scans every 10 minutes: within the test only events can
     // make the planner look.
-    let flags = [
-        "--heartbeat-ms",
-        "200",
-        "--node-ttl-ms",
-        "1000",
+    let more = [
         "--repair-grace-ms",
         "1000",
         "--report-interval-ms",
@@ -359,6 +328,7 @@ fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
         "--metrics",
         "127.0.0.1:0",
     ];
+    let flags = [QUICK, &more].concat();
     let mut cluster = Cluster::start_with(3, &flags, &[]);
     let metrics = cluster.control.metrics.expect("control metrics endpoint");
     cluster.kill9(2);
@@ -377,13 +347,8 @@ fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
     // R=3, W=2 with two nodes up: each chunk is committed with two
     // replicas, and the commit alone makes the planner count them.
     let client = BlockingClient::connect(cluster.control.addr).unwrap();
-    let layout = CreateOptions {
-        chunk_size: 1 << 20,
-        replication: 3,
-        write_quorum: 2,
-        ..Default::default()
-    };
-    let data: Vec<u8> = (0..CHUNKS << 20).map(|i| (i % 241) as u8).collect();
+    let layout = layout(1 << 20, 3, 2);
+    let data = pattern(CHUNKS << 20, 241);
     let fd = client.create("/short", layout).unwrap();
     assert_eq!(client.write(fd, &data).unwrap(), data.len());
     client.close(fd).unwrap();

@@ -126,7 +126,7 @@ fn control_sigterm_answers_a_waiting_writer_and_exits_0() {
     let exit = control.terminate();
     assert_eq!(exit.code(), Some(0), "control exit status: {exit}");
     match clients.join().unwrap() {
-        Err(Error::Unavailable(msg)) => {
+        Err(Error::Unavailable { message: msg, .. }) => {
             assert!(msg.contains("stopping"), "answered, not cut off: {msg}")
         }
         other => panic!("the waiting writer got {other:?}"),
@@ -178,7 +178,7 @@ fn control_sigterm_during_creates_exits_0_and_loses_no_acknowledged_create() {
             assert!(
                 matches!(
                     e,
-                    Error::Unavailable(_) | Error::Internal(_) | Error::Timeout(_)
+                    Error::Unavailable { .. } | Error::Internal { .. } | Error::Timeout(_)
                 ),
                 "{e:?}"
             );

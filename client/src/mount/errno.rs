@@ -22,13 +22,23 @@ pub fn errno(e: &Error) -> Errno {
         Error::NoSpace(_) => Errno::ENOSPC,
         Error::Timeout(_) => Errno::ETIMEDOUT,
         Error::BadDescriptor(_) => Errno::EBADF,
-        Error::NoLease(_)
-        | Error::VersionMismatch(_)
-        | Error::Unavailable(_)
-        | Error::Internal(_)
-        | Error::Corrupt(_)
-        | Error::Quorum(_) => Errno::EIO,
+        // Lost leases, unreachable or failing servers, corrupt data, a
+        // missed quorum, a call whose outcome is unknown, and whatever
+        // kinds are added later.
+        _ => Errno::EIO,
     }
+}
+
+/// `e` with its sources, as one line (`a: b: c`).
+pub fn chain(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Whether the failure is the cluster's rather than the caller's (worth a
@@ -45,12 +55,13 @@ mod tests {
     fn caller_errors_keep_their_meaning_and_cluster_failures_are_eio() {
         let m = String::new;
         assert_eq!(errno(&Error::NotFound(m())), Errno::ENOENT);
+        assert_eq!(errno(&Error::unavailable("x")), Errno::EIO);
         assert_eq!(errno(&Error::NotEmpty(m())), Errno::ENOTEMPTY);
         assert_eq!(errno(&Error::Busy(m())), Errno::EBUSY);
         assert_eq!(errno(&Error::NoSpace(m())), Errno::ENOSPC);
         assert!(!is_cluster_failure(&Error::Exists(m())));
         for e in [
-            Error::Unavailable(m()),
+            Error::unavailable("down"),
             Error::Quorum(m()),
             Error::Corrupt(m()),
         ] {

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier, RenameFlags, TimeOrNow};
 
 use super::dirs::DirHandle;
-use super::errno::{errno, is_cluster_failure};
+use super::errno::{chain, errno, is_cluster_failure};
 use super::files::Writer;
 use super::inodes::{Inodes, HIDDEN_PREFIX};
 use crate::client::{Client, Fd};
@@ -46,7 +46,9 @@ const FILE_BLKSIZE: u32 = 1 << 20;
 /// How the mount behaves; see `MountArgs` for each knob.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// How long the kernel may use attributes it was given.
     pub attr_ttl: Duration,
+    /// How long the kernel may use a name it looked up.
     pub entry_ttl: Duration,
     /// Layout of files created through the mount (zeros: the server's).
     pub layout: CreateOptions,
@@ -54,6 +56,7 @@ pub struct Settings {
     pub lease_wait: Duration,
     /// Owner shown for every file (ringfs has no users yet).
     pub uid: u32,
+    /// Group shown for every file.
     pub gid: u32,
 }
 
@@ -126,7 +129,7 @@ impl Fs {
     /// and returns the errno.
     pub(super) fn fail(&self, op: &str, path: &str, e: Error) -> Errno {
         if is_cluster_failure(&e) {
-            log(format_args!("{op} {path}: {e}"));
+            log(format_args!("{op} {path}: {}", chain(&e)));
         }
         errno(&e)
     }
@@ -402,7 +405,10 @@ impl Fs {
             Ok(()) | Err(Error::NotFound(_)) => {
                 self.inodes.borrow_mut().removed(parent, name);
             }
-            Err(e) => log(format_args!("removing {path}, unlinked while open: {e}")),
+            Err(e) => log(format_args!(
+                "removing {path}, unlinked while open: {}",
+                chain(&e)
+            )),
         }
     }
 

@@ -40,9 +40,14 @@ use fs::{log, Fs};
 /// Everything a mount needs.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
+    /// The control server.
     pub control: SocketAddr,
+    /// The directory to mount on (absolute, without symlinks: as
+    /// /proc/self/mountinfo shows it).
     pub mountpoint: PathBuf,
+    /// How the file system behaves.
     pub settings: Settings,
+    /// Timeouts and caches of the client library underneath.
     pub client: ClientOptions,
     /// Let other users in (`allow_other`).
     pub allow_other: bool,
@@ -57,21 +62,30 @@ pub struct MountOptions {
 /// Why a mount could not start or ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("cannot reach the control server at {addr}: {source}")]
+    /// The client could not connect (nothing was mounted).
+    #[error("cannot reach the control server at {addr}")]
     Connect {
+        /// The control server's address.
         addr: SocketAddr,
+        /// Why.
         #[source]
         source: Error,
     },
-    #[error("cannot mount on {}: {source}", path.display())]
+    /// The kernel (or fusermount3) refused the mount.
+    #[error("cannot mount on {}", path.display())]
     Mount {
+        /// The mount point.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
-    #[error("{what}: {source}")]
+    /// Starting a thread failed, or the FUSE session ended with an error.
+    #[error("{what}")]
     Io {
+        /// What failed.
         what: &'static str,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -119,7 +133,7 @@ pub fn mount(o: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
     };
     let outcome = connected
         .recv()
-        .unwrap_or_else(|_| Err(Error::Internal("the client thread ended early".into())));
+        .unwrap_or_else(|_| Err(Error::internal("the client thread ended early")));
     if let Err(source) = outcome {
         let _ = io.join();
         return Err(MountError::Connect {
@@ -219,7 +233,7 @@ fn serve(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = connected.send(Err(Error::Internal(format!("tokio runtime: {e}"))));
+            let _ = connected.send(Err(Error::internal_from("starting a tokio runtime", e)));
             return;
         }
     };

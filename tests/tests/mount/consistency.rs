@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use ringfs_tests::Cluster;
 
-use crate::kit::{self, errno, pattern, Mount};
+use ringfs_tests::files::pattern;
+
+use crate::kit::{self, errno, Mount};
 
 /// The first `len` bytes of `path` read through a new open, with no stat
 /// before the read: the kernel refreshes a file's attributes by itself

@@ -5,7 +5,9 @@ use std::io::Read;
 
 use ringfs_tests::Cluster;
 
-use crate::kit::{self, pattern, Mount};
+use ringfs_tests::files::pattern;
+
+use crate::kit::{self, Mount};
 
 /// kill -9 of a storage node halfway through a read through the mount:
 /// the read completes, every byte right, from the other replicas.

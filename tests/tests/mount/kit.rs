@@ -263,20 +263,6 @@ pub fn run_any(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
-/// `n` bytes of a deterministic pattern for `seed`.
-pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 /// The errno of an I/O error, for asserting on it.
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)

@@ -3,19 +3,11 @@
 use std::fs::{self, File};
 use std::io::Read;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ringfs_tests::{binary, Cluster};
+use ringfs_tests::{binary, wait_until, Cluster};
 
 use crate::kit::{self, is_mounted, run, Mount};
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -78,7 +70,11 @@ fn a_daemon_mount_serves_and_stops_on_sigterm() {
     assert_eq!(fs::read(path.join("f")).unwrap(), b"daemon");
     // SAFETY: kill(2) of the daemon this test started.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    wait_until("the daemon exits", Duration::from_secs(20), || !alive(pid));
+    wait_until(
+        Duration::from_secs(20),
+        || !alive(pid),
+        || "the daemon exits".into(),
+    );
     assert!(!is_mounted(&path));
     let logged = fs::read_to_string(&log).unwrap();
     assert!(logged.contains("signal 15: unmounting"), "{logged:?}");
@@ -99,17 +95,21 @@ fn sigterm_detaches_a_busy_mount() {
     let pid = m.pid();
     // SAFETY: kill(2) of the mount process this test started.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    wait_until("the mount is detached", Duration::from_secs(20), || {
-        !is_mounted(&m.path)
-    });
+    wait_until(
+        Duration::from_secs(20),
+        || !is_mounted(&m.path),
+        || "the mount is detached".into(),
+    );
     let mut s = String::new();
     open.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still here");
     assert!(alive(pid), "the mount process still serves the open file");
     drop(open);
-    wait_until("the mount process exits", Duration::from_secs(20), || {
-        !alive(pid)
-    });
+    wait_until(
+        Duration::from_secs(20),
+        || !alive(pid),
+        || "the mount process exits".into(),
+    );
     let log = m.log();
     assert!(log.contains("lazy unmount"), "{log}");
 }

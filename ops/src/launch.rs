@@ -1,6 +1,8 @@
-//! Child processes of a local cluster. Each server prints
-//! `<name> listening on <addr>` on stdout once it serves; the launcher waits
-//! for that line.
+//! Starting the ringfs servers as child processes, shared by the bench's
+//! local cluster and the test kit (`ringfs-tests`). Each server prints
+//! `... listening on <addr>` on stdout once it serves (a storage node one
+//! line per shard, `ringfs-node: shard <i> on core <c> listening on <addr>`);
+//! the launcher waits for those lines.
 //!
 //! No stray processes: a [`Server`] is killed when dropped, and every child
 //! is started with `PR_SET_PDEATHSIG = SIGKILL`, so it also dies when the
@@ -15,7 +17,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// A running server process.
+/// What precedes the address in a server's announcement.
+const LISTENING: &str = "listening on ";
+
+/// A running server process (killed when dropped).
 pub struct Server {
     child: Child,
     /// The address from its "listening on" line.
@@ -24,16 +29,16 @@ pub struct Server {
 
 impl Server {
     /// Spawns `cmd` (stdout is taken over) and waits up to `timeout` for a
-    /// line containing `prefix ADDR`.
-    pub fn spawn(cmd: Command, prefix: &'static str, timeout: Duration) -> std::io::Result<Self> {
-        Self::spawn_all(cmd, prefix, 1, timeout).map(|(server, _)| server)
+    /// line containing `marker` and ending in `listening on ADDR`.
+    pub fn spawn(cmd: Command, marker: &'static str, timeout: Duration) -> std::io::Result<Self> {
+        Self::spawn_all(cmd, marker, 1, timeout).map(|(server, _)| server)
     }
 
     /// Like [`Server::spawn`], but waits for `count` such lines (one per
     /// shard of a storage node) and returns every address, in order.
     pub fn spawn_all(
         mut cmd: Command,
-        prefix: &'static str,
+        marker: &'static str,
         count: usize,
         timeout: Duration,
     ) -> std::io::Result<(Self, Vec<SocketAddr>)> {
@@ -55,7 +60,10 @@ impl Server {
             // Keep draining after the lines so the child never blocks on a
             // full pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once(prefix) {
+                if !line.contains(marker) {
+                    continue;
+                }
+                if let Some((_, addr)) = line.rsplit_once(LISTENING) {
                     let _ = tx.send(addr.trim().parse::<SocketAddr>());
                 }
             }
@@ -71,7 +79,7 @@ impl Server {
             match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
                 Ok(Ok(addr)) => addrs.push(addr),
                 Ok(Err(e)) => {
-                    return fail(&mut child, format!("bad address after {prefix:?}: {e}"))
+                    return fail(&mut child, format!("bad address in a {marker:?} line: {e}"))
                 }
                 Err(_) => {
                     return match child.try_wait() {
@@ -80,7 +88,7 @@ impl Server {
                         }
                         _ => fail(
                             &mut child,
-                            format!("did not print {prefix:?} {count} times within {timeout:?}"),
+                            format!("did not print {marker:?} {count} times within {timeout:?}"),
                         ),
                     }
                 }
@@ -93,6 +101,7 @@ impl Server {
         Ok((server, addrs))
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,52 +1,49 @@
-//! Chunk store against an in-memory model: aligned and unaligned writes and
-//! reads, gaps, checksum failure after a flipped byte, restart recovery.
+//! Chunk store on real O_DIRECT files against an in-memory model: aligned
+//! and unaligned writes and reads, gaps, checksum failure after a flipped
+//! byte, restart recovery, group commit.
 
-use glommio::{LocalExecutorBuilder, Placement};
-use ringfs_node::chunk_file::{CRC_BLOCK, DATA_OFFSET};
-
-/// The CRC block holding byte 70 000.
-const B: u64 = 70_000 / CRC_BLOCK;
-use ringfs_node::chunk_store::{ChunkStore, StoreError, WriteBuf};
-use ringfs_node::ids::ChunkId;
+use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use ringfs_tests::on_glommio as run;
 use std::collections::HashMap;
 use std::path::Path;
 
-fn run<F, Fut, T>(f: F) -> T
+/// The CRC block holding byte 70 000.
+const B: u64 = 70_000 / CRC_BLOCK;
+
+async fn open(dir: &Path) -> ChunkStore {
+    ChunkStore::open(DmaDir::open(dir).await.unwrap())
+        .await
+        .unwrap()
+}
+
+/// Writes `data` at `off` (creating the chunk); returns the new version.
+pub(super) async fn write<D: DiskDir>(
+    store: &ChunkStore<D>,
+    id: ChunkId,
+    off: u64,
+    data: &[u8],
+) -> Result<u64, StoreError>
 where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T> + 'static,
-    T: Send + 'static,
+    D::File: 'static,
 {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(256 * 1024)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-/// xorshift64*: a tiny deterministic PRNG for reproducible workloads.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-async fn write(store: &ChunkStore, id: ChunkId, off: u64, data: &[u8]) -> Result<u64, StoreError> {
     let mut wb = WriteBuf::new(off, data.len() as u64)?;
     wb.payload_mut().copy_from_slice(data);
     let (r, _) = store.write(id, wb, 0, true, |_, _| async {}).await;
     r.map(|i| i.version)
 }
 
-async fn read(store: &ChunkStore, id: ChunkId, off: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+/// Reads `len` bytes at `off` into a vector.
+pub(super) async fn read<D: DiskDir>(
+    store: &ChunkStore<D>,
+    id: ChunkId,
+    off: u64,
+    len: u64,
+) -> Result<Vec<u8>, StoreError>
+where
+    D::File: 'static,
+{
     store.read(id, off, len).await.map(|(r, _)| r.to_vec())
 }
 
@@ -62,22 +59,32 @@ fn random_writes_and_reads_match_the_model_and_survive_restart() {
     let path = dir.path().to_path_buf();
     let p2 = path.clone();
     let models = run(move || async move {
-        let store = ChunkStore::open(&path).await.unwrap();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let store = open(&path).await;
+        let mut rng = StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         let mut models = HashMap::<ChunkId, (Vec<u8>, u64)>::new();
         for i in 0..3u64 {
             models.insert(ChunkId::new(1, i), (Vec::new(), 0));
         }
         for step in 0..300 {
-            let id = ChunkId::new(1, rng.below(3));
+            let id = ChunkId::new(1, rng.random_range(0..3));
             let (model, version) = models.get_mut(&id).unwrap();
-            let aligned = rng.below(2) == 0;
+            let aligned = rng.random_range(0..2) == 0;
             let (off, len) = if aligned {
-                (rng.below(64) * 4096, (1 + rng.below(40)) * 4096)
+                (
+                    rng.random_range(0..64) * 4096,
+                    (1 + rng.random_range(0..40)) * 4096,
+                )
             } else {
-                (rng.below(600_000), 1 + rng.below(200_000))
+                (
+                    rng.random_range(0..600_000),
+                    1 + rng.random_range(0..200_000),
+                )
             };
-            let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let data: Vec<u8> = {
+                let mut d = vec![0u8; len as usize];
+                rng.fill_bytes(&mut d);
+                d
+            };
             let v = write(&store, id, off, &data).await.unwrap();
             *version += 1;
             assert_eq!(v, *version);
@@ -88,7 +95,10 @@ fn random_writes_and_reads_match_the_model_and_survive_restart() {
             model[off as usize..end].copy_from_slice(&data);
             // Reads of random ranges, including past the end.
             for _ in 0..3 {
-                let (ro, rl) = (rng.below(800_000), 1 + rng.below(300_000));
+                let (ro, rl) = (
+                    rng.random_range(0..800_000),
+                    1 + rng.random_range(0..300_000),
+                );
                 assert_eq!(
                     read(&store, id, ro, rl).await.unwrap(),
                     model_read(model, ro, rl),
@@ -103,7 +113,7 @@ fn random_writes_and_reads_match_the_model_and_survive_restart() {
     });
     // Restart: a fresh store finds every chunk with its length and version.
     run(move || async move {
-        let store = ChunkStore::open(&p2).await.unwrap();
+        let store = open(&p2).await;
         let inv = store.inventory();
         assert_eq!(inv.len(), models.len());
         for (id, version, length) in inv {
@@ -135,14 +145,14 @@ fn flipped_byte_yields_checksum_error_not_wrong_bytes() {
     let id = ChunkId::new(2, 5);
     let p = path.clone();
     run(move || async move {
-        let store = ChunkStore::open(&p).await.unwrap();
+        let store = open(&p).await;
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         write(&store, id, 0, &data).await.unwrap();
     });
     flip_byte(&path, id, 70_000); // in CRC block B
     let p = path.clone();
     run(move || async move {
-        let store = ChunkStore::open(&p).await.unwrap();
+        let store = open(&p).await;
         // Block 0 is intact and still readable.
         assert_eq!(read(&store, id, 0, 1000).await.unwrap().len(), 1000);
         match read(&store, id, 69_000, 2000).await {
@@ -168,7 +178,7 @@ fn stale_versions_and_bad_ranges_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().to_path_buf();
     run(move || async move {
-        let store = ChunkStore::open(&p).await.unwrap();
+        let store = open(&p).await;
         let id = ChunkId::new(3, 1);
         let mut wb = WriteBuf::new(0, 10).unwrap();
         wb.payload_mut().copy_from_slice(&[1; 10]);
@@ -205,7 +215,7 @@ fn concurrent_writes_share_group_commits() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().to_path_buf();
     run(move || async move {
-        let store = std::rc::Rc::new(ChunkStore::open(&p).await.unwrap());
+        let store = std::rc::Rc::new(open(&p).await);
         let mut tasks = Vec::new();
         for i in 0..32u64 {
             let store = store.clone();

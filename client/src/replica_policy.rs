@@ -1,0 +1,265 @@
+//! The client's replica policy, as pure functions: which replica a read
+//! tries first, what a chain write's answer means, when a write has its
+//! quorum, which failures move on to another replica or placement and
+//! which end the call, and what a read that found no good replica reports.
+//! [`crate::chunk_io`] does the I/O around these decisions; they are
+//! tested here without processes.
+
+use crate::error::Error;
+
+/// The order in which a read tries the replicas of chunk `index`: replicas
+/// the map calls up first, then the least loaded (fewest of this client's
+/// requests in flight), ties broken by a rotation that depends on the
+/// chunk, so that reads of a file spread over its replicas; replicas the
+/// map calls down (or does not know) come last, as a last resort.
+pub(crate) fn read_order(
+    replicas: &[u64],
+    index: u64,
+    up: impl Fn(u64) -> bool,
+    load: impl Fn(u64) -> usize,
+) -> Vec<u64> {
+    let mut order: Vec<(bool, usize, usize, u64)> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let rotation = (i + index as usize) % replicas.len().max(1);
+            (!up(n), load(n), rotation, n)
+        })
+        .collect();
+    order.sort_unstable();
+    order.into_iter().map(|(.., n)| n).collect()
+}
+
+/// The order in which an overwrite locks the replicas: ascending node id,
+/// the same for every client, so two writers never deadlock.
+pub(crate) fn lock_order(replicas: &[u64]) -> Vec<u64> {
+    let mut order = replicas.to_vec();
+    order.sort_unstable();
+    order
+}
+
+/// Where `node` stands in the chain of a write to a chunk recorded with
+/// `replicas`: the record's order, primary first (unlisted nodes last).
+pub(crate) fn chain_position(replicas: &[u64], node: u64) -> usize {
+    replicas
+        .iter()
+        .position(|&r| r == node)
+        .unwrap_or(replicas.len())
+}
+
+/// Whether `replicas` durable (or reserved, or locked) replicas are enough
+/// for a file whose write quorum is `write_quorum` (0 counts as 1).
+pub(crate) fn has_quorum(replicas: usize, write_quorum: u8) -> bool {
+    replicas >= write_quorum.max(1) as usize
+}
+
+/// How many replicas of a chain of `chain` hold a write the primary
+/// answered with `durable_replicas`: a hop forwards only what it received,
+/// so the durable replicas are a prefix of the chain, and a node can claim
+/// no more than the chain has.
+pub(crate) fn durable_prefix(chain: usize, durable_replicas: u8) -> usize {
+    (durable_replicas as usize).min(chain)
+}
+
+/// The failure of a placement that reserved `reserved` replicas, fewer than
+/// the quorum: `no space` if a node refused for lack of it (adding nodes
+/// will not help, freeing space will), else `unavailable`.
+pub(crate) fn placement_failure(no_space: bool, message: String) -> Error {
+    if no_space {
+        Error::NoSpace(message)
+    } else {
+        Error::unavailable(message)
+    }
+}
+
+/// Whether a failed write of a new chunk is worth one more placement: the
+/// chain lost a node, timed out or fell short of the quorum, which another
+/// set of nodes may not. Refusals of the request itself are final.
+pub(crate) fn retry_new_chunk(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable { .. } | Error::Quorum(_) | Error::Timeout(_)
+    )
+}
+
+/// What an overwrite does when it cannot lock a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockFailure {
+    /// Someone else holds the lock: fail the write (the replica is not
+    /// lost; skipping it would leave it behind the others).
+    Abort,
+    /// The replica is unreachable or refuses: write the others, if they
+    /// are a quorum, and leave it out of the record.
+    Skip,
+}
+
+/// See [`LockFailure`].
+pub(crate) fn on_lock_failure(e: &Error) -> LockFailure {
+    match e {
+        Error::Busy(_) | Error::Timeout(_) => LockFailure::Abort,
+        _ => LockFailure::Skip,
+    }
+}
+
+/// Whether a storage node may serve a read of a chunk recorded at
+/// `committed` version: a replica that answered an older version missed a
+/// write, and one that returned fewer bytes than asked lost some (both
+/// move on to the next replica).
+pub(crate) fn replica_is_current(
+    answered_version: u64,
+    committed: u64,
+    got: usize,
+    wanted: usize,
+) -> bool {
+    answered_version >= committed && got >= wanted
+}
+
+/// The failure of a read that no replica could serve: `corrupt` when every
+/// replica tried failed its checksum (the data is damaged everywhere we
+/// looked), else `unavailable` (another replica may come back).
+pub(crate) fn read_failure(errors: &[Error], message: String) -> Error {
+    if !errors.is_empty() && errors.iter().all(|e| matches!(e, Error::Corrupt(_))) {
+        Error::Corrupt(message)
+    } else {
+        Error::unavailable(message)
+    }
+}
+
+/// Where an overwrite of `len` bytes at `offset` of a chunk with `valid`
+/// recorded bytes writes: from `offset`, or from `valid` with the gap
+/// between them filled with zeros (bytes a truncate left on the nodes
+/// there must not reappear). Returns (write offset, zero bytes first).
+pub(crate) fn overwrite_span(valid: u32, offset: u64) -> (u64, usize) {
+    let gap = offset.saturating_sub(valid as u64);
+    (offset - gap, gap as usize)
+}
+
+/// The valid length of a chunk with `valid` recorded bytes after `len`
+/// bytes were written at `offset`.
+pub(crate) fn length_after_write(valid: u32, offset: u64, len: usize) -> u32 {
+    (valid as u64).max(offset + len as u64) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_prefer_up_then_idle_replicas_and_spread_over_equals() {
+        let all_up = |_| true;
+        let idle = |_| 0;
+        // Equal replicas: the rotation gives chunks different first choices.
+        let firsts: Vec<u64> = (0..3)
+            .map(|index| read_order(&[7, 8, 9], index, all_up, idle)[0])
+            .collect();
+        assert_eq!(firsts, vec![7, 9, 8]);
+        // A down replica is tried last, whatever its load.
+        assert_eq!(
+            read_order(&[7, 8, 9], 0, |n| n != 7, |n| if n == 7 { 0 } else { 5 }),
+            vec![8, 9, 7]
+        );
+        // Among up replicas, the least loaded first.
+        assert_eq!(
+            read_order(&[7, 8, 9], 0, all_up, |n| (10 - n) as usize),
+            vec![9, 8, 7]
+        );
+        assert!(read_order(&[], 3, all_up, idle).is_empty());
+    }
+
+    #[test]
+    fn locks_go_in_node_order_and_chains_in_record_order() {
+        assert_eq!(lock_order(&[9, 2, 5]), vec![2, 5, 9]);
+        let mut locked = lock_order(&[9, 2, 5]);
+        locked.sort_by_key(|&n| chain_position(&[9, 2, 5], n));
+        assert_eq!(locked, vec![9, 2, 5]);
+        assert_eq!(chain_position(&[9, 2], 4), 2);
+    }
+
+    #[test]
+    fn quorum_and_durable_prefix() {
+        assert!(has_quorum(1, 0), "a quorum of 0 means 1");
+        assert!(!has_quorum(0, 0));
+        assert!(has_quorum(2, 2));
+        assert!(!has_quorum(1, 2));
+        assert_eq!(durable_prefix(3, 2), 2);
+        assert_eq!(
+            durable_prefix(2, 5),
+            2,
+            "a node cannot claim more than the chain"
+        );
+        assert_eq!(durable_prefix(3, 0), 0);
+    }
+
+    #[test]
+    fn failures_are_classified_for_retry_and_failover() {
+        let unavailable = Error::unavailable("node gone");
+        for e in [
+            unavailable.clone(),
+            Error::Quorum("1 of 2".into()),
+            Error::Timeout("slow".into()),
+        ] {
+            assert!(retry_new_chunk(&e), "{e}");
+        }
+        for e in [
+            Error::NoSpace("full".into()),
+            Error::InvalidArgument("bad".into()),
+            Error::Corrupt("crc".into()),
+            Error::Busy("locked".into()),
+        ] {
+            assert!(!retry_new_chunk(&e), "{e}");
+        }
+        assert_eq!(
+            on_lock_failure(&Error::Busy("x".into())),
+            LockFailure::Abort
+        );
+        assert_eq!(
+            on_lock_failure(&Error::Timeout("x".into())),
+            LockFailure::Abort
+        );
+        assert_eq!(on_lock_failure(&unavailable), LockFailure::Skip);
+        assert_eq!(
+            on_lock_failure(&Error::NotFound("x".into())),
+            LockFailure::Skip
+        );
+        assert_eq!(
+            placement_failure(true, "m".into()),
+            Error::NoSpace("m".into())
+        );
+        assert_eq!(
+            placement_failure(false, "m".into()),
+            Error::unavailable("m")
+        );
+    }
+
+    #[test]
+    fn corrupt_only_when_every_replica_tried_was_corrupt() {
+        let corrupt = Error::Corrupt("crc".into());
+        let gone = Error::unavailable("gone");
+        assert_eq!(
+            read_failure(&[corrupt.clone(), corrupt.clone()], "m".into()),
+            Error::Corrupt("m".into())
+        );
+        assert_eq!(
+            read_failure(&[corrupt, gone], "m".into()),
+            Error::unavailable("m")
+        );
+        assert_eq!(read_failure(&[], "m".into()), Error::unavailable("m"));
+    }
+
+    #[test]
+    fn stale_or_short_replicas_are_not_served() {
+        assert!(replica_is_current(5, 5, 10, 10));
+        assert!(replica_is_current(6, 5, 12, 10));
+        assert!(!replica_is_current(4, 5, 10, 10), "missed a write");
+        assert!(!replica_is_current(5, 5, 9, 10), "lost bytes");
+    }
+
+    #[test]
+    fn an_overwrite_past_the_valid_bytes_zero_fills_the_gap() {
+        assert_eq!(overwrite_span(100, 50), (50, 0));
+        assert_eq!(overwrite_span(100, 100), (100, 0));
+        assert_eq!(overwrite_span(100, 150), (100, 50));
+        assert_eq!(length_after_write(100, 50, 10), 100);
+        assert_eq!(length_after_write(100, 150, 10), 160);
+    }
+}

@@ -1,0 +1,574 @@
+//! The `Control` bootstrap capability: namespace calls, opens, and the
+//! storage nodes' join, heartbeat, chunk reports and leave.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use capnp::capability::Rc as CapRc;
+use ringfs_schema::control_capnp::{attr, control, OpenMode};
+use ringfs_schema::{read_chunk_id, PROTOCOL_VERSION};
+
+use super::convert::{
+    fill_attr, fill_command, fill_health, node_key, now_ns, read_capacity, text, wire,
+};
+use super::file_handle::FileHandleImpl;
+use super::subscription::SubscriptionImpl;
+use super::{DEFAULT_LIST, MAX_LIST, MAX_PROBLEMS, MAX_WAIT};
+use crate::call_gate::CallGate;
+use crate::cluster_state::State;
+use crate::error::{ControlError, Result};
+use crate::leases::{Acquire, Guid};
+use crate::records::Kind;
+use crate::store::{CreateOptions, Mutation, Outcome};
+
+/// The bootstrap capability; one per server, shared by every connection.
+pub(super) struct ControlImpl {
+    pub(super) state: Rc<State>,
+}
+
+impl ControlImpl {
+    async fn mutate_attr(&self, m: Mutation, out: attr::Builder<'_>) -> Result<()> {
+        match self.state.committer.submit(m).await? {
+            Outcome::Attr(ino, a) => {
+                fill_attr(out, ino, &a);
+                Ok(())
+            }
+            other => Err(ControlError::Internal(format!(
+                "unexpected outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Waits (FIFO, up to `wait`) for the write lease on `inode`.
+    async fn acquire_write(&self, inode: u64, guid: Guid, wait: Duration) -> Result<()> {
+        let acquired = self.state.leases.borrow_mut().acquire(inode, guid);
+        let rx = match acquired {
+            Acquire::Granted => return Ok(()),
+            Acquire::Queued(rx) => rx,
+        };
+        // If this call is dropped while queued, or times out, leave the queue
+        // (or hand on a lease granted at the last moment).
+        let guard = LeaseGuard {
+            state: self.state.clone(),
+            inode,
+            guid,
+        };
+        // A stopping server answers waiters at once rather than holding
+        // its stop up for as long as they asked to wait.
+        let waited = tokio::select! {
+            r = tokio::time::timeout(wait, rx) => matches!(r, Ok(Ok(()))),
+            () = self.state.gate.stopped() => false,
+        };
+        if waited || self.state.leases.borrow().holds(inode, &guid) {
+            std::mem::forget(guard);
+            Ok(())
+        } else if self.state.gate.is_stopping() {
+            Err(CallGate::stopping_error())
+        } else {
+            Err(ControlError::Busy(format!(
+                "file is open for writing by another client (waited {} ms)",
+                wait.as_millis()
+            )))
+        }
+    }
+}
+
+/// Releases a lease or queue place unless forgotten.
+struct LeaseGuard {
+    state: Rc<State>,
+    inode: u64,
+    guid: Guid,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.state
+            .leases
+            .borrow_mut()
+            .release(self.inode, &self.guid);
+    }
+}
+
+impl control::Server for ControlImpl {
+    fn hello(
+        self: CapRc<Self>,
+        params: control::HelloParams,
+        mut results: control::HelloResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let theirs = params.get()?.get_protocol_version();
+            if theirs != PROTOCOL_VERSION {
+                return Err(ControlError::VersionMismatch(format!(
+                    "client speaks protocol {theirs}, this server speaks {PROTOCOL_VERSION}"
+                )));
+            }
+            let mut r = results.get();
+            r.set_protocol_version(PROTOCOL_VERSION);
+            r.set_server_version(concat!("ringfs-control ", env!("CARGO_PKG_VERSION")));
+            Ok(())
+        })
+    }
+
+    fn create(
+        self: CapRc<Self>,
+        params: control::CreateParams,
+        mut results: control::CreateResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let path = text(p.get_path())?;
+            let o = p.get_options()?;
+            let options = CreateOptions {
+                mode: o.get_mode(),
+                chunk_size: o.get_chunk_size(),
+                replication: o.get_replication(),
+                write_quorum: o.get_write_quorum(),
+                exclusive: o.get_exclusive(),
+            };
+            let m = Mutation::Create {
+                path,
+                options,
+                now_ns: now_ns(),
+            };
+            self.mutate_attr(m, results.get().init_attr()).await
+        })
+    }
+
+    fn mkdir(
+        self: CapRc<Self>,
+        params: control::MkdirParams,
+        mut results: control::MkdirResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let m = Mutation::Mkdir {
+                path: text(p.get_path())?,
+                mode: p.get_mode(),
+                now_ns: now_ns(),
+            };
+            self.mutate_attr(m, results.get().init_attr()).await
+        })
+    }
+
+    fn unlink(
+        self: CapRc<Self>,
+        params: control::UnlinkParams,
+        _: control::UnlinkResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let path = text(params.get()?.get_path())?;
+            let m = Mutation::Unlink {
+                path,
+                now_ns: now_ns(),
+            };
+            self.state.committer.submit(m).await.map(drop)
+        })
+    }
+
+    fn rmdir(
+        self: CapRc<Self>,
+        params: control::RmdirParams,
+        _: control::RmdirResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let path = text(params.get()?.get_path())?;
+            let m = Mutation::Rmdir {
+                path,
+                now_ns: now_ns(),
+            };
+            self.state.committer.submit(m).await.map(drop)
+        })
+    }
+
+    fn rename(
+        self: CapRc<Self>,
+        params: control::RenameParams,
+        _: control::RenameResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let m = Mutation::Rename {
+                from: text(p.get_from())?,
+                to: text(p.get_to())?,
+                now_ns: now_ns(),
+            };
+            self.state.committer.submit(m).await.map(drop)
+        })
+    }
+
+    fn set_attr(
+        self: CapRc<Self>,
+        params: control::SetAttrParams,
+        mut results: control::SetAttrResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let m = Mutation::SetAttr {
+                path: text(p.get_path())?,
+                mode: p.get_set_mode().then(|| p.get_mode()),
+                mtime_ns: p.get_set_mtime().then(|| p.get_mtime_ns()),
+            };
+            self.mutate_attr(m, results.get().init_attr()).await
+        })
+    }
+
+    fn stat(
+        self: CapRc<Self>,
+        params: control::StatParams,
+        mut results: control::StatResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let path = text(params.get()?.get_path())?;
+            let (ino, a) = self.state.store.stat(&path)?;
+            fill_attr(results.get().init_attr(), ino, &a);
+            Ok(())
+        })
+    }
+
+    fn list(
+        self: CapRc<Self>,
+        params: control::ListParams,
+        mut results: control::ListResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let path = text(p.get_path())?;
+            let after = text(p.get_after())?;
+            let limit = match p.get_limit() {
+                0 => DEFAULT_LIST,
+                n => n.min(MAX_LIST),
+            };
+            let (entries, more) = self.state.store.list(&path, &after, limit as usize)?;
+            let mut r = results.get();
+            r.set_more(more);
+            let mut list = r.init_entries(entries.len() as u32);
+            for (i, e) in entries.iter().enumerate() {
+                let mut b = list.reborrow().get(i as u32);
+                b.set_name(e.name.as_str());
+                fill_attr(b.init_attr(), e.inode, &e.attr);
+            }
+            Ok(())
+        })
+    }
+
+    fn open(
+        self: CapRc<Self>,
+        params: control::OpenParams,
+        mut results: control::OpenResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let path = text(p.get_path())?;
+            let write = p.get_mode()? == OpenMode::Write;
+            let wait = Duration::from_millis(p.get_wait_ms() as u64).min(MAX_WAIT);
+            let (ino, a) = self.state.store.stat(&path)?;
+            if a.kind == Kind::Directory {
+                return Err(ControlError::IsDirectory(path));
+            }
+            let guid: Guid = rand::random();
+            if write {
+                self.acquire_write(ino, guid, wait).await?;
+            }
+            let handle = FileHandleImpl {
+                state: self.state.clone(),
+                guid,
+                inode: ino,
+                write,
+                closed: Cell::new(false),
+            };
+            // The file may have been removed while we waited for the lease.
+            let attr_now = match self.state.store.inode(ino)? {
+                Some(a) => a,
+                None => {
+                    drop(handle);
+                    return Err(ControlError::NotFound(path));
+                }
+            };
+            let mut r = results.get();
+            r.set_guid(&guid);
+            fill_attr(r.reborrow().init_attr(), ino, &attr_now);
+            r.set_handle(crate::metrics::file_handle_client(handle));
+            Ok(())
+        })
+    }
+
+    fn join(
+        self: CapRc<Self>,
+        params: control::JoinParams,
+        mut results: control::JoinResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            if !crate::store::constant_time_eq(p.get_secret()?, &self.state.secret) {
+                return Err(ControlError::PermissionDenied(
+                    "wrong cluster secret".to_string(),
+                ));
+            }
+            let node_id = p.get_node_id();
+            let key = node_key(p.get_node_key())?;
+            let shards = p
+                .get_shards()?
+                .iter()
+                .map(|s| text(s.get_address()))
+                .collect::<Result<Vec<_>>>()?;
+            if shards.is_empty() || shards.len() > 1024 {
+                return Err(ControlError::InvalidArgument(
+                    "a node has 1 to 1024 shard endpoints".into(),
+                ));
+            }
+            for s in &shards {
+                if s.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ControlError::InvalidArgument(format!(
+                        "shard endpoint {s:?} is not ip:port"
+                    )));
+                }
+            }
+            let capacity = read_capacity(p.get_capacity()?);
+            let m = Mutation::Join {
+                node_id,
+                key,
+                new_key: rand::random(),
+                shards: shards.clone(),
+            };
+            let Outcome::Joined {
+                node_id,
+                key,
+                epoch,
+            } = self.state.committer.submit(m).await?
+            else {
+                return Err(ControlError::Internal("unexpected join outcome".into()));
+            };
+            self.state.epoch.set(self.state.epoch.get().max(epoch));
+            self.state
+                .membership
+                .borrow_mut()
+                .joined(node_id, key, shards, capacity);
+            // A (re)joining node starts a new session: commands sent to the
+            // old one will never report back.
+            self.state.commands.borrow_mut().forget_node(node_id);
+            tracing::info!(node_id, "node joined");
+            self.state.notify_watchers();
+            let mut r = results.get();
+            r.set_node_id(node_id);
+            r.set_node_key(&key);
+            r.set_heartbeat_ms(self.state.timing.heartbeat.as_millis() as u32);
+            r.set_ttl_ms(self.state.timing.node_ttl.as_millis() as u32);
+            Ok(())
+        })
+    }
+
+    fn heartbeat(
+        self: CapRc<Self>,
+        params: control::HeartbeatParams,
+        mut results: control::HeartbeatResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let id = p.get_node_id();
+            let capacity = read_capacity(p.get_capacity()?);
+            let refresh = self.state.repair.borrow().cfg.report_interval;
+            let (came_up, report_wanted) = self.state.membership.borrow_mut().heartbeat(
+                id,
+                p.get_node_key()?,
+                capacity,
+                refresh,
+            )?;
+            let bad = p
+                .get_bad_chunks()?
+                .iter()
+                .map(read_chunk_id)
+                .collect::<Vec<_>>();
+            if !bad.is_empty() {
+                tracing::warn!(
+                    node_id = id,
+                    chunks = bad.len(),
+                    "node reports chunks failing checksums"
+                );
+            }
+            self.state.membership.borrow_mut().set_bad(id, bad);
+            let done = p
+                .get_done()?
+                .iter()
+                .map(|d| {
+                    Ok((
+                        d.get_id(),
+                        d.get_ok(),
+                        text(d.get_message())?,
+                        d.get_version(),
+                        d.get_length(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // Outcomes may need a durable commit; the heartbeat's answer
+            // must not wait for it (a slow fsync would look like a dead node).
+            if !done.is_empty() {
+                let state = self.state.clone();
+                tokio::task::spawn_local(async move {
+                    for (cmd, ok, msg, version, length) in done {
+                        if let Err(e) = state.command_done(id, cmd, ok, &msg, version, length).await
+                        {
+                            tracing::error!(node_id = id, command = cmd, error = %e, "applying a command outcome failed");
+                        }
+                    }
+                });
+            }
+            if came_up {
+                tracing::info!(node_id = id, "node is up");
+                self.state.map_changed().await?;
+            }
+            let commands = self
+                .state
+                .commands
+                .borrow_mut()
+                .take_for(id, Instant::now());
+            let mut r = results.get();
+            r.set_epoch(self.state.epoch.get());
+            r.set_report_wanted(report_wanted);
+            let mut list = r.init_commands(commands.len() as u32);
+            for (i, c) in commands.iter().enumerate() {
+                fill_command(list.reborrow().get(i as u32), c);
+            }
+            Ok(())
+        })
+    }
+
+    fn report_chunks(
+        self: CapRc<Self>,
+        params: control::ReportChunksParams,
+        _: control::ReportChunksResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let chunks = p
+                .get_chunks()?
+                .iter()
+                .map(|c| {
+                    Ok((
+                        read_chunk_id(c.get_chunk_id()?),
+                        c.get_version(),
+                        c.get_length(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.state.membership.borrow_mut().report_chunks(
+                p.get_node_id(),
+                p.get_node_key()?,
+                chunks,
+                p.get_last(),
+            )
+        })
+    }
+
+    fn cluster_map(
+        self: CapRc<Self>,
+        _: control::ClusterMapParams,
+        mut results: control::ClusterMapResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        self.state.fill_map(results.get().init_map());
+        std::future::ready(Ok(()))
+    }
+
+    fn report_bad_replica(
+        self: CapRc<Self>,
+        params: control::ReportBadReplicaParams,
+        _: control::ReportBadReplicaResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let chunk = read_chunk_id(p.get_chunk_id()?);
+            let node = p.get_node_id();
+            if self.state.membership.borrow().get(node).is_none() {
+                return Err(ControlError::NotFound(format!("node {node}")));
+            }
+            let repaired = p.get_repaired();
+            tracing::warn!(
+                node,
+                chunk = format!("{chunk:032x}"),
+                repaired,
+                "a client read a replica that failed its checksum"
+            );
+            let mut repair = self.state.repair.borrow_mut();
+            repair.bad_reports += 1;
+            // A replica the client already replaced with a verified copy is
+            // good again; otherwise repair replaces it.
+            if !repaired {
+                repair.suspects.insert((chunk, node));
+            } else {
+                repair.suspects.remove(&(chunk, node));
+            }
+            Ok(())
+        })
+    }
+
+    fn leave(
+        self: CapRc<Self>,
+        params: control::LeaveParams,
+        mut results: control::LeaveResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let id = p.get_node_id();
+            let was_up = self
+                .state
+                .membership
+                .borrow_mut()
+                .left(id, p.get_node_key()?)?;
+            tracing::info!(node_id = id, "node is leaving: marked down");
+            if was_up {
+                self.state.map_changed().await?;
+            }
+            results.get().set_epoch(self.state.epoch.get());
+            Ok(())
+        })
+    }
+
+    fn chunk_health(
+        self: CapRc<Self>,
+        params: control::ChunkHealthParams,
+        mut results: control::ChunkHealthResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let limit = params.get()?.get_problem_limit().min(MAX_PROBLEMS) as usize;
+            let map = self.state.store.chunk_map()?;
+            let paths = if limit > 0 {
+                self.state.store.paths()?
+            } else {
+                Default::default()
+            };
+            let garbage = self.state.store.garbage()?;
+            let mut h = crate::repair::health(
+                &self.state.repair.borrow(),
+                &map,
+                &self.state.membership.borrow(),
+                &self.state.commands.borrow(),
+                &paths,
+                limit,
+                Instant::now(),
+            );
+            h.deletes_pending = garbage.iter().map(|g| g.replicas.len() as u64).sum();
+            fill_health(results.get().init_health(), &h);
+            Ok(())
+        })
+    }
+
+    fn subscribe(
+        self: CapRc<Self>,
+        params: control::SubscribeParams,
+        mut results: control::SubscribeResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let watcher = params.get()?.get_watcher()?;
+            let id = self.state.next_watcher.get();
+            self.state.next_watcher.set(id + 1);
+            self.state.watchers.borrow_mut().push((id, watcher));
+            let mut r = results.get();
+            self.state.fill_map(r.reborrow().init_map());
+            r.set_subscription(capnp_rpc::new_client(SubscriptionImpl {
+                state: Rc::downgrade(&self.state),
+                id,
+            }));
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! An open file's handle: attributes, chunk records, and for a write handle
+//! (which holds the file's write lease) commits and truncation.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use capnp::capability::Rc as CapRc;
+use ringfs_schema::control_capnp::file_handle;
+
+use super::convert::{fill_attr, fill_chunk_record, now_ns, read_chunk_record, wire};
+use super::MAX_CHUNKS_PER_CALL;
+use crate::cluster_state::State;
+use crate::error::{ControlError, Result};
+use crate::leases::Guid;
+use crate::store::{Mutation, Outcome};
+
+/// An open file. Holds the write lease for write handles until closed or
+/// dropped (the client disconnected).
+pub(super) struct FileHandleImpl {
+    pub(super) state: Rc<State>,
+    pub(super) guid: Guid,
+    pub(super) inode: u64,
+    pub(super) write: bool,
+    pub(super) closed: Cell<bool>,
+}
+
+impl FileHandleImpl {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.get() {
+            return Err(ControlError::StaleHandle("the handle is closed".into()));
+        }
+        Ok(())
+    }
+
+    fn check_writer(&self) -> Result<()> {
+        self.check_open()?;
+        if !self.write {
+            return Err(ControlError::NoLease("the file is open for reading".into()));
+        }
+        if !self.state.leases.borrow().holds(self.inode, &self.guid) {
+            return Err(ControlError::NoLease(
+                "this handle no longer holds the write lease".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn release(&self) {
+        if !self.closed.replace(true) && self.write {
+            self.state
+                .leases
+                .borrow_mut()
+                .release(self.inode, &self.guid);
+        }
+    }
+}
+
+impl Drop for FileHandleImpl {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl file_handle::Server for FileHandleImpl {
+    fn attr(
+        self: CapRc<Self>,
+        _: file_handle::AttrParams,
+        mut results: file_handle::AttrResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.check_open()?;
+            let a = self.state.store.inode(self.inode)?.ok_or_else(|| {
+                ControlError::StaleHandle("the file was removed while open".into())
+            })?;
+            fill_attr(results.get().init_attr(), self.inode, &a);
+            Ok(())
+        })
+    }
+
+    fn get_chunks(
+        self: CapRc<Self>,
+        params: file_handle::GetChunksParams,
+        mut results: file_handle::GetChunksResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.check_open()?;
+            let p = params.get()?;
+            let count = p.get_count().min(MAX_CHUNKS_PER_CALL);
+            let chunks = self
+                .state
+                .store
+                .chunks(self.inode, p.get_first_index(), count as u64)?;
+            let mut list = results.get().init_chunks(chunks.len() as u32);
+            for (i, (index, c)) in chunks.iter().enumerate() {
+                fill_chunk_record(list.reborrow().get(i as u32), *index, c);
+            }
+            Ok(())
+        })
+    }
+
+    fn commit_chunks(
+        self: CapRc<Self>,
+        params: file_handle::CommitChunksParams,
+        mut results: file_handle::CommitChunksResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.check_writer()?;
+            let p = params.get()?;
+            let list = p.get_chunks()?;
+            if list.len() > MAX_CHUNKS_PER_CALL {
+                return Err(ControlError::InvalidArgument(format!(
+                    "at most {MAX_CHUNKS_PER_CALL} chunks per commit"
+                )));
+            }
+            let chunks = list
+                .iter()
+                .map(read_chunk_record)
+                .collect::<Result<Vec<_>>>()?;
+            // Before the commit becomes visible: the planner must never see
+            // the new record judged by reports taken before these writes.
+            {
+                let now = Instant::now();
+                let mut repair = self.state.repair.borrow_mut();
+                for (_, c) in &chunks {
+                    repair.committed_at.insert(c.id, now);
+                }
+            }
+            let fewest_replicas = chunks.iter().map(|(_, c)| c.replicas.len()).min();
+            let m = Mutation::CommitChunks {
+                inode: self.inode,
+                chunks,
+                file_size: p.get_file_size(),
+                now_ns: now_ns(),
+            };
+            match self.state.committer.submit(m).await? {
+                Outcome::Attr(ino, a) => {
+                    if fewest_replicas.is_some_and(|n| n < a.replication as usize) {
+                        // A write that reached fewer than R replicas (W < R).
+                        self.state.rescan.set(true);
+                    }
+                    fill_attr(results.get().init_attr(), ino, &a)
+                }
+                other => return Err(ControlError::Internal(format!("unexpected {other:?}"))),
+            }
+            Ok(())
+        })
+    }
+
+    fn set_size(
+        self: CapRc<Self>,
+        params: file_handle::SetSizeParams,
+        mut results: file_handle::SetSizeResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.check_writer()?;
+            let m = Mutation::SetSize {
+                inode: self.inode,
+                size: params.get()?.get_size(),
+                now_ns: now_ns(),
+            };
+            match self.state.committer.submit(m).await? {
+                Outcome::Attr(ino, a) => fill_attr(results.get().init_attr(), ino, &a),
+                other => return Err(ControlError::Internal(format!("unexpected {other:?}"))),
+            }
+            Ok(())
+        })
+    }
+
+    fn close(
+        self: CapRc<Self>,
+        _: file_handle::CloseParams,
+        _: file_handle::CloseResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        self.release();
+        std::future::ready(Ok(()))
+    }
+}

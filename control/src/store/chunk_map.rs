@@ -1,0 +1,319 @@
+//! The chunk map: where each chunk of each file lives (`chunks`), the
+//! chunks no file references any more (`garbage`), and the mutations that
+//! change them (commit, truncate, a repaired replica, a collected chunk).
+//!
+//! Every mutation checks everything it needs before its first write (see
+//! [`super`]).
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::tables::{
+    decode_chunk, decode_garbage, get_chunk, get_inode, CHUNKS, GARBAGE, INODES, NODES,
+};
+use super::Outcome;
+use crate::error::{ControlError, Result};
+use crate::records::{Chunk, Inode, Kind};
+
+/// Largest file size in bytes (2^60): keeps every offset computation far
+/// from overflow.
+pub const MAX_FILE_SIZE: u64 = 1 << 60;
+
+/// One chunk record with what repair needs of its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    /// The file's inode number.
+    pub inode: u64,
+    /// The chunk's index in the file.
+    pub index: u64,
+    /// The record.
+    pub chunk: Chunk,
+    /// The file's inode, `None` if the record is dangling.
+    pub file: Option<Inode>,
+}
+
+// ------------------------------------------------------------------ reads
+
+/// Chunk records of `inode` with index in `[first, first + count)`.
+pub(super) fn chunks(
+    txn: &ReadTransaction,
+    inode: u64,
+    first: u64,
+    count: u64,
+) -> Result<Vec<(u64, Chunk)>> {
+    let chunks = txn.open_table(CHUNKS)?;
+    let end = first.saturating_add(count);
+    let mut out = Vec::new();
+    for item in chunks.range((inode, first)..(inode, end))? {
+        let (key, value) = item?;
+        let index = key.value().1;
+        out.push((index, decode_chunk(inode, index, value.value())?));
+    }
+    Ok(out)
+}
+
+/// Chunks no file references any more.
+pub(super) fn garbage(txn: &ReadTransaction) -> Result<Vec<Chunk>> {
+    let garbage = txn.open_table(GARBAGE)?;
+    let mut out = Vec::new();
+    for item in garbage.iter()? {
+        let (id, value) = item?;
+        out.push(decode_garbage(id.value(), value.value())?);
+    }
+    Ok(out)
+}
+
+/// Every chunk record with its file's inode, in (inode, index) order.
+pub(super) fn chunk_map(txn: &ReadTransaction) -> Result<Vec<MapEntry>> {
+    let chunks = txn.open_table(CHUNKS)?;
+    let inodes = txn.open_table(INODES)?;
+    let mut out = Vec::new();
+    let mut file: Option<(u64, Option<Inode>)> = None;
+    for item in chunks.iter()? {
+        let (key, value) = item?;
+        let (inode, index) = key.value();
+        if file.as_ref().is_none_or(|(i, _)| *i != inode) {
+            file = Some((inode, get_inode(&inodes, inode)?));
+        }
+        out.push(MapEntry {
+            inode,
+            index,
+            chunk: decode_chunk(inode, index, value.value())?,
+            file: file.as_ref().and_then(|(_, a)| a.clone()),
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Byte offset just past the data of chunk `index` of `length` bytes.
+pub(super) fn chunk_end(index: u64, chunk_size: u32, length: u32) -> Option<u64> {
+    index
+        .checked_mul(chunk_size as u64)?
+        .checked_add(length as u64)
+}
+
+/// The inode of a file open as `ino`.
+fn open_file(inodes: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> Result<Inode> {
+    match get_inode(inodes, ino)? {
+        Some(a) if a.kind == Kind::File => Ok(a),
+        Some(_) => Err(ControlError::IsDirectory(format!("inode {ino}"))),
+        None => Err(ControlError::StaleHandle(format!(
+            "inode {ino} was removed while open"
+        ))),
+    }
+}
+
+/// Moves every chunk record of `ino` with index >= `first` to the garbage
+/// table. Writes only: callers have done their checks.
+pub(super) fn drop_chunks_from(txn: &WriteTransaction, ino: u64, first: u64) -> Result<()> {
+    let mut chunks = txn.open_table(CHUNKS)?;
+    let mut garbage = txn.open_table(GARBAGE)?;
+    for item in chunks.extract_from_if((ino, first)..(ino + 1, 0), |_, _| true)? {
+        let (key, value) = item?;
+        let (_, index) = key.value();
+        let chunk = decode_chunk(ino, index, value.value())?;
+        garbage.insert(chunk.id, value.value())?;
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------- mutations
+
+pub(super) fn commit_chunks(
+    txn: &WriteTransaction,
+    ino: u64,
+    new: &[(u64, Chunk)],
+    file_size: u64,
+    now_ns: i64,
+) -> Result<Outcome> {
+    let bad = |s: String| Err(ControlError::InvalidArgument(s));
+    let mut inodes = txn.open_table(INODES)?;
+    let mut attr = open_file(&inodes, ino)?;
+    if file_size > MAX_FILE_SIZE {
+        return bad(format!(
+            "file size {file_size} is above the limit {MAX_FILE_SIZE}"
+        ));
+    }
+    if file_size < attr.size {
+        return bad(format!(
+            "commit would shrink the file from {} to {file_size} bytes; truncate with setSize",
+            attr.size
+        ));
+    }
+    let known_nodes = {
+        let nodes = txn.open_table(NODES)?;
+        let mut ids = Vec::new();
+        for item in nodes.iter()? {
+            ids.push(item?.0.value());
+        }
+        ids
+    };
+    let mut chunks = txn.open_table(CHUNKS)?;
+    let mut replaced = Vec::new();
+    for (i, (index, c)) in new.iter().enumerate() {
+        if new[..i].iter().any(|(j, _)| j == index) {
+            return bad(format!("chunk index {index} appears twice in one commit"));
+        }
+        if c.length > attr.chunk_size {
+            return bad(format!(
+                "chunk {index}: length {} is above the chunk size {}",
+                c.length, attr.chunk_size
+            ));
+        }
+        match chunk_end(*index, attr.chunk_size, c.length) {
+            Some(end) if end <= file_size => {}
+            _ => {
+                return bad(format!(
+                    "chunk {index} ends past the committed file size {file_size}"
+                ))
+            }
+        }
+        let n = c.replicas.len();
+        if n == 0 || n > attr.replication as usize || n < attr.write_quorum as usize {
+            return bad(format!(
+                "chunk {index}: {n} replicas, the file needs {}..={}",
+                attr.write_quorum, attr.replication
+            ));
+        }
+        for (k, r) in c.replicas.iter().enumerate() {
+            if c.replicas[..k].contains(r) {
+                return bad(format!("chunk {index}: node {r} listed twice"));
+            }
+            if !known_nodes.contains(r) {
+                return bad(format!("chunk {index}: node {r} is not registered"));
+            }
+        }
+        if let Some(old) = get_chunk(&chunks, ino, *index)? {
+            if c.version <= old.version {
+                return bad(format!(
+                    "chunk {index}: version {} is not above the committed {}",
+                    c.version, old.version
+                ));
+            }
+            if old.id != c.id {
+                replaced.push(old);
+            }
+        }
+    }
+    // Every check has passed: from here on only writes.
+    for (index, c) in new {
+        chunks.insert((ino, *index), c.encode().as_slice())?;
+    }
+    if !replaced.is_empty() {
+        let mut garbage = txn.open_table(GARBAGE)?;
+        for old in replaced {
+            garbage.insert(old.id, old.encode().as_slice())?;
+        }
+    }
+    attr.size = file_size;
+    attr.touch(now_ns);
+    inodes.insert(ino, attr.encode().as_slice())?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
+pub(super) fn set_size(
+    txn: &WriteTransaction,
+    ino: u64,
+    size: u64,
+    now_ns: i64,
+) -> Result<Outcome> {
+    let mut inodes = txn.open_table(INODES)?;
+    let mut attr = open_file(&inodes, ino)?;
+    if size > MAX_FILE_SIZE {
+        return Err(ControlError::InvalidArgument(format!(
+            "size {size} is above the limit {MAX_FILE_SIZE}"
+        )));
+    }
+    // Every check has passed: from here on only writes.
+    if size < attr.size {
+        let cs = attr.chunk_size as u64;
+        // The chunk holding the new end keeps only the bytes before it, so
+        // that a later extension reads zeros there, not the old bytes.
+        let first_dropped = size.div_ceil(cs);
+        if !size.is_multiple_of(cs) {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let index = size / cs;
+            if let Some(mut c) = get_chunk(&chunks, ino, index)? {
+                c.length = c.length.min((size % cs) as u32);
+                chunks.insert((ino, index), c.encode().as_slice())?;
+            }
+        }
+        drop_chunks_from(txn, ino, first_dropped)?;
+    }
+    attr.size = size;
+    attr.touch(now_ns);
+    inodes.insert(ino, attr.encode().as_slice())?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
+/// See [`super::Mutation::ReplicaCopied`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn replica_copied(
+    txn: &WriteTransaction,
+    ino: u64,
+    index: u64,
+    id: u128,
+    version: u64,
+    length: u32,
+    target: u64,
+    drop: &[u64],
+) -> Result<Outcome> {
+    let mut chunks = txn.open_table(CHUNKS)?;
+    let Some(mut rec) = get_chunk(&chunks, ino, index)? else {
+        return Err(ControlError::NotFound(format!(
+            "chunk record ({ino}, {index}) is gone (file removed or truncated)"
+        )));
+    };
+    if rec.id != id || rec.version != version || rec.length > length {
+        return Err(ControlError::InvalidArgument(format!(
+            "chunk record ({ino}, {index}) changed during the copy \
+             (now chunk {:x} version {}, copied {id:x} version {version})",
+            rec.id, rec.version
+        )));
+    }
+    if txn.open_table(NODES)?.get(target)?.is_none() {
+        return Err(ControlError::NotFound(format!("node {target}")));
+    }
+    let wanted = get_inode(&txn.open_table(INODES)?, ino)?
+        .map(|a| a.replication as usize)
+        .unwrap_or(0);
+    let after = rec
+        .replicas
+        .iter()
+        .filter(|r| !drop.contains(r) || **r == target)
+        .count()
+        + usize::from(!rec.replicas.contains(&target));
+    if after > wanted {
+        // Another copy got there first: never list more than R replicas
+        // (client commits would then be refused).
+        return Err(ControlError::InvalidArgument(format!(
+            "chunk record ({ino}, {index}) would list {after} replicas, the file wants {wanted}"
+        )));
+    }
+    // Every check has passed: from here on only writes.
+    rec.replicas.retain(|r| !drop.contains(r) || *r == target);
+    if !rec.replicas.contains(&target) {
+        rec.replicas.push(target);
+    }
+    chunks.insert((ino, index), rec.encode().as_slice())?;
+    Ok(Outcome::Done)
+}
+
+pub(super) fn garbage_done(txn: &WriteTransaction, id: u128, nodes: &[u64]) -> Result<Outcome> {
+    let mut garbage = txn.open_table(GARBAGE)?;
+    let entry = garbage
+        .get(id)?
+        .map(|v| decode_garbage(id, v.value()))
+        .transpose()?;
+    // Every check has passed: from here on only writes.
+    if let Some(mut c) = entry {
+        c.replicas.retain(|r| !nodes.contains(r));
+        if c.replicas.is_empty() {
+            garbage.remove(id)?;
+        } else {
+            garbage.insert(id, c.encode().as_slice())?;
+        }
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,198 @@
+//! The durable metadata store: namespace, chunk map, registered nodes and
+//! counters, in one redb database.
+//!
+//! Guarantees:
+//! - A batch of mutations ([`MetaStore::apply_batch`]) is one redb write
+//!   transaction committed with immediate durability: after it returns, every
+//!   successful mutation in it is on disk, and readers see none of them before.
+//! - Every mutation checks everything it needs *before* its first write, so a
+//!   mutation that fails leaves nothing behind: no half-applied change. (redb
+//!   offers no savepoint inside a dirty transaction, so this ordering is the
+//!   mechanism; the proptest model test in `tests/model.rs` holds us to it.)
+//!   Where checks and writes are not obviously apart, the point is marked
+//!   "Every check has passed".
+//! - A storage error aborts the whole batch: every mutation in it fails and
+//!   none is applied, not even those applied before the error in the same
+//!   transaction (`tests/failpoints.rs` holds us to it).
+//!
+//! Layout: [`MetaStore`] here is the entry point (open, reads, batches);
+//! [`mutation`] defines the changes and dispatches them to the concept they
+//! touch: [`namespace`] (directories and files), [`chunk_map`] (chunk
+//! records and garbage), [`nodes`] (node registry and epoch). `tables`
+//! holds the redb tables and typed record access; `check` the consistency
+//! check.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
+
+use crate::error::Result;
+use crate::records::{Chunk, Inode, Node, ROOT_INODE};
+
+mod check;
+pub mod chunk_map;
+pub mod mutation;
+pub mod namespace;
+pub mod nodes;
+mod tables;
+
+pub use chunk_map::{MapEntry, MAX_FILE_SIZE};
+pub use mutation::{Mutation, Outcome};
+pub use namespace::{
+    validate_layout, CreateOptions, Entry, FileDefaults, MAX_CHUNK_SIZE, MAX_REPLICATION,
+    MIN_CHUNK_SIZE,
+};
+pub use nodes::constant_time_eq;
+
+use tables::{CHUNKS, COUNTERS, DIRENTS, EPOCH, GARBAGE, INODES, NEXT_INODE, NEXT_NODE_ID, NODES};
+
+/// The metadata database. Reads may run on any thread concurrently with one
+/// writer (redb MVCC); mutations go through [`MetaStore::apply_batch`].
+pub struct MetaStore {
+    db: Database,
+    defaults: FileDefaults,
+}
+
+impl MetaStore {
+    /// Opens (creating if needed) the database at `path`; a new database
+    /// gets the root directory and its counters.
+    pub fn open(path: &Path, defaults: FileDefaults) -> Result<Self> {
+        Self::init(Database::create(path)?, defaults)
+    }
+
+    /// Like [`MetaStore::open`], on a redb storage backend of the caller's
+    /// (an in-memory one, or one that simulates crashes in tests).
+    pub fn with_backend(backend: impl StorageBackend, defaults: FileDefaults) -> Result<Self> {
+        Self::init(Database::builder().create_with_backend(backend)?, defaults)
+    }
+
+    fn init(db: Database, defaults: FileDefaults) -> Result<Self> {
+        let txn = db.begin_write()?;
+        {
+            let mut inodes = txn.open_table(INODES)?;
+            txn.open_table(DIRENTS)?;
+            txn.open_table(CHUNKS)?;
+            txn.open_table(NODES)?;
+            txn.open_table(GARBAGE)?;
+            let mut counters = txn.open_table(COUNTERS)?;
+            if inodes.get(ROOT_INODE)?.is_none() {
+                inodes.insert(ROOT_INODE, namespace::root().encode().as_slice())?;
+                counters.insert(NEXT_INODE, ROOT_INODE + 1)?;
+                counters.insert(NEXT_NODE_ID, 1)?;
+                counters.insert(EPOCH, 0)?;
+            }
+        }
+        txn.commit()?;
+        Ok(MetaStore { db, defaults })
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// The inode at `path`.
+    pub fn stat(&self, path: &str) -> Result<(u64, Inode)> {
+        namespace::stat(&self.db.begin_read()?, path)
+    }
+
+    /// The inode numbered `inode`, if it exists.
+    pub fn inode(&self, inode: u64) -> Result<Option<Inode>> {
+        let txn = self.db.begin_read()?;
+        tables::get_inode(&txn.open_table(INODES)?, inode)
+    }
+
+    /// Up to `limit` entries of the directory at `path` whose names sort
+    /// after `after` (byte order), and whether more follow.
+    pub fn list(&self, path: &str, after: &str, limit: usize) -> Result<(Vec<Entry>, bool)> {
+        namespace::list(&self.db.begin_read()?, path, after, limit)
+    }
+
+    /// The path of every inode that has one (files and directories), for
+    /// reports that name files.
+    pub fn paths(&self) -> Result<HashMap<u64, String>> {
+        namespace::paths(&self.db.begin_read()?)
+    }
+
+    /// Chunk records of `inode` with index in `[first, first + count)`.
+    pub fn chunks(&self, inode: u64, first: u64, count: u64) -> Result<Vec<(u64, Chunk)>> {
+        chunk_map::chunks(&self.db.begin_read()?, inode, first, count)
+    }
+
+    /// Chunks no file references any more, awaiting deletion on their nodes.
+    pub fn garbage(&self) -> Result<Vec<Chunk>> {
+        chunk_map::garbage(&self.db.begin_read()?)
+    }
+
+    /// Every chunk record with its file's inode, in (inode, index) order.
+    /// One read snapshot: a consistent view for repair and fsck.
+    pub fn chunk_map(&self) -> Result<Vec<MapEntry>> {
+        chunk_map::chunk_map(&self.db.begin_read()?)
+    }
+
+    /// Every registered node, ascending id.
+    pub fn nodes(&self) -> Result<Vec<(u64, Node)>> {
+        nodes::nodes(&self.db.begin_read()?)
+    }
+
+    /// The current cluster-map epoch.
+    pub fn epoch(&self) -> Result<u64> {
+        nodes::epoch(&self.db.begin_read()?)
+    }
+
+    /// Everything that breaks the store's invariants, one line each (empty
+    /// when consistent): entries leading to missing inodes or inodes whose
+    /// parent is another directory, inodes no entry names, parent cycles,
+    /// chunk records of missing files or past their file's size, counters
+    /// not above every id in use. One read snapshot.
+    pub fn consistency_problems(&self) -> Result<Vec<String>> {
+        check::problems(&self.db.begin_read()?)
+    }
+
+    // --------------------------------------------------------------- writes
+
+    /// Applies `batch` in one durable transaction (group commit). Returns one
+    /// result per mutation, in order; `Err` for the whole batch only when the
+    /// transaction itself failed (then nothing was applied).
+    pub fn apply_batch(&self, batch: &[Mutation]) -> Result<Vec<Result<Outcome>>> {
+        let txn = self.db.begin_write()?;
+        let mut results = Vec::with_capacity(batch.len());
+        for m in batch {
+            let result = apply_one(&txn, &self.defaults, m);
+            if let Err(e) = &result {
+                // A storage or corruption error may have struck after a
+                // write began, in this mutation or below it in the
+                // transaction's pages: the only safe answer is to drop the
+                // whole transaction.
+                if e.is_storage_failure() {
+                    txn.abort()?;
+                    return Err(e.clone());
+                }
+            }
+            results.push(result);
+        }
+        crate::fail_point!("store::before_commit", |_| Err(injected(
+            "store::before_commit"
+        )));
+        txn.commit()?;
+        Ok(results)
+    }
+}
+
+/// Applies one mutation of a batch. Failpoint `store::apply` (before each
+/// mutation, so between the mutations of a batch) fails it with a storage
+/// error, as a failing disk would.
+fn apply_one(
+    txn: &redb::WriteTransaction,
+    defaults: &FileDefaults,
+    m: &Mutation,
+) -> Result<Outcome> {
+    crate::fail_point!("store::apply", |_| Err(injected("store::apply")));
+    mutation::apply(txn, defaults, m)
+}
+
+/// The storage error a failpoint injects.
+#[cfg(feature = "failpoints")]
+fn injected(failpoint: &str) -> crate::ControlError {
+    crate::ControlError::from(redb::StorageError::Io(std::io::Error::other(format!(
+        "injected by failpoint {failpoint}"
+    ))))
+}

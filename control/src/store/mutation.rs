@@ -1,0 +1,204 @@
+//! The changes the metadata store accepts ([`Mutation`]), what they answer
+//! ([`Outcome`]), and how one is applied inside a write transaction.
+//!
+//! A mutation is plain data, decided before it is applied (times and new
+//! keys are drawn by the caller), so applying it is deterministic: the same
+//! mutations in the same order give the same store.
+
+use redb::WriteTransaction;
+
+use super::namespace::{self, CreateOptions, FileDefaults};
+use super::tables::COUNTERS;
+use super::{chunk_map, nodes};
+use crate::error::Result;
+use crate::records::{Chunk, Inode, Kind};
+
+/// One change to the metadata. Applied by [`super::MetaStore::apply_batch`].
+#[derive(Clone, Debug)]
+pub enum Mutation {
+    /// Create a file (or, not exclusive, return the existing one).
+    Create {
+        /// Absolute path.
+        path: String,
+        /// Layout and mode; zeros take the server's defaults.
+        options: CreateOptions,
+        /// The new file's mtime, nanoseconds since the Unix epoch.
+        now_ns: i64,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// Absolute path.
+        path: String,
+        /// Permission bits (0: 0o755).
+        mode: u32,
+        /// The directory's mtime.
+        now_ns: i64,
+    },
+    /// Remove a file; its chunks go to garbage collection.
+    Unlink {
+        /// Absolute path.
+        path: String,
+        /// The parent's new mtime.
+        now_ns: i64,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        /// Absolute path.
+        path: String,
+        /// The parent's new mtime.
+        now_ns: i64,
+    },
+    /// Move `from` to `to`, replacing a file or an empty directory there.
+    Rename {
+        /// Current path.
+        from: String,
+        /// New path.
+        to: String,
+        /// The parents' new mtime.
+        now_ns: i64,
+    },
+    /// Store chunk records of an open file and set its size.
+    CommitChunks {
+        /// The file.
+        inode: u64,
+        /// (chunk index, record) pairs; each replaces the one at its index.
+        chunks: Vec<(u64, Chunk)>,
+        /// The new size in bytes; never below the current one.
+        file_size: u64,
+        /// The file's new mtime.
+        now_ns: i64,
+    },
+    /// Truncate or extend an open file.
+    SetSize {
+        /// The file.
+        inode: u64,
+        /// The new size in bytes.
+        size: u64,
+        /// The file's new mtime.
+        now_ns: i64,
+    },
+    /// chmod / utimes of a file or directory.
+    SetAttr {
+        /// Absolute path.
+        path: String,
+        /// New permission bits (at most 0o7777); `None`: unchanged.
+        mode: Option<u32>,
+        /// New mtime, nanoseconds since the Unix epoch; `None`: unchanged.
+        mtime_ns: Option<i64>,
+    },
+    /// Register a new node (`node_id == 0`) or re-register a known one.
+    Join {
+        /// The node's id, 0 for a new node.
+        node_id: u64,
+        /// The key a known node presents.
+        key: [u8; 16],
+        /// Key for a new node, drawn by the caller (keeps this pure).
+        new_key: [u8; 16],
+        /// Data-plane endpoint of each shard.
+        shards: Vec<String>,
+    },
+    /// Advance the cluster-map epoch.
+    BumpEpoch,
+    /// Repair: `target` now holds a durable, verified copy of chunk `id` at
+    /// `version` or newer (at least `length` bytes). Applied only if the
+    /// record of (`inode`, `index`) still names that chunk at that version; the
+    /// replicas in `drop` (lost, stale or corrupt) leave the record.
+    ReplicaCopied {
+        /// The file.
+        inode: u64,
+        /// The chunk's index in the file.
+        index: u64,
+        /// The chunk id copied.
+        id: u128,
+        /// The record's version the copy was made for.
+        version: u64,
+        /// Bytes the copy holds.
+        length: u32,
+        /// The node holding the new copy.
+        target: u64,
+        /// Replicas to take out of the record.
+        drop: Vec<u64>,
+    },
+    /// Garbage collection: `nodes` confirmed they no longer hold chunk `id`.
+    GarbageDone {
+        /// The collected chunk.
+        id: u128,
+        /// Nodes that deleted their copy.
+        nodes: Vec<u64>,
+    },
+}
+
+/// The result of a successful [`Mutation`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; nothing to report.
+    Done,
+    /// The inode number and attributes of the file or directory changed.
+    Attr(u64, Inode),
+    /// A node joined.
+    Joined {
+        /// Its id (new or the one it presented).
+        node_id: u64,
+        /// Its key.
+        key: [u8; 16],
+        /// The epoch its join started.
+        epoch: u64,
+    },
+    /// The new cluster-map epoch.
+    Epoch(u64),
+}
+
+/// Applies `m` inside `txn`. A refusal (any error but a storage failure,
+/// [`crate::ControlError::is_storage_failure`]) leaves `txn` as it was.
+pub(super) fn apply(
+    txn: &WriteTransaction,
+    defaults: &FileDefaults,
+    m: &Mutation,
+) -> Result<Outcome> {
+    match m {
+        Mutation::Create {
+            path,
+            options,
+            now_ns,
+        } => namespace::create(txn, defaults, path, options, *now_ns),
+        Mutation::Mkdir { path, mode, now_ns } => namespace::mkdir(txn, path, *mode, *now_ns),
+        Mutation::Unlink { path, now_ns } => namespace::remove(txn, path, Kind::File, *now_ns),
+        Mutation::Rmdir { path, now_ns } => namespace::remove(txn, path, Kind::Directory, *now_ns),
+        Mutation::Rename { from, to, now_ns } => namespace::rename(txn, from, to, *now_ns),
+        Mutation::CommitChunks {
+            inode,
+            chunks,
+            file_size,
+            now_ns,
+        } => chunk_map::commit_chunks(txn, *inode, chunks, *file_size, *now_ns),
+        Mutation::SetSize {
+            inode,
+            size,
+            now_ns,
+        } => chunk_map::set_size(txn, *inode, *size, *now_ns),
+        Mutation::SetAttr {
+            path,
+            mode,
+            mtime_ns,
+        } => namespace::set_attr(txn, path, *mode, *mtime_ns),
+        Mutation::Join {
+            node_id,
+            key,
+            new_key,
+            shards,
+        } => nodes::join(txn, *node_id, key, new_key, shards),
+        Mutation::BumpEpoch => Ok(Outcome::Epoch(nodes::bump_epoch(
+            &mut txn.open_table(COUNTERS)?,
+        )?)),
+        Mutation::ReplicaCopied {
+            inode,
+            index,
+            id,
+            version,
+            length,
+            target,
+            drop,
+        } => chunk_map::replica_copied(txn, *inode, *index, *id, *version, *length, *target, drop),
+        Mutation::GarbageDone { id, nodes } => chunk_map::garbage_done(txn, *id, nodes),
+    }
+}

@@ -1,0 +1,486 @@
+//! The namespace: directories, files and their entries (`inodes`,
+//! `dirents`), the layout of new files, and the mutations that change them
+//! (create, mkdir, unlink, rmdir, rename).
+//!
+//! Every mutation checks everything it needs before its first write (see
+//! [`super`]); the point is marked "Every check has passed" where checks and
+//! writes are not obviously apart.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::tables::{get_inode, must_inode, next_counter, COUNTERS, DIRENTS, INODES, NEXT_INODE};
+use super::{chunk_map, Outcome};
+use crate::error::{ControlError, Result};
+use crate::path::{components, split_last};
+use crate::records::{Inode, Kind, ROOT_INODE};
+
+/// Largest chunk size in bytes.
+pub const MAX_CHUNK_SIZE: u32 = 1 << 30;
+/// Smallest chunk size in bytes (one O_DIRECT block).
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+/// Most replicas a file may ask for.
+pub const MAX_REPLICATION: u8 = 16;
+
+/// Server-side defaults for new files.
+#[derive(Clone, Copy, Debug)]
+pub struct FileDefaults {
+    /// Bytes per chunk.
+    pub chunk_size: u32,
+    /// Replicas per chunk.
+    pub replication: u8,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl Default for FileDefaults {
+    fn default() -> Self {
+        FileDefaults {
+            chunk_size: 64 << 20,
+            replication: 3,
+            mode: 0o644,
+        }
+    }
+}
+
+/// What a client asked for when creating a file; zero means "default".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Permission bits.
+    pub mode: u32,
+    /// Bytes per chunk.
+    pub chunk_size: u32,
+    /// Replicas per chunk.
+    pub replication: u8,
+    /// Durable replicas a write needs (zero: all of them).
+    pub write_quorum: u8,
+    /// Fail if the path exists.
+    pub exclusive: bool,
+}
+
+/// A directory entry as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name in its directory.
+    pub name: String,
+    /// Its inode number.
+    pub inode: u64,
+    /// Its inode.
+    pub attr: Inode,
+}
+
+/// The root directory of a new database.
+pub(super) fn root() -> Inode {
+    Inode {
+        kind: Kind::Directory,
+        parent: ROOT_INODE,
+        size: 0,
+        mode: 0o755,
+        mtime_ns: 0,
+        chunk_size: 0,
+        replication: 0,
+        write_quorum: 0,
+        version: 1,
+    }
+}
+
+// ------------------------------------------------------------------ reads
+
+/// The inode at `path`.
+pub(super) fn stat(txn: &ReadTransaction, path: &str) -> Result<(u64, Inode)> {
+    let comps = components(path)?;
+    resolve(
+        &txn.open_table(INODES)?,
+        &txn.open_table(DIRENTS)?,
+        path,
+        &comps,
+    )
+}
+
+/// Up to `limit` entries of the directory at `path` after `after`, and
+/// whether more follow.
+pub(super) fn list(
+    txn: &ReadTransaction,
+    path: &str,
+    after: &str,
+    limit: usize,
+) -> Result<(Vec<Entry>, bool)> {
+    let comps = components(path)?;
+    let inodes = txn.open_table(INODES)?;
+    let dirents = txn.open_table(DIRENTS)?;
+    let (dir, attr) = resolve(&inodes, &dirents, path, &comps)?;
+    if attr.kind != Kind::Directory {
+        return Err(ControlError::NotDirectory(path.to_string()));
+    }
+    let start = if after.is_empty() {
+        Bound::Included((dir, ""))
+    } else {
+        Bound::Excluded((dir, after))
+    };
+    let mut out = Vec::new();
+    for item in dirents.range((start, Bound::Excluded((dir + 1, ""))))? {
+        let (key, child) = item?;
+        if out.len() == limit {
+            return Ok((out, true));
+        }
+        let child = child.value();
+        let attr = get_inode(&inodes, child)?.ok_or_else(|| {
+            ControlError::corrupt(
+                format!("entry ({dir}, {:?})", key.value().1),
+                format!("points to missing inode {child}"),
+            )
+        })?;
+        out.push(Entry {
+            name: key.value().1.to_string(),
+            inode: child,
+            attr,
+        });
+    }
+    Ok((out, false))
+}
+
+/// The path of every inode that has one.
+pub(super) fn paths(txn: &ReadTransaction) -> Result<HashMap<u64, String>> {
+    let dirents = txn.open_table(DIRENTS)?;
+    let mut parent = HashMap::new();
+    for item in dirents.iter()? {
+        let (key, child) = item?;
+        let (dir, name) = key.value();
+        parent.insert(child.value(), (dir, name.to_string()));
+    }
+    let mut out = HashMap::new();
+    for &ino in parent.keys() {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        // Bounded walk: a damaged tree with a cycle must not hang us.
+        while let Some((dir, name)) = parent.get(&cur) {
+            parts.push(name.as_str());
+            cur = *dir;
+            if cur == ROOT_INODE || parts.len() > 4096 {
+                break;
+            }
+        }
+        parts.reverse();
+        out.insert(ino, format!("/{}", parts.join("/")));
+    }
+    out.insert(ROOT_INODE, "/".to_string());
+    Ok(out)
+}
+
+/// Walks `comps` from the root. Errors name the whole `path`.
+fn resolve(
+    inodes: &impl ReadableTable<u64, &'static [u8]>,
+    dirents: &impl ReadableTable<(u64, &'static str), u64>,
+    path: &str,
+    comps: &[&str],
+) -> Result<(u64, Inode)> {
+    let mut ino = ROOT_INODE;
+    let mut attr = must_inode(inodes, ino)?;
+    for name in comps {
+        if attr.kind != Kind::Directory {
+            return Err(ControlError::NotDirectory(path.to_string()));
+        }
+        ino = match dirents.get((ino, *name))? {
+            Some(child) => child.value(),
+            None => return Err(ControlError::NotFound(path.to_string())),
+        };
+        attr = must_inode(inodes, ino)?;
+    }
+    Ok((ino, attr))
+}
+
+/// Resolves the parent directory of `path`; returns (parent inode, parent
+/// attr, final name).
+fn resolve_parent<'p>(
+    inodes: &impl ReadableTable<u64, &'static [u8]>,
+    dirents: &impl ReadableTable<(u64, &'static str), u64>,
+    path: &'p str,
+) -> Result<(u64, Inode, &'p str)> {
+    let (parent_comps, name) = split_last(path)?;
+    let (ino, attr) = resolve(inodes, dirents, path, &parent_comps)?;
+    if attr.kind != Kind::Directory {
+        return Err(ControlError::NotDirectory(path.to_string()));
+    }
+    Ok((ino, attr, name))
+}
+
+fn is_empty_dir(dirents: &impl ReadableTable<(u64, &'static str), u64>, ino: u64) -> Result<bool> {
+    Ok(dirents.range((ino, "")..(ino + 1, ""))?.next().is_none())
+}
+
+// -------------------------------------------------------------- mutations
+
+/// Validates a file's layout options against the server defaults; returns
+/// (chunk size, replication, write quorum, mode).
+pub fn validate_layout(defaults: &FileDefaults, o: &CreateOptions) -> Result<(u32, u8, u8, u32)> {
+    let bad = |s: String| Err(ControlError::InvalidArgument(s));
+    let chunk_size = if o.chunk_size == 0 {
+        defaults.chunk_size
+    } else {
+        o.chunk_size
+    };
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        || !chunk_size.is_multiple_of(MIN_CHUNK_SIZE)
+    {
+        return bad(format!(
+            "chunk size {chunk_size} must be a multiple of 4096 between 4 KiB and 1 GiB"
+        ));
+    }
+    let replication = if o.replication == 0 {
+        defaults.replication
+    } else {
+        o.replication
+    };
+    if replication > MAX_REPLICATION {
+        return bad(format!(
+            "replication {replication} is above {MAX_REPLICATION}"
+        ));
+    }
+    let quorum = if o.write_quorum == 0 {
+        replication
+    } else {
+        o.write_quorum
+    };
+    if quorum > replication {
+        return bad(format!(
+            "write quorum {quorum} is above the replication {replication}"
+        ));
+    }
+    let mode = if o.mode == 0 { defaults.mode } else { o.mode };
+    if mode > 0o7777 {
+        return bad(format!("mode {mode:o} has bits beyond 0o7777"));
+    }
+    Ok((chunk_size, replication, quorum, mode))
+}
+
+pub(super) fn create(
+    txn: &WriteTransaction,
+    defaults: &FileDefaults,
+    path: &str,
+    options: &CreateOptions,
+    now_ns: i64,
+) -> Result<Outcome> {
+    let (chunk_size, replication, write_quorum, mode) = validate_layout(defaults, options)?;
+    let mut inodes = txn.open_table(INODES)?;
+    let mut dirents = txn.open_table(DIRENTS)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, path)?;
+    if let Some(existing) = dirents.get((parent, name))? {
+        let ino = existing.value();
+        let attr = must_inode(&inodes, ino)?;
+        return match (options.exclusive, attr.kind) {
+            (true, _) => Err(ControlError::Exists(path.to_string())),
+            (false, Kind::Directory) => Err(ControlError::IsDirectory(path.to_string())),
+            (false, Kind::File) => Ok(Outcome::Attr(ino, attr)),
+        };
+    }
+    let attr = Inode {
+        kind: Kind::File,
+        parent,
+        size: 0,
+        mode,
+        mtime_ns: now_ns,
+        chunk_size,
+        replication,
+        write_quorum,
+        version: 1,
+    };
+    link_new(
+        txn,
+        &mut inodes,
+        &mut dirents,
+        (parent, &mut parent_attr),
+        name,
+        attr,
+    )
+}
+
+/// Allocates an inode number for `attr` (new, checks done), links it as
+/// `name` in `parent`, and touches the parent.
+fn link_new(
+    txn: &WriteTransaction,
+    inodes: &mut redb::Table<u64, &[u8]>,
+    dirents: &mut redb::Table<(u64, &str), u64>,
+    (parent, parent_attr): (u64, &mut Inode),
+    name: &str,
+    attr: Inode,
+) -> Result<Outcome> {
+    let ino = next_counter(&mut txn.open_table(COUNTERS)?, NEXT_INODE)?;
+    inodes.insert(ino, attr.encode().as_slice())?;
+    dirents.insert((parent, name), ino)?;
+    parent_attr.touch(attr.mtime_ns);
+    inodes.insert(parent, parent_attr.encode().as_slice())?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
+pub(super) fn mkdir(txn: &WriteTransaction, path: &str, mode: u32, now_ns: i64) -> Result<Outcome> {
+    let mode = if mode == 0 { 0o755 } else { mode };
+    if mode > 0o7777 {
+        return Err(ControlError::InvalidArgument(format!(
+            "mode {mode:o} has bits beyond 0o7777"
+        )));
+    }
+    let mut inodes = txn.open_table(INODES)?;
+    let mut dirents = txn.open_table(DIRENTS)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, path)?;
+    if dirents.get((parent, name))?.is_some() {
+        return Err(ControlError::Exists(path.to_string()));
+    }
+    let attr = Inode {
+        kind: Kind::Directory,
+        parent,
+        size: 0,
+        mode,
+        mtime_ns: now_ns,
+        chunk_size: 0,
+        replication: 0,
+        write_quorum: 0,
+        version: 1,
+    };
+    link_new(
+        txn,
+        &mut inodes,
+        &mut dirents,
+        (parent, &mut parent_attr),
+        name,
+        attr,
+    )
+}
+
+/// unlink (`kind == File`) or rmdir (`kind == Directory`).
+pub(super) fn remove(
+    txn: &WriteTransaction,
+    path: &str,
+    kind: Kind,
+    now_ns: i64,
+) -> Result<Outcome> {
+    let mut inodes = txn.open_table(INODES)?;
+    let mut dirents = txn.open_table(DIRENTS)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, path)?;
+    let ino = match dirents.get((parent, name))? {
+        Some(v) => v.value(),
+        None => return Err(ControlError::NotFound(path.to_string())),
+    };
+    let attr = must_inode(&inodes, ino)?;
+    match (kind, attr.kind) {
+        (Kind::File, Kind::Directory) => return Err(ControlError::IsDirectory(path.to_string())),
+        (Kind::Directory, Kind::File) => return Err(ControlError::NotDirectory(path.to_string())),
+        (Kind::Directory, Kind::Directory) if !is_empty_dir(&dirents, ino)? => {
+            return Err(ControlError::NotEmpty(path.to_string()))
+        }
+        _ => {}
+    }
+    // Every check has passed: from here on only writes.
+    dirents.remove((parent, name))?;
+    inodes.remove(ino)?;
+    parent_attr.touch(now_ns);
+    inodes.insert(parent, parent_attr.encode().as_slice())?;
+    drop(inodes);
+    drop(dirents);
+    if attr.kind == Kind::File {
+        chunk_map::drop_chunks_from(txn, ino, 0)?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// chmod and/or utimes of the file or directory at `path`; bumps its
+/// version.
+pub(super) fn set_attr(
+    txn: &WriteTransaction,
+    path: &str,
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+) -> Result<Outcome> {
+    if let Some(mode) = mode.filter(|m| *m > 0o7777) {
+        return Err(ControlError::InvalidArgument(format!(
+            "mode {mode:o} has bits beyond 0o7777"
+        )));
+    }
+    let comps = components(path)?;
+    let mut inodes = txn.open_table(INODES)?;
+    let dirents = txn.open_table(DIRENTS)?;
+    let (ino, mut attr) = resolve(&inodes, &dirents, path, &comps)?;
+    // Every check has passed: from here on only writes.
+    if let Some(mode) = mode {
+        attr.mode = mode;
+    }
+    if let Some(t) = mtime_ns {
+        attr.mtime_ns = t;
+    }
+    attr.version += 1;
+    inodes.insert(ino, attr.encode().as_slice())?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
+pub(super) fn rename(txn: &WriteTransaction, from: &str, to: &str, now_ns: i64) -> Result<Outcome> {
+    let mut inodes = txn.open_table(INODES)?;
+    let mut dirents = txn.open_table(DIRENTS)?;
+    let (src_parent, _, src_name) = resolve_parent(&inodes, &dirents, from)?;
+    let (dst_parent, _, dst_name) = resolve_parent(&inodes, &dirents, to)?;
+    let ino = match dirents.get((src_parent, src_name))? {
+        Some(v) => v.value(),
+        None => return Err(ControlError::NotFound(from.to_string())),
+    };
+    let mut attr = must_inode(&inodes, ino)?;
+    if src_parent == dst_parent && src_name == dst_name {
+        return Ok(Outcome::Done);
+    }
+    if attr.kind == Kind::Directory {
+        // The destination's parent must not be the source or inside it.
+        let mut up = dst_parent;
+        loop {
+            if up == ino {
+                return Err(ControlError::InvalidArgument(format!(
+                    "cannot move {from} inside itself ({to})"
+                )));
+            }
+            if up == ROOT_INODE {
+                break;
+            }
+            up = must_inode(&inodes, up)?.parent;
+        }
+    }
+    let replaced = match dirents.get((dst_parent, dst_name))? {
+        None => None,
+        Some(v) => {
+            let old = v.value();
+            let old_attr = must_inode(&inodes, old)?;
+            match (attr.kind, old_attr.kind) {
+                (Kind::File, Kind::Directory) => {
+                    return Err(ControlError::IsDirectory(to.to_string()))
+                }
+                (Kind::Directory, Kind::File) => {
+                    return Err(ControlError::NotDirectory(to.to_string()))
+                }
+                (Kind::Directory, Kind::Directory) if !is_empty_dir(&dirents, old)? => {
+                    return Err(ControlError::NotEmpty(to.to_string()))
+                }
+                _ => Some((old, old_attr.kind)),
+            }
+        }
+    };
+    // Every check has passed: from here on only writes.
+    dirents.remove((src_parent, src_name))?;
+    dirents.insert((dst_parent, dst_name), ino)?;
+    attr.parent = dst_parent;
+    attr.version += 1;
+    inodes.insert(ino, attr.encode().as_slice())?;
+    for dir in [src_parent, dst_parent] {
+        let mut d = must_inode(&inodes, dir)?;
+        d.touch(now_ns);
+        inodes.insert(dir, d.encode().as_slice())?;
+        if src_parent == dst_parent {
+            break;
+        }
+    }
+    if let Some((old, kind)) = replaced {
+        inodes.remove(old)?;
+        drop(inodes);
+        drop(dirents);
+        if kind == Kind::File {
+            chunk_map::drop_chunks_from(txn, old, 0)?;
+        }
+    }
+    Ok(Outcome::Done)
+}

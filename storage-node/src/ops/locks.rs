@@ -1,0 +1,296 @@
+//! Chunk locks on the data plane: `lock` (take, wait for, or renew a lock),
+//! `unlock`, and the authorization every chunk operation passes first: a
+//! lock token this node issued for a lock still held, or an implicit lock
+//! taken for the operation and released right after it.
+//!
+//! The table itself ([`crate::lock_table`]) is pure bookkeeping; this file
+//! turns its changes into messages: waiters are one-shot channels, granted
+//! when a holder releases or its lease lapses (the shard's sweeper), and a
+//! grant whose requester went away is released again at once.
+
+use super::OpError;
+use crate::conn::{Outgoing, Tx};
+use crate::lock_table::{Acquire, Changes, Grant, LockError, Mode};
+use crate::shard::Shard;
+use futures::channel::oneshot;
+use ringfs_schema::frame::{Header, LockMode, Op, Status, Token};
+use ringfs_schema::ids::ChunkId;
+use std::time::{Duration, Instant};
+
+/// How a waiting lock request learns its outcome: the grant, or `None` when
+/// its deadline passed.
+pub(crate) type LockWaiter = oneshot::Sender<Option<Grant>>;
+
+fn mode_of(m: LockMode) -> Option<Mode> {
+    match m {
+        LockMode::None => None,
+        LockMode::Read => Some(Mode::Read),
+        LockMode::Write => Some(Mode::Write),
+    }
+}
+
+fn lock_mode(m: Mode) -> LockMode {
+    match m {
+        Mode::Read => LockMode::Read,
+        Mode::Write => LockMode::Write,
+    }
+}
+
+/// How a request is authorized: by a held lock, or by an implicit lock to
+/// release after the operation (with [`Shard::end_auth`]).
+pub(super) enum Auth {
+    Token,
+    Implicit { client: u64, generation: u64 },
+}
+
+impl Shard {
+    /// Notifies granted and timed-out waiters and drops reservations whose
+    /// lock is gone. A grant whose requester vanished is released again.
+    pub(crate) fn apply(&self, changes: Changes<LockWaiter>) {
+        let mut work = vec![changes];
+        while let Some(ch) = work.pop() {
+            for (chunk, client, generation) in ch.released {
+                self.reservations
+                    .borrow_mut()
+                    .lock_released(chunk, client, generation);
+            }
+            for w in ch.timed_out {
+                let _ = w.send(None);
+            }
+            for (w, chunk, client, grant) in ch.granted {
+                if w.send(Some(grant)).is_err() {
+                    if let Ok(more) = self.locks.borrow_mut().release(
+                        chunk,
+                        client,
+                        grant.generation,
+                        Instant::now(),
+                    ) {
+                        work.push(more);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn release(
+        &self,
+        chunk: ChunkId,
+        client: u64,
+        generation: u64,
+    ) -> Result<(), LockError> {
+        let changes = self
+            .locks
+            .borrow_mut()
+            .release(chunk, client, generation, Instant::now())?;
+        self.reservations
+            .borrow_mut()
+            .lock_released(chunk, client, generation);
+        self.apply(changes);
+        Ok(())
+    }
+
+    pub(super) fn lease(&self, ms: u32) -> Duration {
+        if ms == 0 {
+            self.cfg.default_lease
+        } else {
+            Duration::from_millis(ms as u64).min(self.cfg.max_lease)
+        }
+    }
+
+    /// Takes a lock, waiting up to `timeout` (FIFO) if it is not free.
+    pub(crate) async fn acquire(
+        &self,
+        chunk: ChunkId,
+        client: u64,
+        mode: Mode,
+        lease: Duration,
+        timeout: Duration,
+    ) -> Result<Grant, OpError> {
+        let now = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let wait = (!timeout.is_zero()).then(|| (now + timeout, tx));
+        let r = self
+            .locks
+            .borrow_mut()
+            .acquire(chunk, client, mode, lease, now, wait);
+        match r {
+            Acquire::Granted(g) => Ok(g),
+            Acquire::Busy => Err(OpError(Status::Busy, format!("chunk {chunk} is locked"))),
+            Acquire::Queued => {
+                self.cfg.metrics.lock_waited();
+                match rx.await {
+                    Ok(Some(g)) => Ok(g),
+                    _ => {
+                        self.cfg.metrics.lock_timed_out();
+                        Err(OpError(
+                            Status::Timeout,
+                            format!(
+                                "timed out after {} ms waiting for the lock on chunk {chunk}",
+                                timeout.as_millis()
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_token(&self, chunk: ChunkId, token: &Token, need: Mode) -> Result<Grant, OpError> {
+        if !self.key.verify(chunk, token) {
+            return Err(OpError(
+                Status::BadToken,
+                format!("lock token for chunk {chunk} is not authentic (forged, altered or from another node)"),
+            ));
+        }
+        self.locks
+            .borrow()
+            .validate(
+                chunk,
+                token.client_id,
+                token.generation,
+                need,
+                Instant::now(),
+            )
+            .map_err(|e| {
+                OpError(
+                    Status::BadToken,
+                    format!("lock token for chunk {chunk}: {e}"),
+                )
+            })
+    }
+
+    /// Authorizes a chunk operation needing `need`: a valid token, or an
+    /// implicit lock taken now.
+    pub(super) async fn authorize(&self, h: &Header, need: Mode) -> Result<Auth, OpError> {
+        if h.token.is_present() {
+            self.check_token(h.chunk_id, &h.token, need)?;
+            return Ok(Auth::Token);
+        }
+        match mode_of(h.implicit_lock) {
+            None => Err(OpError(
+                Status::BadToken,
+                "request carries neither a lock token nor an implicit lock".into(),
+            )),
+            Some(m) if !m.permits(need) => Err(OpError(
+                Status::InvalidArgument,
+                "implicit read lock does not permit this operation".into(),
+            )),
+            Some(m) => {
+                let g = self
+                    .acquire(
+                        h.chunk_id,
+                        h.client_id,
+                        m,
+                        self.cfg.implicit_lease,
+                        Duration::from_millis(h.timeout_ms as u64),
+                    )
+                    .await?;
+                Ok(Auth::Implicit {
+                    client: h.client_id,
+                    generation: g.generation,
+                })
+            }
+        }
+    }
+
+    pub(super) fn end_auth(&self, chunk: ChunkId, auth: Auth) {
+        if let Auth::Implicit { client, generation } = auth {
+            let _ = self.release(chunk, client, generation);
+        }
+    }
+
+    pub(super) async fn op_lock(&self, h: &Header, tx: &Tx) -> Result<Option<Outgoing>, OpError> {
+        self.check_shard(h.chunk_id)?;
+        let mode = mode_of(h.lock_mode).ok_or_else(|| {
+            OpError(
+                Status::InvalidArgument,
+                "lock needs lockMode read or write".into(),
+            )
+        })?;
+        let lease = self.lease(h.lease_ms);
+        let grant_frame = |op: Op, client: u64, g: Grant| {
+            let mut r = Header::response_to(h, Status::Ok);
+            r.op = op;
+            r.token = self.key.issue(h.chunk_id, client, g.generation);
+            r.lock_mode = lock_mode(g.mode);
+            r.lease_ms = g
+                .expires
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u32;
+            r
+        };
+        if h.token.is_present() {
+            // Renewal of a held lock.
+            self.check_token(h.chunk_id, &h.token, mode)?;
+            let g = self
+                .locks
+                .borrow_mut()
+                .renew(
+                    h.chunk_id,
+                    h.token.client_id,
+                    h.token.generation,
+                    lease,
+                    Instant::now(),
+                )
+                .map_err(|e| OpError(Status::BadToken, e.to_string()))?;
+            return Ok(Some(Outgoing::header(grant_frame(
+                Op::Lock,
+                h.token.client_id,
+                g,
+            ))));
+        }
+        let now = Instant::now();
+        let timeout = Duration::from_millis(h.timeout_ms as u64);
+        let (wtx, wrx) = oneshot::channel();
+        let wait = (!timeout.is_zero()).then(|| (now + timeout, wtx));
+        let r = self
+            .locks
+            .borrow_mut()
+            .acquire(h.chunk_id, h.client_id, mode, lease, now, wait);
+        match r {
+            Acquire::Granted(g) => Ok(Some(Outgoing::header(grant_frame(
+                Op::Lock,
+                h.client_id,
+                g,
+            )))),
+            Acquire::Busy => Err(OpError(
+                Status::Busy,
+                format!("chunk {} is locked", h.chunk_id),
+            )),
+            Acquire::Queued => {
+                self.cfg.metrics.lock_waited();
+                let _ = tx.unbounded_send(Outgoing::header(Header::response_to(h, Status::Wait)));
+                let header = match wrx.await {
+                    Ok(Some(g)) => grant_frame(Op::LockGranted, h.client_id, g),
+                    _ => {
+                        self.cfg.metrics.lock_timed_out();
+                        let mut r = Header::error_to(
+                            h,
+                            Status::Timeout,
+                            format!(
+                                "timed out after {} ms waiting for the lock",
+                                timeout.as_millis()
+                            ),
+                        );
+                        r.op = Op::LockGranted;
+                        r
+                    }
+                };
+                Ok(Some(Outgoing::header(header)))
+            }
+        }
+    }
+
+    pub(super) fn op_unlock(&self, h: &Header) -> Result<Header, OpError> {
+        self.check_shard(h.chunk_id)?;
+        if !self.key.verify(h.chunk_id, &h.token) {
+            return Err(OpError(
+                Status::BadToken,
+                "lock token is not authentic".into(),
+            ));
+        }
+        self.release(h.chunk_id, h.token.client_id, h.token.generation)
+            .map_err(|e| OpError(Status::BadToken, e.to_string()))?;
+        Ok(Header::response_to(h, Status::Ok))
+    }
+}

@@ -1,0 +1,87 @@
+//! The data-plane operations of a shard, one file per family:
+//! [`locks`] (lock, unlock, and the authorization every chunk operation
+//! passes), [`reserve`] (reserving a chunk id and space; deleting a chunk),
+//! [`write`] (local write plus the forward along the chain), [`read`]
+//! (reads and chunk info) and [`copy`] (a node-driven copy to another node).
+//!
+//! Every operation checks that the chunk belongs to this shard and that the
+//! request is authorized before it touches the store, and answers with a
+//! typed status ([`OpError`]), never a panic.
+
+mod copy;
+mod locks;
+mod read;
+mod reserve;
+mod write;
+
+use crate::chunk_store::{StoreError, WriteBuf};
+use crate::conn::{Outgoing, Tx};
+use crate::shard::Shard;
+use ringfs_schema::frame::{Header, Op, Status};
+use ringfs_schema::ids::ChunkId;
+
+pub(crate) use locks::LockWaiter;
+
+/// Why an operation failed: a status and a message for the error frame.
+pub(crate) struct OpError(pub(crate) Status, pub(crate) String);
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NotFound(_) => Status::NotFound,
+            StoreError::Checksum(..) => Status::Checksum,
+            StoreError::InvalidArgument(_) => Status::InvalidArgument,
+            StoreError::StaleVersion { .. } => Status::StaleVersion,
+            StoreError::Io(..) | StoreError::Setup(_) => Status::Io,
+        };
+        OpError(status, e.to_string())
+    }
+}
+
+impl Shard {
+    /// Runs one request; `Ok(None)` when the response was already sent
+    /// (a lock that waited sends `wait` first, then its grant).
+    pub(crate) async fn dispatch(
+        &self,
+        h: &Header,
+        wb: Option<WriteBuf>,
+        tx: &Tx,
+    ) -> Result<Option<Outgoing>, OpError> {
+        let ok = |header| Ok(Some(Outgoing::header(header)));
+        match h.op {
+            Op::Lock => self.op_lock(h, tx).await,
+            Op::Unlock => ok(self.op_unlock(h)?),
+            Op::Reserve => ok(self.op_reserve(h)?),
+            Op::Write => {
+                let wb = match wb {
+                    Some(wb) => wb,
+                    None => WriteBuf::new(h.offset, 0)?,
+                };
+                ok(self.op_write(h, wb).await?)
+            }
+            Op::Read => self.op_read(h).await.map(Some),
+            Op::ChunkInfo => ok(self.op_chunk_info(h)?),
+            Op::Delete => ok(self.op_delete(h).await?),
+            Op::CopyTo => ok(self.op_copy_to(h).await?),
+            Op::LockGranted => Err(OpError(
+                Status::InvalidArgument,
+                "lockGranted is sent by nodes only".into(),
+            )),
+        }
+    }
+
+    /// Refuses a chunk that another shard of this node owns.
+    fn check_shard(&self, chunk: ChunkId) -> Result<(), OpError> {
+        let owner = chunk.shard(self.cfg.shards);
+        if owner != self.cfg.index {
+            return Err(OpError(
+                Status::WrongShard,
+                format!(
+                    "chunk {chunk} belongs to shard {owner}, this is shard {}",
+                    self.cfg.index
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

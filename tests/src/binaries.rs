@@ -1,0 +1,62 @@
+//! The ringfs binaries, built on first use.
+//!
+//! The servers are built with their `failpoints` feature so that a test can
+//! arm failpoints in a child (release builds and the bench never have
+//! them). One `cargo build` per test process builds the servers and the
+//! CLI together, so every test binary asks for the same feature set and
+//! cargo's fingerprints stay valid between them: nothing is rebuilt back
+//! and forth. The bench is built on its own, without failpoints: its own
+//! tests run the copy cargo built for them, which a build here must not
+//! replace while they run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// (package, binary) of the servers and the CLI, built together.
+const SERVERS_AND_CLI: &[(&str, &str)] = &[
+    ("ringfs-control", "ringfs-control"),
+    ("ringfs-node", "ringfs-node"),
+    ("ringfs-client", "ringfs"),
+];
+const BENCH: (&str, &str) = ("ringfs-bench", "ringfs-bench");
+const FAILPOINTS: &str = "ringfs-control/failpoints,ringfs-node/failpoints";
+
+/// The path of binary `bin` of `package`, built (once per test process) in
+/// the profile the tests run in.
+pub fn binary(package: &str, bin: &str) -> PathBuf {
+    static SERVERS: OnceLock<PathBuf> = OnceLock::new();
+    static BENCH_BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = if (package, bin) == BENCH {
+        BENCH_BUILT.get_or_init(|| build(&[BENCH], None))
+    } else {
+        assert!(
+            SERVERS_AND_CLI.contains(&(package, bin)),
+            "the test kit does not build {package}/{bin}: add it to SERVERS_AND_CLI"
+        );
+        SERVERS.get_or_init(|| build(SERVERS_AND_CLI, Some(FAILPOINTS)))
+    };
+    dir.join(bin)
+}
+
+/// Builds `binaries` with `features`; returns the directory holding them.
+fn build(binaries: &[(&str, &str)], features: Option<&str>) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"]);
+    for (package, bin) in binaries {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    if let Some(f) = features {
+        cmd.args(["--features", f]);
+    }
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "building {binaries:?} failed");
+    profile_dir.to_path_buf()
+}
