@@ -71,7 +71,20 @@ struct ChunkRecord {
   # Node ids holding the chunk, primary first.
   length @3 :UInt32;
   # Valid bytes in the chunk; bytes past it (up to chunkSize) read as zeros.
-  version @4 :UInt64;
+  versionSeq @4 :UInt64;
+  versionEpoch @5 :UInt64;
+  # The chunk version (versionEpoch, versionSeq), ordered lexicographically,
+  # that every listed replica held when this record was committed: replicas
+  # at one version are byte-identical. Readers accept a replica at this
+  # version or newer.
+}
+
+struct ReplicaHint {
+  # An answer of commitChunks: the chunk at `index` has fewer replicas than
+  # the file's replication; the writer should copy its current version to
+  # node `nodeId` and list it in its next commit.
+  index @0 :UInt64;
+  nodeId @1 :UInt64;
 }
 
 enum OpenMode {
@@ -89,10 +102,14 @@ interface FileHandle {
   getChunks @1 (firstIndex :UInt64, count :UInt32) -> (chunks :List(ChunkRecord));
   # Records of the chunks with index in [firstIndex, firstIndex + count),
   # ascending; indexes with no record are holes.
-  commitChunks @2 (chunks :List(ChunkRecord), fileSize :UInt64) -> (attr :Attr);
+  commitChunks @2 (chunks :List(ChunkRecord), fileSize :UInt64)
+      -> (attr :Attr, repairs :List(ReplicaHint));
   # Write handles only. Atomically stores the records (replacing any with the
   # same index) and sets the file size: the commit is what makes data
-  # visible. A record's version must be greater than the one it replaces.
+  # visible. A record of the chunk already recorded at its index may not go
+  # back to an older version; a record of another chunk must carry this
+  # handle's write epoch (it was written under this lease) and must not be a
+  # chunk the file dropped. `repairs`: replicas the writer should add.
   setSize @3 (size :UInt64) -> (attr :Attr);
   # Write handles only. Truncate or extend; chunks wholly past the new size
   # are dropped from the map.
@@ -124,8 +141,9 @@ struct ClusterMap {
 
 struct ChunkReport {
   chunkId @0 :Common.ChunkId;
-  version @1 :UInt64;
+  versionSeq @1 :UInt64;
   length @2 :UInt32;
+  versionEpoch @3 :UInt64;
 }
 
 interface MapWatcher {
@@ -156,16 +174,21 @@ interface Control {
   # Entries with name > `after`, in byte order of the names, at most `limit`
   # (0 = server default, capped by the server).
   open @8 (path :Text, mode :OpenMode, waitMs :UInt32)
-      -> (handle :FileHandle, guid :Data, attr :Attr);
+      -> (handle :FileHandle, guid :Data, attr :Attr, writeEpoch :UInt64);
   # `guid` is 16 bytes. A write open waits up to waitMs for the lease, FIFO,
-  # then fails with `busy`.
+  # then fails with `busy`. `writeEpoch` (write opens; 0 for reads): the
+  # epoch of every chunk version this handle creates, unique to this lease
+  # and above every epoch handed out before, across restarts.
 
   # -- Membership. --
   join @9 (secret :Data, nodeId :UInt64, nodeKey :Data,
-           shards :List(ShardEndpoint), capacity :Common.Capacity)
+           shards :List(ShardEndpoint), capacity :Common.Capacity,
+           commands :NodeCommands)
       -> (nodeId :UInt64, nodeKey :Data, heartbeatMs :UInt32, ttlMs :UInt32);
   # A new node passes nodeId 0 and an empty key and gets a fresh id and key;
-  # a returning node passes both back and keeps its id.
+  # a returning node passes both back and keeps its id. `commands` (may be
+  # null): where the control server pushes this node's commands at once,
+  # instead of waiting for its next heartbeat.
   heartbeat @10 (nodeId :UInt64, nodeKey :Data, capacity :Common.Capacity,
                  done :List(CommandResult), badChunks :List(Common.ChunkId))
       -> (epoch :UInt64, reportWanted :Bool, commands :List(NodeCommand));
@@ -209,12 +232,23 @@ interface Control {
   # control server older than this method answers `unimplemented`.
 }
 
+interface NodeCommands {
+  # Offered by a node with its join: the control server runs commands
+  # through it as soon as it plans them (heartbeat replies carry them only
+  # for a node that offered none).
+  run @0 (command :NodeCommand) -> (result :CommandResult);
+  # Runs one command and answers its outcome when it finished.
+}
+
 enum CommandKind {
   delete @0;
-  # Delete the chunk on this node (garbage collection).
+  # Delete the chunk on this node (garbage collection), unless the replica
+  # is newer than (versionEpoch, versionSeq).
   copy @1;
-  # Copy this node's replica of the chunk, at `version`, to `target`: reserve
-  # it there, write it, read it back and compare checksums.
+  # Copy this node's replica of the chunk, which must be at exactly
+  # (versionEpoch, versionSeq), to `target`, where the chunk is at
+  # (targetEpoch, targetSeq) ((0, 0): absent, reserve it): write it aside
+  # there and swap it in, read it back and compare checksums.
 }
 
 struct NodeCommand {
@@ -222,13 +256,18 @@ struct NodeCommand {
   # Echoed in the CommandResult.
   kind @1 :CommandKind;
   chunkId @2 :Common.ChunkId;
-  version @3 :UInt64;
-  # copy: the committed version the replica must have.
+  versionSeq @3 :UInt64;
+  # copy: the version the source replica must hold; delete: the newest
+  # version the replica may hold to be deleted (all ones: any).
   targetNodeId @4 :UInt64;
   targetAddress @5 :Text;
   # copy: "ip:port" of the target shard owning the chunk.
   replace @6 :Bool;
-  # copy: the target holds a stale or corrupt copy; delete it first.
+  # copy: the target holds a stale or corrupt copy at (targetEpoch,
+  # targetSeq), replaced only if it still is at that version.
+  versionEpoch @7 :UInt64;
+  targetEpoch @8 :UInt64;
+  targetSeq @9 :UInt64;
 }
 
 struct CommandResult {
@@ -236,9 +275,10 @@ struct CommandResult {
   ok @1 :Bool;
   message @2 :Text;
   # Why it failed (empty on success).
-  version @3 :UInt64;
+  versionSeq @3 :UInt64;
   length @4 :UInt64;
   # copy: the version and length now durable and verified on the target.
+  versionEpoch @5 :UInt64;
 }
 
 enum ProblemKind {

@@ -10,7 +10,7 @@
 # Requests are pipelined; a node answers each request with one response frame
 # carrying the same requestId (out of order), except `lock` answered `wait`,
 # which is later followed by a second frame (op lockGranted, same requestId)
-# with status ok or timeout. The exact framing is in docs/protocol-data.md.
+# with status ok or timeout. The exact framing is in docs/protocol.md.
 
 using Common = import "common.capnp";
 
@@ -28,6 +28,8 @@ enum Op {
   # Copy the whole chunk to chain[0] (which must hold a reservation for it).
   lockGranted @8;
   # Pushed by the node when a waiting lock request is granted (or times out).
+  digest @9;
+  # The chunk's version, length and a digest of its stored CRCs (fsck --verify).
 }
 
 enum LockMode {
@@ -59,6 +61,9 @@ enum Status {
   # The chunk belongs to another shard of this node (see docs).
   quorum @16;
   # A chain write reached fewer durable replicas than writeQuorum.
+  payloadChecksum @17;
+  # A write payload does not match the CRCs of its header (corrupted in
+  # flight or in a sender's memory): nothing was applied; send it again.
 }
 
 struct LockToken {
@@ -91,9 +96,13 @@ struct FrameHeader {
   # Bytes to read (read requests).
   payloadLength @7 :UInt32;
   # Bytes of raw payload following the header.
-  version @8 :UInt64;
-  # Write requests: 0 = node assigns current+1, else must exceed the
-  # current version. Responses: the chunk's version.
+  versionSeq @8 :UInt64;
+  # A chunk version is the pair (versionEpoch, versionSeq), ordered
+  # lexicographically; (0, 0) is an empty, reserved chunk. Write requests:
+  # the version the write creates. copyTo requests: the version the source
+  # must hold (it is copied at that version). delete requests: the newest
+  # version the replica may hold to be deleted. Responses: the chunk's
+  # version (also on staleVersion: the replica's current version).
   clientId @9 :UInt64;
   # Lock, reserve and implicit-lock requests: who the lock is for.
   token @10 :LockToken;
@@ -112,9 +121,32 @@ struct FrameHeader {
   writeQuorum @16 :UInt8;
   # Write requests: durable replicas needed for ok (0 = all of the chain).
   durableReplicas @17 :UInt8;
-  # Write responses: replicas (this node and downstream) holding the write durably.
+  # Write responses: replicas (this node and downstream) holding the write
+  # durably: the number of bits set in durableMask.
   reserveBytes @18 :UInt64;
   # Reserve requests: bytes to reserve.
   chunkLength @19 :UInt64;
   # Responses: the chunk's length in bytes.
+  versionEpoch @20 :UInt64;
+  # The epoch half of the version (see versionSeq).
+  expectedEpoch @21 :UInt64;
+  expectedSeq @22 :UInt64;
+  # Write requests: the version the replica must hold for the write to apply
+  # (compare-and-set); any other version is refused with staleVersion.
+  # copyTo requests: the version the target must hold.
+  crcs @23 :List(UInt32);
+  # Write requests: CRC32C of each piece of the payload cut at the chunk's
+  # 4 KiB block boundaries (first and last piece may be partial). Read
+  # responses: the stored CRC32C of each block of the payload (the payload
+  # starts at a block boundary and covers whole blocks, the last one up to
+  # the chunk's length).
+  replace @24 :Bool;
+  # Write requests: the chunk becomes exactly this payload (offset 0) at
+  # versionEpoch/versionSeq, written aside and swapped in (copy-then-swap).
+  durableMask @25 :UInt16;
+  # Write responses: bit i set = chain position i holds the write durably
+  # (bit 0 the node answering, bit 1 chain[0], ...); durableReplicas is its
+  # number of bits.
+  digest @26 :Data;
+  # digest responses: BLAKE3 (32 bytes) of the chunk's length and CRC table.
 }

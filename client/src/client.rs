@@ -11,8 +11,11 @@
 //! - A new chunk is placed on up to R distinct live nodes, most free space
 //!   first; fewer than W reserved or durable replicas is an error.
 //! - An existing chunk is overwritten under explicit write locks taken on its
-//!   replicas in ascending node-id order (two writers cannot deadlock); the
-//!   nodes bump its version.
+//!   in-sync replicas in ascending node-id order (two writers cannot
+//!   deadlock), each write creating a version `(epoch, seq)` of this
+//!   descriptor's write lease on top of the exact version its replicas hold
+//!   (see [`crate::chunk_write`]); a commit lists exactly the replicas that
+//!   hold it.
 //! - Offsets and sizes are bytes; a chunk covers
 //!   `[index * chunk_size, (index + 1) * chunk_size)` of the file.
 //!
@@ -29,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use ringfs_schema::MAX_CHUNK_SIZE;
 
-use crate::chunk_io::{ChunkIo, Layout};
+use crate::chunk_io::{chunk_id, ChunkIo, Layout, ReplicaDigest};
+use crate::chunk_write::Writer;
 use crate::cluster::Cluster;
 use crate::control::{
     Attr, ChunkRecord, ClusterMap, ControlClient, CreateOptions, FileHandle, Kind,
@@ -136,6 +140,8 @@ struct OpenFile {
     layout: Layout,
     /// Serializes writes through this descriptor (they update chunk records).
     io: Rc<tokio::sync::Mutex<()>>,
+    /// Write descriptors: the lease's view of the chunks it writes.
+    writer: Option<Rc<Writer>>,
     /// Chunk records recently read through this descriptor.
     records: Rc<RefCell<RecordCache>>,
 }
@@ -148,6 +154,7 @@ struct FileView {
     records: Rc<RefCell<RecordCache>>,
     size: u64,
     layout: Layout,
+    writer: Option<Rc<Writer>>,
 }
 
 /// A ringfs client: one control connection, data-plane connections per shard
@@ -393,6 +400,7 @@ impl Client {
         if opts.truncate {
             records.borrow_mut().clear();
         }
+        let writer = write.then(|| Rc::new(Writer::new(handle.write_epoch)));
         let fd = self.next_fd.get();
         self.next_fd.set(fd.wrapping_add(1).max(3));
         self.files.borrow_mut().insert(
@@ -411,6 +419,7 @@ impl Client {
                     write_quorum: attr.write_quorum,
                 },
                 io: Rc::new(tokio::sync::Mutex::new(())),
+                writer,
                 records,
             },
         );
@@ -498,18 +507,27 @@ impl Client {
     /// either fully applied or not at all; `fstat` after reconnecting
     /// tells which.
     pub async fn set_len(&self, fd: Fd, size: u64) -> Result<()> {
-        let (h, io, records) = self.with_file(fd, |f| {
+        let (h, io, records, writer) = self.with_file(fd, |f| {
             if !f.write {
                 return Err(Error::BadDescriptor(format!(
                     "{fd} is not open for writing"
                 )));
             }
-            Ok((f.handle.clone(), f.io.clone(), f.records.clone()))
+            Ok((
+                f.handle.clone(),
+                f.io.clone(),
+                f.records.clone(),
+                f.writer.clone(),
+            ))
         })?;
         let _io = io.lock().await;
         let was_connected = h.is_connected();
         let attr = h.set_size(size).await;
         records.borrow_mut().clear();
+        if let Some(w) = writer {
+            // Chunks may have been dropped: what it knew is void.
+            w.forget();
+        }
         let attr = attr.map_err(|e| {
             let path = self.path_of(fd).unwrap_or_default();
             handle_call_error(&h, was_connected, format!("set_len {path} to {size}"), e)
@@ -669,6 +687,7 @@ impl Client {
             records: f.records.clone(),
             size: f.size,
             layout: f.layout,
+            writer: f.writer.clone(),
         }
     }
 
@@ -712,26 +731,77 @@ impl Client {
             return Ok(offset);
         }
         let cs = v.layout.chunk_size;
+        let writer = v
+            .writer
+            .clone()
+            .ok_or_else(|| Error::BadDescriptor(format!("{fd} is not open for writing")))?;
         let existing = self.records(&v.handle, offset / cs, (end - 1) / cs).await?;
         let records = self
             .io
-            .write_range(&v.layout, &existing, offset, data)
+            .write_range(&v.layout, &existing, offset, data, &writer)
             .await?;
         let new_size = v.size.max(end);
         let was_connected = v.handle.is_connected();
-        let attr = v.handle.commit_chunks(&records, new_size).await;
+        let committed = v.handle.commit_chunks(&records, new_size).await;
         // Also after a failed commit: the chunks may have changed anyway.
         v.records.borrow_mut().clear();
-        let attr = attr.map_err(|e| {
+        let committed = committed.map_err(|e| {
             let path = self.path_of(fd).unwrap_or_default();
             let call = format!("commit of {} bytes at {offset} of {path}", data.len());
             handle_call_error(&v.handle, was_connected, call, e)
         })?;
         self.with_file_mut(fd, |f| {
-            f.size = attr.size;
+            f.size = committed.attr.size;
             Ok(())
         })?;
+        if !committed.repairs.is_empty() {
+            // Chunks with fewer than R replicas: this writer adds the nodes
+            // the control server named, in step with its own writes. The
+            // write itself is done and committed; this is repair, best
+            // effort.
+            let added = self
+                .io
+                .add_replicas(&records, &committed.repairs, &v.layout, &writer)
+                .await;
+            if !added.is_empty() {
+                let _ = v.handle.commit_chunks(&added, committed.attr.size).await;
+                v.records.borrow_mut().clear();
+            }
+        }
         Ok(end)
+    }
+
+    /// Every replica of every chunk of the file at `path`, with what the
+    /// replica says it holds (version, length, and a digest of its stored
+    /// CRCs: replicas at one version must agree on it), or why it could not
+    /// be asked. No chunk data crosses the network. For `ringfs fsck
+    /// --verify`.
+    pub async fn replica_digests(
+        &self,
+        path: &str,
+    ) -> Result<Vec<(ChunkRecord, Vec<(u64, Result<ReplicaDigest>)>)>> {
+        let fd = self.open(path, &OpenOptions::read()).await?;
+        let h = self.with_file(fd, |f| Ok(f.handle.clone()))?;
+        let size = self.with_file(fd, |f| Ok(f.size))?;
+        let cs = self.with_file(fd, |f| Ok(f.layout.chunk_size))?.max(1);
+        let records = if size == 0 {
+            Ok(HashMap::new())
+        } else {
+            self.records(&h, 0, (size - 1) / cs).await
+        };
+        let _ = self.close(fd).await;
+        let mut records: Vec<ChunkRecord> = records?.into_values().collect();
+        records.sort_by_key(|r| r.index);
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let id = chunk_id(r.chunk_id);
+            let mut replicas = Vec::with_capacity(r.replicas.len());
+            for &node in &r.replicas {
+                replicas.push((node, self.io.digest(id, node).await));
+            }
+            out.push((r, replicas));
+        }
+        Ok(out)
     }
 }
 

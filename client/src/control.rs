@@ -16,6 +16,7 @@ use ringfs_schema::control_capnp::{
     attr, chunk_record, cluster_map, control, file_handle, map_watcher, subscription, FileKind,
     OpenMode,
 };
+pub use ringfs_schema::Version;
 use ringfs_schema::{read_chunk_id, write_chunk_id};
 use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -84,9 +85,22 @@ pub struct ChunkRecord {
     pub replicas: Vec<u64>,
     /// Valid bytes in the chunk; bytes past it read as zeros.
     pub length: u32,
-    /// The version of its last committed write; a replica below it missed
-    /// a write and is not read from.
-    pub version: u64,
+    /// The version of its last committed write, which every listed
+    /// replica held at the commit (replicas at one version are
+    /// byte-identical); a replica below it missed a write and is not read
+    /// from.
+    pub version: Version,
+}
+
+/// A commit's answer: the file's attributes and the replicas its writer
+/// should add (chunks that list fewer than the file's replication).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The attributes after the commit.
+    pub attr: Attr,
+    /// (chunk index, node id): copy that chunk's current version to that
+    /// node and list it in the next commit.
+    pub repairs: Vec<(u64, u64)>,
 }
 
 /// A node's capacity report, in bytes.
@@ -283,7 +297,7 @@ fn read_chunk(r: chunk_record::Reader) -> Result<ChunkRecord> {
         chunk_id: read_chunk_id(r.get_chunk_id()?),
         replicas: r.get_replicas()?.iter().collect(),
         length: r.get_length(),
-        version: r.get_version(),
+        version: Version::new(r.get_version_epoch(), r.get_version_seq()),
     })
 }
 
@@ -291,7 +305,8 @@ fn fill_chunk(mut b: chunk_record::Builder, c: &ChunkRecord) {
     b.set_index(c.index);
     write_chunk_id(b.reborrow().init_chunk_id(), c.chunk_id);
     b.set_length(c.length);
-    b.set_version(c.version);
+    b.set_version_epoch(c.version.epoch);
+    b.set_version_seq(c.version.seq);
     let mut reps = b.init_replicas(c.replicas.len() as u32);
     for (i, r) in c.replicas.iter().enumerate() {
         reps.set(i as u32, *r);
@@ -476,6 +491,7 @@ impl ControlClient {
             cap: r.get_handle()?,
             guid,
             attr: read_attr(r.get_attr()?)?,
+            write_epoch: r.get_write_epoch(),
             _conn: self.conn.clone(),
         })
     }
@@ -658,6 +674,9 @@ pub struct FileHandle {
     pub guid: [u8; 16],
     /// Attributes when opened.
     pub attr: Attr,
+    /// Write handles: the epoch of every chunk version this handle's
+    /// writes create (0 for read handles).
+    pub write_epoch: u64,
     _conn: Rc<Conn>,
 }
 
@@ -692,8 +711,9 @@ impl FileHandle {
         reply.get()?.get_chunks()?.iter().map(read_chunk).collect()
     }
 
-    /// Makes `chunks` visible and sets the file size (write handles).
-    pub async fn commit_chunks(&self, chunks: &[ChunkRecord], file_size: u64) -> Result<Attr> {
+    /// Makes `chunks` visible and sets the file size (write handles);
+    /// answers with the replicas the writer should add.
+    pub async fn commit_chunks(&self, chunks: &[ChunkRecord], file_size: u64) -> Result<Committed> {
         let mut req = self.cap.commit_chunks_request();
         req.get().set_file_size(file_size);
         let mut list = req.get().init_chunks(chunks.len() as u32);
@@ -701,7 +721,15 @@ impl FileHandle {
             fill_chunk(list.reborrow().get(i as u32), c);
         }
         let reply = req.send().promise.await?;
-        read_attr(reply.get()?.get_attr()?)
+        let r = reply.get()?;
+        Ok(Committed {
+            attr: read_attr(r.get_attr()?)?,
+            repairs: r
+                .get_repairs()?
+                .iter()
+                .map(|h| (h.get_index(), h.get_node_id()))
+                .collect(),
+        })
     }
 
     /// Truncates or extends the file (write handles).

@@ -87,6 +87,11 @@ pub enum Error {
     /// A write reached fewer durable replicas than the file's write quorum.
     #[error("write quorum not reached: {0}")]
     Quorum(String),
+    /// A replica is not at the chunk version a write or copy expected (it
+    /// missed a write, or another one got there first): nothing was
+    /// applied on it.
+    #[error("stale replica: {0}")]
+    StaleVersion(String),
     /// An integer descriptor that is not open (or not open for this).
     #[error("bad file descriptor: {0}")]
     BadDescriptor(String),

@@ -14,13 +14,16 @@
 //!
 //! Inside, [`client`] keeps the descriptor table and the POSIX-like calls,
 //! `cluster` the control connection and the cluster map, `chunk_io` the
-//! replica protocol with the storage nodes, and `replica_policy` its
-//! decisions as pure functions.
+//! requests to storage nodes, `chunk_write` and `chunk_read` the replica
+//! protocol's write and read paths, and `replica_policy` its decisions as
+//! pure functions.
 
 #![warn(missing_docs)]
 
 pub mod blocking;
 mod chunk_io;
+mod chunk_read;
+mod chunk_write;
 pub mod client;
 mod cluster;
 pub mod control;
@@ -33,9 +36,10 @@ pub mod record_cache;
 mod replica_policy;
 
 pub use blocking::BlockingClient;
+pub use chunk_io::ReplicaDigest;
 pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};
 pub use control::{
-    Attr, ChunkHealth, ChunkProblem, ChunkRecord, ClusterMap, ControlClient, CreateOptions,
-    FileHandle, Kind, NodeInfo, ProblemKind,
+    Attr, ChunkHealth, ChunkProblem, ChunkRecord, ClusterMap, Committed, ControlClient,
+    CreateOptions, FileHandle, Kind, NodeInfo, ProblemKind, Version,
 };
 pub use error::{Cause, Error, Result};

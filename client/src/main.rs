@@ -93,7 +93,14 @@ enum Cmd {
     Status,
     /// Check every chunk against the namespace and the replica reports;
     /// exits 0 only if every chunk has R live, current, verified replicas.
-    Fsck,
+    Fsck {
+        /// Also compare every replica of every chunk by content: each node
+        /// digests its stored CRCs (no data crosses the network); replicas
+        /// that differ are listed with their paths, and any difference
+        /// fails the check.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Mount ringfs on a directory (FUSE) until unmounted (SIGTERM, Ctrl-C,
     /// `fusermount3 -u DIR`); see docs/client.md.
     Mount(MountArgs),
@@ -205,7 +212,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Mv { from, to } => cmd_mv(&c, &from, &to).await,
-        Cmd::Fsck => cmd_fsck(&c, json).await,
+        Cmd::Fsck { verify } => cmd_fsck(&c, json, verify).await,
         Cmd::Status => cmd_status(&c, json).await,
         // Served by `main` before any connection exists.
         Cmd::Mount(_) => bail!("mount runs outside the async client"),
@@ -370,15 +377,36 @@ async fn cmd_mv(c: &Client, from: &str, to: &str) -> Result<()> {
 
 /// `fsck`: every chunk problem with its path; fails unless every chunk has
 /// R live, current, verified replicas and the namespace is consistent.
-async fn cmd_fsck(c: &Client, json: bool) -> Result<()> {
+/// With `verify`, also every replica whose content differs from the
+/// others' (see [`verify_replicas`]).
+async fn cmd_fsck(c: &Client, json: bool, verify: bool) -> Result<()> {
     let h = c.control().chunk_health(u32::MAX).await?;
+    let differing = if verify {
+        verify_replicas(c).await?
+    } else {
+        Vec::new()
+    };
     if json {
         let problems: Vec<_> = h.problems.iter().map(problem_json).collect();
+        let differing: Vec<_> = differing
+            .iter()
+            .map(|(path, index, chunk, detail)| {
+                json!({"path": path, "index": index, "chunk_id": format!("{chunk:032x}"), "detail": detail})
+            })
+            .collect();
         outln!(
             "{}",
-            json!({"clean": h.is_clean(), "health": health_json(&h), "problems": problems})
+            json!({
+                "clean": h.is_clean() && differing.is_empty(),
+                "health": health_json(&h),
+                "problems": problems,
+                "differing_replicas": differing,
+            })
         );
     } else {
+        for (path, index, chunk, detail) in &differing {
+            outln!("{path}: chunk {index} ({chunk:032x}): replicas differ: {detail}");
+        }
         for p in &h.problems {
             outln!(
                 "{}: chunk {} ({:032x}): {} ({} of {} good replicas) {}",
@@ -392,6 +420,21 @@ async fn cmd_fsck(c: &Client, json: bool) -> Result<()> {
             );
         }
         outln!("{}", health_line(&h));
+    }
+    if !differing.is_empty() {
+        bail!(
+            "{} chunks have replicas that differ{}",
+            differing.len(),
+            if h.is_clean() {
+                String::new()
+            } else {
+                format!(
+                    "; {} of {} chunks lack R live, current, verified replicas",
+                    h.chunks - h.healthy,
+                    h.chunks
+                )
+            }
+        );
     }
     if !h.is_clean() {
         bail!(
@@ -773,4 +816,118 @@ async fn rm(c: &Client, path: &str, recursive: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One chunk whose replicas differ: (path, chunk index, chunk id, what).
+type Differing = (String, u64, u128, String);
+
+/// Asks every replica of every chunk of every file for its version, length
+/// and digest of stored CRCs, and lists the chunks whose replicas do not
+/// all agree, or could not all be asked.
+async fn verify_replicas(c: &Client) -> Result<Vec<Differing>> {
+    let mut out = Vec::new();
+    let mut dirs = vec!["/".to_string()];
+    while let Some(dir) = dirs.pop() {
+        for (name, a) in c.list(&dir).await? {
+            let path = join(&dir, &name);
+            if a.kind == Kind::Directory {
+                dirs.push(path);
+                continue;
+            }
+            let chunks = match c.replica_digests(&path).await {
+                Ok(chunks) => chunks,
+                // Removed since it was listed.
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for (rec, replicas) in chunks {
+                if let Some(detail) = replica_verdict(rec.version, &replicas) {
+                    out.push((path.clone(), rec.index, rec.chunk_id, detail));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What is wrong with the replicas of a chunk committed at `committed`
+/// (each replica's node and digest, or why it could not be asked), if
+/// anything: replicas must all be reachable, at one version, at least the
+/// committed one, with one length and digest.
+fn replica_verdict(
+    committed: ringfs_client::Version,
+    replicas: &[(u64, ringfs_client::Result<ringfs_client::ReplicaDigest>)],
+) -> Option<String> {
+    let describe = |(n, r): &(u64, ringfs_client::Result<ringfs_client::ReplicaDigest>)| match r {
+        Ok(d) => format!(
+            "node {n}: version {} length {} digest {}",
+            d.version,
+            d.length,
+            d.digest
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        Err(e) => format!("node {n}: not verified: {}", e.describe()),
+    };
+    let answers: Vec<_> = replicas
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    let same_version_differs = answers.iter().any(|a| {
+        answers
+            .iter()
+            .any(|b| a.version == b.version && (a.length != b.length || a.digest != b.digest))
+    });
+    let all_agree = answers.len() == replicas.len()
+        && answers.windows(2).all(|w| w[0] == w[1])
+        && answers.first().is_none_or(|a| a.version >= committed);
+    if all_agree {
+        return None;
+    }
+    let what = if same_version_differs {
+        "DIFFERENT CONTENT AT THE SAME VERSION"
+    } else {
+        "not identical"
+    };
+    Some(format!(
+        "{what} (committed version {committed}): {}",
+        replicas.iter().map(describe).collect::<Vec<_>>().join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringfs_client::{ReplicaDigest, Version};
+
+    fn at(v: u64, digest: u8) -> ringfs_client::Result<ReplicaDigest> {
+        Ok(ReplicaDigest {
+            version: Version::new(1, v),
+            length: 10,
+            digest: vec![digest; 32],
+        })
+    }
+
+    #[test]
+    fn replicas_must_agree_on_version_and_content() {
+        let v2 = Version::new(1, 2);
+        assert_eq!(replica_verdict(v2, &[(1, at(2, 7)), (2, at(2, 7))]), None);
+        let same = replica_verdict(v2, &[(1, at(2, 7)), (2, at(2, 8))]).unwrap();
+        assert!(
+            same.contains("SAME VERSION") && same.contains("node 2"),
+            "{same}"
+        );
+        let behind = replica_verdict(v2, &[(1, at(3, 7)), (2, at(2, 7))]).unwrap();
+        assert!(behind.starts_with("not identical"), "{behind}");
+        assert!(
+            replica_verdict(v2, &[(1, at(1, 7)), (2, at(1, 7))]).is_some(),
+            "below the record"
+        );
+        let gone = Err(ringfs_client::Error::unavailable("down"));
+        assert!(replica_verdict(v2, &[(1, at(2, 7)), (2, gone)])
+            .unwrap()
+            .contains("not verified"));
+    }
 }

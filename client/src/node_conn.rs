@@ -7,10 +7,18 @@
 //! task, in whatever order the node answers. A `lock` answered `wait` stays
 //! pending until the node pushes the `lockGranted` frame.
 //!
+//! Cancel-safe: a send that does not complete (the call's future is dropped
+//! mid-frame: its timeout, or a caller that gave up on the write) breaks the
+//! connection for good: it is shut down at once, every call pending on it
+//! fails, and it is never written to again (the pool opens a new one). So
+//! the bytes of a later frame can never complete a cut one, and a node never
+//! applies a partial payload.
+//!
 //! Must run inside a tokio `LocalSet` (the reader is a local task).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -31,6 +39,8 @@ pub type Reply = (Header, Vec<u8>);
 /// One connection to one storage-node shard.
 pub struct NodeConn {
     addr: String,
+    /// The socket, to shut down when a send is cut.
+    fd: RawFd,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>>,
     /// Set (to the failure) once the connection failed; every later call
@@ -58,6 +68,7 @@ impl NodeConn {
                 Error::unavailable_from(format!("cannot connect to storage node {addr}"), e)
             })?;
         let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
         let (rd, wr) = stream.into_split();
         let pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>> = Rc::default();
         let broken: Rc<RefCell<Option<Error>>> = Rc::default();
@@ -69,6 +80,7 @@ impl NodeConn {
         ));
         Ok(Rc::new(Self {
             addr: addr.to_string(),
+            fd,
             writer: tokio::sync::Mutex::new(wr),
             pending,
             broken,
@@ -100,7 +112,8 @@ impl NodeConn {
     /// Sends `h` (its request id and payload length are set here) with
     /// `payload`, and waits up to `timeout` for the final response: for a
     /// `lock` answered `wait`, that is the pushed `lockGranted` frame. A
-    /// timeout leaves the connection usable (a late answer is dropped).
+    /// timeout after the request was sent whole leaves the connection
+    /// usable (a late answer is dropped); one that cuts the send breaks it.
     pub async fn call(&self, mut h: Header, payload: &[u8], timeout: Duration) -> Result<Reply> {
         if let Some(e) = self.broken.borrow().clone() {
             return Err(e);
@@ -133,7 +146,18 @@ impl NodeConn {
     async fn send(&self, h: &Header, payload: &[u8]) -> Result<()> {
         let head = encode_header(h);
         let mut w = self.writer.lock().await;
+        // Checked under the writer: a cut send of another call may have
+        // broken the connection while this one waited.
+        if let Some(e) = self.broken.borrow().clone() {
+            return Err(e);
+        }
+        let mut armed = Armed {
+            conn: self,
+            done: false,
+        };
         let r = async {
+            #[cfg(feature = "failpoints")]
+            stall_mid_frame(&mut w, &head, payload).await;
             if payload.len() <= 16 * 1024 {
                 // One send for small frames.
                 let mut frame = head;
@@ -146,15 +170,70 @@ impl NodeConn {
             }
         }
         .await;
+        armed.done = true;
         if let Err(e) = r {
-            let e = Error::unavailable_from(format!("storage node {}: send failed", self.addr), e);
-            *self.broken.borrow_mut() = Some(e.clone());
             // A half-written frame loses the framing: the connection is done.
-            let _ = w.shutdown().await;
-            return Err(e);
+            return Err(self.fail(Error::unavailable_from(
+                format!("storage node {}: send failed", self.addr),
+                e,
+            )));
         }
         Ok(())
     }
+
+    /// Breaks the connection for good: shut down, every pending call
+    /// failed with `why`, never written to again.
+    fn fail(&self, why: Error) -> Error {
+        *self.broken.borrow_mut() = Some(why.clone());
+        // SAFETY: `fd` is this connection's socket, open as long as `self`
+        // is (its halves live in `self` and its reader task, which `self`
+        // aborts only when dropped); shutdown does not close it.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        for (_, tx) in self.pending.borrow_mut().drain() {
+            let _ = tx.send(Err(why.clone()));
+        }
+        why
+    }
+}
+
+/// Breaks its connection if dropped before the send it guards completed:
+/// the call was cancelled mid-frame.
+struct Armed<'a> {
+    conn: &'a NodeConn,
+    done: bool,
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.fail(Error::unavailable(format!(
+                "storage node {}: a send was cancelled mid-frame; the connection is not used again",
+                self.conn.addr
+            )));
+        }
+    }
+}
+
+/// Failpoint `node_conn::stall_send=return(N)` (frames with a payload):
+/// writes the first N bytes of the frame, then never finishes, as a send stuck behind a node that
+/// stopped reading does; the call's timeout cuts it.
+#[cfg(feature = "failpoints")]
+async fn stall_mid_frame(w: &mut OwnedWriteHalf, head: &[u8], payload: &[u8]) {
+    // Frames with a payload (writes) only.
+    if payload.is_empty() {
+        return;
+    }
+    let Some(Some(at)) = fail::eval("node_conn::stall_send", |a| {
+        a.and_then(|a| a.parse::<usize>().ok())
+    }) else {
+        return;
+    };
+    let mut frame = head.to_vec();
+    frame.extend_from_slice(payload);
+    let n = at.min(frame.len().saturating_sub(1));
+    let _ = w.write_all(&frame[..n]).await;
+    let _ = w.flush().await;
+    std::future::pending::<()>().await;
 }
 
 async fn read_loop(
@@ -297,6 +376,8 @@ pub fn status_error(h: &Header, addr: &str) -> Error {
         Status::InvalidArgument => Error::InvalidArgument(msg),
         Status::Unavailable | Status::Io | Status::WrongShard => Error::unavailable(msg),
         Status::Quorum => Error::Quorum(msg),
+        Status::StaleVersion => Error::StaleVersion(msg),
+        Status::PayloadChecksum => Error::Corrupt(msg),
         _ => Error::internal(msg),
     }
 }

@@ -10,8 +10,8 @@
 //! - The price: a read may return the file as it was when the record was
 //!   fetched, up to `max_age` ago. Another client's commit in that window
 //!   (a new chunk, a truncate, an overwrite) may be missed, and the read may
-//!   be served by a replica that missed that commit, since its version still
-//!   matches the cached record. Nothing older than the cached record is ever
+//!   be served by a replica that missed that commit, since a read takes a
+//!   replica at the cached record's version or newer. Nothing older than the cached record is ever
 //!   served. A read that fails with cached records is retried once with
 //!   fresh ones, and a client's own writes, truncates and size refreshes
 //!   clear its cache, so a client always reads its own writes; an open that
@@ -120,7 +120,7 @@ mod tests {
             chunk_id: index.into(),
             replicas: vec![1],
             length: 1,
-            version: 1,
+            version: crate::Version::new(1, 1),
         }
     }
 

@@ -6,6 +6,7 @@
 //! tested here without processes.
 
 use crate::error::Error;
+use ringfs_schema::Version;
 
 /// The order in which a read tries the replicas of chunk `index`: replicas
 /// the map calls up first, then the least loaded (fewest of this client's
@@ -53,12 +54,28 @@ pub(crate) fn has_quorum(replicas: usize, write_quorum: u8) -> bool {
     replicas >= write_quorum.max(1) as usize
 }
 
-/// How many replicas of a chain of `chain` hold a write the primary
-/// answered with `durable_replicas`: a hop forwards only what it received,
-/// so the durable replicas are a prefix of the chain, and a node can claim
-/// no more than the chain has.
-pub(crate) fn durable_prefix(chain: usize, durable_replicas: u8) -> usize {
-    (durable_replicas as usize).min(chain)
+/// The replicas of `chain` (primary first) that hold a write the primary
+/// answered with `durable_mask` (bit i: chain position i), in chain order;
+/// bits past the chain are ignored (a node cannot claim more).
+pub(crate) fn durable_nodes<T>(
+    chain: &[T],
+    durable_mask: u16,
+    node: impl Fn(&T) -> u64,
+) -> Vec<u64> {
+    chain
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < 16 && durable_mask & (1 << i) != 0)
+        .map(|(_, t)| node(t))
+        .collect()
+}
+
+/// How many of a record's `replicas` must tell their version before a
+/// writer may take the highest as its base: `n - W + 1`, so that the
+/// answers meet every set of W replicas an acknowledged write may be on
+/// (at least 1).
+pub(crate) fn answers_needed(replicas: usize, write_quorum: u8) -> usize {
+    replicas.saturating_sub(write_quorum.max(1) as usize) + 1
 }
 
 /// The failure of a placement that reserved `reserved` replicas, fewer than
@@ -106,8 +123,8 @@ pub(crate) fn on_lock_failure(e: &Error) -> LockFailure {
 /// write, and one that returned fewer bytes than asked lost some (both
 /// move on to the next replica).
 pub(crate) fn replica_is_current(
-    answered_version: u64,
-    committed: u64,
+    answered_version: Version,
+    committed: Version,
     got: usize,
     wanted: usize,
 ) -> bool {
@@ -176,18 +193,25 @@ mod tests {
     }
 
     #[test]
-    fn quorum_and_durable_prefix() {
+    fn quorum_durable_replicas_and_answers_needed() {
         assert!(has_quorum(1, 0), "a quorum of 0 means 1");
         assert!(!has_quorum(0, 0));
         assert!(has_quorum(2, 2));
         assert!(!has_quorum(1, 2));
-        assert_eq!(durable_prefix(3, 2), 2);
+        let chain = [7u64, 8, 9];
+        assert_eq!(durable_nodes(&chain, 0b101, |n| *n), vec![7, 9]);
         assert_eq!(
-            durable_prefix(2, 5),
-            2,
+            durable_nodes(&chain, 0xffff, |n| *n),
+            vec![7, 8, 9],
             "a node cannot claim more than the chain"
         );
-        assert_eq!(durable_prefix(3, 0), 0);
+        assert!(durable_nodes(&chain, 0, |n| *n).is_empty());
+        // R=3: W=2 needs 2 answers, W=1 all 3, W=3 one.
+        assert_eq!(answers_needed(3, 2), 2);
+        assert_eq!(answers_needed(3, 1), 3);
+        assert_eq!(answers_needed(3, 3), 1);
+        assert_eq!(answers_needed(2, 0), 2, "a quorum of 0 means 1");
+        assert_eq!(answers_needed(1, 3), 1);
     }
 
     #[test]
@@ -248,10 +272,18 @@ mod tests {
 
     #[test]
     fn stale_or_short_replicas_are_not_served() {
-        assert!(replica_is_current(5, 5, 10, 10));
-        assert!(replica_is_current(6, 5, 12, 10));
-        assert!(!replica_is_current(4, 5, 10, 10), "missed a write");
-        assert!(!replica_is_current(5, 5, 9, 10), "lost bytes");
+        let v = |e, s| Version::new(e, s);
+        assert!(replica_is_current(v(1, 5), v(1, 5), 10, 10));
+        assert!(replica_is_current(v(1, 6), v(1, 5), 12, 10));
+        assert!(
+            replica_is_current(v(2, 1), v(1, 5), 10, 10),
+            "a newer epoch"
+        );
+        assert!(
+            !replica_is_current(v(1, 4), v(1, 5), 10, 10),
+            "missed a write"
+        );
+        assert!(!replica_is_current(v(1, 5), v(1, 5), 9, 10), "lost bytes");
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! tasks call [`State::sweep`] and [`State::plan_round`].
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringfs_schema::control_capnp::{cluster_map, map_watcher};
+use ringfs_schema::control_capnp::{cluster_map, map_watcher, node_commands};
+use ringfs_schema::Version;
 
 use crate::call_gate::CallGate;
 use crate::commands::{Commands, Work};
@@ -33,6 +35,10 @@ pub struct MembershipTiming {
     /// Silence after which a node is down.
     pub node_ttl: Duration,
 }
+
+/// Write epochs persisted ahead at a time: a write open costs no fsync
+/// except once per this many (hi/lo allocation, as node ids' counters).
+const WRITE_EPOCH_STEP: u64 = 1024;
 
 /// State shared by every connection.
 pub struct State {
@@ -55,6 +61,20 @@ pub struct State {
     pub(crate) rescan: Cell<bool>,
     /// When the planner last scanned the chunk map.
     last_scan: Cell<Option<Instant>>,
+    /// The write epoch the next write open gets, and the persisted mark
+    /// (epochs up to it may have been handed out, by this run or an
+    /// earlier one; one above it needs the mark raised first).
+    next_write_epoch: Cell<u64>,
+    write_epoch_mark: Cell<u64>,
+    /// The epoch of every open write handle, with its file: chunks whose
+    /// version carries one of them may still be committed by that handle.
+    pub(crate) live_epochs: RefCell<HashMap<u64, u64>>,
+    /// Nodes' `NodeCommands` capabilities: commands go out through them at
+    /// once instead of with the next heartbeat reply.
+    pub(crate) pushers: RefCell<HashMap<u64, node_commands::Client>>,
+    /// Wakes the planner before its next tick (a command finished, a node
+    /// reported).
+    pub kick: Rc<tokio::sync::Notify>,
 }
 
 impl State {
@@ -70,6 +90,7 @@ impl State {
     ) -> Result<Rc<Self>> {
         let membership = Membership::new(store.nodes()?);
         let epoch = store.epoch()?;
+        let write_epoch_mark = store.write_epoch_mark()?;
         Ok(Rc::new(State {
             store,
             committer,
@@ -86,7 +107,82 @@ impl State {
             gate: Rc::default(),
             rescan: Cell::new(true),
             last_scan: Cell::new(None),
+            next_write_epoch: Cell::new(write_epoch_mark + 1),
+            write_epoch_mark: Cell::new(write_epoch_mark),
+            live_epochs: RefCell::default(),
+            pushers: RefCell::default(),
+            kick: Rc::default(),
         }))
+    }
+
+    /// A write epoch for a new write lease: above every epoch handed out
+    /// before, by this run or any earlier one (the mark is durable before
+    /// an epoch above the old one is handed out).
+    pub(crate) async fn write_epoch(self: &Rc<Self>) -> Result<u64> {
+        let e = self.next_write_epoch.get();
+        self.next_write_epoch.set(e + 1);
+        if e > self.write_epoch_mark.get() {
+            let m = Mutation::AdvanceWriteEpoch {
+                to: e + WRITE_EPOCH_STEP - 1,
+            };
+            if let Outcome::Epoch(mark) = self.committer.submit(m).await? {
+                self.write_epoch_mark
+                    .set(self.write_epoch_mark.get().max(mark));
+            }
+        }
+        Ok(e)
+    }
+
+    /// Whether the file `inode` has an open write handle.
+    pub(crate) fn has_writer(&self, inode: u64) -> bool {
+        self.leases.borrow().has_writer(inode)
+    }
+
+    /// How recently a node must have been heard from to be chosen as a
+    /// copy's target: a node killed a moment ago is "up" until its TTL.
+    pub(crate) fn alive_within(&self) -> Duration {
+        self.timing.heartbeat * 3
+    }
+
+    /// Sends every queued command of a node that offered `NodeCommands`
+    /// now; each outcome is applied when its call returns. A push that
+    /// fails puts its command back in the queue (a heartbeat reply carries
+    /// it) and forgets the capability.
+    pub(crate) fn push_queued(self: &Rc<Self>) {
+        let nodes = self.commands.borrow().queued_nodes();
+        for node in nodes {
+            let Some(pusher) = self.pushers.borrow().get(&node).cloned() else {
+                continue;
+            };
+            let sent = self.commands.borrow_mut().take_for(node, Instant::now());
+            for c in sent {
+                let mut req = pusher.run_request();
+                crate::service::fill_command(req.get().init_command(), &c);
+                let state = self.clone();
+                tokio::task::spawn_local(async move {
+                    let reply = req.send().promise.await;
+                    let outcome = reply.and_then(|r| {
+                        crate::service::read_command_result(r.get()?.get_result()?)
+                            .map_err(|e| capnp::Error::failed(e.to_string()))
+                    });
+                    match outcome {
+                        Ok((_, ok, msg, version, length)) => {
+                            if let Err(e) = state
+                                .command_done(node, c.id, ok, &msg, version, length)
+                                .await
+                            {
+                                tracing::error!(node, command = c.id, error = %e, "applying a command outcome failed");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(node, command = c.id, error = %e, "pushing a command failed");
+                            state.commands.borrow_mut().unsend(c.id);
+                            state.pushers.borrow_mut().remove(&node);
+                        }
+                    }
+                });
+            }
+        }
     }
 
     /// One round of repair and garbage collection: forgets lost commands,
@@ -129,7 +225,16 @@ impl State {
         let map = self.store.chunk_map()?;
         let repair = self.repair.borrow();
         repair.scans.set(repair.scans.get() + 1);
-        repair.plan(&map, &membership, &mut cmds, now);
+        let writer = |inode| self.has_writer(inode);
+        repair.plan(
+            &map,
+            &membership,
+            &mut cmds,
+            now,
+            &writer,
+            self.alive_within(),
+        );
+        let live_epochs = self.live_epochs.borrow();
         self.gc.borrow_mut().plan(
             &map,
             &garbage,
@@ -137,7 +242,10 @@ impl State {
             &mut cmds,
             repair.cfg.orphan_grace,
             now,
+            &|epoch| live_epochs.contains_key(&epoch),
         );
+        drop((repair, live_epochs, cmds, membership));
+        self.push_queued();
         Ok(())
     }
 
@@ -148,10 +256,11 @@ impl State {
         id: u64,
         ok: bool,
         message: &str,
-        version: u64,
+        version: Version,
         length: u64,
     ) -> Result<()> {
         self.rescan.set(true);
+        self.kick.notify_one();
         // The command stays open (its chunk busy for the planner) until its
         // outcome is applied, so no second copy is planned meanwhile.
         let Some(cmd) = self.commands.borrow().get(node, id) else {
@@ -171,11 +280,11 @@ impl State {
         work: Work,
         ok: bool,
         message: &str,
-        version: u64,
+        version: Version,
         length: u64,
     ) -> Result<()> {
         match work {
-            Work::Delete { chunk, garbage } => {
+            Work::Delete { chunk, garbage, .. } => {
                 if !ok {
                     tracing::warn!(
                         node,
@@ -204,7 +313,8 @@ impl State {
                 drop,
                 ..
             } => {
-                let verified = ok && version >= want && length >= min_len as u64;
+                let drop_nodes: Vec<u64> = drop.iter().map(|(n, _)| *n).collect();
+                let verified = ok && version == want && length >= min_len as u64;
                 if !verified {
                     self.repair.borrow_mut().copies_failed += 1;
                     tracing::warn!(
@@ -219,10 +329,10 @@ impl State {
                     inode,
                     index,
                     id: chunk,
-                    version: want,
+                    version,
                     length: length.min(u32::MAX as u64) as u32,
                     target,
-                    drop: drop.clone(),
+                    drop: drop_nodes,
                 };
                 match self.committer.submit(m).await {
                     Ok(_) => {
@@ -239,9 +349,11 @@ impl State {
                             "replica copied and verified; record updated"
                         );
                         // Copies on live nodes that left the record are known
-                        // bad: delete them now rather than after the orphan grace.
+                        // bad: delete them now rather than after the orphan
+                        // grace, each only at the version it was seen at (a
+                        // replica a write made current since is kept).
                         let mut cmds = self.commands.borrow_mut();
-                        for n in drop.into_iter().filter(|n| *n != target) {
+                        for (n, seen) in drop.into_iter().filter(|(n, _)| *n != target) {
                             repair.suspects.remove(&(chunk, n));
                             if membership.get(n).is_some_and(|s| s.up) && !cmds.deleting(n, chunk) {
                                 cmds.queue(
@@ -249,6 +361,7 @@ impl State {
                                     Work::Delete {
                                         chunk,
                                         garbage: false,
+                                        newest: seen,
                                     },
                                 );
                             }

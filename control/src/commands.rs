@@ -1,7 +1,8 @@
 //! Commands for storage nodes (delete a chunk, copy a chunk to another
-//! node), queued here until the node's next heartbeat carries them out in
-//! its reply, and tracked until the node reports their outcome in a later
-//! heartbeat.
+//! node), queued here until they go out (pushed at once through the
+//! node's `NodeCommands` capability, or in its next heartbeat reply), and
+//! tracked until the node reports their outcome. Every command is version
+//! fenced on the node (see `NodeCommand` in `schema/control.capnp`).
 //!
 //! Invariants:
 //! - A command is in exactly one state: queued (not yet sent) or sent at an
@@ -17,26 +18,36 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ringfs_schema::Version;
+
 /// What a node is asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
-    /// Copy the executing node's replica of `chunk` to `target`.
+    /// Copy the executing node's replica of `chunk`, at exactly `version`,
+    /// to `target`, where the chunk is at `target_version` ((0, 0): none).
     Copy {
         inode: u64,
         index: u64,
         chunk: u128,
-        version: u64,
+        version: Version,
         length: u32,
         target: u64,
         target_addr: String,
-        /// The target holds a copy (stale or corrupt): delete it first.
-        replace: bool,
-        /// Replicas to leave the record once the copy is in.
-        drop: Vec<u64>,
+        /// The target's copy (stale or corrupt), replaced only if it is
+        /// still at this version; (0, 0): the target has none.
+        target_version: Version,
+        /// Replicas to leave the record once the copy is in, with the
+        /// version each was last seen at (its delete is fenced on it).
+        drop: Vec<(u64, Version)>,
     },
-    /// Delete `chunk` on the executing node. `garbage`: it is in the
-    /// garbage table (else an orphan).
-    Delete { chunk: u128, garbage: bool },
+    /// Delete `chunk` on the executing node unless its replica is newer
+    /// than `newest`. `garbage`: it is in the garbage table (else an
+    /// orphan or a dropped replica).
+    Delete {
+        chunk: u128,
+        garbage: bool,
+        newest: Version,
+    },
 }
 
 /// One command and its state.
@@ -72,6 +83,28 @@ impl Commands {
             },
         );
         id
+    }
+
+    /// Nodes with commands not yet sent.
+    pub fn queued_nodes(&self) -> Vec<u64> {
+        let mut nodes: Vec<u64> = self
+            .open
+            .values()
+            .filter(|c| c.sent.is_none())
+            .map(|c| c.node)
+            .collect();
+        nodes.dedup();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Marks command `id` not sent again (a push that failed): the next
+    /// heartbeat or push carries it.
+    pub fn unsend(&mut self, id: u64) {
+        if let Some(c) = self.open.get_mut(&id) {
+            c.sent = None;
+        }
     }
 
     /// The queued commands of `node`, now marked sent.
@@ -162,6 +195,7 @@ mod tests {
             Work::Delete {
                 chunk: 5,
                 garbage: true,
+                newest: Version::MAX,
             },
         );
         assert!(c.take_for(2, now).is_empty());
@@ -182,6 +216,7 @@ mod tests {
             Work::Delete {
                 chunk: 5,
                 garbage: false,
+                newest: Version::MAX,
             },
         );
         c.queue(
@@ -189,6 +224,7 @@ mod tests {
             Work::Delete {
                 chunk: 6,
                 garbage: false,
+                newest: Version::MAX,
             },
         );
         c.take_for(1, now);
@@ -204,6 +240,7 @@ mod tests {
             Work::Delete {
                 chunk: 7,
                 garbage: false,
+                newest: Version::MAX,
             },
         );
         c.take_for(3, now);
@@ -213,6 +250,7 @@ mod tests {
             Work::Delete {
                 chunk: 7,
                 garbage: false,
+                newest: Version::MAX,
             },
         );
         assert_eq!(c.forget_node(3), 1);

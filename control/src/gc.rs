@@ -12,15 +12,21 @@
 //! - **Orphans**: chunks a node reports that no record lists on that node
 //!   (abandoned writes whose client died before committing, copies that a
 //!   failed repair left, replicas dropped from a record while their node was
-//!   down). One is deleted only after it has stayed unreferenced for
-//!   `orphan_grace`, which must exceed the longest time between a chunk's
-//!   node write and its commit; reservations themselves lapse on the nodes
-//!   with their lease.
+//!   down). A chunk whose reported version carries the epoch of a write
+//!   lease still open is never an orphan: that lease wrote it and may still
+//!   commit it (garbage collection by state, not by clock). Any other is
+//!   deleted once it has stayed unreferenced for `orphan_grace` (a margin
+//!   for reports racing commits and copies), and only at the version it was
+//!   reported at: a replica written since is kept (the delete is fenced on
+//!   the node). Reservations themselves lapse on the nodes with their
+//!   lease.
 //!
 //! Units: durations as `Duration`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+use ringfs_schema::Version;
 
 use crate::commands::{Commands, Work};
 use crate::membership::Membership;
@@ -38,7 +44,9 @@ pub struct Gc {
 
 impl Gc {
     /// Queues deletes for garbage chunks on every up node that held them
-    /// and for orphans older than `orphan_grace`.
+    /// and for orphans older than `orphan_grace`; `live_epoch(e)`: a write
+    /// lease of epoch `e` is open.
+    #[allow(clippy::too_many_arguments)]
     pub fn plan(
         &mut self,
         map: &[MapEntry],
@@ -47,6 +55,7 @@ impl Gc {
         cmds: &mut Commands,
         orphan_grace: Duration,
         now: Instant,
+        live_epoch: &dyn Fn(u64) -> bool,
     ) {
         let mut queued: HashMap<u64, usize> = HashMap::new();
         let mut budget = |node: u64| {
@@ -64,6 +73,7 @@ impl Gc {
                         Work::Delete {
                             chunk: g.id,
                             garbage: true,
+                            newest: Version::MAX,
                         },
                     );
                 }
@@ -89,9 +99,13 @@ impl Gc {
             if !n.up || !n.report_complete {
                 continue;
             }
-            for &chunk in n.chunks.keys() {
+            for (&chunk, &(version, _)) in &n.chunks {
                 let listed = referenced.get(&chunk).is_some_and(|r| r.contains(&node));
-                if listed || garbage_ids.contains(&chunk) || copying.contains(&(node, chunk)) {
+                if listed
+                    || garbage_ids.contains(&chunk)
+                    || copying.contains(&(node, chunk))
+                    || live_epoch(version.epoch)
+                {
                     continue;
                 }
                 seen_now.insert((node, chunk));
@@ -110,6 +124,7 @@ impl Gc {
                         Work::Delete {
                             chunk,
                             garbage: false,
+                            newest: version,
                         },
                     );
                 }
@@ -121,5 +136,49 @@ impl Gc {
     /// Orphan copies currently tracked (for status).
     pub fn orphans(&self) -> usize {
         self.orphan_seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Capacity;
+
+    /// Node 1 reports chunk 10 at (`epoch`, 1), which no record lists.
+    fn reporting(epoch: u64) -> Membership {
+        let mut m = Membership::default();
+        m.joined(1, [1; 16], vec!["127.0.0.1:1".into()], Capacity::default());
+        m.report_chunks(1, &[1; 16], [(10, Version::new(epoch, 1), 4096)], true)
+            .unwrap();
+        m
+    }
+
+    fn deletes(cmds: &Commands) -> Vec<(u128, Version)> {
+        cmds.iter()
+            .filter_map(|c| match c.work {
+                Work::Delete { chunk, newest, .. } => Some((chunk, newest)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_an_open_lease_wrote_is_never_an_orphan_and_others_go_at_their_version() {
+        let grace = Duration::from_secs(1);
+        let (t0, later) = (Instant::now(), Instant::now() + grace * 10);
+        // Written under epoch 7, whose lease is open: kept, however long.
+        let m = reporting(7);
+        let (mut gc, mut cmds) = (Gc::default(), Commands::default());
+        let live = |e| e == 7;
+        gc.plan(&[], &[], &m, &mut cmds, grace, t0, &live);
+        gc.plan(&[], &[], &m, &mut cmds, grace, later, &live);
+        assert!(deletes(&cmds).is_empty());
+        // Once the lease ended, an orphan past its grace, deleted only at
+        // the version it was seen at.
+        let ended = |_| false;
+        gc.plan(&[], &[], &m, &mut cmds, grace, later, &ended);
+        assert!(deletes(&cmds).is_empty(), "first seen now");
+        gc.plan(&[], &[], &m, &mut cmds, grace, later + grace, &ended);
+        assert_eq!(deletes(&cmds), vec![(10, Version::new(7, 1))]);
     }
 }

@@ -78,6 +78,11 @@ impl Leases {
         }
     }
 
+    /// Whether `inode` has a writer.
+    pub fn has_writer(&self, inode: u64) -> bool {
+        self.files.get(&inode).is_some_and(|l| l.writer.is_some())
+    }
+
     /// Number of files with a writer (for status and tests).
     pub fn held(&self) -> usize {
         self.files.values().filter(|l| l.writer.is_some()).count()

@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use ringfs_schema::Version;
+
 use crate::error::{ControlError, Result};
 use crate::records::Node;
 use crate::store::constant_time_eq;
@@ -41,9 +43,9 @@ pub struct NodeState {
     pub last_heartbeat: Option<Instant>,
     pub up: bool,
     /// Chunk id -> (version, length), from the node's last complete report.
-    pub chunks: HashMap<u128, (u64, u32)>,
+    pub chunks: HashMap<u128, (Version, u32)>,
     /// Pages of a report in progress.
-    pending_report: HashMap<u128, (u64, u32)>,
+    pending_report: HashMap<u128, (Version, u32)>,
     /// Whether `chunks` holds a complete report received since start.
     pub report_complete: bool,
     /// Lower bound of when the snapshot in `chunks` was taken.
@@ -156,7 +158,7 @@ impl Membership {
 
     /// Updates node `id`'s inventory after a command it confirmed: `Some`
     /// a chunk it now holds (version, length), `None` one it deleted.
-    pub fn note_chunk(&mut self, id: u64, chunk: u128, held: Option<(u64, u32)>) {
+    pub fn note_chunk(&mut self, id: u64, chunk: u128, held: Option<(Version, u32)>) {
         if let Some(n) = self.nodes.get_mut(&id) {
             match held {
                 Some(v) => {
@@ -184,7 +186,7 @@ impl Membership {
         &mut self,
         id: u64,
         key: &[u8],
-        chunks: impl IntoIterator<Item = (u128, u64, u32)>,
+        chunks: impl IntoIterator<Item = (u128, Version, u32)>,
         last: bool,
     ) -> Result<()> {
         self.authenticate(id, key)?;
@@ -231,6 +233,17 @@ impl Membership {
     /// Every node, ascending id.
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &NodeState)> {
         self.nodes.iter()
+    }
+
+    /// Whether node `id` is known alive: up, and heard from within
+    /// `recent` (a node killed a moment ago stays "up" until its TTL; a
+    /// copy to it would fail).
+    pub fn alive(&self, id: u64, now: Instant, recent: Duration) -> bool {
+        self.nodes.get(&id).is_some_and(|n| {
+            n.up && n
+                .last_heartbeat
+                .is_some_and(|t| now.saturating_duration_since(t) <= recent)
+        })
     }
 }
 
@@ -298,10 +311,11 @@ mod tests {
     #[test]
     fn report_pages_replace_the_inventory_at_the_last_page() {
         let mut m = member();
-        m.report_chunks(1, &[1; 16], [(10, 1, 4096)], false)
+        m.report_chunks(1, &[1; 16], [(10, Version::new(1, 1), 4096)], false)
             .unwrap();
         assert!(m.iter().next().unwrap().1.chunks.is_empty());
-        m.report_chunks(1, &[1; 16], [(11, 2, 8192)], true).unwrap();
+        m.report_chunks(1, &[1; 16], [(11, Version::new(1, 2), 8192)], true)
+            .unwrap();
         let n = m.iter().next().unwrap().1;
         assert_eq!(n.chunks.len(), 2);
         assert!(n.report_complete);

@@ -3,7 +3,10 @@
 //! Encodings are little-endian, start with a format byte, and are decoded
 //! with bounds checks: a damaged record is a [`Malformed`] error (which the
 //! store reports as a [`crate::ControlError::Corrupt`] naming the record),
-//! never a panic.
+//! never a panic. Records of an older format are refused the same way, with
+//! a message that says so: there is no migration.
+
+use ringfs_schema::Version;
 
 /// Inode number of the root directory.
 pub const ROOT_INODE: u64 = 1;
@@ -62,9 +65,10 @@ pub struct Chunk {
     pub replicas: Vec<u64>,
     /// Valid bytes; bytes past it read as zeros.
     pub length: u32,
-    /// The version the nodes gave the chunk's last committed write; a
+    /// The version of the chunk's last committed write: every listed
+    /// replica held it at the commit (and those replicas are identical). A
     /// replica below it missed a write.
-    pub version: u64,
+    pub version: Version,
 }
 
 /// A registered storage node, as persisted.
@@ -77,7 +81,9 @@ pub struct Node {
 }
 
 const INODE_FORMAT: u8 = 1;
-const CHUNK_FORMAT: u8 = 1;
+/// 2: the version is an (epoch, seq) pair. Format 1 (a single u64) is
+/// refused.
+const CHUNK_FORMAT: u8 = 2;
 const NODE_FORMAT: u8 = 1;
 
 /// Bounds-checked little-endian reader over a record.
@@ -90,6 +96,12 @@ impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], what: &'static str, format: u8) -> Result<Self> {
         let mut r = Reader { buf, what };
         let f = r.u8()?;
+        if f < format {
+            return Err(r.malformed(format!(
+                "format {f}, written by an older ringfs (this one reads format {format}; \
+                 there is no migration)"
+            )));
+        }
         if f != format {
             return Err(r.malformed(format!("unknown format {f}")));
         }
@@ -199,7 +211,8 @@ impl Chunk {
         b.push(CHUNK_FORMAT);
         b.extend_from_slice(&self.id.to_le_bytes());
         b.extend_from_slice(&self.length.to_le_bytes());
-        b.extend_from_slice(&self.version.to_le_bytes());
+        b.extend_from_slice(&self.version.epoch.to_le_bytes());
+        b.extend_from_slice(&self.version.seq.to_le_bytes());
         b.push(self.replicas.len() as u8);
         for r in &self.replicas {
             b.extend_from_slice(&r.to_le_bytes());
@@ -212,7 +225,7 @@ impl Chunk {
         let mut r = Reader::new(buf, "chunk", CHUNK_FORMAT)?;
         let id = r.u128()?;
         let length = r.u32()?;
-        let version = r.u64()?;
+        let version = Version::new(r.u64()?, r.u64()?);
         let n = r.u8()?;
         let replicas = (0..n).map(|_| r.u64()).collect::<Result<_>>()?;
         r.end()?;
@@ -271,8 +284,8 @@ mod tests {
 
         #[test]
         fn chunk_round_trips(id: u128, replicas in proptest::collection::vec(any::<u64>(), 0..8),
-                             length: u32, version: u64) {
-            let c = Chunk { id, replicas, length, version };
+                             length: u32, epoch: u64, seq: u64) {
+            let c = Chunk { id, replicas, length, version: Version::new(epoch, seq) };
             prop_assert_eq!(Chunk::decode(&c.encode()).unwrap(), c);
         }
 
@@ -296,7 +309,7 @@ mod tests {
             id: 7,
             replicas: vec![1, 2],
             length: 10,
-            version: 3,
+            version: Version::new(1, 3),
         }
         .encode();
         assert_eq!(
@@ -306,5 +319,9 @@ mod tests {
                 problem: "truncated".into()
             })
         );
+        let mut old = c.clone();
+        old[0] = 1;
+        let e = Chunk::decode(&old).unwrap_err();
+        assert!(e.problem.contains("older ringfs"), "{e}");
     }
 }

@@ -151,16 +151,24 @@ fn spawn_sweeper(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
     })
 }
 
-/// Repair and garbage collection: plans a round every half heartbeat, so
-/// that commands are ready when nodes heartbeat.
+/// Repair and garbage collection: plans a round every half heartbeat (at
+/// most 250 ms: a down node's grace ends without any event), and at once
+/// when something it waits for happened (a command finished, a node joined
+/// or reported), so that repair does not wait for ticks. A round that finds
+/// nothing due does not scan the chunk map.
 fn spawn_planner(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
     let state = state.clone();
-    let period = (config.heartbeat / 2).max(Duration::from_millis(20));
+    let period =
+        (config.heartbeat / 2).clamp(Duration::from_millis(20), Duration::from_millis(250));
     tokio::task::spawn_local(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let kick = state.kick.clone();
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = kick.notified() => {}
+            }
             if let Err(e) = state.plan_round().await {
                 tracing::error!(error = %describe(&e), "repair round failed");
             }

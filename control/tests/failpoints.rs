@@ -453,12 +453,16 @@ fn random_mutation(rng: &mut StdRng, reference: &MetaStore, now_ns: i64) -> Muta
                         },
                         replicas,
                         length,
-                        version: old.map_or(1, |o| o.1.version + 1),
+                        version: ringfs_schema::Version::new(
+                            1,
+                            old.map_or(1, |o| o.1.version.seq + 1),
+                        ),
                     },
                 ));
             }
             Mutation::CommitChunks {
                 inode: *ino,
+                epoch: 1,
                 chunks,
                 file_size: end,
                 now_ns,

@@ -5,6 +5,7 @@
 
 use ringfs_control::records::Chunk;
 use ringfs_control::store::{CreateOptions, FileDefaults, MetaStore, Mutation, Outcome};
+use ringfs_schema::Version;
 
 fn apply(store: &MetaStore, m: Mutation) -> ringfs_control::error::Result<Outcome> {
     store.apply_batch(&[m]).unwrap().remove(0)
@@ -46,28 +47,29 @@ fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
         id: 99,
         replicas: vec![1, 2, 3],
         length: 4096,
-        version: 5,
+        version: Version::new(7, 5),
     };
     apply(
         &store,
         Mutation::CommitChunks {
             inode: ino,
+            epoch: 7,
             chunks: vec![(0, chunk.clone())],
             file_size: 4096,
             now_ns: 0,
         },
     )
     .unwrap();
-    let copied = |target, version, drop: Vec<u64>| Mutation::ReplicaCopied {
+    let copied = |target, seq, drop: Vec<u64>| Mutation::ReplicaCopied {
         inode: ino,
         index: 0,
         id: 99,
-        version,
+        version: Version::new(7, seq),
         length: 4096,
         target,
         drop,
     };
-    // A copy planned against an older version is refused.
+    // A copy of an older version is refused.
     assert!(apply(&store, copied(4, 4, vec![3])).is_err());
     // Node 3 lost: node 4 replaces it.
     apply(&store, copied(4, 5, vec![3])).unwrap();

@@ -11,10 +11,11 @@
 use crate::data_capnp::{frame_header, lock_token};
 pub use crate::data_capnp::{LockMode, Op, Status};
 use crate::ids::ChunkId;
+use crate::version::Version;
 
-/// Largest accepted header, in bytes (a header with a long chain or message
-/// stays far below it).
-pub const MAX_HEADER_LEN: usize = 64 * 1024;
+/// Largest accepted header, in bytes: room for the CRC list of a whole
+/// chunk (64 KiB), a full chain and a message.
+pub const MAX_HEADER_LEN: usize = 96 * 1024;
 /// Largest accepted payload, in bytes: one whole chunk.
 pub const MAX_PAYLOAD_LEN: usize = crate::MAX_CHUNK_SIZE as usize;
 /// Most hops a chain may list.
@@ -44,6 +45,12 @@ pub enum FrameError {
     /// A token's MAC is longer than [`MAX_MAC_LEN`].
     #[error("token MAC of {0} bytes exceeds the limit {MAX_MAC_LEN}")]
     MacTooLong(usize),
+    /// The CRC list is longer than one per block of the largest chunk.
+    #[error("{0} CRCs exceed the limit {max}", max = crate::crc::MAX_CRCS)]
+    TooManyCrcs(usize),
+    /// A digest is longer than 32 bytes.
+    #[error("digest of {0} bytes exceeds 32")]
+    DigestTooLong(usize),
     /// An enum field holds a value this build does not know.
     #[error("unknown {field} value {value}")]
     UnknownEnum {
@@ -105,9 +112,20 @@ pub struct Header {
     pub length: u32,
     /// Bytes of raw payload following the header.
     pub payload_length: u32,
-    /// Write requests: 0 = the node assigns current + 1, else it must exceed
-    /// the current version. Responses: the chunk's version.
-    pub version: u64,
+    /// Write requests: the version the write creates. copyTo: the version
+    /// the source must hold. delete: the newest version the replica may
+    /// hold to be deleted. Responses: the chunk's version.
+    pub version: Version,
+    /// Write and copyTo requests: the version the (target) replica must
+    /// hold for the request to apply (compare-and-set).
+    pub expected: Version,
+    /// Write requests: CRC32C of each piece of the payload on the chunk's
+    /// 4 KiB block grid ([`crate::crc`]). Read responses: the stored CRC of
+    /// each block of the payload.
+    pub crcs: Vec<u32>,
+    /// Write requests: the chunk becomes exactly the payload (offset 0),
+    /// written aside and swapped in.
+    pub replace: bool,
     /// Lock, reserve and implicit-lock requests: who the lock is for.
     pub client_id: u64,
     /// Requests: the caller's lock token. Lock/reserve responses: the new token.
@@ -128,8 +146,13 @@ pub struct Header {
     /// Write requests: durable replicas needed for `ok` (0 = all of the chain).
     pub write_quorum: u8,
     /// Write responses: replicas (this node and downstream) holding the write
-    /// durably.
+    /// durably: the number of bits in `durable_mask`.
     pub durable_replicas: u8,
+    /// Write responses: bit i set = chain position i (0 = the answering
+    /// node, 1 = `chain[0]`, ...) holds the write durably.
+    pub durable_mask: u16,
+    /// Digest responses: BLAKE3 of the chunk's length and CRC table.
+    pub digest: Vec<u8>,
     /// Reserve requests: bytes to reserve.
     pub reserve_bytes: u64,
     /// Responses: the chunk's length in bytes.
@@ -148,7 +171,10 @@ impl Header {
             offset: 0,
             length: 0,
             payload_length: 0,
-            version: 0,
+            version: Version::NONE,
+            expected: Version::NONE,
+            crcs: Vec::new(),
+            replace: false,
             client_id: 0,
             token: Token::default(),
             lock_mode: LockMode::None,
@@ -158,6 +184,8 @@ impl Header {
             chain: Vec::new(),
             write_quorum: 0,
             durable_replicas: 0,
+            durable_mask: 0,
+            digest: Vec::new(),
             reserve_bytes: 0,
             chunk_length: 0,
         }
@@ -270,6 +298,24 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
             });
         }
     }
+    let crcs = if r.has_crcs() {
+        let list = r.get_crcs().map_err(capnp_err)?;
+        if list.len() as usize > crate::crc::MAX_CRCS {
+            return Err(FrameError::TooManyCrcs(list.len() as usize));
+        }
+        list.iter().collect()
+    } else {
+        Vec::new()
+    };
+    let digest = if r.has_digest() {
+        let d = r.get_digest().map_err(capnp_err)?;
+        if d.len() > 32 {
+            return Err(FrameError::DigestTooLong(d.len()));
+        }
+        d.to_vec()
+    } else {
+        Vec::new()
+    };
     let message = if r.has_message() {
         r.get_message()
             .map_err(capnp_err)?
@@ -287,7 +333,10 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
         offset: r.get_offset(),
         length: r.get_length(),
         payload_length,
-        version: r.get_version(),
+        version: Version::new(r.get_version_epoch(), r.get_version_seq()),
+        expected: Version::new(r.get_expected_epoch(), r.get_expected_seq()),
+        crcs,
+        replace: r.get_replace(),
         client_id: r.get_client_id(),
         token,
         lock_mode: r.get_lock_mode().map_err(enum_err("lockMode"))?,
@@ -297,6 +346,8 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
         chain,
         write_quorum: r.get_write_quorum(),
         durable_replicas: r.get_durable_replicas(),
+        durable_mask: r.get_durable_mask(),
+        digest,
         reserve_bytes: r.get_reserve_bytes(),
         chunk_length: r.get_chunk_length(),
     })
@@ -322,7 +373,17 @@ pub fn encode_header(h: &Header) -> Vec<u8> {
         b.set_offset(h.offset);
         b.set_length(h.length);
         b.set_payload_length(h.payload_length);
-        b.set_version(h.version);
+        b.set_version_epoch(h.version.epoch);
+        b.set_version_seq(h.version.seq);
+        b.set_expected_epoch(h.expected.epoch);
+        b.set_expected_seq(h.expected.seq);
+        if !h.crcs.is_empty() {
+            let mut list = b.reborrow().init_crcs(h.crcs.len() as u32);
+            for (i, c) in h.crcs.iter().enumerate() {
+                list.set(i as u32, *c);
+            }
+        }
+        b.set_replace(h.replace);
         b.set_client_id(h.client_id);
         if h.token.is_present() || h.token.client_id != 0 || h.token.generation != 0 {
             write_token(b.reborrow().init_token(), &h.token);
@@ -342,6 +403,10 @@ pub fn encode_header(h: &Header) -> Vec<u8> {
         }
         b.set_write_quorum(h.write_quorum);
         b.set_durable_replicas(h.durable_replicas);
+        b.set_durable_mask(h.durable_mask);
+        if !h.digest.is_empty() {
+            b.set_digest(&h.digest);
+        }
         b.set_reserve_bytes(h.reserve_bytes);
         b.set_chunk_length(h.chunk_length);
     }
@@ -377,6 +442,12 @@ mod tests {
             },
         }];
         h.write_quorum = 2;
+        h.version = Version::new(7, 3);
+        h.expected = Version::new(7, 2);
+        h.crcs = vec![1, 2, 0xffff_ffff];
+        h.replace = true;
+        h.durable_mask = 0b101;
+        h.digest = vec![9; 32];
         h
     }
 

@@ -24,12 +24,15 @@ pub mod data_capnp {
 /// The wire protocol version this build speaks (see `common.capnp`).
 pub const PROTOCOL_VERSION: u32 = common_capnp::PROTOCOL_VERSION;
 
+pub mod crc;
 pub mod frame;
 pub mod ids;
+pub mod version;
 pub mod wire;
 pub mod wire_error;
 
 pub use ids::ChunkId;
+pub use version::Version;
 
 /// Largest chunk a storage node stores, in bytes (64 MiB): also the largest
 /// data-plane payload. Files may use smaller chunk sizes, never larger ones.

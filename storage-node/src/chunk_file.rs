@@ -5,10 +5,15 @@
 //! offset 68 KiB  header slot B (68 KiB)
 //! offset 136 KiB chunk data, byte i of the chunk at 136 KiB + i
 //! ```
-//! A header slot (68 KiB) holds: magic `RFSCHNK1` (8 bytes), `seq` u64,
-//! `version` u64, `length` u64 (bytes), `crc` u32 (CRC32C of the slot with
-//! this field zeroed), 4 reserved bytes, then one little-endian CRC32C per
-//! [`CRC_BLOCK`] of data (over the block's valid bytes, i.e. up to `length`).
+//! A header slot (68 KiB) holds: magic `RFSCHNK2` (8 bytes), `seq` u64,
+//! the version's `epoch` u64 and `seq` u64, `length` u64 (bytes), `crc` u32
+//! (CRC32C of the slot with this field zeroed), 4 reserved bytes, then one
+//! little-endian CRC32C per [`CRC_BLOCK`] of data (over the block's valid
+//! bytes, i.e. up to `length`), as the writer computed it for the bytes it
+//! sent (see `ringfs_schema::crc`).
+//!
+//! Format 1 (magic `RFSCHNK1`, a single `u64` version) is refused, never
+//! read: [`slot_format`] tells it apart so that the node can say so.
 //!
 //! Why 4 KiB CRC blocks rather than 64 KiB: every read verifies the CRC of
 //! each block it touches, so a 4 KiB random read of a 64 KiB-block chunk reads
@@ -23,6 +28,8 @@
 //! Invariant: data bytes past `length` up to the next 4 KiB boundary are zero
 //! on disk (holes read as zeros), so a block's CRC can be extended with zeros.
 
+use ringfs_schema::Version;
+
 /// Alignment of every O_DIRECT I/O, in bytes.
 pub const ALIGN: u64 = 4096;
 /// Bytes covered by one CRC32C (see the module doc for why 4 KiB).
@@ -35,8 +42,11 @@ pub const SLOT_LEN: usize = 68 * 1024;
 pub const DATA_OFFSET: u64 = 2 * SLOT_LEN as u64;
 /// CRC entries per header (one per block of a maximal chunk).
 pub(crate) const MAX_BLOCKS: usize = (MAX_CHUNK_SIZE / CRC_BLOCK) as usize;
-const MAGIC: &[u8; 8] = b"RFSCHNK1";
-const CRCS_AT: usize = 40;
+const MAGIC: &[u8; 8] = b"RFSCHNK2";
+/// The magic of format 1 (before versions had epochs).
+const MAGIC_V1: &[u8; 8] = b"RFSCHNK1";
+const CRC_AT: usize = 40;
+const CRCS_AT: usize = 48;
 const _: () = assert!(CRCS_AT + 4 * MAX_BLOCKS <= SLOT_LEN);
 
 /// The durable metadata of a chunk.
@@ -45,11 +55,31 @@ pub(crate) struct ChunkMeta {
     /// Header update counter (selects the slot).
     pub(crate) seq: u64,
     /// The chunk version this content carries.
-    pub(crate) version: u64,
+    pub(crate) version: Version,
     /// Valid bytes.
     pub(crate) length: u64,
     /// One CRC32C per [`CRC_BLOCK`]; `len == blocks(length)`.
     pub(crate) crcs: Vec<u32>,
+}
+
+/// The format of a header slot image, by its magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SlotFormat {
+    /// This build's (`RFSCHNK2`).
+    Current,
+    /// Format 1 (`RFSCHNK1`), written before versions had epochs.
+    V1,
+    /// Neither: an empty or damaged slot.
+    Unknown,
+}
+
+/// The format a slot image claims.
+pub(crate) fn slot_format(slot: &[u8]) -> SlotFormat {
+    match slot.get(..8) {
+        Some(m) if m == MAGIC => SlotFormat::Current,
+        Some(m) if m == MAGIC_V1 => SlotFormat::V1,
+        _ => SlotFormat::Unknown,
+    }
 }
 
 /// Number of CRC blocks covering `length` bytes.
@@ -78,13 +108,14 @@ impl ChunkMeta {
         out.fill(0);
         out[..8].copy_from_slice(MAGIC);
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        out[16..24].copy_from_slice(&self.version.to_le_bytes());
-        out[24..32].copy_from_slice(&self.length.to_le_bytes());
+        out[16..24].copy_from_slice(&self.version.epoch.to_le_bytes());
+        out[24..32].copy_from_slice(&self.version.seq.to_le_bytes());
+        out[32..40].copy_from_slice(&self.length.to_le_bytes());
         for (i, c) in self.crcs.iter().enumerate() {
             out[CRCS_AT + 4 * i..CRCS_AT + 4 * i + 4].copy_from_slice(&c.to_le_bytes());
         }
         let crc = crc32c::crc32c(out);
-        out[32..36].copy_from_slice(&crc.to_le_bytes());
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes a slot image; `None` if it is not a valid, intact slot.
@@ -93,13 +124,13 @@ impl ChunkMeta {
             return None;
         }
         let u64_at = |i: usize| u64::from_le_bytes(slot[i..i + 8].try_into().expect("8 bytes"));
-        let stored = u32::from_le_bytes(slot[32..36].try_into().expect("4 bytes"));
+        let stored = u32::from_le_bytes(slot[CRC_AT..CRC_AT + 4].try_into().expect("4 bytes"));
         let mut copy = slot.to_vec();
-        copy[32..36].fill(0);
+        copy[CRC_AT..CRC_AT + 4].fill(0);
         if crc32c::crc32c(&copy) != stored {
             return None;
         }
-        let length = u64_at(24);
+        let length = u64_at(32);
         if length > MAX_CHUNK_SIZE {
             return None;
         }
@@ -114,10 +145,22 @@ impl ChunkMeta {
             .collect();
         Some(Self {
             seq: u64_at(8),
-            version: u64_at(16),
+            version: Version::new(u64_at(16), u64_at(24)),
             length,
             crcs,
         })
+    }
+
+    /// BLAKE3 of the length (u64 LE) and the CRC table (u32 LE each): what
+    /// replicas compare to find out whether they hold the same bytes
+    /// without reading them (`fsck --verify`).
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.length.to_le_bytes());
+        for c in &self.crcs {
+            h.update(&c.to_le_bytes());
+        }
+        *h.finalize().as_bytes()
     }
 
     /// The newer valid slot of the two at the head of a chunk file.
@@ -148,7 +191,7 @@ mod tests {
     fn slot_round_trip_and_damage_detection() {
         let m = ChunkMeta {
             seq: 3,
-            version: 9,
+            version: Version::new(2, 9),
             length: 16_000,
             crcs: vec![1, 2, 3, 4],
         };
@@ -165,6 +208,11 @@ mod tests {
         let mut s1 = vec![0u8; SLOT_LEN];
         m.encode(&mut s1);
         assert_eq!(ChunkMeta::from_slots(&s2, &s1), Some(newer));
+        assert_eq!(slot_format(&s1), SlotFormat::Current);
+        s1[..8].copy_from_slice(b"RFSCHNK1");
+        assert_eq!(slot_format(&s1), SlotFormat::V1);
+        assert_eq!(ChunkMeta::decode(&s1), None, "format 1 is never read");
+        assert_eq!(slot_format(&[0; 64]), SlotFormat::Unknown);
     }
 
     #[test]

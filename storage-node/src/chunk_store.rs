@@ -5,6 +5,25 @@
 //! [`GroupCommit`] before they are acknowledged. The file layout is in
 //! [`crate::chunk_file`].
 //!
+//! Integrity rules (see "Replica integrity" in `docs/architecture.md`):
+//! - **Strict versions.** A write applies only on top of the exact version
+//!   its writer expects ([`Cas`]), and creates a higher one; a replace
+//!   (copy) installs a version at least as high. Any other version is
+//!   refused with [`StoreError::StaleVersion`] and nothing is written.
+//! - **CRCs as sent.** The writer's CRC of every whole block it sent is
+//!   stored as it came (the connection verified the payload against them
+//!   before the write got here); the CRC of a block the write covers only
+//!   partly is combined from the writer's CRC of its piece and the CRCs of
+//!   the stored bytes around it, which are verified first. No CRC of the
+//!   writer's bytes is ever recomputed here, so a bit flipped in node
+//!   memory after the payload was verified is caught by the next read.
+//! - **Fences.** Every write, replace and read calls its `fence` right
+//!   before its disk I/O is issued, with no await in between: an operation
+//!   whose lock lapsed meanwhile is refused before it touches the disk.
+//! - **Copy-then-swap.** A replace writes the whole new chunk to a file
+//!   aside, makes it durable, then renames it over the chunk: a failure at
+//!   any point leaves the old replica as it was.
+//!
 //! Concurrency: each chunk has an async read/write lock, so writes to one
 //! chunk are serialized (read-modify-write of edge blocks and the header
 //! update are atomic with respect to other I/O on the chunk) while reads share.
@@ -23,15 +42,17 @@ mod crash_tests;
 mod tests;
 
 use crate::chunk_file::{
-    align_down, align_up, blocks, extend_with_zeros, ChunkMeta, ALIGN, CRC_BLOCK, DATA_OFFSET,
-    MAX_CHUNK_SIZE, SLOT_LEN,
+    align_down, align_up, blocks, extend_with_zeros, slot_format, ChunkMeta, SlotFormat, ALIGN,
+    CRC_BLOCK, DATA_OFFSET, MAX_CHUNK_SIZE, SLOT_LEN,
 };
 use crate::disk::dma::DmaDir;
 use crate::disk::{DiskDir, DiskFile};
 use crate::group_commit::GroupCommit;
 use glommio::io::DmaBuffer;
 use glommio::sync::RwLock;
+use ringfs_schema::crc::pieces;
 use ringfs_schema::ids::ChunkId;
+use ringfs_schema::Version;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,16 +67,36 @@ pub(crate) enum StoreError {
     Checksum(ChunkId, u64),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("chunk {id}: version {requested} is not newer than the stored version {current}")]
+    #[error("chunk {id} is at version {current}, the request expected {expected}")]
     StaleVersion {
         id: ChunkId,
-        current: u64,
-        requested: u64,
+        current: Version,
+        expected: Version,
     },
+    /// The operation's lock lapsed (or was released) before it was applied.
+    #[error("{0}")]
+    Fenced(String),
     #[error("chunk {0}: I/O error: {1}")]
     Io(ChunkId, String),
     #[error("store I/O error: {0}")]
     Setup(String),
+}
+
+/// The version check of a write or replace: the replica must be at
+/// `expected`; the write creates `version`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cas {
+    pub(crate) expected: Version,
+    pub(crate) version: Version,
+}
+
+/// Called right before an operation's disk I/O: `Err` refuses it (its lock
+/// lapsed). See the module doc.
+pub(crate) type Fence<'a> = &'a dyn Fn() -> Result<(), StoreError>;
+
+/// A fence that never refuses (the store's own tests, the scrubber).
+pub(crate) fn no_fence() -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// One chunk: its open file, its durable metadata and its I/O lock.
@@ -110,8 +151,19 @@ impl WriteBuf {
         &mut self.buf.as_bytes_mut()[s..s + self.len as usize]
     }
 
-    /// The prepared buffer, to share between the disk write and the forward.
-    fn share(self) -> SharedPayload {
+    /// The payload.
+    pub(crate) fn payload(&self) -> &[u8] {
+        let s = (self.offset - self.io_start) as usize;
+        &self.buf.as_bytes()[s..s + self.len as usize]
+    }
+
+    /// The chunk offset of the payload.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The buffer, to share between the disk write and the forward.
+    pub(crate) fn share(self) -> SharedPayload {
         SharedPayload {
             io_start: self.io_start,
             start: (self.offset - self.io_start) as usize,
@@ -139,7 +191,7 @@ impl SharedPayload {
     }
 
     /// Once every use is done: the buffer serves the next payload.
-    fn recycle(self) {
+    pub(crate) fn recycle(self) {
         if let Ok(buf) = Rc::try_unwrap(self.buf) {
             crate::buffer_pool::give(buf);
         }
@@ -149,9 +201,21 @@ impl SharedPayload {
 /// The result of a write or a metadata query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ChunkInfo {
-    pub(crate) version: u64,
+    pub(crate) version: Version,
     /// Valid bytes.
     pub(crate) length: u64,
+}
+
+/// What a read returns: whole blocks with their stored CRCs.
+pub(crate) struct ReadOut<R> {
+    /// The bytes from `offset` (a block boundary) on: whole blocks, the
+    /// last one up to the chunk's length. Empty if the range held nothing.
+    pub(crate) data: R,
+    /// Chunk offset of `data[0]`.
+    pub(crate) offset: u64,
+    /// The stored CRC of each block of `data`.
+    pub(crate) crcs: Vec<u32>,
+    pub(crate) info: ChunkInfo,
 }
 
 fn check_range(offset: u64, len: u64) -> Result<(), StoreError> {
@@ -173,6 +237,36 @@ fn file_name(id: ChunkId) -> String {
     format!("{}.chunk", id.file_stem())
 }
 
+/// Where a replace writes the new chunk before swapping it in.
+fn aside_name(id: ChunkId) -> String {
+    format!("{}.chunk.new", id.file_stem())
+}
+
+/// Checks a write's versions against the replica's `current` one.
+fn check_cas(id: ChunkId, current: Version, cas: &Cas, replace: bool) -> Result<(), StoreError> {
+    if current != cas.expected {
+        return Err(StoreError::StaleVersion {
+            id,
+            current,
+            expected: cas.expected,
+        });
+    }
+    // A write creates a newer version; a replace may install the same one
+    // (repairing a damaged replica with identical content).
+    let newer = if replace {
+        cas.version >= cas.expected
+    } else {
+        cas.version > cas.expected
+    };
+    if !newer {
+        return Err(StoreError::InvalidArgument(format!(
+            "chunk {id}: version {} is not above the expected {}",
+            cas.version, cas.expected
+        )));
+    }
+    Ok(())
+}
+
 /// The chunk store of one shard, over the directory `D` (production: a real
 /// directory of O_DIRECT files).
 pub(crate) struct ChunkStore<D: DiskDir = DmaDir> {
@@ -187,7 +281,9 @@ where
 {
     /// Opens the store in `dir` and recovers every chunk file in it. Files
     /// whose both header slots are damaged are renamed to `*.corrupt` and
-    /// skipped.
+    /// skipped; leftovers of replaces that never finished are removed. A
+    /// chunk file of the older format 1 fails the open: there is no
+    /// migration.
     pub(crate) async fn open(dir: D) -> Result<Self, StoreError> {
         let names = dir
             .list()
@@ -198,6 +294,12 @@ where
             commit: GroupCommit::new(),
         };
         for name in names {
+            if name.ends_with(".chunk.new") {
+                // A replace that crashed before its swap: the old replica
+                // (if any) is still in place.
+                let _ = store.dir.remove(&name);
+                continue;
+            }
             let Some(id) = name
                 .strip_suffix(".chunk")
                 .and_then(ChunkId::from_file_stem)
@@ -208,6 +310,7 @@ where
                 Ok(chunk) => {
                     store.chunks.borrow_mut().insert(id, Rc::new(chunk));
                 }
+                Err(e @ StoreError::Setup(_)) => return Err(e),
                 Err(e) => {
                     tracing::error!("chunk {id}: unrecoverable header ({e}); renaming to .corrupt");
                     let corrupt = format!("{}.corrupt", id.file_stem());
@@ -225,13 +328,31 @@ where
         if head.len() < DATA_OFFSET as usize {
             return Err(StoreError::Io(id, "file shorter than its header".into()));
         }
-        let meta = ChunkMeta::from_slots(&head[..SLOT_LEN], &head[SLOT_LEN..])
+        let (a, b) = (&head[..SLOT_LEN], &head[SLOT_LEN..]);
+        if slot_format(a) == SlotFormat::V1 || slot_format(b) == SlotFormat::V1 {
+            return Err(StoreError::Setup(format!(
+                "{}: chunk file {name} is in format 1 (written by a ringfs-node from before \
+                 chunk versions had epochs); this node reads format 2 only and there is no \
+                 migration: start it on an empty data directory",
+                self.dir.path().display()
+            )));
+        }
+        let meta = ChunkMeta::from_slots(a, b)
             .ok_or_else(|| StoreError::Io(id, "no valid header slot".into()))?;
         Ok(Chunk::new(id, file, meta))
     }
 
     fn get(&self, id: ChunkId) -> Option<Rc<Chunk<D::File>>> {
         self.chunks.borrow().get(&id).cloned()
+    }
+
+    /// Whether `chunk` is still the store's chunk `id` (not deleted or
+    /// replaced while its caller waited for its lock).
+    fn is_current(&self, chunk: &Rc<Chunk<D::File>>) -> bool {
+        self.chunks
+            .borrow()
+            .get(&chunk.id)
+            .is_some_and(|c| Rc::ptr_eq(c, chunk))
     }
 
     pub(crate) fn contains(&self, id: ChunkId) -> bool {
@@ -247,8 +368,20 @@ where
         })
     }
 
+    /// The chunk's version and length and a digest of its CRC table (what
+    /// `fsck --verify` compares between replicas: no data is read).
+    pub(crate) fn digest(&self, id: ChunkId) -> Result<(ChunkInfo, [u8; 32]), StoreError> {
+        let c = self.get(id).ok_or(StoreError::NotFound(id))?;
+        let m = c.meta.borrow();
+        let info = ChunkInfo {
+            version: m.version,
+            length: m.length,
+        };
+        Ok((info, m.digest()))
+    }
+
     /// (id, version, length) of every chunk, ascending by id.
-    pub(crate) fn inventory(&self) -> Vec<(ChunkId, u64, u64)> {
+    pub(crate) fn inventory(&self) -> Vec<(ChunkId, Version, u64)> {
         let mut v: Vec<_> = self
             .chunks
             .borrow()
@@ -296,69 +429,99 @@ where
         Ok(chunk)
     }
 
-    /// Writes `data` (prepared with [`WriteBuf::new`] and filled) to chunk
-    /// `id`, creating the chunk if `create` is set and it does not exist.
-    /// `version` 0 means "current + 1"; otherwise it must exceed the current
-    /// version. Once the edge blocks are merged, `forward` is started with the
-    /// payload and the new version and runs concurrently with the local write
-    /// and sync; its output is returned next to the local outcome (None if the
-    /// local write failed before it could start). Returns once the write is
-    /// durable.
+    /// Writes `data` (prepared with [`WriteBuf::new`], filled, and checked
+    /// against `crcs`, the writer's CRC of each piece) to chunk `id`, if the
+    /// chunk is at `cas.expected`; the chunk then is at `cas.version`. A
+    /// missing chunk is created (at version (0, 0)) if `create` is set.
     ///
-    /// Steps: take the chunk's write lock, [`prepare`] the blocks and the
-    /// new header, write and sync them ([`ChunkStore::persist`]) while the
-    /// payload is forwarded, and only then [`apply`] the new header.
+    /// `forward` is started with the payload once the edge blocks are
+    /// merged and runs concurrently with the local write and sync; when the
+    /// local write is refused or fails before that, it is started anyway
+    /// (the next replicas decide for themselves). Its output is returned
+    /// next to the local outcome. Returns once the write is durable.
+    ///
+    /// Steps: take the chunk's write lock, check the version, [`prepare`]
+    /// the blocks and the new header, pass the `fence`, write and sync them
+    /// ([`ChunkStore::persist`]) while the payload is forwarded, and only
+    /// then [`apply`] the new header.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write<Fw, Fut, T>(
         &self,
         id: ChunkId,
         mut data: WriteBuf,
-        version: u64,
+        crcs: &[u32],
+        cas: Cas,
         create: bool,
+        fence: Fence<'_>,
         forward: Fw,
-    ) -> (Result<ChunkInfo, StoreError>, Option<T>)
+    ) -> (Result<ChunkInfo, StoreError>, T)
     where
-        Fw: FnOnce(SharedPayload, u64) -> Fut,
+        Fw: FnOnce(SharedPayload) -> Fut,
         Fut: Future<Output = T>,
     {
-        let chunk = match self.chunk_for_write(id, create).await {
-            Ok(c) => c,
-            Err(e) => return (Err(e), None),
-        };
-        let Ok(_guard) = chunk.io_lock.write().await else {
-            return (Err(StoreError::NotFound(id)), None);
-        };
-        if !self.contains(id) {
-            // Deleted while we waited for the I/O lock.
-            return (Err(StoreError::NotFound(id)), None);
+        if data.len == 0 {
+            let e = StoreError::InvalidArgument("a write needs a payload".into());
+            return refused(e, data, forward).await;
         }
-        let new_meta = match prepare(&chunk, &mut data, version).await {
-            Ok(m) => m,
-            Err(e) => return (Err(e), None),
-        };
-        let payload = data.share();
-        let (local, fwd) = futures::join!(
-            self.persist(&chunk, &payload, &new_meta),
-            forward(payload.clone(), new_meta.version)
-        );
-        payload.recycle();
-        let local = match local {
-            Ok(()) => Ok(apply(&chunk, new_meta)),
-            // The on-disk blocks may now disagree with the (unchanged) CRCs:
-            // later reads report a checksum error, never wrong bytes.
-            Err(e) => Err(StoreError::Io(id, e.to_string())),
-        };
-        (local, Some(fwd))
+        loop {
+            let chunk = match self.chunk_for_write(id, create, &cas).await {
+                Ok(c) => c,
+                Err(e) => return refused(e, data, forward).await,
+            };
+            let Ok(_guard) = chunk.io_lock.write().await else {
+                return refused(StoreError::NotFound(id), data, forward).await;
+            };
+            if !self.is_current(&chunk) {
+                // Deleted or replaced while we waited: look it up again.
+                continue;
+            }
+            let old = chunk.meta.borrow().clone();
+            if let Err(e) = check_cas(id, old.version, &cas, false) {
+                return refused(e, data, forward).await;
+            }
+            let new_meta = match prepare(&chunk, &old, &mut data, crcs, cas.version).await {
+                Ok(m) => m,
+                Err(e) => return refused(e, data, forward).await,
+            };
+            #[cfg(feature = "failpoints")]
+            if fail::eval("chunk_store::before_persist", |_| ()).is_some() {
+                let e = StoreError::Io(
+                    id,
+                    "injected by failpoint chunk_store::before_persist".into(),
+                );
+                return refused(e, data, forward).await;
+            }
+            let payload = data.share();
+            let local = async {
+                fence()?;
+                self.persist(&chunk, &payload, &new_meta)
+                    .await
+                    // The on-disk blocks may now disagree with the
+                    // (unchanged) CRCs: later reads report a checksum
+                    // error, never wrong bytes.
+                    .map_err(|e| StoreError::Io(id, e.to_string()))
+            };
+            let (local, fwd) = futures::join!(local, forward(payload.clone()));
+            payload.recycle();
+            return (local.map(|()| apply(&chunk, new_meta)), fwd);
+        }
     }
 
     /// The chunk a write goes to: the existing one, or (with `create`) a
-    /// new empty one.
+    /// new empty one, which only a write expecting (0, 0) may create.
     async fn chunk_for_write(
         &self,
         id: ChunkId,
         create: bool,
+        cas: &Cas,
     ) -> Result<Rc<Chunk<D::File>>, StoreError> {
         match self.get(id) {
             Some(c) => Ok(c),
+            None if create && cas.expected != Version::NONE => Err(StoreError::StaleVersion {
+                id,
+                current: Version::NONE,
+                expected: cas.expected,
+            }),
             None if create => self.create(id).await,
             None => Err(StoreError::NotFound(id)),
         }
@@ -387,6 +550,7 @@ where
         failpoint!("chunk_store::before_sync", |_| Err(
             crate::failpoint::injected("chunk_store::before_sync")
         ));
+        crate::failpoint::delay("chunk_store::slow_persist").await;
         self.commit.sync(chunk.file.clone()).await?;
         failpoint!("chunk_store::before_apply", |_| Err(
             crate::failpoint::injected("chunk_store::before_apply")
@@ -394,14 +558,129 @@ where
         Ok(())
     }
 
-    /// Reads up to `len` bytes at `offset` (short at the chunk's end),
-    /// verifying the CRC of every block touched.
+    /// Replaces chunk `id` (or creates it, with `create`) by exactly `data`
+    /// (a whole chunk: offset 0), whose blocks carry `crcs`, at
+    /// `cas.version`, if the replica is at `cas.expected` (the version may
+    /// equal the expected one: same content, a damaged replica repaired).
+    /// Copy-then-swap: the new chunk is written to a file aside and made
+    /// durable; only then, after the `fence`, is it renamed over the old
+    /// one. Any failure leaves the old replica untouched.
+    pub(crate) async fn replace(
+        &self,
+        id: ChunkId,
+        data: WriteBuf,
+        crcs: &[u32],
+        cas: Cas,
+        create: bool,
+        fence: Fence<'_>,
+    ) -> Result<ChunkInfo, StoreError> {
+        if data.offset != 0 {
+            return Err(StoreError::InvalidArgument(
+                "a replace writes the whole chunk: offset must be 0".into(),
+            ));
+        }
+        if crcs.len() != blocks(data.len) {
+            return Err(StoreError::InvalidArgument(format!(
+                "a replace of {} bytes needs {} CRCs, got {}",
+                data.len,
+                blocks(data.len),
+                crcs.len()
+            )));
+        }
+        loop {
+            match self.get(id) {
+                Some(old) => {
+                    let Ok(_guard) = old.io_lock.write().await else {
+                        return Err(StoreError::NotFound(id));
+                    };
+                    if !self.is_current(&old) {
+                        continue;
+                    }
+                    let current = old.meta.borrow().version;
+                    check_cas(id, current, &cas, true)?;
+                    let next_seq = old.meta.borrow().seq + 1;
+                    return self.swap_in(id, data, crcs, cas, next_seq, fence).await;
+                }
+                None if !create => return Err(StoreError::NotFound(id)),
+                None => {
+                    check_cas(id, Version::NONE, &cas, true)?;
+                    return self.swap_in(id, data, crcs, cas, 0, fence).await;
+                }
+            }
+        }
+    }
+
+    /// The copy-then-swap of [`ChunkStore::replace`], under the old chunk's
+    /// write lock if there is one. `seq` picks the header slot.
+    async fn swap_in(
+        &self,
+        id: ChunkId,
+        mut data: WriteBuf,
+        crcs: &[u32],
+        cas: Cas,
+        seq: u64,
+        fence: Fence<'_>,
+    ) -> Result<ChunkInfo, StoreError> {
+        let io = |e: std::io::Error| StoreError::Io(id, e.to_string());
+        let len = data.len;
+        // Bytes past the length up to the block's end are zero on disk.
+        let end = (align_up(len, CRC_BLOCK).max(ALIGN)) as usize;
+        data.buf.as_bytes_mut()[len as usize..end].fill(0);
+        data.buf
+            .trim_to_size(align_up(len, ALIGN).max(ALIGN) as usize);
+        let meta = ChunkMeta {
+            seq,
+            version: cas.version,
+            length: len,
+            crcs: crcs.to_vec(),
+        };
+        let aside = aside_name(id);
+        let _ = self.dir.remove(&aside);
+        let file = self.dir.create(&aside).await.map_err(io)?;
+        let written = async {
+            let (d, h) = futures::join!(
+                file.write_at(data.buf, DATA_OFFSET),
+                write_header(&file, &meta)
+            );
+            d?;
+            h?;
+            failpoint!("chunk_store::before_swap", |_| Err(
+                crate::failpoint::injected("chunk_store::before_swap")
+            ));
+            file.fdatasync().await
+        }
+        .await;
+        if let Err(e) = written.map_err(io).and_then(|()| fence()) {
+            let _ = self.dir.remove(&aside);
+            return Err(e);
+        }
+        // The swap: from here on the new chunk is the replica.
+        self.dir
+            .rename(&aside, &file_name(id))
+            .map_err(|e| StoreError::Io(id, format!("swapping the new chunk in: {e}")))?;
+        let info = ChunkInfo {
+            version: meta.version,
+            length: meta.length,
+        };
+        self.chunks
+            .borrow_mut()
+            .insert(id, Rc::new(Chunk::new(id, file, meta)));
+        self.dir
+            .sync()
+            .map_err(|e| StoreError::Io(id, format!("syncing directory: {e}")))?;
+        Ok(info)
+    }
+
+    /// Reads the whole blocks covering up to `len` bytes at `offset` (short
+    /// at the chunk's end), verifying the CRC of every block, and returns
+    /// them with their stored CRCs. `fence` is passed before the disk read.
     pub(crate) async fn read(
         &self,
         id: ChunkId,
         offset: u64,
         len: u64,
-    ) -> Result<(<D::File as DiskFile>::Read, ChunkInfo), StoreError> {
+        fence: Fence<'_>,
+    ) -> Result<ReadOut<<D::File as DiskFile>::Read>, StoreError> {
         check_range(offset, len)?;
         let chunk = self.get(id).ok_or(StoreError::NotFound(id))?;
         let _guard = chunk
@@ -416,49 +695,92 @@ where
         };
         let end = (offset + len).min(meta.length);
         if offset >= end {
-            return Ok((Default::default(), info));
+            return Ok(ReadOut {
+                data: Default::default(),
+                offset,
+                crcs: Vec::new(),
+                info,
+            });
         }
         let io_start = align_down(offset, CRC_BLOCK);
         let io_end = align_up(end, CRC_BLOCK).min(align_up(meta.length, ALIGN));
+        fence()?;
         let rr = read_verified(&chunk, &meta, io_start, io_end).await?;
-        let out = D::File::slice(&rr, (offset - io_start) as usize, (end - offset) as usize)
+        let valid_end = io_end.min(meta.length);
+        let data = D::File::slice(&rr, 0, (valid_end - io_start) as usize)
             .ok_or_else(|| StoreError::Io(id, "short read".into()))?;
-        Ok((out, info))
+        let first = (io_start / CRC_BLOCK) as usize;
+        let crcs = meta.crcs[first..blocks(valid_end)].to_vec();
+        Ok(ReadOut {
+            data,
+            offset: io_start,
+            crcs,
+            info,
+        })
     }
 
-    /// Removes chunk `id` (file and metadata).
-    pub(crate) async fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
-        let chunk = self.get(id).ok_or(StoreError::NotFound(id))?;
-        let _guard = chunk
-            .io_lock
-            .write()
-            .await
-            .map_err(|_| StoreError::NotFound(id))?;
-        if self.chunks.borrow_mut().remove(&id).is_none() {
-            return Err(StoreError::NotFound(id));
+    /// Removes chunk `id` (file and metadata) unless its version is above
+    /// `newest`: a replica made current by a write after the caller looked
+    /// is never deleted.
+    pub(crate) async fn delete(&self, id: ChunkId, newest: Version) -> Result<(), StoreError> {
+        loop {
+            let chunk = self.get(id).ok_or(StoreError::NotFound(id))?;
+            let _guard = chunk
+                .io_lock
+                .write()
+                .await
+                .map_err(|_| StoreError::NotFound(id))?;
+            if !self.is_current(&chunk) {
+                continue;
+            }
+            let current = chunk.meta.borrow().version;
+            if current > newest {
+                return Err(StoreError::StaleVersion {
+                    id,
+                    current,
+                    expected: newest,
+                });
+            }
+            self.chunks.borrow_mut().remove(&id);
+            return self
+                .dir
+                .remove(&file_name(id))
+                .map_err(|e| StoreError::Io(id, e.to_string()));
         }
-        self.dir
-            .remove(&file_name(id))
-            .map_err(|e| StoreError::Io(id, e.to_string()))?;
-        Ok(())
     }
 }
 
-/// Picks the write's version, fills the edge blocks of `data` (old bytes
-/// or zeros) and returns the chunk's header after the write. Nothing is
-/// written yet.
+/// A write refused before its own disk I/O: the payload is still forwarded
+/// (each replica of the chain decides for itself).
+async fn refused<Fw, Fut, T>(
+    e: StoreError,
+    data: WriteBuf,
+    forward: Fw,
+) -> (Result<ChunkInfo, StoreError>, T)
+where
+    Fw: FnOnce(SharedPayload) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let payload = data.share();
+    let fwd = forward(payload.clone()).await;
+    payload.recycle();
+    (Err(e), fwd)
+}
+
+/// Fills the edge blocks of `data` (old bytes or zeros) and returns the
+/// chunk's header after the write, at `version`. Nothing is written yet.
 async fn prepare<F: DiskFile>(
     chunk: &Chunk<F>,
+    old: &ChunkMeta,
     data: &mut WriteBuf,
-    version: u64,
+    crcs: &[u32],
+    version: Version,
 ) -> Result<ChunkMeta, StoreError> {
-    let old = chunk.meta.borrow().clone();
-    let new_version = next_version(chunk.id, &old, version)?;
-    let span = WriteSpan::of(&old, data);
-    merge_edges(chunk, &old, data, span.io_end).await?;
+    let span = WriteSpan::of(old, data);
+    merge_edges(chunk, old, data, span.io_end).await?;
     data.buf
         .trim_to_size((span.io_end - data.io_start) as usize);
-    Ok(span.new_meta(&old, data, new_version))
+    Ok(span.new_meta(old, data, crcs, version))
 }
 
 /// Makes a durable write's header the chunk's: what reads verify against
@@ -470,19 +792,6 @@ fn apply<F>(chunk: &Chunk<F>, meta: ChunkMeta) -> ChunkInfo {
     };
     *chunk.meta.borrow_mut() = meta;
     info
-}
-
-/// The version a write gets: `requested`, or the current one + 1 for 0.
-fn next_version(id: ChunkId, old: &ChunkMeta, requested: u64) -> Result<u64, StoreError> {
-    match requested {
-        0 => Ok(old.version + 1),
-        v if v > old.version => Ok(v),
-        v => Err(StoreError::StaleVersion {
-            id,
-            current: old.version,
-            requested: v,
-        }),
-    }
 }
 
 /// What a write covers on disk.
@@ -504,10 +813,18 @@ impl WriteSpan {
         Self { io_end, new_len }
     }
 
-    /// The header after the write: `old`'s with the CRCs of the blocks in
-    /// `data` (merged), of the zeros a write past the end leaves between,
-    /// and of the old last block grown with zeros.
-    fn new_meta(&self, old: &ChunkMeta, data: &WriteBuf, version: u64) -> ChunkMeta {
+    /// The header after the write: `old`'s with, for every block the
+    /// payload touches, the writer's CRC of its piece (combined with the
+    /// CRCs of the merged old bytes or zeros around it when the piece is
+    /// partial), zero CRCs for the gap a write past the end leaves, and the
+    /// old last block's CRC grown with zeros.
+    fn new_meta(
+        &self,
+        old: &ChunkMeta,
+        data: &WriteBuf,
+        piece_crcs: &[u32],
+        version: Version,
+    ) -> ChunkMeta {
         let (io_start, new_len) = (data.io_start, self.new_len);
         let mut crcs = old.crcs.clone();
         crcs.resize(blocks(new_len), 0);
@@ -526,13 +843,24 @@ impl WriteSpan {
             crcs[b as usize] = zero_block_crc();
         }
         let bytes = data.buf.as_bytes();
-        let mut b = first_block;
-        while b * CRC_BLOCK < self.io_end.min(new_len) {
-            let s = b * CRC_BLOCK;
-            let e = ((b + 1) * CRC_BLOCK).min(new_len);
-            crcs[b as usize] =
-                crc32c::crc32c(&bytes[(s - io_start) as usize..(e - io_start) as usize]);
-            b += 1;
+        let at = |chunk_offset: u64| (chunk_offset - io_start) as usize;
+        for (piece, &piece_crc) in pieces(data.offset, data.len as usize).zip(piece_crcs) {
+            let (ps, pe) = (
+                data.offset + piece.start as u64,
+                data.offset + piece.end as u64,
+            );
+            let b = ps / CRC_BLOCK;
+            let (bs, be) = (b * CRC_BLOCK, ((b + 1) * CRC_BLOCK).min(new_len));
+            let head = &bytes[at(bs)..at(ps)];
+            let tail = &bytes[at(pe)..at(be)];
+            let mut crc = piece_crc;
+            if !head.is_empty() {
+                crc = crc32c::crc32c_combine(crc32c::crc32c(head), crc, (pe - ps) as usize);
+            }
+            if !tail.is_empty() {
+                crc = crc32c::crc32c_combine(crc, crc32c::crc32c(tail), tail.len());
+            }
+            crcs[b as usize] = crc;
         }
         ChunkMeta {
             seq: old.seq + 1,

@@ -11,6 +11,7 @@
 //! capacity-bytes = 0     # 0 = the filesystem's size
 //! io-memory = 4194304    # glommio registered I/O memory per shard, bytes
 //! lease-ms = 30000       # default lock/reservation lease
+//! forward-timeout-ms = 30000  # a chain hop must answer a forwarded write within it
 //! scrub-bytes-per-sec = 8388608  # background re-read rate per shard; 0 = off
 //! ```
 //!
@@ -76,6 +77,10 @@ pub struct Cli {
     /// Default lease of locks and reservations, milliseconds.
     #[arg(long)]
     pub lease_ms: Option<u64>,
+    /// How long a chain hop may take to answer a forwarded write (and a
+    /// copy target a copy), milliseconds [default: 30000].
+    #[arg(long)]
+    pub forward_timeout_ms: Option<u64>,
     /// Bytes per second and shard the scrubber re-reads to find corrupt
     /// chunks (0 = no scrubbing) [default: 8388608].
     #[arg(long)]
@@ -106,6 +111,7 @@ struct FileConfig {
     capacity_bytes: Option<u64>,
     io_memory: Option<usize>,
     lease_ms: Option<u64>,
+    forward_timeout_ms: Option<u64>,
     scrub_bytes_per_sec: Option<u64>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
@@ -125,6 +131,7 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     pub io_memory: usize,
     pub lease_ms: u64,
+    pub forward_timeout_ms: u64,
     pub scrub_bytes_per_sec: u64,
     /// The `log-level` setting (RUST_LOG overrides it at start).
     pub log_level: String,
@@ -229,6 +236,11 @@ impl NodeConfig {
             capacity_bytes: cli.capacity_bytes.or(file.capacity_bytes).unwrap_or(0),
             io_memory: cli.io_memory.or(file.io_memory).unwrap_or(4 << 20),
             lease_ms: cli.lease_ms.or(file.lease_ms).unwrap_or(30_000),
+            forward_timeout_ms: cli
+                .forward_timeout_ms
+                .or(file.forward_timeout_ms)
+                .unwrap_or(30_000)
+                .max(1),
             scrub_bytes_per_sec: cli
                 .scrub_bytes_per_sec
                 .or(file.scrub_bytes_per_sec)
@@ -258,6 +270,7 @@ impl NodeConfig {
             capacity_bytes: Some(self.capacity_bytes),
             io_memory: Some(self.io_memory),
             lease_ms: Some(self.lease_ms),
+            forward_timeout_ms: Some(self.forward_timeout_ms),
             scrub_bytes_per_sec: Some(self.scrub_bytes_per_sec),
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),

@@ -9,8 +9,12 @@
 //! connection when there is one (so it is ordered after every heartbeat
 //! sent) or on a fresh one.
 //!
-//! Commands in heartbeat replies (delete a chunk, copy a chunk to another
-//! node) run as tasks of their own on the owning shard; their outcomes go
+//! Commands (delete a chunk, copy a chunk to another node) run as tasks of
+//! their own on the owning shard. They arrive two ways: pushed by the
+//! control server through the [`NodeCommands`](control_capnp::node_commands)
+//! capability the node offers with its join, the outcome being the call's
+//! answer (so a command does not wait for a heartbeat); or, from a control
+//! server that does not push, in heartbeat replies, their outcomes going
 //! back with the next heartbeat after they finish, each exactly once per
 //! session (a lost session loses them, and the control server times the
 //! commands out and plans again). Chunks that failed a checksum go with
@@ -20,9 +24,9 @@ use crate::identity::Identity;
 use crate::shard::{CapacityReport, ShardCommand};
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::channel::{mpsc, oneshot};
-use ringfs_schema::control_capnp::control;
 use ringfs_schema::control_capnp::CommandKind;
-use ringfs_schema::{read_chunk_id, write_chunk_id, ChunkId};
+use ringfs_schema::control_capnp::{self as control_capnp, command_result, control, node_command};
+use ringfs_schema::{read_chunk_id, write_chunk_id, ChunkId, Version};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -61,10 +65,105 @@ impl From<capnp::Error> for LinkError {
     }
 }
 
+/// A command's outcome: the (version, length) a copy verified, or why it
+/// failed.
+type Outcome = Result<(Version, u64), String>;
+
 /// A finished command's outcome, waiting for the next heartbeat.
 struct Done {
     id: u64,
-    result: Result<(u64, u64), String>,
+    result: Outcome,
+}
+
+/// Fills a `CommandResult` with an outcome.
+fn fill_result(mut b: command_result::Builder<'_>, id: u64, result: &Outcome) {
+    b.set_id(id);
+    match result {
+        Ok((version, length)) => {
+            b.set_ok(true);
+            b.set_version_epoch(version.epoch);
+            b.set_version_seq(version.seq);
+            b.set_length(*length);
+        }
+        Err(msg) => b.set_message(msg.as_str()),
+    }
+}
+
+/// Hands commands to the shard owning their chunk.
+#[derive(Clone)]
+struct Runner {
+    shards: Vec<mpsc::UnboundedSender<ShardCommand>>,
+}
+
+impl Runner {
+    /// Starts command `c` on its shard; the outcome comes through the
+    /// receiver when it finished.
+    fn start(&self, c: node_command::Reader<'_>) -> Result<oneshot::Receiver<Outcome>, LinkError> {
+        let raw = read_chunk_id(c.get_chunk_id()?);
+        let chunk = ChunkId::new((raw >> 64) as u64, raw as u64);
+        let shard = &self.shards[chunk.shard(self.shards.len())];
+        let version = Version::new(c.get_version_epoch(), c.get_version_seq());
+        let (tx, rx) = oneshot::channel();
+        match c.get_kind() {
+            Ok(CommandKind::Delete) => {
+                let (dtx, drx) = oneshot::channel();
+                shard
+                    .unbounded_send(ShardCommand::Delete(chunk, version, dtx))
+                    .map_err(|_| LinkError::ShardGone)?;
+                tokio::task::spawn_local(async move {
+                    let r = drx.await.unwrap_or_else(|_| Err("shard gone".into()));
+                    let _ = tx.send(r.map(|()| (Version::NONE, 0)));
+                });
+            }
+            Ok(CommandKind::Copy) => {
+                let target = c
+                    .get_target_address()?
+                    .to_string()
+                    .map_err(|_| LinkError::Rpc("target address is not UTF-8".into()))?;
+                shard
+                    .unbounded_send(ShardCommand::Copy {
+                        id: chunk,
+                        version,
+                        target,
+                        target_version: Version::new(c.get_target_epoch(), c.get_target_seq()),
+                        reply: tx,
+                    })
+                    .map_err(|_| LinkError::ShardGone)?;
+            }
+            // A command kind from a newer control server: refuse it.
+            Err(_) => {
+                let _ = tx.send(Err("unknown command kind".into()));
+            }
+        }
+        Ok(rx)
+    }
+}
+
+/// The capability a node offers with its join: the control server runs
+/// commands through it at once.
+struct PushedCommands(Runner);
+
+impl control_capnp::node_commands::Server for PushedCommands {
+    fn run(
+        self: capnp::capability::Rc<Self>,
+        params: control_capnp::node_commands::RunParams,
+        mut results: control_capnp::node_commands::RunResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        let started = params
+            .get()
+            .and_then(|p| p.get_command())
+            .map_err(LinkError::from)
+            .and_then(|c| Ok((c.get_id(), self.0.start(c)?)));
+        async move {
+            let (id, rx) = started.map_err(|e| capnp::Error::failed(e.to_string()))?;
+            let result = rx.await.unwrap_or_else(|_| Err("shard gone".into()));
+            if let Err(e) = &result {
+                tracing::warn!("command {id} failed: {e}");
+            }
+            fill_result(results.get().init_result(), id, &result);
+            Ok(())
+        }
+    }
 }
 
 /// A joined session's connection and credentials.
@@ -248,9 +347,13 @@ impl ControlLink {
     ) -> Result<(), LinkError> {
         let identity = Identity::load(&self.identity_path)?;
         let cap = self.capacity().await?;
+        let runner = Runner {
+            shards: self.shards.clone(),
+        };
         let mut req = control.join_request();
         {
             let mut p = req.get();
+            p.set_commands(capnp_rpc::new_client(PushedCommands(runner.clone())));
             p.set_secret(&self.cluster_secret);
             p.set_node_id(identity.node_id);
             p.set_node_key(&identity.key_bytes());
@@ -312,16 +415,7 @@ impl ControlLink {
                 }
                 let mut list = p.init_done(finished.len() as u32);
                 for (i, d) in finished.iter().enumerate() {
-                    let mut b = list.reborrow().get(i as u32);
-                    b.set_id(d.id);
-                    match &d.result {
-                        Ok((version, length)) => {
-                            b.set_ok(true);
-                            b.set_version(*version);
-                            b.set_length(*length);
-                        }
-                        Err(msg) => b.set_message(msg.as_str()),
-                    }
+                    fill_result(list.reborrow().get(i as u32), d.id, &d.result);
                 }
             }
             let reply = tokio::time::timeout(answer_within, req.send().promise)
@@ -331,7 +425,16 @@ impl ControlLink {
                 })??;
             let r = reply.get()?;
             for c in r.get_commands()? {
-                self.start_command(c, &done)?;
+                let id = c.get_id();
+                let rx = runner.start(c)?;
+                let done = done.clone();
+                tokio::task::spawn_local(async move {
+                    let result = rx.await.unwrap_or_else(|_| Err("shard gone".into()));
+                    if let Err(e) = &result {
+                        tracing::warn!("command {id} failed: {e}");
+                    }
+                    done.borrow_mut().push(Done { id, result });
+                });
             }
             if r.get_report_wanted() {
                 self.report(control, joined.node_id, &key).await?;
@@ -349,67 +452,6 @@ impl ControlLink {
             all.extend(rx.await.map_err(|_| LinkError::ShardGone)?);
         }
         Ok(all)
-    }
-
-    /// Hands a command to the shard owning its chunk; its outcome lands in
-    /// `done` when it finishes.
-    fn start_command(
-        &self,
-        c: ringfs_schema::control_capnp::node_command::Reader<'_>,
-        done: &Rc<RefCell<Vec<Done>>>,
-    ) -> Result<(), LinkError> {
-        let id = c.get_id();
-        let raw = read_chunk_id(c.get_chunk_id()?);
-        let chunk = ChunkId::new((raw >> 64) as u64, raw as u64);
-        let shard = &self.shards[chunk.shard(self.shards.len())];
-        let rx: oneshot::Receiver<Result<(u64, u64), String>> = match c.get_kind() {
-            Ok(CommandKind::Delete) => {
-                let (tx, rx) = oneshot::channel();
-                let (dtx, drx) = oneshot::channel();
-                shard
-                    .unbounded_send(ShardCommand::Delete(chunk, dtx))
-                    .map_err(|_| LinkError::ShardGone)?;
-                tokio::task::spawn_local(async move {
-                    let r = drx.await.unwrap_or_else(|_| Err("shard gone".into()));
-                    let _ = tx.send(r.map(|()| (0, 0)));
-                });
-                rx
-            }
-            Ok(CommandKind::Copy) => {
-                let target = c
-                    .get_target_address()?
-                    .to_string()
-                    .map_err(|_| LinkError::Rpc("target address is not UTF-8".into()))?;
-                let (tx, rx) = oneshot::channel();
-                shard
-                    .unbounded_send(ShardCommand::Copy {
-                        id: chunk,
-                        version: c.get_version(),
-                        target,
-                        replace: c.get_replace(),
-                        reply: tx,
-                    })
-                    .map_err(|_| LinkError::ShardGone)?;
-                rx
-            }
-            // A command kind from a newer control server: refuse it.
-            Err(_) => {
-                done.borrow_mut().push(Done {
-                    id,
-                    result: Err("unknown command kind".into()),
-                });
-                return Ok(());
-            }
-        };
-        let done = done.clone();
-        tokio::task::spawn_local(async move {
-            let result = rx.await.unwrap_or_else(|_| Err("shard gone".into()));
-            if let Err(e) = &result {
-                tracing::warn!("command {id} on chunk {chunk} failed: {e}");
-            }
-            done.borrow_mut().push(Done { id, result });
-        });
-        Ok(())
     }
 
     /// Sends the full chunk inventory in pages.
@@ -441,7 +483,8 @@ impl ControlLink {
             let mut list = p.init_chunks(page.len() as u32);
             for (j, (id, version, length)) in page.iter().enumerate() {
                 let mut c = list.reborrow().get(j as u32);
-                c.set_version(*version);
+                c.set_version_epoch(version.epoch);
+                c.set_version_seq(version.seq);
                 c.set_length(*length as u32);
                 let mut cid = c.init_chunk_id();
                 cid.set_hi(id.hi);

@@ -10,7 +10,14 @@
 //!   no longer validates, and [`LockTable::expire`] removes it;
 //! - every waiter has a deadline, after which `expire` hands it back as timed out;
 //! - generations are unique per table (strictly increasing), so a token of a
-//!   released lock can never match a later grant.
+//!   released lock can never match a later grant;
+//! - locks follow their holder: a holder or waiter belongs to the connection
+//!   it was asked on ([`Owner`]), and [`LockTable::drop_owner`] removes an
+//!   explicit lock and every waiter of a closed connection at once (an
+//!   implicit lock belongs to its operation, which releases it);
+//! - at most `max_chunks` chunks have holders or waiters: a request for
+//!   another chunk is refused ([`Acquire::Full`]), so arbitrary chunk ids
+//!   cannot grow the table without bound.
 //!
 //! The table is pure bookkeeping: time is passed in and waiters are opaque
 //! handles `W` (the shard uses one-shot channels), which keeps it unit-testable.
@@ -58,6 +65,27 @@ pub enum Acquire {
     Queued,
     /// Not free and the caller did not want to wait.
     Busy,
+    /// The table holds `max_chunks` chunks already.
+    Full,
+}
+
+/// Whose request a lock is: the connection it came on (0: none, e.g. the
+/// node's own commands) and whether the grant outlives the request (an
+/// explicit `lock` or `reserve`, released with the connection) or belongs to
+/// the one operation that asked (an implicit lock, which that operation
+/// releases).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub conn: u64,
+    pub explicit: bool,
+}
+
+impl Owner {
+    /// No connection: never dropped with one.
+    pub const NONE: Owner = Owner {
+        conn: 0,
+        explicit: false,
+    };
 }
 
 /// What [`LockTable::expire`] and [`LockTable::release`] changed.
@@ -87,6 +115,8 @@ struct Holder {
     generation: u64,
     mode: Mode,
     expires: Instant,
+    /// The connection an explicit lock is held for (0: implicit or none).
+    conn: u64,
 }
 
 #[derive(Debug)]
@@ -96,6 +126,7 @@ struct Waiter<W> {
     lease: Duration,
     deadline: Instant,
     handle: W,
+    owner: Owner,
 }
 
 #[derive(Debug)]
@@ -116,6 +147,7 @@ impl<W> Entry<W> {
 pub struct LockTable<W> {
     chunks: HashMap<ChunkId, Entry<W>>,
     next_generation: u64,
+    max_chunks: usize,
 }
 
 impl<W> Default for LockTable<W> {
@@ -125,10 +157,17 @@ impl<W> Default for LockTable<W> {
 }
 
 impl<W> LockTable<W> {
+    /// A table without a bound on its chunks.
     pub fn new() -> Self {
+        Self::with_max_chunks(usize::MAX)
+    }
+
+    /// A table of at most `max_chunks` chunks with holders or waiters.
+    pub fn with_max_chunks(max_chunks: usize) -> Self {
         Self {
             chunks: HashMap::new(),
             next_generation: 1,
+            max_chunks,
         }
     }
 
@@ -139,6 +178,7 @@ impl<W> LockTable<W> {
         mode: Mode,
         lease: Duration,
         now: Instant,
+        owner: Owner,
     ) -> Grant {
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -152,6 +192,7 @@ impl<W> LockTable<W> {
                 generation,
                 mode,
                 expires,
+                conn: if owner.explicit { owner.conn } else { 0 },
             });
         Grant {
             generation,
@@ -160,9 +201,11 @@ impl<W> LockTable<W> {
         }
     }
 
-    /// Requests `mode` on `chunk` for `client` with a lease of `lease`. With
-    /// `wait = Some((deadline, handle))` the request queues if it cannot be
-    /// granted now; otherwise it is refused with [`Acquire::Busy`].
+    /// Requests `mode` on `chunk` for `client` with a lease of `lease`, on
+    /// behalf of `owner`. With `wait = Some((deadline, handle))` the request
+    /// queues if it cannot be granted now; otherwise it is refused with
+    /// [`Acquire::Busy`].
+    #[allow(clippy::too_many_arguments)]
     pub fn acquire(
         &mut self,
         chunk: ChunkId,
@@ -171,13 +214,17 @@ impl<W> LockTable<W> {
         lease: Duration,
         now: Instant,
         wait: Option<(Instant, W)>,
+        owner: Owner,
     ) -> Acquire {
+        if !self.chunks.contains_key(&chunk) && self.chunks.len() >= self.max_chunks {
+            return Acquire::Full;
+        }
         let entry = self.chunks.entry(chunk).or_insert_with(|| Entry {
             holders: Vec::new(),
             queue: VecDeque::new(),
         });
         if entry.queue.is_empty() && entry.compatible(mode) {
-            return Acquire::Granted(self.grant(chunk, client, mode, lease, now));
+            return Acquire::Granted(self.grant(chunk, client, mode, lease, now, owner));
         }
         match wait {
             Some((deadline, handle)) => {
@@ -187,6 +234,7 @@ impl<W> LockTable<W> {
                     lease,
                     deadline,
                     handle,
+                    owner,
                 });
                 Acquire::Queued
             }
@@ -312,6 +360,44 @@ impl<W> LockTable<W> {
         changes
     }
 
+    /// Removes what connection `conn` (not 0) had: its explicit locks (as
+    /// released) and its waiters (as timed out), and grants what that
+    /// unblocks.
+    pub fn drop_owner(&mut self, conn: u64, now: Instant) -> Changes<W> {
+        let mut changes = Changes::default();
+        if conn == 0 {
+            return changes;
+        }
+        let mut touched = Vec::new();
+        for (chunk, entry) in self.chunks.iter_mut() {
+            let before = (entry.holders.len(), entry.queue.len());
+            entry.holders.retain(|h| {
+                if h.conn == conn {
+                    changes.released.push((*chunk, h.client, h.generation));
+                    false
+                } else {
+                    true
+                }
+            });
+            let mut kept = VecDeque::with_capacity(entry.queue.len());
+            for w in entry.queue.drain(..) {
+                if w.owner.conn == conn {
+                    changes.timed_out.push(w.handle);
+                } else {
+                    kept.push_back(w);
+                }
+            }
+            entry.queue = kept;
+            if before != (entry.holders.len(), entry.queue.len()) {
+                touched.push(*chunk);
+            }
+        }
+        for chunk in touched {
+            self.promote(chunk, now, &mut changes);
+        }
+        changes
+    }
+
     /// Grants queued requests from the front while they are compatible.
     fn promote(&mut self, chunk: ChunkId, now: Instant, changes: &mut Changes<W>) {
         loop {
@@ -325,7 +411,7 @@ impl<W> LockTable<W> {
                 break;
             }
             let w = entry.queue.pop_front().expect("front exists");
-            let grant = self.grant(chunk, w.client, w.mode, w.lease, now);
+            let grant = self.grant(chunk, w.client, w.mode, w.lease, now, w.owner);
             changes.granted.push((w.handle, chunk, w.client, grant));
         }
         self.cleanup(chunk);
@@ -374,18 +460,21 @@ mod tests {
     fn writer_is_exclusive_readers_share() {
         let now = Instant::now();
         let mut t = LockTable::<u32>::new();
-        let r1 = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
-        let r2 = granted(t.acquire(C, 2, Mode::Read, LEASE, now, None));
+        let r1 = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None, Owner::NONE));
+        let r2 = granted(t.acquire(C, 2, Mode::Read, LEASE, now, None, Owner::NONE));
         assert_eq!(
-            t.acquire(C, 3, Mode::Write, LEASE, now, None),
+            t.acquire(C, 3, Mode::Write, LEASE, now, None, Owner::NONE),
             Acquire::Busy
         );
         t.release(C, 1, r1.generation, now).unwrap();
         t.release(C, 2, r2.generation, now).unwrap();
-        let w = granted(t.acquire(C, 3, Mode::Write, LEASE, now, None));
-        assert_eq!(t.acquire(C, 1, Mode::Read, LEASE, now, None), Acquire::Busy);
+        let w = granted(t.acquire(C, 3, Mode::Write, LEASE, now, None, Owner::NONE));
         assert_eq!(
-            t.acquire(C, 1, Mode::Write, LEASE, now, None),
+            t.acquire(C, 1, Mode::Read, LEASE, now, None, Owner::NONE),
+            Acquire::Busy
+        );
+        assert_eq!(
+            t.acquire(C, 1, Mode::Write, LEASE, now, None, Owner::NONE),
             Acquire::Busy
         );
         t.release(C, 3, w.generation, now).unwrap();
@@ -397,19 +486,27 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
         let mut t = LockTable::<u32>::new();
-        let r1 = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
+        let r1 = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None, Owner::NONE));
         // A writer queues behind the reader...
         assert!(matches!(
-            t.acquire(C, 2, Mode::Write, LEASE, now, Some((later, 20))),
+            t.acquire(
+                C,
+                2,
+                Mode::Write,
+                LEASE,
+                now,
+                Some((later, 20)),
+                Owner::NONE
+            ),
             Acquire::Queued
         ));
         // ...and a later reader queues behind the writer instead of sharing.
         assert!(matches!(
-            t.acquire(C, 3, Mode::Read, LEASE, now, Some((later, 30))),
+            t.acquire(C, 3, Mode::Read, LEASE, now, Some((later, 30)), Owner::NONE),
             Acquire::Queued
         ));
         assert!(matches!(
-            t.acquire(C, 4, Mode::Read, LEASE, now, Some((later, 40))),
+            t.acquire(C, 4, Mode::Read, LEASE, now, Some((later, 40)), Owner::NONE),
             Acquire::Queued
         ));
         let ch = t.release(C, 1, r1.generation, now).unwrap();
@@ -426,10 +523,18 @@ mod tests {
     fn waiters_time_out() {
         let now = Instant::now();
         let mut t = LockTable::<u32>::new();
-        let _w = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None));
+        let _w = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, Owner::NONE));
         let deadline = now + Duration::from_millis(50);
         assert!(matches!(
-            t.acquire(C, 2, Mode::Read, LEASE, now, Some((deadline, 7))),
+            t.acquire(
+                C,
+                2,
+                Mode::Read,
+                LEASE,
+                now,
+                Some((deadline, 7)),
+                Owner::NONE
+            ),
             Acquire::Queued
         ));
         assert!(t
@@ -445,11 +550,19 @@ mod tests {
     fn leases_expire_and_unblock_waiters() {
         let now = Instant::now();
         let mut t = LockTable::<u32>::new();
-        let w = granted(t.acquire(C, 1, Mode::Write, Duration::from_millis(100), now, None));
+        let w = granted(t.acquire(
+            C,
+            1,
+            Mode::Write,
+            Duration::from_millis(100),
+            now,
+            None,
+            Owner::NONE,
+        ));
         assert!(t.validate(C, 1, w.generation, Mode::Write, now).is_ok());
         let far = now + Duration::from_secs(60);
         assert!(matches!(
-            t.acquire(C, 2, Mode::Write, LEASE, now, Some((far, 9))),
+            t.acquire(C, 2, Mode::Write, LEASE, now, Some((far, 9)), Owner::NONE),
             Acquire::Queued
         ));
         let at = now + Duration::from_millis(100);
@@ -476,7 +589,7 @@ mod tests {
     fn validation_checks_client_generation_and_mode() {
         let now = Instant::now();
         let mut t = LockTable::<u32>::new();
-        let r = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None));
+        let r = granted(t.acquire(C, 1, Mode::Read, LEASE, now, None, Owner::NONE));
         assert_eq!(
             t.validate(C, 1, r.generation, Mode::Write, now),
             Err(LockError::ModeTooWeak)
@@ -498,12 +611,87 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_connection_loses_its_locks_and_waiters_at_once() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut t = LockTable::<u32>::new();
+        let conn = |c| Owner {
+            conn: c,
+            explicit: true,
+        };
+        let held = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, conn(7)));
+        // Connection 8 waits explicitly, 7 waits implicitly behind it, 9 last.
+        let waits = [
+            (2, conn(8)),
+            (
+                3,
+                Owner {
+                    conn: 7,
+                    explicit: false,
+                },
+            ),
+            (4, conn(9)),
+        ];
+        for (client, owner) in waits {
+            let w = Some((later, client as u32));
+            assert_eq!(
+                t.acquire(C, client, Mode::Write, LEASE, now, w, owner),
+                Acquire::Queued
+            );
+        }
+        // Connection 8 closes: its waiter goes, nothing else changes.
+        let ch = t.drop_owner(8, now);
+        assert_eq!(ch.timed_out, vec![2]);
+        assert!(ch.released.is_empty() && ch.granted.is_empty());
+        // Connection 7 closes: its lock and its waiter go; 9 gets the lock.
+        let ch = t.drop_owner(7, now);
+        assert_eq!(ch.released, vec![(C, 1, held.generation)]);
+        assert_eq!(ch.timed_out, vec![3]);
+        assert_eq!(ch.granted.len(), 1);
+        assert_eq!((ch.granted[0].0, ch.granted[0].2), (4, 4));
+        assert_eq!(
+            t.validate(C, 1, held.generation, Mode::Write, now),
+            Err(LockError::NotHeld)
+        );
+        let g = ch.granted[0].3;
+        assert_eq!(t.drop_owner(9, now).released, vec![(C, 4, g.generation)]);
+        // An implicit grant is its operation's: the connection's close
+        // leaves it.
+        let implicit = Owner {
+            conn: 5,
+            explicit: false,
+        };
+        let i = granted(t.acquire(C, 5, Mode::Read, LEASE, now, None, implicit));
+        assert!(t.drop_owner(5, now).released.is_empty());
+        assert!(t.validate(C, 5, i.generation, Mode::Read, now).is_ok());
+        assert!(t.drop_owner(0, now).released.is_empty());
+    }
+
+    #[test]
+    fn the_table_refuses_chunks_past_its_bound() {
+        let now = Instant::now();
+        let mut t = LockTable::<u32>::with_max_chunks(2);
+        let a = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, Owner::NONE));
+        let d = ChunkId::new(2, 2);
+        granted(t.acquire(d, 1, Mode::Read, LEASE, now, None, Owner::NONE));
+        let e = ChunkId::new(3, 3);
+        assert_eq!(
+            t.acquire(e, 1, Mode::Read, LEASE, now, None, Owner::NONE),
+            Acquire::Full
+        );
+        // A chunk already in the table is still served.
+        granted(t.acquire(d, 2, Mode::Read, LEASE, now, None, Owner::NONE));
+        t.release(C, 1, a.generation, now).unwrap();
+        granted(t.acquire(e, 1, Mode::Read, LEASE, now, None, Owner::NONE));
+    }
+
+    #[test]
     fn generations_are_unique() {
         let now = Instant::now();
         let mut t = LockTable::<u32>::new();
-        let a = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None));
+        let a = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, Owner::NONE));
         t.release(C, 1, a.generation, now).unwrap();
-        let b = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None));
+        let b = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, Owner::NONE));
         assert_ne!(a.generation, b.generation);
         assert_eq!(
             t.validate(C, 1, a.generation, Mode::Write, now),

@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every data-plane op, indexed by its wire value.
-pub const OPS: [Op; 9] = [
+pub const OPS: [Op; 10] = [
     Op::Lock,
     Op::Unlock,
     Op::Reserve,
@@ -36,6 +36,7 @@ pub const OPS: [Op; 9] = [
     Op::Delete,
     Op::CopyTo,
     Op::LockGranted,
+    Op::Digest,
 ];
 
 /// The `op` label of an op.
@@ -50,6 +51,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Delete => "delete",
         Op::CopyTo => "copy_to",
         Op::LockGranted => "lock_granted",
+        Op::Digest => "digest",
     }
 }
 
@@ -75,9 +77,15 @@ pub struct ShardMetrics {
     lock_waits: Counter,
     lock_timeouts: Counter,
     reservations_refused: Counter,
+    connections_refused: Counter,
 }
 
 impl ShardMetrics {
+    /// A new connection was closed at once: the shard's connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
     /// A lock request (explicit or implicit) had to queue.
     pub fn lock_waited(&self) {
         self.lock_waits.inc();
@@ -136,6 +144,12 @@ impl NodeMetrics {
         let lock_waits = Family::<ShardLabel, Counter>::default();
         let lock_timeouts = Family::<ShardLabel, Counter>::default();
         let refused = Family::<ShardLabel, Counter>::default();
+        let conns_refused = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "ringfs_node_connections_refused",
+            "New connections closed at once because the shard's connection limit was reached",
+            conns_refused.clone(),
+        );
         registry.register(
             "ringfs_node_lock_waits",
             "Lock requests that had to queue behind a holder",
@@ -208,6 +222,7 @@ impl NodeMetrics {
                     lock_waits: lock_waits.get_or_create(&ShardLabel { shard }).clone(),
                     lock_timeouts: lock_timeouts.get_or_create(&ShardLabel { shard }).clone(),
                     reservations_refused: refused.get_or_create(&ShardLabel { shard }).clone(),
+                    connections_refused: conns_refused.get_or_create(&ShardLabel { shard }).clone(),
                 }
             })
             .collect();

@@ -224,6 +224,8 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             max_lease: Duration::from_secs(600),
             implicit_lease: Duration::from_secs(60),
             scrub_bytes_per_sec: cfg.scrub_bytes_per_sec,
+            forward_timeout: Duration::from_millis(cfg.forward_timeout_ms),
+            limits: crate::shard::Limits::default(),
             metrics: metrics.shard(index),
         };
         let port = if cfg.base_port == 0 {

@@ -1,6 +1,13 @@
 //! A pipelined data-plane client on glommio TCP: used by a node to forward
 //! chain writes and copies to other nodes, and by tests. Requests get fresh
 //! request ids; responses are matched by id, in any order.
+//!
+//! Cancel-safe: a send that does not complete (the caller's future is
+//! dropped mid-frame, e.g. by a timeout, or the socket fails) breaks the
+//! connection for good: it is shut down at once, every request pending on
+//! it fails, and it is never written to again (the pool opens a new one).
+//! So the bytes of a later frame can never complete a cut one, and a
+//! partial payload is never applied.
 
 use futures::channel::oneshot;
 use futures::io::{ReadHalf, WriteHalf};
@@ -10,6 +17,7 @@ use ringfs_schema::frame::{encode_header, Header, Op, Status};
 use ringfs_schema::wire::{read_header, write_frame, WireError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -39,6 +47,8 @@ struct Pending {
 /// One connection to a node shard.
 pub struct Peer {
     addr: String,
+    /// The socket, to shut down when a send is cut.
+    fd: RawFd,
     writer: futures::lock::Mutex<WriteHalf<TcpStream>>,
     /// Encoded small frames waiting for the writer.
     queue: RefCell<Vec<u8>>,
@@ -56,6 +66,7 @@ impl Peer {
             .await
             .map_err(|e| PeerError::Connect(addr.to_string(), e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
         let (rd, wr) = stream.split();
         let pending: Rc<RefCell<HashMap<u64, Pending>>> = Rc::default();
         let broken: Rc<RefCell<Option<PeerError>>> = Rc::default();
@@ -69,6 +80,7 @@ impl Peer {
         .detach();
         Ok(Rc::new(Self {
             addr: addr.to_string(),
+            fd,
             writer: futures::lock::Mutex::new(wr),
             queue: RefCell::new(Vec::new()),
             pending,
@@ -138,7 +150,8 @@ impl Peer {
 
     /// Writes a frame. Small frames are appended to a shared queue first;
     /// whoever holds the writer next sends everything queued in one go, so
-    /// pipelined small requests share sends.
+    /// pipelined small requests share sends. A send that fails or is cut
+    /// breaks the connection ([`Peer::fail`]).
     async fn send(&self, h: &Header, payload: &[u8]) -> Result<(), PeerError> {
         let small = payload.len() <= SMALL_PAYLOAD;
         if small {
@@ -147,8 +160,21 @@ impl Peer {
             q.extend_from_slice(payload);
         }
         let mut w = self.writer.lock().await;
+        // Checked under the writer: a cut send of another caller may have
+        // broken the connection while this one waited.
+        if let Some(e) = self.broken.borrow().clone() {
+            return Err(e);
+        }
+        let mut armed = Armed {
+            peer: self,
+            done: false,
+        };
         let r = async {
             let queued = std::mem::take(&mut *self.queue.borrow_mut());
+            #[cfg(feature = "failpoints")]
+            if let Some(at) = crate::failpoint::value("peer::stall_send") {
+                stall_mid_frame(&mut w, &queued, h, payload, small, at).await;
+            }
             if !queued.is_empty() {
                 w.write_all(&queued).await?;
             }
@@ -159,15 +185,29 @@ impl Peer {
             Ok::<(), WireError>(())
         }
         .await;
-        r.map_err(|e| {
-            let e = PeerError::Broken(self.addr.clone(), e.to_string());
-            // Frames of other callers may have been in the failed send.
-            *self.broken.borrow_mut() = Some(e.clone());
-            for (_, p) in self.pending.borrow_mut().drain() {
-                let _ = p.done.send(Err(e.clone()));
-            }
-            e
-        })
+        armed.done = true;
+        // Frames of other callers may have been in the failed send.
+        r.map_err(|e| self.fail(e.to_string()))
+    }
+
+    /// Closes the connection: shut down now (the node sees it end), every
+    /// pending request failed.
+    pub fn close(&self) {
+        self.fail("closed".into());
+    }
+
+    /// Breaks the connection for good: shut down, every pending request
+    /// failed, never written to again.
+    fn fail(&self, why: String) -> PeerError {
+        let e = PeerError::Broken(self.addr.clone(), why);
+        *self.broken.borrow_mut() = Some(e.clone());
+        // SAFETY: `fd` is this peer's socket, open as long as `self` is
+        // (the stream's halves live in `self`); shutdown does not close it.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        for (_, p) in self.pending.borrow_mut().drain() {
+            let _ = p.done.send(Err(e.clone()));
+        }
+        e
     }
 
     /// Sends a request (its request id is assigned here; `payload_length` is
@@ -193,6 +233,44 @@ impl Peer {
             .unwrap_or_else(|_| Err(PeerError::Broken(self.addr.clone(), "reader ended".into())))?;
         Ok((wrx.try_recv().ok().flatten(), fin))
     }
+}
+
+/// Breaks its peer's connection if dropped before the send it guards
+/// completed: the future was cancelled mid-frame.
+struct Armed<'a> {
+    peer: &'a Peer,
+    done: bool,
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.peer.fail("a send was cancelled mid-frame".into());
+        }
+    }
+}
+
+/// Failpoint `peer::stall_send=return(N)`: writes the first N bytes of what
+/// this send would write, then never finishes, as a send stuck behind a
+/// peer that stopped reading does; the caller's timeout cuts it.
+#[cfg(feature = "failpoints")]
+async fn stall_mid_frame(
+    w: &mut WriteHalf<TcpStream>,
+    queued: &[u8],
+    h: &Header,
+    payload: &[u8],
+    small: bool,
+    at: u64,
+) {
+    let mut bytes = queued.to_vec();
+    if !small {
+        bytes.extend_from_slice(&encode_header(h));
+        bytes.extend_from_slice(payload);
+    }
+    let n = (at as usize).min(bytes.len().saturating_sub(1));
+    let _ = w.write_all(&bytes[..n]).await;
+    let _ = w.flush().await;
+    std::future::pending::<()>().await;
 }
 
 /// Connections of one shard to other nodes, by address, reconnected when broken.

@@ -1,31 +1,39 @@
 //! Commands the control server sends a shard through the control link:
 //! re-replicating a chunk to another node and deleting a chunk (garbage
-//! collection).
+//! collection, replicas dropped from a record).
 //!
-//! A copy is node-to-node and verified end to end: the source reads its
-//! replica under a read lock (every 4 KiB block's CRC checked), reserves the
-//! chunk id on the target (deleting a stale or corrupt copy there first),
-//! writes the whole chunk at the same version (the target answers only once
-//! it is durable), then reads it back from the target, whose read checks its
-//! own stored CRCs, and compares a CRC32C of the whole chunk with what it
-//! sent. Only then does it report success, and only then does the control
-//! server add the target to the chunk's record.
+//! Both are version-fenced. A delete names the newest version it may
+//! delete: a replica a write made newer since the control server looked is
+//! kept. A copy names the exact version the source must hold and the
+//! version the target holds ((0, 0): none): the source reads its replica
+//! under a read lock (every 4 KiB block's CRC checked), reserves the chunk
+//! on the target (or locks the target's stale copy), and sends the whole
+//! chunk as a `replace` write with its stored CRCs, which the target
+//! verifies, writes aside and swaps in only if its replica is still at the
+//! version named (copy-then-swap: a failed copy leaves the target's old
+//! replica as it was, and never replaces a newer one). It then reads the
+//! copy back from the target, whose read checks its own stored CRCs, and
+//! compares every block's CRC with the source's. Only then does it report
+//! success, and only then does the control server change the record.
 //!
 //! Sizes in bytes; durations as `Duration`.
 
-use crate::lock_table::Mode;
+use crate::lock_table::{Mode, Owner};
+use crate::ops::send_replace;
+use crate::peer::Peer;
 use crate::shard::Shard;
 use ringfs_schema::frame::{Header, LockMode, Op, Status, Token};
 use ringfs_schema::ids::ChunkId;
+use ringfs_schema::Version;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Lease of the lock a command holds on its own node's chunk (released as
 /// soon as the chunk is read or deleted).
 const COMMAND_LEASE: Duration = Duration::from_secs(30);
-/// Lease of the reservation on the target, renewed after the write: short,
-/// so that a reservation left by a source that died mid-copy blocks the
-/// next attempt only briefly.
+/// Lease of the reservation (or lock) on the target, renewed after the
+/// write: short, so that one left by a source that died mid-copy blocks
+/// the next attempt only briefly.
 const TARGET_LEASE: Duration = Duration::from_secs(15);
 /// How long a command waits for a chunk lock held by a client.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -40,15 +48,23 @@ impl Shard {
         0xFFFF_0000_0000_0000 | self.node_id.load(Ordering::Acquire)
     }
 
-    /// Deletes chunk `id` under its write lock; a missing chunk is not an
-    /// error (the command is idempotent).
-    pub async fn delete_command(&self, id: ChunkId) -> Result<(), String> {
+    /// Deletes chunk `id` under its write lock unless it is newer than
+    /// `newest`; a missing chunk is not an error (the command is
+    /// idempotent).
+    pub async fn delete_command(&self, id: ChunkId, newest: Version) -> Result<(), String> {
         let client = self.command_client();
         let g = self
-            .acquire(id, client, Mode::Write, COMMAND_LEASE, LOCK_WAIT)
+            .acquire(
+                id,
+                client,
+                Mode::Write,
+                COMMAND_LEASE,
+                LOCK_WAIT,
+                Owner::NONE,
+            )
             .await
             .map_err(|e| e.1)?;
-        let r = self.store.delete(id).await;
+        let r = self.store.delete(id, newest).await;
         let _ = self.release(id, client, g.generation);
         match r {
             Ok(()) | Err(crate::chunk_store::StoreError::NotFound(_)) => {
@@ -59,17 +75,18 @@ impl Shard {
         }
     }
 
-    /// Copies this shard's replica of `id`, which must be at `version` or
-    /// newer, to the target shard at `addr`; returns the (version, length)
+    /// Copies this shard's replica of `id`, which must be at exactly
+    /// `version`, to the target shard at `addr`, where the chunk is at
+    /// `target_version` ((0, 0): absent); returns the (version, length)
     /// verified there.
     pub async fn copy_command(
         &self,
         id: ChunkId,
-        version: u64,
+        version: Version,
         addr: &str,
-        replace: bool,
-    ) -> Result<(u64, u64), String> {
-        let copy = async { Ok(self.copy(id, version, addr, replace).await) };
+        target_version: Version,
+    ) -> Result<(Version, u64), String> {
+        let copy = async { Ok(self.copy(id, version, addr, target_version).await) };
         glommio::timer::timeout(COPY_TIMEOUT, copy)
             .await
             .unwrap_or_else(|_| {
@@ -82,111 +99,104 @@ impl Shard {
     async fn copy(
         &self,
         id: ChunkId,
-        version: u64,
+        version: Version,
         addr: &str,
-        replace: bool,
-    ) -> Result<(u64, u64), String> {
+        target_version: Version,
+    ) -> Result<(Version, u64), String> {
         let client = self.command_client();
         let g = self
-            .acquire(id, client, Mode::Read, COMMAND_LEASE, LOCK_WAIT)
+            .acquire(
+                id,
+                client,
+                Mode::Read,
+                COMMAND_LEASE,
+                LOCK_WAIT,
+                Owner::NONE,
+            )
             .await
             .map_err(|e| e.1)?;
-        let local = async {
-            let info = self.store.info(id).map_err(|e| e.to_string())?;
-            // Newer is fine: an overwrite reached this replica but was not
-            // committed; the record's version is what must be covered.
-            if info.version < version {
-                return Err(format!(
-                    "source replica of chunk {id} is at version {}, older than the record's {version}",
-                    info.version
-                ));
-            }
-            let (data, _) = self.store.read(id, 0, info.length).await.map_err(|e| {
-                if matches!(e, crate::chunk_store::StoreError::Checksum(..)) {
-                    self.bad.borrow_mut().insert(id);
-                }
-                e.to_string()
-            })?;
-            Ok((info, data))
-        }
-        .await;
+        let fence = || {
+            self.locks
+                .borrow()
+                .validate(
+                    id,
+                    client,
+                    g.generation,
+                    Mode::Read,
+                    std::time::Instant::now(),
+                )
+                .map(drop)
+                .map_err(|e| crate::chunk_store::StoreError::Fenced(e.to_string()))
+        };
+        let whole = self.read_whole(id, version, &fence).await;
         let _ = self.release(id, client, g.generation);
-        let (info, data) = local?;
+        let whole = whole.map_err(|e| format!("source replica: {e}"))?;
+        crate::failpoint::delay("replicate::before_send").await;
         let peer = self.peers.get(addr).await.map_err(|e| e.to_string())?;
-        let call = |h: Header, payload: &[u8]| {
+        let call = |h: Header| {
             let peer = peer.clone();
-            let payload = payload.to_vec();
             async move {
-                let (r, p) = peer.call(h, &payload).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((r, p))
+                peer.call(h, &[])
+                    .await
+                    .map(|(r, _)| r)
+                    .map_err(|e| e.to_string())
             }
         };
-        let delete = || {
-            let mut h = Header::request(0, Op::Delete);
-            h.chunk_id = id;
-            h.client_id = client;
-            h.implicit_lock = LockMode::Write;
-            h.timeout_ms = LOCK_WAIT.as_millis() as u32;
-            h
-        };
-        let reserve = || {
+        let token = if target_version == Version::NONE {
             let mut h = Header::request(0, Op::Reserve);
             h.chunk_id = id;
             h.client_id = client;
-            h.reserve_bytes = info.length.max(4096);
+            h.reserve_bytes = whole.info.length.max(4096);
             h.lease_ms = TARGET_LEASE.as_millis() as u32;
-            h
-        };
-        if replace {
-            let (r, _) = call(delete(), &[]).await?;
-            if !matches!(r.status, Status::Ok | Status::NotFound) {
-                return Err(format!(
-                    "{addr}: delete of the old copy: {:?} {}",
-                    r.status, r.message
-                ));
+            let r = call(h).await?;
+            if r.status != Status::Ok {
+                return Err(format!("{addr}: reserve: {:?} {}", r.status, r.message));
             }
-        }
-        let (mut r, _) = call(reserve(), &[]).await?;
-        if matches!(r.status, Status::Exists) {
-            // A copy left by an earlier attempt: replace it.
-            call(delete(), &[]).await?;
-            r = call(reserve(), &[]).await?.0;
-        }
-        if r.status != Status::Ok {
-            return Err(format!("{addr}: reserve: {:?} {}", r.status, r.message));
-        }
-        let token = r.token.clone();
+            r.token
+        } else {
+            // The target's stale or damaged copy: lock it for the replace.
+            let mut h = Header::request(0, Op::Lock);
+            h.chunk_id = id;
+            h.client_id = client;
+            h.lock_mode = LockMode::Write;
+            h.lease_ms = TARGET_LEASE.as_millis() as u32;
+            h.timeout_ms = LOCK_WAIT.as_millis() as u32;
+            let r = call(h).await?;
+            if r.status != Status::Ok {
+                return Err(format!("{addr}: lock: {:?} {}", r.status, r.message));
+            }
+            r.token
+        };
         let result = self
-            .write_and_verify(&peer, id, info.version, &token, &data, addr)
+            .replace_and_verify(&peer, id, &token, target_version, &whole, addr)
             .await;
         let mut h = Header::request(0, Op::Unlock);
         h.chunk_id = id;
         h.token = token;
-        let _ = call(h, &[]).await;
-        result.map(|()| (info.version, info.length))
+        let _ = call(h).await;
+        result.map(|()| (whole.info.version, whole.info.length))
     }
 
-    async fn write_and_verify(
+    async fn replace_and_verify(
         &self,
-        peer: &crate::peer::Peer,
+        peer: &Peer,
         id: ChunkId,
-        version: u64,
         token: &Token,
-        data: &[u8],
+        target_version: Version,
+        whole: &crate::ops::Whole,
         addr: &str,
     ) -> Result<(), String> {
-        let mut h = Header::request(0, Op::Write);
-        h.chunk_id = id;
-        h.version = version;
-        h.token = token.clone();
-        let (r, _) = peer.call(h, data).await.map_err(|e| e.to_string())?;
-        if r.status != Status::Ok || r.version != version || r.chunk_length != data.len() as u64 {
+        let (version, length) = (whole.info.version, whole.info.length);
+        let r = send_replace(peer, id, token, target_version, whole)
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status != Status::Ok || r.version != version || r.chunk_length != length {
             return Err(format!(
-                "{addr}: write: {:?} {} (version {}, length {})",
+                "{addr}: replace: {:?} {} (version {}, length {})",
                 r.status, r.message, r.version, r.chunk_length
             ));
         }
-        // Renew the reservation's lock for the read-back.
+        // Renew the lock for the read-back.
         let mut h = Header::request(0, Op::Lock);
         h.chunk_id = id;
         h.token = token.clone();
@@ -201,13 +211,18 @@ impl Shard {
         }
         let mut h = Header::request(0, Op::Read);
         h.chunk_id = id;
-        h.length = data.len() as u32;
+        h.length = length as u32;
         h.token = token.clone();
         let (r, back) = peer.call(h, &[]).await.map_err(|e| e.to_string())?;
         if r.status != Status::Ok {
             return Err(format!("{addr}: read-back: {:?} {}", r.status, r.message));
         }
-        if r.version != version || crc32c::crc32c(&back) != crc32c::crc32c(data) {
+        let same = r.version == version
+            && r.offset == 0
+            && back.len() as u64 == length
+            && r.crcs == whole.crcs
+            && ringfs_schema::crc::verify_pieces(0, &back, &r.crcs).is_ok();
+        if !same {
             return Err(format!(
                 "{addr}: read-back of chunk {id} differs from the source (version {})",
                 r.version

@@ -18,6 +18,8 @@ pub enum ReserveError {
         free: u64,
         reserved: u64,
     },
+    #[error("{0} reservations are outstanding, the most this shard keeps")]
+    TooMany(usize),
     #[error("chunk-id counter {path}: {err}")]
     Counter { path: String, err: String },
 }
@@ -32,15 +34,19 @@ pub struct Reservation {
     pub generation: u64,
 }
 
-/// The reservations of one shard.
-#[derive(Debug, Default)]
+/// The reservations of one shard, at most `max` of them.
+#[derive(Debug)]
 pub struct Reservations {
     by_chunk: HashMap<ChunkId, Reservation>,
+    max: usize,
 }
 
 impl Reservations {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(max: usize) -> Self {
+        Self {
+            by_chunk: HashMap::new(),
+            max,
+        }
     }
 
     pub fn get(&self, id: ChunkId) -> Option<Reservation> {
@@ -55,8 +61,12 @@ impl Reservations {
             .sum()
     }
 
-    /// Checks `wanted` against `free` and the outstanding reservations.
+    /// Checks `wanted` against `free` and the outstanding reservations, and
+    /// the number of reservations against the bound.
     pub fn check(&self, wanted: u64, free: u64, outstanding: u64) -> Result<(), ReserveError> {
+        if self.by_chunk.len() >= self.max {
+            return Err(ReserveError::TooMany(self.by_chunk.len()));
+        }
         if free.saturating_sub(outstanding) < wanted {
             return Err(ReserveError::NoSpace {
                 wanted,
@@ -170,7 +180,7 @@ mod tests {
 
     #[test]
     fn refuses_when_free_minus_reserved_is_too_small() {
-        let mut r = Reservations::new();
+        let mut r = Reservations::new(usize::MAX);
         assert!(r.check(100, 100, 0).is_ok());
         r.insert(
             ChunkId::new(1, 1),

@@ -37,7 +37,11 @@ pub async fn run(shard: Rc<Shard>) {
             while offset < length {
                 let n = PIECE.min(length - offset);
                 let started = Instant::now();
-                match shard.store.read(id, offset, n).await {
+                match shard
+                    .store
+                    .read(id, offset, n, &crate::chunk_store::no_fence)
+                    .await
+                {
                     Ok(_) => {}
                     Err(StoreError::Checksum(_, block)) => {
                         tracing::error!(

@@ -18,7 +18,8 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use glommio::net::TcpListener;
 use ringfs_schema::ids::ChunkId;
-use std::cell::RefCell;
+use ringfs_schema::Version;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -43,8 +44,50 @@ pub struct ShardConfig {
     pub implicit_lease: Duration,
     /// Bytes per second the scrubber re-reads (0 = no scrubbing).
     pub scrub_bytes_per_sec: u64,
+    /// How long a chain hop (or a copy's target) may take to answer.
+    pub forward_timeout: Duration,
+    /// Bounds on what clients can make this shard hold.
+    pub limits: Limits,
     /// This shard's metric handles (touched by this shard only).
     pub metrics: crate::metrics::ShardMetrics,
+}
+
+/// What clients can make one shard hold, at most (`docs/operations.md`
+/// states them). Past a bound a connection is not read from (bytes), a new
+/// connection is closed at once, a lock or reservation is refused.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes of request payloads and responses one connection may have in
+    /// flight (a response counts until it is written to the socket). At
+    /// least the largest payload.
+    pub conn_bytes: u64,
+    /// The same, over all connections of the shard.
+    pub shard_bytes: u64,
+    /// Requests one connection may have in flight.
+    pub conn_requests: u64,
+    /// Open connections.
+    pub connections: usize,
+    /// Chunks with lock holders or waiters.
+    pub lock_chunks: usize,
+    /// Outstanding reservations.
+    pub reservations: usize,
+    /// A response the peer does not take within this closes its connection
+    /// (a peer that stops reading stalls only itself, and only this long).
+    pub send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            conn_bytes: 128 << 20,
+            shard_bytes: 1 << 30,
+            conn_requests: 256,
+            connections: 1024,
+            lock_chunks: 65_536,
+            reservations: 65_536,
+            send_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// A shard's capacity report, in bytes.
@@ -60,19 +103,21 @@ pub struct CapacityReport {
 pub enum ShardCommand {
     Capacity(oneshot::Sender<CapacityReport>),
     /// (id, version, length) of every chunk.
-    Inventory(oneshot::Sender<Vec<(ChunkId, u64, u64)>>),
+    Inventory(oneshot::Sender<Vec<(ChunkId, Version, u64)>>),
     /// Chunks that failed a checksum (scrubber or a read) and are still here.
     Bad(oneshot::Sender<Vec<ChunkId>>),
-    /// Delete a chunk (garbage collection); a missing chunk is fine.
-    Delete(ChunkId, oneshot::Sender<Result<(), String>>),
-    /// Copy a chunk at a version to another node's shard (re-replication);
-    /// answers the verified (version, length).
+    /// Delete a chunk unless it is newer than the version given (garbage
+    /// collection, dropped replicas); a missing chunk is fine.
+    Delete(ChunkId, Version, oneshot::Sender<Result<(), String>>),
+    /// Copy a chunk at exactly `version` to another node's shard, where it
+    /// is at `target_version` ((0, 0): absent) (re-replication); answers
+    /// the verified (version, length).
     Copy {
         id: ChunkId,
-        version: u64,
+        version: Version,
         target: String,
-        replace: bool,
-        reply: oneshot::Sender<Result<(u64, u64), String>>,
+        target_version: Version,
+        reply: oneshot::Sender<Result<(Version, u64), String>>,
     },
     /// Graceful stop (SIGTERM): stop accepting connections and reading
     /// requests, answer every request already read, then return from
@@ -102,6 +147,12 @@ pub struct Shard {
     /// Chunks that failed a checksum here; reported to the control server
     /// with every heartbeat until the chunk is deleted (replaced).
     pub(crate) bad: RefCell<std::collections::HashSet<ChunkId>>,
+    /// Payload and response bytes in flight over all connections
+    /// ([`Limits::shard_bytes`]).
+    pub(crate) bytes_in_flight: Rc<glommio::sync::Semaphore>,
+    /// Open connections, and the id of the next one (ids start at 1).
+    pub(crate) connections: Cell<usize>,
+    pub(crate) next_conn: Cell<u64>,
 }
 
 impl Shard {
@@ -121,16 +172,20 @@ impl Shard {
             chunks = store.chunk_count(),
             "shard recovered"
         );
+        let limits = cfg.limits;
         Ok(Rc::new(Self {
             cfg,
             node_id,
             store,
-            locks: RefCell::new(LockTable::new()),
-            reservations: RefCell::new(Reservations::new()),
+            locks: RefCell::new(LockTable::with_max_chunks(limits.lock_chunks)),
+            reservations: RefCell::new(Reservations::new(limits.reservations)),
             minter: RefCell::new(minter),
             key,
             peers: PeerPool::default(),
             bad: RefCell::default(),
+            bytes_in_flight: Rc::new(glommio::sync::Semaphore::new(limits.shard_bytes)),
+            connections: Cell::new(0),
+            next_conn: Cell::new(1),
         }))
     }
 
@@ -182,10 +237,10 @@ impl Shard {
                 }
                 // Long-running commands get their own tasks so that
                 // capacity and inventory requests never wait on them.
-                ShardCommand::Delete(id, tx) => {
+                ShardCommand::Delete(id, newest, tx) => {
                     let me = self.clone();
                     glommio::spawn_local(async move {
-                        let _ = tx.send(me.delete_command(id).await);
+                        let _ = tx.send(me.delete_command(id, newest).await);
                     })
                     .detach();
                 }
@@ -193,12 +248,12 @@ impl Shard {
                     id,
                     version,
                     target,
-                    replace,
+                    target_version,
                     reply,
                 } => {
                     let me = self.clone();
                     glommio::spawn_local(async move {
-                        let r = me.copy_command(id, version, &target, replace).await;
+                        let r = me.copy_command(id, version, &target, target_version).await;
                         let _ = reply.send(r);
                     })
                     .detach();
@@ -229,6 +284,16 @@ impl Shard {
                 }
             };
             match accepted {
+                Ok(stream) if self.connections.get() >= self.cfg.limits.connections => {
+                    // Closed at once: the peer sees the connection end.
+                    self.cfg.metrics.connection_refused();
+                    tracing::warn!(
+                        shard = self.cfg.index,
+                        limit = self.cfg.limits.connections,
+                        "connection limit reached: closing a new connection"
+                    );
+                    drop(stream);
+                }
                 Ok(stream) => match gate.spawn(self.clone().serve_conn(stream, stop.clone())) {
                     Ok(task) => {
                         task.detach();

@@ -1,58 +1,16 @@
 //! Integration tests: real `ringfs-control` and `ringfs-node` processes on
 //! loopback (the test kit), driven over the data-plane protocol.
 
+mod common;
+
+use common::{bytes_at, endpoints, read_req, reserve, shards, write_req};
 use ringfs_node::peer::Peer;
 use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status, Token};
 use ringfs_schema::ids::ChunkId;
+use ringfs_schema::Version;
 use ringfs_tests::files::pattern;
 use ringfs_tests::{on_glommio, Cluster, NodeOptions, QUICK};
 use std::time::Duration;
-
-/// Nodes of `shards` shards with the kit's defaults.
-fn shards(shards: usize) -> NodeOptions<'static> {
-    NodeOptions {
-        shards,
-        ..NodeOptions::default()
-    }
-}
-
-/// The data-plane endpoints of every shard of running node `i`.
-fn endpoints(cl: &Cluster, i: usize) -> Vec<String> {
-    cl.node(i)
-        .endpoints
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
-/// Sends a reserve request (a fresh id for `ChunkId::default()`) and
-/// returns the answer, whatever its status.
-async fn reserve(p: &Peer, client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
-    let mut h = Header::request(0, Op::Reserve);
-    h.client_id = client;
-    h.reserve_bytes = bytes;
-    h.chunk_id = id;
-    h.lease_ms = lease_ms;
-    p.call(h, &[]).await.expect("reserve answered").0
-}
-
-fn write_req(id: ChunkId, offset: u64, token: &Token, chain: Vec<Hop>) -> Header {
-    let mut h = Header::request(0, Op::Write);
-    h.chunk_id = id;
-    h.offset = offset;
-    h.token = token.clone();
-    h.chain = chain;
-    h
-}
-
-fn read_req(id: ChunkId, offset: u64, len: u32, token: &Token) -> Header {
-    let mut h = Header::request(0, Op::Read);
-    h.chunk_id = id;
-    h.offset = offset;
-    h.length = len;
-    h.token = token.clone();
-    h
-}
 
 #[test]
 fn node_joins_heartbeats_and_keeps_its_id_across_restarts() {
@@ -124,7 +82,10 @@ fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
         assert_eq!(e.status, Status::Ok, "{}", e.message);
         // The expired reservation's token is stale now.
         let (w, _) = p
-            .call(write_req(c.chunk_id, 0, &c.token, vec![]), b"late")
+            .call(
+                write_req(c.chunk_id, 0, &c.token, vec![], 1, b"late"),
+                b"late",
+            )
             .await
             .unwrap();
         assert_eq!(w.status, Status::BadToken, "{}", w.message);
@@ -170,15 +131,19 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
         // An aligned 1 MiB write, then an unaligned overwrite across blocks.
         let big = pattern(1 << 20, 1);
         let (w, _) = peers[0]
-            .call(write_req(id, 0, &r.token, hops.clone()), &big)
+            .call(write_req(id, 0, &r.token, hops.clone(), 1, &big), &big)
             .await
             .unwrap();
         assert_eq!(w.status, Status::Ok, "{}", w.message);
         assert_eq!(w.durable_replicas, 3);
+        assert_eq!(w.durable_mask, 0b111);
         assert_eq!(w.chunk_length, 1 << 20);
         let small = pattern(100_001, 9);
         let (w2, _) = peers[0]
-            .call(write_req(id, 65_530, &r.token, hops.clone()), &small)
+            .call(
+                write_req(id, 65_530, &r.token, hops.clone(), 2, &small),
+                &small,
+            )
             .await
             .unwrap();
         assert_eq!(w2.status, Status::Ok, "{}", w2.message);
@@ -198,7 +163,8 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
                 .await
                 .unwrap();
             assert_eq!(h.status, Status::Ok);
-            assert_eq!(data, expect[65_000..70_000]);
+            assert_eq!(h.offset, 65_000 / 4096 * 4096, "whole blocks");
+            assert_eq!(bytes_at(&h, &data, 65_000, 5000), expect[65_000..70_000]);
         }
         id
     });
@@ -234,7 +200,10 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         assert_eq!(r.status, Status::Ok);
         let id = r.chunk_id;
         let (w, _) = p
-            .call(write_req(id, 0, &r.token, vec![]), &pattern(10_000, 3))
+            .call(
+                write_req(id, 0, &r.token, vec![], 1, &pattern(10_000, 3)),
+                &pattern(10_000, 3),
+            )
             .await
             .unwrap();
         assert_eq!(w.status, Status::Ok, "{}", w.message);
@@ -265,7 +234,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         let read_token = granted.token.clone();
         // A read lock does not permit writing.
         let (e, _) = p2
-            .call(write_req(id, 0, &read_token, vec![]), b"x")
+            .call(write_req(id, 0, &read_token, vec![], 2, b"x"), b"x")
             .await
             .unwrap();
         assert_eq!(e.status, Status::BadToken, "{}", e.message);
@@ -291,7 +260,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         assert_eq!(e.status, Status::BadToken, "released token is stale");
         let (ok, data) = p.call(read_req(id, 0, 10, &read_token), &[]).await.unwrap();
         assert_eq!(ok.status, Status::Ok);
-        assert_eq!(data, pattern(10, 3));
+        assert_eq!(bytes_at(&ok, &data, 0, 10), pattern(10, 3));
         // Unknown chunk, write without reservation, bad ranges, no lock at all.
         let unknown = ChunkId::new(999, 0);
         let owner = &eps[unknown.shard(2)];
@@ -300,7 +269,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         h.implicit_lock = LockMode::Read;
         let (e, _) = q.call(h, &[]).await.unwrap();
         assert_eq!(e.status, Status::NotFound, "{}", e.message);
-        let mut h = write_req(unknown, 0, &Token::default(), vec![]);
+        let mut h = write_req(unknown, 0, &Token::default(), vec![], 1, b"data");
         h.implicit_lock = LockMode::Write;
         let (e, _) = q.call(h, b"data").await.unwrap();
         assert_eq!(e.status, Status::NotFound, "{}", e.message);
@@ -364,7 +333,7 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
         assert_eq!(id.shard(2), 1);
         let data = pattern(300_000, 5);
         let (w, _) = pa
-            .call(write_req(id, 0, &r.token, vec![]), &data)
+            .call(write_req(id, 0, &r.token, vec![], 1, &data), &data)
             .await
             .unwrap();
         assert_eq!(w.status, Status::Ok, "{}", w.message);
@@ -375,6 +344,8 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
         let mut copy = Header::request(0, Op::CopyTo);
         copy.chunk_id = id;
         copy.token = r.token.clone();
+        copy.version = w.version;
+        copy.expected = Version::NONE;
         copy.chain = vec![Hop {
             node_id: b_id,
             address: eb[id.shard(2)].clone(),
@@ -390,10 +361,12 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
         assert_eq!(h.status, Status::Ok, "{}", h.message);
         assert_eq!(h.version, w.version, "the copy keeps the version");
         assert!(got == data);
-        // Delete on the source; the copy stays.
+        // Delete on the source (naming the newest version it may delete);
+        // the copy stays.
         let mut del = Header::request(0, Op::Delete);
         del.chunk_id = id;
         del.token = r.token.clone();
+        del.version = w.version;
         let (d, _) = pa.call(del, &[]).await.unwrap();
         assert_eq!(d.status, Status::Ok, "{}", d.message);
         let mut info = Header::request(0, Op::ChunkInfo);
@@ -426,7 +399,10 @@ fn node_rejoins_and_reports_after_a_control_server_restart() {
         assert_eq!(n.status, Status::Ok, "{}", n.message);
         assert!(n.lease_ms > 30_000);
         let (w, _) = p
-            .call(write_req(r.chunk_id, 0, &r.token, vec![]), b"persist")
+            .call(
+                write_req(r.chunk_id, 0, &r.token, vec![], 1, b"persist"),
+                b"persist",
+            )
             .await
             .unwrap();
         assert_eq!(w.status, Status::Ok, "{}", w.message);

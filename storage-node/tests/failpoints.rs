@@ -8,6 +8,7 @@
 use ringfs_node::peer::Peer;
 use ringfs_schema::frame::{Header, Op, Status, Token};
 use ringfs_schema::ids::ChunkId;
+use ringfs_schema::Version;
 use ringfs_tests::files::pattern;
 use ringfs_tests::{on_glommio, Cluster, NodeOptions, QUICK};
 use std::rc::Rc;
@@ -32,11 +33,24 @@ const FAILING: [(usize, &str); 4] = [
     (11, "chunk_store::before_apply"),
 ];
 
-async fn write(p: &Peer, id: ChunkId, token: &Token, block: usize, data: &[u8]) -> Header {
+/// Writes `data` at `block`, creating version (1, `seq`) on top of
+/// `expected`.
+async fn write(
+    p: &Peer,
+    id: ChunkId,
+    token: &Token,
+    block: usize,
+    data: &[u8],
+    expected: Version,
+    seq: u64,
+) -> Header {
     let mut h = Header::request(0, Op::Write);
     h.chunk_id = id;
     h.offset = (block * BLOCK) as u64;
     h.token = token.clone();
+    h.expected = expected;
+    h.version = Version::new(1, seq);
+    h.crcs = ringfs_schema::crc::piece_crcs(h.offset, data);
     p.call(h, data).await.expect("write answered").0
 }
 
@@ -95,10 +109,12 @@ fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_reads_as_dama
             let (r, _) = p.call(h, &[]).await.unwrap();
             assert_eq!(r.status, Status::Ok, "{}", r.message);
             let (id, token) = (r.chunk_id, r.token);
-            let w = write(&p, id, &token, 0, &acked).await;
+            let v1 = Version::new(1, 1);
+            let w = write(&p, id, &token, 0, &acked, Version::NONE, 1).await;
             assert_eq!(w.status, Status::Ok, "{}", w.message);
             for (i, &(block, point)) in FAILING.iter().enumerate() {
-                let w = write(&p, id, &token, block, &pattern(2 * BLOCK, 10 + i as u64)).await;
+                let data = pattern(2 * BLOCK, 10 + i as u64);
+                let w = write(&p, id, &token, block, &data, v1, 2 + i as u64).await;
                 assert_eq!(
                     w.status,
                     Status::Io,
@@ -117,9 +133,11 @@ fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_reads_as_dama
             // checksums, so the failed writes' blocks stay damaged.
             let mut acked = acked;
             let last = pattern(2 * BLOCK, 20);
-            let w = write(&p, id, &token, 14, &last).await;
+            // The failed writes took no version: the replica is still at
+            // the first write's.
+            let w = write(&p, id, &token, 14, &last, v1, 6).await;
             assert_eq!(w.status, Status::Ok, "{}", w.message);
-            assert_eq!(w.version, 2, "the failed writes took no version");
+            assert_eq!(w.version, Version::new(1, 6));
             acked[14 * BLOCK..].copy_from_slice(&last);
             check(
                 &read_blocks(&p, id, &token).await,

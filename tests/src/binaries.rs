@@ -20,7 +20,8 @@ const SERVERS_AND_CLI: &[(&str, &str)] = &[
     ("ringfs-client", "ringfs"),
 ];
 const BENCH: (&str, &str) = ("ringfs-bench", "ringfs-bench");
-const FAILPOINTS: &str = "ringfs-control/failpoints,ringfs-node/failpoints";
+const FAILPOINTS: &str =
+    "ringfs-control/failpoints,ringfs-node/failpoints,ringfs-client/failpoints";
 
 /// The path of binary `bin` of `package`, built (once per test process) in
 /// the profile the tests run in.

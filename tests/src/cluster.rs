@@ -1,7 +1,7 @@
 //! A control server and storage nodes on loopback in one temporary
 //! directory.
 
-use crate::{local, ControlProcess, NodeOptions, NodeProcess};
+use crate::{binary, local, run, ControlProcess, NodeOptions, NodeProcess, Ran};
 use ringfs_client::{ChunkHealth, ClusterMap, ControlClient, NodeInfo};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -190,6 +190,14 @@ impl Cluster {
             assert!(start.elapsed() < limit, "not clean after {limit:?}: {h:#?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs the `ringfs` CLI with `args` against this cluster.
+    pub fn ringfs(&self, args: &[&str]) -> Ran {
+        let mut cmd = std::process::Command::new(binary("ringfs-client", "ringfs"));
+        cmd.args(args)
+            .env("RINGFS_CONTROL", self.control.addr.to_string());
+        run(&mut cmd)
     }
 
     /// The chunk files on the disks of every running node, sorted.

@@ -113,3 +113,45 @@ pub fn corrupt_chunk_file(
     }
     std::fs::write(path, &content).unwrap();
 }
+
+/// Rewrites 4 KiB block `block` of the chunk file at `path` with `fill`
+/// bytes *and* its CRC in the header, so the node reads it as valid: a
+/// replica that differs from the others at the same version, which no
+/// correct node ever makes (only `fsck --verify` finds it). The node must
+/// not be running (it keeps the header in memory). Knows the chunk-file
+/// layout of format 2 (`storage-node/src/chunk_file.rs`).
+pub fn diverge_chunk_file(path: &std::path::Path, block: usize, fill: u8) {
+    const SLOT: usize = 68 * 1024;
+    const CRC_AT: usize = 40;
+    const CRCS_AT: usize = 48;
+    const BLOCK: usize = 4096;
+    let mut f = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let u64_at = |f: &[u8], i: usize| u64::from_le_bytes(f[i..i + 8].try_into().unwrap());
+    let valid = |f: &[u8], at: usize| {
+        let slot = &f[at..at + SLOT];
+        let mut copy = slot.to_vec();
+        copy[CRC_AT..CRC_AT + 4].fill(0);
+        &slot[..8] == b"RFSCHNK2" && crc32c::crc32c(&copy).to_le_bytes() == slot[CRC_AT..CRC_AT + 4]
+    };
+    // The newer valid slot is the chunk's header.
+    let slot = [0, SLOT]
+        .into_iter()
+        .filter(|&at| valid(&f, at))
+        .max_by_key(|&at| u64_at(&f, at + 8))
+        .expect("a valid header slot");
+    let length = u64_at(&f, slot + 32) as usize;
+    let (start, end) = (block * BLOCK, ((block + 1) * BLOCK).min(length));
+    assert!(
+        start < end,
+        "block {block} is past the chunk's {length} bytes"
+    );
+    let data = 2 * SLOT;
+    f[data + start..data + end].fill(fill);
+    let crc = crc32c::crc32c(&f[data + start..data + end]);
+    let entry = slot + CRCS_AT + 4 * block;
+    f[entry..entry + 4].copy_from_slice(&crc.to_le_bytes());
+    f[slot + CRC_AT..slot + CRC_AT + 4].fill(0);
+    let slot_crc = crc32c::crc32c(&f[slot..slot + SLOT]);
+    f[slot + CRC_AT..slot + CRC_AT + 4].copy_from_slice(&slot_crc.to_le_bytes());
+    std::fs::write(path, &f).unwrap();
+}

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use ringfs_client::control::{Capacity, ChunkRecord, Joined};
-use ringfs_client::{ControlClient, CreateOptions, Error, Kind};
+use ringfs_client::{ControlClient, CreateOptions, Error, Kind, Version};
 use ringfs_tests::{local, ControlProcess, SECRET};
 
 const NO_WAIT: Duration = Duration::ZERO;
@@ -206,23 +206,26 @@ fn chunk_map_commits_and_truncation() {
         };
         c.create("/f", opts).await.unwrap();
         let w = c.open("/f", true, NO_WAIT).await.unwrap();
-        let chunk = |index, id, length, version| ChunkRecord {
+        let epoch = w.write_epoch;
+        assert!(epoch > 0, "a write handle has a write epoch");
+        let chunk = |index, id, length, seq| ChunkRecord {
             index,
             chunk_id: id,
             replicas: vec![n1, n2],
             length,
-            version,
+            version: Version::new(epoch, seq),
         };
         let a = w
             .commit_chunks(&[chunk(0, 10, 4096, 1), chunk(1, 11, 100, 1)], 4196)
             .await
             .unwrap();
-        assert_eq!(a.size, 4196);
+        assert_eq!(a.attr.size, 4196);
         assert_eq!(w.get_chunks(0, 10).await.unwrap().len(), 2);
 
-        // Invalid commits are refused whole.
+        // Invalid commits are refused whole: chunk 0 may not go back to an
+        // older version.
         let stale = w
-            .commit_chunks(&[chunk(2, 12, 10, 1), chunk(0, 13, 4096, 1)], 8202)
+            .commit_chunks(&[chunk(2, 12, 10, 1), chunk(0, 10, 4096, 0)], 8202)
             .await;
         assert!(matches!(stale, Err(Error::InvalidArgument(_))), "{stale:?}");
         let past_size = w.commit_chunks(&[chunk(2, 12, 10, 1)], 8200).await;
@@ -243,15 +246,49 @@ fn chunk_map_commits_and_truncation() {
         assert_eq!(w.attr().await.unwrap().size, 4196);
         assert_eq!(w.get_chunks(0, 10).await.unwrap().len(), 2);
 
-        // Overwrite with a newer version; truncate drops and trims chunks.
+        // A new chunk must be written under this lease (its epoch)...
+        let foreign = ChunkRecord {
+            version: Version::new(epoch + 1000, 1),
+            ..chunk(2, 12, 10, 1)
+        };
+        let r = w.commit_chunks(&[foreign], 8202).await;
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+        let older = ChunkRecord {
+            version: Version::new(epoch - 1, 9),
+            ..chunk(2, 12, 10, 1)
+        };
+        let r = w.commit_chunks(&[older], 8202).await;
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+
+        // Overwrite with a newer version, or the same one with other
+        // replicas; truncate drops and trims chunks.
         w.commit_chunks(&[chunk(0, 10, 4096, 2)], 4196)
             .await
             .unwrap();
+        let fewer = ChunkRecord {
+            replicas: vec![n2],
+            ..chunk(0, 10, 4096, 2)
+        };
+        w.commit_chunks(&[fewer], 4196).await.unwrap();
         let a = w.set_size(1000).await.unwrap();
         assert_eq!(a.size, 1000);
         let left = w.get_chunks(0, 10).await.unwrap();
         assert_eq!(left.len(), 1);
-        assert_eq!((left[0].length, left[0].version), (1000, 2));
+        assert_eq!(
+            (left[0].length, left[0].version, left[0].replicas.clone()),
+            (1000, Version::new(epoch, 2), vec![n2])
+        );
+        // Chunk 11 was dropped by the truncate: committing it again would
+        // commit a hole (it is being deleted).
+        let r = w.commit_chunks(&[chunk(1, 11, 100, 3)], 4196).await;
+        assert!(
+            matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("dropped")),
+            "{r:?}"
+        );
+        // A later lease has a higher epoch.
+        w.close().await.unwrap();
+        let w2 = c.open("/f", true, NO_WAIT).await.unwrap();
+        assert!(w2.write_epoch > epoch);
     });
 }
 
@@ -286,7 +323,7 @@ fn acknowledged_metadata_survives_kill9() {
             chunk_id: 77,
             replicas: vec![joined.node_id],
             length: 5,
-            version: 1,
+            version: Version::new(w.write_epoch, 1),
         };
         w.commit_chunks(&[rec], 5).await.unwrap();
         (joined, inodes)

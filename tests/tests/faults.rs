@@ -885,6 +885,9 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
         w.chunk_id = r.chunk_id;
         w.token = r.token.clone();
         w.implicit_lock = LockMode::None;
+        // Under an epoch no open write lease has.
+        w.version = ringfs_client::Version::new(1_000_000, 1);
+        w.crcs = ringfs_schema::crc::piece_crcs(0, b"abandoned");
         let (r, _) = conn
             .call(w, b"abandoned", Duration::from_secs(5))
             .await

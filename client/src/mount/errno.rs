@@ -64,6 +64,7 @@ mod tests {
             Error::unavailable("down"),
             Error::Quorum(m()),
             Error::Corrupt(m()),
+            Error::StaleVersion(m()),
         ] {
             assert_eq!(errno(&e), Errno::EIO);
             assert!(is_cluster_failure(&e));

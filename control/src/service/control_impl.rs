@@ -10,7 +10,8 @@ use ringfs_schema::control_capnp::{attr, control, OpenMode};
 use ringfs_schema::{read_chunk_id, PROTOCOL_VERSION};
 
 use super::convert::{
-    fill_attr, fill_command, fill_health, node_key, now_ns, read_capacity, text, wire,
+    fill_attr, fill_command, fill_health, node_key, now_ns, read_capacity, read_command_result,
+    text, wire,
 };
 use super::file_handle::FileHandleImpl;
 use super::subscription::SubscriptionImpl;
@@ -267,14 +268,26 @@ impl control::Server for ControlImpl {
                 return Err(ControlError::IsDirectory(path));
             }
             let guid: Guid = rand::random();
+            let mut epoch = 0;
             if write {
                 self.acquire_write(ino, guid, wait).await?;
+                // Registered with the handle (which unregisters it): chunks
+                // written under this epoch are never collected meanwhile.
+                epoch = match self.state.write_epoch().await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.state.leases.borrow_mut().release(ino, &guid);
+                        return Err(e);
+                    }
+                };
+                self.state.live_epochs.borrow_mut().insert(epoch, ino);
             }
             let handle = FileHandleImpl {
                 state: self.state.clone(),
                 guid,
                 inode: ino,
                 write,
+                epoch,
                 closed: Cell::new(false),
             };
             // The file may have been removed while we waited for the lease.
@@ -287,6 +300,7 @@ impl control::Server for ControlImpl {
             };
             let mut r = results.get();
             r.set_guid(&guid);
+            r.set_write_epoch(epoch);
             fill_attr(r.reborrow().init_attr(), ino, &attr_now);
             r.set_handle(crate::metrics::file_handle_client(handle));
             Ok(())
@@ -347,8 +361,20 @@ impl control::Server for ControlImpl {
             // A (re)joining node starts a new session: commands sent to the
             // old one will never report back.
             self.state.commands.borrow_mut().forget_node(node_id);
+            // Its commands go through the capability it offered, at once.
+            let mut pushers = self.state.pushers.borrow_mut();
+            match p.get_commands() {
+                Ok(cap) if p.has_commands() => {
+                    pushers.insert(node_id, cap);
+                }
+                _ => {
+                    pushers.remove(&node_id);
+                }
+            }
+            drop(pushers);
             tracing::info!(node_id, "node joined");
             self.state.notify_watchers();
+            self.state.kick.notify_one();
             let mut r = results.get();
             r.set_node_id(node_id);
             r.set_node_key(&key);
@@ -390,15 +416,7 @@ impl control::Server for ControlImpl {
             let done = p
                 .get_done()?
                 .iter()
-                .map(|d| {
-                    Ok((
-                        d.get_id(),
-                        d.get_ok(),
-                        text(d.get_message())?,
-                        d.get_version(),
-                        d.get_length(),
-                    ))
-                })
+                .map(read_command_result)
                 .collect::<Result<Vec<_>>>()?;
             // Outcomes may need a durable commit; the heartbeat's answer
             // must not wait for it (a slow fsync would look like a dead node).
@@ -446,17 +464,24 @@ impl control::Server for ControlImpl {
                 .map(|c| {
                     Ok((
                         read_chunk_id(c.get_chunk_id()?),
-                        c.get_version(),
+                        ringfs_schema::Version::new(c.get_version_epoch(), c.get_version_seq()),
                         c.get_length(),
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let last = p.get_last();
             self.state.membership.borrow_mut().report_chunks(
                 p.get_node_id(),
                 p.get_node_key()?,
                 chunks,
-                p.get_last(),
-            )
+                last,
+            )?;
+            if last {
+                // A fresh inventory may show what to repair: plan now.
+                self.state.rescan.set(true);
+                self.state.kick.notify_one();
+            }
+            Ok(())
         })
     }
 
@@ -515,6 +540,7 @@ impl control::Server for ControlImpl {
                 .borrow_mut()
                 .left(id, p.get_node_key()?)?;
             tracing::info!(node_id = id, "node is leaving: marked down");
+            self.state.pushers.borrow_mut().remove(&id);
             if was_up {
                 self.state.map_changed().await?;
             }
@@ -537,6 +563,7 @@ impl control::Server for ControlImpl {
                 Default::default()
             };
             let garbage = self.state.store.garbage()?;
+            let writer = |inode| self.state.has_writer(inode);
             let mut h = crate::repair::health(
                 &self.state.repair.borrow(),
                 &map,
@@ -545,6 +572,7 @@ impl control::Server for ControlImpl {
                 &paths,
                 limit,
                 Instant::now(),
+                &writer,
             );
             h.deletes_pending = garbage.iter().map(|g| g.replicas.len() as u64).sum();
             fill_health(results.get().init_health(), &h);

@@ -6,9 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ringfs_schema::common_capnp::capacity;
 use ringfs_schema::control_capnp::{
-    attr, chunk_health, chunk_record, node_command, CommandKind, FileKind,
+    attr, chunk_health, chunk_record, command_result, node_command, CommandKind, FileKind,
 };
-use ringfs_schema::{read_chunk_id, write_chunk_id};
+use ringfs_schema::{read_chunk_id, write_chunk_id, Version};
 
 use crate::commands::Work;
 use crate::error::{ControlError, Result};
@@ -64,7 +64,7 @@ pub(super) fn read_chunk_record(r: chunk_record::Reader) -> Result<(u64, Chunk)>
             id,
             replicas: replicas.iter().collect(),
             length: r.get_length(),
-            version: r.get_version(),
+            version: Version::new(r.get_version_epoch(), r.get_version_seq()),
         },
     ))
 }
@@ -73,7 +73,8 @@ pub(super) fn fill_chunk_record(mut b: chunk_record::Builder, index: u64, c: &Ch
     b.set_index(index);
     write_chunk_id(b.reborrow().init_chunk_id(), c.id);
     b.set_length(c.length);
-    b.set_version(c.version);
+    b.set_version_epoch(c.version.epoch);
+    b.set_version_seq(c.version.seq);
     let mut reps = b.init_replicas(c.replicas.len() as u32);
     for (i, r) in c.replicas.iter().enumerate() {
         reps.set(i as u32, *r);
@@ -96,11 +97,13 @@ pub(super) async fn wire<F: std::future::Future<Output = Result<()>>>(
     f.await.map_err(capnp::Error::from)
 }
 
-pub(super) fn fill_command(mut b: node_command::Builder, c: &crate::commands::Command) {
+pub(crate) fn fill_command(mut b: node_command::Builder, c: &crate::commands::Command) {
     b.set_id(c.id);
     match &c.work {
-        Work::Delete { chunk, .. } => {
+        Work::Delete { chunk, newest, .. } => {
             b.set_kind(CommandKind::Delete);
+            b.set_version_epoch(newest.epoch);
+            b.set_version_seq(newest.seq);
             write_chunk_id(b.init_chunk_id(), *chunk);
         }
         Work::Copy {
@@ -108,17 +111,34 @@ pub(super) fn fill_command(mut b: node_command::Builder, c: &crate::commands::Co
             version,
             target,
             target_addr,
-            replace,
+            target_version,
             ..
         } => {
             b.set_kind(CommandKind::Copy);
-            b.set_version(*version);
+            b.set_version_epoch(version.epoch);
+            b.set_version_seq(version.seq);
             b.set_target_node_id(*target);
             b.set_target_address(target_addr.as_str());
-            b.set_replace(*replace);
+            b.set_replace(*target_version != Version::NONE);
+            b.set_target_epoch(target_version.epoch);
+            b.set_target_seq(target_version.seq);
             write_chunk_id(b.init_chunk_id(), *chunk);
         }
     }
+}
+
+/// A command's outcome as a node reports it: (id, ok, message, version,
+/// length).
+pub(crate) fn read_command_result(
+    d: command_result::Reader,
+) -> Result<(u64, bool, String, Version, u64)> {
+    Ok((
+        d.get_id(),
+        d.get_ok(),
+        text(d.get_message())?,
+        Version::new(d.get_version_epoch(), d.get_version_seq()),
+        d.get_length(),
+    ))
 }
 
 pub(super) fn fill_health(mut b: chunk_health::Builder, h: &crate::repair::Health) {

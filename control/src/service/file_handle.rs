@@ -1,5 +1,8 @@
 //! An open file's handle: attributes, chunk records, and for a write handle
-//! (which holds the file's write lease) commits and truncation.
+//! (which holds the file's write lease and its write epoch) commits and
+//! truncation. A commit is answered with the replicas its writer should add
+//! (repair of a file being written is the writer's: it orders the copies
+//! with its own writes).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -22,6 +25,8 @@ pub(super) struct FileHandleImpl {
     pub(super) guid: Guid,
     pub(super) inode: u64,
     pub(super) write: bool,
+    /// The write epoch of this handle's lease (0 for read handles).
+    pub(super) epoch: u64,
     pub(super) closed: Cell<bool>,
 }
 
@@ -52,7 +57,40 @@ impl FileHandleImpl {
                 .leases
                 .borrow_mut()
                 .release(self.inode, &self.guid);
+            // Chunks this lease wrote and did not commit are orphans now.
+            self.state.live_epochs.borrow_mut().remove(&self.epoch);
+            self.state.rescan.set(true);
         }
+    }
+}
+
+impl FileHandleImpl {
+    /// For each committed chunk with fewer than `wanted` replicas, a node
+    /// known alive to add; such chunks are left to the writer by the
+    /// planner for a while.
+    fn repair_hints(
+        &self,
+        chunks: &[(u64, crate::records::Chunk)],
+        wanted: usize,
+    ) -> Vec<(u64, u64)> {
+        let now = Instant::now();
+        let state = &self.state;
+        let mut repair = state.repair.borrow_mut();
+        let membership = state.membership.borrow();
+        let commands = state.commands.borrow();
+        let mut hints = Vec::new();
+        for (index, c) in chunks {
+            if let Some(node) =
+                repair.hint_target(c, wanted, &membership, &commands, now, state.alive_within())
+            {
+                repair.hinted.insert(c.id, now);
+                hints.push((*index, node));
+            }
+        }
+        repair
+            .hinted
+            .retain(|_, t| now.saturating_duration_since(*t) < std::time::Duration::from_secs(60));
+        hints
     }
 }
 
@@ -129,19 +167,28 @@ impl file_handle::Server for FileHandleImpl {
             let fewest_replicas = chunks.iter().map(|(_, c)| c.replicas.len()).min();
             let m = Mutation::CommitChunks {
                 inode: self.inode,
-                chunks,
+                epoch: self.epoch,
+                chunks: chunks.clone(),
                 file_size: p.get_file_size(),
                 now_ns: now_ns(),
             };
-            match self.state.committer.submit(m).await? {
-                Outcome::Attr(ino, a) => {
-                    if fewest_replicas.is_some_and(|n| n < a.replication as usize) {
-                        // A write that reached fewer than R replicas (W < R).
-                        self.state.rescan.set(true);
-                    }
-                    fill_attr(results.get().init_attr(), ino, &a)
-                }
+            let (ino, a) = match self.state.committer.submit(m).await? {
+                Outcome::Attr(ino, a) => (ino, a),
                 other => return Err(ControlError::Internal(format!("unexpected {other:?}"))),
+            };
+            let mut r = results.get();
+            fill_attr(r.reborrow().init_attr(), ino, &a);
+            if fewest_replicas.is_some_and(|n| n < a.replication as usize) {
+                // A write that reached fewer than R replicas (W < R, a
+                // replica out of step): its writer adds one.
+                self.state.rescan.set(true);
+                let hints = self.repair_hints(&chunks, a.replication as usize);
+                let mut list = r.init_repairs(hints.len() as u32);
+                for (i, (index, node)) in hints.iter().enumerate() {
+                    let mut h = list.reborrow().get(i as u32);
+                    h.set_index(*index);
+                    h.set_node_id(*node);
+                }
             }
             Ok(())
         })

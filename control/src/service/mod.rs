@@ -21,6 +21,8 @@ mod convert;
 mod file_handle;
 mod subscription;
 
+pub(crate) use convert::{fill_command, read_command_result};
+
 /// Most entries one `list` call returns.
 pub const MAX_LIST: u32 = 10_000;
 /// Entries a `list` call with limit 0 returns.

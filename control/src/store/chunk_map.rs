@@ -13,6 +13,7 @@ use super::tables::{
 use super::Outcome;
 use crate::error::{ControlError, Result};
 use crate::records::{Chunk, Inode, Kind};
+use ringfs_schema::Version;
 
 /// Largest file size in bytes (2^60): keeps every offset computation far
 /// from overflow.
@@ -120,9 +121,16 @@ pub(super) fn drop_chunks_from(txn: &WriteTransaction, ino: u64, first: u64) -> 
 
 // -------------------------------------------------------------- mutations
 
+/// See [`super::Mutation::CommitChunks`]. A record of the chunk already at
+/// its index may not go back to an older version (the same version is
+/// fine: the writer changed the replica list, e.g. added a copy); a record
+/// of another chunk must carry `epoch` (written under the committing lease,
+/// which garbage collection spares) and must not be a chunk the file
+/// dropped (in the garbage table): committing it would commit a hole.
 pub(super) fn commit_chunks(
     txn: &WriteTransaction,
     ino: u64,
+    epoch: u64,
     new: &[(u64, Chunk)],
     file_size: u64,
     now_ns: i64,
@@ -150,6 +158,7 @@ pub(super) fn commit_chunks(
         ids
     };
     let mut chunks = txn.open_table(CHUNKS)?;
+    let dropped = txn.open_table(GARBAGE)?;
     let mut replaced = Vec::new();
     for (i, (index, c)) in new.iter().enumerate() {
         if new[..i].iter().any(|(j, _)| j == index) {
@@ -184,18 +193,44 @@ pub(super) fn commit_chunks(
                 return bad(format!("chunk {index}: node {r} is not registered"));
             }
         }
-        if let Some(old) = get_chunk(&chunks, ino, *index)? {
-            if c.version <= old.version {
-                return bad(format!(
-                    "chunk {index}: version {} is not above the committed {}",
-                    c.version, old.version
-                ));
+        if c.version.epoch > epoch {
+            return bad(format!(
+                "chunk {index}: version {} is from an epoch after this lease's {epoch}",
+                c.version
+            ));
+        }
+        let old = get_chunk(&chunks, ino, *index)?;
+        match &old {
+            Some(old) if old.id == c.id => {
+                if c.version < old.version {
+                    return bad(format!(
+                        "chunk {index}: version {} is older than the committed {}",
+                        c.version, old.version
+                    ));
+                }
             }
-            if old.id != c.id {
-                replaced.push(old);
+            _ => {
+                if c.version.epoch != epoch || c.version == Version::NONE {
+                    return bad(format!(
+                        "chunk {index}: chunk {:032x} at version {} was not written under this \
+                         lease (epoch {epoch}); it may have been collected",
+                        c.id, c.version
+                    ));
+                }
+                if dropped.get(c.id)?.is_some() {
+                    return bad(format!(
+                        "chunk {index}: chunk {:032x} was dropped from the file (truncated or \
+                         replaced) and is being deleted; committing it would commit a hole",
+                        c.id
+                    ));
+                }
             }
         }
+        if let Some(old) = old.filter(|o| o.id != c.id) {
+            replaced.push(old);
+        }
     }
+    drop(dropped);
     // Every check has passed: from here on only writes.
     for (index, c) in new {
         chunks.insert((ino, *index), c.encode().as_slice())?;
@@ -254,7 +289,7 @@ pub(super) fn replica_copied(
     ino: u64,
     index: u64,
     id: u128,
-    version: u64,
+    version: Version,
     length: u32,
     target: u64,
     drop: &[u64],
@@ -265,7 +300,10 @@ pub(super) fn replica_copied(
             "chunk record ({ino}, {index}) is gone (file removed or truncated)"
         )));
     };
-    if rec.id != id || rec.version != version || rec.length > length {
+    // A copy at a version above the record's is fine (a writer's write not
+    // yet committed, or one of a writer that died): readers accept it, and
+    // it holds everything the record promises.
+    if rec.id != id || version < rec.version || rec.length > length {
         return Err(ControlError::InvalidArgument(format!(
             "chunk record ({ino}, {index}) changed during the copy \
              (now chunk {:x} version {}, copied {id:x} version {version})",

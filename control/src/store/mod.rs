@@ -45,7 +45,10 @@ pub use namespace::{
 };
 pub use nodes::constant_time_eq;
 
-use tables::{CHUNKS, COUNTERS, DIRENTS, EPOCH, GARBAGE, INODES, NEXT_INODE, NEXT_NODE_ID, NODES};
+use tables::{
+    CHUNKS, COUNTERS, DIRENTS, EPOCH, FORMAT, GARBAGE, INODES, NEXT_INODE, NEXT_NODE_ID, NODES,
+    STORE_FORMAT,
+};
 
 /// The metadata database. Reads may run on any thread concurrently with one
 /// writer (redb MVCC); mutations go through [`MetaStore::apply_batch`].
@@ -67,6 +70,9 @@ impl MetaStore {
         Self::init(Database::builder().create_with_backend(backend)?, defaults)
     }
 
+    /// Creates the tables (and a new store's root and counters), or checks
+    /// that an existing store is of this build's format: a store written
+    /// by an older ringfs is refused (there is no migration).
     fn init(db: Database, defaults: FileDefaults) -> Result<Self> {
         let txn = db.begin_write()?;
         {
@@ -81,6 +87,19 @@ impl MetaStore {
                 counters.insert(NEXT_INODE, ROOT_INODE + 1)?;
                 counters.insert(NEXT_NODE_ID, 1)?;
                 counters.insert(EPOCH, 0)?;
+                counters.insert(FORMAT, STORE_FORMAT)?;
+            } else {
+                let format = counters.get(FORMAT)?.map(|v| v.value()).unwrap_or(1);
+                if format != STORE_FORMAT {
+                    return Err(crate::ControlError::corrupt(
+                        "store format",
+                        format!(
+                            "the metadata store is in format {format}, this control server \
+                             reads format {STORE_FORMAT} (chunk versions with epochs); there \
+                             is no migration: start it on an empty data directory"
+                        ),
+                    ));
+                }
             }
         }
         txn.commit()?;
@@ -136,6 +155,11 @@ impl MetaStore {
     /// The current cluster-map epoch.
     pub fn epoch(&self) -> Result<u64> {
         nodes::epoch(&self.db.begin_read()?)
+    }
+
+    /// The write-epoch mark: write epochs handed out so far are at most it.
+    pub fn write_epoch_mark(&self) -> Result<u64> {
+        nodes::write_epoch_mark(&self.db.begin_read()?)
     }
 
     /// Everything that breaks the store's invariants, one line each (empty

@@ -12,6 +12,7 @@ use super::tables::COUNTERS;
 use super::{chunk_map, nodes};
 use crate::error::Result;
 use crate::records::{Chunk, Inode, Kind};
+use ringfs_schema::Version;
 
 /// One change to the metadata. Applied by [`super::MetaStore::apply_batch`].
 #[derive(Clone, Debug)]
@@ -61,6 +62,10 @@ pub enum Mutation {
     CommitChunks {
         /// The file.
         inode: u64,
+        /// The write epoch of the committing handle's lease: a record of a
+        /// chunk not yet recorded at its index must carry it (the chunk was
+        /// written under this lease, so garbage collection spared it).
+        epoch: u64,
         /// (chunk index, record) pairs; each replaces the one at its index.
         chunks: Vec<(u64, Chunk)>,
         /// The new size in bytes; never below the current one.
@@ -99,6 +104,12 @@ pub enum Mutation {
     },
     /// Advance the cluster-map epoch.
     BumpEpoch,
+    /// Raise the write-epoch mark to at least `to`: write epochs up to the
+    /// mark may be handed out (after a restart, only epochs above it).
+    AdvanceWriteEpoch {
+        /// The new mark.
+        to: u64,
+    },
     /// Repair: `target` now holds a durable, verified copy of chunk `id` at
     /// `version` or newer (at least `length` bytes). Applied only if the
     /// record of (`inode`, `index`) still names that chunk at that version; the
@@ -110,8 +121,8 @@ pub enum Mutation {
         index: u64,
         /// The chunk id copied.
         id: u128,
-        /// The record's version the copy was made for.
-        version: u64,
+        /// The version copied: at least the record's.
+        version: Version,
         /// Bytes the copy holds.
         length: u32,
         /// The node holding the new copy.
@@ -167,10 +178,11 @@ pub(super) fn apply(
         Mutation::Rename { from, to, now_ns } => namespace::rename(txn, from, to, *now_ns),
         Mutation::CommitChunks {
             inode,
+            epoch,
             chunks,
             file_size,
             now_ns,
-        } => chunk_map::commit_chunks(txn, *inode, chunks, *file_size, *now_ns),
+        } => chunk_map::commit_chunks(txn, *inode, *epoch, chunks, *file_size, *now_ns),
         Mutation::SetSize {
             inode,
             size,
@@ -189,6 +201,10 @@ pub(super) fn apply(
         } => nodes::join(txn, *node_id, key, new_key, shards),
         Mutation::BumpEpoch => Ok(Outcome::Epoch(nodes::bump_epoch(
             &mut txn.open_table(COUNTERS)?,
+        )?)),
+        Mutation::AdvanceWriteEpoch { to } => Ok(Outcome::Epoch(nodes::advance_write_epoch(
+            &mut txn.open_table(COUNTERS)?,
+            *to,
         )?)),
         Mutation::ReplicaCopied {
             inode,

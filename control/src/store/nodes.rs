@@ -6,7 +6,7 @@
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::tables::{decode_node, next_counter, COUNTERS, EPOCH, NEXT_NODE_ID, NODES};
+use super::tables::{decode_node, next_counter, COUNTERS, EPOCH, NEXT_NODE_ID, NODES, WRITE_EPOCH};
 use super::Outcome;
 use crate::error::{ControlError, Result};
 use crate::records::Node;
@@ -29,6 +29,26 @@ pub(super) fn epoch(txn: &ReadTransaction) -> Result<u64> {
         .get(EPOCH)?
         .map(|v| v.value())
         .unwrap_or(0))
+}
+
+/// The write-epoch mark: every write epoch handed out is at most it.
+pub(super) fn write_epoch_mark(txn: &ReadTransaction) -> Result<u64> {
+    Ok(txn
+        .open_table(COUNTERS)?
+        .get(WRITE_EPOCH)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+/// Raises the write-epoch mark to at least `to`; returns the mark.
+pub(super) fn advance_write_epoch(counters: &mut redb::Table<&str, u64>, to: u64) -> Result<u64> {
+    let mark = counters
+        .get(WRITE_EPOCH)?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        .max(to);
+    counters.insert(WRITE_EPOCH, mark)?;
+    Ok(mark)
 }
 
 /// Advances the epoch and returns the new one.

@@ -27,6 +27,12 @@ pub(super) const NEXT_INODE: &str = "next_inode";
 pub(super) const NEXT_NODE_ID: &str = "next_node_id";
 /// The cluster-map epoch.
 pub(super) const EPOCH: &str = "epoch";
+/// The write-epoch mark (see [`super::Mutation::AdvanceWriteEpoch`]).
+pub(super) const WRITE_EPOCH: &str = "write_epoch_mark";
+/// The store's format: [`STORE_FORMAT`] for this build's records.
+pub(super) const FORMAT: &str = "format";
+/// 2: chunk versions are (epoch, seq) pairs (chunk records of format 2).
+pub(super) const STORE_FORMAT: u64 = 2;
 
 /// Inode `ino`, if it exists.
 pub(super) fn get_inode(

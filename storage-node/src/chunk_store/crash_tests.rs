@@ -159,11 +159,12 @@ async fn check(image: SimDisk, seen: &[Seen], met: &mut Met, ctx: &str) {
             Err(StoreError::NotFound(_)) if s.acked_version == 0 => continue,
             Err(e) => panic!("{ctx}: acknowledged chunk lost: {e}"),
         };
-        let content = if (info.version, info.length) == (s.acked_version, s.acked.len() as u64) {
+        let content = if (info.version.seq, info.length) == (s.acked_version, s.acked.len() as u64)
+        {
             &s.acked
         } else {
             match &new {
-                Some(new) if (info.version, info.length) == (s.acked_version + 1, new.len() as u64) => new,
+                Some(new) if (info.version.seq, info.length) == (s.acked_version + 1, new.len() as u64) => new,
                 _ => panic!(
                     "{ctx}: recovered version {} length {}, acknowledged {} length {} (in flight: {:?})",
                     info.version,

@@ -1,6 +1,7 @@
 //! Chunk store on real O_DIRECT files against an in-memory model: aligned
 //! and unaligned writes and reads, gaps, checksum failure after a flipped
-//! byte, restart recovery, group commit.
+//! byte, restart recovery, group commit; strict versions, stored CRCs equal
+//! to the writer's, fences, copy-then-swap replaces, fenced deletes.
 
 use super::*;
 use rand::rngs::StdRng;
@@ -18,7 +19,8 @@ async fn open(dir: &Path) -> ChunkStore {
         .unwrap()
 }
 
-/// Writes `data` at `off` (creating the chunk); returns the new version.
+/// Writes `data` at `off` (creating the chunk) on top of whatever version
+/// the chunk holds, as version (1, its seq + 1); returns the new seq.
 pub(super) async fn write<D: DiskDir>(
     store: &ChunkStore<D>,
     id: ChunkId,
@@ -28,13 +30,36 @@ pub(super) async fn write<D: DiskDir>(
 where
     D::File: 'static,
 {
+    let current = store.info(id).map(|i| i.version).unwrap_or(Version::NONE);
+    let cas = Cas {
+        expected: current,
+        version: Version::new(1, current.seq + 1),
+    };
+    write_cas(store, id, off, data, cas).await.map(|v| v.seq)
+}
+
+/// Writes `data` at `off` with `cas` (creating the chunk).
+pub(super) async fn write_cas<D: DiskDir>(
+    store: &ChunkStore<D>,
+    id: ChunkId,
+    off: u64,
+    data: &[u8],
+    cas: Cas,
+) -> Result<Version, StoreError>
+where
+    D::File: 'static,
+{
     let mut wb = WriteBuf::new(off, data.len() as u64)?;
     wb.payload_mut().copy_from_slice(data);
-    let (r, _) = store.write(id, wb, 0, true, |_, _| async {}).await;
+    let crcs = ringfs_schema::crc::piece_crcs(off, data);
+    let (r, ()) = store
+        .write(id, wb, &crcs, cas, true, &no_fence, |_| async {})
+        .await;
     r.map(|i| i.version)
 }
 
-/// Reads `len` bytes at `off` into a vector.
+/// Reads `len` bytes at `off` into a vector (the store answers whole
+/// blocks; their CRCs are checked here as a reader does).
 pub(super) async fn read<D: DiskDir>(
     store: &ChunkStore<D>,
     id: ChunkId,
@@ -44,7 +69,16 @@ pub(super) async fn read<D: DiskDir>(
 where
     D::File: 'static,
 {
-    store.read(id, off, len).await.map(|(r, _)| r.to_vec())
+    let out = store.read(id, off, len, &no_fence).await?;
+    let data: &[u8] = &out.data;
+    assert!(data.is_empty() || out.offset % CRC_BLOCK == 0);
+    assert_eq!(out.crcs.len(), data.len().div_ceil(CRC_BLOCK as usize));
+    for (block, crc) in data.chunks(CRC_BLOCK as usize).zip(&out.crcs) {
+        assert_eq!(crc32c::crc32c(block), *crc, "a stored CRC does not match");
+    }
+    let skip = (off.saturating_sub(out.offset) as usize).min(data.len());
+    let n = (data.len() - skip).min(len as usize);
+    Ok(data[skip..skip + n].to_vec())
 }
 
 fn model_read(m: &[u8], off: u64, len: u64) -> Vec<u8> {
@@ -118,7 +152,7 @@ fn random_writes_and_reads_match_the_model_and_survive_restart() {
         assert_eq!(inv.len(), models.len());
         for (id, version, length) in inv {
             let (model, v) = &models[&id];
-            assert_eq!((version, length), (*v, model.len() as u64));
+            assert_eq!((version.seq, length), (*v, model.len() as u64));
             assert_eq!(read(&store, id, 0, length).await.unwrap(), *model);
         }
     });
@@ -173,35 +207,81 @@ fn flipped_byte_yields_checksum_error_not_wrong_bytes() {
     });
 }
 
+fn cas(expected: Version, version: Version) -> Cas {
+    Cas { expected, version }
+}
+
 #[test]
-fn stale_versions_and_bad_ranges_are_refused() {
+fn a_write_applies_only_on_top_of_the_exact_version_it_expects() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().to_path_buf();
     run(move || async move {
         let store = open(&p).await;
         let id = ChunkId::new(3, 1);
-        let mut wb = WriteBuf::new(0, 10).unwrap();
-        wb.payload_mut().copy_from_slice(&[1; 10]);
-        let (r, _) = store.write(id, wb, 7, true, |_, _| async {}).await;
-        assert_eq!(r.unwrap().version, 7);
-        let mut wb = WriteBuf::new(0, 10).unwrap();
-        wb.payload_mut().copy_from_slice(&[1; 10]);
-        let (r, _) = store.write(id, wb, 7, true, |_, _| async {}).await;
-        assert!(matches!(
-            r,
-            Err(StoreError::StaleVersion { current: 7, .. })
-        ));
+        let (v1, v2, v3) = (Version::new(7, 1), Version::new(7, 2), Version::new(8, 1));
+        assert_eq!(
+            write_cas(&store, id, 0, &[1; 10], cas(Version::NONE, v1))
+                .await
+                .unwrap(),
+            v1
+        );
+        // Not on a version it did not expect, lower or higher...
+        for wrong in [Version::NONE, v2, v3] {
+            let r = write_cas(&store, id, 0, &[2; 10], cas(wrong, Version::new(9, 9))).await;
+            assert!(
+                matches!(r, Err(StoreError::StaleVersion { current, .. }) if current == v1),
+                "{r:?}"
+            );
+        }
+        // ...nor to a version not above it.
+        for not_above in [v1, Version::new(6, 9)] {
+            let r = write_cas(&store, id, 0, &[2; 10], cas(v1, not_above)).await;
+            assert!(matches!(r, Err(StoreError::InvalidArgument(_))), "{r:?}");
+        }
+        assert_eq!(
+            read(&store, id, 0, 10).await.unwrap(),
+            vec![1; 10],
+            "nothing applied"
+        );
+        assert_eq!(
+            write_cas(&store, id, 5, &[3; 10], cas(v1, v3))
+                .await
+                .unwrap(),
+            v3
+        );
+        assert_eq!(store.info(id).unwrap().version, v3);
+        // A missing chunk is created only by a write expecting (0, 0).
+        let other = ChunkId::new(3, 2);
+        let r = write_cas(&store, other, 0, &[1; 10], cas(v1, v2)).await;
+        assert!(matches!(r, Err(StoreError::StaleVersion { .. })), "{r:?}");
+        assert!(!store.contains(other));
         assert!(WriteBuf::new(64 << 20, 1).is_err());
         assert!(matches!(
             read(&store, ChunkId::new(9, 9), 0, 1).await,
             Err(StoreError::NotFound(_))
         ));
-        let wb = WriteBuf::new(0, 1).unwrap();
-        let (r, _) = store
-            .write(ChunkId::new(9, 9), wb, 0, false, |_, _| async {})
+        let mut wb = WriteBuf::new(0, 1).unwrap();
+        wb.payload_mut()[0] = 1;
+        let crcs = ringfs_schema::crc::piece_crcs(0, &[1]);
+        let (r, ()) = store
+            .write(
+                ChunkId::new(9, 9),
+                wb,
+                &crcs,
+                cas(Version::NONE, v1),
+                false,
+                &no_fence,
+                |_| async {},
+            )
             .await;
         assert!(matches!(r, Err(StoreError::NotFound(_))));
-        store.delete(id).await.unwrap();
+        // A delete names the newest version it may delete.
+        assert!(matches!(
+            store.delete(id, v1).await,
+            Err(StoreError::StaleVersion { current, .. }) if current == v3
+        ));
+        assert!(store.contains(id), "a newer replica is kept");
+        store.delete(id, v3).await.unwrap();
         assert!(matches!(
             read(&store, id, 0, 1).await,
             Err(StoreError::NotFound(_))
@@ -238,4 +318,229 @@ fn concurrent_writes_share_group_commits() {
             );
         }
     });
+}
+
+#[test]
+fn stored_crcs_are_the_writers_and_edges_combine_them_with_the_old_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    run(move || async move {
+        let store = open(&p).await;
+        let id = ChunkId::new(4, 1);
+        let mut model = vec![0u8; 0];
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..40 {
+            let off = rng.random_range(0..40_000u64);
+            let len = rng.random_range(1..12_000usize);
+            let mut data = vec![0u8; len];
+            rng.fill_bytes(&mut data);
+            write(&store, id, off, &data).await.unwrap();
+            let end = off as usize + len;
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[off as usize..end].copy_from_slice(&data);
+            // Every block's stored CRC is that of the model's bytes.
+            let meta = store.get(id).unwrap().meta.borrow().clone();
+            for (b, block) in model.chunks(CRC_BLOCK as usize).enumerate() {
+                assert_eq!(meta.crcs[b], crc32c::crc32c(block), "block {b}");
+            }
+        }
+        // A payload whose CRCs the connection verified but a bit of which
+        // flipped afterwards is stored with the writer's CRC: the next read
+        // reports it instead of serving it.
+        let data = vec![5u8; 8192];
+        let crcs = ringfs_schema::crc::piece_crcs(0, &data);
+        let mut wb = WriteBuf::new(0, 8192).unwrap();
+        wb.payload_mut().copy_from_slice(&data);
+        wb.payload_mut()[5000] ^= 1;
+        let v = store.info(id).unwrap().version;
+        let (r, ()) = store
+            .write(
+                id,
+                wb,
+                &crcs,
+                cas(v, Version::new(2, 1)),
+                true,
+                &no_fence,
+                |_| async {},
+            )
+            .await;
+        r.unwrap();
+        assert!(matches!(
+            read(&store, id, 4096, 10).await,
+            Err(StoreError::Checksum(_, 1))
+        ));
+        assert_eq!(read(&store, id, 0, 10).await.unwrap(), vec![5u8; 10]);
+    });
+}
+
+#[test]
+fn a_lapsed_fence_refuses_a_write_before_it_touches_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    run(move || async move {
+        let store = open(&p).await;
+        let id = ChunkId::new(4, 2);
+        write(&store, id, 0, &[1; 100]).await.unwrap();
+        let mut wb = WriteBuf::new(0, 100).unwrap();
+        wb.payload_mut().copy_from_slice(&[2; 100]);
+        let crcs = ringfs_schema::crc::piece_crcs(0, &[2; 100]);
+        let v = store.info(id).unwrap().version;
+        let fenced = || Err(StoreError::Fenced("lapsed".into()));
+        let forwarded = std::cell::Cell::new(false);
+        let (r, ()) = store
+            .write(
+                id,
+                wb,
+                &crcs,
+                cas(v, Version::new(1, 9)),
+                true,
+                &fenced,
+                |_| async { forwarded.set(true) },
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::Fenced(_))), "{r:?}");
+        assert!(forwarded.get(), "the next replica decides for itself");
+        assert_eq!(store.info(id).unwrap().version, v);
+        assert_eq!(read(&store, id, 0, 100).await.unwrap(), vec![1; 100]);
+        assert!(matches!(
+            store.read(id, 0, 10, &fenced).await,
+            Err(StoreError::Fenced(_))
+        ));
+    });
+}
+
+#[test]
+fn a_replace_is_copy_then_swap_and_never_replaces_a_newer_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let p2 = p.clone();
+    let id = ChunkId::new(4, 3);
+    let whole = |fill: u8, len: usize| {
+        let data = vec![fill; len];
+        let crcs = ringfs_schema::crc::piece_crcs(0, &data);
+        let mut wb = WriteBuf::new(0, len as u64).unwrap();
+        wb.payload_mut().copy_from_slice(&data);
+        (wb, crcs)
+    };
+    run(move || async move {
+        let store = open(&p).await;
+        // A longer stale replica at (1, 1).
+        write(&store, id, 0, &[1; 20_000]).await.unwrap();
+        let v1 = Version::new(1, 1);
+        // A replace fenced on another version changes nothing.
+        let (wb, crcs) = whole(7, 9000);
+        let r = store
+            .replace(
+                id,
+                wb,
+                &crcs,
+                cas(Version::new(1, 2), Version::new(3, 1)),
+                false,
+                &no_fence,
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::StaleVersion { .. })), "{r:?}");
+        // Nor does one refused by its fence after the copy was written aside.
+        let (wb, crcs) = whole(7, 9000);
+        let fenced = || Err(StoreError::Fenced("lapsed".into()));
+        let r = store
+            .replace(id, wb, &crcs, cas(v1, Version::new(3, 1)), false, &fenced)
+            .await;
+        assert!(matches!(r, Err(StoreError::Fenced(_))), "{r:?}");
+        assert_eq!(read(&store, id, 0, 20_000).await.unwrap(), vec![1; 20_000]);
+        // A replace that goes through: the chunk is exactly the copy, its
+        // length included (shorter than the stale one).
+        let (wb, crcs) = whole(7, 9000);
+        let info = store
+            .replace(id, wb, &crcs, cas(v1, Version::new(3, 1)), false, &no_fence)
+            .await
+            .unwrap();
+        assert_eq!((info.version, info.length), (Version::new(3, 1), 9000));
+        assert_eq!(read(&store, id, 0, 20_000).await.unwrap(), vec![7; 9000]);
+        // The same version again repairs in place; an older one is refused.
+        let (wb, crcs) = whole(7, 9000);
+        store
+            .replace(
+                id,
+                wb,
+                &crcs,
+                cas(Version::new(3, 1), Version::new(3, 1)),
+                false,
+                &no_fence,
+            )
+            .await
+            .unwrap();
+        let (wb, crcs) = whole(8, 10);
+        let r = store
+            .replace(
+                id,
+                wb,
+                &crcs,
+                cas(Version::new(3, 1), Version::new(2, 9)),
+                false,
+                &no_fence,
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::InvalidArgument(_))), "{r:?}");
+        // A chunk that does not exist is created only with `create`.
+        let (wb, crcs) = whole(9, 5000);
+        let fresh = ChunkId::new(4, 4);
+        assert!(matches!(
+            store
+                .replace(fresh, wb, &crcs, cas(Version::NONE, v1), false, &no_fence)
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        let (wb, crcs) = whole(9, 5000);
+        store
+            .replace(fresh, wb, &crcs, cas(Version::NONE, v1), true, &no_fence)
+            .await
+            .unwrap();
+    });
+    // After a restart: the swapped chunks, nothing left aside.
+    run(move || async move {
+        let store = open(&p2).await;
+        assert_eq!(store.info(id).unwrap().version, Version::new(3, 1));
+        assert_eq!(read(&store, id, 0, 20_000).await.unwrap(), vec![7; 9000]);
+        assert_eq!(
+            read(&store, ChunkId::new(4, 4), 0, 9000).await.unwrap(),
+            vec![9; 5000]
+        );
+        let names: Vec<String> = std::fs::read_dir(&p2)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".new")), "{names:?}");
+    });
+}
+
+#[test]
+fn a_chunk_file_of_the_old_format_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let id = ChunkId::new(4, 5);
+    let p1 = p.clone();
+    run(move || async move {
+        let store = open(&p1).await;
+        write(&store, id, 0, &[1; 100]).await.unwrap();
+    });
+    // Rewrite the magic of both slots as format 1 wrote it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p.join(format!("{}.chunk", id.file_stem())))
+            .unwrap();
+        f.write_all_at(b"RFSCHNK1", 0).unwrap();
+    }
+    let e = run(move || async move {
+        ChunkStore::open(DmaDir::open(&p).await.unwrap())
+            .await
+            .err()
+            .map(|e| e.to_string())
+    });
+    let e = e.expect("the old format is refused");
+    assert!(e.contains("format 1") && e.contains("no migration"), "{e}");
 }

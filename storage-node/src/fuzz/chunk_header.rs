@@ -3,16 +3,18 @@
 
 use crate::chunk_file::{blocks, ChunkMeta, MAX_BLOCKS, MAX_CHUNK_SIZE, SLOT_LEN};
 use arbitrary::{Arbitrary, Unstructured};
+use ringfs_schema::Version;
 
 /// The CRC32C field of a slot (see `chunk_file.rs`).
-const CRC_AT: usize = 32;
+const CRC_AT: usize = 40;
 /// Where the CRC table starts.
-const CRCS_AT: usize = 40;
+const CRCS_AT: usize = 48;
 
 /// The fields a slot image is built from.
 #[derive(Arbitrary, Debug)]
 struct Fields {
     seq: u64,
+    epoch: u64,
     version: u64,
     /// Often in range, sometimes not.
     length: Length,
@@ -53,7 +55,7 @@ impl Fields {
         crcs.resize(blocks(length), 0xdead_beef);
         ChunkMeta {
             seq: self.seq,
-            version: self.version,
+            version: Version::new(self.epoch, self.version),
             length,
             crcs,
         }
@@ -62,10 +64,11 @@ impl Fields {
     /// The fields written into a slot as they are, the CRC made valid.
     fn forged(&self) -> Vec<u8> {
         let mut slot = vec![0u8; SLOT_LEN];
-        slot[..8].copy_from_slice(b"RFSCHNK1");
+        slot[..8].copy_from_slice(b"RFSCHNK2");
         slot[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        slot[16..24].copy_from_slice(&self.version.to_le_bytes());
-        slot[24..32].copy_from_slice(&self.length().to_le_bytes());
+        slot[16..24].copy_from_slice(&self.epoch.to_le_bytes());
+        slot[24..32].copy_from_slice(&self.version.to_le_bytes());
+        slot[32..40].copy_from_slice(&self.length().to_le_bytes());
         for (i, c) in self.crcs.iter().take(MAX_BLOCKS).enumerate() {
             slot[CRCS_AT + 4 * i..CRCS_AT + 4 * i + 4].copy_from_slice(&c.to_le_bytes());
         }

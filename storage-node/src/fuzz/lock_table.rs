@@ -1,17 +1,19 @@
 //! The lock table ([`crate::lock_table`]) against a reference model: a
-//! random sequence of acquires (waiting or not), releases, renewals,
-//! validations, expiry sweeps and passing time, on a few chunks and
-//! clients, with every outcome compared.
+//! random sequence of acquires (waiting or not, explicit or implicit, on a
+//! few connections), releases, renewals, validations, expiry sweeps,
+//! closed connections and passing time, on a few chunks and clients, with
+//! every outcome compared.
 //!
 //! The model is the table's specification written plainly: per chunk the
 //! holders and a FIFO queue; a request is granted at once only if nobody is
 //! queued and it is compatible with the holders (one writer or many
 //! readers); queued requests are granted strictly from the front; leases
-//! and deadlines lapse at the sweep. Generation numbers are the table's
+//! and deadlines lapse at the sweep; a closed connection loses its explicit
+//! locks and its waiters at once. Generation numbers are the table's
 //! (the order a sweep visits chunks in is unspecified), checked to be
 //! fresh and increasing.
 
-use crate::lock_table::{Acquire, Changes, Grant, LockError, LockTable, Mode};
+use crate::lock_table::{Acquire, Changes, Grant, LockError, LockTable, Mode, Owner};
 use arbitrary::{Arbitrary, Unstructured};
 use ringfs_schema::ids::ChunkId;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 
 const CHUNKS: u8 = 3;
 const CLIENTS: u8 = 3;
+/// Connections 1..=CONNS (0: none).
+const CONNS: u8 = 2;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -29,6 +33,13 @@ enum Op {
         lease_ms: u8,
         /// Wait up to this long if not granted at once; `None`: refuse.
         wait_ms: Option<u8>,
+        /// The connection (mod CONNS + 1; 0 = none).
+        conn: u8,
+        explicit: bool,
+    },
+    /// Connection `conn` (mod CONNS + 1) closes.
+    DropConn {
+        conn: u8,
     },
     /// Release a lock the model knows (`pick` chooses one), or a stale or
     /// made-up one.
@@ -70,6 +81,8 @@ struct Holder {
     generation: u64,
     mode: Mode,
     expires: Instant,
+    /// The connection of an explicit lock (0: implicit or none).
+    conn: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +92,7 @@ struct Waiter {
     mode: Mode,
     lease: Duration,
     deadline: Instant,
+    owner: Owner,
 }
 
 #[derive(Default)]
@@ -175,9 +189,19 @@ impl Model {
                     generation: g.generation,
                     mode: g.mode,
                     expires: g.expires,
+                    conn: held_by(front.owner),
                 },
             );
         }
+    }
+}
+
+/// The connection a grant to `owner` is held for (0: none).
+fn held_by(owner: Owner) -> u64 {
+    if owner.explicit {
+        owner.conn
+    } else {
+        0
     }
 }
 
@@ -202,14 +226,20 @@ pub fn lock_table(data: &[u8]) {
                 write,
                 lease_ms,
                 wait_ms,
+                conn,
+                explicit,
             } => {
                 let (chunk, client, mode) =
                     (chunk % CHUNKS, (client % CLIENTS) as u64, mode(write));
+                let owner = Owner {
+                    conn: (conn % (CONNS + 1)) as u64,
+                    explicit,
+                };
                 let lease = ms(lease_ms);
                 let handle = next_handle;
                 next_handle += 1;
                 let wait = wait_ms.map(|w| (now + ms(w), handle));
-                let got = table.acquire(id(chunk), client, mode, lease, now, wait);
+                let got = table.acquire(id(chunk), client, mode, lease, now, wait, owner);
                 let e = model.chunks.entry(chunk).or_default();
                 if e.queue.is_empty() && e.compatible(mode) {
                     let Acquire::Granted(g) = got else {
@@ -223,6 +253,7 @@ pub fn lock_table(data: &[u8]) {
                             generation: g.generation,
                             mode,
                             expires: g.expires,
+                            conn: held_by(owner),
                         },
                     );
                 } else if let Some((deadline, handle)) = wait {
@@ -233,6 +264,7 @@ pub fn lock_table(data: &[u8]) {
                         mode,
                         lease,
                         deadline,
+                        owner,
                     });
                 } else {
                     assert_eq!(got, Acquire::Busy, "{op:?}");
@@ -331,6 +363,33 @@ pub fn lock_table(data: &[u8]) {
                         }
                         !lapsed
                     });
+                }
+                let mut granted = granted_by(changes, &released, &timed_out);
+                for chunk in 0..CHUNKS {
+                    model.promote(chunk, now, &mut granted);
+                }
+                assert!(granted.is_empty(), "granted too many: {granted:?}");
+            }
+            Op::DropConn { conn } => {
+                let conn = (conn % (CONNS + 1)) as u64;
+                let changes = table.drop_owner(conn, now);
+                let mut released = Vec::new();
+                let mut timed_out = Vec::new();
+                if conn != 0 {
+                    for (&chunk, e) in model.chunks.iter_mut() {
+                        e.holders.retain(|h| {
+                            if h.conn == conn {
+                                released.push((id(chunk), h.client, h.generation));
+                            }
+                            h.conn != conn
+                        });
+                        e.queue.retain(|w| {
+                            if w.owner.conn == conn {
+                                timed_out.push(w.handle);
+                            }
+                            w.owner.conn != conn
+                        });
+                    }
                 }
                 let mut granted = granted_by(changes, &released, &timed_out);
                 for chunk in 0..CHUNKS {

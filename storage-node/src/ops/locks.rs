@@ -1,7 +1,10 @@
 //! Chunk locks on the data plane: `lock` (take, wait for, or renew a lock),
 //! `unlock`, and the authorization every chunk operation passes first: a
 //! lock token this node issued for a lock still held, or an implicit lock
-//! taken for the operation and released right after it.
+//! taken for the operation and released right after it. The lock is also
+//! the operation's fence: [`Shard::fence`] checks it again right before the
+//! operation touches the disk, so an operation whose lock lapsed (or was
+//! released with its connection) while it waited is refused then.
 //!
 //! The table itself ([`crate::lock_table`]) is pure bookkeeping; this file
 //! turns its changes into messages: waiters are one-shot channels, granted
@@ -9,8 +12,9 @@
 //! grant whose requester went away is released again at once.
 
 use super::OpError;
+use crate::chunk_store::StoreError;
 use crate::conn::{Outgoing, Tx};
-use crate::lock_table::{Acquire, Changes, Grant, LockError, Mode};
+use crate::lock_table::{Acquire, Changes, Grant, LockError, Mode, Owner};
 use crate::shard::Shard;
 use futures::channel::oneshot;
 use ringfs_schema::frame::{Header, LockMode, Op, Status, Token};
@@ -36,11 +40,12 @@ fn lock_mode(m: Mode) -> LockMode {
     }
 }
 
-/// How a request is authorized: by a held lock, or by an implicit lock to
-/// release after the operation (with [`Shard::end_auth`]).
-pub(super) enum Auth {
-    Token,
-    Implicit { client: u64, generation: u64 },
+/// How a request is authorized: by a lock held with a token, or by an
+/// implicit lock to release after the operation (with [`Shard::end_auth`]).
+pub(super) struct Auth {
+    client: u64,
+    generation: u64,
+    implicit: bool,
 }
 
 impl Shard {
@@ -97,7 +102,8 @@ impl Shard {
         }
     }
 
-    /// Takes a lock, waiting up to `timeout` (FIFO) if it is not free.
+    /// Takes a lock for `owner`, waiting up to `timeout` (FIFO) if it is
+    /// not free.
     pub(crate) async fn acquire(
         &self,
         chunk: ChunkId,
@@ -105,6 +111,7 @@ impl Shard {
         mode: Mode,
         lease: Duration,
         timeout: Duration,
+        owner: Owner,
     ) -> Result<Grant, OpError> {
         let now = Instant::now();
         let (tx, rx) = oneshot::channel();
@@ -112,10 +119,11 @@ impl Shard {
         let r = self
             .locks
             .borrow_mut()
-            .acquire(chunk, client, mode, lease, now, wait);
+            .acquire(chunk, client, mode, lease, now, wait, owner);
         match r {
             Acquire::Granted(g) => Ok(g),
             Acquire::Busy => Err(OpError(Status::Busy, format!("chunk {chunk} is locked"))),
+            Acquire::Full => Err(table_full()),
             Acquire::Queued => {
                 self.cfg.metrics.lock_waited();
                 match rx.await {
@@ -159,12 +167,21 @@ impl Shard {
             })
     }
 
-    /// Authorizes a chunk operation needing `need`: a valid token, or an
-    /// implicit lock taken now.
-    pub(super) async fn authorize(&self, h: &Header, need: Mode) -> Result<Auth, OpError> {
+    /// Authorizes a chunk operation needing `need`, asked on connection
+    /// `conn`: a valid token, or an implicit lock taken now.
+    pub(super) async fn authorize(
+        &self,
+        h: &Header,
+        need: Mode,
+        conn: u64,
+    ) -> Result<Auth, OpError> {
         if h.token.is_present() {
             self.check_token(h.chunk_id, &h.token, need)?;
-            return Ok(Auth::Token);
+            return Ok(Auth {
+                client: h.token.client_id,
+                generation: h.token.generation,
+                implicit: false,
+            });
         }
         match mode_of(h.implicit_lock) {
             None => Err(OpError(
@@ -183,23 +200,52 @@ impl Shard {
                         m,
                         self.cfg.implicit_lease,
                         Duration::from_millis(h.timeout_ms as u64),
+                        Owner {
+                            conn,
+                            explicit: false,
+                        },
                     )
                     .await?;
-                Ok(Auth::Implicit {
+                Ok(Auth {
                     client: h.client_id,
                     generation: g.generation,
+                    implicit: true,
                 })
             }
         }
     }
 
+    /// The fence of an operation authorized by `auth`: its lock must still
+    /// be held, unexpired, in a mode permitting `need`. Called right before
+    /// the operation's disk I/O.
+    pub(super) fn fence(&self, chunk: ChunkId, auth: &Auth, need: Mode) -> Result<(), StoreError> {
+        failpoint!("ops::fence", |_| Err(StoreError::Fenced(
+            "injected by failpoint ops::fence".into()
+        )));
+        self.locks
+            .borrow()
+            .validate(chunk, auth.client, auth.generation, need, Instant::now())
+            .map(drop)
+            .map_err(|e| {
+                StoreError::Fenced(format!(
+                    "chunk {chunk}: the lock of this operation lapsed before it was applied ({e}); \
+                     nothing was applied"
+                ))
+            })
+    }
+
     pub(super) fn end_auth(&self, chunk: ChunkId, auth: Auth) {
-        if let Auth::Implicit { client, generation } = auth {
-            let _ = self.release(chunk, client, generation);
+        if auth.implicit {
+            let _ = self.release(chunk, auth.client, auth.generation);
         }
     }
 
-    pub(super) async fn op_lock(&self, h: &Header, tx: &Tx) -> Result<Option<Outgoing>, OpError> {
+    pub(super) async fn op_lock(
+        &self,
+        h: &Header,
+        tx: &Tx,
+        conn: u64,
+    ) -> Result<Option<Outgoing>, OpError> {
         self.check_shard(h.chunk_id)?;
         let mode = mode_of(h.lock_mode).ok_or_else(|| {
             OpError(
@@ -239,15 +285,29 @@ impl Shard {
                 g,
             ))));
         }
+        // Locks are for chunks this shard has (or reserved): a lock on an
+        // arbitrary id would only take room in the table.
+        if !self.store.contains(h.chunk_id) && self.reservations.borrow().get(h.chunk_id).is_none()
+        {
+            return Err(OpError(
+                Status::NotFound,
+                format!("chunk {} does not exist here", h.chunk_id),
+            ));
+        }
         let now = Instant::now();
         let timeout = Duration::from_millis(h.timeout_ms as u64);
         let (wtx, wrx) = oneshot::channel();
         let wait = (!timeout.is_zero()).then(|| (now + timeout, wtx));
-        let r = self
-            .locks
-            .borrow_mut()
-            .acquire(h.chunk_id, h.client_id, mode, lease, now, wait);
+        let owner = Owner {
+            conn,
+            explicit: true,
+        };
+        let r =
+            self.locks
+                .borrow_mut()
+                .acquire(h.chunk_id, h.client_id, mode, lease, now, wait, owner);
         match r {
+            Acquire::Full => Err(table_full()),
             Acquire::Granted(g) => Ok(Some(Outgoing::header(grant_frame(
                 Op::Lock,
                 h.client_id,
@@ -293,4 +353,12 @@ impl Shard {
             .map_err(|e| OpError(Status::BadToken, e.to_string()))?;
         Ok(Header::response_to(h, Status::Ok))
     }
+}
+
+/// The refusal of a lock when the shard's lock table is at its bound.
+fn table_full() -> OpError {
+    OpError(
+        Status::Unavailable,
+        "the shard's lock table is full (too many chunks locked or waited for)".into(),
+    )
 }

@@ -20,10 +20,26 @@ use crate::shard::Shard;
 use ringfs_schema::frame::{Header, Op, Status};
 use ringfs_schema::ids::ChunkId;
 
+pub(crate) use copy::{send_replace, Whole};
 pub(crate) use locks::LockWaiter;
 
 /// Why an operation failed: a status and a message for the error frame.
 pub(crate) struct OpError(pub(crate) Status, pub(crate) String);
+
+/// The error frame of `e` for request `h`; a stale version also says the
+/// replica's current version.
+pub(crate) fn store_error_frame(h: &Header, e: StoreError) -> Header {
+    let current = match &e {
+        StoreError::StaleVersion { current, .. } => Some(*current),
+        _ => None,
+    };
+    let OpError(status, msg) = e.into();
+    let mut r = Header::error_to(h, status, msg);
+    if let Some(v) = current {
+        r.version = v;
+    }
+    r
+}
 
 impl From<StoreError> for OpError {
     fn from(e: StoreError) -> Self {
@@ -32,6 +48,7 @@ impl From<StoreError> for OpError {
             StoreError::Checksum(..) => Status::Checksum,
             StoreError::InvalidArgument(_) => Status::InvalidArgument,
             StoreError::StaleVersion { .. } => Status::StaleVersion,
+            StoreError::Fenced(_) => Status::BadToken,
             StoreError::Io(..) | StoreError::Setup(_) => Status::Io,
         };
         OpError(status, e.to_string())
@@ -46,23 +63,25 @@ impl Shard {
         h: &Header,
         wb: Option<WriteBuf>,
         tx: &Tx,
+        conn: u64,
     ) -> Result<Option<Outgoing>, OpError> {
         let ok = |header| Ok(Some(Outgoing::header(header)));
         match h.op {
-            Op::Lock => self.op_lock(h, tx).await,
+            Op::Lock => self.op_lock(h, tx, conn).await,
             Op::Unlock => ok(self.op_unlock(h)?),
-            Op::Reserve => ok(self.op_reserve(h)?),
+            Op::Reserve => ok(self.op_reserve(h, conn)?),
             Op::Write => {
                 let wb = match wb {
                     Some(wb) => wb,
                     None => WriteBuf::new(h.offset, 0)?,
                 };
-                ok(self.op_write(h, wb).await?)
+                ok(self.op_write(h, wb, conn).await?)
             }
-            Op::Read => self.op_read(h).await.map(Some),
+            Op::Read => self.op_read(h, conn).await.map(Some),
             Op::ChunkInfo => ok(self.op_chunk_info(h)?),
-            Op::Delete => ok(self.op_delete(h).await?),
-            Op::CopyTo => ok(self.op_copy_to(h).await?),
+            Op::Digest => ok(self.op_digest(h)?),
+            Op::Delete => ok(self.op_delete(h, conn).await?),
+            Op::CopyTo => ok(self.op_copy_to(h, conn).await?),
             Op::LockGranted => Err(OpError(
                 Status::InvalidArgument,
                 "lockGranted is sent by nodes only".into(),

@@ -1,6 +1,7 @@
 //! A chunk's life on a shard: `reserve` (mint or accept a chunk id, check
 //! the space it will take, and hand out the write lock its writer needs)
-//! and `delete`.
+//! and `delete`, fenced by version: a replica newer than the version the
+//! delete names is kept.
 //!
 //! A reservation counts the bytes the chunk will occupy on disk (header and
 //! data in 4 KiB units, as `used` counts them) and lapses with its lock, so
@@ -8,7 +9,7 @@
 
 use super::OpError;
 use crate::chunk_file::MAX_CHUNK_SIZE;
-use crate::lock_table::{Acquire, Mode};
+use crate::lock_table::{Acquire, Mode, Owner};
 use crate::reservations::Reservation;
 use crate::shard::{on_disk, Shard};
 use ringfs_schema::frame::{Header, LockMode, Status};
@@ -17,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl Shard {
-    pub(super) fn op_reserve(&self, h: &Header) -> Result<Header, OpError> {
+    pub(super) fn op_reserve(&self, h: &Header, conn: u64) -> Result<Header, OpError> {
         let bytes = h.reserve_bytes;
         if bytes == 0 || bytes > MAX_CHUNK_SIZE {
             return Err(OpError(
@@ -34,9 +35,14 @@ impl Shard {
         self.reservations
             .borrow()
             .check(disk_bytes, free, outstanding)
-            .map_err(|e| {
-                self.cfg.metrics.reservation_refused();
-                OpError(Status::NoSpace, e.to_string())
+            .map_err(|e| match e {
+                crate::reservations::ReserveError::TooMany(_) => {
+                    OpError(Status::Unavailable, e.to_string())
+                }
+                _ => {
+                    self.cfg.metrics.reservation_refused();
+                    OpError(Status::NoSpace, e.to_string())
+                }
             })?;
         let id = match id {
             Some(id) => id,
@@ -50,8 +56,19 @@ impl Shard {
             lease,
             Instant::now(),
             None,
+            // The reservation goes with the connection that made it.
+            Owner {
+                conn,
+                explicit: true,
+            },
         ) {
             Acquire::Granted(g) => g,
+            Acquire::Full => {
+                return Err(OpError(
+                    Status::Unavailable,
+                    "the shard's lock table is full".into(),
+                ))
+            }
             _ => {
                 return Err(OpError(
                     Status::Internal,
@@ -120,12 +137,15 @@ impl Shard {
             .map_err(|e| OpError(Status::Io, e.to_string()))
     }
 
-    pub(super) async fn op_delete(&self, h: &Header) -> Result<Header, OpError> {
+    /// Deletes the chunk unless its version is above the request's.
+    pub(super) async fn op_delete(&self, h: &Header, conn: u64) -> Result<Header, OpError> {
         self.check_shard(h.chunk_id)?;
-        let auth = self.authorize(h, Mode::Write).await?;
-        let r = self.store.delete(h.chunk_id).await;
+        let auth = self.authorize(h, Mode::Write, conn).await?;
+        let r = self.store.delete(h.chunk_id, h.version).await;
         self.end_auth(h.chunk_id, auth);
-        r?;
+        if let Err(e) = r {
+            return Ok(super::store_error_frame(h, e));
+        }
         self.bad.borrow_mut().remove(&h.chunk_id);
         Ok(Header::response_to(h, Status::Ok))
     }

@@ -1,25 +1,44 @@
 //! `write`: a chunk write on this node and its forward to the rest of the
-//! chain, concurrently. The local part is [`crate::chunk_store`]'s (it picks
-//! the version and is durable before it returns); this file checks the
-//! chain and the write quorum, authorizes the write, forwards the payload
-//! with the version to the next hop along with the chain's tail, and
-//! answers how many replicas are durable (`quorum` when fewer than the
-//! write quorum).
+//! chain, concurrently; and the `replace` form of a write, which installs a
+//! whole chunk (a copy).
+//!
+//! A write carries the version it creates and the version the replica must
+//! hold (compare-and-set, [`crate::chunk_store::Cas`]), and the writer's
+//! CRCs of its payload, which the connection verified already. Every hop
+//! decides for itself: the payload goes on to the next hop even when this
+//! node refuses it (stale, unauthorized, fenced) or fails to write it, so
+//! one bad replica does not cut the chain. The answer says exactly which
+//! replicas of the chain hold the write durably (`durableMask`), and is
+//! `ok` when they are at least the write quorum, `quorum` when fewer but
+//! some, or this node's own error when none.
 
-use super::OpError;
-use crate::chunk_store::{SharedPayload, WriteBuf};
+use super::{store_error_frame, OpError};
+use crate::chunk_store::{Cas, SharedPayload, StoreError, WriteBuf};
+use crate::failpoint;
 use crate::lock_table::Mode;
 use crate::shard::Shard;
 use ringfs_schema::frame::{Header, Op, Status};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-/// How long a chain hop may take to acknowledge a forwarded write.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the rest of the chain did with a forwarded write.
+struct Downstream {
+    /// Bit i: chain[i] holds the write durably.
+    mask: u16,
+    /// Why some did not (empty when all did).
+    message: String,
+}
 
 impl Shard {
-    pub(super) async fn op_write(&self, h: &Header, wb: WriteBuf) -> Result<Header, OpError> {
+    pub(super) async fn op_write(
+        &self,
+        h: &Header,
+        wb: WriteBuf,
+        conn: u64,
+    ) -> Result<Header, OpError> {
         self.check_shard(h.chunk_id)?;
+        if h.replace {
+            return self.op_replace(h, wb, conn).await;
+        }
         let quorum = if h.write_quorum == 0 {
             h.chain.len() + 1
         } else {
@@ -42,64 +61,115 @@ impl Shard {
                 format!("the chain lists this node ({me}) again"),
             ));
         }
-        let auth = self.authorize(h, Mode::Write).await?;
-        let create = self.reservations.borrow().get(h.chunk_id).is_some();
-        if !create && !self.store.contains(h.chunk_id) {
-            self.end_auth(h.chunk_id, auth);
-            return Err(OpError(
-                Status::NotFound,
-                format!(
-                    "chunk {} does not exist and has no reservation here (reserve it first)",
-                    h.chunk_id
-                ),
-            ));
-        }
-        let forward = |payload: SharedPayload, version: u64| self.forward(h, payload, version);
-        let (local, downstream) = self
-            .store
-            .write(h.chunk_id, wb, h.version, create, forward)
-            .await;
-        self.end_auth(h.chunk_id, auth);
-        let info = local?;
-        let (down_ok, down_msg) = match downstream {
-            None | Some(Ok(0)) if h.chain.is_empty() => (0, String::new()),
-            Some(Ok(n)) => (n, String::new()),
-            Some(Err(msg)) => (0, msg),
-            None => (0, "not forwarded".into()),
+        let forward = |payload: SharedPayload| self.forward(h, payload);
+        let (local, down) = match self.authorize(h, Mode::Write, conn).await {
+            Err(OpError(status, msg)) => {
+                let payload = wb.share();
+                let down = forward(payload.clone()).await;
+                payload.recycle();
+                (Err(LocalError::Op(status, msg)), down)
+            }
+            Ok(auth) => {
+                failpoint::delay("ops::write::after_authorize").await;
+                let create = self.reservations.borrow().get(h.chunk_id).is_some();
+                let cas = Cas {
+                    expected: h.expected,
+                    version: h.version,
+                };
+                let fence = || self.fence(h.chunk_id, &auth, Mode::Write);
+                let (local, down) = self
+                    .store
+                    .write(h.chunk_id, wb, &h.crcs, cas, create, &fence, forward)
+                    .await;
+                self.end_auth(h.chunk_id, auth);
+                (local.map_err(LocalError::Store), down)
+            }
         };
-        let durable = 1 + down_ok;
+        let mask = u16::from(local.is_ok()) | (down.mask << 1);
+        let durable = mask.count_ones() as usize;
+        if durable == 0 {
+            return Ok(match local {
+                Err(LocalError::Store(e)) => store_error_frame(h, e),
+                Err(LocalError::Op(status, msg)) => Header::error_to(h, status, msg),
+                Ok(_) => unreachable!("a local success counts"),
+            });
+        }
         let mut r = Header::response_to(h, Status::Ok);
-        r.version = info.version;
-        r.chunk_length = info.length;
-        r.durable_replicas = durable.min(255) as u8;
+        r.version = h.version;
+        r.durable_mask = mask;
+        r.durable_replicas = durable as u8;
+        if let Ok(info) = &local {
+            r.chunk_length = info.length;
+        }
         if durable < quorum {
             r.status = Status::Quorum;
-            r.message =
-                format!("write durable on {durable} of {quorum} required replicas: {down_msg}");
+            let local_msg = match &local {
+                Ok(_) => String::new(),
+                Err(e) => format!("this node: {e}; "),
+            };
+            r.message = format!(
+                "write durable on {durable} of {quorum} required replicas: {local_msg}{}",
+                down.message
+            );
         }
         Ok(r)
     }
 
-    /// Forwards a write to the next hop of its chain; returns the number of
-    /// durable replicas downstream, or why none.
-    async fn forward(
-        &self,
-        h: &Header,
-        payload: SharedPayload,
-        version: u64,
-    ) -> Result<usize, String> {
-        let Some(next) = h.chain.first() else {
-            return Ok(0);
+    /// A replace: the chunk becomes exactly the payload (see
+    /// [`crate::chunk_store::ChunkStore::replace`]). Never chained.
+    async fn op_replace(&self, h: &Header, wb: WriteBuf, conn: u64) -> Result<Header, OpError> {
+        if !h.chain.is_empty() {
+            return Err(OpError(
+                Status::InvalidArgument,
+                "a replace goes to one replica: no chain".into(),
+            ));
+        }
+        let auth = self.authorize(h, Mode::Write, conn).await?;
+        let create = self.reservations.borrow().get(h.chunk_id).is_some();
+        let cas = Cas {
+            expected: h.expected,
+            version: h.version,
         };
-        let peer = self
-            .peers
-            .get(&next.address)
-            .await
-            .map_err(|e| e.to_string())?;
+        let fence = || self.fence(h.chunk_id, &auth, Mode::Write);
+        let r = self
+            .store
+            .replace(h.chunk_id, wb, &h.crcs, cas, create, &fence)
+            .await;
+        self.end_auth(h.chunk_id, auth);
+        match r {
+            Ok(info) => {
+                self.bad.borrow_mut().remove(&h.chunk_id);
+                let mut r = Header::response_to(h, Status::Ok);
+                r.version = info.version;
+                r.chunk_length = info.length;
+                r.durable_mask = 1;
+                r.durable_replicas = 1;
+                Ok(r)
+            }
+            Err(e) => Ok(store_error_frame(h, e)),
+        }
+    }
+
+    /// Forwards a write to the next hop of its chain, unchanged but for the
+    /// chain's tail and the hop's token.
+    async fn forward(&self, h: &Header, payload: SharedPayload) -> Downstream {
+        let Some(next) = h.chain.first() else {
+            return Downstream {
+                mask: 0,
+                message: String::new(),
+            };
+        };
+        let failed = |message: String| Downstream { mask: 0, message };
+        let peer = match self.peers.get(&next.address).await {
+            Ok(p) => p,
+            Err(e) => return failed(e.to_string()),
+        };
         let mut fh = Header::request(0, Op::Write);
         fh.chunk_id = h.chunk_id;
         fh.offset = h.offset;
-        fh.version = version;
+        fh.version = h.version;
+        fh.expected = h.expected;
+        fh.crcs = h.crcs.clone();
         fh.chain = h.chain[1..].to_vec();
         fh.write_quorum = 0;
         if next.token.is_present() {
@@ -109,16 +179,44 @@ impl Shard {
             fh.client_id = h.client_id;
             fh.timeout_ms = h.timeout_ms;
         }
-        // A hung next hop must not hold this chunk's write lock forever.
+        // A hung next hop must not hold this chunk's write lock forever;
+        // a send cut by the timeout never reuses its connection.
+        let timeout = self.cfg.forward_timeout;
         let call = async { Ok(peer.call(fh, payload.as_bytes()).await) };
-        let (resp, _) = glommio::timer::timeout(FORWARD_TIMEOUT, call)
-            .await
-            .map_err(|_| format!("{} did not answer within {FORWARD_TIMEOUT:?}", next.address))?
-            .map_err(|e| e.to_string())?;
-        match resp.status {
-            Status::Ok => Ok(resp.durable_replicas as usize),
-            Status::Quorum if resp.durable_replicas > 0 => Ok(resp.durable_replicas as usize),
-            s => Err(format!("{} replied {s:?}: {}", next.address, resp.message)),
+        let resp = match glommio::timer::timeout(timeout, call).await {
+            Err(_) => {
+                return failed(format!(
+                    "{} did not answer within {timeout:?}",
+                    next.address
+                ))
+            }
+            Ok(Err(e)) => return failed(e.to_string()),
+            Ok(Ok((resp, _))) => resp,
+        };
+        // The next hop answers for itself and the hops after it: at most
+        // the chain's length of bits.
+        let hops = h.chain.len() as u32;
+        let mask = resp.durable_mask & ((1u32 << hops) - 1) as u16;
+        let message = match resp.status {
+            Status::Ok => String::new(),
+            s => format!("{} replied {s:?}: {}", next.address, resp.message),
+        };
+        Downstream { mask, message }
+    }
+}
+
+/// Why this node did not apply a write: refused before the store (by the
+/// lock), or by the store.
+enum LocalError {
+    Op(Status, String),
+    Store(StoreError),
+}
+
+impl std::fmt::Display for LocalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalError::Op(s, m) => write!(f, "{s:?}: {m}"),
+            LocalError::Store(e) => write!(f, "{e}"),
         }
     }
 }

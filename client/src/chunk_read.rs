@@ -1,0 +1,239 @@
+//! The read path of the replica protocol: reads fail over between
+//! replicas; every block a node returns is checked against the CRC it
+//! stored (so a bit flipped on the node, on the wire or in this process is
+//! caught, and that replica is treated as damaged); a replica behind the
+//! record is never served. A replica that failed its checksum is repaired
+//! from a good one after the read, copy-then-swap, and reported.
+
+use std::collections::HashMap;
+
+use futures::{StreamExt, TryStreamExt};
+use ringfs_schema::crc::CRC_BLOCK;
+use ringfs_schema::frame::{Header, LockMode, Op, Status};
+use ringfs_schema::{ChunkId, Version};
+
+use crate::chunk_io::{chunk_id, ms, ChunkIo, PIPELINE};
+use crate::control::ChunkRecord;
+use crate::error::{Error, Result};
+use crate::node_conn::status_error;
+use crate::replica_policy as policy;
+
+impl ChunkIo {
+    /// Reads `buf` at file `offset` from the chunks in `records` (by index;
+    /// holes absent), chunk pieces concurrently.
+    pub(crate) async fn read_range(
+        &self,
+        records: &HashMap<u64, ChunkRecord>,
+        cs: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let mut pieces = Vec::new();
+        let mut rest = buf;
+        let mut at = offset;
+        while !rest.is_empty() {
+            let index = at / cs;
+            let in_chunk = at - index * cs;
+            let take = ((cs - in_chunk) as usize).min(rest.len());
+            let (piece, tail) = rest.split_at_mut(take);
+            pieces.push((records.get(&index).cloned(), in_chunk, piece));
+            rest = tail;
+            at += take as u64;
+        }
+        futures::stream::iter(
+            pieces
+                .into_iter()
+                .map(|(rec, off, piece)| self.read_piece(rec, cs, off, piece)),
+        )
+        .buffer_unordered(PIPELINE)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+
+    /// Fills `buf` with the chunk bytes at `offset` of record `rec` (`None`:
+    /// a hole), failing over between replicas.
+    async fn read_piece(
+        &self,
+        rec: Option<ChunkRecord>,
+        chunk_size: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let Some(rec) = rec else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let valid = (rec.length as u64)
+            .saturating_sub(offset)
+            .min(buf.len() as u64) as usize;
+        buf[valid..].fill(0);
+        if valid == 0 {
+            return Ok(());
+        }
+        let id = chunk_id(rec.chunk_id);
+        let order = policy::read_order(
+            &rec.replicas,
+            rec.index,
+            |n| self.is_up(n),
+            |n| {
+                self.endpoint(id, n)
+                    .map_or(0, |addr| self.pool.in_flight(&addr))
+            },
+        );
+        let mut errors = Vec::new();
+        let mut corrupt = Vec::new();
+        for node_id in order {
+            match self
+                .read_replica(id, node_id, rec.version, offset, &mut buf[..valid])
+                .await
+            {
+                Ok(good_version) => {
+                    for bad in corrupt {
+                        // Best effort: a failed repair leaves the replica
+                        // as it was (refusing reads); the read succeeded.
+                        let repaired = self
+                            .repair(id, bad, node_id, good_version, chunk_size)
+                            .await
+                            .is_ok();
+                        if repaired {
+                            self.repairs.set(self.repairs.get() + 1);
+                        }
+                        self.cluster.report_bad(rec.chunk_id, bad, repaired).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if matches!(e, Error::Corrupt(_)) {
+                        corrupt.push(node_id);
+                    }
+                    errors.push(e);
+                }
+            }
+        }
+        for &bad in &corrupt {
+            self.cluster.report_bad(rec.chunk_id, bad, false).await;
+        }
+        let msg = format!(
+            "chunk {id} (index {}): no replica could be read: {}",
+            rec.index,
+            errors
+                .iter()
+                .map(Error::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        Err(policy::read_failure(&errors, msg))
+    }
+
+    /// Replaces `bad`'s replica of chunk `id` (it failed its checksum) with
+    /// a copy of `good`'s, at `good_version` (`chunk_size` bytes reserved
+    /// if `bad` lost the chunk): copy-then-swap on `bad`, fenced on the
+    /// version it holds, so a failed repair leaves it as it was and a
+    /// replica a write made newer meanwhile is never replaced.
+    async fn repair(
+        &self,
+        id: ChunkId,
+        bad: u64,
+        good: u64,
+        good_version: Version,
+        chunk_size: u64,
+    ) -> Result<()> {
+        let held = match self.info(id, bad).await {
+            Ok((v, _)) => v,
+            Err(Error::NotFound(_)) => Version::NONE,
+            Err(e) => return Err(e),
+        };
+        if held > good_version {
+            return Err(Error::StaleVersion(format!(
+                "chunk {id}: node {bad} holds {held}, newer than the good replica's {good_version}"
+            )));
+        }
+        self.copy_replica(id, good, good_version, bad, held, chunk_size)
+            .await
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of `node_id`'s replica of `id`,
+    /// which must be at `version` or newer, checking every block against
+    /// its stored CRC; returns the replica's version.
+    async fn read_replica(
+        &self,
+        id: ChunkId,
+        node_id: u64,
+        version: Version,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Version> {
+        let addr = self.endpoint(id, node_id)?;
+        let mut h = Header::request(0, Op::Read);
+        h.chunk_id = id;
+        h.offset = offset;
+        h.length = buf.len() as u32;
+        h.client_id = self.client_id;
+        h.implicit_lock = LockMode::Read;
+        h.timeout_ms = ms(self.options.lock_wait);
+        let (r, payload) = self.call(&addr, h, &[], true).await?;
+        if r.status != Status::Ok {
+            return Err(status_error(&r, &addr));
+        }
+        // A replica behind the committed record (it missed a write) must
+        // not be served: try another.
+        let skip = offset.checked_sub(r.offset).map(|s| s as usize);
+        let got = skip.map_or(0, |s| payload.len().saturating_sub(s));
+        if !policy::replica_is_current(r.version, version, got, buf.len()) {
+            return Err(Error::unavailable(format!(
+                "storage node {addr}: replica of chunk {id} is stale (version {} < {version} \
+                 or {got} of {} bytes)",
+                r.version,
+                buf.len()
+            )));
+        }
+        if let Err(block) = verify_blocks(r.offset, &payload, &r.crcs) {
+            return Err(Error::Corrupt(format!(
+                "storage node {addr}: chunk {id}: block {block} does not match the CRC the node \
+                 stored (damaged on the node, on the wire or in memory)"
+            )));
+        }
+        let s = skip.unwrap_or(0);
+        buf.copy_from_slice(&payload[s..s + buf.len()]);
+        crate::node_conn::recycle_payload(payload);
+        Ok(r.version)
+    }
+}
+
+/// Checks the whole blocks of a read answer (from chunk offset `start`, a
+/// block boundary) against the CRCs the node stored; the index of the first
+/// block that fails (or of the first one without a CRC).
+fn verify_blocks(start: u64, data: &[u8], crcs: &[u32]) -> std::result::Result<(), u64> {
+    if !start.is_multiple_of(CRC_BLOCK) {
+        return Err(0);
+    }
+    for (i, block) in data.chunks(CRC_BLOCK as usize).enumerate() {
+        match crcs.get(i) {
+            Some(&c) if crc32c::crc32c(block) == c => {}
+            _ => return Err(start / CRC_BLOCK + i as u64),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_checked_against_their_stored_crcs() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let crcs: Vec<u32> = data.chunks(4096).map(crc32c::crc32c).collect();
+        assert_eq!(verify_blocks(8192, &data, &crcs), Ok(()));
+        let mut bad = data.clone();
+        bad[9000] ^= 0x10;
+        assert_eq!(verify_blocks(8192, &bad, &crcs), Err(4));
+        assert_eq!(
+            verify_blocks(8192, &data, &crcs[..2]),
+            Err(4),
+            "a CRC missing"
+        );
+        assert_eq!(verify_blocks(100, &data, &crcs), Err(0), "not on the grid");
+    }
+}
