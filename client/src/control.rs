@@ -407,6 +407,24 @@ impl ControlClient {
         Ok(())
     }
 
+    /// chmod and/or utimes (`None`: unchanged); returns the new attributes.
+    pub async fn set_attr(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr> {
+        let mut req = self.control.set_attr_request();
+        let mut p = req.get();
+        p.set_path(path);
+        p.set_set_mode(mode.is_some());
+        p.set_mode(mode.unwrap_or(0));
+        p.set_set_mtime(mtime_ns.is_some());
+        p.set_mtime_ns(mtime_ns.unwrap_or(0));
+        let reply = req.send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
     /// Attributes of `path`.
     pub async fn stat(&self, path: &str) -> Result<Attr> {
         let mut req = self.control.stat_request();

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ringfs_client::human;
+use ringfs_client::mount::MountArgs;
 use ringfs_client::{Attr, Client, CreateOptions, Error, Kind, OpenOptions};
 use serde_json::json;
 
@@ -100,6 +101,9 @@ enum Cmd {
         #[arg(long)]
         verify: bool,
     },
+    /// Mount ringfs on a directory (FUSE) until unmounted (SIGTERM, Ctrl-C,
+    /// `fusermount3 -u DIR`); see docs/client.md.
+    Mount(MountArgs),
 }
 
 /// `println!` that returns an error (a closed pipe, `ringfs status | head`)
@@ -127,6 +131,18 @@ fn main() -> ExitCode {
             ringfs_ops::flag_file::print(&Cli::command(), &matches)
         );
         return ExitCode::SUCCESS;
+    }
+    if let Cmd::Mount(args) = &cli.cmd {
+        // Not on a LocalSet: the mount runs its own threads.
+        let mounted = control_addr(cli.control.as_deref())
+            .and_then(|addr| ringfs_client::mount::cli::run(addr, args));
+        return match mounted {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringfs: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match ringfs_client::local(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,6 +214,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Mv { from, to } => cmd_mv(&c, &from, &to).await,
         Cmd::Fsck { verify } => cmd_fsck(&c, json, verify).await,
         Cmd::Status => cmd_status(&c, json).await,
+        // Served by `main` before any connection exists.
+        Cmd::Mount(_) => bail!("mount runs outside the async client"),
     }
 }
 

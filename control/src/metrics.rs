@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
-const CONTROL_METHODS: [&str; 17] = [
+const CONTROL_METHODS: [&str; 18] = [
     "hello",
     "create",
     "mkdir",
@@ -43,6 +43,7 @@ const CONTROL_METHODS: [&str; 17] = [
     "report_bad_replica",
     "chunk_health",
     "leave",
+    "set_attr",
 ];
 
 /// Method names of the `FileHandle` interface, by method id.

@@ -198,6 +198,22 @@ impl control::Server for ControlImpl {
         })
     }
 
+    fn set_attr(
+        self: CapRc<Self>,
+        params: control::SetAttrParams,
+        mut results: control::SetAttrResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let m = Mutation::SetAttr {
+                path: text(p.get_path())?,
+                mode: p.get_set_mode().then(|| p.get_mode()),
+                mtime_ns: p.get_set_mtime().then(|| p.get_mtime_ns()),
+            };
+            self.mutate_attr(m, results.get().init_attr()).await
+        })
+    }
+
     fn stat(
         self: CapRc<Self>,
         params: control::StatParams,

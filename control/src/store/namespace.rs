@@ -384,6 +384,35 @@ pub(super) fn remove(
     Ok(Outcome::Done)
 }
 
+/// chmod and/or utimes of the file or directory at `path`; bumps its
+/// version.
+pub(super) fn set_attr(
+    txn: &WriteTransaction,
+    path: &str,
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+) -> Result<Outcome> {
+    if let Some(mode) = mode.filter(|m| *m > 0o7777) {
+        return Err(ControlError::InvalidArgument(format!(
+            "mode {mode:o} has bits beyond 0o7777"
+        )));
+    }
+    let comps = components(path)?;
+    let mut inodes = txn.open_table(INODES)?;
+    let dirents = txn.open_table(DIRENTS)?;
+    let (ino, mut attr) = resolve(&inodes, &dirents, path, &comps)?;
+    // Every check has passed: from here on only writes.
+    if let Some(mode) = mode {
+        attr.mode = mode;
+    }
+    if let Some(t) = mtime_ns {
+        attr.mtime_ns = t;
+    }
+    attr.version += 1;
+    inodes.insert(ino, attr.encode().as_slice())?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
 pub(super) fn rename(txn: &WriteTransaction, from: &str, to: &str, now_ns: i64) -> Result<Outcome> {
     let mut inodes = txn.open_table(INODES)?;
     let mut dirents = txn.open_table(DIRENTS)?;
