@@ -54,14 +54,16 @@ class Client:
         ctl = await Control.connect(address)
         return cls(ctl, request_timeout=request_timeout, lock_wait=lock_wait)
 
-    def close(self):
-        self.io.pool.close()
+    async def close(self):
+        """Closes the connections to the nodes (open files' handles end
+        with the control connection, when the client is dropped)."""
+        await self.io.pool.close()
 
     async def __aenter__(self):
         return self
 
     async def __aexit__(self, *exc):
-        self.close()
+        await self.close()
 
     # ------------------------------------------------------- namespace
 

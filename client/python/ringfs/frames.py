@@ -126,8 +126,15 @@ class NodeConn:
             return fut.result()
         except asyncio.TimeoutError:
             raise errors.Timeout(f"storage node {self.address}: no answer within {timeout} s") from None
+        except OSError as e:
+            if isinstance(e, errors.RingfsError):
+                raise
+            self._fail(f"connection lost: {e}")
+            raise errors.Unavailable(f"storage node {self.address}: connection lost: {e}") from None
         finally:
             self._pending.pop(rid, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: the caller got the failure
 
     async def _drain_and_wait(self, fut):
         await self._writer.drain()
@@ -164,15 +171,19 @@ class NodeConn:
         self._fail(why)
 
     def _fail(self, why):
+        if self._broken is not None:
+            return
         self._broken = why
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(errors.Unavailable(f"storage node {self.address}: {why}"))
         self._writer.close()
 
-    def close(self):
-        self._reading.cancel()
+    async def close(self):
         self._fail("closed")
+        # Closing the transport ends the read loop (its read fails).
+        await asyncio.wait({self._reading}, timeout=1.0)
+        self._reading.cancel()
 
 
 class NodePool:
@@ -180,20 +191,33 @@ class NodePool:
 
     def __init__(self, connect_timeout=10.0):
         self._conns = {}
+        self._opening = {}
         self._timeout = connect_timeout
 
     async def get(self, address):
         c = self._conns.get(address)
-        if c is None or not c.usable:
-            c = await NodeConn.open(address, self._timeout)
+        if c is not None and c.usable:
+            return c
+        # Concurrent callers share one connection attempt: a second one
+        # would be orphaned, its read loop never closed.
+        opening = self._opening.get(address)
+        if opening is None:
+            opening = asyncio.ensure_future(NodeConn.open(address, self._timeout))
+            self._opening[address] = opening
+            try:
+                c = await opening
+            finally:
+                del self._opening[address]
+            if address in self._conns:
+                await self._conns[address].close()
             self._conns[address] = c
-        return c
+            return c
+        return await asyncio.shield(opening)
 
     def in_flight(self, address):
         c = self._conns.get(address)
         return c.in_flight if c is not None and c.usable else 0
 
-    def close(self):
-        for c in self._conns.values():
-            c.close()
-        self._conns.clear()
+    async def close(self):
+        conns, self._conns = list(self._conns.values()), {}
+        await asyncio.gather(*(c.close() for c in conns))

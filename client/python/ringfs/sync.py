@@ -74,6 +74,7 @@ class Client:
 
     def __init__(self, address, **options):
         self._files = weakref.WeakSet()
+        self._c = None
         self._loop = _Loop()
         try:
             self._c = self._loop.run(aclient.Client.connect(address, **options))
@@ -87,47 +88,53 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
+    def _do(self, call):
+        """Runs `call(asyncio client)` (a coroutine) on the loop thread."""
+        if self._c is None:
+            raise ValueError("the ringfs client is closed")
+        return self._loop.run(call(self._c))
+
     def close(self):
-        """Closes the client's open files, then the connections."""
-        if self._loop is not None:
+        """Closes the client's open files, then the connections. Closing
+        twice is fine."""
+        if self._c is not None:
             for f in list(self._files):
                 f.close()
             self._loop.run(self._close())
             self._loop.stop()
-            self._loop = None
 
     async def _close(self):
-        self._c.close()
+        await self._c.close()
         # Dropped here, on the loop's thread (see `_on_loop`).
         self._c = None
-        await asyncio.sleep(0)
 
     def mkdir(self, path, mode=0o755):
-        return self._loop.run(self._c.mkdir(path, mode))
+        return self._do(lambda c: c.mkdir(path, mode))
 
     def rmdir(self, path):
-        self._loop.run(self._c.rmdir(path))
+        self._do(lambda c: c.rmdir(path))
 
     def unlink(self, path):
-        self._loop.run(self._c.unlink(path))
+        self._do(lambda c: c.unlink(path))
 
     def rename(self, src, dst):
-        self._loop.run(self._c.rename(src, dst))
+        self._do(lambda c: c.rename(src, dst))
 
     def stat(self, path):
-        return self._loop.run(self._c.stat(path))
+        return self._do(lambda c: c.stat(path))
 
     def create(self, path, **layout):
-        return self._loop.run(self._c.create(path, **layout))
+        return self._do(lambda c: c.create(path, **layout))
 
     def list(self, path):
         """`[(name, Attr)]` of every entry of the directory."""
         async def collect():
             return [e async for e in self._c.list(path)]
-        return self._loop.run(collect())
+
+        return self._do(lambda c: collect())
 
     def open(self, path, mode="rb", **options):
-        f = File(self._loop, self._loop.run(self._c.open(path, mode, **options)))
+        f = File(self._loop, self._do(lambda c: c.open(path, mode, **options)))
         self._files.add(f)
         return f
 
