@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ringfs_tests::{binary, Cluster};
+use ringfs_tests::{binary, Cluster, NodeOptions};
 
 fn package_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/python")
@@ -25,25 +25,32 @@ fn python_deps_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn python_package_round_trips_interops_and_fails_over() {
-    if !python_deps_available() {
-        assert!(
-            std::env::var_os("RINGFS_REQUIRE_PYTHON").is_none(),
-            "python3 with pycapnp and crc32c is required (pip install ./client/python)"
-        );
-        eprintln!(
-            "SKIPPED: python3 with pycapnp and crc32c not found (pip install ./client/python)"
-        );
-        return;
+/// Whether the test can run: false (the test passes, saying so) only
+/// outside CI.
+fn python_ready() -> bool {
+    if python_deps_available() {
+        return true;
     }
-    let cl = Cluster::start(3);
-    let nodes: Vec<String> = (0..3)
-        .map(|i| format!("{}:{}", cl.node_id(i), cl.node(i).pid()))
+    assert!(
+        std::env::var_os("RINGFS_REQUIRE_PYTHON").is_none(),
+        "python3 with pycapnp and crc32c is required (pip install ./client/python)"
+    );
+    eprintln!("SKIPPED: python3 with pycapnp and crc32c not found (pip install ./client/python)");
+    false
+}
+
+/// Runs client/python/tests/cluster_test.py with `args` against `cl` and
+/// checks that it ended well and said `done`.
+fn run_python(cl: &Cluster, args: &[&str], done: &str) {
+    let nodes: Vec<String> = (0..cl.nodes.len())
+        .map(|i| {
+            let n = cl.node(i);
+            format!("{}:{}:{}", cl.node_id(i), n.pid(), n.data.display())
+        })
         .collect();
     let out = Command::new("python3")
         .arg(package_dir().join("tests/cluster_test.py"))
-        .arg("bench")
+        .args(args)
         // The package from this checkout, not an installed copy.
         .env("PYTHONPATH", package_dir())
         .env("RINGFS_CONTROL", cl.control.addr.to_string())
@@ -59,9 +66,38 @@ fn python_package_round_trips_interops_and_fails_over() {
         out.status.success(),
         "python cluster test failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("python cluster test: all ok"), "{stdout}");
+    assert!(stdout.contains(done), "{stdout}");
     assert!(
         !stderr.contains("Task was destroyed"),
         "tasks left behind:\n{stderr}"
     );
+}
+
+#[test]
+fn python_package_round_trips_interops_and_fails_over() {
+    if !python_ready() {
+        return;
+    }
+    let cl = Cluster::start(3);
+    run_python(&cl, &["bench"], "python cluster test: all ok");
+}
+
+/// One node flips a bit in every read answer after its own CRC check: the
+/// Python client's check of the CRCs the node sent must catch it and read
+/// the other replica.
+#[test]
+fn python_package_catches_bits_flipped_in_flight() {
+    if !python_ready() {
+        return;
+    }
+    let mut cl = Cluster::start(1);
+    cl.start_node_with(
+        1,
+        &NodeOptions {
+            failpoints: Some("ops::read::flip_bit=return"),
+            ..NodeOptions::default()
+        },
+    );
+    cl.wait_up(2);
+    run_python(&cl, &["flip"], "python flip test: all ok");
 }

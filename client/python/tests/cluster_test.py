@@ -3,7 +3,7 @@ tests/tests/python_client.rs (which starts the control server, the nodes
 and passes their addresses and pids):
 
     RINGFS_CONTROL=host:port RINGFS_CLI=/path/to/ringfs \
-    RINGFS_NODES=id:pid,id:pid,id:pid python3 cluster_test.py [bench]
+    RINGFS_NODES=id:pid:datadir,... python3 cluster_test.py [bench]
 
 Exits non-zero on the first failure. `bench` also prints the sequential
 1 MiB-block write and read throughput of this package and of the Rust
@@ -26,8 +26,9 @@ from ringfs.sync import Client as SyncClient
 
 CONTROL = os.environ["RINGFS_CONTROL"]
 CLI = os.environ["RINGFS_CLI"]
-# node id -> the pid of that storage node's process
-PIDS = dict(tuple(map(int, n.split(":"))) for n in os.environ["RINGFS_NODES"].split(","))
+# node id -> (the pid of that storage node's process, its data directory)
+NODES = {int(i): (int(pid), d) for i, pid, d in
+         (n.split(":", 2) for n in os.environ["RINGFS_NODES"].split(","))}
 CHUNK = 64 * 1024
 
 
@@ -155,6 +156,40 @@ async def interop(c):
     print("  interop with the ringfs CLI both ways: ok")
 
 
+def corrupt(node_id, chunk_id, marker, at):
+    """Flips a byte `at` bytes into the data of `node_id`'s file of the
+    chunk (found by its first bytes `marker`), as silent disk corruption
+    would. The nodes in this test have one shard each."""
+    path = os.path.join(NODES[node_id][1], "shard-0", "%016x%016x.chunk" % chunk_id)
+    with open(path, "r+b") as g:
+        content = g.read()
+        start = content.index(marker)
+        g.seek(start + at)
+        g.write(bytes([content[start + at] ^ 0x5A]))
+        g.flush()
+        os.fsync(g.fileno())
+
+
+async def corrupt_replicas_are_never_served(c):
+    data = pattern(3 * 4096 + 100, 51)
+    async with await c.open("/rt/crc", "wb", chunk_size=CHUNK, replication=2) as f:
+        await f.write(data)
+    async with await c.open("/rt/crc", "rb") as f:
+        (rec,) = await f._handle.chunks(0, 1)
+        # The replica chunk 0 is read from first, then the other.
+        first, second = rec.replicas
+        corrupt(first, rec.chunk_id, data[:64], 5000)
+        assert await f.pread(0, len(data)) == data, "a corrupt replica's bytes were served"
+        corrupt(second, rec.chunk_id, data[:64], 9000)
+        try:
+            got = await f.pread(4096, 8192)
+        except errors.Corrupt as e:
+            print(f"  every replica corrupt: Corrupt: {e}"[:160])
+        else:
+            raise AssertionError(f"no error with every replica corrupt (got {got == data[4096:12288]})")
+    print("  a corrupt replica: failed over to the good one, never served")
+
+
 async def node_killed_during_read(c):
     n = 6 * CHUNK
     data = pattern(n, 31)
@@ -168,7 +203,7 @@ async def node_killed_during_read(c):
         # datapath.read_piece): kill it between two reads.
         rec = recs[0]
         victim = rec.replicas[(-rec.index) % len(rec.replicas)]
-        os.kill(PIDS[victim], signal.SIGKILL)
+        os.kill(NODES[victim][0], signal.SIGKILL)
         rest = await f.read()
     assert first + rest == data, "read across a killed node returned other bytes"
     print(f"  node {victim} killed during a read: the read failed over, bytes intact")
@@ -205,11 +240,31 @@ async def bench(c, mib=64):
           f"rust CLI put {rw:.1f} MiB/s get {rr:.1f} MiB/s")
 
 
+async def bits_flipped_in_flight_are_caught():
+    """Run against two nodes, one of which flips a bit in every read answer
+    after its own check (failpoint `ops::read::flip_bit`): only this
+    client's CRC check can catch it."""
+    async with await ringfs.Client.connect(CONTROL) as c:
+        data = pattern(4 * CHUNK, 61)
+        async with await c.open("/flip", "wb", chunk_size=CHUNK, replication=2) as f:
+            await f.write(data)
+        async with await c.open("/flip", "rb") as f:
+            # Chunk by chunk: the replica read first rotates with the
+            # index, so the flipping node is asked first for half of them.
+            for i in range(4):
+                got = await f.pread(i * CHUNK, CHUNK)
+                assert got == data[i * CHUNK:(i + 1) * CHUNK], f"chunk {i}: flipped bytes served"
+    print("python flip test: all ok")
+
+
 async def main():
+    if sys.argv[1:] == ["flip"]:
+        return await bits_flipped_in_flight_are_caught()
     async with await ringfs.Client.connect(CONTROL) as c:
         await round_trips(c)
         await overwrites_and_appends(c)
         await interop(c)
+        await corrupt_replicas_are_never_served(c)
         if "bench" in sys.argv[1:]:
             await bench(c, int(os.environ.get("RINGFS_BENCH_MIB", "64")))
     sync_api_and_bad_input()
