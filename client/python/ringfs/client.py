@@ -213,8 +213,8 @@ class File:
         self._check(reading=True)
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
-        if not self._writable:
-            # Readers see the last commit: the size may have grown.
+        if not self._writable and offset + len(buf) > self._size:
+            # Another client's commit may have grown the file since.
             self._size = (await self._handle.get_attr()).size
         n = max(0, min(len(buf), self._size - offset))
         if n == 0:

@@ -5,7 +5,8 @@ and passes their addresses and pids):
     RINGFS_CONTROL=host:port RINGFS_CLI=/path/to/ringfs \
     RINGFS_NODES=id:pid:datadir,... python3 cluster_test.py [bench]
 
-Exits non-zero on the first failure. `bench` also prints the sequential
+Exits non-zero on the first failure. `bench` also prints (`bench-only`:
+only prints) the sequential
 1 MiB-block write and read throughput of this package and of the Rust
 `ringfs` CLI on the same cluster.
 """
@@ -214,7 +215,7 @@ async def bench(c, mib=64):
     path = "/bench/py"
     await c.mkdir("/bench")
     t = time.perf_counter()
-    async with await c.open(path, "wb", replication=2, write_quorum=2) as f:
+    async with await c.open(path, "wb", replication=3, write_quorum=3) as f:
         for _ in range(mib):
             await f.write(block)
     w = mib / (time.perf_counter() - t)
@@ -230,12 +231,12 @@ async def bench(c, mib=64):
             for _ in range(mib):
                 g.write(block)
         t = time.perf_counter()
-        cli("put", "-r", "2", "-w", "2", src, "/bench/rust")
+        cli("put", "-r", "3", "-w", "3", src, "/bench/rust")
         rw = mib / (time.perf_counter() - t)
         t = time.perf_counter()
         cli("get", "/bench/rust", os.path.join(d, "dst"))
         rr = mib / (time.perf_counter() - t)
-    print(f"BENCH {mib} MiB, 1 MiB blocks, R=2 W=2, default chunk size: "
+    print(f"BENCH {mib} MiB, 1 MiB blocks, R=3 W=3, default chunk size: "
           f"python write {w:.1f} MiB/s read {r:.1f} MiB/s; "
           f"rust CLI put {rw:.1f} MiB/s get {rr:.1f} MiB/s")
 
@@ -260,6 +261,9 @@ async def bits_flipped_in_flight_are_caught():
 async def main():
     if sys.argv[1:] == ["flip"]:
         return await bits_flipped_in_flight_are_caught()
+    if sys.argv[1:] == ["bench-only"]:
+        async with await ringfs.Client.connect(CONTROL) as c:
+            return await bench(c, int(os.environ.get("RINGFS_BENCH_MIB", "64")))
     async with await ringfs.Client.connect(CONTROL) as c:
         await round_trips(c)
         await overwrites_and_appends(c)
