@@ -23,7 +23,6 @@ use crate::leases::{Acquire, Guid};
 use crate::records::Kind;
 use crate::store::{CreateOptions, Mutation, Outcome};
 
-/// The bootstrap capability; one per server, shared by every connection.
 /// The `Control` capability of one connection.
 pub(super) struct ControlImpl {
     pub(super) state: Rc<State>,
