@@ -24,12 +24,15 @@ class Frame:
     `(clientId, generation, mac)`, or None."""
 
     __slots__ = ("request_id", "op", "status", "message", "chunk_id", "offset", "version",
-                 "chunk_length", "durable_mask", "token", "crcs", "lease_ms", "payload")
+                 "chunk_length", "durable_mask", "token", "crcs", "lease_ms", "payload_length",
+                 "payload")
 
     @classmethod
-    def decode(cls, header, payload):
+    def decode(cls, header):
+        """The frame of `header` (its payload still to be read)."""
         f = cls()
         with data.FrameHeader.from_bytes(header, traversal_limit_in_words=MAX_HEADER) as h:
+            f.payload_length = h.payloadLength
             f.request_id = h.requestId
             f.op = str(h.op)
             f.status = str(h.status)
@@ -43,7 +46,7 @@ class Frame:
             f.token = (t.clientId, t.generation, bytes(t.mac)) if len(t.mac) else None
             f.crcs = list(h.crcs)
             f.lease_ms = h.leaseMs
-        f.payload = payload
+        f.payload = b""
         return f
 
 
@@ -148,14 +151,12 @@ class NodeConn:
                 if n < 8 or n > MAX_HEADER or n % 8:
                     why = f"bad header length {n}"
                     break
-                header = await self._reader.readexactly(n)
-                with data.FrameHeader.from_bytes(header, traversal_limit_in_words=MAX_HEADER) as h:
-                    plen = h.payloadLength
-                if plen > MAX_CHUNK_SIZE:
-                    why = f"payload length {plen} above {MAX_CHUNK_SIZE}"
+                f = Frame.decode(await self._reader.readexactly(n))
+                if f.payload_length > MAX_CHUNK_SIZE:
+                    why = f"payload length {f.payload_length} above {MAX_CHUNK_SIZE}"
                     break
-                payload = await self._reader.readexactly(plen) if plen else b""
-                f = Frame.decode(header, payload)
+                if f.payload_length:
+                    f.payload = await self._reader.readexactly(f.payload_length)
                 if f.status == "wait":
                     continue  # the grant (op lockGranted) follows with this id
                 fut = self._pending.get(f.request_id)
