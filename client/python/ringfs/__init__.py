@@ -21,7 +21,7 @@ import capnp
 from . import errors, sync
 from .client import Client, File
 from .control import Attr
-from .errors import *  # noqa: F401,F403  (the exception classes)
+from .errors import *  # noqa: F401,F403  (the exception classes, errors.__all__)
 
 
 def run(coro):
@@ -30,4 +30,4 @@ def run(coro):
     return asyncio.run(capnp.run(coro))
 
 
-__all__ = ["Client", "File", "Attr", "run", "sync", "errors"]
+__all__ = ["Client", "File", "Attr", "run", "sync", "errors"] + errors.__all__

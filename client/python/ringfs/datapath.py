@@ -337,15 +337,8 @@ class ChunkIO:
     async def write_range(self, layout, existing, offset, data, writer):
         """Writes `data` at file `offset` into the chunks it covers (the
         record of `existing[index]`, else a new chunk): the records to commit."""
-        cs = layout.chunk_size
-        mv = memoryview(data)
         jobs = []
-        at = 0
-        while at < len(mv):
-            pos = offset + at
-            index, in_chunk = divmod(pos, cs)
-            take = min(cs - in_chunk, len(mv) - at)
-            piece = mv[at:at + take]
+        for index, in_chunk, piece in split(offset, memoryview(data), layout.chunk_size):
             rec = existing.get(index)
             if rec is not None:
                 jobs.append(lambda rec=rec, o=in_chunk, p=piece:
@@ -353,7 +346,6 @@ class ChunkIO:
             else:
                 jobs.append(lambda i=index, o=in_chunk, p=piece:
                             self.write_new_chunk(layout, i, o, p, writer))
-            at += take
         return await _bounded(jobs)
 
     # ------------------------------------------------------------- reads
@@ -361,15 +353,8 @@ class ChunkIO:
     async def read_range(self, records, cs, offset, buf):
         """Fills `buf` (a writable memoryview) with the file bytes at
         `offset`, from the chunks in `records` (by index; holes absent)."""
-        jobs = []
-        at = 0
-        while at < len(buf):
-            pos = offset + at
-            index, in_chunk = divmod(pos, cs)
-            take = min(cs - in_chunk, len(buf) - at)
-            jobs.append(lambda r=records.get(index), o=in_chunk, b=buf[at:at + take]:
-                        self.read_piece(r, o, b))
-            at += take
+        jobs = [lambda r=records.get(index), o=in_chunk, b=piece: self.read_piece(r, o, b)
+                for index, in_chunk, piece in split(offset, buf, cs)]
         await self.nodes()
         await _bounded(jobs)
 
@@ -429,6 +414,17 @@ class ChunkIO:
             raise errors.Corrupt(f"storage node {address}: chunk {rec.chunk_id}: a block does not "
                                  f"match the CRC the node stored")
         out[:] = memoryview(r.payload)[skip:skip + len(out)]
+
+
+def split(offset, view, chunk_size):
+    """`view` (at file `offset`) cut at chunk boundaries: `(index, offset in
+    the chunk, piece)` for each chunk it covers."""
+    at = 0
+    while at < len(view):
+        index, in_chunk = divmod(offset + at, chunk_size)
+        take = min(chunk_size - in_chunk, len(view) - at)
+        yield index, in_chunk, view[at:at + take]
+        at += take
 
 
 def _durable(locked, mask):

@@ -50,6 +50,11 @@ BadToken = _error("BadToken", "bad_token", (), errno.EIO,
                   "A lock token is missing, stale or lapsed before the operation applied.")
 StaleVersion = _error("StaleVersion", "stale_version", (), errno.EIO, "A replica is not at the version a request expected.")
 
+__all__ = ["RingfsError", "NotFound", "Exists", "NotADirectory", "IsADirectory", "NotEmpty",
+           "InvalidArgument", "Busy", "PermissionDenied", "NoLease", "StaleHandle", "Unavailable",
+           "Internal", "VersionMismatch", "NoSpace", "Corrupt", "Quorum", "Timeout", "BadToken",
+           "StaleVersion"]
+
 # Control RPC: the `[code]` prefix of a Cap'n Proto exception's description.
 _CONTROL_CODES = {cls.code: cls for cls in (
     NotFound, Exists, NotADirectory, IsADirectory, NotEmpty, InvalidArgument, Busy,

@@ -11,7 +11,6 @@ only prints) the sequential
 `ringfs` CLI on the same cluster.
 """
 
-import asyncio
 import hashlib
 import io
 import os
