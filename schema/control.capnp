@@ -99,12 +99,17 @@ interface FileHandle {
   # dropping the capability, or when the client's connection ends.
 
   attr @0 () -> (attr :Attr);
-  getChunks @1 (firstIndex :UInt64, count :UInt32) -> (chunks :List(ChunkRecord));
+  getChunks @1 (firstIndex :UInt64, count :UInt32) -> (chunks :List(ChunkRecord), more :Bool);
   # Records of the chunks with index in [firstIndex, firstIndex + count),
-  # ascending; indexes with no record are holes.
+  # ascending, at most 4096 of them. `more` false: the answer is every
+  # record of the range, and an index with no record is a hole (zeros).
+  # `more` true: the range holds further records past the last one
+  # returned; ask again from its index + 1 (indexes between the records
+  # returned are holes either way).
   commitChunks @2 (chunks :List(ChunkRecord), fileSize :UInt64)
       -> (attr :Attr, repairs :List(ReplicaHint));
-  # Write handles only. Atomically stores the records (replacing any with the
+  # Write handles only. At most 4096 records per call (invalid_argument
+  # beyond). Atomically stores the records (replacing any with the
   # same index) and sets the file size: the commit is what makes data
   # visible. A record of the chunk already recorded at its index may not go
   # back to an older version; a record of another chunk must carry this
@@ -160,6 +165,8 @@ interface Control {
 
   hello @0 (protocolVersion :UInt32) -> (protocolVersion :UInt32, serverVersion :Text);
   # Fails with `version_mismatch` if the caller speaks another protocol.
+  # Must be the first call on a connection: until a hello succeeded, every
+  # other method of this capability fails with `version_mismatch`.
 
   # -- Namespace. Paths are absolute, '/'-separated, UTF-8. --
   create @1 (path :Text, options :CreateOptions) -> (attr :Attr);

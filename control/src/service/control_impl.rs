@@ -23,12 +23,26 @@ use crate::leases::{Acquire, Guid};
 use crate::records::Kind;
 use crate::store::{CreateOptions, Mutation, Outcome};
 
-/// The bootstrap capability; one per server, shared by every connection.
+/// The `Control` capability of one connection.
 pub(super) struct ControlImpl {
     pub(super) state: Rc<State>,
+    /// Whether this connection's `hello` succeeded: every other call is
+    /// refused until then, so a peer of another protocol version cannot
+    /// get anything done by skipping it.
+    pub(super) greeted: Cell<bool>,
 }
 
 impl ControlImpl {
+    /// `version_mismatch` until this connection's `hello` succeeded.
+    fn greeted(&self) -> Result<()> {
+        if self.greeted.get() {
+            return Ok(());
+        }
+        Err(ControlError::VersionMismatch(format!(
+            "call hello({PROTOCOL_VERSION}) first: no protocol version is agreed on this connection"
+        )))
+    }
+
     async fn mutate_attr(&self, m: Mutation, out: attr::Builder<'_>) -> Result<()> {
         match self.state.committer.submit(m).await? {
             Outcome::Attr(ino, a) => {
@@ -104,6 +118,7 @@ impl control::Server for ControlImpl {
                     "client speaks protocol {theirs}, this server speaks {PROTOCOL_VERSION}"
                 )));
             }
+            self.greeted.set(true);
             let mut r = results.get();
             r.set_protocol_version(PROTOCOL_VERSION);
             r.set_server_version(concat!("ringfs-control ", env!("CARGO_PKG_VERSION")));
@@ -117,6 +132,7 @@ impl control::Server for ControlImpl {
         mut results: control::CreateResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let o = p.get_options()?;
@@ -142,6 +158,7 @@ impl control::Server for ControlImpl {
         mut results: control::MkdirResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let m = Mutation::Mkdir {
                 path: text(p.get_path())?,
@@ -158,6 +175,7 @@ impl control::Server for ControlImpl {
         _: control::UnlinkResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let path = text(params.get()?.get_path())?;
             let m = Mutation::Unlink {
                 path,
@@ -173,6 +191,7 @@ impl control::Server for ControlImpl {
         _: control::RmdirResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let path = text(params.get()?.get_path())?;
             let m = Mutation::Rmdir {
                 path,
@@ -188,6 +207,7 @@ impl control::Server for ControlImpl {
         _: control::RenameResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let m = Mutation::Rename {
                 from: text(p.get_from())?,
@@ -220,6 +240,7 @@ impl control::Server for ControlImpl {
         mut results: control::StatResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let path = text(params.get()?.get_path())?;
             let (ino, a) = self.state.store.stat(&path)?;
             fill_attr(results.get().init_attr(), ino, &a);
@@ -233,6 +254,7 @@ impl control::Server for ControlImpl {
         mut results: control::ListResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let after = text(p.get_after())?;
@@ -259,6 +281,7 @@ impl control::Server for ControlImpl {
         mut results: control::OpenResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let write = p.get_mode()? == OpenMode::Write;
@@ -313,6 +336,7 @@ impl control::Server for ControlImpl {
         mut results: control::JoinResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             if !crate::store::constant_time_eq(p.get_secret()?, &self.state.secret) {
                 return Err(ControlError::PermissionDenied(
@@ -390,6 +414,7 @@ impl control::Server for ControlImpl {
         mut results: control::HeartbeatResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let id = p.get_node_id();
             let capacity = read_capacity(p.get_capacity()?);
@@ -457,6 +482,7 @@ impl control::Server for ControlImpl {
         _: control::ReportChunksResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let chunks = p
                 .get_chunks()?
@@ -500,6 +526,7 @@ impl control::Server for ControlImpl {
         _: control::ReportBadReplicaResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let chunk = read_chunk_id(p.get_chunk_id()?);
             let node = p.get_node_id();
@@ -532,6 +559,7 @@ impl control::Server for ControlImpl {
         mut results: control::LeaveResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let id = p.get_node_id();
             let was_up = self
@@ -555,6 +583,7 @@ impl control::Server for ControlImpl {
         mut results: control::ChunkHealthResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let limit = params.get()?.get_problem_limit().min(MAX_PROBLEMS) as usize;
             let map = self.state.store.chunk_map()?;
             let paths = if limit > 0 {
@@ -586,6 +615,7 @@ impl control::Server for ControlImpl {
         mut results: control::SubscribeResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let watcher = params.get()?.get_watcher()?;
             let id = self.state.next_watcher.get();
             self.state.next_watcher.set(id + 1);

@@ -17,8 +17,10 @@ use crate::error::{ControlError, Result};
 use crate::path::{components, split_last};
 use crate::records::{Inode, Kind, ROOT_INODE};
 
-/// Largest chunk size in bytes.
-pub const MAX_CHUNK_SIZE: u32 = 1 << 30;
+/// Largest chunk size in bytes: the largest chunk a storage node stores
+/// (64 MiB, `ringfs_schema::MAX_CHUNK_SIZE`). A larger chunk size would
+/// create files whose chunks no node can hold.
+pub const MAX_CHUNK_SIZE: u32 = ringfs_schema::MAX_CHUNK_SIZE as u32;
 /// Smallest chunk size in bytes (one O_DIRECT block).
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Most replicas a file may ask for.
@@ -225,7 +227,7 @@ pub fn validate_layout(defaults: &FileDefaults, o: &CreateOptions) -> Result<(u3
         || !chunk_size.is_multiple_of(MIN_CHUNK_SIZE)
     {
         return bad(format!(
-            "chunk size {chunk_size} must be a multiple of 4096 between 4 KiB and 1 GiB"
+            "chunk size {chunk_size} must be a multiple of 4096 between 4 KiB and 64 MiB"
         ));
     }
     let replication = if o.replication == 0 {
