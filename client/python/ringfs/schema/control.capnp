@@ -228,6 +228,15 @@ interface Control {
   # down, so re-replication starts after the repair grace as for any down
   # node; a restarted node joins again with its id and key. A control
   # server older than this method answers `unimplemented`.
+
+  # -- Attributes. --
+  setAttr @17 (path :Text, setMode :Bool, mode :UInt32, setMtime :Bool, mtimeNs :Int64)
+      -> (attr :Attr);
+  # chmod and utimes of a file or directory: sets the permission bits
+  # (`mode`, at most 0o7777) if `setMode`, the modification time if
+  # `setMtime`, both in one durable transaction, and bumps the version.
+  # Sizes change only through a write handle (commitChunks, setSize). A
+  # control server older than this method answers `unimplemented`.
 }
 
 interface NodeCommands {
