@@ -16,6 +16,8 @@
 # /etc/ringfs/secret to every host, and
 #   systemctl enable --now ringfs-control
 #   systemctl enable --now ringfs-node@<name>
+# and on clients, with control = "HOST:PORT" in /etc/ringfs/client.toml,
+#   systemctl enable --now ringfs-mount@$(systemd-escape --path /mnt/ringfs)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
         --bin-dir) bin_dir="$2"; shift 2 ;;
         --root) root="${2%/}"; systemctl=0; shift 2 ;;
         --no-systemctl) systemctl=0; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -54,7 +56,7 @@ owner ringfs:ringfs "$root/var/lib/ringfs"
 for b in ringfs-control ringfs-node ringfs; do
     install -m 0755 "$bin_dir/$b" "$root/usr/local/bin/$b"
 done
-install -m 0644 "$here/ringfs-control.service" "$here/ringfs-node@.service" "$root/etc/systemd/system/"
+install -m 0644 "$here/ringfs-control.service" "$here/ringfs-node@.service" "$here/ringfs-mount@.service" "$root/etc/systemd/system/"
 [ -e "$root/etc/ringfs/control.toml" ] || install -m 0640 "$here/control.toml" "$root/etc/ringfs/control.toml"
 install -m 0640 "$here/node.toml" "$root/etc/ringfs/node.toml.example"
 if [ ! -e "$root/etc/ringfs/secret" ]; then

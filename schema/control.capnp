@@ -104,12 +104,17 @@ interface FileHandle {
   # dropping the capability, or when the client's connection ends.
 
   attr @0 () -> (attr :Attr);
-  getChunks @1 (firstIndex :UInt64, count :UInt32) -> (chunks :List(ChunkRecord));
+  getChunks @1 (firstIndex :UInt64, count :UInt32) -> (chunks :List(ChunkRecord), more :Bool);
   # Records of the chunks with index in [firstIndex, firstIndex + count),
-  # ascending; indexes with no record are holes.
+  # ascending, at most 4096 of them. `more` false: the answer is every
+  # record of the range, and an index with no record is a hole (zeros).
+  # `more` true: the range holds further records past the last one
+  # returned; ask again from its index + 1 (indexes between the records
+  # returned are holes either way).
   commitChunks @2 (chunks :List(ChunkRecord), fileSize :UInt64, requestId :Data)
       -> (attr :Attr, repairs :List(ReplicaHint));
-  # Write handles only. Atomically stores the records (replacing any with the
+  # Write handles only. At most 4096 records per call (invalid_argument
+  # beyond). Atomically stores the records (replacing any with the
   # same index) and sets the file size: the commit is what makes data
   # visible. A record of the chunk already recorded at its index may not go
   # back to an older version; a record of another chunk must carry this
@@ -172,6 +177,8 @@ interface Control {
   # does; a replica only while it is the Raft leader). leaderAddress: the
   # leader's RPC address as this replica knows it (empty when unknown or
   # when this is the leader). replicated: the control plane runs Raft.
+  # Must be the first call on a connection: until a hello succeeded, every
+  # other method of this capability fails with `version_mismatch`.
 
   # -- Namespace. Paths are absolute, '/'-separated, UTF-8. --
   # requestId (16 bytes, or empty): a mutation sent again with the same id
@@ -241,18 +248,27 @@ interface Control {
   # node; a restarted node joins again with its id and key. A control
   # server older than this method answers `unimplemented`.
 
+  # -- Attributes. --
+  setAttr @17 (path :Text, setMode :Bool, mode :UInt32, setMtime :Bool, mtimeNs :Int64)
+      -> (attr :Attr);
+  # chmod and utimes of a file or directory: sets the permission bits
+  # (`mode`, at most 0o7777) if `setMode`, the modification time if
+  # `setMtime`, both in one durable transaction, and bumps the version.
+  # Sizes change only through a write handle (commitChunks, setSize). A
+  # control server older than this method answers `unimplemented`.
+
   # -- Replication (Raft between control replicas). --
-  raft @17 (secret :Data, fromReplica :UInt64) -> (peer :RaftPeer);
+  raft @18 (secret :Data, fromReplica :UInt64) -> (peer :RaftPeer);
   # The Raft endpoint of this replica, for another replica that knows the
   # cluster secret.
-  replication @18 () -> (status :ReplicationStatus);
+  replication @19 () -> (status :ReplicationStatus);
   # This replica's view of the group, for `ringfs status` and monitoring.
-  addReplica @19 (secret :Data, replicaId :UInt64, address :Text);
+  addReplica @20 (secret :Data, replicaId :UInt64, address :Text);
   # Leader only: adds a replica (an empty one catches up, from a snapshot
   # if the log was compacted), then makes it a voter. Returns once it votes.
-  removeReplica @20 (secret :Data, replicaId :UInt64);
+  removeReplica @21 (secret :Data, replicaId :UInt64);
   # Leader only: removes a replica from the voters and the group.
-  takeSnapshot @21 (secret :Data) -> (path :Text, lastIndex :UInt64, bytes :UInt64);
+  takeSnapshot @22 (secret :Data) -> (path :Text, lastIndex :UInt64, bytes :UInt64);
   # Writes a consistent snapshot of the metadata to a file in this server's
   # data directory and returns its path (backup; see docs/operations.md).
 }

@@ -2,7 +2,7 @@
 # Data-plane frame header between clients and storage nodes (and node to
 # node). A frame on the wire is:
 #
-#   u32 little-endian   header length H in bytes (8 <= H <= 65536, H % 8 == 0)
+#   u32 little-endian   header length H in bytes (8 <= H <= 98304, H % 8 == 0)
 #   H bytes             one FrameHeader in the standard Cap'n Proto
 #                       serialization (segment table included, unpacked)
 #   payloadLength bytes raw payload (write data, read data), no padding
@@ -10,7 +10,8 @@
 # Requests are pipelined; a node answers each request with one response frame
 # carrying the same requestId (out of order), except `lock` answered `wait`,
 # which is later followed by a second frame (op lockGranted, same requestId)
-# with status ok or timeout. The exact framing is in docs/protocol.md.
+# with status ok or timeout. The exact framing, the routing of chunks to
+# shards and the client's obligations are in docs/protocol.md ("Data plane").
 
 using Common = import "common.capnp";
 
@@ -75,8 +76,10 @@ struct LockToken {
 }
 
 struct ChainHop {
-  # A further replica of a chain write: its data-plane address ("ip:port" of
-  # the owning shard) and the caller's write token for that replica.
+  # A further replica of a chain write: its node id (from the cluster map;
+  # a node refuses a chain that lists its own id), its data-plane address
+  # ("ip:port" of the shard owning the chunk) and the caller's write token
+  # for that replica.
   nodeId @0 :UInt64;
   address @1 :Text;
   token @2 :LockToken;
@@ -90,6 +93,7 @@ struct FrameHeader {
   message @3 :Text;
   # Responses: human-readable error detail (empty on success).
   chunkId @4 :Common.ChunkId;
+  # reserve: unset or {hi 0, lo 0} mints a new id on the receiving shard.
   offset @5 :UInt64;
   # Byte offset in the chunk (read, write).
   length @6 :UInt32;
@@ -104,14 +108,17 @@ struct FrameHeader {
   # version the replica may hold to be deleted. Responses: the chunk's
   # version (also on staleVersion: the replica's current version).
   clientId @9 :UInt64;
-  # Lock, reserve and implicit-lock requests: who the lock is for.
+  # Lock, reserve and implicit-lock requests: who the lock is for (any
+  # non-zero value the client picks at random once per process; see
+  # docs/protocol.md). Requests carrying a token: ignored, the token's
+  # clientId counts.
   token @10 :LockToken;
   # Requests: the caller's lock token. lock/reserve responses: the new token.
   lockMode @11 :LockMode;
   # Lock requests: the mode wanted. Grants: the mode granted.
   implicitLock @12 :LockMode;
-  # Read/write/delete/chunkInfo/copyTo without a token: take this lock for
-  # clientId around the single operation.
+  # Read/write/delete/copyTo without a token: take this lock for clientId
+  # around the single operation. (chunkInfo and digest take no lock.)
   leaseMs @13 :UInt32;
   # Lease of a lock/reservation (0 = node default). Grants: lease granted.
   timeoutMs @14 :UInt32;
@@ -124,7 +131,8 @@ struct FrameHeader {
   # Write responses: replicas (this node and downstream) holding the write
   # durably: the number of bits set in durableMask.
   reserveBytes @18 :UInt64;
-  # Reserve requests: bytes to reserve.
+  # Reserve requests: bytes to reserve, 1..=64 MiB: the file's chunk size
+  # (the most the chunk can grow to).
   chunkLength @19 :UInt64;
   # Responses: the chunk's length in bytes.
   versionEpoch @20 :UInt64;

@@ -164,9 +164,39 @@ impl Dataset {
     }
 }
 
-/// A write buffer that holds a dataset's content for a given place.
-pub struct WriteBuf {
+/// `len` zero bytes starting at a [`PAGE`]-aligned address, as O_DIRECT
+/// needs.
+pub struct PageAligned {
     buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageAligned {
+    pub fn new(len: usize) -> Self {
+        let buf = vec![0u8; len + PAGE];
+        let start = buf.as_ptr().align_offset(PAGE);
+        PageAligned { buf, start, len }
+    }
+}
+
+impl std::ops::Deref for PageAligned {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for PageAligned {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// A write buffer that holds a dataset's content for a given place
+/// (page-aligned, so it can be written with O_DIRECT).
+pub struct WriteBuf {
+    buf: PageAligned,
     /// Base-page phase the body was last laid out for.
     phase: Option<u64>,
 }
@@ -176,7 +206,7 @@ impl WriteBuf {
     pub fn new(len: usize) -> Self {
         assert!(len.is_multiple_of(PAGE) && len > 0, "whole pages");
         WriteBuf {
-            buf: vec![0; len],
+            buf: PageAligned::new(len),
             phase: None,
         }
     }

@@ -9,10 +9,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use ringfs_bench::cluster::{ClusterOptions, LocalCluster};
 use ringfs_bench::live::{self, Limit};
+use ringfs_bench::report::CpuSeconds;
 use ringfs_bench::report::{self, Report};
+use ringfs_bench::stats::cpu_seconds;
 use ringfs_bench::suite::{self, SuiteOptions};
-use ringfs_bench::workload::Workload;
-use ringfs_bench::{node_bench, plot};
+use ringfs_bench::workload::{Target, Workload};
+use ringfs_bench::{fio, node_bench, plot};
 use ringfs_client::CreateOptions;
 
 #[derive(Parser)]
@@ -59,17 +61,30 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         failover_kills: usize,
     },
-    /// Runs the workloads against an existing cluster.
+    /// Runs the workloads against an existing cluster (--control), or
+    /// against any mounted file system through ordinary file calls
+    /// (--path: a ringfs mount, a local disk, another distributed file
+    /// system), verifying every byte read either way.
     Run {
         #[command(flatten)]
         config: ConfigArgs,
         /// The cluster's control server.
+        #[arg(long, required_unless_present = "path", conflicts_with = "path")]
+        control: Option<SocketAddr>,
+        /// A directory to run in, through file calls (pread/pwrite, one
+        /// thread per stream or operation in flight, O_DIRECT and O_DSYNC
+        /// unless --buffered). --replication then only says how many copies
+        /// the file system keeps, for the per-copy ratios.
         #[arg(long)]
-        control: SocketAddr,
+        path: Option<PathBuf>,
+        /// With --path: go through the page cache (no O_DIRECT, no O_DSYNC).
+        #[arg(long, requires = "path")]
+        buffered: bool,
         #[command(flatten)]
         load: LoadArgs,
         /// Where the raw baseline writes its files: a directory on the
-        /// storage nodes' filesystem [default: the system temp dir].
+        /// storage nodes' filesystem (or the disk to compare --path with)
+        /// [default: the system temp dir].
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Leave the dataset in the cluster afterwards.
@@ -106,6 +121,56 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         client_core: usize,
     },
+    /// fio through a ringfs mount and on the raw disk with the same jobs:
+    /// 1 MiB sequential write and read, 4 KiB random read and write (4 jobs
+    /// each), create/stat/unlink of many empty files. Starts a local
+    /// cluster and a mount of it for each --replication value, unless
+    /// --path names a directory to run in (any mounted file system).
+    Fio {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Run the jobs in this directory instead of a local cluster.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Storage nodes of the local cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Replicas per chunk, one mount and run per value (comma
+        /// separated) [default: 1,3 as far as --nodes allows]; with --path,
+        /// the copies the file system keeps (for the per-copy ratio).
+        #[arg(long, value_delimiter = ',')]
+        replication: Vec<u8>,
+        /// Bytes of the sequential file (the random jobs reuse it).
+        #[arg(long, value_parser = size, default_value = "1GiB")]
+        size: u64,
+        /// How long each random job runs, e.g. 10s.
+        #[arg(long, value_parser = duration, default_value = "10s")]
+        runtime: Duration,
+        /// Files of the metadata job.
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// Parent of the cluster's data, the mount point and the raw
+        /// directory: the filesystem under test [default: the system temp
+        /// dir].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A flag for `ringfs mount` (repeat for several), e.g.
+        /// --mount-flag=--writeback-cache.
+        #[arg(long, allow_hyphen_values = true)]
+        mount_flag: Vec<String>,
+        /// Write the results (an array, one object per job and target) as
+        /// JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Runs `ringfs mount` (used by `fio` for its mount).
+    #[command(name = "__mount", hide = true)]
+    Mount {
+        #[arg(long)]
+        control: SocketAddr,
+        #[command(flatten)]
+        args: ringfs_client::mount::MountArgs,
+    },
     /// Runs the control server (used by the launcher for its child processes).
     #[command(name = "__control", hide = true, disable_help_flag = true)]
     Control {
@@ -138,8 +203,10 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(code) => return code,
     };
-    if let Cmd::Local { config, .. } | Cmd::Run { config, .. } | Cmd::Node { config, .. } =
-        &cli.command
+    if let Cmd::Local { config, .. }
+    | Cmd::Run { config, .. }
+    | Cmd::Node { config, .. }
+    | Cmd::Fio { config, .. } = &cli.command
     {
         if config.print_config {
             print!(
@@ -158,6 +225,31 @@ fn main() -> ExitCode {
             let argv = std::iter::once("ringfs-node".to_string()).chain(args);
             return ringfs_node::cli::main_with_args(argv);
         }
+        Cmd::Mount { control, args } => ringfs_client::mount::cli::run(control, &args),
+        Cmd::Fio {
+            config: _,
+            path,
+            nodes,
+            replication,
+            size,
+            runtime,
+            files,
+            dir,
+            mount_flag,
+            json,
+        } => run_fio(FioRun {
+            path,
+            nodes,
+            replication,
+            opts: fio::FioOptions {
+                size,
+                runtime,
+                files,
+            },
+            dir,
+            mount_flags: mount_flag,
+            json,
+        }),
         Cmd::Node {
             config: _,
             json,
@@ -195,10 +287,22 @@ fn main() -> ExitCode {
         Cmd::Run {
             config: _,
             control,
+            path,
+            buffered,
             load,
             dir,
             keep,
-        } => run_remote(control, load, dir, keep),
+        } => {
+            let target = match (control, path) {
+                (Some(c), _) => Target::Cluster(c),
+                (None, Some(dir)) => Target::Posix {
+                    dir,
+                    direct: !buffered,
+                },
+                (None, None) => unreachable!("clap requires --control or --path"),
+            };
+            run_remote(&target, load, dir, keep)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -388,7 +492,11 @@ fn run_local(
     println!("data in {}", cluster.dir().display());
     let replication = load.replication.unwrap_or(nodes.min(3) as u8);
     let opts = load.suite(replication, cluster.dir().to_path_buf(), keep);
-    let reports = suite::run(cluster.control_addr, Some(&mut cluster), &opts)?;
+    let reports = suite::run(
+        &Target::Cluster(cluster.control_addr),
+        Some(&mut cluster),
+        &opts,
+    )?;
     if failover_kills > 0 {
         let f = ringfs_bench::failover::run(&mut cluster, failover_kills)?;
         println!(
@@ -403,7 +511,7 @@ fn run_local(
 }
 
 fn run_remote(
-    control: SocketAddr,
+    target: &Target,
     load: LoadArgs,
     dir: Option<PathBuf>,
     keep: bool,
@@ -419,6 +527,139 @@ fn run_remote(
         raw.path().to_path_buf(),
         keep,
     );
-    let reports = suite::run(control, None, &opts)?;
+    let reports = suite::run(target, None, &opts)?;
     load.finish(&reports)
+}
+
+/// What `ringfs-bench fio` was asked for.
+struct FioRun {
+    path: Option<PathBuf>,
+    nodes: usize,
+    replication: Vec<u8>,
+    opts: fio::FioOptions,
+    dir: Option<PathBuf>,
+    mount_flags: Vec<String>,
+    json: Option<PathBuf>,
+}
+
+fn print_fio_line(target: &str, job: &fio::Job, f: &fio::Figures) {
+    println!(
+        "{target:<22} {:<14} {:>9.1} MiB/s {:>9.0} ops/s p50 {} µs p99 {} µs",
+        job.name,
+        f.bytes as f64 / f64::from(1 << 20) / f.seconds.max(1e-9),
+        f.ops as f64 / f.seconds.max(1e-9),
+        f.latency_us.p50,
+        f.latency_us.p99,
+    );
+}
+
+fn run_fio(o: FioRun) -> anyhow::Result<()> {
+    live::catch_interrupts();
+    let jobs = fio::jobs(&o.opts);
+    let parent = o.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::Builder::new()
+        .prefix("ringfs-bench-fio-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a directory in {}", parent.display()))?;
+    let stop_if_interrupted = || {
+        if live::interrupted() {
+            bail!("interrupted");
+        }
+        Ok(())
+    };
+
+    let raw_dir = work.path().join("raw");
+    let mut raw = Vec::new();
+    for job in &jobs {
+        stop_if_interrupted()?;
+        let f = fio::run(&raw_dir, job)?;
+        print_fio_line("raw disk", job, &f);
+        raw.push(f);
+    }
+    std::fs::remove_dir_all(&raw_dir).context("removing the raw files")?;
+
+    let mut reports = Vec::new();
+    if let Some(path) = &o.path {
+        let r = o.replication.first().copied().unwrap_or(1);
+        let mut got = Vec::new();
+        for job in &jobs {
+            stop_if_interrupted()?;
+            let f = fio::run(path, job)?;
+            print_fio_line(&path.display().to_string(), job, &f);
+            let cpu = CpuSeconds {
+                bench: f.cpu_seconds,
+                ..CpuSeconds::default()
+            };
+            got.push((f, cpu));
+        }
+        let _ = std::fs::remove_file(path.join("seq.dat"));
+        let _ = std::fs::remove_dir(path.join("meta"));
+        reports.push(fio::reports(&jobs, &got, &raw, r));
+    } else {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let replication: Vec<u8> = if o.replication.is_empty() {
+            [1u8, 3]
+                .into_iter()
+                .filter(|&r| usize::from(r) <= o.nodes)
+                .collect()
+        } else {
+            o.replication.clone()
+        };
+        if let Some(r) = replication.iter().find(|&&r| usize::from(r) > o.nodes) {
+            bail!(
+                "--replication {r} needs at least {r} storage nodes (--nodes {})",
+                o.nodes
+            );
+        }
+        for r in replication {
+            // A fresh cluster per run: the previous run's garbage
+            // collection must not run under this one.
+            let mut cluster = LocalCluster::start(&ClusterOptions {
+                launcher: node_bench::Launcher::subcommands(exe.clone(), "__control", "__node"),
+                nodes: o.nodes,
+                parent: Some(work.path().to_path_buf()),
+                keep: false,
+                control_replicas: 1,
+            })?;
+            let mnt = work.path().join(format!("mnt-r{r}"));
+            std::fs::create_dir(&mnt)?;
+            let mut flags = vec!["--replication".to_string(), r.to_string()];
+            flags.extend(o.mount_flags.iter().cloned());
+            let mount = fio::MountProcess::start(&exe, cluster.control_addr, &mnt, &flags)?;
+            let label = format!("ringfs mount R={r}");
+            let mut got = Vec::new();
+            for job in &jobs {
+                stop_if_interrupted()?;
+                cluster.check()?;
+                let (c0, m0) = (cluster.cpu(), cpu_seconds(mount.pid()).unwrap_or(0.0));
+                let f = fio::run(&mnt, job)?;
+                cluster.check()?;
+                let used = cluster.cpu().since(&c0);
+                let cpu = CpuSeconds {
+                    control: Some(used.control),
+                    nodes: Some(used.nodes.iter().sum()),
+                    per_node: used.nodes,
+                    bench: f.cpu_seconds,
+                    mount: Some(cpu_seconds(mount.pid()).unwrap_or(0.0) - m0),
+                };
+                print_fio_line(&label, job, &f);
+                got.push((f, cpu));
+            }
+            drop(mount);
+            reports.push(fio::reports(&jobs, &got, &raw, r));
+        }
+    }
+    for group in &reports {
+        if let Some(first) = group.first() {
+            println!("\nR={}:", first.replication);
+        }
+        report::print_table(group);
+    }
+    let all: Vec<Report> = reports.into_iter().flatten().collect();
+    if let Some(path) = &o.json {
+        std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("results: {}", path.display());
+    }
+    Ok(())
 }

@@ -83,13 +83,7 @@ pub fn run(
         }
         drop(tx);
 
-        let mut timings = Vec::new();
-        for _ in PHASES {
-            barrier.wait();
-            let t0 = Instant::now();
-            barrier.wait();
-            timings.push(t0.elapsed());
-        }
+        let timings = time_phases(&barrier);
         let mut merged: Vec<Histogram<u64>> = PHASES.iter().map(|_| latency_histogram()).collect();
         for result in rx {
             for (m, h) in merged.iter_mut().zip(result?) {
@@ -104,10 +98,30 @@ pub fn run(
             .await
             .context("removing the benchmark directory")
     })?;
-    Ok(PHASES
+    Ok(phases(timings, merged))
+}
+
+/// The coordinating side of the phases: for each, waits for every load
+/// thread at the barrier, then again when they are done; returns each
+/// phase's time between the two.
+pub(crate) fn time_phases(barrier: &Barrier) -> Vec<std::time::Duration> {
+    PHASES
+        .iter()
+        .map(|_| {
+            barrier.wait();
+            let t0 = Instant::now();
+            barrier.wait();
+            t0.elapsed()
+        })
+        .collect()
+}
+
+/// The phases from their times and merged latency histograms.
+pub(crate) fn phases(timings: Vec<std::time::Duration>, hists: Vec<Histogram<u64>>) -> Vec<Phase> {
+    PHASES
         .iter()
         .zip(timings)
-        .zip(merged)
+        .zip(hists)
         .map(|((name, elapsed), h)| Phase {
             name,
             ops: h.len(),
@@ -115,7 +129,7 @@ pub fn run(
             latency: Percentiles::of(&h),
             histogram: h,
         })
-        .collect())
+        .collect()
 }
 
 /// One load thread: connects its clients, then for each phase waits at the

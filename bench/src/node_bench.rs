@@ -22,6 +22,7 @@ use ringfs_node::peer::Peer;
 use ringfs_ops::launch::Server;
 use ringfs_schema::frame::{Header, Op, Status, Token};
 use ringfs_schema::ids::{mix64, ChunkId};
+use ringfs_schema::Version;
 use serde::Serialize;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -298,13 +299,16 @@ async fn drive_node(opts: &Options, endpoints: &[String]) -> anyhow::Result<Vec<
     let mib = 1usize << 20;
     let blocks = opts.chunk_bytes / mib as u64;
     let payload = Rc::new(vec![0x5au8; mib]);
+    // Every write is 1 MiB at a 1 MiB offset, so its CRCs (per 4 KiB piece,
+    // protocol 2) are the same for all of them: computed once, off the clock.
+    let crcs = Rc::new(ringfs_schema::crc::piece_crcs(0, &payload));
 
     // Sequential writes: stream s writes chunk s front to back.
     let write = run_streams(
         targets.clone(),
         targets.len(),
         move |t: Rc<Vec<Target>>, s: usize, k: u64| {
-            let payload = payload.clone();
+            let (payload, crcs) = (payload.clone(), crcs.clone());
             async move {
                 if k >= blocks {
                     return Ok(None);
@@ -314,6 +318,14 @@ async fn drive_node(opts: &Options, endpoints: &[String]) -> anyhow::Result<Vec<
                 h.chunk_id = tg.id;
                 h.offset = k * mib as u64;
                 h.token = tg.token.clone();
+                // Strict versions: write k goes on top of write k - 1.
+                h.expected = if k == 0 {
+                    Version::NONE
+                } else {
+                    Version::new(1, k)
+                };
+                h.version = Version::new(1, k + 1);
+                h.crcs = crcs.to_vec();
                 let (r, _) = tg.peer.call(h, &payload).await?;
                 if r.status != Status::Ok {
                     bail!("write failed: {:?} {}", r.status, r.message);

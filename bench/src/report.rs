@@ -22,7 +22,7 @@ pub struct Baseline {
 }
 
 /// CPU seconds (user + system) spent during the workload.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuSeconds {
     /// None when the cluster is not ours (`run --control`).
     pub control: Option<f64>,
@@ -30,13 +30,38 @@ pub struct CpuSeconds {
     pub nodes: Option<f64>,
     /// Each storage node, in start order (empty with `run --control`).
     pub per_node: Vec<f64>,
-    /// The load generator (this process).
+    /// The load generator (this process, or fio).
     pub bench: f64,
+    /// The `ringfs mount` process, when the load went through one we
+    /// started (`ringfs-bench fio`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount: Option<f64>,
 }
 
 impl CpuSeconds {
+    /// Both together (per-node figures added node by node).
+    pub fn plus(&self, o: &CpuSeconds) -> CpuSeconds {
+        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        let n = self.per_node.len().max(o.per_node.len());
+        CpuSeconds {
+            control: add(self.control, o.control),
+            nodes: add(self.nodes, o.nodes),
+            per_node: (0..n)
+                .map(|i| self.per_node.get(i).unwrap_or(&0.0) + o.per_node.get(i).unwrap_or(&0.0))
+                .collect(),
+            bench: self.bench + o.bench,
+            mount: add(self.mount, o.mount),
+        }
+    }
+
     pub fn total(&self) -> f64 {
-        self.control.unwrap_or(0.0) + self.nodes.unwrap_or(0.0) + self.bench
+        self.control.unwrap_or(0.0)
+            + self.nodes.unwrap_or(0.0)
+            + self.mount.unwrap_or(0.0)
+            + self.bench
     }
 }
 
@@ -127,11 +152,18 @@ impl Report {
     /// Attaches the raw run; `writes`: whether R copies were written.
     pub fn set_baseline(&mut self, raw: &crate::raw_disk::RawResult, writes: bool) {
         let secs = raw.elapsed.as_secs_f64().max(1e-9);
-        let b = Baseline {
-            throughput_mib_s: raw.bytes as f64 / MIB / secs,
-            ops_per_s: raw.ops as f64 / secs,
-            latency_us: Percentiles::of(&raw.latency),
-        };
+        self.compare(
+            Baseline {
+                throughput_mib_s: raw.bytes as f64 / MIB / secs,
+                ops_per_s: raw.ops as f64 / secs,
+                latency_us: Percentiles::of(&raw.latency),
+            },
+            writes,
+        );
+    }
+
+    /// Attaches the raw figures `b` and the ratios to them.
+    pub fn compare(&mut self, b: Baseline, writes: bool) {
         let ratio = if b.ops_per_s > 0.0 {
             self.ops_per_s / b.ops_per_s
         } else {

@@ -20,7 +20,7 @@ use crate::live::{interrupted, Limit, Live};
 use crate::raw_disk::{self, Pattern};
 use crate::report::{CpuSeconds, Report, Sample};
 use crate::stats::cpu_seconds;
-use crate::workload::{self, Measured, Spec, Workload};
+use crate::workload::{self, Measured, Spec, Target, Workload};
 
 /// Streams of the sequential workloads (and files of the dataset) unless
 /// `--concurrency` says otherwise.
@@ -81,11 +81,11 @@ impl SuiteOptions {
     }
 }
 
-/// Runs the workloads against the cluster at `control`. With `cluster`
-/// (our own processes) CPU time is measured per process and a process that
-/// exits fails the run.
+/// Runs the workloads against `target`. With `cluster` (our own
+/// processes) CPU time is measured per process and a process that exits
+/// fails the run.
 pub fn run(
-    control: SocketAddr,
+    target: &Target,
     mut cluster: Option<&mut LocalCluster>,
     o: &SuiteOptions,
 ) -> anyhow::Result<Vec<Report>> {
@@ -98,13 +98,21 @@ pub fn run(
             .map_or(0, |d| d.as_millis())
     );
     let ds = Arc::new(Dataset::new(root.clone(), files, file_bytes, random_u64()));
-    crate::local(async {
-        let c = ringfs_client::ControlClient::connect(control).await?;
-        c.mkdir(&root, 0).await?;
-        anyhow::Ok(())
-    })
-    .with_context(|| format!("creating {root} on the cluster"))?;
-    let mut replication = o.layout.replication;
+    match target {
+        Target::Cluster(control) => crate::local(async {
+            let c = ringfs_client::ControlClient::connect(*control).await?;
+            c.mkdir(&root, 0).await?;
+            anyhow::Ok(())
+        }),
+        Target::Posix { dir, .. } => std::fs::create_dir(dir.join(&root[1..])).map_err(Into::into),
+    }
+    .with_context(|| format!("creating {root}"))?;
+    let mut replication = match target {
+        Target::Cluster(_) => o.layout.replication,
+        // Whatever the file system does; --replication says it, for the
+        // per-copy ratios.
+        Target::Posix { .. } => o.layout.replication.max(1),
+    };
     println!(
         "dataset: {files} files of {} in {root} (R={}, chunk {})",
         ringfs_client::human::size(file_bytes),
@@ -140,7 +148,7 @@ pub fn run(
                 ..spec
             };
             monitored(
-                control,
+                target,
                 &mut cluster,
                 &ds,
                 prep,
@@ -154,11 +162,11 @@ pub fn run(
             _ => o.limit,
         };
         let (measured, seconds, samples, cpu) =
-            monitored(control, &mut cluster, &ds, spec, limit, w.name())?;
+            monitored(target, &mut cluster, &ds, spec, limit, w.name())?;
         dataset_written |= w == Workload::SeqWrite;
-        if replication == 0 && dataset_written {
+        if let (0, true, Target::Cluster(control)) = (replication, dataset_written, target) {
             // The server's default: report what the files really have.
-            replication = file_replication(control, &ds)?;
+            replication = file_replication(*control, &ds)?;
         }
         let mut report = Report::new(
             w.name(),
@@ -171,7 +179,14 @@ pub fn run(
             samples,
         );
         if let Some(dir) = &o.baseline_dir {
-            if let Some(raw) = baseline(dir, &ds, &spec, report.ops, &mut raw_written)? {
+            let raw = match (w, target) {
+                // The same file calls on the raw file system.
+                (Workload::Metadata, Target::Posix { .. }) => {
+                    Some(metadata_baseline(&dir.join("raw-baseline"), &spec)?)
+                }
+                _ => baseline(dir, &ds, &spec, report.ops, &mut raw_written)?,
+            };
+            if let Some(raw) = raw {
                 report.set_baseline(&raw, w.writes());
             }
         }
@@ -179,7 +194,7 @@ pub fn run(
         reports.push(report);
     }
     if !o.keep {
-        remove_dataset(control, &ds).context("removing the dataset")?;
+        remove_dataset(target, &ds).context("removing the dataset")?;
     }
     Ok(reports)
 }
@@ -187,7 +202,7 @@ pub fn run(
 /// Runs one workload under the monitor. Returns what it measured, its wall
 /// time, the per-second samples and the CPU it cost.
 fn monitored(
-    control: SocketAddr,
+    target: &Target,
     cluster: &mut Option<&mut LocalCluster>,
     ds: &Arc<Dataset>,
     spec: Spec,
@@ -199,7 +214,7 @@ fn monitored(
     let bench0 = own_cpu();
     let bar = progress_bar(label, &spec, limit, ds);
     let t0 = Instant::now();
-    let running = workload::start(control, ds.clone(), spec, live.clone());
+    let running = workload::start(target, ds.clone(), spec, live.clone());
     let mut timeline = Timeline::new(t0);
     let check = |cluster: &mut Option<&mut LocalCluster>| -> anyhow::Result<()> {
         if interrupted() {
@@ -247,6 +262,7 @@ fn monitored(
         nodes: used.as_ref().map(|u| u.nodes.iter().sum()),
         per_node: used.map(|u| u.nodes).unwrap_or_default(),
         bench: own_cpu() - bench0,
+        mount: None,
     };
     Ok((measured, seconds, timeline.samples, cpu))
 }
@@ -392,7 +408,37 @@ fn print_line(r: &Report) {
     }
 }
 
-fn remove_dataset(control: SocketAddr, ds: &Dataset) -> anyhow::Result<()> {
+/// The POSIX metadata workload on the raw file system under `dir`.
+fn metadata_baseline(dir: &std::path::Path, spec: &Spec) -> anyhow::Result<raw_disk::RawResult> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let live = Live::new(Limit::Ops(u64::MAX));
+    let phases = crate::posix::metadata(dir, spec.concurrency, spec.metadata_files, &live)
+        .with_context(|| format!("metadata baseline in {}", dir.display()))?;
+    let mut latency = crate::stats::latency_histogram();
+    for p in &phases {
+        latency.add(&p.histogram).context("merging histograms")?;
+    }
+    Ok(raw_disk::RawResult {
+        ops: latency.len(),
+        bytes: 0,
+        elapsed: Duration::from_secs_f64(phases.iter().map(|p| p.seconds).sum()),
+        latency,
+    })
+}
+
+fn remove_dataset(target: &Target, ds: &Dataset) -> anyhow::Result<()> {
+    let control = match target {
+        Target::Cluster(control) => *control,
+        Target::Posix { dir, .. } => {
+            for f in 0..ds.files {
+                match std::fs::remove_file(crate::posix::local_path(dir, ds, f)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            return Ok(std::fs::remove_dir(dir.join(&ds.root[1..]))?);
+        }
+    };
     crate::local(async {
         let c = ringfs_client::ControlClient::connect(control).await?;
         for f in 0..ds.files {

@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -143,7 +144,7 @@ pub struct PhaseReport {
 }
 
 impl Measured {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Measured {
             ops: 0,
             bytes: 0,
@@ -153,7 +154,7 @@ impl Measured {
         }
     }
 
-    fn record(&mut self, started: Instant, bytes: usize, verified: bool) {
+    pub(crate) fn record(&mut self, started: Instant, bytes: usize, verified: bool) {
         self.ops += 1;
         self.bytes += bytes as u64;
         if verified {
@@ -161,6 +162,26 @@ impl Measured {
         }
         self.histogram
             .saturating_record(started.elapsed().as_micros().max(1) as u64);
+    }
+
+    /// The metadata workload's phases as one result.
+    pub(crate) fn from_phases(phases: Vec<crate::metadata::Phase>) -> anyhow::Result<Self> {
+        let mut total = Measured::new();
+        for p in phases {
+            total.ops += p.ops;
+            total
+                .histogram
+                .add(&p.histogram)
+                .context("merging histograms")?;
+            total.phases.push(PhaseReport {
+                phase: p.name,
+                ops: p.ops,
+                seconds: p.seconds,
+                ops_per_s: p.ops_per_s(),
+                latency_us: p.latency,
+            });
+        }
+        Ok(total)
     }
 
     fn merge(&mut self, other: Measured) -> anyhow::Result<()> {
@@ -180,6 +201,10 @@ pub struct Running {
 }
 
 impl Running {
+    pub(crate) fn new(threads: Vec<JoinHandle<anyhow::Result<Measured>>>) -> Self {
+        Running { threads }
+    }
+
     pub fn is_finished(&self) -> bool {
         self.threads.iter().all(JoinHandle::is_finished)
     }
@@ -204,9 +229,23 @@ impl Running {
     }
 }
 
-/// Starts `spec` against the cluster whose control server is `control`.
-/// A thread that fails stops the others through `live`.
-pub fn start(control: SocketAddr, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>) -> Running {
+/// What the workloads run against.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A ringfs cluster (its control server), through the client library.
+    Cluster(SocketAddr),
+    /// A directory of any mounted file system, through file calls (see
+    /// [`crate::posix`]); `direct`: O_DIRECT.
+    Posix { dir: PathBuf, direct: bool },
+}
+
+/// Starts `spec` against `target`. A thread that fails stops the others
+/// through `live`.
+pub fn start(target: &Target, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>) -> Running {
+    let control = match target {
+        Target::Cluster(control) => *control,
+        Target::Posix { dir, direct } => return crate::posix::start(dir, *direct, ds, spec, live),
+    };
     if spec.workload == Workload::Metadata {
         let thread = std::thread::spawn(move || {
             let phases = crate::metadata::run(
@@ -216,22 +255,7 @@ pub fn start(control: SocketAddr, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>)
                 spec.threads,
                 &live,
             )?;
-            let mut total = Measured::new();
-            for p in phases {
-                total.ops += p.ops;
-                total
-                    .histogram
-                    .add(&p.histogram)
-                    .context("merging histograms")?;
-                total.phases.push(PhaseReport {
-                    phase: p.name,
-                    ops: p.ops,
-                    seconds: p.seconds,
-                    ops_per_s: p.ops_per_s(),
-                    latency_us: p.latency,
-                });
-            }
-            Ok(total)
+            Measured::from_phases(phases)
         });
         return Running {
             threads: vec![thread],

@@ -271,6 +271,21 @@ impl Client {
             .await
     }
 
+    /// Sets the permission bits (`mode`, at most 0o7777) and/or the
+    /// modification time (nanoseconds since the epoch) of the file or
+    /// directory at `path` (`None`: unchanged) and returns its attributes.
+    /// Retried once after a reconnect (setting them twice is harmless).
+    pub async fn set_attr(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr> {
+        self.cluster
+            .retry(|c| async move { c.set_attr(path, mode, mtime_ns).await })
+            .await
+    }
+
     /// Creates the directory `path` with permission bits `mode` (0: 0o755)
     /// and returns its attributes. Its parent must exist:
     /// [`Error::NotFound`] otherwise, [`Error::Exists`] if `path` exists.
@@ -352,6 +367,13 @@ impl Client {
     /// applied before the connection dropped is not refused as existing.
     /// If the open itself fails after the create, the created file stays.
     pub async fn open(&self, path: &str, opts: &OpenOptions) -> Result<Fd> {
+        Ok(self.open_with_attr(path, opts).await?.0)
+    }
+
+    /// Like [`Client::open`], also returning the file's attributes as the
+    /// open found them (after the truncate, with `truncate`): one control
+    /// round trip for both, which is what a close-to-open check needs.
+    pub async fn open_with_attr(&self, path: &str, opts: &OpenOptions) -> Result<(Fd, Attr)> {
         let write = opts.write || opts.append;
         if (opts.truncate || opts.create) && !write {
             return Err(Error::InvalidArgument(format!(
@@ -393,6 +415,7 @@ impl Client {
             attr = handle.set_size(0).await?;
         }
         let records = self.record_cache(attr.inode);
+        records.borrow_mut().revalidate(attr.version);
         if opts.truncate {
             records.borrow_mut().clear();
         }
@@ -419,7 +442,7 @@ impl Client {
                 records,
             },
         );
-        Ok(fd)
+        Ok((fd, attr))
     }
 
     /// Releases the descriptor and its control handle (and write lease),

@@ -477,6 +477,24 @@ impl ControlClient {
         Ok(())
     }
 
+    /// chmod and/or utimes (`None`: unchanged); returns the new attributes.
+    pub async fn set_attr(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr> {
+        let mut req = self.control.set_attr_request();
+        let mut p = req.get();
+        p.set_path(path);
+        p.set_set_mode(mode.is_some());
+        p.set_mode(mode.unwrap_or(0));
+        p.set_set_mtime(mtime_ns.is_some());
+        p.set_mtime_ns(mtime_ns.unwrap_or(0));
+        let reply = req.send().promise.await?;
+        read_attr(reply.get()?.get_attr()?)
+    }
+
     /// Attributes of `path`.
     pub async fn stat(&self, path: &str) -> Result<Attr> {
         self.stat_with(path, false).await
@@ -882,13 +900,38 @@ impl FileHandle {
         read_attr(reply.get()?.get_attr()?)
     }
 
-    /// Records of chunks `first..first + count` that exist (holes are absent).
+    /// Records of chunks `first..first + count` that exist (holes are
+    /// absent), all of them: asks page after page while the server says
+    /// it has `more`.
     pub async fn get_chunks(&self, first: u64, count: u32) -> Result<Vec<ChunkRecord>> {
+        let end = first.saturating_add(count as u64);
+        let mut out = Vec::new();
+        let mut at = first;
+        loop {
+            let (page, more) = self.get_chunk_page(at, (end - at) as u32).await?;
+            let last = page.last().map(|r| r.index);
+            out.extend(page);
+            match last {
+                Some(last) if more && last + 1 < end => at = last + 1,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One `getChunks` call: at most 4096 records of chunks `first..first
+    /// + count`, and whether the range holds more past the last one.
+    pub async fn get_chunk_page(&self, first: u64, count: u32) -> Result<(Vec<ChunkRecord>, bool)> {
         let mut req = self.cap.get_chunks_request();
         req.get().set_first_index(first);
         req.get().set_count(count);
         let reply = req.send().promise.await?;
-        reply.get()?.get_chunks()?.iter().map(read_chunk).collect()
+        let r = reply.get()?;
+        let chunks = r
+            .get_chunks()?
+            .iter()
+            .map(read_chunk)
+            .collect::<Result<_>>()?;
+        Ok((chunks, r.get_more()))
     }
 
     /// Makes `chunks` visible and sets the file size (write handles);

@@ -6,6 +6,8 @@
 //!   ([`node_conn`]), metadata to the control server ([`control`]).
 //! - [`control::ControlClient`] speaks the control server's Cap'n Proto RPC.
 //!
+//! - [`mount`]: the file system through FUSE (`ringfs mount`).
+//!
 //! Everything runs on a tokio `LocalSet` (capnp-rpc is single-threaded);
 //! [`local`] runs a future on one, and [`BlockingClient`] wraps the file
 //! API for synchronous programs.
@@ -27,6 +29,7 @@ mod cluster;
 pub mod control;
 pub mod error;
 pub mod human;
+pub mod mount;
 pub mod node_conn;
 pub mod placement;
 pub mod record_cache;

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ringfs_client::human;
+use ringfs_client::mount::MountArgs;
 use ringfs_client::{
     Attr, Client, ControlClient, CreateOptions, Error, Kind, OpenOptions, ReplicationStatus,
 };
@@ -103,6 +104,9 @@ enum Cmd {
         #[arg(long)]
         verify: bool,
     },
+    /// Mount ringfs on a directory (FUSE) until unmounted (SIGTERM, Ctrl-C,
+    /// `fusermount3 -u DIR`); see docs/client.md.
+    Mount(MountArgs),
     /// Administration of the control plane (needs the cluster secret).
     Admin {
         /// File holding the cluster secret.
@@ -152,6 +156,20 @@ fn main() -> ExitCode {
             ringfs_ops::flag_file::print(&Cli::command(), &matches)
         );
         return ExitCode::SUCCESS;
+    }
+    if let Cmd::Mount(args) = &cli.cmd {
+        // Not on a LocalSet: the mount runs its own threads.
+        // The mount takes one control address (the first given); with a
+        // replicated control plane it follows the leader that replica names.
+        let mounted = control_addrs(cli.control.as_deref())
+            .and_then(|addrs| ringfs_client::mount::cli::run(addrs[0], args));
+        return match mounted {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringfs: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match ringfs_client::local(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -258,6 +276,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        // Served by `main` before any connection exists.
+        Cmd::Mount(_) => bail!("mount runs outside the async client"),
     }
 }
 

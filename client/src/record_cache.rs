@@ -10,11 +10,12 @@
 //! - The price: a read may return the file as it was when the record was
 //!   fetched, up to `max_age` ago. Another client's commit in that window
 //!   (a new chunk, a truncate, an overwrite) may be missed, and the read may
-//!   be served by a replica that missed that commit, since its version still
-//!   matches the cached record. Nothing older than the cached record is ever
+//!   be served by a replica that missed that commit, since a read takes a
+//!   replica at the cached record's version or newer. Nothing older than the cached record is ever
 //!   served. A read that fails with cached records is retried once with
 //!   fresh ones, and a client's own writes, truncates and size refreshes
-//!   clear its cache, so a client always reads its own writes.
+//!   clear its cache, so a client always reads its own writes; an open that
+//!   finds the file's version changed clears it too (close-to-open).
 //! - At most [`MAX_ENTRIES`] entries per file.
 
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ pub const MAX_ENTRIES: usize = 1 << 16;
 pub struct RecordCache {
     entries: HashMap<u64, (Option<ChunkRecord>, Instant)>,
     generation: u64,
+    /// The file's version at the last open that checked it.
+    version: u64,
 }
 
 impl RecordCache {
@@ -89,6 +92,17 @@ impl RecordCache {
         }
     }
 
+    /// Called at every open with the file's current version: if it changed
+    /// since the last open, the file changed (maybe by another client), so
+    /// everything cached is forgotten. This gives close-to-open
+    /// consistency even while another descriptor keeps the cache alive.
+    pub fn revalidate(&mut self, version: u64) {
+        if version != self.version {
+            self.clear();
+            self.version = version;
+        }
+    }
+
     /// Forgets everything; fetches in flight will not be cached.
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -133,6 +147,18 @@ mod tests {
         );
         c.clear();
         assert!(c.get(2, 2, t, DEFAULT_MAX_AGE).is_none());
+    }
+
+    #[test]
+    fn an_open_that_sees_a_new_version_forgets_everything() {
+        let mut c = RecordCache::default();
+        let t = Instant::now();
+        c.revalidate(3);
+        c.insert(c.generation(), 0, 0, &HashMap::new(), t);
+        c.revalidate(3);
+        assert!(c.get(0, 0, t, DEFAULT_MAX_AGE).is_some(), "same version");
+        c.revalidate(4);
+        assert!(c.get(0, 0, t, DEFAULT_MAX_AGE).is_none(), "changed");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
-const CONTROL_METHODS: [&str; 22] = [
+const CONTROL_METHODS: [&str; 23] = [
     "hello",
     "create",
     "mkdir",
@@ -43,6 +43,7 @@ const CONTROL_METHODS: [&str; 22] = [
     "report_bad_replica",
     "chunk_health",
     "leave",
+    "set_attr",
     "raft",
     "replication",
     "add_replica",
@@ -68,7 +69,7 @@ pub enum Needs {
 /// (which check for themselves) nothing; every other a serving leader.
 fn control_needs(id: u16) -> Needs {
     match id {
-        0 | 6 | 7 | 17..=21 => Needs::Nothing,
+        0 | 6 | 7 | 18..=22 => Needs::Nothing,
         9 | 10 | 11 | 16 => Needs::Leader,
         _ => Needs::Serving,
     }

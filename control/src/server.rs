@@ -56,7 +56,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         spawn_planner(&state, &config),
     ];
     *figures.borrow_mut() = Some(Rc::downgrade(&state));
-    let bootstrap = crate::service::bootstrap_metered(&state, metrics.clone());
+    let bootstrap = || crate::service::bootstrap_metered(&state, metrics.clone());
     metrics.serving.set(1);
 
     let mut connections = JoinSet::new();
@@ -75,7 +75,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if let Some(e) = endpoint {
         e.abort();
     }
-    drop(bootstrap);
     drop(state);
     close_store(writer).await;
     Ok(())
@@ -234,13 +233,13 @@ fn spawn_planner(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
 async fn accept_loop(
     listener: &TcpListener,
     connections: &mut JoinSet<()>,
-    bootstrap: &control::Client,
+    bootstrap: &dyn Fn() -> control::Client,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 while connections.try_join_next().is_some() {}
-                serve_connection(connections, stream, peer, bootstrap.clone());
+                serve_connection(connections, stream, peer, bootstrap());
             }
             Err(e) => {
                 // Out of descriptors and the like: back off, keep serving.

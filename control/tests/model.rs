@@ -41,6 +41,8 @@ enum Op {
     Unlink(String),
     Rmdir(String),
     Rename(String, String),
+    /// chmod + utimes.
+    SetAttr(String),
 }
 
 /// The namespace as a map from path to kind; the root is implicit.
@@ -93,6 +95,10 @@ impl Model {
 
     fn apply(&mut self, op: &Op) -> Result<(), Code> {
         match op {
+            Op::SetAttr(p) => {
+                self.check_dir(parent_and_name(p).0)?;
+                self.kind(p).map(drop).ok_or(Code::NotFound)
+            }
             Op::Create(p, exclusive) => {
                 self.check_dir(parent_and_name(p).0)?;
                 match (self.kind(p), exclusive) {
@@ -191,6 +197,11 @@ fn to_mutation(op: &Op) -> Mutation {
             to,
             now_ns: 1,
         },
+        Op::SetAttr(path) => Mutation::SetAttr {
+            path,
+            mode: Some(0o600),
+            mtime_ns: Some(7),
+        },
     }
 }
 
@@ -236,6 +247,7 @@ fn op() -> impl Strategy<Value = Op> {
         path().prop_map(Op::Unlink),
         path().prop_map(Op::Rmdir),
         (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        path().prop_map(Op::SetAttr),
     ]
 }
 

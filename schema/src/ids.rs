@@ -45,7 +45,7 @@ impl ChunkId {
     /// The shard (0-based) owning this chunk on a node with `shards` shards:
     /// `mix64(hi ^ mix64(lo)) % shards`, where mix64 is the SplitMix64
     /// finalizer. Clients compute the same function to route requests
-    /// straight to the owning shard (see docs/protocol-data.md).
+    /// straight to the owning shard (see docs/protocol.md, "Endpoints and routing").
     pub fn shard(self, shards: usize) -> usize {
         (mix64(self.hi ^ mix64(self.lo)) % shards.max(1) as u64) as usize
     }

@@ -329,66 +329,53 @@ impl<W> LockTable<W> {
     /// Releases lapsed leases, times out waiters past their deadline, and
     /// grants what that unblocks.
     pub fn expire(&mut self, now: Instant) -> Changes<W> {
-        let mut changes = Changes::default();
-        let mut touched = Vec::new();
-        for (chunk, entry) in self.chunks.iter_mut() {
-            let before = (entry.holders.len(), entry.queue.len());
-            entry.holders.retain(|h| {
-                if h.expires <= now {
-                    changes.released.push((*chunk, h.client, h.generation));
-                    false
-                } else {
-                    true
-                }
-            });
-            let mut kept = VecDeque::with_capacity(entry.queue.len());
-            for w in entry.queue.drain(..) {
-                if w.deadline <= now {
-                    changes.timed_out.push(w.handle);
-                } else {
-                    kept.push_back(w);
-                }
-            }
-            entry.queue = kept;
-            if before != (entry.holders.len(), entry.queue.len()) || entry.holders.is_empty() {
-                touched.push(*chunk);
-            }
-        }
-        for chunk in touched {
-            self.promote(chunk, now, &mut changes);
-        }
-        changes
+        self.remove_where(now, |h| h.expires <= now, |w| w.deadline <= now)
     }
 
     /// Removes what connection `conn` (not 0) had: its explicit locks (as
     /// released) and its waiters (as timed out), and grants what that
     /// unblocks.
     pub fn drop_owner(&mut self, conn: u64, now: Instant) -> Changes<W> {
-        let mut changes = Changes::default();
         if conn == 0 {
-            return changes;
+            return Changes::default();
         }
+        self.remove_where(now, |h| h.conn == conn, |w| w.owner.conn == conn)
+    }
+
+    /// Removes the holders that `holder_gone` picks (as released) and the
+    /// waiters that `waiter_gone` picks (as timed out), then grants what
+    /// that unblocks. Entries left without holders are promoted too, which
+    /// drops the empty ones.
+    fn remove_where(
+        &mut self,
+        now: Instant,
+        holder_gone: impl Fn(&Holder) -> bool,
+        waiter_gone: impl Fn(&Waiter<W>) -> bool,
+    ) -> Changes<W> {
+        let mut changes = Changes::default();
         let mut touched = Vec::new();
         for (chunk, entry) in self.chunks.iter_mut() {
             let before = (entry.holders.len(), entry.queue.len());
             entry.holders.retain(|h| {
-                if h.conn == conn {
+                let gone = holder_gone(h);
+                if gone {
                     changes.released.push((*chunk, h.client, h.generation));
-                    false
-                } else {
-                    true
                 }
+                !gone
             });
-            let mut kept = VecDeque::with_capacity(entry.queue.len());
-            for w in entry.queue.drain(..) {
-                if w.owner.conn == conn {
-                    changes.timed_out.push(w.handle);
-                } else {
-                    kept.push_back(w);
+            // Rebuilt only when a waiter goes: the common tick allocates nothing.
+            if entry.queue.iter().any(&waiter_gone) {
+                let mut kept = VecDeque::with_capacity(entry.queue.len());
+                for w in entry.queue.drain(..) {
+                    if waiter_gone(&w) {
+                        changes.timed_out.push(w.handle);
+                    } else {
+                        kept.push_back(w);
+                    }
                 }
+                entry.queue = kept;
             }
-            entry.queue = kept;
-            if before != (entry.holders.len(), entry.queue.len()) {
+            if before != (entry.holders.len(), entry.queue.len()) || entry.holders.is_empty() {
                 touched.push(*chunk);
             }
         }

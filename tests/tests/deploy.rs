@@ -45,6 +45,7 @@ fn install_script_lays_out_a_server_and_keeps_existing_files() {
         "usr/local/bin/ringfs",
         "etc/systemd/system/ringfs-control.service",
         "etc/systemd/system/ringfs-node@.service",
+        "etc/systemd/system/ringfs-mount@.service",
         "etc/ringfs/control.toml",
         "etc/ringfs/node.toml.example",
     ] {
@@ -157,6 +158,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let units = [
         ("ringfs-control.service", "ringfs-control.service"),
         ("ringfs-node@.service", "ringfs-node@sdb.service"),
+        ("ringfs-mount@.service", "ringfs-mount@mnt-ringfs.service"),
     ];
     let mut paths = Vec::new();
     for (src, dst) in units {

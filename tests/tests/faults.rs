@@ -652,7 +652,24 @@ fn rpc_corpus() -> Vec<Vec<u8>> {
     boot.init_root::<message::Builder>()
         .init_bootstrap()
         .set_question_id(0);
-    let boot = serialize(&boot);
+    let mut boot = serialize(&boot);
+    // A valid hello first: every other call is refused before one.
+    let mut hello = capnp::message::Builder::new_default();
+    {
+        let mut c = hello.init_root::<message::Builder>().init_call();
+        c.set_question_id(100);
+        c.set_interface_id(ringfs_schema::control_capnp::control::Client::TYPE_ID);
+        c.set_method_id(0);
+        c.reborrow()
+            .init_target()
+            .init_promised_answer()
+            .set_question_id(0);
+        c.init_params()
+            .init_content()
+            .init_as::<ringfs_schema::control_capnp::control::hello_params::Builder>()
+            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
+    }
+    boot.extend_from_slice(&serialize(&hello));
     let mut out = Vec::new();
     for method in 0..20u16 {
         let mut call = capnp::message::Builder::new_default();

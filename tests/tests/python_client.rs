@@ -1,47 +1,103 @@
-//! The Python control client (client/python, pycapnp) against the real
-//! control server: the schema is usable from another language.
+//! The Python package (client/python, `ringfs`) against a real cluster:
+//! round trips of every edge size, overwrites, truncate and append, interop
+//! both ways with the `ringfs` CLI, a node killed during a read, bad input
+//! raising the right exceptions, and Python's 1 MiB-block throughput next
+//! to the Rust CLI's (a figure, printed). The checks are in
+//! client/python/tests/cluster_test.py; this test starts the processes.
 //!
-//! Needs `python3` with pycapnp 2.x. Without it the test says so and passes,
-//! unless `RINGFS_REQUIRE_PYTHON=1` (then it fails).
+//! Needs `python3` with pycapnp 2.x and crc32c (`pip install
+//! ./client/python` installs both). Without them the test says so and
+//! passes, unless `RINGFS_REQUIRE_PYTHON=1` (as in CI: then it fails).
 
 use std::path::Path;
 use std::process::Command;
 
-use ringfs_tests::ControlProcess;
+use ringfs_tests::{binary, Cluster, NodeOptions};
 
-fn pycapnp_available() -> bool {
+fn package_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/python")
+}
+
+fn python_deps_available() -> bool {
     Command::new("python3")
-        .args(["-c", "import capnp"])
+        .args(["-c", "import capnp, crc32c"])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn python_client_creates_lists_and_stats() {
-    if !pycapnp_available() {
-        assert!(
-            std::env::var_os("RINGFS_REQUIRE_PYTHON").is_none(),
-            "python3 with pycapnp is required (pip install pycapnp)"
-        );
-        eprintln!("SKIPPED: python3 with pycapnp not found (pip install pycapnp)");
-        return;
+/// Whether the test can run: false (the test passes, saying so) only
+/// outside CI.
+fn python_ready() -> bool {
+    if python_deps_available() {
+        return true;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/python/ringfs_control.py");
+    assert!(
+        std::env::var_os("RINGFS_REQUIRE_PYTHON").is_none(),
+        "python3 with pycapnp and crc32c is required (pip install ./client/python)"
+    );
+    eprintln!("SKIPPED: python3 with pycapnp and crc32c not found (pip install ./client/python)");
+    false
+}
+
+/// Runs client/python/tests/cluster_test.py with `args` against `cl` and
+/// checks that it ended well and said `done`.
+fn run_python(cl: &Cluster, args: &[&str], done: &str) {
+    let nodes: Vec<String> = (0..cl.nodes.len())
+        .map(|i| {
+            let n = cl.node(i);
+            format!("{}:{}:{}", cl.node_id(i), n.pid(), n.data.display())
+        })
+        .collect();
     let out = Command::new("python3")
-        .arg(&script)
-        .arg(server.addr.to_string())
+        .arg(package_dir().join("tests/cluster_test.py"))
+        .args(args)
+        // The package from this checkout, not an installed copy.
+        .env("PYTHONPATH", package_dir())
+        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+        .env("RINGFS_CLI", binary("ringfs-client", "ringfs"))
+        .env("RINGFS_NODES", nodes.join(","))
+        .env("RINGFS_BENCH_MIB", "16")
         .output()
         .expect("running python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
     assert!(
         out.status.success(),
-        "python client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "python cluster test failed:\n{stdout}\n{stderr}"
     );
+    assert!(stdout.contains(done), "{stdout}");
     assert!(
-        stdout.contains("list /py-demo: [('hello.txt', 'file')]"),
-        "{stdout}"
+        !stderr.contains("Task was destroyed"),
+        "tasks left behind:\n{stderr}"
     );
+}
+
+#[test]
+fn python_package_round_trips_interops_and_fails_over() {
+    if !python_ready() {
+        return;
+    }
+    let cl = Cluster::start(3);
+    run_python(&cl, &["bench"], "python cluster test: all ok");
+}
+
+/// One node flips a bit in every read answer after its own CRC check: the
+/// Python client's check of the CRCs the node sent must catch it and read
+/// the other replica.
+#[test]
+fn python_package_catches_bits_flipped_in_flight() {
+    if !python_ready() {
+        return;
+    }
+    let mut cl = Cluster::start(1);
+    cl.start_node_with(
+        1,
+        &NodeOptions {
+            failpoints: Some("ops::read::flip_bit=return"),
+            ..NodeOptions::default()
+        },
+    );
+    cl.wait_up(2);
+    run_python(&cl, &["flip"], "python flip test: all ok");
 }

@@ -54,6 +54,20 @@ fn protocol_version_is_checked_at_connect() {
             req.get().set_protocol_version(version);
             req.send().promise
         };
+        let stat = || {
+            let mut req = control.stat_request();
+            req.get().set_path("/");
+            req.send().promise
+        };
+        // Nothing is served before a hello succeeded.
+        let err = match stat().await {
+            Ok(_) => panic!("stat before hello was served"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("[version_mismatch]") && err.contains("call hello(2) first"),
+            "{err}"
+        );
         let wrong = ringfs_schema::PROTOCOL_VERSION + 1;
         let err = match hello(wrong).await {
             Ok(_) => panic!("protocol {wrong} was accepted"),
@@ -67,11 +81,13 @@ fn protocol_version_is_checked_at_connect() {
             )),
             "{err}"
         );
+        assert!(stat().await.is_err(), "a failed hello agrees on nothing");
         let reply = hello(ringfs_schema::PROTOCOL_VERSION).await.unwrap();
         let version = reply.get().unwrap().get_server_version().unwrap();
         assert_eq!(
             version.to_str().unwrap(),
             concat!("ringfs-control ", env!("CARGO_PKG_VERSION"))
         );
+        stat().await.expect("stat after hello");
     });
 }

@@ -23,12 +23,26 @@ use crate::leases::{Acquire, Guid};
 use crate::records::Kind;
 use crate::store::{CreateOptions, Mutation, Outcome, Request};
 
-/// The bootstrap capability; one per server, shared by every connection.
+/// The `Control` capability of one connection.
 pub(super) struct ControlImpl {
     pub(super) state: Rc<State>,
+    /// Whether this connection's `hello` succeeded: every other call is
+    /// refused until then, so a peer of another protocol version cannot
+    /// get anything done by skipping it.
+    pub(super) greeted: Cell<bool>,
 }
 
 impl ControlImpl {
+    /// `version_mismatch` until this connection's `hello` succeeded.
+    fn greeted(&self) -> Result<()> {
+        if self.greeted.get() {
+            return Ok(());
+        }
+        Err(ControlError::VersionMismatch(format!(
+            "call hello({PROTOCOL_VERSION}) first: no protocol version is agreed on this connection"
+        )))
+    }
+
     async fn mutate_attr(
         &self,
         id: Option<u128>,
@@ -126,6 +140,7 @@ impl control::Server for ControlImpl {
                     "client speaks protocol {theirs}, this server speaks {PROTOCOL_VERSION}"
                 )));
             }
+            self.greeted.set(true);
             let mut r = results.get();
             r.set_protocol_version(PROTOCOL_VERSION);
             r.set_server_version(concat!("ringfs-control ", env!("CARGO_PKG_VERSION")));
@@ -146,6 +161,7 @@ impl control::Server for ControlImpl {
         mut results: control::CreateResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let o = p.get_options()?;
@@ -172,6 +188,7 @@ impl control::Server for ControlImpl {
         mut results: control::MkdirResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let m = Mutation::Mkdir {
                 path: text(p.get_path())?,
@@ -189,6 +206,7 @@ impl control::Server for ControlImpl {
         _: control::UnlinkResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let m = Mutation::Unlink {
                 path: text(p.get_path())?,
@@ -206,6 +224,7 @@ impl control::Server for ControlImpl {
         _: control::RmdirResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let m = Mutation::Rmdir {
                 path: text(p.get_path())?,
@@ -223,6 +242,7 @@ impl control::Server for ControlImpl {
         _: control::RenameResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let m = Mutation::Rename {
                 from: text(p.get_from())?,
@@ -235,12 +255,33 @@ impl control::Server for ControlImpl {
         })
     }
 
+    fn set_attr(
+        self: CapRc<Self>,
+        params: control::SetAttrParams,
+        mut results: control::SetAttrResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.greeted()?;
+            let p = params.get()?;
+            // With replication this goes through the Raft log like every
+            // mutation (the committer is the proposer); the mtime is the
+            // caller's, carried in the entry.
+            let m = Mutation::SetAttr {
+                path: text(p.get_path())?,
+                mode: p.get_set_mode().then(|| p.get_mode()),
+                mtime_ns: p.get_set_mtime().then(|| p.get_mtime_ns()),
+            };
+            self.mutate_attr(None, m, results.get().init_attr()).await
+        })
+    }
+
     fn stat(
         self: CapRc<Self>,
         params: control::StatParams,
         mut results: control::StatResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             self.state.read_barrier(p.get_stale()).await?;
@@ -256,6 +297,7 @@ impl control::Server for ControlImpl {
         mut results: control::ListResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let after = text(p.get_after())?;
@@ -283,6 +325,7 @@ impl control::Server for ControlImpl {
         mut results: control::OpenResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let write = p.get_mode()? == OpenMode::Write;
@@ -338,6 +381,7 @@ impl control::Server for ControlImpl {
         mut results: control::JoinResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             check_secret(p.get_secret()?, &self.state.secret)?;
             let node_id = p.get_node_id();
@@ -411,6 +455,7 @@ impl control::Server for ControlImpl {
         mut results: control::HeartbeatResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let id = p.get_node_id();
             let capacity = read_capacity(p.get_capacity()?);
@@ -478,6 +523,7 @@ impl control::Server for ControlImpl {
         _: control::ReportChunksResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let chunks = p
                 .get_chunks()?
@@ -521,6 +567,7 @@ impl control::Server for ControlImpl {
         _: control::ReportBadReplicaResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let chunk = read_chunk_id(p.get_chunk_id()?);
             let node = p.get_node_id();
@@ -553,6 +600,7 @@ impl control::Server for ControlImpl {
         mut results: control::LeaveResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let id = p.get_node_id();
             let was_up = self
@@ -576,6 +624,7 @@ impl control::Server for ControlImpl {
         mut results: control::ChunkHealthResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let limit = params.get()?.get_problem_limit().min(MAX_PROBLEMS) as usize;
             let map = self.state.store.chunk_map()?;
             let paths = if limit > 0 {
@@ -607,6 +656,7 @@ impl control::Server for ControlImpl {
         mut results: control::SubscribeResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let watcher = params.get()?.get_watcher()?;
             let id = self.state.next_watcher.get();
             self.state.next_watcher.set(id + 1);
@@ -627,6 +677,7 @@ impl control::Server for ControlImpl {
         mut results: control::RaftResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let replica = self.replica(p.get_secret()?)?;
             results
@@ -644,6 +695,9 @@ impl control::Server for ControlImpl {
         _: control::ReplicationParams,
         mut results: control::ReplicationResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        if let Err(e) = self.greeted() {
+            return std::future::ready(Err(e.into()));
+        }
         let mut s = results.get().init_status();
         match &self.state.replica {
             None => {
@@ -661,6 +715,7 @@ impl control::Server for ControlImpl {
         _: control::AddReplicaResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let replica = self.replica(p.get_secret()?)?.clone();
             let id = p.get_replica_id();
@@ -680,6 +735,7 @@ impl control::Server for ControlImpl {
         _: control::RemoveReplicaResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             let p = params.get()?;
             let replica = self.replica(p.get_secret()?)?.clone();
             replica.remove_replica(p.get_replica_id()).await
@@ -692,6 +748,7 @@ impl control::Server for ControlImpl {
         mut results: control::TakeSnapshotResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
+            self.greeted()?;
             check_secret(params.get()?.get_secret()?, &self.state.secret)?;
             let (path, index, bytes) = match &self.state.replica {
                 Some(r) => r.snapshot_now().await?,

@@ -124,12 +124,17 @@ impl file_handle::Server for FileHandleImpl {
         wire(async move {
             self.check_open()?;
             let p = params.get()?;
-            let count = p.get_count().min(MAX_CHUNKS_PER_CALL);
-            let chunks = self
-                .state
-                .store
-                .chunks(self.inode, p.get_first_index(), count as u64)?;
-            let mut list = results.get().init_chunks(chunks.len() as u32);
+            // Capped by records, not by indexes, with `more` saying so: a
+            // cut answer must not read as holes.
+            let (chunks, more) = self.state.store.chunk_page(
+                self.inode,
+                p.get_first_index(),
+                p.get_count() as u64,
+                MAX_CHUNKS_PER_CALL as usize,
+            )?;
+            let mut r = results.get();
+            r.set_more(more);
+            let mut list = r.init_chunks(chunks.len() as u32);
             for (i, (index, c)) in chunks.iter().enumerate() {
                 fill_chunk_record(list.reborrow().get(i as u32), *index, c);
             }

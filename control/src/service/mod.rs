@@ -35,8 +35,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Most problems one `chunkHealth` call lists.
 pub const MAX_PROBLEMS: u32 = 100_000;
 
-/// The bootstrap capability to serve on every connection, with every call
-/// counted and timed in `metrics` and passing the state's call gate.
+/// The bootstrap capability to serve on one connection (each connection
+/// gets its own: `hello` is per connection), with every call counted and
+/// timed in `metrics` and passing the state's call gate.
 pub fn bootstrap_metered(
     state: &Rc<State>,
     metrics: Rc<crate::metrics::ControlMetrics>,
@@ -44,6 +45,7 @@ pub fn bootstrap_metered(
     crate::metrics::metered_client(
         control_impl::ControlImpl {
             state: state.clone(),
+            greeted: Default::default(),
         },
         metrics,
         state.gate.clone(),

@@ -34,22 +34,27 @@ pub struct MapEntry {
 
 // ------------------------------------------------------------------ reads
 
-/// Chunk records of `inode` with index in `[first, first + count)`.
+/// The first `limit` chunk records of `inode` with index in `[first,
+/// first + count)`, ascending, and whether the range holds more.
 pub(super) fn chunks(
     txn: &ReadTransaction,
     inode: u64,
     first: u64,
     count: u64,
-) -> Result<Vec<(u64, Chunk)>> {
+    limit: usize,
+) -> Result<(Vec<(u64, Chunk)>, bool)> {
     let chunks = txn.open_table(CHUNKS)?;
     let end = first.saturating_add(count);
     let mut out = Vec::new();
     for item in chunks.range((inode, first)..(inode, end))? {
+        if out.len() == limit {
+            return Ok((out, true));
+        }
         let (key, value) = item?;
         let index = key.value().1;
         out.push((index, decode_chunk(inode, index, value.value())?));
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// Chunks no file references any more.

@@ -140,7 +140,19 @@ impl MetaStore {
 
     /// Chunk records of `inode` with index in `[first, first + count)`.
     pub fn chunks(&self, inode: u64, first: u64, count: u64) -> Result<Vec<(u64, Chunk)>> {
-        chunk_map::chunks(&self.db.begin_read()?, inode, first, count)
+        Ok(self.chunk_page(inode, first, count, usize::MAX)?.0)
+    }
+
+    /// The first `limit` chunk records of `inode` with index in `[first,
+    /// first + count)`, ascending, and whether that range holds more.
+    pub fn chunk_page(
+        &self,
+        inode: u64,
+        first: u64,
+        count: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, Chunk)>, bool)> {
+        chunk_map::chunks(&self.db.begin_read()?, inode, first, count, limit)
     }
 
     /// Chunks no file references any more, awaiting deletion on their nodes.

@@ -82,6 +82,15 @@ pub enum Mutation {
         /// The file's new mtime.
         now_ns: i64,
     },
+    /// chmod / utimes of a file or directory.
+    SetAttr {
+        /// Absolute path.
+        path: String,
+        /// New permission bits (at most 0o7777); `None`: unchanged.
+        mode: Option<u32>,
+        /// New mtime, nanoseconds since the Unix epoch; `None`: unchanged.
+        mtime_ns: Option<i64>,
+    },
     /// Register a new node (`node_id == 0`) or re-register a known one.
     Join {
         /// The node's id, 0 for a new node.
@@ -201,6 +210,11 @@ pub(super) fn apply(
             size,
             now_ns,
         } => chunk_map::set_size(txn, *inode, *size, *now_ns),
+        Mutation::SetAttr {
+            path,
+            mode,
+            mtime_ns,
+        } => namespace::set_attr(txn, path, *mode, *mtime_ns),
         Mutation::Join {
             node_id,
             key,

@@ -17,8 +17,10 @@ use crate::error::{ControlError, Result};
 use crate::path::{components, split_last};
 use crate::records::{Inode, Kind, ROOT_INODE};
 
-/// Largest chunk size in bytes.
-pub const MAX_CHUNK_SIZE: u32 = 1 << 30;
+/// Largest chunk size in bytes: the largest chunk a storage node stores
+/// (64 MiB, `ringfs_schema::MAX_CHUNK_SIZE`). A larger chunk size would
+/// create files whose chunks no node can hold.
+pub const MAX_CHUNK_SIZE: u32 = ringfs_schema::MAX_CHUNK_SIZE as u32;
 /// Smallest chunk size in bytes (one O_DIRECT block).
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Most replicas a file may ask for.
@@ -225,7 +227,7 @@ pub fn validate_layout(defaults: &FileDefaults, o: &CreateOptions) -> Result<(u3
         || !chunk_size.is_multiple_of(MIN_CHUNK_SIZE)
     {
         return bad(format!(
-            "chunk size {chunk_size} must be a multiple of 4096 between 4 KiB and 1 GiB"
+            "chunk size {chunk_size} must be a multiple of 4096 between 4 KiB and 64 MiB"
         ));
     }
     let replication = if o.replication == 0 {
@@ -382,6 +384,35 @@ pub(super) fn remove(
         chunk_map::drop_chunks_from(txn, ino, 0)?;
     }
     Ok(Outcome::Done)
+}
+
+/// chmod and/or utimes of the file or directory at `path`; bumps its
+/// version.
+pub(super) fn set_attr(
+    txn: &WriteTransaction,
+    path: &str,
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+) -> Result<Outcome> {
+    if let Some(mode) = mode.filter(|m| *m > 0o7777) {
+        return Err(ControlError::InvalidArgument(format!(
+            "mode {mode:o} has bits beyond 0o7777"
+        )));
+    }
+    let comps = components(path)?;
+    let mut inodes = txn.open_table(INODES)?;
+    let dirents = txn.open_table(DIRENTS)?;
+    let (ino, mut attr) = resolve(&inodes, &dirents, path, &comps)?;
+    // Every check has passed: from here on only writes.
+    if let Some(mode) = mode {
+        attr.mode = mode;
+    }
+    if let Some(t) = mtime_ns {
+        attr.mtime_ns = t;
+    }
+    attr.version += 1;
+    inodes.insert(ino, attr.encode().as_slice())?;
+    Ok(Outcome::Attr(ino, attr))
 }
 
 pub(super) fn rename(txn: &WriteTransaction, from: &str, to: &str, now_ns: i64) -> Result<Outcome> {

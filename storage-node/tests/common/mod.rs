@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use ringfs_node::peer::Peer;
-use ringfs_schema::frame::{Header, Hop, Op, Token};
+use ringfs_schema::frame::{Header, Hop, Op, Status, Token};
 use ringfs_schema::ids::ChunkId;
 use ringfs_schema::Version;
 use ringfs_tests::{Cluster, NodeOptions};
@@ -26,15 +26,32 @@ pub fn endpoints(cl: &Cluster, i: usize) -> Vec<String> {
 }
 
 /// Sends a reserve request (a fresh id for `ChunkId::default()`) and
-/// returns the answer, whatever its status.
+/// returns the answer, whatever its status. The control server counts a
+/// node up at its join, and the node's shards learn their node id (which
+/// a fresh id needs) a moment later: a fresh reserve that finds the node
+/// not joined yet is sent again, for up to [`JOIN_WITHIN`].
 pub async fn reserve(p: &Peer, client: u64, bytes: u64, id: ChunkId, lease_ms: u32) -> Header {
     let mut h = Header::request(0, Op::Reserve);
     h.client_id = client;
     h.reserve_bytes = bytes;
     h.chunk_id = id;
     h.lease_ms = lease_ms;
-    p.call(h, &[]).await.expect("reserve answered").0
+    let start = std::time::Instant::now();
+    loop {
+        let r = p.call(h.clone(), &[]).await.expect("reserve answered").0;
+        let not_joined = id == ChunkId::default()
+            && r.status == Status::Unavailable
+            && r.message.contains("has not joined");
+        if !not_joined || start.elapsed() > JOIN_WITHIN {
+            return r;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
+
+/// How long after the control server counts a node up its shards may
+/// still lack their node id.
+pub const JOIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A write of `data` at `offset` creating version (1, `seq`) on top of
 /// (1, `seq` - 1) ((0, 0) for seq 1), with its CRCs.

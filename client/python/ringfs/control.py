@@ -1,0 +1,204 @@
+"""The control RPC (schema/control.capnp) over pycapnp's asyncio RPC: the
+namespace, open files (their chunk records, commits, leases) and the
+cluster map. Every failure is raised as a typed `ringfs.errors` exception."""
+
+import dataclasses
+import functools
+
+import capnp
+
+from . import errors
+from ._schema import PROTOCOL_VERSION, control
+
+
+@dataclasses.dataclass(frozen=True)
+class Attr:
+    """A file's or directory's attributes (sizes in bytes)."""
+
+    inode: int
+    is_dir: bool
+    size: int
+    mode: int
+    mtime_ns: int
+    chunk_size: int
+    replication: int
+    write_quorum: int
+    version: int
+
+    @classmethod
+    def read(cls, a):
+        return cls(a.inode, str(a.kind) == "directory", a.size, a.mode, a.mtimeNs, a.chunkSize,
+                   a.replication, a.writeQuorum, a.version)
+
+
+@dataclasses.dataclass
+class ChunkRecord:
+    """Where chunk `index` of a file lives: its id `(hi, lo)`, the nodes
+    holding it (primary first), its valid length and version `(epoch, seq)`."""
+
+    index: int
+    chunk_id: tuple
+    replicas: list
+    length: int
+    version: tuple
+
+
+@dataclasses.dataclass
+class Node:
+    """A storage node in the cluster map: its shard endpoints by shard
+    number, and its free bytes as last reported."""
+
+    node_id: int
+    up: bool
+    shards: list
+    free: int
+
+
+def _typed(f):
+    """Runs a control call, turning `capnp.KjException` into the typed
+    exception of its `[code]`."""
+
+    @functools.wraps(f)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await f(*args, **kwargs)
+        except capnp.KjException as e:
+            raise errors.from_capnp(e) from None
+
+    return wrapper
+
+
+class Control:
+    """A connection to the control server (said hello to)."""
+
+    def __init__(self, client, cap):
+        self._client = client  # keeps the connection alive
+        self._cap = cap
+        self.server_version = ""
+
+    @classmethod
+    @_typed
+    async def connect(cls, address):
+        host, port = address.rsplit(":", 1)
+        try:
+            stream = await capnp.AsyncIoStream.create_connection(host=host.strip("[]"), port=int(port))
+        except OSError as e:
+            raise errors.Unavailable(f"control server {address}: cannot connect: {e}") from e
+        client = capnp.TwoPartyClient(stream)
+        self = cls(client, client.bootstrap().cast_as(control.Control))
+        r = await self._cap.hello(PROTOCOL_VERSION)
+        self.server_version = r.serverVersion
+        return self
+
+    @_typed
+    async def create(self, path, mode=0, chunk_size=0, replication=0, write_quorum=0, exclusive=False):
+        opts = control.CreateOptions.new_message(
+            mode=mode, chunkSize=chunk_size, replication=replication, writeQuorum=write_quorum,
+            exclusive=exclusive)
+        return Attr.read((await self._cap.create(path, opts)).attr)
+
+    @_typed
+    async def mkdir(self, path, mode=0):
+        return Attr.read((await self._cap.mkdir(path, mode)).attr)
+
+    @_typed
+    async def unlink(self, path):
+        await self._cap.unlink(path)
+
+    @_typed
+    async def rmdir(self, path):
+        await self._cap.rmdir(path)
+
+    @_typed
+    async def rename(self, src, dst):
+        await self._cap.rename(src, dst)
+
+    @_typed
+    async def stat(self, path):
+        return Attr.read((await self._cap.stat(path)).attr)
+
+    @_typed
+    async def list_page(self, path, after="", limit=0):
+        """One page of a directory: `([(name, Attr)], more)`."""
+        r = await self._cap.list(path, after, limit)
+        return [(e.name, Attr.read(e.attr)) for e in r.entries], r.more
+
+    @_typed
+    async def open(self, path, write, wait_ms):
+        mode = "write" if write else "read"
+        r = await self._cap.open(path, mode, wait_ms)
+        return Handle(r.handle, bytes(r.guid), Attr.read(r.attr), r.writeEpoch)
+
+    @_typed
+    async def cluster_map(self):
+        """`(epoch, {node_id: Node})`."""
+        m = (await self._cap.clusterMap()).map
+        nodes = {}
+        for n in m.nodes:
+            shards = sorted(n.shards, key=lambda s: s.shard)
+            c = n.capacity
+            free = max(0, c.totalBytes - c.usedBytes - c.reservedBytes)
+            nodes[n.nodeId] = Node(n.nodeId, n.up, [s.address for s in shards], free)
+        return m.epoch, nodes
+
+    @_typed
+    async def report_bad_replica(self, chunk_id, node_id, repaired=False):
+        cid = {"hi": chunk_id[0], "lo": chunk_id[1]}
+        await self._cap.reportBadReplica(cid, node_id, repaired)
+
+
+class Handle:
+    """An open file on the control server (a `FileHandle` capability):
+    read handles see the committed state; a write handle holds the file's
+    exclusive write lease and its `write_epoch`."""
+
+    def __init__(self, cap, guid, attr, write_epoch):
+        self._cap = cap
+        self.guid = guid
+        self.attr = attr
+        self.write_epoch = write_epoch
+
+    @_typed
+    async def get_attr(self):
+        return Attr.read((await self._cap.attr()).attr)
+
+    @_typed
+    async def chunks(self, first, count):
+        """Every chunk record with index in `[first, first + count)` (holes
+        absent), following `more` page after page."""
+        out = []
+        end = first + count
+        while first < end:
+            r = await self._cap.getChunks(first, min(end - first, 0xFFFFFFFF))
+            page = [ChunkRecord(c.index, (c.chunkId.hi, c.chunkId.lo), list(c.replicas), c.length,
+                                (c.versionEpoch, c.versionSeq)) for c in r.chunks]
+            out += page
+            if not (r.more and page):
+                break
+            first = page[-1].index + 1
+        return out
+
+    @_typed
+    async def commit(self, records, file_size):
+        """Makes `records` visible and sets the size (atomically): returns
+        the new attributes."""
+        req = self._cap.commitChunks_request()
+        req.fileSize = file_size
+        lst = req.init("chunks", len(records))
+        for b, r in zip(lst, records):
+            b.index = r.index
+            b.chunkId.hi, b.chunkId.lo = r.chunk_id
+            reps = b.init("replicas", len(r.replicas))
+            for i, n in enumerate(r.replicas):
+                reps[i] = n
+            b.length = r.length
+            b.versionEpoch, b.versionSeq = r.version
+        return Attr.read((await req.send()).attr)
+
+    @_typed
+    async def set_size(self, size):
+        return Attr.read((await self._cap.setSize(size)).attr)
+
+    @_typed
+    async def close(self):
+        await self._cap.close()
