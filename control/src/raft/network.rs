@@ -127,10 +127,19 @@ impl PeerConn {
         let task = tokio::task::spawn_local(async move {
             let _ = rpc.await;
         });
+        // Every Control call after a hello on its connection (protocol 2).
+        let mut hello = control.hello_request();
+        hello
+            .get()
+            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
+        if let Err(e) = hello.send().promise.await {
+            task.abort();
+            return Err(Failure(format!("hello to {}: {e}", self.addr)));
+        }
         let mut req = control.raft_request();
         req.get().set_secret(&self.secret);
         req.get().set_from_replica(self.from);
-        // Pipelined: the first message goes out with the handshake.
+        // Pipelined: the first message goes out with the Raft request.
         let peer = req.send().pipeline.get_peer();
         Ok(Open {
             addr: self.addr.clone(),
