@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use tokio::sync::{oneshot, Notify};
 
 use super::Raft;
@@ -42,19 +42,22 @@ pub struct Proposer {
     in_flight: Cell<usize>,
 }
 
+/// `not_leader` naming the leader Raft points to, if it knows one.
+pub fn forward_to_leader(f: ForwardToLeader<u64, openraft::BasicNode>) -> ControlError {
+    ControlError::NotLeader(match f.leader_node {
+        Some(n) => format!(
+            "the leader is {} (replica {})",
+            n.addr,
+            f.leader_id.unwrap_or(0)
+        ),
+        None => "no leader is known yet (an election is under way)".into(),
+    })
+}
+
 /// The control error for a failed Raft write.
 pub fn write_error(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> ControlError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            ControlError::NotLeader(match f.leader_node {
-                Some(n) => format!(
-                    "the leader is {} (replica {})",
-                    n.addr,
-                    f.leader_id.unwrap_or(0)
-                ),
-                None => "no leader is known yet (an election is under way)".into(),
-            })
-        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => forward_to_leader(f),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ControlError::InvalidArgument(format!("membership change refused: {e}"))
         }

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use super::log_store::LogStore;
 use super::network::Network;
-use super::proposer::{write_error, Proposer};
+use super::proposer::{forward_to_leader, write_error, Proposer};
 use super::state_machine::StateMachine;
 use super::Raft;
 use crate::call_gate::CallGate;
@@ -74,16 +74,7 @@ pub struct Replica {
 
 fn not_leader(e: RaftError<u64, CheckIsLeaderError<u64, BasicNode>>) -> ControlError {
     match e {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
-            ControlError::NotLeader(match f.leader_node {
-                Some(n) => format!(
-                    "the leader is {} (replica {})",
-                    n.addr,
-                    f.leader_id.unwrap_or(0)
-                ),
-                None => "no leader is known yet (an election is under way)".into(),
-            })
-        }
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => forward_to_leader(f),
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
             ControlError::NotLeader(format!("leadership not confirmed by a majority: {q}"))
         }
