@@ -109,24 +109,7 @@ enum Method {
 
 impl PeerConn {
     async fn connect(&self) -> Result<Open, Failure> {
-        let stream =
-            tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(&self.addr))
-                .await
-                .map_err(|_| Failure(format!("connecting to {} timed out", self.addr)))?
-                .map_err(|e| Failure(format!("cannot connect to {}: {e}", self.addr)))?;
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            tokio::io::BufReader::with_capacity(64 * 1024, reader).compat(),
-            tokio::io::BufWriter::with_capacity(64 * 1024, writer).compat_write(),
-            rpc_twoparty_capnp::Side::Client,
-            Default::default(),
-        );
-        let mut rpc = RpcSystem::new(Box::new(network), None);
-        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-        let task = tokio::task::spawn_local(async move {
-            let _ = rpc.await;
-        });
+        let (control, task) = dial(&self.addr).await.map_err(Failure)?;
         // Every Control call after a hello on its connection (protocol 2).
         let mut hello = control.hello_request();
         hello
@@ -275,6 +258,30 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     }
 }
 
+/// Connects to the control replica at `addr` (within `CONNECT_WITHIN`) and
+/// bootstraps its `Control` capability; the task runs the connection until
+/// it ends or is aborted. The error says what failed, with the address.
+async fn dial(addr: &str) -> Result<(control::Client, tokio::task::JoinHandle<()>), String> {
+    let stream = tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        tokio::io::BufReader::with_capacity(64 * 1024, reader).compat(),
+        tokio::io::BufWriter::with_capacity(64 * 1024, writer).compat_write(),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let task = tokio::task::spawn_local(async move {
+        let _ = rpc.await;
+    });
+    Ok((control, task))
+}
+
 /// Why asking a replica to add this one failed.
 pub enum AddFailure {
     /// The replica asked is not the leader; the leader's address if known.
@@ -286,24 +293,7 @@ pub enum AddFailure {
 /// Asks the replica at `via` to add replica `id` (at `addr`) to the group;
 /// returns once it is a voter.
 pub async fn add_replica(via: &str, secret: &[u8], id: u64, addr: &str) -> Result<(), AddFailure> {
-    let other = |e: String| AddFailure::Other(e);
-    let stream = tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(via))
-        .await
-        .map_err(|_| other(format!("connecting to {via} timed out")))?
-        .map_err(|e| other(format!("cannot connect to {via}: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        writer.compat_write(),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    let task = tokio::task::spawn_local(async move {
-        let _ = rpc.await;
-    });
+    let (control, task) = dial(via).await.map_err(AddFailure::Other)?;
     let _task = scopeguard(task);
     let rpc_err = |e: capnp::Error| {
         let (code, message) = ringfs_schema::wire_error::decode(&e);
