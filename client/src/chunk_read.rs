@@ -188,30 +188,47 @@ impl ChunkIo {
                 buf.len()
             )));
         }
-        if let Err(block) = verify_blocks(r.offset, &payload, &r.crcs) {
+        let checked = verify_into(r.offset, &payload, &r.crcs, skip.unwrap_or(0), buf);
+        crate::node_conn::recycle_payload(payload);
+        if let Err(block) = checked {
             return Err(Error::Corrupt(format!(
                 "storage node {addr}: chunk {id}: block {block} does not match the CRC the node \
                  stored (damaged on the node, on the wire or in memory)"
             )));
         }
-        let s = skip.unwrap_or(0);
-        buf.copy_from_slice(&payload[s..s + buf.len()]);
-        crate::node_conn::recycle_payload(payload);
         Ok(r.version)
     }
 }
 
-/// Checks the whole blocks of a read answer (from chunk offset `start`, a
-/// block boundary) against the CRCs the node stored; the index of the first
-/// block that fails (or of the first one without a CRC).
-fn verify_blocks(start: u64, data: &[u8], crcs: &[u32]) -> std::result::Result<(), u64> {
+/// Checks every block of a read answer `data` (from chunk offset `start`,
+/// a block boundary) against the CRCs the node stored, and copies
+/// `data[skip..skip + dst.len()]` into `dst` block by block as each passes,
+/// so the copy reads what the checksum just brought into the cache (one
+/// trip through memory instead of two). Err: the index of the first block
+/// that fails (or of the first one without a CRC); `dst` is then zeroed,
+/// never left holding unverified bytes. `skip + dst.len()` must not exceed
+/// `data.len()`.
+fn verify_into(
+    start: u64,
+    data: &[u8],
+    crcs: &[u32],
+    skip: usize,
+    dst: &mut [u8],
+) -> std::result::Result<(), u64> {
     if !start.is_multiple_of(CRC_BLOCK) {
+        dst.fill(0);
         return Err(0);
     }
+    let end = skip + dst.len();
     for (i, block) in data.chunks(CRC_BLOCK as usize).enumerate() {
-        match crcs.get(i) {
-            Some(&c) if crc32c::crc32c(block) == c => {}
-            _ => return Err(start / CRC_BLOCK + i as u64),
+        if crcs.get(i) != Some(&crc32c::crc32c(block)) {
+            dst.fill(0);
+            return Err(start / CRC_BLOCK + i as u64);
+        }
+        let lo = (i * CRC_BLOCK as usize).max(skip);
+        let hi = (i * CRC_BLOCK as usize + block.len()).min(end);
+        if lo < hi {
+            dst[lo - skip..hi - skip].copy_from_slice(&data[lo..hi]);
         }
     }
     Ok(())
@@ -222,18 +239,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocks_are_checked_against_their_stored_crcs() {
+    fn blocks_are_checked_against_their_stored_crcs_and_copied() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let crcs: Vec<u32> = data.chunks(4096).map(crc32c::crc32c).collect();
-        assert_eq!(verify_blocks(8192, &data, &crcs), Ok(()));
+        let mut dst = vec![0u8; 9_000];
+        assert_eq!(verify_into(8192, &data, &crcs, 500, &mut dst), Ok(()));
+        assert_eq!(dst, data[500..9_500], "the requested window, copied");
         let mut bad = data.clone();
         bad[9000] ^= 0x10;
-        assert_eq!(verify_blocks(8192, &bad, &crcs), Err(4));
+        assert_eq!(verify_into(8192, &bad, &crcs, 500, &mut dst), Err(4));
+        assert!(dst.iter().all(|&b| b == 0), "nothing unverified left behind");
         assert_eq!(
-            verify_blocks(8192, &data, &crcs[..2]),
+            verify_into(8192, &data, &crcs[..2], 0, &mut dst),
             Err(4),
             "a CRC missing"
         );
-        assert_eq!(verify_blocks(100, &data, &crcs), Err(0), "not on the grid");
+        assert_eq!(
+            verify_into(100, &data, &crcs, 0, &mut dst),
+            Err(0),
+            "not on the grid"
+        );
     }
 }
