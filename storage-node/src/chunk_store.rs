@@ -2,8 +2,11 @@
 //! and written through the [`crate::disk`] interface (O_DIRECT glommio DMA
 //! files in production) in 4 KiB aligned units, a CRC32C per 4 KiB block
 //! verified on every read, and writes made durable through the shard's
-//! [`GroupCommit`] before they are acknowledged. The file layout is in
-//! [`crate::chunk_file`].
+//! write-ahead [`Journal`] (small writes and overwrites; large writes to a
+//! fresh region go to the chunk file, synced through [`GroupCommit`], and
+//! put only their CRCs in the journal) before they are acknowledged. The
+//! file layout is in [`crate::chunk_file`]; checkpoints and replay in
+//! `chunk_store/journaled.rs`.
 //!
 //! Integrity rules (see "Replica integrity" in `docs/architecture.md`):
 //! - **Strict versions.** A write applies only on top of the exact version
@@ -28,13 +31,15 @@
 //! chunk are serialized (read-modify-write of edge blocks and the header
 //! update are atomic with respect to other I/O on the chunk) while reads share.
 //!
-//! Crash guarantee (today's; tested on the simulated disk in
-//! `chunk_store/crash_tests.rs`): a write is acknowledged only once its data
-//! and header are durable, so every acknowledged write survives a crash.
-//! A crash before that leaves, in the blocks that write covered, the old
-//! content, the new content, or blocks that disagree with the surviving
-//! header slot, which reads report as checksum errors; never other bytes.
-//! Blocks it did not cover keep their acknowledged content.
+//! Crash guarantee (tested on the simulated disk in
+//! `chunk_store/crash_tests.rs`): a write is acknowledged only once its
+//! journal record is durable (for a direct write: its blocks, then its
+//! record), so every acknowledged write survives a crash; and after a crash
+//! at any point, with everything not yet synced lost, kept or torn, every
+//! 4 KiB block of a chunk holds its old or its new content with a valid
+//! CRC. A write changes nothing in its chunk file before its record is
+//! durable (a direct write changes only bytes past the chunk's length),
+//! and replay redoes a durable record.
 
 #[cfg(test)]
 mod crash_tests;
