@@ -121,7 +121,31 @@ where
             tracing::info!("journal: replayed {replayed} records");
         }
         self.checkpoint_locked().await?;
+        self.preallocate().await.map_err(setup)?;
         self.dir.sync().map_err(setup)
+    }
+
+    /// Writes zeros over the journal up to its checkpoint size, once (a
+    /// new journal): appends then overwrite allocated, written blocks, so
+    /// an fdatasync of the journal has no file size or extent change to
+    /// commit with the data (a journal commit of the file system's own).
+    /// Zeros never read as a record.
+    async fn preallocate(&self) -> std::io::Result<()> {
+        let file = self.journal.file();
+        let want = RECORDS_AT + self.cfg.checkpoint_bytes;
+        let mut at = file.size().await?;
+        if at >= want {
+            return Ok(());
+        }
+        at = align_up(at, ALIGN).max(RECORDS_AT);
+        while at < want {
+            let n = (want - at).min(ZERO_IO);
+            let mut buf = glommio::allocate_dma_buffer(align_up(n, ALIGN) as usize);
+            buf.as_bytes_mut().fill(0);
+            file.write_at(buf, at).await?;
+            at += n;
+        }
+        file.fdatasync().await
     }
 
     /// The record at `pos`, if a valid one of generation `gen` is there
