@@ -273,7 +273,15 @@ impl<F: DiskFile + 'static> Journal<F> {
     /// slot and syncs. Only when no append is in flight and everything the
     /// records describe is durable in the chunk files (a checkpoint).
     pub(crate) async fn reset(&self) -> io::Result<()> {
-        let gen = self.state.borrow().gen + 1;
+        let gen = {
+            let s = self.state.borrow();
+            if let Some(e) = &s.failed {
+                // Records may be missing from the prefix: only a restart's
+                // replay knows what the journal holds.
+                return Err(io::Error::other(e.clone()));
+            }
+            s.gen + 1
+        };
         let slot = (gen % 2) * SUPER_LEN;
         let r = async {
             self.file.write_at(encode_super(gen), slot).await?;
