@@ -205,6 +205,20 @@ impl ChunkIo {
         })
     }
 
+    /// A connection to `node_id`'s shard of `id`, for writes that take an
+    /// implicit write lock on every hop (no token: the lock lives as long
+    /// as the write, so no lock or unlock round trip).
+    pub(crate) async fn replica_conn(&self, id: ChunkId, node_id: u64) -> Result<Locked> {
+        let addr = self.endpoint(id, node_id)?;
+        let conn = self.pool.get(&addr).await?;
+        Ok(Locked {
+            node_id,
+            addr,
+            conn,
+            token: Token::default(),
+        })
+    }
+
     /// Releases our locks on `id` (best effort: a lost unlock lapses with
     /// its lease).
     pub(crate) async fn unlock_all(&self, id: ChunkId, locked: &[Locked]) {

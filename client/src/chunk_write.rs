@@ -14,8 +14,9 @@
 //!   are, replicas behind are first brought up to `base` by a
 //!   version-fenced copy from an in-sync one; never is a write laid on top
 //!   of a lower version.
-//! - **A write** goes down the chain of in-sync replicas (locked in
-//!   ascending node-id order) with `expected = base` and a new version;
+//! - **A write** goes down the chain of in-sync replicas (each hop under
+//!   an implicit write lock for this write alone: no lock round trips)
+//!   with `expected = base` and a new version;
 //!   every replica applies it only on top of `base`. The answer names the
 //!   replicas that hold it durably; they are the new in-sync set, and the
 //!   write succeeds when they are at least W. A replica that refused or
@@ -39,7 +40,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use futures::StreamExt;
-use ringfs_schema::frame::{Header, Hop, Op, Status};
+use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status};
 use ringfs_schema::{ChunkId, Version};
 
 use crate::chunk_io::{chunk_id, chunk_u128, ChunkIo, Layout, Locked, PIPELINE};
@@ -47,7 +48,7 @@ use crate::control::ChunkRecord;
 use crate::error::{Error, Result};
 use crate::node_conn::status_error;
 use crate::placement;
-use crate::replica_policy::{self as policy, LockFailure};
+use crate::replica_policy as policy;
 
 /// Chunk states a writer keeps; past this, the oldest are forgotten (a
 /// forgotten chunk is asked again at its next write).
@@ -263,6 +264,14 @@ impl ChunkIo {
         h.chunk_id = id;
         h.offset = offset;
         h.token = primary.token.clone();
+        let mut timeout = self.options.request_timeout;
+        if !h.token.is_present() {
+            // Every hop takes an implicit write lock for this write only.
+            h.implicit_lock = LockMode::Write;
+            h.client_id = self.client_id;
+            h.timeout_ms = crate::chunk_io::ms(self.options.lock_wait);
+            timeout += self.options.lock_wait;
+        }
         h.write_quorum = layout.write_quorum;
         h.expected = expected;
         h.version = version;
@@ -275,10 +284,7 @@ impl ChunkIo {
                 token: l.token.clone(),
             })
             .collect();
-        let (r, _) = primary
-            .conn
-            .call(h, payload, self.options.request_timeout)
-            .await?;
+        let (r, _) = primary.conn.call(h, payload, timeout).await?;
         Ok(r)
     }
 
@@ -521,8 +527,11 @@ impl ChunkIo {
     }
 
     /// One write of `payload` at `offset` (of the chunk recorded as `rec`)
-    /// on top of `state`: locks the in-sync replicas, writes down their
-    /// chain, and returns the state after it.
+    /// on top of `state`: writes down the chain of the in-sync replicas,
+    /// each hop under an implicit write lock (no lock round trips: the
+    /// versions' compare-and-set orders writers, the lock only keeps this
+    /// write apart from other I/O on the chunk), and returns the state
+    /// after it.
     async fn write_chunk(
         &self,
         layout: &Layout,
@@ -534,21 +543,14 @@ impl ChunkIo {
     ) -> std::result::Result<ChunkState, Failed> {
         let id = state.id;
         let mut locked = Vec::new();
-        for node_id in policy::lock_order(&state.in_sync) {
-            match self.lock_replica(id, node_id).await {
+        for node_id in state.in_sync.clone() {
+            match self.replica_conn(id, node_id).await {
                 Ok(l) => locked.push(l),
-                Err(e) => match policy::on_lock_failure(&e) {
-                    LockFailure::Abort => {
-                        self.unlock_all(id, &locked).await;
-                        return Err(Failed::Known(state, e));
-                    }
-                    // Unreachable: out of this write; asked again later.
-                    LockFailure::Skip => state.in_sync.retain(|n| *n != node_id),
-                },
+                // Unreachable: out of this write; asked again later.
+                Err(_) => state.in_sync.retain(|n| *n != node_id),
             }
         }
         if !policy::has_quorum(locked.len(), layout.write_quorum) {
-            self.unlock_all(id, &locked).await;
             let e = Error::Quorum(format!(
                 "chunk {id}: {} of {} replicas reachable, the file needs {}",
                 locked.len(),
@@ -557,7 +559,6 @@ impl ChunkIo {
             ));
             return Err(Failed::Known(state, e));
         }
-        locked.sort_by_key(|l| policy::chain_position(&state.in_sync, l.node_id));
         let (at, gap) = policy::overwrite_span(rec.length, offset);
         let version = writer.next_version();
         let result = if gap > 0 {
@@ -569,7 +570,6 @@ impl ChunkIo {
             self.chain_write(layout, id, &locked, at, payload, state.base, version)
                 .await
         };
-        self.unlock_all(id, &locked).await;
         let r = result.map_err(Failed::Unknown)?;
         let durable = policy::durable_nodes(&locked, r.durable_mask, |l| l.node_id);
         if durable.is_empty() {

@@ -31,23 +31,6 @@ pub(crate) fn read_order(
     order.into_iter().map(|(.., n)| n).collect()
 }
 
-/// The order in which an overwrite locks the replicas: ascending node id,
-/// the same for every client, so two writers never deadlock.
-pub(crate) fn lock_order(replicas: &[u64]) -> Vec<u64> {
-    let mut order = replicas.to_vec();
-    order.sort_unstable();
-    order
-}
-
-/// Where `node` stands in the chain of a write to a chunk recorded with
-/// `replicas`: the record's order, primary first (unlisted nodes last).
-pub(crate) fn chain_position(replicas: &[u64], node: u64) -> usize {
-    replicas
-        .iter()
-        .position(|&r| r == node)
-        .unwrap_or(replicas.len())
-}
-
 /// Whether `replicas` durable (or reserved, or locked) replicas are enough
 /// for a file whose write quorum is `write_quorum` (0 counts as 1).
 pub(crate) fn has_quorum(replicas: usize, write_quorum: u8) -> bool {
@@ -97,25 +80,6 @@ pub(crate) fn retry_new_chunk(e: &Error) -> bool {
         e,
         Error::Unavailable { .. } | Error::Quorum(_) | Error::Timeout(_)
     )
-}
-
-/// What an overwrite does when it cannot lock a replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LockFailure {
-    /// Someone else holds the lock: fail the write (the replica is not
-    /// lost; skipping it would leave it behind the others).
-    Abort,
-    /// The replica is unreachable or refuses: write the others, if they
-    /// are a quorum, and leave it out of the record.
-    Skip,
-}
-
-/// See [`LockFailure`].
-pub(crate) fn on_lock_failure(e: &Error) -> LockFailure {
-    match e {
-        Error::Busy(_) | Error::Timeout(_) => LockFailure::Abort,
-        _ => LockFailure::Skip,
-    }
 }
 
 /// Whether a storage node may serve a read of a chunk recorded at
@@ -184,15 +148,6 @@ mod tests {
     }
 
     #[test]
-    fn locks_go_in_node_order_and_chains_in_record_order() {
-        assert_eq!(lock_order(&[9, 2, 5]), vec![2, 5, 9]);
-        let mut locked = lock_order(&[9, 2, 5]);
-        locked.sort_by_key(|&n| chain_position(&[9, 2, 5], n));
-        assert_eq!(locked, vec![9, 2, 5]);
-        assert_eq!(chain_position(&[9, 2], 4), 2);
-    }
-
-    #[test]
     fn quorum_durable_replicas_and_answers_needed() {
         assert!(has_quorum(1, 0), "a quorum of 0 means 1");
         assert!(!has_quorum(0, 0));
@@ -232,19 +187,6 @@ mod tests {
         ] {
             assert!(!retry_new_chunk(&e), "{e}");
         }
-        assert_eq!(
-            on_lock_failure(&Error::Busy("x".into())),
-            LockFailure::Abort
-        );
-        assert_eq!(
-            on_lock_failure(&Error::Timeout("x".into())),
-            LockFailure::Abort
-        );
-        assert_eq!(on_lock_failure(&unavailable), LockFailure::Skip);
-        assert_eq!(
-            on_lock_failure(&Error::NotFound("x".into())),
-            LockFailure::Skip
-        );
         assert_eq!(
             placement_failure(true, "m".into()),
             Error::NoSpace("m".into())

@@ -20,8 +20,9 @@
 //! 64 KiB from disk. Measured on the 2-core dev VM (node benchmark, 4 KiB
 //! random reads, 64 in flight): 64 KiB blocks gave ~11k IOPS (25% of raw,
 //! disk-bandwidth bound); 4 KiB blocks ~20-27k IOPS (41-55%). The price is a
-//! 64 KiB CRC table per slot (written with every update: +6.6% bytes for
-//! 1 MiB writes). Each update writes the
+//! 64 KiB CRC table per slot, written at each journal checkpoint for every
+//! chunk written since (not per write: the per-shard journal holds each
+//! write's CRCs until then). Each update writes the
 //! slot `seq % 2` with `seq + 1`, so a torn header write leaves the other slot
 //! intact; recovery takes the valid slot with the larger `seq`.
 //!

@@ -2,8 +2,11 @@
 //! and written through the [`crate::disk`] interface (O_DIRECT glommio DMA
 //! files in production) in 4 KiB aligned units, a CRC32C per 4 KiB block
 //! verified on every read, and writes made durable through the shard's
-//! [`GroupCommit`] before they are acknowledged. The file layout is in
-//! [`crate::chunk_file`].
+//! write-ahead [`Journal`] (small writes and overwrites; large writes to a
+//! fresh region go to the chunk file, synced through [`GroupCommit`], and
+//! put only their CRCs in the journal) before they are acknowledged. The
+//! file layout is in [`crate::chunk_file`]; checkpoints and replay in
+//! `chunk_store/journaled.rs`.
 //!
 //! Integrity rules (see "Replica integrity" in `docs/architecture.md`):
 //! - **Strict versions.** A write applies only on top of the exact version
@@ -28,16 +31,19 @@
 //! chunk are serialized (read-modify-write of edge blocks and the header
 //! update are atomic with respect to other I/O on the chunk) while reads share.
 //!
-//! Crash guarantee (today's; tested on the simulated disk in
-//! `chunk_store/crash_tests.rs`): a write is acknowledged only once its data
-//! and header are durable, so every acknowledged write survives a crash.
-//! A crash before that leaves, in the blocks that write covered, the old
-//! content, the new content, or blocks that disagree with the surviving
-//! header slot, which reads report as checksum errors; never other bytes.
-//! Blocks it did not cover keep their acknowledged content.
+//! Crash guarantee (tested on the simulated disk in
+//! `chunk_store/crash_tests.rs`): a write is acknowledged only once its
+//! journal record is durable (for a direct write: its blocks, then its
+//! record), so every acknowledged write survives a crash; and after a crash
+//! at any point, with everything not yet synced lost, kept or torn, every
+//! 4 KiB block of a chunk holds its old or its new content with a valid
+//! CRC. A write changes nothing in its chunk file before its record is
+//! durable (a direct write changes only bytes past the chunk's length),
+//! and replay redoes a durable record.
 
 #[cfg(test)]
 mod crash_tests;
+mod journaled;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +54,7 @@ use crate::chunk_file::{
 use crate::disk::dma::DmaDir;
 use crate::disk::{DiskDir, DiskFile};
 use crate::group_commit::GroupCommit;
+use crate::journal::{Journal, Record, FLAG_DATA};
 use glommio::io::DmaBuffer;
 use glommio::sync::RwLock;
 use ringfs_schema::crc::pieces;
@@ -105,6 +112,11 @@ struct Chunk<F> {
     file: Rc<F>,
     meta: RefCell<ChunkMeta>,
     io_lock: RwLock<()>,
+    /// A write failed after its record may have become durable (or after
+    /// it wrote past the chunk's end): later writes are refused until a
+    /// restart replays the journal (or a replace installs a new file), so
+    /// that no acknowledged write is built on a base that replay changes.
+    failed: std::cell::Cell<bool>,
 }
 
 impl<F> Chunk<F> {
@@ -114,6 +126,7 @@ impl<F> Chunk<F> {
             file: Rc::new(file),
             meta: RefCell::new(meta),
             io_lock: RwLock::new(()),
+            failed: std::cell::Cell::new(false),
         }
     }
 }
@@ -273,6 +286,35 @@ pub(crate) struct ChunkStore<D: DiskDir = DmaDir> {
     dir: D,
     chunks: RefCell<HashMap<ChunkId, Rc<Chunk<D::File>>>>,
     commit: GroupCommit<D::File>,
+    journal: Journal<D::File>,
+    /// Held shared by every write from its journal append to its in-place
+    /// apply, exclusively by a checkpoint.
+    gate: RwLock<()>,
+    /// Chunks whose header on disk is older than their metadata (written
+    /// through the journal since the last checkpoint).
+    dirty: RefCell<HashMap<ChunkId, Rc<Chunk<D::File>>>>,
+    cfg: JournalConfig,
+}
+
+/// When writes go through the journal and when it is checkpointed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JournalConfig {
+    /// A checkpoint runs once the journal holds this many bytes of records.
+    pub(crate) checkpoint_bytes: u64,
+    /// A write of at least this many bytes that only touches blocks past
+    /// the chunk's end goes straight to the chunk file (its record carries
+    /// only CRCs); smaller writes and every overwrite carry their data in
+    /// the journal.
+    pub(crate) direct_min: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_bytes: 64 << 20,
+            direct_min: 128 << 10,
+        }
+    }
 }
 
 impl<D: DiskDir> ChunkStore<D>
@@ -285,13 +327,27 @@ where
     /// chunk file of the older format 1 fails the open: there is no
     /// migration.
     pub(crate) async fn open(dir: D) -> Result<Self, StoreError> {
-        let names = dir
-            .list()
-            .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.path().display())))?;
+        Self::open_with(dir, JournalConfig::default()).await
+    }
+
+    /// [`ChunkStore::open`] with a journal configuration; then replays the
+    /// journal into the chunks and checkpoints (see `chunk_store/journaled.rs`).
+    pub(crate) async fn open_with(dir: D, cfg: JournalConfig) -> Result<Self, StoreError> {
+        let setup = |e: std::io::Error| StoreError::Setup(format!("{}: {e}", dir.path().display()));
+        let names = dir.list().map_err(setup)?;
+        // Opened or created (never truncated); recovery syncs the directory.
+        let jfile = dir.create(journaled::JOURNAL).await.map_err(setup)?;
+        let gen = crate::journal::read_generation(&jfile)
+            .await
+            .map_err(setup)?;
         let store = Self {
             dir,
             chunks: RefCell::new(HashMap::new()),
             commit: GroupCommit::new(),
+            journal: Journal::new(jfile, gen),
+            gate: RwLock::new(()),
+            dirty: RefCell::new(HashMap::new()),
+            cfg,
         };
         for name in names {
             if name.ends_with(".chunk.new") {
@@ -318,16 +374,18 @@ where
                 }
             }
         }
+        store.recover_journal().await?;
         Ok(store)
     }
 
     async fn recover(&self, id: ChunkId, name: &str) -> Result<Chunk<D::File>, StoreError> {
         let io = |e: std::io::Error| StoreError::Io(id, e.to_string());
         let file = self.dir.open(name).await.map_err(io)?;
-        let head = file.read_at(0, DATA_OFFSET as usize).await.map_err(io)?;
-        if head.len() < DATA_OFFSET as usize {
-            return Err(StoreError::Io(id, "file shorter than its header".into()));
-        }
+        let read = file.read_at(0, DATA_OFFSET as usize).await.map_err(io)?;
+        // Short when slot B was never written (or its write was lost): it
+        // then reads as zeros, an invalid slot.
+        let mut head = read.to_vec();
+        head.resize(DATA_OFFSET as usize, 0);
         let (a, b) = (&head[..SLOT_LEN], &head[SLOT_LEN..]);
         if slot_format(a) == SlotFormat::V1 || slot_format(b) == SlotFormat::V1 {
             return Err(StoreError::Setup(format!(
@@ -475,6 +533,15 @@ where
                 // Deleted or replaced while we waited: look it up again.
                 continue;
             }
+            if chunk.failed.get() {
+                let e = StoreError::Io(
+                    id,
+                    "an earlier write to this chunk failed; it takes writes again after a \
+                     restart of the node or a copy of the chunk"
+                        .into(),
+                );
+                return refused(e, data, forward).await;
+            }
             let old = chunk.meta.borrow().clone();
             if let Err(e) = check_cas(id, old.version, &cas, false) {
                 return refused(e, data, forward).await;
@@ -491,19 +558,60 @@ where
                 );
                 return refused(e, data, forward).await;
             }
+            let rec = self.record(id, &old, &data, &new_meta);
             let payload = data.share();
             let local = async {
-                fence()?;
-                self.persist(&chunk, &payload, &new_meta)
+                let _gate = self
+                    .gate
+                    .read()
                     .await
-                    // The on-disk blocks may now disagree with the
-                    // (unchanged) CRCs: later reads report a checksum
-                    // error, never wrong bytes.
-                    .map_err(|e| StoreError::Io(id, e.to_string()))
+                    .map_err(|_| StoreError::NotFound(id))?;
+                fence()?;
+                self.persist(&chunk, &payload, &rec)
+                    .await
+                    .map_err(|e| StoreError::Io(id, e.to_string()))?;
+                self.dirty.borrow_mut().insert(id, chunk.clone());
+                Ok(apply(&chunk, new_meta))
             };
             let (local, fwd) = futures::join!(local, forward(payload.clone()));
             payload.recycle();
-            return (local.map(|()| apply(&chunk, new_meta)), fwd);
+            drop(_guard);
+            if local.is_ok() && self.journal.used() >= self.cfg.checkpoint_bytes {
+                if let Err(e) = self.checkpoint().await {
+                    tracing::error!("journal checkpoint failed: {e}");
+                }
+            }
+            return (local, fwd);
+        }
+    }
+
+    /// The journal record of a prepared write: with its data, unless it is
+    /// large and touches only blocks past the chunk's end (then the data
+    /// goes straight to the chunk file, see [`JournalConfig::direct_min`]).
+    fn record(
+        &self,
+        id: ChunkId,
+        old: &ChunkMeta,
+        data: &WriteBuf,
+        new_meta: &ChunkMeta,
+    ) -> Record {
+        let span = data.buf.len() as u64;
+        let direct =
+            data.io_start >= align_up(old.length, CRC_BLOCK) && span >= self.cfg.direct_min;
+        // The old last block (grown with zeros) and a gap of zero blocks
+        // before the data change their CRCs too.
+        let crc_from = (data.io_start / CRC_BLOCK).min(old.length / CRC_BLOCK);
+        let crc_to = ((data.io_start + span) / CRC_BLOCK) as usize;
+        Record {
+            chunk: id,
+            base: old.version,
+            version: new_meta.version,
+            length: new_meta.length,
+            io_start: data.io_start,
+            blocks: (span / CRC_BLOCK) as u32,
+            flags: if direct { 0 } else { FLAG_DATA },
+            crc_from,
+            crcs: new_meta.crcs[crc_from as usize..crc_to].to_vec(),
         }
     }
 
@@ -527,35 +635,56 @@ where
         }
     }
 
-    /// Writes a prepared write's blocks and header, then waits for the
-    /// group commit to make them durable.
+    /// Makes a prepared write durable and puts its blocks in place:
+    /// - with its data in the journal: the record is appended and group
+    ///   committed, and only then are the blocks written in place (not
+    ///   synced: a checkpoint does that before the journal is emptied), so
+    ///   a crash leaves every block old (record lost) or replayable (record
+    ///   durable);
+    /// - straight to the chunk file (a fresh region past the chunk's end):
+    ///   the blocks are written and synced, and only then is the record
+    ///   with their CRCs group committed; a crash before that leaves the
+    ///   region past the recovered length. (Record and data synced
+    ///   concurrently would need replay to tell torn blocks from a bit
+    ///   flipped later in an acknowledged write; it cannot.)
+    ///
+    /// After an I/O error the chunk refuses later writes ([`Chunk::failed`];
+    /// the journal itself refuses every append after an error of its own,
+    /// see `journal.rs`), and the caller does not apply the write.
     async fn persist(
         &self,
         chunk: &Chunk<D::File>,
         data: &SharedPayload,
-        new_meta: &ChunkMeta,
+        rec: &Record,
     ) -> std::io::Result<()> {
-        // Data and header go to disk concurrently: neither is durable
-        // before the sync below, so ordering them would buy nothing. A
-        // crash before the sync leaves blocks that disagree with one of
-        // the two header slots, which reads report as checksum errors.
-        let (d, h) = futures::join!(
+        let in_place = || {
             chunk
                 .file
-                .write_rc_at(data.buf.clone(), DATA_OFFSET + data.io_start),
-            write_header(&*chunk.file, new_meta)
-        );
-        d?;
-        h?;
-        failpoint!("chunk_store::before_sync", |_| Err(
-            crate::failpoint::injected("chunk_store::before_sync")
-        ));
-        crate::failpoint::delay("chunk_store::slow_persist").await;
-        self.commit.sync(chunk.file.clone()).await?;
-        failpoint!("chunk_store::before_apply", |_| Err(
-            crate::failpoint::injected("chunk_store::before_apply")
-        ));
-        Ok(())
+                .write_rc_at(data.buf.clone(), DATA_OFFSET + data.io_start)
+        };
+        let r = async {
+            crate::failpoint::delay("chunk_store::slow_persist").await;
+            if rec.flags & FLAG_DATA != 0 {
+                self.journal.append(rec, Some(data.buf.clone())).await?;
+                failpoint!("chunk_store::before_apply", |_| Err(
+                    crate::failpoint::injected("chunk_store::before_apply")
+                ));
+                in_place().await?;
+            } else {
+                in_place().await?;
+                failpoint!("chunk_store::before_sync", |_| Err(
+                    crate::failpoint::injected("chunk_store::before_sync")
+                ));
+                self.commit.sync(chunk.file.clone()).await?;
+                self.journal.append(rec, None).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if r.is_err() {
+            chunk.failed.set(true);
+        }
+        r
     }
 
     /// Replaces chunk `id` (or creates it, with `create`) by exactly `data`
@@ -785,12 +914,16 @@ async fn prepare<F: DiskFile>(
 
 /// Makes a durable write's header the chunk's: what reads verify against
 /// from now on.
-fn apply<F>(chunk: &Chunk<F>, meta: ChunkMeta) -> ChunkInfo {
+fn apply<F>(chunk: &Chunk<F>, mut meta: ChunkMeta) -> ChunkInfo {
     let info = ChunkInfo {
         version: meta.version,
         length: meta.length,
     };
-    *chunk.meta.borrow_mut() = meta;
+    let mut m = chunk.meta.borrow_mut();
+    // The header slot counter is the checkpoint's (it may have run since
+    // this write read the metadata).
+    meta.seq = m.seq;
+    *m = meta;
     info
 }
 
@@ -863,7 +996,7 @@ impl WriteSpan {
             crcs[b as usize] = crc;
         }
         ChunkMeta {
-            seq: old.seq + 1,
+            seq: old.seq,
             version,
             length: new_len,
             crcs,

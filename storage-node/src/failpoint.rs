@@ -10,10 +10,13 @@
 //!
 //! | point | where | `return` means |
 //! | --- | --- | --- |
-//! | `chunk_store::before_sync` | a write's data and header are written, not yet synced | the write fails unsynced |
-//! | `chunk_store::before_apply` | the write is durable, its new metadata not yet applied or acknowledged | the write fails although durable |
-//! | `group_commit::before_fdatasync` | a batch is about to be synced | the batch's writes fail unsynced |
-//! | `group_commit::after_fdatasync` | a batch was synced | the batch's writes fail although durable |
+//! | `journal::before_write` | a write's journal record is about to be written | the write fails, nothing written; the journal refuses every later write until a restart |
+//! | `journal::before_fdatasync` | a batch of journal records is about to be synced | the batch's writes fail unsynced; the journal refuses every later write until a restart |
+//! | `chunk_store::before_apply` | a write's journal record is durable, its blocks not yet in place | the write fails although durable (a restart replays it); the chunk refuses later writes until a restart or a copy |
+//! | `chunk_store::before_sync` | a direct write's blocks (past the chunk's end) are written, not yet synced | the write fails unsynced; the chunk refuses later writes until a restart or a copy |
+//! | `group_commit::before_fdatasync` | a batch of direct writes' chunk files is about to be synced | the batch's writes fail unsynced |
+//! | `group_commit::after_fdatasync` | a batch of direct writes' chunk files was synced | the batch's writes fail although durable |
+//! | `journal::checkpoint_before_headers` | a checkpoint synced the chunk data, no header written yet | the checkpoint fails; the journal refuses every later write until a restart |
 //! | `chunk_store::before_persist` | a write is checked and merged, nothing written | the write fails before writing anything (still forwarded) |
 //! | `chunk_store::before_swap` | a replace's copy is written aside and synced, not swapped in | the replace fails; the old replica stays |
 //! | `ops::fence` | an operation's lock is checked right before its disk I/O | the operation is refused as if its lock had lapsed |

@@ -33,6 +33,7 @@ mod disk;
 pub mod fuzz;
 mod group_commit;
 mod identity;
+mod journal;
 mod lock_table;
 mod metrics;
 mod node;

@@ -1,9 +1,10 @@
 //! Failpoints in a real node process (the test kit builds `ringfs-node` with
 //! its `failpoints` feature and arms them through the child's `FAILPOINTS`):
-//! a write that fails at any of the four durability points of the chunk
-//! store and its group commit is never acknowledged, and the blocks it
-//! wrote then read as checksum errors, never as its bytes nor as other
-//! bytes, before and after a restart; every acknowledged block reads back.
+//! a write that fails at any durability point of the chunk store and its
+//! journal is never acknowledged; every block then reads its acknowledged
+//! content (never a checksum error, never other bytes), later writes to the
+//! chunk are refused until a restart, and after a kill -9 and a restart
+//! every block reads its acknowledged content or the failed write's.
 
 use ringfs_node::peer::Peer;
 use ringfs_schema::frame::{Header, Op, Status, Token};
@@ -11,26 +12,19 @@ use ringfs_schema::ids::ChunkId;
 use ringfs_schema::Version;
 use ringfs_tests::files::pattern;
 use ringfs_tests::{on_glommio, Cluster, NodeOptions, QUICK};
-use std::rc::Rc;
 
 const BLOCK: usize = 4096;
-/// Blocks of the chunk.
+/// Blocks of the chunk's first (acknowledged) write.
 const BLOCKS: usize = 16;
 
-/// Each point fails its second hit, once. A write passes the points in
-/// this order and stops at the first that fails, so writes 2, 3, 4 and 5
-/// each fail at the next point and every other write passes all four.
-const FAILPOINTS: &str = "chunk_store::before_sync=1*off->1*return->off;\
-    group_commit::before_fdatasync=1*off->1*return->off;\
-    group_commit::after_fdatasync=1*off->1*return->off;\
-    chunk_store::before_apply=1*off->1*return->off";
-
-/// The failing writes: (first block, the point it fails at).
-const FAILING: [(usize, &str); 4] = [
-    (2, "chunk_store::before_sync"),
-    (5, "group_commit::before_fdatasync"),
-    (8, "group_commit::after_fdatasync"),
-    (11, "chunk_store::before_apply"),
+/// (failpoint armed for the failing write, its first block, its blocks):
+/// small overwrites go through the journal; a large write past the end
+/// goes straight to the chunk file.
+const CASES: [(&str, usize, usize); 4] = [
+    ("journal::before_write", 2, 2),
+    ("journal::before_fdatasync", 5, 2),
+    ("chunk_store::before_apply", 8, 2),
+    ("chunk_store::before_sync", BLOCKS, 64),
 ];
 
 /// Writes `data` at `block`, creating version (1, `seq`) on top of
@@ -54,57 +48,62 @@ async fn write(
     p.call(h, data).await.expect("write answered").0
 }
 
-/// Reads every block on its own: the content of those that read, or
-/// `None` for a checksum error (any other outcome fails the test).
-async fn read_blocks(p: &Peer, id: ChunkId, token: &Token) -> Vec<Option<Vec<u8>>> {
+/// Reads every block of `[0, blocks)` on its own: the content of those
+/// that read (short past the chunk's end); any error fails the test.
+async fn read_blocks(p: &Peer, id: ChunkId, token: &Token, blocks: usize) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for b in 0..BLOCKS {
+    for b in 0..blocks {
         let mut h = Header::request(0, Op::Read);
         h.chunk_id = id;
         h.offset = (b * BLOCK) as u64;
         h.length = BLOCK as u32;
         h.token = token.clone();
         let (r, data) = p.call(h, &[]).await.expect("read answered");
-        match r.status {
-            Status::Ok => out.push(Some(data)),
-            Status::Checksum => out.push(None),
-            s => panic!("block {b}: {s:?} {}", r.message),
-        }
+        assert_eq!(r.status, Status::Ok, "block {b}: {}", r.message);
+        out.push(data);
     }
     out
 }
 
-/// Every acknowledged block reads back; every block only a failed write
-/// wrote fails its checksum.
-fn check(blocks: &[Option<Vec<u8>>], acked: &[u8], failed: &[usize], when: &str) {
-    for (b, got) in blocks.iter().enumerate() {
-        let want = &acked[b * BLOCK..(b + 1) * BLOCK];
-        if failed.contains(&b) {
-            assert!(got.is_none(), "{when}: block {b} of a failed write reads");
-        } else {
-            assert!(got.as_deref() == Some(want), "{when}: block {b} differs");
-        }
-    }
+/// Block `b` of `content` (empty past its end).
+fn block(content: &[u8], b: usize) -> &[u8] {
+    let s = (b * BLOCK).min(content.len());
+    &content[s..((b + 1) * BLOCK).min(content.len())]
 }
 
 #[test]
-fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_reads_as_damage() {
-    let opts = NodeOptions {
-        failpoints: Some(FAILPOINTS),
-        ..NodeOptions::default()
-    };
-    let mut cl = Cluster::start_custom(1, QUICK, &opts);
-    let ep = cl.node(0).addr.to_string();
-    let mut acked = pattern(BLOCKS * BLOCK, 1);
-    let failed: Vec<usize> = FAILING.iter().flat_map(|&(b, _)| [b, b + 1]).collect();
-    let after = {
-        let acked = acked.clone();
-        let failed = failed.clone();
-        on_glommio(move || async move {
+fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_blocks_stay_old_or_new() {
+    let mut cl = Cluster::start_custom(1, QUICK, &NodeOptions::default());
+    for (case, &(point, first, blocks)) in CASES.iter().enumerate() {
+        cl.kill9(0);
+        // The chunk's first write passes every point of the journal path;
+        // the failing write is the first to pass the direct path's.
+        let armed = if point == "chunk_store::before_sync" {
+            format!("{point}=1*return->off")
+        } else {
+            format!("{point}=1*off->1*return->off")
+        };
+        cl.start_node_with(
+            0,
+            &NodeOptions {
+                failpoints: Some(&armed),
+                ..NodeOptions::default()
+            },
+        );
+        let ep = cl.node(0).addr.to_string();
+        let acked = pattern(BLOCKS * BLOCK, case as u64);
+        let failed = pattern(blocks * BLOCK, 10 + case as u64);
+        let mut new = acked.clone();
+        new.resize(new.len().max((first + blocks) * BLOCK), 0);
+        new[first * BLOCK..(first + blocks) * BLOCK].copy_from_slice(&failed);
+        let span = new.len() / BLOCK;
+        let (acked2, new2) = (acked.clone(), new.clone());
+        let id = on_glommio(move || async move {
+            let (acked, new) = (acked2, new2);
             let p = Peer::connect(&ep).await.unwrap();
             let mut h = Header::request(0, Op::Reserve);
             h.client_id = 1;
-            h.reserve_bytes = (BLOCKS * BLOCK) as u64;
+            h.reserve_bytes = (span * BLOCK) as u64;
             h.lease_ms = 600_000;
             let (r, _) = p.call(h, &[]).await.unwrap();
             assert_eq!(r.status, Status::Ok, "{}", r.message);
@@ -112,61 +111,53 @@ fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_reads_as_dama
             let v1 = Version::new(1, 1);
             let w = write(&p, id, &token, 0, &acked, Version::NONE, 1).await;
             assert_eq!(w.status, Status::Ok, "{}", w.message);
-            for (i, &(block, point)) in FAILING.iter().enumerate() {
-                let data = pattern(2 * BLOCK, 10 + i as u64);
-                let w = write(&p, id, &token, block, &data, v1, 2 + i as u64).await;
-                assert_eq!(
-                    w.status,
-                    Status::Io,
-                    "write failing at {point}: {}",
-                    w.message
-                );
-                assert!(w.message.contains(point), "{point}: {}", w.message);
+            let w = write(
+                &p,
+                id,
+                &token,
+                first,
+                &new[first * BLOCK..(first + blocks) * BLOCK],
+                v1,
+                2,
+            )
+            .await;
+            assert_eq!(w.status, Status::Io, "{point}: {}", w.message);
+            assert!(w.message.contains(point), "{point}: {}", w.message);
+            // Not applied: every block reads as acknowledged.
+            let got = read_blocks(&p, id, &token, span).await;
+            for (b, got) in got.iter().enumerate() {
+                assert!(got == block(&acked, b), "{point}: block {b} differs");
             }
-            check(
-                &read_blocks(&p, id, &token).await,
-                &acked,
-                &failed,
-                "after the failures",
+            // The chunk takes no write until the node restarts.
+            let w = write(&p, id, &token, 0, &acked[..BLOCK], v1, 3).await;
+            assert_eq!(
+                w.status,
+                Status::Io,
+                "{point}: a later write: {}",
+                w.message
             );
-            // A later write succeeds; its header carries the acknowledged
-            // checksums, so the failed writes' blocks stay damaged.
-            let mut acked = acked;
-            let last = pattern(2 * BLOCK, 20);
-            // The failed writes took no version: the replica is still at
-            // the first write's.
-            let w = write(&p, id, &token, 14, &last, v1, 6).await;
-            assert_eq!(w.status, Status::Ok, "{}", w.message);
-            assert_eq!(w.version, Version::new(1, 6));
-            acked[14 * BLOCK..].copy_from_slice(&last);
-            check(
-                &read_blocks(&p, id, &token).await,
-                &acked,
-                &failed,
-                "after a good write",
-            );
-            (id, acked)
-        })
-    };
-    acked = after.1;
-    let id = after.0;
-    // After a crash and a restart without failpoints: the same.
-    cl.kill9(0);
-    cl.start_node(0, &[]);
-    let ep = cl.node(0).addr.to_string();
-    on_glommio(move || async move {
-        let p: Rc<Peer> = Peer::connect(&ep).await.unwrap();
-        let mut h = Header::request(0, Op::Lock);
-        h.chunk_id = id;
-        h.client_id = 1;
-        h.lock_mode = ringfs_schema::frame::LockMode::Read;
-        let (r, _) = p.call(h, &[]).await.unwrap();
-        assert_eq!(r.status, Status::Ok, "{}", r.message);
-        check(
-            &read_blocks(&p, id, &r.token).await,
-            &acked,
-            &failed,
-            "after a restart",
-        );
-    });
+            id
+        });
+        // After a crash and a restart without failpoints: every block is
+        // as acknowledged or as the failed write left it.
+        cl.kill9(0);
+        cl.start_node(0, &[]);
+        let ep = cl.node(0).addr.to_string();
+        on_glommio(move || async move {
+            let p = Peer::connect(&ep).await.unwrap();
+            let mut h = Header::request(0, Op::Lock);
+            h.chunk_id = id;
+            h.client_id = 1;
+            h.lock_mode = ringfs_schema::frame::LockMode::Read;
+            let (r, _) = p.call(h, &[]).await.unwrap();
+            assert_eq!(r.status, Status::Ok, "{}", r.message);
+            let got = read_blocks(&p, id, &r.token, span).await;
+            for (b, got) in got.iter().enumerate() {
+                assert!(
+                    got == block(&acked, b) || got == block(&new, b),
+                    "{point}, after a restart: block {b} is neither old nor new"
+                );
+            }
+        });
+    }
 }

@@ -118,7 +118,9 @@ pub fn corrupt_chunk_file(
 /// bytes *and* its CRC in the header, so the node reads it as valid: a
 /// replica that differs from the others at the same version, which no
 /// correct node ever makes (only `fsck --verify` finds it). The node must
-/// not be running (it keeps the header in memory). Knows the chunk-file
+/// not be running (it keeps the header in memory), and its journal must
+/// hold no write of the chunk (every start checkpoints: start and stop the
+/// node once after the chunk's last write). Knows the chunk-file
 /// layout of format 2 (`storage-node/src/chunk_file.rs`).
 pub fn diverge_chunk_file(path: &std::path::Path, block: usize, fill: u8) {
     const SLOT: usize = 68 * 1024;

@@ -308,6 +308,26 @@ fn concurrent_writes_share_group_commits() {
         for t in tasks {
             t.await;
         }
+        // Small writes go through the journal: 32 records, fewer syncs.
+        let (syncs, records) = store.journal.stats();
+        assert_eq!(records, 32);
+        assert!(
+            syncs < records,
+            "{syncs} journal syncs for {records} writes"
+        );
+        // Large appends go to their chunk files, synced in groups.
+        let mut tasks = Vec::new();
+        for i in 0..32u64 {
+            let store = store.clone();
+            tasks.push(glommio::spawn_local(async move {
+                write(&store, ChunkId::new(5, i), 8192, &vec![i as u8; 256 << 10])
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
         let (batches, syncs) = store.group_commit().stats();
         assert_eq!(syncs, 32);
         assert!(batches < syncs, "{batches} batches for {syncs} syncs");
