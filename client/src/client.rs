@@ -248,6 +248,19 @@ impl Client {
         self.cluster.ctl()
     }
 
+    /// Runs `f` with the connection to the serving control server (the
+    /// leader), and again on a new connection while it fails because the
+    /// connection dropped or the replica stopped leading, for up to 30 s.
+    /// Only for calls that are safe to repeat: reads, and the admin calls,
+    /// which are idempotent (adding a member, removing a non-member).
+    pub async fn with_control<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(ControlClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.cluster.retry(f).await
+    }
+
     /// The current cluster map, fetched fresh (capacities included).
     pub async fn cluster_map(&self) -> Result<ClusterMap> {
         self.cluster.fetch_map().await

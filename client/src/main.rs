@@ -250,10 +250,11 @@ async fn run(cli: Cli) -> Result<()> {
             let secret = std::fs::read(&secret_file)
                 .with_context(|| format!("reading {}", secret_file.display()))?;
             let secret = secret.trim_ascii();
-            let ctl = c.control();
             match cmd {
                 AdminCmd::Snapshot => {
-                    let (path, index, bytes) = ctl.take_snapshot(secret).await?;
+                    let (path, index, bytes) = c
+                        .with_control(|ctl| async move { ctl.take_snapshot(secret).await })
+                        .await?;
                     if json {
                         outln!(
                             "{}",
@@ -269,9 +270,18 @@ async fn run(cli: Cli) -> Result<()> {
                 AdminCmd::AddReplica {
                     replica_id,
                     address,
-                } => ctl.add_replica(secret, replica_id, &address).await?,
+                } => {
+                    let address = address.as_str();
+                    c.with_control(|ctl| async move {
+                        ctl.add_replica(secret, replica_id, address).await
+                    })
+                    .await?
+                }
                 AdminCmd::RemoveReplica { replica_id } => {
-                    ctl.remove_replica(secret, replica_id).await?
+                    c.with_control(
+                        |ctl| async move { ctl.remove_replica(secret, replica_id).await },
+                    )
+                    .await?
                 }
             }
             Ok(())

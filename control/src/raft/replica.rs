@@ -340,16 +340,23 @@ impl Replica {
         Ok(())
     }
 
-    /// Removes replica `id` from the group. Leader only.
+    /// Removes replica `id` from the group (a replica that is no member is
+    /// not an error: a removal sent again after a failover finds it gone).
+    /// Leader only.
     pub async fn remove_replica(&self, id: u64) -> Result<()> {
         self.gate.check_leader()?;
-        let voters: BTreeSet<u64> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .collect();
+        let (voters, member): (BTreeSet<u64>, bool) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().collect(),
+                membership.get_node(&id).is_some(),
+            )
+        };
+        if !member {
+            return Ok(());
+        }
         if voters.contains(&id) && voters.len() == 1 {
             return Err(ControlError::InvalidArgument(
                 "cannot remove the last voter of the group".into(),
