@@ -236,8 +236,8 @@ fn status_shows_the_replicas_the_leader_terms_and_log_positions() {
     assert_eq!(t["replicas"].as_array().map(Vec::len), Some(3), "{t}");
     let term = status(&g, leader).term;
     let before = status(&g, leader).last_log_index;
-    for i in 0..3 {
-        let r = row(&t, ids[i]);
+    for (i, &id) in ids.iter().enumerate() {
+        let r = row(&t, id);
         assert_eq!(r["address"], g.addrs[i].to_string(), "{t}");
         assert_eq!(r["leader"], i == leader, "{t}");
         assert_eq!(r["voter"], true, "{t}");
@@ -253,8 +253,8 @@ fn status_shows_the_replicas_the_leader_terms_and_log_positions() {
     mkdirs(&g, "m", 5);
     g.wait_voters(3);
     let t = status_table(&g);
-    for i in 0..3 {
-        let r = row(&t, ids[i]);
+    for (i, &id) in ids.iter().enumerate() {
+        let r = row(&t, id);
         for k in ["last_log_index", "applied_index", "matched_index"] {
             assert_eq!(r[k], before + 5, "{k} of replica {i}: {t}");
         }
