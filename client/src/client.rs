@@ -287,7 +287,8 @@ impl Client {
     /// Sets the permission bits (`mode`, at most 0o7777) and/or the
     /// modification time (nanoseconds since the epoch) of the file or
     /// directory at `path` (`None`: unchanged) and returns its attributes.
-    /// Retried once after a reconnect (setting them twice is harmless).
+    /// Sent again after a reconnect under the same request id, like
+    /// [`Client::mkdir`] (applied at most once: the version moves by one).
     pub async fn set_attr(
         &self,
         path: &str,
@@ -295,7 +296,10 @@ impl Client {
         mtime_ns: Option<i64>,
     ) -> Result<Attr> {
         self.cluster
-            .retry(|c| async move { c.set_attr(path, mode, mtime_ns).await })
+            .mutate(
+                || format!("set attributes of {path}"),
+                |c, id| async move { c.set_attr_as(Some(id), path, mode, mtime_ns).await },
+            )
             .await
     }
 
