@@ -159,10 +159,9 @@ fn main() -> ExitCode {
     }
     if let Cmd::Mount(args) = &cli.cmd {
         // Not on a LocalSet: the mount runs its own threads.
-        // The mount takes one control address (the first given); with a
-        // replicated control plane it follows the leader that replica names.
+        // Every control address: the mount follows the leader among them.
         let mounted = control_addrs(cli.control.as_deref())
-            .and_then(|addrs| ringfs_client::mount::cli::run(addrs[0], args));
+            .and_then(|addrs| ringfs_client::mount::cli::run(&addrs, args));
         return match mounted {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
