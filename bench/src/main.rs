@@ -225,7 +225,7 @@ fn main() -> ExitCode {
             let argv = std::iter::once("ringfs-node".to_string()).chain(args);
             return ringfs_node::cli::main_with_args(argv);
         }
-        Cmd::Mount { control, args } => ringfs_client::mount::cli::run(control, &args),
+        Cmd::Mount { control, args } => ringfs_client::mount::cli::run(&[control], &args),
         Cmd::Fio {
             config: _,
             path,

@@ -234,10 +234,11 @@ impl Client {
 
     /// If the control connection is gone (the server restarted), connects
     /// again, retrying for up to 30 s, and resubscribes to the map. Returns
-    /// whether a new connection was made. Open descriptors stay bound to the
-    /// old connection: their handles (and write leases) ended with it, so
-    /// their next control call fails with an error instead of writing
-    /// unseen. Calls reconnect by themselves; this makes it explicit.
+    /// whether a new connection was made. The handles (and write leases) of
+    /// open descriptors ended with the old connection: a write descriptor
+    /// takes its lease again on its next write or truncation; other calls
+    /// through an old handle fail with an error. Calls reconnect by
+    /// themselves; this makes it explicit.
     pub async fn reconnect(&self) -> Result<bool> {
         self.cluster.reconnect().await
     }
@@ -246,6 +247,19 @@ impl Client {
     /// current connection; reconnect first with [`Client::reconnect`]).
     pub fn control(&self) -> ControlClient {
         self.cluster.ctl()
+    }
+
+    /// Runs `f` with the connection to the serving control server (the
+    /// leader), and again on a new connection while it fails because the
+    /// connection dropped or the replica stopped leading, for up to 30 s.
+    /// Only for calls that are safe to repeat: reads, and the admin calls,
+    /// which are idempotent (adding a member, removing a non-member).
+    pub async fn with_control<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(ControlClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.cluster.retry(f).await
     }
 
     /// The current cluster map, fetched fresh (capacities included).
@@ -274,7 +288,8 @@ impl Client {
     /// Sets the permission bits (`mode`, at most 0o7777) and/or the
     /// modification time (nanoseconds since the epoch) of the file or
     /// directory at `path` (`None`: unchanged) and returns its attributes.
-    /// Retried once after a reconnect (setting them twice is harmless).
+    /// Sent again after a reconnect under the same request id, like
+    /// [`Client::mkdir`] (applied at most once: the version moves by one).
     pub async fn set_attr(
         &self,
         path: &str,
@@ -282,7 +297,10 @@ impl Client {
         mtime_ns: Option<i64>,
     ) -> Result<Attr> {
         self.cluster
-            .retry(|c| async move { c.set_attr(path, mode, mtime_ns).await })
+            .mutate(
+                || format!("set attributes of {path}"),
+                |c, id| async move { c.set_attr_as(Some(id), path, mode, mtime_ns).await },
+            )
             .await
     }
 
@@ -749,7 +767,7 @@ impl Client {
         let id: u128 = rand::random();
         let was_connected = h.is_connected();
         let e = match f(h.clone(), id).await {
-            Err(e) if Self::lease_lost(h, was_connected, &e) => e,
+            Err(e) if Self::lease_lost(h, &e) => e,
             r => return r.map_err(|e| handle_call_error(h, was_connected, call(), e)),
         };
         match self.lease_again(fd, h.attr.inode).await {
@@ -785,9 +803,11 @@ impl Client {
 
     /// Whether a handle call failed because the handle's lease ended with
     /// its control server (it stopped leading, or the connection to it
-    /// dropped): a new lease from the server that serves now may succeed.
-    fn lease_lost(h: &FileHandle, was_connected: bool, e: &Error) -> bool {
-        matches!(e, Error::NotLeader(_)) || (was_connected && !h.is_connected())
+    /// dropped, during the call or while the descriptor sat idle, as a
+    /// file open across a failover does): a new lease from the server that
+    /// serves now may succeed.
+    fn lease_lost(h: &FileHandle, e: &Error) -> bool {
+        matches!(e, Error::NotLeader(_)) || !h.is_connected()
     }
 
     /// Takes the write lease of `fd`'s file again (from the control server
@@ -808,6 +828,9 @@ impl Client {
         let handle = Rc::new(handle);
         let writer = Rc::new(Writer::new(handle.write_epoch));
         self.with_file_mut(fd, |f| {
+            // The file as it is now: another writer may have changed its
+            // size while no lease was held here.
+            f.size = handle.attr.size;
             f.handle = handle.clone();
             // Versions the new lease creates carry its epoch.
             f.writer = Some(writer);
@@ -856,7 +879,7 @@ impl Client {
             v.records.borrow_mut().clear();
             match attempt {
                 Ok((records, committed)) => break (records, committed, writer),
-                Err(e) if !again && Self::lease_lost(&v.handle, was_connected, &e) => {
+                Err(e) if !again && Self::lease_lost(&v.handle, &e) => {
                     // The lease ended with its control server (a leader
                     // change). Chunks written under it can no longer be
                     // committed (a commit's new chunks carry the handle's

@@ -484,8 +484,20 @@ impl ControlClient {
         mode: Option<u32>,
         mtime_ns: Option<i64>,
     ) -> Result<Attr> {
+        self.set_attr_as(None, path, mode, mtime_ns).await
+    }
+
+    /// [`ControlClient::set_attr`] with request id `id`.
+    pub async fn set_attr_as(
+        &self,
+        id: Option<u128>,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr> {
         let mut req = self.control.set_attr_request();
         let mut p = req.get();
+        p.set_request_id(&id_bytes(id));
         p.set_path(path);
         p.set_set_mode(mode.is_some());
         p.set_mode(mode.unwrap_or(0));

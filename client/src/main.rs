@@ -159,10 +159,9 @@ fn main() -> ExitCode {
     }
     if let Cmd::Mount(args) = &cli.cmd {
         // Not on a LocalSet: the mount runs its own threads.
-        // The mount takes one control address (the first given); with a
-        // replicated control plane it follows the leader that replica names.
+        // Every control address: the mount follows the leader among them.
         let mounted = control_addrs(cli.control.as_deref())
-            .and_then(|addrs| ringfs_client::mount::cli::run(addrs[0], args));
+            .and_then(|addrs| ringfs_client::mount::cli::run(&addrs, args));
         return match mounted {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -250,10 +249,11 @@ async fn run(cli: Cli) -> Result<()> {
             let secret = std::fs::read(&secret_file)
                 .with_context(|| format!("reading {}", secret_file.display()))?;
             let secret = secret.trim_ascii();
-            let ctl = c.control();
             match cmd {
                 AdminCmd::Snapshot => {
-                    let (path, index, bytes) = ctl.take_snapshot(secret).await?;
+                    let (path, index, bytes) = c
+                        .with_control(|ctl| async move { ctl.take_snapshot(secret).await })
+                        .await?;
                     if json {
                         outln!(
                             "{}",
@@ -269,9 +269,18 @@ async fn run(cli: Cli) -> Result<()> {
                 AdminCmd::AddReplica {
                     replica_id,
                     address,
-                } => ctl.add_replica(secret, replica_id, &address).await?,
+                } => {
+                    let address = address.as_str();
+                    c.with_control(|ctl| async move {
+                        ctl.add_replica(secret, replica_id, address).await
+                    })
+                    .await?
+                }
                 AdminCmd::RemoveReplica { replica_id } => {
-                    ctl.remove_replica(secret, replica_id).await?
+                    c.with_control(
+                        |ctl| async move { ctl.remove_replica(secret, replica_id).await },
+                    )
+                    .await?
                 }
             }
             Ok(())

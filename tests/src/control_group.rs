@@ -9,7 +9,8 @@
 use crate::{local, ControlProcess, NodeOptions, NodeProcess};
 use ringfs_client::{Client, ClientOptions, ClusterMap, ControlClient, ReplicationStatus};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Raft timing of test groups: a 50 ms heartbeat and a 300 ms election
@@ -141,9 +142,50 @@ impl ControlGroup {
 
     /// Starts replica `i` again on its address, from its data.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with(i, &[]);
+    }
+
+    /// Starts replica `i` again on its address, from its data (if any),
+    /// with `extra` flags (`--bootstrap`, `--peers`).
+    pub fn restart_with(&mut self, i: usize, extra: &[&str]) {
         assert!(self.replicas[i].is_none(), "replica {i} is running");
         let addr = self.addrs[i].to_string();
-        self.replicas[i] = Some(self.launch(i, &addr, &[], None));
+        self.replicas[i] = Some(self.launch(i, &addr, extra, None));
+    }
+
+    /// Replica `i`'s data directory (`dir/r<i>`).
+    pub fn data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("r{i}"))
+    }
+
+    /// Deletes the data of killed replica `i` (its disk is lost).
+    pub fn wipe(&self, i: usize) {
+        assert!(self.replicas[i].is_none(), "replica {i} is running");
+        std::fs::remove_dir_all(self.data(i)).expect("deleting a replica's data");
+    }
+
+    /// Replica `i`'s monitoring endpoint (started with `--metrics`).
+    pub fn metrics(&self, i: usize) -> SocketAddr {
+        self.replicas[i]
+            .as_ref()
+            .and_then(|p| p.metrics)
+            .unwrap_or_else(|| panic!("replica {i} runs without --metrics"))
+    }
+
+    /// The `ringfs` CLI with `args`, given every replica's address.
+    pub fn ringfs(&self, args: &[&str]) -> Command {
+        let addrs: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
+        let mut cmd = Command::new(crate::binary("ringfs-client", "ringfs"));
+        cmd.env("RINGFS_CONTROL", addrs.join(",")).args(args);
+        cmd
+    }
+
+    /// `ringfs admin` with the cluster secret and `args`.
+    pub fn admin(&self, args: &[&str]) -> Command {
+        let secret = crate::write_secret(self.dir.path());
+        let mut cmd = self.ringfs(&["admin", "--secret-file"]);
+        cmd.arg(secret).args(args);
+        cmd
     }
 
     /// Replica `i`'s view of the group, if it answers within 2 s.

@@ -19,6 +19,7 @@
 //! - [`Netns`]: a network namespace to cut a server off (partitions).
 //! - [`files`]: test data ([`files::pattern`]) and whole-file helpers over
 //!   the client library.
+//! - [`scrape`]: a server's monitoring endpoint (`--metrics`).
 //! - [`run_ok`], [`run_failing`], [`run`]: short-lived commands (the CLI,
 //!   `--print-config`, scripts) with how they ended checked.
 //! - [`Server`]: the launcher underneath (`ringfs_ops::launch`, shared with
@@ -33,6 +34,7 @@ mod commands;
 mod control_group;
 pub mod files;
 mod netns;
+pub mod scrape;
 mod servers;
 
 pub use binaries::binary;

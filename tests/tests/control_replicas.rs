@@ -2,7 +2,7 @@
 //! the leader killed during a stream of creates, renames and file writes;
 //! the leader partitioned from the others; every replica restarted at once;
 //! a replica replaced by an empty one; a follower asked for a mutation;
-//! write epochs across a failover.
+//! write epochs across a failover; a setAttr sent again after a failover.
 //! Real processes on loopback (and a network namespace for the partition).
 
 use std::collections::BTreeSet;
@@ -416,4 +416,37 @@ fn write_epochs_grow_across_a_failover() {
         after[0] > *before.last().unwrap() && after[0] < after[1],
         "the old leader handed out {before:?}, the new one {after:?}"
     );
+}
+
+/// A setAttr whose answer was lost, sent again with its request id to the
+/// leader elected after a failover, is answered with the first outcome and
+/// applied once (the version moved by one, not two); the same change
+/// without an id is a new request and moves it again.
+#[test]
+fn a_set_attr_sent_again_after_a_failover_is_applied_once() {
+    let mut group = ControlGroup::start(3, &[]);
+    let old = group.leader();
+    let id = Some(0x5e7a_77e5_u128);
+    let set_at = |addr: std::net::SocketAddr, id: Option<u128>| {
+        local(async move {
+            let c = ControlClient::connect(addr).await.expect("connecting");
+            c.set_attr_as(id, "/f", Some(0o600), Some(7_000))
+                .await
+                .expect("set_attr")
+        })
+    };
+    let at_old = group.addrs[old];
+    let created = local(async move {
+        let c = ControlClient::connect(at_old).await.expect("connecting");
+        c.create("/f", Default::default()).await.expect("create")
+    });
+    let first = set_at(at_old, id);
+    assert_eq!(first.version, created.version + 1, "{created:?} {first:?}");
+    assert_eq!((first.mode & 0o7777, first.mtime_ns), (0o600, 7_000));
+    group.kill9(old);
+    let new = group.leader();
+    let again = set_at(group.addrs[new], id);
+    assert_eq!(again, first, "the setAttr sent again was applied again");
+    let fresh = set_at(group.addrs[new], None);
+    assert_eq!(fresh.version, first.version + 1, "{fresh:?}");
 }

@@ -73,7 +73,7 @@ pub struct MountArgs {
 }
 
 impl MountArgs {
-    fn options(&self, control: SocketAddr) -> anyhow::Result<MountOptions> {
+    fn options(&self, control: &[SocketAddr]) -> anyhow::Result<MountOptions> {
         let chunk_size = match self.chunk_size {
             Some(n) => u32::try_from(n).context("--chunk-size is too large")?,
             None => 0,
@@ -82,7 +82,7 @@ impl MountArgs {
         let mountpoint = std::fs::canonicalize(&self.mountpoint)
             .with_context(|| format!("mount point {}", self.mountpoint.display()))?;
         Ok(MountOptions {
-            control,
+            control: control.to_vec(),
             mountpoint,
             settings: Settings {
                 attr_ttl: Duration::from_millis(self.attr_timeout_ms),
@@ -109,7 +109,8 @@ impl MountArgs {
 
 /// Runs `ringfs mount`. Call it before starting any thread (see
 /// [`mount`]).
-pub fn run(control: SocketAddr, args: &MountArgs) -> anyhow::Result<()> {
+/// `control`: every control address (see [`MountOptions::control`]).
+pub fn run(control: &[SocketAddr], args: &MountArgs) -> anyhow::Result<()> {
     let child = std::env::var_os(DAEMON_CHILD).is_some();
     if args.daemon && !child {
         return daemonize();
@@ -117,7 +118,12 @@ pub fn run(control: SocketAddr, args: &MountArgs) -> anyhow::Result<()> {
     let opts = args.options(control)?;
     mount(&opts, || {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{READY} {control} on {}", opts.mountpoint.display());
+        let _ = writeln!(
+            out,
+            "{READY} {} on {}",
+            opts.addrs(),
+            opts.mountpoint.display()
+        );
         let _ = out.flush();
         if child {
             // Let go of the starter's output: it has read the line and is

@@ -40,8 +40,9 @@ use fs::{log, Fs};
 /// Everything a mount needs.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
-    /// The control server.
-    pub control: SocketAddr,
+    /// Every control address (the single server, or every replica: the
+    /// mount talks to the leader and follows it, as the CLI does).
+    pub control: Vec<SocketAddr>,
     /// The directory to mount on (absolute, without symlinks: as
     /// /proc/self/mountinfo shows it).
     pub mountpoint: PathBuf,
@@ -59,14 +60,22 @@ pub struct MountOptions {
     pub readahead_kib: u32,
 }
 
+impl MountOptions {
+    /// The control addresses, comma-separated.
+    pub fn addrs(&self) -> String {
+        let addrs: Vec<String> = self.control.iter().map(|a| a.to_string()).collect();
+        addrs.join(",")
+    }
+}
+
 /// Why a mount could not start or ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     /// The client could not connect (nothing was mounted).
-    #[error("cannot reach the control server at {addr}")]
+    #[error("cannot reach the control server at {addrs}")]
     Connect {
-        /// The control server's address.
-        addr: SocketAddr,
+        /// The control addresses, comma-separated.
+        addrs: String,
         /// Why.
         #[source]
         source: Error,
@@ -137,7 +146,7 @@ pub fn mount(o: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
     if let Err(source) = outcome {
         let _ = io.join();
         return Err(MountError::Connect {
-            addr: o.control,
+            addrs: o.addrs(),
             source,
         });
     }
@@ -199,7 +208,8 @@ pub fn mount(o: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
 fn fuse_config(o: &MountOptions) -> Config {
     let mut c = Config::default();
     c.mount_options = vec![
-        MountOption::FSName(format!("ringfs@{}", o.control)),
+        // The first address only: mount options are comma-separated.
+        MountOption::FSName(format!("ringfs@{}", o.control[0])),
         MountOption::Subtype("ringfs".into()),
         // The kernel checks the mode bits (the owner is the mount's).
         MountOption::DefaultPermissions,
@@ -238,7 +248,7 @@ fn serve(
         }
     };
     tokio::task::LocalSet::new().block_on(&rt, async move {
-        let client = match Client::connect_with(o.control, o.client).await {
+        let client = match Client::connect_replicas(&o.control, o.client).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = connected.send(Err(e));

@@ -201,6 +201,24 @@ impl PeerConn {
         decode(&reply).map_err(|e| (false, Failure(format!("malformed answer: {e}"))))
     }
 
+    /// Sends `rpc` as `method` within the option's hard TTL: the target's
+    /// answer, its Raft error as a remote error, or the transport failure.
+    async fn send<Req: Serialize, Resp: DeserializeOwned, E>(
+        &mut self,
+        method: Method,
+        rpc: &Req,
+        option: RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let r: Result<Resp, RaftError<u64, E>> = self
+            .call(method, rpc, option.hard_ttl())
+            .await
+            .map_err(|e| self.fail(e))?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
     fn fail<E: std::error::Error>(
         &self,
         (unreachable, f): (bool, Failure),
@@ -213,24 +231,13 @@ impl PeerConn {
     }
 }
 
-fn remote<T, E: std::error::Error>(
-    target: u64,
-    r: Result<T, RaftError<u64, E>>,
-) -> Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>> {
-    r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
-}
-
 impl RaftNetwork<TypeConfig> for PeerConn {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
-        let r: Result<_, RaftError<u64>> = self
-            .call(Method::Append, &rpc, option.hard_ttl())
-            .await
-            .map_err(|e| self.fail(e))?;
-        remote(self.target, r)
+        self.send(Method::Append, &rpc, option).await
     }
 
     async fn install_snapshot(
@@ -238,11 +245,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        let r: Result<_, RaftError<u64, InstallSnapshotError>> = self
-            .call(Method::Snapshot, &rpc, option.hard_ttl())
-            .await
-            .map_err(|e| self.fail(e))?;
-        remote(self.target, r)
+        self.send(Method::Snapshot, &rpc, option).await
     }
 
     async fn vote(
@@ -250,11 +253,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RpcErr> {
-        let r: Result<_, RaftError<u64>> = self
-            .call(Method::Vote, &rpc, option.hard_ttl())
-            .await
-            .map_err(|e| self.fail(e))?;
-        remote(self.target, r)
+        self.send(Method::Vote, &rpc, option).await
     }
 }
 

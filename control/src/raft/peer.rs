@@ -20,15 +20,29 @@ fn malformed(e: postcard::Error) -> capnp::Error {
     ControlError::InvalidArgument(format!("malformed Raft message: {e}")).into()
 }
 
+/// Decodes a Raft request, has `handle` answer it, and encodes the answer.
+async fn answer<Req, Resp, Fut>(
+    request: &[u8],
+    handle: impl FnOnce(Req) -> Fut,
+) -> Result<Vec<u8>, capnp::Error>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let req = decode(request).map_err(malformed)?;
+    Ok(encode(&handle(req).await))
+}
+
 impl raft_peer::Server for PeerImpl {
     async fn append_entries(
         self: CapRc<Self>,
         params: raft_peer::AppendEntriesParams,
         mut results: raft_peer::AppendEntriesResults,
     ) -> Result<(), capnp::Error> {
-        let req = decode(params.get()?.get_request()?).map_err(malformed)?;
-        let resp = self.raft.append_entries(req).await;
-        results.get().set_response(&encode(&resp));
+        let p = params.get()?;
+        let resp = answer(p.get_request()?, |req| self.raft.append_entries(req)).await?;
+        results.get().set_response(&resp);
         Ok(())
     }
 
@@ -37,9 +51,9 @@ impl raft_peer::Server for PeerImpl {
         params: raft_peer::VoteParams,
         mut results: raft_peer::VoteResults,
     ) -> Result<(), capnp::Error> {
-        let req = decode(params.get()?.get_request()?).map_err(malformed)?;
-        let resp = self.raft.vote(req).await;
-        results.get().set_response(&encode(&resp));
+        let p = params.get()?;
+        let resp = answer(p.get_request()?, |req| self.raft.vote(req)).await?;
+        results.get().set_response(&resp);
         Ok(())
     }
 
@@ -48,10 +62,10 @@ impl raft_peer::Server for PeerImpl {
         params: raft_peer::InstallSnapshotParams,
         mut results: raft_peer::InstallSnapshotResults,
     ) -> Result<(), capnp::Error> {
-        let req = decode(params.get()?.get_request()?).map_err(malformed)?;
         tracing::debug!(from = self.from, "snapshot chunk");
-        let resp = self.raft.install_snapshot(req).await;
-        results.get().set_response(&encode(&resp));
+        let p = params.get()?;
+        let resp = answer(p.get_request()?, |req| self.raft.install_snapshot(req)).await?;
+        results.get().set_response(&resp);
         Ok(())
     }
 }

@@ -192,7 +192,8 @@ fn touches(m: &Mutation, path: &str) -> bool {
         Mutation::Create { path: p, .. }
         | Mutation::Mkdir { path: p, .. }
         | Mutation::Unlink { path: p, .. }
-        | Mutation::Rmdir { path: p, .. } => p == path,
+        | Mutation::Rmdir { path: p, .. }
+        | Mutation::SetAttr { path: p, .. } => p == path,
         Mutation::Rename { from, to, .. } => from == path || to == path,
         _ => false,
     }

@@ -318,13 +318,7 @@ impl Replica {
     /// a snapshot if the log was compacted), then as a voter. Leader only.
     pub async fn add_replica(&self, id: u64, addr: String) -> Result<()> {
         self.gate.check_leader()?;
-        let voters: BTreeSet<u64> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .collect();
+        let (voters, _) = self.membership(id);
         if voters.contains(&id) {
             return Ok(());
         }
@@ -340,16 +334,15 @@ impl Replica {
         Ok(())
     }
 
-    /// Removes replica `id` from the group. Leader only.
+    /// Removes replica `id` from the group (a replica that is no member is
+    /// not an error: a removal sent again after a failover finds it gone).
+    /// Leader only.
     pub async fn remove_replica(&self, id: u64) -> Result<()> {
         self.gate.check_leader()?;
-        let voters: BTreeSet<u64> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .collect();
+        let (voters, member) = self.membership(id);
+        if !member {
+            return Ok(());
+        }
         if voters.contains(&id) && voters.len() == 1 {
             return Err(ControlError::InvalidArgument(
                 "cannot remove the last voter of the group".into(),
@@ -361,6 +354,18 @@ impl Replica {
             .map_err(write_error)?;
         tracing::info!(replica = id, "replica removed from the group");
         Ok(())
+    }
+
+    /// The voters of the group as this replica knows it, and whether
+    /// replica `id` is a member (voter or learner).
+    fn membership(&self, id: u64) -> (BTreeSet<u64>, bool) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().collect(),
+            membership.get_node(&id).is_some(),
+        )
     }
 
     /// Index of the last log entry.

@@ -271,7 +271,8 @@ impl control::Server for ControlImpl {
                 mode: p.get_set_mode().then(|| p.get_mode()),
                 mtime_ns: p.get_set_mtime().then(|| p.get_mtime_ns()),
             };
-            self.mutate_attr(None, m, results.get().init_attr()).await
+            let id = request_id(p.get_request_id())?;
+            self.mutate_attr(id, m, results.get().init_attr()).await
         })
     }
 

@@ -64,6 +64,12 @@ impl Mount {
     /// Mounts the cluster at `control` on a new directory with `args`
     /// (flags of `ringfs mount`); returns once the kernel has the mount.
     pub fn start(control: SocketAddr, args: &[&str]) -> Mount {
+        Self::start_at(&control.to_string(), args)
+    }
+
+    /// Like [`Mount::start`], given `--control addrs` (every control
+    /// replica's address, comma-separated).
+    pub fn start_at(addrs: &str, args: &[&str]) -> Mount {
         let dir = tempfile::Builder::new()
             .prefix("ringfs-mnt-")
             .tempdir()
@@ -74,7 +80,7 @@ impl Mount {
         let log = dir.join("mount.log");
         let mut cmd = Command::new(binary("ringfs-client", "ringfs"));
         cmd.arg("--control")
-            .arg(control.to_string())
+            .arg(addrs)
             .arg("mount")
             .arg(&path)
             .args(args)

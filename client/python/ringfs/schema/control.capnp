@@ -249,11 +249,14 @@ interface Control {
   # server older than this method answers `unimplemented`.
 
   # -- Attributes. --
-  setAttr @17 (path :Text, setMode :Bool, mode :UInt32, setMtime :Bool, mtimeNs :Int64)
+  setAttr @17 (path :Text, setMode :Bool, mode :UInt32, setMtime :Bool, mtimeNs :Int64,
+               requestId :Data)
       -> (attr :Attr);
   # chmod and utimes of a file or directory: sets the permission bits
   # (`mode`, at most 0o7777) if `setMode`, the modification time if
   # `setMtime`, both in one durable transaction, and bumps the version.
+  # requestId: as for the namespace mutations (sent again with the same id,
+  # it is answered with the first outcome and bumps the version once).
   # Sizes change only through a write handle (commitChunks, setSize). A
   # control server older than this method answers `unimplemented`.
 
