@@ -78,7 +78,13 @@ pub struct LocalCluster {
     pub control_addrs: Vec<SocketAddr>,
     launcher: Vec<OsString>,
     secret: PathBuf,
+    /// The built-in administrator's credential (derived from the secret
+    /// this cluster was made with): what the workloads connect as.
+    pub cred: ringfs_client::Credential,
 }
+
+/// The administrator's credential file in the cluster's directory.
+pub const CREDENTIAL: &str = "admin.credential";
 
 /// The cluster's directory: removed on drop unless kept.
 enum Dir {
@@ -112,7 +118,22 @@ impl LocalCluster {
         };
         let root = dir.path().to_path_buf();
         let secret = root.join("secret");
-        std::fs::write(&secret, random_secret()).context("writing the cluster secret")?;
+        let secret_text = random_secret();
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Owner-only, as the servers demand of a secret file.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secret)
+                .and_then(|mut f| f.write_all(secret_text.as_bytes()))
+                .context("writing the cluster secret")?;
+        }
+        let cred = ringfs_client::Credential::admin(secret_text.as_bytes());
+        cred.save(&root.join(CREDENTIAL))
+            .context("writing the administrator's credential")?;
 
         let replicas = opts.control_replicas.max(1);
         let mut cluster = LocalCluster {
@@ -123,6 +144,7 @@ impl LocalCluster {
             control_addrs: Vec::new(),
             launcher: opts.launcher.control.clone(),
             secret: secret.clone(),
+            cred,
         };
         for i in 0..replicas {
             let extra: Vec<String> = match (replicas, i) {
@@ -207,7 +229,7 @@ impl LocalCluster {
                 let mut views = Vec::new();
                 for a in &addrs {
                     if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), async {
-                        ringfs_client::ControlClient::connect(*a)
+                        ringfs_client::ControlClient::connect(*a, &self.cred)
                             .await?
                             .replication()
                             .await
@@ -247,7 +269,7 @@ impl LocalCluster {
                 let leads = crate::local(async {
                     tokio::time::timeout(
                         Duration::from_secs(2),
-                        ringfs_client::ControlClient::connect(*a),
+                        ringfs_client::ControlClient::connect(*a, &self.cred),
                     )
                     .await
                     .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
@@ -282,7 +304,7 @@ impl LocalCluster {
     fn wait_joined(&self, want: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         crate::local(async {
-            let c = ringfs_client::ControlClient::connect(self.control_addr).await?;
+            let c = ringfs_client::ControlClient::connect(self.control_addr, &self.cred).await?;
             loop {
                 let up = c.cluster_map().await?.nodes.iter().filter(|n| n.up).count();
                 if up >= want {

@@ -152,7 +152,10 @@ impl ControlGroup {
         let addr = self.addrs[i];
         local(async move {
             tokio::time::timeout(Duration::from_secs(2), async {
-                ControlClient::connect(addr).await?.replication().await
+                ControlClient::connect(addr, &crate::admin())
+                    .await?
+                    .replication()
+                    .await
             })
             .await
             .ok()?
@@ -167,9 +170,12 @@ impl ControlGroup {
         }
         let addr = self.addrs[i];
         local(async move {
-            tokio::time::timeout(Duration::from_secs(2), ControlClient::connect(addr))
-                .await
-                .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                ControlClient::connect(addr, &crate::admin()),
+            )
+            .await
+            .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
         })
     }
 
@@ -220,7 +226,7 @@ impl ControlGroup {
     pub fn with_client<T>(&self, f: impl AsyncFnOnce(&Client) -> T) -> T {
         let addrs = self.addrs.clone();
         local(async move {
-            let c = Client::connect_replicas(&addrs, ClientOptions::default())
+            let c = Client::connect_replicas(&addrs, &crate::admin(), ClientOptions::default())
                 .await
                 .expect("connecting a client to the control replicas");
             f(&c).await

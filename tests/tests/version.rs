@@ -65,7 +65,11 @@ fn protocol_version_is_checked_at_connect() {
             Err(e) => e.to_string(),
         };
         assert!(
-            err.contains("[version_mismatch]") && err.contains("call hello(2) first"),
+            err.contains("[version_mismatch]")
+                && err.contains(&format!(
+                    "call hello({}) first",
+                    ringfs_schema::PROTOCOL_VERSION
+                )),
             "{err}"
         );
         let wrong = ringfs_schema::PROTOCOL_VERSION + 1;
@@ -88,6 +92,18 @@ fn protocol_version_is_checked_at_connect() {
             version.to_str().unwrap(),
             concat!("ringfs-control ", env!("CARGO_PKG_VERSION"))
         );
-        stat().await.expect("stat after hello");
+        // Then nothing is served before an authenticate succeeded.
+        let err = match stat().await {
+            Ok(_) => panic!("stat before authenticate was served"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("[unauthenticated]"), "{err}");
+        let admin = ringfs_tests::admin();
+        let mut auth = control.authenticate_request();
+        auth.get().set_user(admin.user.as_str());
+        let challenge = reply.get().unwrap().get_challenge().unwrap();
+        auth.get().set_proof(&admin.proof(challenge));
+        auth.send().promise.await.expect("authenticate");
+        stat().await.expect("stat after hello and authenticate");
     });
 }

@@ -42,6 +42,9 @@ use fs::{log, Fs};
 pub struct MountOptions {
     /// The control server.
     pub control: SocketAddr,
+    /// What the mount authenticates with: every access through it runs as
+    /// this user.
+    pub cred: crate::Credential,
     /// The directory to mount on (absolute, without symlinks: as
     /// /proc/self/mountinfo shows it).
     pub mountpoint: PathBuf,
@@ -238,7 +241,7 @@ fn serve(
         }
     };
     tokio::task::LocalSet::new().block_on(&rt, async move {
-        let client = match Client::connect_with(o.control, o.client).await {
+        let client = match Client::connect_with(o.control, &o.cred, o.client).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = connected.send(Err(e));

@@ -75,6 +75,8 @@ impl Mount {
         let mut cmd = Command::new(binary("ringfs-client", "ringfs"));
         cmd.arg("--control")
             .arg(control.to_string())
+            .arg("--credential")
+            .arg(ringfs_tests::admin_credential(&dir))
             .arg("mount")
             .arg(&path)
             .args(args)
