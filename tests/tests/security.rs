@@ -444,3 +444,37 @@ fn the_cli_issues_credentials_that_work() {
     let refused = ringfs_tests::run_failing(&mut carol, 1);
     assert!(refused.contains("chmod 600"), "{refused}");
 }
+
+#[test]
+fn users_and_owners_survive_a_leader_change() {
+    let mut group = ringfs_tests::ControlGroup::start(3, &[]);
+    // Added on the leader: a mutation of the replicated log like any other.
+    let (uid, salt) = group.with_client(async |c| {
+        let u = c.control().add_user("erin", 0, &[], false).await.unwrap();
+        c.mkdir("/erin", 0o700).await.unwrap();
+        c.chown("/erin", Some(u.uid), Some(u.gids[0]))
+            .await
+            .unwrap();
+        (u.uid, u.salt)
+    });
+    let old = group.leader();
+    group.kill9(old);
+    let erin = Credential::derive(SECRET.as_bytes(), "erin", &salt);
+    let addrs: Vec<std::net::SocketAddr> = group
+        .addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, a)| *a)
+        .collect();
+    local(async move {
+        // The new leader knows erin, her key and what she owns.
+        let c = ringfs_client::Client::connect_replicas(&addrs, &erin, Default::default())
+            .await
+            .expect("erin authenticates with the new leader");
+        c.mkdir("/erin/d", 0o700).await.unwrap();
+        assert_eq!(c.stat("/erin/d").await.unwrap().uid, uid);
+        let e = c.mkdir("/not-erins", 0).await.unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+    });
+}
