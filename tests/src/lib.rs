@@ -117,6 +117,30 @@ where
         .expect("the glommio executor panicked")
 }
 
+/// A raw Cap'n Proto connection to the control server at `addr` (no hello,
+/// no authentication): the bootstrap `Control` capability, for tests that
+/// play a client written from docs/protocol.md. Call inside a `LocalSet`.
+pub async fn raw_control(
+    addr: std::net::SocketAddr,
+) -> ringfs_schema::control_capnp::control::Client {
+    use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the control server");
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let control = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    tokio::task::spawn_local(rpc);
+    control
+}
+
 /// Runs `f` with a new client of the cluster whose control server is at
 /// `control`, on a fresh current-thread runtime (so `f` may borrow).
 pub fn with_client<T>(

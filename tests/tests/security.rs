@@ -6,28 +6,16 @@
 
 use std::time::Duration;
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use ringfs_client::{ControlClient, CreateOptions, Credential, Error};
 use ringfs_schema::control_capnp::control;
 use ringfs_tests::{local, wait_until, Cluster, ControlProcess, NodeOptions, NodeProcess, SECRET};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 const NO_WAIT: Duration = Duration::ZERO;
 
 /// A raw connection to the control server: the bootstrap capability, and
 /// the challenge of a successful hello.
 async fn raw(addr: std::net::SocketAddr) -> (control::Client, Vec<u8>) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        writer.compat_write(),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    tokio::task::spawn_local(rpc);
+    let control = ringfs_tests::raw_control(addr).await;
     let mut hello = control.hello_request();
     hello
         .get()

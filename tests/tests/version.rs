@@ -26,10 +26,6 @@ fn every_binary_reports_its_version() {
 
 #[test]
 fn protocol_version_is_checked_at_connect() {
-    use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
-    use ringfs_schema::control_capnp::control;
-    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
-
     let dir = tempfile::tempdir().unwrap();
     let server = ringfs_tests::ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -38,17 +34,7 @@ fn protocol_version_is_checked_at_connect() {
         .unwrap();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let (reader, writer) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            reader.compat(),
-            writer.compat_write(),
-            rpc_twoparty_capnp::Side::Client,
-            Default::default(),
-        );
-        let mut rpc = RpcSystem::new(Box::new(network), None);
-        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-        tokio::task::spawn_local(rpc);
+        let control = ringfs_tests::raw_control(server.addr).await;
         let hello = |version: u32| {
             let mut req = control.hello_request();
             req.get().set_protocol_version(version);
