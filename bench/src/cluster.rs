@@ -119,18 +119,7 @@ impl LocalCluster {
         let root = dir.path().to_path_buf();
         let secret = root.join("secret");
         let secret_text = random_secret();
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // Owner-only, as the servers demand of a secret file.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&secret)
-                .and_then(|mut f| f.write_all(secret_text.as_bytes()))
-                .context("writing the cluster secret")?;
-        }
+        write_secret(&secret, &secret_text)?;
         let cred = ringfs_client::Credential::admin(secret_text.as_bytes());
         cred.save(&root.join(CREDENTIAL))
             .context("writing the administrator's credential")?;
@@ -388,6 +377,20 @@ fn quiet_logs(cmd: &mut Command) {
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     );
+}
+
+/// Writes a cluster secret to a new file at `path`, owner-only (the
+/// servers refuse a secret that group or others may read).
+pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .with_context(|| format!("writing the cluster secret {}", path.display()))
 }
 
 /// A fresh cluster secret (the token MAC key shared by control and nodes).

@@ -449,7 +449,12 @@ pub(super) fn set_attr(
     if change.mode.is_some() && !who.owns(&attr) {
         return denied("only the owner or the administrator may change the mode");
     }
-    if change.uid.is_some_and(|u| u != attr.uid) && !who.admin {
+    // Only the administrator gives a file away; its owner may "change" it
+    // to itself (chown to the same owner is a no-op in POSIX too).
+    if change
+        .uid
+        .is_some_and(|u| !who.admin && !(who.owns(&attr) && u == attr.uid))
+    {
         return denied("only the administrator may change the owner");
     }
     if let Some(gid) = change.gid {
