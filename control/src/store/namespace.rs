@@ -453,7 +453,7 @@ pub(super) fn set_attr(
     // to itself (chown to the same owner is a no-op in POSIX too).
     if change
         .uid
-        .is_some_and(|u| !who.admin && !(who.owns(&attr) && u == attr.uid))
+        .is_some_and(|u| !(who.admin || (who.uid == attr.uid && u == attr.uid)))
     {
         return denied("only the administrator may change the owner");
     }
