@@ -37,7 +37,8 @@ pub struct Args {
     /// Directory of the metadata database.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// File holding the cluster secret that storage nodes must present.
+    /// File holding the cluster secret, from which the keys of nodes,
+    /// replicas, the administrator and every user derive.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
     /// How often nodes heartbeat, in milliseconds [default: 1000].
