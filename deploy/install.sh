@@ -13,10 +13,12 @@
 #
 # Then: edit /etc/ringfs/control.toml on the control host, and for each data
 # disk /etc/ringfs/node-<name>.toml (copy node.toml.example), copy the same
-# /etc/ringfs/secret to every host, and
+# /etc/ringfs/secret (mode 0600, owned by ringfs) to every host, and
 #   systemctl enable --now ringfs-control
 #   systemctl enable --now ringfs-node@<name>
-# and on clients, with control = "HOST:PORT" in /etc/ringfs/client.toml,
+# and on clients, with control = "HOST:PORT" and credential = "PATH" (a
+# credential file the administrator issued, mode 0600) in
+# /etc/ringfs/client.toml,
 #   systemctl enable --now ringfs-mount@$(systemd-escape --path /mnt/ringfs)
 set -euo pipefail
 
@@ -60,9 +62,13 @@ install -m 0644 "$here/ringfs-control.service" "$here/ringfs-node@.service" "$he
 [ -e "$root/etc/ringfs/control.toml" ] || install -m 0640 "$here/control.toml" "$root/etc/ringfs/control.toml"
 install -m 0640 "$here/node.toml" "$root/etc/ringfs/node.toml.example"
 if [ ! -e "$root/etc/ringfs/secret" ]; then
-    (umask 027 && head -c 32 /dev/urandom | base64 > "$root/etc/ringfs/secret")
+    (umask 077 && head -c 32 /dev/urandom | base64 > "$root/etc/ringfs/secret")
 fi
-owner root:ringfs "$root/etc/ringfs/control.toml" "$root/etc/ringfs/node.toml.example" "$root/etc/ringfs/secret"
+# The servers refuse a secret that group or others may read: owner-only,
+# owned by the user they run as (an older install left it mode 0640).
+chmod 0600 "$root/etc/ringfs/secret"
+owner root:ringfs "$root/etc/ringfs/control.toml" "$root/etc/ringfs/node.toml.example"
+owner ringfs:ringfs "$root/etc/ringfs/secret"
 
 if [ "$systemctl" = 1 ]; then
     systemctl daemon-reload

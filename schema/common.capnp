@@ -1,7 +1,7 @@
 @0xc14fd208eb12c200;
 # Types shared by the control RPC (control.capnp) and the data plane (data.capnp).
 
-const protocolVersion :UInt32 = 2;
+const protocolVersion :UInt32 = 3;
 # Bumped on any incompatible change of the wire contract.
 
 struct ChunkId {

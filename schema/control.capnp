@@ -27,6 +27,11 @@ enum ErrorCode {
   # that need the leader (mutations, membership, linearizable reads); the
   # message names the leader when one is known. Find it with `hello` on the
   # replicas and call again there.
+  unauthenticated @14;
+  # The call needs an authenticated principal and this connection has none
+  # (no `authenticate` yet, or it failed, or the user was removed), or the
+  # credentials presented were refused. The message never says which part
+  # of a credential was wrong.
 }
 
 enum FileKind {
@@ -51,6 +56,9 @@ struct Attr {
   # Durable replicas a write needs (W, 1..=R); 0 for directories.
   version @8 :UInt64;
   # Bumped by every change of the inode (commit, truncate, rename into it).
+  uid @9 :UInt32;
+  gid @10 :UInt32;
+  # Owner and group, checked with `mode` as POSIX does (docs/protocol.md).
 }
 
 struct DirEntry {
@@ -171,7 +179,8 @@ interface Control {
 
   hello @0 (protocolVersion :UInt32)
       -> (protocolVersion :UInt32, serverVersion :Text,
-          isLeader :Bool, leaderAddress :Text, replicated :Bool);
+          isLeader :Bool, leaderAddress :Text, replicated :Bool,
+          challenge :Data);
   # Fails with `version_mismatch` if the caller speaks another protocol.
   # isLeader: this server serves every call (a single control server always
   # does; a replica only while it is the Raft leader). leaderAddress: the
@@ -179,6 +188,19 @@ interface Control {
   # when this is the leader). replicated: the control plane runs Raft.
   # Must be the first call on a connection: until a hello succeeded, every
   # other method of this capability fails with `version_mismatch`.
+  # challenge: 32 random bytes, fresh for every hello, that `authenticate`
+  # answers (docs/protocol.md, "Authentication").
+
+  authenticate @23 (user :Text, proof :Data)
+      -> (uid :UInt32, gids :List(UInt32), admin :Bool);
+  # Proves that the caller holds `user`'s key without sending it: proof is
+  # HMAC-SHA256(key, context) over the challenge of this connection's last
+  # hello (docs/protocol.md gives the bytes). Each challenge answers one
+  # attempt: a failed one needs a new hello. Until an authenticate
+  # succeeded, every call but hello fails with `unauthenticated`; after it,
+  # every call runs as that principal (uid, groups; admin: may do anything).
+  # Users: the built-in `admin` and `@cluster` (nodes and control replicas),
+  # whose keys derive from the cluster secret, and those of addUser.
 
   # -- Namespace. Paths are absolute, '/'-separated, UTF-8. --
   # requestId (16 bytes, or empty): a mutation sent again with the same id
@@ -207,6 +229,10 @@ interface Control {
   # and above every epoch handed out before, across restarts.
 
   # -- Membership. --
+  # `secret` parameters (join, raft, addReplica, removeReplica,
+  # takeSnapshot): obsolete, must be empty (a non-empty one is refused with
+  # invalid_argument, so no secret is ever sent); the caller authenticates
+  # as `@cluster` (join, raft) or an administrator instead.
   join @9 (secret :Data, nodeId :UInt64, nodeKey :Data,
            shards :List(ShardEndpoint), capacity :Common.Capacity,
            commands :NodeCommands)
@@ -250,7 +276,7 @@ interface Control {
 
   # -- Attributes. --
   setAttr @17 (path :Text, setMode :Bool, mode :UInt32, setMtime :Bool, mtimeNs :Int64,
-               requestId :Data)
+               requestId :Data, setUid :Bool, uid :UInt32, setGid :Bool, gid :UInt32)
       -> (attr :Attr);
   # chmod and utimes of a file or directory: sets the permission bits
   # (`mode`, at most 0o7777) if `setMode`, the modification time if
@@ -259,6 +285,10 @@ interface Control {
   # it is answered with the first outcome and bumps the version once).
   # Sizes change only through a write handle (commitChunks, setSize). A
   # control server older than this method answers `unimplemented`.
+  # chown: `uid` if `setUid` (the administrator only), `gid` if `setGid`
+  # (the owner, to a group it is a member of, or the administrator). chmod:
+  # the owner or the administrator; utimes: the owner, the administrator,
+  # or (mtime now) a caller with write permission.
 
   # -- Replication (Raft between control replicas). --
   raft @18 (secret :Data, fromReplica :UInt64) -> (peer :RaftPeer);
@@ -274,6 +304,26 @@ interface Control {
   takeSnapshot @22 (secret :Data) -> (path :Text, lastIndex :UInt64, bytes :UInt64);
   # Writes a consistent snapshot of the metadata to a file in this server's
   # data directory and returns its path (backup; see docs/operations.md).
+
+  # -- Users (the administrator only). --
+  addUser @24 (name :Text, uid :UInt32, gids :List(UInt32), admin :Bool)
+      -> (user :UserInfo);
+  # Registers a user (uid 0: the next free uid from 1000). The key is never
+  # sent: it is HMAC-SHA256(cluster secret, "ringfs user key v1" 0 name 0
+  # salt), computed by whoever holds the cluster secret (`ringfs admin user
+  # add`), with the salt drawn here (docs/protocol.md).
+  removeUser @25 (name :Text);
+  # Revokes a user: its connections are refused from their next call.
+  listUsers @26 () -> (users :List(UserInfo));
+}
+
+struct UserInfo {
+  name @0 :Text;
+  uid @1 :UInt32;
+  gids @2 :List(UInt32);
+  admin @3 :Bool;
+  salt @4 :Data;
+  # 16 bytes, input of the key derivation; not a secret.
 }
 
 interface RaftPeer {

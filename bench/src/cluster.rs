@@ -78,7 +78,13 @@ pub struct LocalCluster {
     pub control_addrs: Vec<SocketAddr>,
     launcher: Vec<OsString>,
     secret: PathBuf,
+    /// The built-in administrator's credential (derived from the secret
+    /// this cluster was made with): what the workloads connect as.
+    pub cred: ringfs_client::Credential,
 }
+
+/// The administrator's credential file in the cluster's directory.
+pub const CREDENTIAL: &str = "admin.credential";
 
 /// The cluster's directory: removed on drop unless kept.
 enum Dir {
@@ -112,7 +118,11 @@ impl LocalCluster {
         };
         let root = dir.path().to_path_buf();
         let secret = root.join("secret");
-        std::fs::write(&secret, random_secret()).context("writing the cluster secret")?;
+        let secret_text = random_secret();
+        write_secret(&secret, &secret_text)?;
+        let cred = ringfs_client::Credential::admin(secret_text.as_bytes());
+        cred.save(&root.join(CREDENTIAL))
+            .context("writing the administrator's credential")?;
 
         let replicas = opts.control_replicas.max(1);
         let mut cluster = LocalCluster {
@@ -123,6 +133,7 @@ impl LocalCluster {
             control_addrs: Vec::new(),
             launcher: opts.launcher.control.clone(),
             secret: secret.clone(),
+            cred,
         };
         for i in 0..replicas {
             let extra: Vec<String> = match (replicas, i) {
@@ -207,7 +218,7 @@ impl LocalCluster {
                 let mut views = Vec::new();
                 for a in &addrs {
                     if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), async {
-                        ringfs_client::ControlClient::connect(*a)
+                        ringfs_client::ControlClient::connect(*a, &self.cred)
                             .await?
                             .replication()
                             .await
@@ -247,7 +258,7 @@ impl LocalCluster {
                 let leads = crate::local(async {
                     tokio::time::timeout(
                         Duration::from_secs(2),
-                        ringfs_client::ControlClient::connect(*a),
+                        ringfs_client::ControlClient::connect(*a, &self.cred),
                     )
                     .await
                     .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
@@ -282,7 +293,7 @@ impl LocalCluster {
     fn wait_joined(&self, want: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         crate::local(async {
-            let c = ringfs_client::ControlClient::connect(self.control_addr).await?;
+            let c = ringfs_client::ControlClient::connect(self.control_addr, &self.cred).await?;
             loop {
                 let up = c.cluster_map().await?.nodes.iter().filter(|n| n.up).count();
                 if up >= want {
@@ -366,6 +377,20 @@ fn quiet_logs(cmd: &mut Command) {
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     );
+}
+
+/// Writes a cluster secret to a new file at `path`, owner-only (the
+/// servers refuse a secret that group or others may read).
+pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .with_context(|| format!("writing the cluster secret {}", path.display()))
 }
 
 /// A fresh cluster secret (the token MAC key shared by control and nodes).

@@ -43,6 +43,7 @@ pub fn run(cluster: &mut LocalCluster, kills: usize) -> anyhow::Result<Failover>
         bail!("failover needs at least 3 control replicas (--control-replicas 3)");
     }
     let addrs = cluster.control_addrs.clone();
+    let cred = cluster.cred.clone();
     // (sent, acknowledged) of every create.
     let acked: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -52,7 +53,8 @@ pub fn run(cluster: &mut LocalCluster, kills: usize) -> anyhow::Result<Failover>
         std::thread::spawn(move || {
             crate::local(async move {
                 let run = async {
-                    let c = Client::connect_replicas(&addrs, ClientOptions::default()).await?;
+                    let c =
+                        Client::connect_replicas(&addrs, &cred, ClientOptions::default()).await?;
                     let dir = format!("/bench-failover-{}", std::process::id());
                     c.mkdir(&dir, 0).await?;
                     let options = CreateOptions {

@@ -286,6 +286,7 @@ impl MountProcess {
     pub fn start(
         exe: &Path,
         control: std::net::SocketAddr,
+        credential: &Path,
         path: &Path,
         args: &[String],
     ) -> anyhow::Result<Self> {
@@ -293,6 +294,8 @@ impl MountProcess {
         cmd.arg("__mount")
             .arg("--control")
             .arg(control.to_string())
+            .arg("--credential")
+            .arg(credential)
             .arg(path)
             .args(args)
             .stdin(Stdio::null())

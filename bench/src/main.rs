@@ -71,6 +71,10 @@ enum Cmd {
         /// The cluster's control server.
         #[arg(long, required_unless_present = "path", conflicts_with = "path")]
         control: Option<SocketAddr>,
+        /// With --control: the credential file to connect with (an
+        /// administrator's, or a user's who may create in /).
+        #[arg(long, env = "RINGFS_CREDENTIAL", requires = "control")]
+        credential: Option<PathBuf>,
         /// A directory to run in, through file calls (pread/pwrite, one
         /// thread per stream or operation in flight, O_DIRECT and O_DSYNC
         /// unless --buffered). --replication then only says how many copies
@@ -168,6 +172,9 @@ enum Cmd {
     Mount {
         #[arg(long)]
         control: SocketAddr,
+        /// The credential file to mount with.
+        #[arg(long)]
+        credential: PathBuf,
         #[command(flatten)]
         args: ringfs_client::mount::MountArgs,
     },
@@ -225,7 +232,13 @@ fn main() -> ExitCode {
             let argv = std::iter::once("ringfs-node".to_string()).chain(args);
             return ringfs_node::cli::main_with_args(argv);
         }
-        Cmd::Mount { control, args } => ringfs_client::mount::cli::run(&[control], &args),
+        Cmd::Mount {
+            control,
+            credential,
+            args,
+        } => ringfs_client::Credential::load(&credential)
+            .map_err(anyhow::Error::from)
+            .and_then(|cred| ringfs_client::mount::cli::run(&[control], &cred, &args)),
         Cmd::Fio {
             config: _,
             path,
@@ -287,6 +300,7 @@ fn main() -> ExitCode {
         Cmd::Run {
             config: _,
             control,
+            credential,
             path,
             buffered,
             load,
@@ -294,7 +308,19 @@ fn main() -> ExitCode {
             keep,
         } => {
             let target = match (control, path) {
-                (Some(c), _) => Target::Cluster(c),
+                (Some(c), _) => {
+                    let Some(file) = credential else {
+                        eprintln!("ringfs-bench: --control needs --credential FILE (or RINGFS_CREDENTIAL)");
+                        return ExitCode::from(2);
+                    };
+                    match ringfs_client::Credential::load(&file) {
+                        Ok(cred) => Target::Cluster(c, cred),
+                        Err(e) => {
+                            eprintln!("ringfs-bench: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 (None, Some(dir)) => Target::Posix {
                     dir,
                     direct: !buffered,
@@ -493,7 +519,7 @@ fn run_local(
     let replication = load.replication.unwrap_or(nodes.min(3) as u8);
     let opts = load.suite(replication, cluster.dir().to_path_buf(), keep);
     let reports = suite::run(
-        &Target::Cluster(cluster.control_addr),
+        &Target::Cluster(cluster.control_addr, cluster.cred.clone()),
         Some(&mut cluster),
         &opts,
     )?;
@@ -625,7 +651,13 @@ fn run_fio(o: FioRun) -> anyhow::Result<()> {
             std::fs::create_dir(&mnt)?;
             let mut flags = vec!["--replication".to_string(), r.to_string()];
             flags.extend(o.mount_flags.iter().cloned());
-            let mount = fio::MountProcess::start(&exe, cluster.control_addr, &mnt, &flags)?;
+            let mount = fio::MountProcess::start(
+                &exe,
+                cluster.control_addr,
+                &cluster.dir().join(ringfs_bench::cluster::CREDENTIAL),
+                &mnt,
+                &flags,
+            )?;
             let label = format!("ringfs mount R={r}");
             let mut got = Vec::new();
             for job in &jobs {

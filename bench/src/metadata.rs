@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use ringfs_client::{ControlClient, CreateOptions};
+use ringfs_client::{ControlClient, CreateOptions, Credential};
 
 use crate::live::Live;
 use crate::stats::{latency_histogram, Percentiles};
@@ -42,6 +42,7 @@ impl Phase {
 /// Runs the workload against the control server at `control`.
 pub fn run(
     control: SocketAddr,
+    cred: &Credential,
     clients: usize,
     files: usize,
     threads: usize,
@@ -60,7 +61,7 @@ pub fn run(
             .unwrap_or(0)
     );
     crate::local(async {
-        let c = ControlClient::connect(control).await?;
+        let c = ControlClient::connect(control, cred).await?;
         c.mkdir(&dir, 0)
             .await
             .context("creating the benchmark directory")
@@ -76,7 +77,7 @@ pub fn run(
             let (barrier, tx, dir) = (barrier.clone(), tx.clone(), dir.clone());
             scope.spawn(move || {
                 let result = crate::local(load_thread(
-                    control, my_clients, clients, files, dir, &barrier, live,
+                    control, cred, my_clients, clients, files, dir, &barrier, live,
                 ));
                 let _ = tx.send(result);
             });
@@ -93,7 +94,7 @@ pub fn run(
         anyhow::Ok((timings, merged))
     })?;
     crate::local(async {
-        let c = ControlClient::connect(control).await?;
+        let c = ControlClient::connect(control, cred).await?;
         c.rmdir(&dir)
             .await
             .context("removing the benchmark directory")
@@ -135,8 +136,10 @@ pub(crate) fn phases(timings: Vec<std::time::Duration>, hists: Vec<Histogram<u64
 /// One load thread: connects its clients, then for each phase waits at the
 /// barrier, runs its share, and waits again. On an error it keeps meeting
 /// the barriers (so the others are not stuck) and reports the first error.
+#[allow(clippy::too_many_arguments)]
 async fn load_thread(
     control: SocketAddr,
+    cred: &Credential,
     my_clients: Vec<usize>,
     clients: usize,
     files: usize,
@@ -147,7 +150,7 @@ async fn load_thread(
     let mut conns = Vec::new();
     let mut error = None;
     for _ in &my_clients {
-        match ControlClient::connect(control).await {
+        match ControlClient::connect(control, cred).await {
             Ok(c) => conns.push(c),
             Err(e) => error = Some(anyhow::Error::from(e).context("connecting a client")),
         }

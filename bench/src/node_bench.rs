@@ -117,13 +117,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
         .with_context(|| format!("temporary directory in {}", parent.display()))?;
     let dir = tmp.path();
     let secret = dir.join("secret");
-    std::fs::write(
-        &secret,
-        format!(
-            "node-bench-secret-{:x}",
-            std::process::id() as u64 * 0x9e37_79b9
-        ),
-    )?;
+    crate::cluster::write_secret(&secret, &crate::cluster::random_secret())?;
 
     let mut cmd = command(&opts.launcher.control)?;
     cmd.args(["--listen", "127.0.0.1:0"])

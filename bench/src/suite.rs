@@ -99,8 +99,8 @@ pub fn run(
     );
     let ds = Arc::new(Dataset::new(root.clone(), files, file_bytes, random_u64()));
     match target {
-        Target::Cluster(control) => crate::local(async {
-            let c = ringfs_client::ControlClient::connect(*control).await?;
+        Target::Cluster(control, cred) => crate::local(async {
+            let c = ringfs_client::ControlClient::connect(*control, cred).await?;
             c.mkdir(&root, 0).await?;
             anyhow::Ok(())
         }),
@@ -108,7 +108,7 @@ pub fn run(
     }
     .with_context(|| format!("creating {root}"))?;
     let mut replication = match target {
-        Target::Cluster(_) => o.layout.replication,
+        Target::Cluster(..) => o.layout.replication,
         // Whatever the file system does; --replication says it, for the
         // per-copy ratios.
         Target::Posix { .. } => o.layout.replication.max(1),
@@ -164,9 +164,9 @@ pub fn run(
         let (measured, seconds, samples, cpu) =
             monitored(target, &mut cluster, &ds, spec, limit, w.name())?;
         dataset_written |= w == Workload::SeqWrite;
-        if let (0, true, Target::Cluster(control)) = (replication, dataset_written, target) {
+        if let (0, true, Target::Cluster(control, cred)) = (replication, dataset_written, target) {
             // The server's default: report what the files really have.
-            replication = file_replication(*control, &ds)?;
+            replication = file_replication(*control, cred, &ds)?;
         }
         let mut report = Report::new(
             w.name(),
@@ -427,8 +427,8 @@ fn metadata_baseline(dir: &std::path::Path, spec: &Spec) -> anyhow::Result<raw_d
 }
 
 fn remove_dataset(target: &Target, ds: &Dataset) -> anyhow::Result<()> {
-    let control = match target {
-        Target::Cluster(control) => *control,
+    let (control, cred) = match target {
+        Target::Cluster(control, cred) => (*control, cred),
         Target::Posix { dir, .. } => {
             for f in 0..ds.files {
                 match std::fs::remove_file(crate::posix::local_path(dir, ds, f)) {
@@ -440,7 +440,7 @@ fn remove_dataset(target: &Target, ds: &Dataset) -> anyhow::Result<()> {
         }
     };
     crate::local(async {
-        let c = ringfs_client::ControlClient::connect(control).await?;
+        let c = ringfs_client::ControlClient::connect(control, cred).await?;
         for f in 0..ds.files {
             match c.unlink(&ds.path(f)).await {
                 Ok(()) | Err(ringfs_client::Error::NotFound(_)) => {}
@@ -453,9 +453,13 @@ fn remove_dataset(target: &Target, ds: &Dataset) -> anyhow::Result<()> {
 }
 
 /// Replicas per chunk of the dataset's files (R), from the control server.
-fn file_replication(control: SocketAddr, ds: &Dataset) -> anyhow::Result<u8> {
+fn file_replication(
+    control: SocketAddr,
+    cred: &ringfs_client::Credential,
+    ds: &Dataset,
+) -> anyhow::Result<u8> {
     crate::local(async {
-        let c = ringfs_client::ControlClient::connect(control).await?;
+        let c = ringfs_client::ControlClient::connect(control, cred).await?;
         anyhow::Ok(c.stat(&ds.path(0)).await?.replication)
     })
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use ringfs_client::{Client, CreateOptions, Fd, OpenOptions};
+use ringfs_client::{Client, CreateOptions, Credential, Fd, OpenOptions};
 
 use crate::dataset::{xorshift, Dataset, WriteBuf, PAGE};
 use crate::live::Live;
@@ -232,8 +232,9 @@ impl Running {
 /// What the workloads run against.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A ringfs cluster (its control server), through the client library.
-    Cluster(SocketAddr),
+    /// A ringfs cluster (its control server, and the credential to use),
+    /// through the client library.
+    Cluster(SocketAddr, Credential),
     /// A directory of any mounted file system, through file calls (see
     /// [`crate::posix`]); `direct`: O_DIRECT.
     Posix { dir: PathBuf, direct: bool },
@@ -242,14 +243,15 @@ pub enum Target {
 /// Starts `spec` against `target`. A thread that fails stops the others
 /// through `live`.
 pub fn start(target: &Target, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>) -> Running {
-    let control = match target {
-        Target::Cluster(control) => *control,
+    let (control, cred) = match target {
+        Target::Cluster(control, cred) => (*control, cred.clone()),
         Target::Posix { dir, direct } => return crate::posix::start(dir, *direct, ds, spec, live),
     };
     if spec.workload == Workload::Metadata {
         let thread = std::thread::spawn(move || {
             let phases = crate::metadata::run(
                 control,
+                &cred,
                 spec.concurrency,
                 spec.metadata_files,
                 spec.threads,
@@ -270,9 +272,10 @@ pub fn start(target: &Target, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>) -> 
     .clamp(1, spec.concurrency.max(1));
     let threads = (0..threads)
         .map(|t| {
-            let (ds, live) = (ds.clone(), live.clone());
+            let (ds, live, cred) = (ds.clone(), live.clone(), cred.clone());
             std::thread::spawn(move || {
-                let result = crate::local(load_thread(control, &ds, spec, &live, t, threads));
+                let result =
+                    crate::local(load_thread(control, &cred, &ds, spec, &live, t, threads));
                 if result.is_err() {
                     live.stop();
                 }
@@ -285,13 +288,14 @@ pub fn start(target: &Target, ds: Arc<Dataset>, spec: Spec, live: Arc<Live>) -> 
 
 async fn load_thread(
     control: SocketAddr,
+    cred: &Credential,
     ds: &Dataset,
     spec: Spec,
     live: &Live,
     me: usize,
     threads: usize,
 ) -> anyhow::Result<Measured> {
-    let client = Client::connect(control)
+    let client = Client::connect(control, cred)
         .await
         .context("connecting to the control server")?;
     let acc = RefCell::new(Measured::new());

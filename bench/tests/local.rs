@@ -292,6 +292,8 @@ fn run_drives_an_existing_cluster() {
     run_ok(
         bench()
             .args(["run", "--control", &cluster.control.addr.to_string()])
+            .arg("--credential")
+            .arg(cluster.admin_credential())
             .args(["--replication", "2", "--config"])
             .arg(&config),
     );
@@ -303,7 +305,9 @@ fn run_drives_an_existing_cluster() {
     // The dataset was removed again: the namespace is empty.
     let addr = cluster.control.addr;
     let left = ringfs_tests::local(async move {
-        let c = ringfs_client::ControlClient::connect(addr).await.unwrap();
+        let c = ringfs_client::ControlClient::connect(addr, &ringfs_tests::admin())
+            .await
+            .unwrap();
         c.list("/").await.unwrap()
     });
     assert!(left.is_empty(), "left in the cluster: {left:?}");

@@ -25,13 +25,13 @@ pub struct BlockingClient {
 impl BlockingClient {
     /// Builds its runtime and connects: [`Client::connect`]. Fails with
     /// [`Error::Internal`] if the runtime cannot be built.
-    pub fn connect(control_addr: SocketAddr) -> Result<Self> {
+    pub fn connect(control_addr: SocketAddr, cred: &crate::Credential) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::internal_from("building a tokio runtime", e))?;
         let local = LocalSet::new();
-        let client = local.block_on(&rt, Client::connect(control_addr))?;
+        let client = local.block_on(&rt, Client::connect(control_addr, cred))?;
         Ok(Self { client, local, rt })
     }
 

@@ -248,7 +248,10 @@ mod tests {
         let mut bad = data.clone();
         bad[9000] ^= 0x10;
         assert_eq!(verify_into(8192, &bad, &crcs, 500, &mut dst), Err(4));
-        assert!(dst.iter().all(|&b| b == 0), "nothing unverified left behind");
+        assert!(
+            dst.iter().all(|&b| b == 0),
+            "nothing unverified left behind"
+        );
         assert_eq!(
             verify_into(8192, &data, &crcs[..2], 0, &mut dst),
             Err(4),

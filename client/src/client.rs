@@ -35,6 +35,7 @@ use ringfs_schema::MAX_CHUNK_SIZE;
 use crate::chunk_io::{chunk_id, ChunkIo, Layout, ReplicaDigest};
 use crate::chunk_write::Writer;
 use crate::cluster::Cluster;
+use crate::control::Credential;
 use crate::control::{
     Attr, ChunkRecord, ClusterMap, Committed, ControlClient, CreateOptions, FileHandle, Kind,
 };
@@ -203,14 +204,19 @@ impl Client {
     /// speak the same protocol version) and subscribes to the cluster map,
     /// with [`ClientOptions::default`]. Fails with [`Error::Unavailable`]
     /// if the server cannot be reached and [`Error::VersionMismatch`] if it
-    /// speaks another protocol. No client authentication exists yet.
-    pub async fn connect(control_addr: SocketAddr) -> Result<Self> {
-        Self::connect_with(control_addr, ClientOptions::default()).await
+    /// speaks another protocol. Authenticates as `cred`'s user (every
+    /// later call runs as it): [`Error::Unauthenticated`] if refused.
+    pub async fn connect(control_addr: SocketAddr, cred: &Credential) -> Result<Self> {
+        Self::connect_with(control_addr, cred, ClientOptions::default()).await
     }
 
     /// Like [`Client::connect`], with `options`.
-    pub async fn connect_with(control_addr: SocketAddr, options: ClientOptions) -> Result<Self> {
-        Self::connect_replicas(&[control_addr], options).await
+    pub async fn connect_with(
+        control_addr: SocketAddr,
+        cred: &Credential,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        Self::connect_replicas(&[control_addr], cred, options).await
     }
 
     /// Connects to a control plane given every address it may answer at
@@ -219,9 +225,10 @@ impl Client {
     /// leader) and follows leadership changes by itself.
     pub async fn connect_replicas(
         control_addrs: &[SocketAddr],
+        cred: &Credential,
         options: ClientOptions,
     ) -> Result<Self> {
-        let cluster = Rc::new(Cluster::connect(control_addrs).await?);
+        let cluster = Rc::new(Cluster::connect(control_addrs, cred.clone()).await?);
         Ok(Self {
             io: ChunkIo::new(cluster.clone(), options),
             cluster,
@@ -300,6 +307,20 @@ impl Client {
             .mutate(
                 || format!("set attributes of {path}"),
                 |c, id| async move { c.set_attr_as(Some(id), path, mode, mtime_ns).await },
+            )
+            .await
+    }
+
+    /// Changes the owner (`uid`: the administrator only) and/or the group
+    /// (`gid`: the owner, to one of its groups, or the administrator) of
+    /// the file or directory at `path` (`None`: unchanged); fails with
+    /// [`Error::PermissionDenied`] otherwise. Sent again after a reconnect
+    /// under the same request id, like [`Client::set_attr`].
+    pub async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<Attr> {
+        self.cluster
+            .mutate(
+                || format!("change the owner of {path}"),
+                |c, id| async move { c.chown_as(Some(id), path, uid, gid).await },
             )
             .await
     }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::{ClusterMap, ControlClient, MapSubscription, NodeInfo};
 use crate::error::{Error, Result};
+use ringfs_ops::auth::Credential;
 
 /// A cluster map older than this is fetched again before placing chunks
 /// (the subscription pushes up/down changes, not capacity changes).
@@ -60,6 +61,8 @@ pub(crate) struct Cluster {
     control: RefCell<ControlClient>,
     /// Every control address the client was given.
     control_addrs: Vec<SocketAddr>,
+    /// What every (re)connection authenticates with.
+    cred: Credential,
     map: Rc<RefCell<MapState>>,
     watcher: RefCell<tokio::task::JoinHandle<()>>,
 }
@@ -88,6 +91,7 @@ fn watch_map(map: Rc<RefCell<MapState>>, mut sub: MapSubscription) -> tokio::tas
 /// passed. A protocol-version mismatch fails at once.
 pub(crate) async fn connect_leader(
     addrs: &[SocketAddr],
+    cred: &Credential,
     within: Duration,
 ) -> Result<ControlClient> {
     let start = Instant::now();
@@ -106,7 +110,7 @@ pub(crate) async fn connect_leader(
                 continue;
             }
             asked.push(a);
-            match ControlClient::connect(a).await {
+            match ControlClient::connect(a, cred).await {
                 Ok(c) if c.server_info().is_leader => return Ok(c),
                 Ok(c) => {
                     within = within.max(RECONNECT_FOR);
@@ -122,7 +126,7 @@ pub(crate) async fn connect_leader(
                         queue.push_front(h);
                     }
                 }
-                Err(e @ Error::VersionMismatch(_)) => return Err(e),
+                Err(e @ (Error::VersionMismatch(_) | Error::Unauthenticated(_))) => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
@@ -137,8 +141,8 @@ pub(crate) async fn connect_leader(
 impl Cluster {
     /// Connects to the control server (among `control_addrs`, the one that
     /// serves) and subscribes to the cluster map.
-    pub(crate) async fn connect(control_addrs: &[SocketAddr]) -> Result<Self> {
-        let control = connect_leader(control_addrs, Duration::ZERO).await?;
+    pub(crate) async fn connect(control_addrs: &[SocketAddr], cred: Credential) -> Result<Self> {
+        let control = connect_leader(control_addrs, &cred, Duration::ZERO).await?;
         let (map, sub) = control.subscribe().await?;
         let map = Rc::new(RefCell::new(MapState {
             map,
@@ -149,6 +153,7 @@ impl Cluster {
         Ok(Self {
             control: RefCell::new(control),
             control_addrs: control_addrs.to_vec(),
+            cred,
             map,
             watcher: RefCell::new(watcher),
         })
@@ -171,7 +176,7 @@ impl Cluster {
     /// Connects anew to whichever control server serves (trying for up to
     /// `within`) and resubscribes to the map.
     async fn reconnect_within(&self, within: Duration) -> Result<()> {
-        let control = connect_leader(&self.control_addrs, within).await?;
+        let control = connect_leader(&self.control_addrs, &self.cred, within).await?;
         let (map, sub) = control.subscribe().await?;
         self.map.borrow_mut().replace(map);
         let watcher = watch_map(self.map.clone(), sub);

@@ -22,6 +22,33 @@ use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::error::{Error, Result};
+pub use ringfs_ops::auth::Credential;
+
+/// Who a connection authenticated as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Its user id.
+    pub uid: u32,
+    /// Its groups, the primary one first.
+    pub gids: Vec<u32>,
+    /// An administrator: may do everything.
+    pub admin: bool,
+}
+
+/// A user registered by the administrator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// Its name.
+    pub name: String,
+    /// Its user id.
+    pub uid: u32,
+    /// Its groups, the primary one first.
+    pub gids: Vec<u32>,
+    /// An administrator.
+    pub admin: bool,
+    /// The salt of its key derivation (not a secret).
+    pub salt: Vec<u8>,
+}
 
 /// Kind of a namespace entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +82,10 @@ pub struct Attr {
     pub write_quorum: u8,
     /// Bumped on every change of the inode.
     pub version: u64,
+    /// Owner's user id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// Options of a new file; zero means the server's default.
@@ -274,6 +305,8 @@ fn read_attr(a: attr::Reader) -> Result<Attr> {
         replication: a.get_replication(),
         write_quorum: a.get_write_quorum(),
         version: a.get_version(),
+        uid: a.get_uid(),
+        gid: a.get_gid(),
     })
 }
 
@@ -335,8 +368,10 @@ fn fill_chunk(mut b: chunk_record::Builder, c: &ChunkRecord) {
 }
 
 impl ControlClient {
-    /// Connects and checks that both sides speak the same protocol version.
-    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+    /// Connects, checks that both sides speak the same protocol version,
+    /// and authenticates as `cred`'s user (docs/protocol.md): every later
+    /// call runs as it.
+    pub async fn connect(addr: SocketAddr, cred: &Credential) -> Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| Error::unavailable_from(format!("cannot connect to {addr}"), e))?;
@@ -361,8 +396,24 @@ impl ControlClient {
             conn: Rc::new(Conn { task }),
             info: Rc::default(),
         };
-        client.info = Rc::new(client.hello().await?);
+        let (info, challenge) = client.hello().await?;
+        client.info = Rc::new(info);
+        client.authenticate(cred, &challenge).await?;
         Ok(client)
+    }
+
+    /// Proves `cred` against the challenge of this connection's hello.
+    async fn authenticate(&self, cred: &Credential, challenge: &[u8]) -> Result<Principal> {
+        let mut req = self.control.authenticate_request();
+        req.get().set_user(cred.user.as_str());
+        req.get().set_proof(&cred.proof(challenge));
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        Ok(Principal {
+            uid: r.get_uid(),
+            gids: r.get_gids()?.iter().collect(),
+            admin: r.get_admin(),
+        })
     }
 
     /// What the server said about itself when this connection opened.
@@ -376,19 +427,20 @@ impl ControlClient {
         !self.conn.task.is_finished()
     }
 
-    async fn hello(&self) -> Result<ServerInfo> {
+    async fn hello(&self) -> Result<(ServerInfo, Vec<u8>)> {
         let mut req = self.control.hello_request();
         req.get()
             .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
         let reply = req.send().promise.await?;
         let r = reply.get()?;
-        Ok(ServerInfo {
+        let info = ServerInfo {
             version: r.get_server_version()?.to_str()?.to_string(),
             // A single server leads; a replica says whether it does.
             is_leader: r.get_is_leader() || !r.get_replicated(),
             leader_address: r.get_leader_address()?.to_str()?.to_string(),
             replicated: r.get_replicated(),
-        })
+        };
+        Ok((info, r.get_challenge()?.to_vec()))
     }
 
     /// Creates a file entry (no data) and returns its attributes; an
@@ -495,6 +547,35 @@ impl ControlClient {
         mode: Option<u32>,
         mtime_ns: Option<i64>,
     ) -> Result<Attr> {
+        self.set_attrs(id, path, mode, mtime_ns, None, None).await
+    }
+
+    /// chown: the owner (the administrator only) and/or the group (the
+    /// owner, to one of its groups, or the administrator).
+    pub async fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<Attr> {
+        self.chown_as(None, path, uid, gid).await
+    }
+
+    /// [`ControlClient::chown`] with request id `id`.
+    pub async fn chown_as(
+        &self,
+        id: Option<u128>,
+        path: &str,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Attr> {
+        self.set_attrs(id, path, None, None, uid, gid).await
+    }
+
+    async fn set_attrs(
+        &self,
+        id: Option<u128>,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Attr> {
         let mut req = self.control.set_attr_request();
         let mut p = req.get();
         p.set_request_id(&id_bytes(id));
@@ -503,6 +584,10 @@ impl ControlClient {
         p.set_mode(mode.unwrap_or(0));
         p.set_set_mtime(mtime_ns.is_some());
         p.set_mtime_ns(mtime_ns.unwrap_or(0));
+        p.set_set_uid(uid.is_some());
+        p.set_uid(uid.unwrap_or(0));
+        p.set_set_gid(gid.is_some());
+        p.set_gid(gid.unwrap_or(0));
         let reply = req.send().promise.await?;
         read_attr(reply.get()?.get_attr()?)
     }
@@ -607,7 +692,6 @@ impl ControlClient {
     /// Registers a storage node (node_id 0 and a zero key for a new one).
     pub async fn join(
         &self,
-        secret: &[u8],
         node_id: u64,
         node_key: &[u8; 16],
         shards: &[String],
@@ -615,7 +699,6 @@ impl ControlClient {
     ) -> Result<Joined> {
         let mut req = self.control.join_request();
         let mut p = req.get();
-        p.set_secret(secret);
         p.set_node_id(node_id);
         p.set_node_key(if node_id == 0 { &[] } else { node_key });
         let mut list = p.reborrow().init_shards(shards.len() as u32);
@@ -802,11 +885,10 @@ impl ControlClient {
         })
     }
 
-    /// Adds control replica `replica_id` at `address` (leader only; the
-    /// cluster secret authorizes it). Returns once it votes.
-    pub async fn add_replica(&self, secret: &[u8], replica_id: u64, address: &str) -> Result<()> {
+    /// Adds control replica `replica_id` at `address` (leader only; an
+    /// administrator's call). Returns once it votes.
+    pub async fn add_replica(&self, replica_id: u64, address: &str) -> Result<()> {
         let mut req = self.control.add_replica_request();
-        req.get().set_secret(secret);
         req.get().set_replica_id(replica_id);
         req.get().set_address(address);
         req.send().promise.await?;
@@ -814,9 +896,8 @@ impl ControlClient {
     }
 
     /// Removes control replica `replica_id` from the group (leader only).
-    pub async fn remove_replica(&self, secret: &[u8], replica_id: u64) -> Result<()> {
+    pub async fn remove_replica(&self, replica_id: u64) -> Result<()> {
         let mut req = self.control.remove_replica_request();
-        req.get().set_secret(secret);
         req.get().set_replica_id(replica_id);
         req.send().promise.await?;
         Ok(())
@@ -825,9 +906,8 @@ impl ControlClient {
     /// Has the server write a consistent metadata snapshot into its data
     /// directory; returns its path there, the last log index it covers and
     /// its size in bytes.
-    pub async fn take_snapshot(&self, secret: &[u8]) -> Result<(String, u64, u64)> {
-        let mut req = self.control.take_snapshot_request();
-        req.get().set_secret(secret);
+    pub async fn take_snapshot(&self) -> Result<(String, u64, u64)> {
+        let req = self.control.take_snapshot_request();
         let reply = req.send().promise.await?;
         let r = reply.get()?;
         Ok((
@@ -836,6 +916,56 @@ impl ControlClient {
             r.get_bytes(),
         ))
     }
+}
+
+impl ControlClient {
+    /// Registers user `name` (administrators only; `uid` 0: the next free
+    /// one from 1000; no `gids`: a group of its uid). Its key derives from
+    /// the cluster secret and the returned salt
+    /// ([`Credential::derive`]); no key crosses the wire.
+    pub async fn add_user(
+        &self,
+        name: &str,
+        uid: u32,
+        gids: &[u32],
+        admin: bool,
+    ) -> Result<UserInfo> {
+        let mut req = self.control.add_user_request();
+        req.get().set_name(name);
+        req.get().set_uid(uid);
+        req.get().set_admin(admin);
+        let mut list = req.get().init_gids(gids.len() as u32);
+        for (i, g) in gids.iter().enumerate() {
+            list.set(i as u32, *g);
+        }
+        let reply = req.send().promise.await?;
+        read_user(reply.get()?.get_user()?)
+    }
+
+    /// Revokes user `name`: its connections are refused from their next
+    /// call (administrators only).
+    pub async fn remove_user(&self, name: &str) -> Result<()> {
+        let mut req = self.control.remove_user_request();
+        req.get().set_name(name);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Every registered user (administrators only).
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let reply = self.control.list_users_request().send().promise.await?;
+        reply.get()?.get_users()?.iter().map(read_user).collect()
+    }
+}
+
+fn read_user(u: ringfs_schema::control_capnp::user_info::Reader) -> Result<UserInfo> {
+    Ok(UserInfo {
+        name: u.get_name()?.to_str()?.to_string(),
+        uid: u.get_uid(),
+        gids: u.get_gids()?.iter().collect(),
+        admin: u.get_admin(),
+        salt: u.get_salt()?.to_vec(),
+    })
 }
 
 /// Receives the cluster map on every change.

@@ -41,9 +41,14 @@ pub enum Error {
     /// waiting as long as asked) or a chunk's lock.
     #[error("busy: {0}")]
     Busy(String),
-    /// A wrong cluster secret or node key.
+    /// The caller may not do this: mode bits or ownership refuse it, or it
+    /// is the administrator's (or a wrong node key).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The connection is not authenticated, or its credentials were
+    /// refused (the message never says which part was wrong).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// A write through a handle without the file's write lease (lost when
     /// the control server restarted).
     #[error("no write lease: {0}")]

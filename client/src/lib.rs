@@ -40,7 +40,7 @@ pub use chunk_io::ReplicaDigest;
 pub use client::{local, Client, ClientOptions, Fd, OpenOptions, SeekFrom};
 pub use control::{
     Attr, ChunkHealth, ChunkProblem, ChunkRecord, ClusterMap, Committed, ControlClient,
-    CreateOptions, FileHandle, Kind, NodeInfo, ProblemKind, ReplicaInfo, ReplicationStatus,
-    ServerInfo, Version,
+    CreateOptions, Credential, FileHandle, Kind, NodeInfo, Principal, ProblemKind, ReplicaInfo,
+    ReplicationStatus, ServerInfo, UserInfo, Version,
 };
 pub use error::{Cause, Error, Result};

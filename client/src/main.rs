@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
 use ringfs_client::human;
 use ringfs_client::mount::MountArgs;
 use ringfs_client::{
-    Attr, Client, ControlClient, CreateOptions, Error, Kind, OpenOptions, ReplicationStatus,
+    Attr, Client, ControlClient, CreateOptions, Credential, Error, Kind, OpenOptions,
+    ReplicationStatus,
 };
 use serde_json::json;
 
@@ -35,6 +36,12 @@ struct Cli {
     /// comma-separated: the client finds the leader.
     #[arg(long, env = "RINGFS_CONTROL", global = true)]
     control: Option<String>,
+    /// Credential file (user and key, mode 0600) to authenticate with
+    /// [default: ~/.config/ringfs/credential]. The administrator issues
+    /// them (`ringfs admin user add`); the control server writes the
+    /// administrator's into its data directory (admin.credential).
+    #[arg(long, env = "RINGFS_CREDENTIAL", global = true, value_name = "PATH")]
+    credential: Option<std::path::PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -92,6 +99,22 @@ enum Cmd {
     },
     /// Rename or move.
     Mv { from: String, to: String },
+    /// Change permission bits (octal, e.g. 750).
+    Chmod {
+        #[arg(value_parser = parse_mode)]
+        mode: u32,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Change owner and/or group: UID, UID:GID or :GID (numeric ids, or
+    /// user names, which only an administrator may look up). The owner is
+    /// the administrator's to change; the group the owner's, to one of its
+    /// groups.
+    Chown {
+        owner: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Cluster status: nodes, up/down, capacity, chunk health.
     Status,
     /// Check every chunk against the namespace and the replica reports;
@@ -107,11 +130,14 @@ enum Cmd {
     /// Mount ringfs on a directory (FUSE) until unmounted (SIGTERM, Ctrl-C,
     /// `fusermount3 -u DIR`); see docs/client.md.
     Mount(MountArgs),
-    /// Administration of the control plane (needs the cluster secret).
+    /// Administration: as the administrator (with --secret-file, as the
+    /// built-in `admin`; otherwise the credential must be an
+    /// administrator's).
     Admin {
-        /// File holding the cluster secret.
+        /// File holding the cluster secret (mode 0600). Needed by `user
+        /// add`, which derives the new user's key from it.
         #[arg(long)]
-        secret_file: std::path::PathBuf,
+        secret_file: Option<std::path::PathBuf>,
         #[command(subcommand)]
         cmd: AdminCmd,
     },
@@ -129,6 +155,36 @@ enum AdminCmd {
     /// Remove a control replica from the group (e.g. a dead one before it
     /// is replaced).
     RemoveReplica { replica_id: u64 },
+    /// Users: add (writes the user's credential file), list, remove.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Register a user and write its credential file (mode 0600; hand it
+    /// to the user, who keeps it at ~/.config/ringfs/credential or points
+    /// --credential at it). Needs --secret-file.
+    Add {
+        name: String,
+        /// Its uid [default: the next free one from 1000].
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Its groups, comma-separated, the primary one first [default: a
+        /// group with its uid's number].
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<u32>,
+        /// Make it an administrator (may do everything).
+        #[arg(long)]
+        admin: bool,
+        /// Where to write the credential [default: ./NAME.credential].
+        #[arg(long, short = 'o')]
+        out: Option<std::path::PathBuf>,
+    },
+    /// List the registered users.
+    List,
+    /// Revoke a user: its connections are refused from their next call.
+    Remove { name: String },
 }
 
 /// `println!` that returns an error (a closed pipe, `ringfs status | head`)
@@ -142,6 +198,49 @@ macro_rules! outln {
 fn parse_size_u32(s: &str) -> Result<u32, String> {
     let n = human::parse_size(s)?;
     u32::try_from(n).map_err(|_| format!("{s:?} is too large for a chunk size"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode up to 7777"))
+}
+
+/// The credential to authenticate with: `ringfs admin --secret-file`'s
+/// administrator, else `--credential` / `$RINGFS_CREDENTIAL`, else
+/// ~/.config/ringfs/credential.
+fn credential(cli: &Cli) -> Result<Credential> {
+    if let Cmd::Admin {
+        secret_file: Some(f),
+        ..
+    } = &cli.cmd
+    {
+        return Ok(Credential::admin(&read_secret(f)?));
+    }
+    let path = cli
+        .credential
+        .clone()
+        .or_else(|| {
+            let p =
+                std::path::Path::new(&std::env::var_os("HOME")?).join(".config/ringfs/credential");
+            p.exists().then_some(p)
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no credential: pass --credential FILE, set RINGFS_CREDENTIAL, or keep one at \
+                 ~/.config/ringfs/credential (the administrator issues them with `ringfs admin \
+                 user add`; the control server's data directory holds admin.credential)"
+            )
+        })?;
+    Ok(Credential::load(&path)?)
+}
+
+/// The cluster secret in `path` (refused if group or others may read it).
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
+    ringfs_ops::auth::check_private(path)?;
+    let secret = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(secret.trim_ascii().to_vec())
 }
 
 fn main() -> ExitCode {
@@ -161,7 +260,7 @@ fn main() -> ExitCode {
         // Not on a LocalSet: the mount runs its own threads.
         // Every control address: the mount follows the leader among them.
         let mounted = control_addrs(cli.control.as_deref())
-            .and_then(|addrs| ringfs_client::mount::cli::run(&addrs, args));
+            .and_then(|addrs| ringfs_client::mount::cli::run(&addrs, &credential(&cli)?, args));
         return match mounted {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -213,7 +312,8 @@ fn control_addrs(flag: Option<&str>) -> Result<Vec<SocketAddr>> {
 
 async fn run(cli: Cli) -> Result<()> {
     let addrs = control_addrs(cli.control.as_deref())?;
-    let c = Client::connect_replicas(&addrs, Default::default()).await?;
+    let cred = credential(&cli)?;
+    let c = Client::connect_replicas(&addrs, &cred, Default::default()).await?;
     let json = cli.json;
     match cli.cmd {
         Cmd::Put {
@@ -244,15 +344,25 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Mv { from, to } => cmd_mv(&c, &from, &to).await,
         Cmd::Fsck { verify } => cmd_fsck(&c, json, verify).await,
-        Cmd::Status => cmd_status(&c, &addrs, json).await,
+        Cmd::Status => cmd_status(&c, &cred, &addrs, json).await,
+        Cmd::Chmod { mode, paths } => {
+            for p in paths {
+                c.set_attr(&p, Some(mode), None).await?;
+            }
+            Ok(())
+        }
+        Cmd::Chown { owner, paths } => {
+            let (uid, gid) = parse_owner(&c, &owner).await?;
+            for p in paths {
+                c.chown(&p, uid, gid).await?;
+            }
+            Ok(())
+        }
         Cmd::Admin { secret_file, cmd } => {
-            let secret = std::fs::read(&secret_file)
-                .with_context(|| format!("reading {}", secret_file.display()))?;
-            let secret = secret.trim_ascii();
             match cmd {
                 AdminCmd::Snapshot => {
                     let (path, index, bytes) = c
-                        .with_control(|ctl| async move { ctl.take_snapshot(secret).await })
+                        .with_control(|ctl| async move { ctl.take_snapshot().await })
                         .await?;
                     if json {
                         outln!(
@@ -271,16 +381,15 @@ async fn run(cli: Cli) -> Result<()> {
                     address,
                 } => {
                     let address = address.as_str();
-                    c.with_control(|ctl| async move {
-                        ctl.add_replica(secret, replica_id, address).await
-                    })
-                    .await?
+                    c.with_control(|ctl| async move { ctl.add_replica(replica_id, address).await })
+                        .await?
                 }
                 AdminCmd::RemoveReplica { replica_id } => {
-                    c.with_control(
-                        |ctl| async move { ctl.remove_replica(secret, replica_id).await },
-                    )
-                    .await?
+                    c.with_control(|ctl| async move { ctl.remove_replica(replica_id).await })
+                        .await?
+                }
+                AdminCmd::User(cmd) => {
+                    cmd_user(&c.control(), json, secret_file.as_deref(), cmd).await?
                 }
             }
             Ok(())
@@ -288,6 +397,125 @@ async fn run(cli: Cli) -> Result<()> {
         // Served by `main` before any connection exists.
         Cmd::Mount(_) => bail!("mount runs outside the async client"),
     }
+}
+
+/// `chown`'s OWNER: UID, UID:GID or :GID, numbers or user names.
+async fn parse_owner(c: &Client, s: &str) -> Result<(Option<u32>, Option<u32>)> {
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let mut users = None;
+    let mut id = async |name: &str, of_user: bool| -> Result<u32> {
+        if let Ok(n) = name.parse() {
+            return Ok(n);
+        }
+        if users.is_none() {
+            users = Some(c.control().list_users().await.with_context(|| {
+                format!("looking up {name:?} (only an administrator may; use a number)")
+            })?);
+        }
+        let u = users
+            .as_ref()
+            .and_then(|l| l.iter().find(|u| u.name == name))
+            .ok_or_else(|| anyhow!("no user {name:?}"))?;
+        // A user's name as a group: its primary group.
+        Ok(if of_user {
+            u.uid
+        } else {
+            u.gids.first().copied().unwrap_or(u.uid)
+        })
+    };
+    let uid = match user {
+        "" => None,
+        u => Some(id(u, true).await?),
+    };
+    let gid = match group {
+        None | Some("") => None,
+        Some(g) => Some(id(g, false).await?),
+    };
+    if uid.is_none() && gid.is_none() {
+        bail!("chown {s:?}: give an owner, a group, or both (UID, UID:GID, :GID)");
+    }
+    Ok((uid, gid))
+}
+
+/// `admin user ...`.
+async fn cmd_user(
+    ctl: &ControlClient,
+    json: bool,
+    secret_file: Option<&std::path::Path>,
+    cmd: UserCmd,
+) -> Result<()> {
+    match cmd {
+        UserCmd::Add {
+            name,
+            uid,
+            groups,
+            admin,
+            out,
+        } => {
+            let secret_file = secret_file.ok_or_else(|| {
+                anyhow!(
+                    "user add derives the user's key from the cluster secret: pass --secret-file"
+                )
+            })?;
+            let secret = read_secret(secret_file)?;
+            let out = out.unwrap_or_else(|| format!("{name}.credential").into());
+            if out.exists() {
+                bail!("{} exists: not overwriting a credential", out.display());
+            }
+            let u = ctl
+                .add_user(&name, uid.unwrap_or(0), &groups, admin)
+                .await?;
+            let cred = Credential::derive(&secret, &u.name, &u.salt);
+            if let Err(e) = cred.save(&out) {
+                // No credential file: undo, so that the name can be added again.
+                let _ = ctl.remove_user(&u.name).await;
+                return Err(e.into());
+            }
+            if json {
+                outln!(
+                    "{}",
+                    json!({"name": u.name, "uid": u.uid, "gids": u.gids, "admin": u.admin,
+                           "credential": out})
+                );
+            } else {
+                outln!(
+                    "user {} (uid {}, groups {:?}) added; credential in {} (mode 0600)",
+                    u.name,
+                    u.uid,
+                    u.gids,
+                    out.display()
+                );
+            }
+        }
+        UserCmd::List => {
+            let users = ctl.list_users().await?;
+            if json {
+                let v: Vec<_> = users
+                    .iter()
+                    .map(
+                        |u| json!({"name": u.name, "uid": u.uid, "gids": u.gids, "admin": u.admin}),
+                    )
+                    .collect();
+                outln!("{}", serde_json::Value::Array(v));
+            } else {
+                for u in users {
+                    let groups: Vec<String> = u.gids.iter().map(u32::to_string).collect();
+                    outln!(
+                        "{} uid={} groups={}{}",
+                        u.name,
+                        u.uid,
+                        groups.join(","),
+                        if u.admin { " admin" } else { "" }
+                    );
+                }
+            }
+        }
+        UserCmd::Remove { name } => ctl.remove_user(&name).await?,
+    }
+    Ok(())
 }
 
 /// `put`: copies `local` (or stdin) to `remote`; a file it created is
@@ -368,9 +596,11 @@ async fn cmd_ls(c: &Client, json: bool, long: bool, path: &str) -> Result<()> {
         if long {
             writeln!(
                 out,
-                "{}{} {:>9} {:>2} {}  {}{}",
+                "{}{} {:>5} {:>5} {:>9} {:>2} {}  {}{}",
                 if a.kind == Kind::Directory { 'd' } else { '-' },
                 rwx(a.mode),
+                a.uid,
+                a.gid,
                 human::size(a.size),
                 if a.kind == Kind::File {
                     a.replication.to_string()
@@ -406,6 +636,7 @@ async fn cmd_stat(c: &Client, json: bool, path: &str) -> Result<()> {
     );
     outln!("  size: {} ({} bytes)", human::size(a.size), a.size);
     outln!("  mode: {:o}", a.mode);
+    outln!(" owner: uid {} gid {}", a.uid, a.gid);
     outln!(" mtime: {} UTC", human::time(a.mtime_ns));
     outln!(" inode: {}", a.inode);
     if a.kind == Kind::File {
@@ -526,6 +757,7 @@ async fn cmd_fsck(c: &Client, json: bool, verify: bool) -> Result<()> {
 /// replica's own view (term, log positions); `None` for a single server.
 async fn control_status(
     c: &Client,
+    cred: &Credential,
     addrs: &[SocketAddr],
 ) -> Result<Option<(ReplicationStatus, Vec<ReplicationStatus>)>> {
     let leader = c.control().replication().await?;
@@ -542,7 +774,10 @@ async fn control_status(
             continue;
         };
         let probe = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            ControlClient::connect(addr).await?.replication().await
+            ControlClient::connect(addr, cred)
+                .await?
+                .replication()
+                .await
         });
         if let Ok(Ok(s)) = probe.await {
             each.push(s);
@@ -552,8 +787,8 @@ async fn control_status(
 }
 
 /// `status`: control replicas, nodes, up/down, capacity and chunk health.
-async fn cmd_status(c: &Client, addrs: &[SocketAddr], json: bool) -> Result<()> {
-    let control = control_status(c, addrs).await?;
+async fn cmd_status(c: &Client, cred: &Credential, addrs: &[SocketAddr], json: bool) -> Result<()> {
+    let control = control_status(c, cred, addrs).await?;
     let health = c.control().chunk_health(0).await?;
     let map = c.cluster_map().await?;
     let total: u64 = map.nodes.iter().map(|n| n.capacity.total).sum();
@@ -764,6 +999,8 @@ fn attr_json(path: Option<&str>, a: &Attr) -> serde_json::Value {
         "kind": if a.kind == Kind::File { "file" } else { "directory" },
         "size": a.size,
         "mode": a.mode,
+        "uid": a.uid,
+        "gid": a.gid,
         "mtime_ns": a.mtime_ns,
         "inode": a.inode,
         "chunk_size": a.chunk_size,

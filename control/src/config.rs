@@ -37,7 +37,8 @@ pub struct Args {
     /// Directory of the metadata database.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// File holding the cluster secret that storage nodes must present.
+    /// File holding the cluster secret, from which the keys of nodes,
+    /// replicas, the administrator and every user derive.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
     /// How often nodes heartbeat, in milliseconds [default: 1000].
@@ -386,7 +387,9 @@ fn check_data_dir(data: &std::path::Path) -> Result<(), ConfigError> {
 }
 
 /// Reads a secret file: its contents with surrounding whitespace trimmed.
+/// A file that group or others may access is refused.
 pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    ringfs_ops::auth::check_private(path).map_err(|e| ConfigError(e.to_string()))?;
     let raw = std::fs::read(path)
         .map_err(|e| ConfigError(format!("cannot read secret file {}: {e}", path.display())))?;
     let secret = raw.trim_ascii().to_vec();
@@ -404,9 +407,15 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
 mod tests {
     use super::*;
 
+    fn private(p: &std::path::Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(p, text).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     fn secret(dir: &tempfile::TempDir) -> PathBuf {
         let p = dir.path().join("secret");
-        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        private(&p, "0123456789abcdef0123\n");
         p
     }
 
@@ -475,11 +484,22 @@ mod tests {
     fn short_secret_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
-        std::fs::write(&p, "short").unwrap();
+        private(&p, "short");
         assert!(read_secret(&p)
             .unwrap_err()
             .to_string()
             .contains("at least 16"));
+    }
+
+    #[test]
+    fn a_secret_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = secret(&dir);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_secret(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("0123456789abcdef"), "{e}");
     }
 
     #[test]

@@ -42,9 +42,14 @@ pub enum ControlError {
     /// Another client holds what this call needs (the write lease).
     #[error("{0}")]
     Busy(String),
-    /// A wrong cluster secret or node key.
+    /// The principal of the call may not do it (mode bits, ownership, an
+    /// administrator's call), or a wrong node key.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The connection has no authenticated principal, or its credentials
+    /// were refused (never saying which part of them was wrong).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// A write through a handle without the file's write lease.
     #[error("no write lease: {0}")]
     NoLease(String),

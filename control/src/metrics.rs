@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
-const CONTROL_METHODS: [&str; 23] = [
+const CONTROL_METHODS: [&str; 27] = [
     "hello",
     "create",
     "mkdir",
@@ -49,6 +49,10 @@ const CONTROL_METHODS: [&str; 23] = [
     "add_replica",
     "remove_replica",
     "take_snapshot",
+    "authenticate",
+    "add_user",
+    "remove_user",
+    "list_users",
 ];
 
 /// What a call needs of a replica's leadership (see
@@ -64,12 +68,13 @@ pub enum Needs {
 }
 
 /// What `Control` method `id` needs: nodes' calls (join, heartbeat,
-/// reportChunks, leave) the leader; `hello`, the reads that may be stale
-/// (`stat`, `list`, which check for themselves) and the replication calls
-/// (which check for themselves) nothing; every other a serving leader.
+/// reportChunks, leave) the leader; `hello`, `authenticate`, the reads
+/// that may be stale (`stat`, `list`, which check for themselves) and the
+/// replication calls (which check for themselves) nothing; every other
+/// (the users' calls too) a serving leader.
 fn control_needs(id: u16) -> Needs {
     match id {
-        0 | 6 | 7 | 18..=22 => Needs::Nothing,
+        0 | 6 | 7 | 18..=23 => Needs::Nothing,
         9 | 10 | 11 | 16 => Needs::Leader,
         _ => Needs::Serving,
     }

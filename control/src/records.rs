@@ -54,6 +54,10 @@ pub struct Inode {
     pub write_quorum: u8,
     /// Bumped on every change of the inode.
     pub version: u64,
+    /// Owner's user id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// Where one chunk of a file lives.
@@ -71,6 +75,21 @@ pub struct Chunk {
     pub version: Version,
 }
 
+/// A user registered by the administrator (the built-in ones are not
+/// stored). Its key is never stored: it derives from the cluster secret and
+/// `salt` (`ringfs_ops::auth`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct User {
+    /// Its user id (owner of what it creates).
+    pub uid: u32,
+    /// Its groups, the primary one (group of what it creates) first.
+    pub gids: Vec<u32>,
+    /// May do everything, as the built-in administrator.
+    pub admin: bool,
+    /// Input of its key derivation, drawn when it was added.
+    pub salt: [u8; 16],
+}
+
 /// A registered storage node, as persisted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -80,7 +99,11 @@ pub struct Node {
     pub shards: Vec<String>,
 }
 
-const INODE_FORMAT: u8 = 1;
+/// 2: owner and group (uid, gid) after the version. Format 1 is refused.
+const INODE_FORMAT: u8 = 2;
+const USER_FORMAT: u8 = 1;
+/// Most groups a user has.
+pub const MAX_GROUPS: usize = 32;
 /// 2: the version is an (epoch, seq) pair. Format 1 (a single u64) is
 /// refused.
 const CHUNK_FORMAT: u8 = 2;
@@ -177,6 +200,8 @@ impl Inode {
         b.push(self.replication);
         b.push(self.write_quorum);
         b.extend_from_slice(&self.version.to_le_bytes());
+        b.extend_from_slice(&self.uid.to_le_bytes());
+        b.extend_from_slice(&self.gid.to_le_bytes());
         b
     }
 
@@ -198,9 +223,50 @@ impl Inode {
             replication: r.u8()?,
             write_quorum: r.u8()?,
             version: r.u64()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
         };
         r.end()?;
         Ok(inode)
+    }
+}
+
+impl User {
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![USER_FORMAT];
+        b.extend_from_slice(&self.uid.to_le_bytes());
+        b.push(self.admin as u8);
+        b.extend_from_slice(&self.salt);
+        b.push(self.gids.len() as u8);
+        for g in &self.gids {
+            b.extend_from_slice(&g.to_le_bytes());
+        }
+        b
+    }
+
+    /// Decodes the stored form.
+    pub fn decode(buf: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(buf, "user", USER_FORMAT)?;
+        let uid = r.u32()?;
+        let admin = match r.u8()? {
+            0 => false,
+            1 => true,
+            b => return Err(r.malformed(format!("admin flag {b}"))),
+        };
+        let salt = r.take::<16>()?;
+        let n = r.u8()? as usize;
+        if n > MAX_GROUPS {
+            return Err(r.malformed(format!("{n} groups")));
+        }
+        let gids = (0..n).map(|_| r.u32()).collect::<Result<_>>()?;
+        r.end()?;
+        Ok(User {
+            uid,
+            gids,
+            admin,
+            salt,
+        })
     }
 }
 
@@ -276,9 +342,11 @@ mod tests {
     proptest! {
         #[test]
         fn inode_round_trips(dir: bool, parent: u64, size: u64, mode: u32, mtime_ns: i64,
-                             chunk_size: u32, replication: u8, write_quorum: u8, version: u64) {
+                             chunk_size: u32, replication: u8, write_quorum: u8, version: u64,
+                             uid: u32, gid: u32) {
             let i = Inode { kind: if dir { Kind::Directory } else { Kind::File }, parent, size,
-                            mode, mtime_ns, chunk_size, replication, write_quorum, version };
+                            mode, mtime_ns, chunk_size, replication, write_quorum, version,
+                            uid, gid };
             prop_assert_eq!(Inode::decode(&i.encode()).unwrap(), i);
         }
 
@@ -296,10 +364,18 @@ mod tests {
         }
 
         #[test]
+        fn user_round_trips(uid: u32, gids in proptest::collection::vec(any::<u32>(), 0..32),
+                            admin: bool, salt: [u8; 16]) {
+            let u = User { uid, gids, admin, salt };
+            prop_assert_eq!(User::decode(&u.encode()).unwrap(), u);
+        }
+
+        #[test]
         fn garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Inode::decode(&buf);
             let _ = Chunk::decode(&buf);
             let _ = Node::decode(&buf);
+            let _ = User::decode(&buf);
         }
     }
 

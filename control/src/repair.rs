@@ -654,6 +654,8 @@ mod tests {
             replication: 3,
             write_quorum: 2,
             version: 1,
+            uid: 0,
+            gid: 0,
         }
     }
 

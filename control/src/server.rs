@@ -113,6 +113,7 @@ async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()
         &config.data.join("meta.redb"),
         config.defaults,
     )?);
+    write_admin_credential(config)?;
     // The local writer also serves a replica: it is idle there (mutations
     // go through Raft), and it keeps one shutdown path for both.
     let (committer, writer) = Committer::start(store.clone(), MAX_BATCH);
@@ -187,6 +188,31 @@ async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()
     println!("ringfs-control listening on {local}");
     tracing::info!(%local, data = %config.data.display(), "control server started");
     Ok((state, writer, listener))
+}
+
+/// Name of the built-in administrator's credential file in the data
+/// directory.
+pub const ADMIN_CREDENTIAL: &str = "admin.credential";
+
+/// Writes the built-in administrator's credential (derived from the
+/// cluster secret) into the data directory, owner-only, unless it exists:
+/// the cluster's first credential, from which `ringfs admin user add`
+/// issues the others (docs/operations.md).
+fn write_admin_credential(config: &Config) -> Result<()> {
+    let path = config.data.join(ADMIN_CREDENTIAL);
+    if path.exists() {
+        return Ok(());
+    }
+    ringfs_ops::auth::Credential::admin(&config.secret)
+        .save(&path)
+        .map_err(|e| {
+            ControlError::io(
+                format!("cannot write {}", path.display()),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+    tracing::info!(path = %path.display(), "wrote the administrator's credential");
+    Ok(())
 }
 
 /// Marks silent nodes down every TTL/4.

@@ -86,6 +86,7 @@ impl Gate {
 
 fn mkdir(path: &str) -> Mutation {
     Mutation::Mkdir {
+        who: ringfs_control::store::Caller::admin(),
         path: path.into(),
         mode: 0,
         now_ns: 1,
@@ -112,6 +113,7 @@ fn a_storage_error_aborts_the_whole_batch() {
     let batch = vec![
         mkdir("/a"),
         Mutation::Create {
+            who: ringfs_control::store::Caller::admin(),
             path: "/a/f".into(),
             options: CreateOptions::default(),
             now_ns: 1,
@@ -119,6 +121,7 @@ fn a_storage_error_aborts_the_whole_batch() {
         mkdir("/b"),
         mkdir("/c"),
         Mutation::Rename {
+            who: ringfs_control::store::Caller::admin(),
             from: "/first".into(),
             to: "/moved".into(),
             now_ns: 1,
@@ -372,6 +375,7 @@ fn random_mutation(rng: &mut StdRng, reference: &MetaStore, now_ns: i64) -> Muta
         .collect();
     match rng.random_range(0..20) {
         0..=3 => Mutation::Create {
+            who: ringfs_control::store::Caller::admin(),
             path: random_path(rng),
             options: CreateOptions {
                 chunk_size: 4096,
@@ -383,19 +387,23 @@ fn random_mutation(rng: &mut StdRng, reference: &MetaStore, now_ns: i64) -> Muta
             now_ns,
         },
         4..=6 => Mutation::Mkdir {
+            who: ringfs_control::store::Caller::admin(),
             path: random_path(rng),
             mode: 0,
             now_ns,
         },
         7 => Mutation::Unlink {
+            who: ringfs_control::store::Caller::admin(),
             path: random_path(rng),
             now_ns,
         },
         8 => Mutation::Rmdir {
+            who: ringfs_control::store::Caller::admin(),
             path: random_path(rng),
             now_ns,
         },
         9 | 10 => Mutation::Rename {
+            who: ringfs_control::store::Caller::admin(),
             from: random_path(rng),
             to: random_path(rng),
             now_ns,

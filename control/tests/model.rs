@@ -178,6 +178,7 @@ impl Model {
 fn to_mutation(op: &Op) -> Mutation {
     match op.clone() {
         Op::Create(path, exclusive) => Mutation::Create {
+            who: ringfs_control::store::Caller::admin(),
             path,
             options: CreateOptions {
                 exclusive,
@@ -186,21 +187,35 @@ fn to_mutation(op: &Op) -> Mutation {
             now_ns: 1,
         },
         Op::Mkdir(path) => Mutation::Mkdir {
+            who: ringfs_control::store::Caller::admin(),
             path,
             mode: 0,
             now_ns: 1,
         },
-        Op::Unlink(path) => Mutation::Unlink { path, now_ns: 1 },
-        Op::Rmdir(path) => Mutation::Rmdir { path, now_ns: 1 },
+        Op::Unlink(path) => Mutation::Unlink {
+            who: ringfs_control::store::Caller::admin(),
+            path,
+            now_ns: 1,
+        },
+        Op::Rmdir(path) => Mutation::Rmdir {
+            who: ringfs_control::store::Caller::admin(),
+            path,
+            now_ns: 1,
+        },
         Op::Rename(from, to) => Mutation::Rename {
+            who: ringfs_control::store::Caller::admin(),
             from,
             to,
             now_ns: 1,
         },
         Op::SetAttr(path) => Mutation::SetAttr {
+            who: ringfs_control::store::Caller::admin(),
             path,
-            mode: Some(0o600),
-            mtime_ns: Some(7),
+            change: ringfs_control::store::AttrChange {
+                mode: Some(0o600),
+                mtime_ns: Some(7),
+                ..Default::default()
+            },
         },
     }
 }

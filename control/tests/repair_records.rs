@@ -30,6 +30,7 @@ fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
     let Outcome::Attr(ino, _) = apply(
         &store,
         Mutation::Create {
+            who: ringfs_control::store::Caller::admin(),
             path: "/f".into(),
             options: CreateOptions {
                 chunk_size: 4096,
@@ -93,6 +94,7 @@ fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
     apply(
         &store,
         Mutation::Unlink {
+            who: ringfs_control::store::Caller::admin(),
             path: "/f".into(),
             now_ns: 0,
         },

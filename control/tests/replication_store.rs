@@ -13,6 +13,7 @@ fn store() -> MetaStore {
 
 fn mkdir(path: &str) -> Mutation {
     Mutation::Mkdir {
+        who: ringfs_control::store::Caller::admin(),
         path: path.into(),
         mode: 0,
         now_ns: 1,

@@ -1,8 +1,10 @@
 //! ringfs-ops: what the ringfs binaries share for operations, kept out of
 //! `ringfs-schema` so that client libraries do not build it. Only
-//! [`flag_file`] and [`config_file`] are built without the `server`
+//! [`auth`], [`flag_file`] and [`config_file`] are built without the `server`
 //! feature (the `ringfs` CLI needs nothing else).
 //!
+//! - [`auth`]: credentials (user and key), their files and the proofs of
+//!   the control plane's challenge-response authentication.
 //! - [`flag_file`]: a TOML config file for the command-line tools, its
 //!   keys being their long flags.
 //! - [`args`]: command-line parsing with the usual exit codes.
@@ -16,6 +18,7 @@
 
 #[cfg(feature = "server")]
 pub mod args;
+pub mod auth;
 pub mod config_file;
 pub mod flag_file;
 #[cfg(feature = "server")]

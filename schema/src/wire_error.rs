@@ -38,6 +38,7 @@ macro_rules! with_error_codes {
             StaleHandle => "stale_handle",
             VersionMismatch => "version_mismatch",
             NotLeader => "not_leader",
+            Unauthenticated => "unauthenticated",
         }
     };
 }

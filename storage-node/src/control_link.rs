@@ -214,7 +214,9 @@ pub struct ControlLink {
     /// The control server's address, or every control replica's,
     /// comma-separated.
     pub control_addr: String,
-    pub cluster_secret: Vec<u8>,
+    /// The cluster principal's credential (derived from the cluster
+    /// secret), proved at every connection.
+    pub cred: ringfs_ops::auth::Credential,
     pub identity_path: PathBuf,
     pub node_id: Arc<AtomicU64>,
     /// "ip:port" of each shard's listener, by shard index.
@@ -360,13 +362,27 @@ impl ControlLink {
                     .and_then(|a| a.to_str().ok())
                     .filter(|a| !a.is_empty())
                     .map(str::to_string);
-                (r.get_is_leader() || !r.get_replicated(), hint)
+                let challenge = r.get_challenge().map(<[u8]>::to_vec).unwrap_or_default();
+                (r.get_is_leader() || !r.get_replicated(), hint, challenge)
             }),
             Err(e) => Err(e),
         };
         match leads {
-            Ok((true, _)) => Ok((control, rpc_task)),
-            Ok((false, hint)) => {
+            Ok((true, _, challenge)) => {
+                // As the cluster principal: a key derived from the secret,
+                // never the secret itself, crosses the wire.
+                let mut auth = control.authenticate_request();
+                auth.get().set_user(self.cred.user.as_str());
+                auth.get().set_proof(&self.cred.proof(&challenge));
+                match auth.send().promise.await {
+                    Ok(_) => Ok((control, rpc_task)),
+                    Err(e) => {
+                        rpc_task.abort();
+                        Err(e.into())
+                    }
+                }
+            }
+            Ok((false, hint, _)) => {
                 rpc_task.abort();
                 Err(LinkError::NotLeader(addr.clone(), hint))
             }
@@ -434,7 +450,6 @@ impl ControlLink {
         {
             let mut p = req.get();
             p.set_commands(capnp_rpc::new_client(PushedCommands(runner.clone())));
-            p.set_secret(&self.cluster_secret);
             p.set_node_id(identity.node_id);
             p.set_node_key(&identity.key_bytes());
             let mut shards = p.reborrow().init_shards(self.endpoints.len() as u32);

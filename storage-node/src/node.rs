@@ -192,6 +192,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let shards = cfg.cores.len();
     let io_memory = prepare_memlock(shards, cfg.io_memory)?;
     raise_nofile();
+    ringfs_ops::auth::check_private(&cfg.secret_file)?;
     let secret = std::fs::read(&cfg.secret_file)
         .with_context(|| format!("reading the cluster secret {}", cfg.secret_file.display()))?;
     let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
@@ -276,7 +277,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let link = ControlLink {
         joined: metrics.joined.clone(),
         control_addr: cfg.control.clone(),
-        cluster_secret: secret,
+        cred: ringfs_ops::auth::Credential::cluster(&secret),
         identity_path,
         node_id,
         endpoints,

@@ -119,7 +119,7 @@ impl Cluster {
     fn with_control<T>(&self, f: impl AsyncFnOnce(&ControlClient) -> T) -> T {
         let addr = self.control.addr;
         local(async move {
-            let c = ControlClient::connect(addr)
+            let c = ControlClient::connect(addr, &crate::admin())
                 .await
                 .expect("connecting to the control server");
             f(&c).await
@@ -192,12 +192,19 @@ impl Cluster {
         }
     }
 
-    /// Runs the `ringfs` CLI with `args` against this cluster.
+    /// Runs the `ringfs` CLI with `args` against this cluster, as the
+    /// administrator.
     pub fn ringfs(&self, args: &[&str]) -> Ran {
         let mut cmd = std::process::Command::new(binary("ringfs-client", "ringfs"));
         cmd.args(args)
-            .env("RINGFS_CONTROL", self.control.addr.to_string());
+            .env("RINGFS_CONTROL", self.control.addr.to_string())
+            .env("RINGFS_CREDENTIAL", self.admin_credential());
         run(&mut cmd)
+    }
+
+    /// The administrator's credential file (for the `ringfs` CLI).
+    pub fn admin_credential(&self) -> std::path::PathBuf {
+        crate::admin_credential(self.dir.path())
     }
 
     /// The chunk files on the disks of every running node, sorted.

@@ -172,11 +172,17 @@ impl ControlGroup {
             .unwrap_or_else(|| panic!("replica {i} runs without --metrics"))
     }
 
-    /// The `ringfs` CLI with `args`, given every replica's address.
+    /// The `ringfs` CLI with `args`, given every replica's address, as the
+    /// administrator.
     pub fn ringfs(&self, args: &[&str]) -> Command {
         let addrs: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
         let mut cmd = Command::new(crate::binary("ringfs-client", "ringfs"));
-        cmd.env("RINGFS_CONTROL", addrs.join(",")).args(args);
+        cmd.env("RINGFS_CONTROL", addrs.join(","))
+            .env(
+                "RINGFS_CREDENTIAL",
+                crate::admin_credential(self.dir.path()),
+            )
+            .args(args);
         cmd
     }
 
@@ -194,7 +200,10 @@ impl ControlGroup {
         let addr = self.addrs[i];
         local(async move {
             tokio::time::timeout(Duration::from_secs(2), async {
-                ControlClient::connect(addr).await?.replication().await
+                ControlClient::connect(addr, &crate::admin())
+                    .await?
+                    .replication()
+                    .await
             })
             .await
             .ok()?
@@ -209,9 +218,12 @@ impl ControlGroup {
         }
         let addr = self.addrs[i];
         local(async move {
-            tokio::time::timeout(Duration::from_secs(2), ControlClient::connect(addr))
-                .await
-                .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                ControlClient::connect(addr, &crate::admin()),
+            )
+            .await
+            .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
         })
     }
 
@@ -262,7 +274,7 @@ impl ControlGroup {
     pub fn with_client<T>(&self, f: impl AsyncFnOnce(&Client) -> T) -> T {
         let addrs = self.addrs.clone();
         local(async move {
-            let c = Client::connect_replicas(&addrs, ClientOptions::default())
+            let c = Client::connect_replicas(&addrs, &crate::admin(), ClientOptions::default())
                 .await
                 .expect("connecting a client to the control replicas");
             f(&c).await

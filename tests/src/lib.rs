@@ -55,10 +55,41 @@ pub const SECRET: &str = "ringfs-test-secret-0123456789";
 /// How long a server may take to start, or to stop after SIGTERM.
 pub const START_WITHIN: Duration = Duration::from_secs(30);
 
-/// Writes the cluster secret into `dir` and returns the file's path.
+/// Writes the cluster secret into `dir` (owner-only, as the servers
+/// demand) and returns the file's path.
 pub fn write_secret(dir: &Path) -> PathBuf {
     let p = dir.join("secret");
-    std::fs::write(&p, SECRET).expect("writing the secret file");
+    write_private(&p, SECRET.as_bytes());
+    p
+}
+
+/// Writes `bytes` to `path` with mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).expect("writing a private file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .expect("making a file private");
+}
+
+/// The built-in administrator's credential of every test cluster (derived
+/// from [`SECRET`]).
+pub fn admin() -> ringfs_client::Credential {
+    ringfs_client::Credential::admin(SECRET.as_bytes())
+}
+
+/// The credential of storage nodes and control replicas of every test
+/// cluster (`@cluster`, derived from [`SECRET`]); an administrator too.
+pub fn cluster() -> ringfs_client::Credential {
+    ringfs_client::Credential::cluster(SECRET.as_bytes())
+}
+
+/// Writes the administrator's credential into `dir` (unless there) and
+/// returns its path, for the `ringfs` CLI (`RINGFS_CREDENTIAL`).
+pub fn admin_credential(dir: &Path) -> PathBuf {
+    let p = dir.join("admin.credential");
+    if !p.exists() {
+        admin().save(&p).expect("writing the admin credential");
+    }
     p
 }
 
@@ -88,6 +119,30 @@ where
         .expect("the glommio executor panicked")
 }
 
+/// A raw Cap'n Proto connection to the control server at `addr` (no hello,
+/// no authentication): the bootstrap `Control` capability, for tests that
+/// play a client written from docs/protocol.md. Call inside a `LocalSet`.
+pub async fn raw_control(
+    addr: std::net::SocketAddr,
+) -> ringfs_schema::control_capnp::control::Client {
+    use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the control server");
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let control = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    tokio::task::spawn_local(rpc);
+    control
+}
+
 /// Runs `f` with a new client of the cluster whose control server is at
 /// `control`, on a fresh current-thread runtime (so `f` may borrow).
 pub fn with_client<T>(
@@ -95,7 +150,7 @@ pub fn with_client<T>(
     f: impl AsyncFnOnce(&ringfs_client::Client) -> T,
 ) -> T {
     local(async move {
-        let c = ringfs_client::Client::connect(control)
+        let c = ringfs_client::Client::connect(control, &admin())
             .await
             .expect("connecting a client");
         f(&c).await

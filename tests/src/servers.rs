@@ -112,6 +112,9 @@ pub struct NodeOptions<'a> {
     pub flags: &'a [&'a str],
     /// The child's `FAILPOINTS` (see the node's `src/failpoint.rs`).
     pub failpoints: Option<&'a str>,
+    /// The cluster secret it is given ([`crate::SECRET`] unless a test
+    /// plays a node of another cluster).
+    pub secret: &'a str,
 }
 
 impl Default for NodeOptions<'_> {
@@ -123,6 +126,7 @@ impl Default for NodeOptions<'_> {
             netns: None,
             flags: &[],
             failpoints: None,
+            secret: crate::SECRET,
         }
     }
 }
@@ -157,7 +161,13 @@ impl NodeProcess {
     /// Like [`NodeProcess::start`], as `opts` says.
     pub fn start_with(dir: &Path, name: &str, control: SocketAddr, opts: &NodeOptions) -> Self {
         let data = dir.join(name);
-        let secret = write_secret(dir);
+        let secret = if opts.secret == crate::SECRET {
+            write_secret(dir)
+        } else {
+            let p = dir.join(format!("secret-{name}"));
+            crate::write_private(&p, opts.secret.as_bytes());
+            p
+        };
         let node = binary("ringfs-node", "ringfs-node");
         let mut cmd = match opts.netns {
             Some(ns) => {

@@ -41,7 +41,9 @@ fn writes_cut_mid_frame_are_never_applied_and_the_connection_is_not_reused() {
             request_timeout: Duration::from_millis(500),
             ..ClientOptions::default()
         };
-        let c = Client::connect_with(addr, options).await.unwrap();
+        let c = Client::connect_with(addr, &ringfs_tests::admin(), options)
+            .await
+            .unwrap();
         let mut model = pattern(CHUNK, 1);
         put(&c, "/cut", &model, layout(CHUNK, 1, 1)).await.unwrap();
         let fd = c.open("/cut", &read_write()).await.unwrap();

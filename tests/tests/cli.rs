@@ -10,7 +10,8 @@ use ringfs_tests::{binary, run, run_failing, run_ok, Cluster};
 fn ringfs(cl: &Cluster, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary("ringfs-client", "ringfs"));
     cmd.args(args)
-        .env("RINGFS_CONTROL", cl.control.addr.to_string());
+        .env("RINGFS_CONTROL", cl.control.addr.to_string())
+        .env("RINGFS_CREDENTIAL", cl.admin_credential());
     cmd
 }
 
@@ -295,6 +296,7 @@ fn ringfs_with_config(config: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary("ringfs-client", "ringfs"));
     cmd.args(args)
         .env_remove("RINGFS_CONTROL")
+        .env_remove("RINGFS_CREDENTIAL")
         .env("RINGFS_CONFIG", config);
     cmd
 }
@@ -307,8 +309,9 @@ fn a_config_file_sets_the_control_server_and_put_defaults() {
     std::fs::write(
         &config,
         format!(
-            "control = \"{}\"\nreplication = 2\nchunk-size = \"64KiB\"\n",
-            cl.control.addr
+            "control = \"{}\"\ncredential = {:?}\nreplication = 2\nchunk-size = \"64KiB\"\n",
+            cl.control.addr,
+            cl.admin_credential()
         ),
     )
     .unwrap();

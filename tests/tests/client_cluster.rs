@@ -182,8 +182,8 @@ fn a_second_writer_is_refused_busy_while_the_first_holds_the_file() {
     let cl = cluster(1);
     let addr = cl.control.addr;
     local(async move {
-        let a = Client::connect(addr).await.unwrap();
-        let b = Client::connect(addr).await.unwrap();
+        let a = Client::connect(addr, &ringfs_tests::admin()).await.unwrap();
+        let b = Client::connect(addr, &ringfs_tests::admin()).await.unwrap();
         let fd = a.create("/x", layout(1, 1)).await.unwrap();
         a.write(fd, b"first").await.unwrap();
         let e = b.open("/x", &read_write()).await.unwrap_err();
@@ -229,8 +229,8 @@ fn concurrent_readers_never_see_a_mix_inside_a_chunk() {
     let addr = cl.control.addr;
     const CHUNKS: usize = 4;
     local(async move {
-        let w = Client::connect(addr).await.unwrap();
-        let r = Client::connect(addr).await.unwrap();
+        let w = Client::connect(addr, &ringfs_tests::admin()).await.unwrap();
+        let r = Client::connect(addr, &ringfs_tests::admin()).await.unwrap();
         put(&w, "/m", &vec![1u8; CHUNKS * CHUNK as usize], layout(3, 3))
             .await
             .unwrap();
@@ -274,7 +274,8 @@ fn concurrent_readers_never_see_a_mix_inside_a_chunk() {
 #[test]
 fn the_blocking_client_round_trips_a_file() {
     let cl = cluster(1);
-    let c = ringfs_client::BlockingClient::connect(cl.control.addr).unwrap();
+    let c =
+        ringfs_client::BlockingClient::connect(cl.control.addr, &ringfs_tests::admin()).unwrap();
     c.mkdir("/d", 0).unwrap();
     let fd = c.create("/d/f", layout(1, 1)).unwrap();
     let data = pattern(3 * CHUNK as usize + 10, 4);
@@ -350,6 +351,7 @@ fn cached_chunk_records_never_hide_own_writes_and_expire_for_others() {
         // A strict reader (no record cache) has the old records too.
         let strict_client = Client::connect_with(
             addr,
+            &ringfs_tests::admin(),
             ringfs_client::ClientOptions {
                 record_cache: Duration::ZERO,
                 ..Default::default()
@@ -370,7 +372,7 @@ fn cached_chunk_records_never_hide_own_writes_and_expire_for_others() {
 
         // Another client replaces the chunks: the strict reader sees it at
         // once, the caching one after the cache bound.
-        let other = Client::connect(addr).await.unwrap();
+        let other = Client::connect(addr, &ringfs_tests::admin()).await.unwrap();
         let newer = pattern(3 * CHUNK as usize, 3);
         put(&other, "/f", &newer, layout(2, 2)).await.unwrap();
         strict_client

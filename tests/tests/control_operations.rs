@@ -34,7 +34,9 @@ fn mkdirs(g: &ControlGroup, prefix: &str, n: usize) {
 fn names_at(g: &ControlGroup, i: usize) -> Vec<String> {
     let addr = g.addrs[i];
     local(async move {
-        let c = ControlClient::connect(addr).await.expect("connecting");
+        let c = ControlClient::connect(addr, &ringfs_tests::admin())
+            .await
+            .expect("connecting");
         c.list_with("/", true).await.expect("listing")
     })
     .into_iter()
@@ -79,7 +81,7 @@ fn a_replica_removed_online_stops_counting_and_added_back_catches_up_from_a_snap
     let at_leader = g.addrs[leader];
     let answered = local(async move {
         tokio::time::timeout(Duration::from_secs(3), async {
-            ControlClient::connect(at_leader)
+            ControlClient::connect(at_leader, &ringfs_tests::admin())
                 .await?
                 .mkdir("/unacked", 0)
                 .await

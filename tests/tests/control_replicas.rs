@@ -127,9 +127,13 @@ fn leader_killed_during_a_stream_loses_nothing_and_applies_nothing_twice() {
         let (acked, done, stop) = (acked.clone(), done.clone(), stop.clone());
         std::thread::spawn(move || {
             local(async move {
-                let c = Client::connect_replicas(&addrs, ClientOptions::default())
-                    .await
-                    .expect("connecting");
+                let c = Client::connect_replicas(
+                    &addrs,
+                    &ringfs_tests::admin(),
+                    ClientOptions::default(),
+                )
+                .await
+                .expect("connecting");
                 for i in 0.. {
                     if stop.load(Ordering::Relaxed) && i >= 14 {
                         break;
@@ -231,7 +235,8 @@ fn a_partitioned_leader_acknowledges_nothing_and_one_history_remains() {
     let mut minority = std::process::Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(ringfs_tests::binary("ringfs-client", "ringfs"))
-        .args(["--control", &first, "mkdir", "/minority"])
+        .args(["--control", &first, "mkdir", "/minority", "--credential"])
+        .arg(ringfs_tests::admin_credential(group.dir.path()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -240,9 +245,10 @@ fn a_partitioned_leader_acknowledges_nothing_and_one_history_remains() {
     let majority = group.addrs[1..].to_vec();
     let t = Instant::now();
     local(async {
-        let c = Client::connect_replicas(&majority, ClientOptions::default())
-            .await
-            .expect("the majority serves");
+        let c =
+            Client::connect_replicas(&majority, &ringfs_tests::admin(), ClientOptions::default())
+                .await
+                .expect("the majority serves");
         c.mkdir("/majority", 0)
             .await
             .expect("mkdir on the majority side");
@@ -269,7 +275,9 @@ fn a_partitioned_leader_acknowledges_nothing_and_one_history_remains() {
         let start = Instant::now();
         loop {
             let names: Vec<String> = local(async move {
-                let c = ControlClient::connect(addr).await.expect("connecting");
+                let c = ControlClient::connect(addr, &ringfs_tests::admin())
+                    .await
+                    .expect("connecting");
                 c.list_with("/", true).await.expect("listing")
             })
             .into_iter()
@@ -303,13 +311,12 @@ fn an_empty_replacement_catches_up_from_a_snapshot() {
     let dead = 2;
     let dead_id = group.status(dead).expect("status").replica_id;
     group.kill9(dead);
-    let secret = ringfs_tests::SECRET.as_bytes().to_vec();
     let leader_addr = group.addrs[group.leader()];
     local(async move {
-        let c = ControlClient::connect(leader_addr)
+        let c = ControlClient::connect(leader_addr, &ringfs_tests::admin())
             .await
             .expect("connecting");
-        c.remove_replica(&secret, dead_id)
+        c.remove_replica(dead_id)
             .await
             .expect("removing the dead replica");
     });
@@ -323,7 +330,9 @@ fn an_empty_replacement_catches_up_from_a_snapshot() {
     );
     let addr = group.addrs[new];
     let names = local(async move {
-        let c = ControlClient::connect(addr).await.expect("connecting");
+        let c = ControlClient::connect(addr, &ringfs_tests::admin())
+            .await
+            .expect("connecting");
         c.list_with("/", true).await.expect("listing")
     });
     let expected: Vec<String> = (0..60).map(|i| format!("d{i:02}")).collect();
@@ -342,7 +351,7 @@ fn a_follower_refuses_mutations_and_names_the_leader() {
     let follower = (leader + 1) % 3;
     let (at_follower, at_leader) = (group.addrs[follower], group.addrs[leader]);
     let refused = local(async move {
-        let c = ControlClient::connect(at_follower)
+        let c = ControlClient::connect(at_follower, &ringfs_tests::admin())
             .await
             .expect("connecting to a follower");
         c.mkdir("/via-follower", 0).await
@@ -360,7 +369,9 @@ fn a_follower_refuses_mutations_and_names_the_leader() {
         let start = Instant::now();
         loop {
             let names: Vec<String> = local(async move {
-                let c = ControlClient::connect(addr).await.expect("connecting");
+                let c = ControlClient::connect(addr, &ringfs_tests::admin())
+                    .await
+                    .expect("connecting");
                 c.list_with("/", true).await.expect("listing")
             })
             .into_iter()
@@ -383,7 +394,9 @@ fn a_follower_refuses_mutations_and_names_the_leader() {
 /// `files` new files.
 fn write_epochs(addr: std::net::SocketAddr, files: std::ops::Range<u32>) -> Vec<u64> {
     local(async move {
-        let c = ControlClient::connect(addr).await.expect("connecting");
+        let c = ControlClient::connect(addr, &ringfs_tests::admin())
+            .await
+            .expect("connecting");
         let mut epochs = Vec::new();
         for i in files {
             let path = format!("/e{i}");
@@ -429,7 +442,9 @@ fn a_set_attr_sent_again_after_a_failover_is_applied_once() {
     let id = Some(0x5e7a_77e5_u128);
     let set_at = |addr: std::net::SocketAddr, id: Option<u128>| {
         local(async move {
-            let c = ControlClient::connect(addr).await.expect("connecting");
+            let c = ControlClient::connect(addr, &ringfs_tests::admin())
+                .await
+                .expect("connecting");
             c.set_attr_as(id, "/f", Some(0o600), Some(7_000))
                 .await
                 .expect("set_attr")
@@ -437,7 +452,9 @@ fn a_set_attr_sent_again_after_a_failover_is_applied_once() {
     };
     let at_old = group.addrs[old];
     let created = local(async move {
-        let c = ControlClient::connect(at_old).await.expect("connecting");
+        let c = ControlClient::connect(at_old, &ringfs_tests::admin())
+            .await
+            .expect("connecting");
         c.create("/f", Default::default()).await.expect("create")
     });
     let first = set_at(at_old, id);

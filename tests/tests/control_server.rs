@@ -4,13 +4,13 @@ use std::time::{Duration, Instant};
 
 use ringfs_client::control::{Capacity, ChunkRecord, Joined};
 use ringfs_client::{ControlClient, CreateOptions, Error, Kind, Version};
-use ringfs_tests::{local, ControlProcess, SECRET};
+use ringfs_tests::{local, ControlProcess};
 
 const NO_WAIT: Duration = Duration::ZERO;
 
 async fn join_node(c: &ControlClient, port: u16) -> Joined {
     let shards = vec![format!("127.0.0.1:{port}")];
-    c.join(SECRET.as_bytes(), 0, &[0; 16], &shards, Capacity::default())
+    c.join(0, &[0; 16], &shards, Capacity::default())
         .await
         .expect("join")
 }
@@ -20,7 +20,9 @@ fn namespace_round_trip_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     local(async {
-        let c = ControlClient::connect(server.addr).await.unwrap();
+        let c = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         let d = c.mkdir("/data", 0o750).await.unwrap();
         assert_eq!((d.kind, d.mode), (Kind::Directory, 0o750));
         let opts = CreateOptions {
@@ -129,26 +131,15 @@ fn namespace_round_trip_and_bad_input() {
             Err(Error::InvalidArgument(_))
         ));
         assert!(matches!(c.stat("/data/c").await, Err(Error::NotFound(_))));
+        // A node with another cluster's secret is not even let in.
+        let wrong = ringfs_client::Credential::cluster(b"wrong secret, long enough");
         assert!(matches!(
-            c.join(
-                b"wrong secret, long enough",
-                0,
-                &[0; 16],
-                &["127.0.0.1:1".into()],
-                Capacity::default()
-            )
-            .await,
-            Err(Error::PermissionDenied(_))
+            ControlClient::connect(server.addr, &wrong).await,
+            Err(Error::Unauthenticated(_))
         ));
         assert!(matches!(
-            c.join(
-                SECRET.as_bytes(),
-                0,
-                &[0; 16],
-                &["not an address".into()],
-                Capacity::default()
-            )
-            .await,
+            c.join(0, &[0; 16], &["not an address".into()], Capacity::default())
+                .await,
             Err(Error::InvalidArgument(_))
         ));
 
@@ -195,7 +186,9 @@ fn chunk_map_commits_and_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     local(async {
-        let c = ControlClient::connect(server.addr).await.unwrap();
+        let c = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         let n1 = join_node(&c, 7001).await.node_id;
         let n2 = join_node(&c, 7002).await.node_id;
         let opts = CreateOptions {
@@ -297,7 +290,9 @@ fn acknowledged_metadata_survives_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     let (node, inodes) = local(async {
-        let c = ControlClient::connect(server.addr).await.unwrap();
+        let c = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         let joined = join_node(&c, 7001).await;
         c.mkdir("/keep", 0).await.unwrap();
         let creates = (0..300).map(|i| {
@@ -332,7 +327,9 @@ fn acknowledged_metadata_survives_kill9() {
     server.kill9();
     let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     local(async {
-        let c = ControlClient::connect(server.addr).await.unwrap();
+        let c = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         let listed = c.list("/keep").await.unwrap();
         assert_eq!(listed.len(), 300);
         for (i, ino) in inodes.iter().enumerate() {
@@ -344,7 +341,6 @@ fn acknowledged_metadata_survives_kill9() {
         // The node keeps its id with its key, and new inodes never reuse old numbers.
         let again = c
             .join(
-                SECRET.as_bytes(),
                 node.node_id,
                 &node.node_key,
                 &["127.0.0.1:7001".into()],
@@ -366,9 +362,15 @@ fn writers_queue_fifo_and_time_out_busy() {
     let dir = tempfile::tempdir().unwrap();
     let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     local(async {
-        let a = ControlClient::connect(server.addr).await.unwrap();
-        let b = ControlClient::connect(server.addr).await.unwrap();
-        let c = ControlClient::connect(server.addr).await.unwrap();
+        let a = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
+        let b = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
+        let c = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         a.create("/f", CreateOptions::default()).await.unwrap();
         let wa = a.open("/f", true, NO_WAIT).await.unwrap();
 
@@ -410,8 +412,12 @@ fn lease_is_released_when_the_client_disconnects() {
     let dir = tempfile::tempdir().unwrap();
     let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     local(async {
-        let a = ControlClient::connect(server.addr).await.unwrap();
-        let b = ControlClient::connect(server.addr).await.unwrap();
+        let a = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
+        let b = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         a.create("/f", CreateOptions::default()).await.unwrap();
         let handle = a.open("/f", true, NO_WAIT).await.unwrap();
         let waiter = tokio::task::spawn_local(async move {
@@ -442,11 +448,15 @@ fn membership_heartbeats_down_marking_and_subscription() {
         &["--heartbeat-ms", "100", "--node-ttl-ms", "400"],
     );
     local(async {
-        let watcher = ControlClient::connect(server.addr).await.unwrap();
+        let watcher = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         let (map0, mut sub) = watcher.subscribe().await.unwrap();
         assert!(map0.nodes.is_empty());
 
-        let node = ControlClient::connect(server.addr).await.unwrap();
+        let node = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         let joined = join_node(&node, 7001).await;
         assert_eq!(
             (joined.heartbeat, joined.ttl),

@@ -62,9 +62,9 @@ fn install_script_lays_out_a_server_and_keeps_existing_files() {
         .permissions()
         .mode();
     assert_eq!(
-        mode & 0o007,
+        mode & 0o077,
         0,
-        "the secret is not world-readable: {mode:o}"
+        "the secret is the owner's only (the servers refuse it otherwise): {mode:o}"
     );
 
     // A second run (an upgrade) keeps the secret and an edited config.

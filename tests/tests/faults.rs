@@ -273,7 +273,15 @@ fn a_node_that_missed_writes_is_not_served_stale_data_from() {
     });
     cl.start_node(0, &[]);
     cl.wait_up(3);
-    let read = move || local(async move { get(&Client::connect(addr).await.unwrap(), "/f").await });
+    let read = move || {
+        local(async move {
+            get(
+                &Client::connect(addr, &ringfs_tests::admin()).await.unwrap(),
+                "/f",
+            )
+            .await
+        })
+    };
     assert!(read().unwrap() == new);
     // Only the stale node and one good one: still the new bytes.
     cl.kill9(1);

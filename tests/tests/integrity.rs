@@ -186,7 +186,9 @@ fn repair_finishes_under_overwrites_and_the_file_survives_the_next_failure() {
                     record_cache: Duration::ZERO,
                     ..ClientOptions::default()
                 };
-                let c = Client::connect_with(addr, options).await.unwrap();
+                let c = Client::connect_with(addr, &ringfs_tests::admin(), options)
+                    .await
+                    .unwrap();
                 let fd = c.open("/busy", &read_write()).await.unwrap();
                 let mut rng = StdRng::seed_from_u64(11);
                 let mut writes = 0u64;

@@ -68,7 +68,7 @@ fn health_flips_as_the_node_joins_and_counters_follow_a_workload() {
 
     // Wait until the control server lists the node up, then write and
     // read back one file.
-    let client = BlockingClient::connect(control_addr).unwrap();
+    let client = BlockingClient::connect(control_addr, &ringfs_tests::admin()).unwrap();
     let start = Instant::now();
     while !client.cluster_map().unwrap().nodes.iter().any(|n| n.up) {
         assert!(start.elapsed() < WAIT);
@@ -239,7 +239,7 @@ fn repair_backlog_rises_with_a_lost_replica_and_falls_as_copies_finish() {
     flags.extend(["--metrics", "127.0.0.1:0"]);
     let mut cluster = Cluster::start_with(2, &flags, &[]);
     let metrics = cluster.control.metrics.expect("control metrics endpoint");
-    let client = BlockingClient::connect(cluster.control.addr).unwrap();
+    let client = BlockingClient::connect(cluster.control.addr, &ringfs_tests::admin()).unwrap();
     let layout = layout(1 << 20, 2, 2);
     let data = pattern(CHUNKS << 20, 253);
     let fd = client.create("/f", layout).unwrap();
@@ -312,7 +312,7 @@ fn the_planner_scans_for_a_short_write_at_once_and_not_while_idle() {
 
     // R=3, W=2 with two nodes up: each chunk is committed with two
     // replicas, and the commit alone makes the planner count them.
-    let client = BlockingClient::connect(cluster.control.addr).unwrap();
+    let client = BlockingClient::connect(cluster.control.addr, &ringfs_tests::admin()).unwrap();
     let layout = layout(1 << 20, 3, 2);
     let data = pattern(CHUNKS << 20, 241);
     let fd = client.create("/short", layout).unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ringfs_client::control::{Capacity, ChunkRecord};
 use ringfs_client::{ControlClient, CreateOptions, Error, Version};
-use ringfs_tests::{local, ControlProcess, SECRET};
+use ringfs_tests::{local, ControlProcess};
 
 /// The largest chunk a node stores (docs/protocol.md, "Namespace").
 const MAX_CHUNK: u32 = 64 << 20;
@@ -16,7 +16,9 @@ fn chunk_sizes_the_nodes_cannot_store_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     local(async {
-        let c = ControlClient::connect(server.addr).await.unwrap();
+        let c = ControlClient::connect(server.addr, &ringfs_tests::admin())
+            .await
+            .unwrap();
         let opts = |chunk_size| CreateOptions {
             chunk_size,
             ..Default::default()
@@ -39,10 +41,12 @@ fn get_chunks_says_when_it_cut_the_answer() {
     let dir = tempfile::tempdir().unwrap();
     let server = ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     local(async {
-        let c = ControlClient::connect(server.addr).await.unwrap();
+        let c = ControlClient::connect(server.addr, &ringfs_tests::cluster())
+            .await
+            .unwrap();
         let shards = vec!["127.0.0.1:7001".to_string()];
         let node = c
-            .join(SECRET.as_bytes(), 0, &[0; 16], &shards, Capacity::default())
+            .join(0, &[0; 16], &shards, Capacity::default())
             .await
             .unwrap()
             .node_id;

@@ -54,6 +54,11 @@ fn run_python(cl: &Cluster, args: &[&str], done: &str) {
         // The package from this checkout, not an installed copy.
         .env("PYTHONPATH", package_dir())
         .env("RINGFS_CONTROL", cl.control.addr.to_string())
+        .env("RINGFS_CREDENTIAL", cl.admin_credential())
+        .env(
+            "RINGFS_SECRET_FILE",
+            ringfs_tests::write_secret(cl.dir.path()),
+        )
         .env("RINGFS_CLI", binary("ringfs-client", "ringfs"))
         .env("RINGFS_NODES", nodes.join(","))
         .env("RINGFS_BENCH_MIB", "16")

@@ -35,7 +35,7 @@ fn node_sigterm_during_writes_leaves_exits_0_and_loses_no_acknowledged_write() {
         .map(|w| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let client = BlockingClient::connect(control).unwrap();
+                let client = BlockingClient::connect(control, &ringfs_tests::admin()).unwrap();
                 let layout = CreateOptions {
                     chunk_size: 1 << 20,
                     replication: 1,
@@ -67,7 +67,7 @@ fn node_sigterm_during_writes_leaves_exits_0_and_loses_no_acknowledged_write() {
     assert_eq!(exit.code(), Some(0), "node exit status: {exit}");
     // The node waited for the control server to take its leave before it
     // exited: the map says so already.
-    let client = BlockingClient::connect(control).unwrap();
+    let client = BlockingClient::connect(control, &ringfs_tests::admin()).unwrap();
     let map = client.cluster_map().unwrap();
     assert!(
         map.nodes.iter().all(|n| !n.up),
@@ -105,11 +105,15 @@ fn control_sigterm_answers_a_waiting_writer_and_exits_0() {
     let (queued_tx, queued_rx) = std::sync::mpsc::channel();
     let clients = std::thread::spawn(move || {
         ringfs_client::local(async move {
-            let holder = ControlClient::connect(addr).await.unwrap();
+            let holder = ControlClient::connect(addr, &ringfs_tests::admin())
+                .await
+                .unwrap();
             holder.create("/f", CreateOptions::default()).await.unwrap();
             let _lease = holder.open("/f", true, Duration::ZERO).await.unwrap();
             // A second writer queues for the lease, for up to a minute.
-            let waiter = ControlClient::connect(addr).await.unwrap();
+            let waiter = ControlClient::connect(addr, &ringfs_tests::admin())
+                .await
+                .unwrap();
             let wait = tokio::task::spawn_local(async move {
                 waiter
                     .open("/f", true, Duration::from_secs(60))
@@ -144,7 +148,9 @@ fn control_sigterm_during_creates_exits_0_and_loses_no_acknowledged_create() {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 ringfs_client::local(async move {
-                    let c = ControlClient::connect(addr).await.unwrap();
+                    let c = ControlClient::connect(addr, &ringfs_tests::admin())
+                        .await
+                        .unwrap();
                     let mut acked = Vec::new();
                     let mut failure = None;
                     for i in 0.. {
@@ -196,7 +202,9 @@ fn control_sigterm_during_creates_exits_0_and_loses_no_acknowledged_create() {
     let control = ControlProcess::start(dir.path(), &addr, &[]);
     let addr = control.addr;
     let missing = ringfs_client::local(async move {
-        let c = ControlClient::connect(addr).await.unwrap();
+        let c = ControlClient::connect(addr, &ringfs_tests::admin())
+            .await
+            .unwrap();
         let mut missing = Vec::new();
         for p in &acked {
             if c.stat(p).await.is_err() {

@@ -37,7 +37,9 @@ async fn client(addr: std::net::SocketAddr) -> Client {
         record_cache: Duration::ZERO,
         ..ClientOptions::default()
     };
-    Client::connect_with(addr, options).await.unwrap()
+    Client::connect_with(addr, &ringfs_tests::admin(), options)
+        .await
+        .unwrap()
 }
 
 #[test]

@@ -26,10 +26,6 @@ fn every_binary_reports_its_version() {
 
 #[test]
 fn protocol_version_is_checked_at_connect() {
-    use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
-    use ringfs_schema::control_capnp::control;
-    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
-
     let dir = tempfile::tempdir().unwrap();
     let server = ringfs_tests::ControlProcess::start(dir.path(), "127.0.0.1:0", &[]);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -38,17 +34,7 @@ fn protocol_version_is_checked_at_connect() {
         .unwrap();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let (reader, writer) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            reader.compat(),
-            writer.compat_write(),
-            rpc_twoparty_capnp::Side::Client,
-            Default::default(),
-        );
-        let mut rpc = RpcSystem::new(Box::new(network), None);
-        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-        tokio::task::spawn_local(rpc);
+        let control = ringfs_tests::raw_control(server.addr).await;
         let hello = |version: u32| {
             let mut req = control.hello_request();
             req.get().set_protocol_version(version);
@@ -65,7 +51,11 @@ fn protocol_version_is_checked_at_connect() {
             Err(e) => e.to_string(),
         };
         assert!(
-            err.contains("[version_mismatch]") && err.contains("call hello(2) first"),
+            err.contains("[version_mismatch]")
+                && err.contains(&format!(
+                    "call hello({}) first",
+                    ringfs_schema::PROTOCOL_VERSION
+                )),
             "{err}"
         );
         let wrong = ringfs_schema::PROTOCOL_VERSION + 1;
@@ -88,6 +78,18 @@ fn protocol_version_is_checked_at_connect() {
             version.to_str().unwrap(),
             concat!("ringfs-control ", env!("CARGO_PKG_VERSION"))
         );
-        stat().await.expect("stat after hello");
+        // Then nothing is served before an authenticate succeeded.
+        let err = match stat().await {
+            Ok(_) => panic!("stat before authenticate was served"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("[unauthenticated]"), "{err}");
+        let admin = ringfs_tests::admin();
+        let mut auth = control.authenticate_request();
+        auth.get().set_user(admin.user.as_str());
+        let challenge = reply.get().unwrap().get_challenge().unwrap();
+        auth.get().set_proof(&admin.proof(challenge));
+        auth.send().promise.await.expect("authenticate");
+        stat().await.expect("stat after hello and authenticate");
     });
 }

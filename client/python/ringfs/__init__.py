@@ -21,6 +21,7 @@ import capnp
 from . import errors, sync
 from .client import Client, File
 from .control import Attr
+from .credential import Credential
 from .errors import *  # noqa: F401,F403  (the exception classes, errors.__all__)
 
 
@@ -30,4 +31,4 @@ def run(coro):
     return asyncio.run(capnp.run(coro))
 
 
-__all__ = ["Client", "File", "Attr", "run", "sync", "errors"] + errors.__all__
+__all__ = ["Client", "File", "Attr", "Credential", "run", "sync", "errors"] + errors.__all__

@@ -48,10 +48,12 @@ class Client:
         self.io = ChunkIO(ctl, **options)
 
     @classmethod
-    async def connect(cls, address, request_timeout=30.0, lock_wait=10.0):
-        """Connects to the control server at `"host:port"` and checks the
-        protocol version."""
-        ctl = await Control.connect(address)
+    async def connect(cls, address, credential=None, request_timeout=30.0, lock_wait=10.0):
+        """Connects to the control server at `"host:port"`, checks the
+        protocol version and authenticates as `credential` (a
+        `ringfs.Credential`; default: `$RINGFS_CREDENTIAL`, else
+        `~/.config/ringfs/credential`)."""
+        ctl = await Control.connect(address, credential)
         return cls(ctl, request_timeout=request_timeout, lock_wait=lock_wait)
 
     async def close(self):
@@ -78,6 +80,15 @@ class Client:
 
     async def rename(self, src, dst):
         await self.control.rename(src, dst)
+
+    async def chmod(self, path, mode):
+        """Sets the permission bits (the owner or an administrator)."""
+        return await self.control.set_attr(path, mode=mode)
+
+    async def chown(self, path, uid=None, gid=None):
+        """Sets the owner (administrators only) and/or the group (the
+        owner, to one of its groups, or an administrator)."""
+        return await self.control.set_attr(path, uid=uid, gid=gid)
 
     async def stat(self, path):
         return await self.control.stat(path)

@@ -9,6 +9,7 @@ import capnp
 
 from . import errors
 from ._schema import PROTOCOL_VERSION, control
+from .credential import Credential
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,11 +25,13 @@ class Attr:
     replication: int
     write_quorum: int
     version: int
+    uid: int = 0
+    gid: int = 0
 
     @classmethod
     def read(cls, a):
         return cls(a.inode, str(a.kind) == "directory", a.size, a.mode, a.mtimeNs, a.chunkSize,
-                   a.replication, a.writeQuorum, a.version)
+                   a.replication, a.writeQuorum, a.version, a.uid, a.gid)
 
 
 @dataclasses.dataclass
@@ -69,7 +72,7 @@ def _typed(f):
 
 
 class Control:
-    """A connection to the control server (said hello to)."""
+    """A connection to the control server (said hello to, authenticated)."""
 
     def __init__(self, client, cap):
         self._client = client  # keeps the connection alive
@@ -78,7 +81,11 @@ class Control:
 
     @classmethod
     @_typed
-    async def connect(cls, address):
+    async def connect(cls, address, credential=None):
+        """Connects, checks the protocol version and authenticates as
+        `credential` (default: `Credential.default()`)."""
+        if credential is None:
+            credential = Credential.default()
         host, port = address.rsplit(":", 1)
         try:
             stream = await capnp.AsyncIoStream.create_connection(host=host.strip("[]"), port=int(port))
@@ -88,6 +95,7 @@ class Control:
         self = cls(client, client.bootstrap().cast_as(control.Control))
         r = await self._cap.hello(PROTOCOL_VERSION)
         self.server_version = r.serverVersion
+        await self._cap.authenticate(credential.user, credential.proof(bytes(r.challenge)))
         return self
 
     @_typed
@@ -112,6 +120,27 @@ class Control:
     @_typed
     async def rename(self, src, dst):
         await self._cap.rename(src, dst)
+
+    @_typed
+    async def set_attr(self, path, mode=None, mtime_ns=None, uid=None, gid=None):
+        """chmod / utimes / chown (`None`: unchanged); the new attributes."""
+        r = await self._cap.setAttr(
+            path, mode is not None, mode or 0, mtime_ns is not None, mtime_ns or 0,
+            uid is not None, uid or 0, gid is not None, gid or 0)
+        return Attr.read(r.attr)
+
+    @_typed
+    async def add_user(self, name, uid=0, gids=(), admin=False):
+        """Registers a user (administrators only); returns `(uid, gids,
+        salt)`. Its key is `Credential.derive(secret, name, salt)`: only
+        holders of the cluster secret can make it."""
+        u = (await self._cap.addUser(name, uid, list(gids), admin)).user
+        return u.uid, list(u.gids), bytes(u.salt)
+
+    @_typed
+    async def remove_user(self, name):
+        """Revokes a user (administrators only)."""
+        await self._cap.removeUser(name)
 
     @_typed
     async def stat(self, path):

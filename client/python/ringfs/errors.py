@@ -41,6 +41,8 @@ StaleHandle = _error("StaleHandle", "stale_handle", (), errno.ESTALE, "The handl
 Unavailable = _error("Unavailable", "unavailable", (ConnectionError,), errno.EAGAIN,
                      "The server or node cannot serve now (down, unreachable, shutting down).")
 Internal = _error("Internal", "internal", (), errno.EIO, "A bug or a storage failure on the server.")
+Unauthenticated = _error("Unauthenticated", "unauthenticated", (PermissionError,), errno.EACCES,
+                         "No valid credentials: the connection is not authenticated.")
 VersionMismatch = _error("VersionMismatch", "version_mismatch", (), errno.EPROTO, "The peer speaks another protocol version.")
 NoSpace = _error("NoSpace", "no_space", (), errno.ENOSPC, "No node could reserve the space.")
 Corrupt = _error("Corrupt", "checksum", (), errno.EIO, "Data failed its CRC32C on every replica tried.")
@@ -52,13 +54,14 @@ StaleVersion = _error("StaleVersion", "stale_version", (), errno.EIO, "A replica
 
 __all__ = ["RingfsError", "NotFound", "Exists", "NotADirectory", "IsADirectory", "NotEmpty",
            "InvalidArgument", "Busy", "PermissionDenied", "NoLease", "StaleHandle", "Unavailable",
-           "Internal", "VersionMismatch", "NoSpace", "Corrupt", "Quorum", "Timeout", "BadToken",
+           "Internal", "Unauthenticated", "VersionMismatch", "NoSpace", "Corrupt", "Quorum", "Timeout", "BadToken",
            "StaleVersion"]
 
 # Control RPC: the `[code]` prefix of a Cap'n Proto exception's description.
 _CONTROL_CODES = {cls.code: cls for cls in (
     NotFound, Exists, NotADirectory, IsADirectory, NotEmpty, InvalidArgument, Busy,
     PermissionDenied, NoLease, StaleHandle, Unavailable, Internal, VersionMismatch,
+    Unauthenticated,
 )}
 
 # Data plane: FrameHeader.status.

@@ -123,6 +123,12 @@ class Client:
     def stat(self, path):
         return self._do(lambda c: c.stat(path))
 
+    def chmod(self, path, mode):
+        return self._do(lambda c: c.chmod(path, mode))
+
+    def chown(self, path, uid=None, gid=None):
+        return self._do(lambda c: c.chown(path, uid, gid))
+
     def create(self, path, **layout):
         return self._do(lambda c: c.create(path, **layout))
 

@@ -2,7 +2,8 @@
 tests/tests/python_client.rs (which starts the control server, the nodes
 and passes their addresses and pids):
 
-    RINGFS_CONTROL=host:port RINGFS_CLI=/path/to/ringfs \
+    RINGFS_CONTROL=host:port RINGFS_CREDENTIAL=admin.credential \
+    RINGFS_SECRET_FILE=secret RINGFS_CLI=/path/to/ringfs \
     RINGFS_NODES=id:pid:datadir,... python3 cluster_test.py [bench]
 
 Exits non-zero on the first failure. `bench` also prints (`bench-only`:
@@ -136,6 +137,47 @@ def sync_api_and_bad_input():
     expect(ValueError, lambda: c.stat("/"), "a call on a closed client")
 
 
+async def credentials_and_permissions(c):
+    """A wrong key is refused with Unauthenticated; a user issued by the
+    administrator may not read another's private file until it is chmodded;
+    chown is the administrator's."""
+    me = ringfs.Credential.default()
+    wrong = ringfs.Credential(me.user, bytes(32))
+    try:
+        await ringfs.Client.connect(CONTROL, credential=wrong)
+    except errors.Unauthenticated as e:
+        print(f"  wrong key: {type(e).__name__}: {e}")
+    else:
+        raise AssertionError("a wrong key was accepted")
+    secret = open(os.environ["RINGFS_SECRET_FILE"], "rb").read().strip()
+    uid, _, salt = await c.control.add_user("pyuser")
+    dave = ringfs.Credential.derive(secret, "pyuser", salt)
+    await c.mkdir("/py-private", 0o700)
+    await c.create("/py-private/f", mode=0o600)
+    d = await ringfs.Client.connect(CONTROL, credential=dave)
+    try:
+        try:
+            await d.stat("/py-private/f")
+        except errors.PermissionDenied as e:
+            print(f"  another user's directory: {type(e).__name__}: {e}")
+        else:
+            raise AssertionError("searched a 0700 directory of another user")
+        try:
+            await d.chown("/py-private", uid=uid)
+        except errors.PermissionDenied:
+            pass
+        else:
+            raise AssertionError("a user gave itself a directory")
+        await c.chmod("/py-private", 0o711)
+        await c.chmod("/py-private/f", 0o644)
+        a = await d.stat("/py-private/f")
+        assert a.mode == 0o644 and a.uid == 0, a
+        owned = await c.chown("/py-private/f", uid=uid)
+        assert owned.uid == uid, owned
+    finally:
+        await d.close()
+
+
 async def interop(c):
     data = pattern(2 * CHUNK + 99, 21)
     async with await c.open("/rt/from-python", "wb", chunk_size=CHUNK, replication=3,
@@ -267,6 +309,7 @@ async def main():
         await round_trips(c)
         await overwrites_and_appends(c)
         await interop(c)
+        await credentials_and_permissions(c)
         await corrupt_replicas_are_never_served(c)
         if "bench" in sys.argv[1:]:
             await bench(c, int(os.environ.get("RINGFS_BENCH_MIB", "64")))

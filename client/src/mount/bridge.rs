@@ -461,6 +461,8 @@ impl Filesystem for Bridge {
                             replication: 0,
                             write_quorum: 0,
                             version: 0,
+                            uid: 0,
+                            gid: 0,
                         }),
                         Generation(0),
                     ),

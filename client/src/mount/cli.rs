@@ -73,7 +73,11 @@ pub struct MountArgs {
 }
 
 impl MountArgs {
-    fn options(&self, control: &[SocketAddr]) -> anyhow::Result<MountOptions> {
+    fn options(
+        &self,
+        control: &[SocketAddr],
+        cred: &crate::Credential,
+    ) -> anyhow::Result<MountOptions> {
         let chunk_size = match self.chunk_size {
             Some(n) => u32::try_from(n).context("--chunk-size is too large")?,
             None => 0,
@@ -83,6 +87,7 @@ impl MountArgs {
             .with_context(|| format!("mount point {}", self.mountpoint.display()))?;
         Ok(MountOptions {
             control: control.to_vec(),
+            cred: cred.clone(),
             mountpoint,
             settings: Settings {
                 attr_ttl: Duration::from_millis(self.attr_timeout_ms),
@@ -110,12 +115,16 @@ impl MountArgs {
 /// Runs `ringfs mount`. Call it before starting any thread (see
 /// [`mount`]).
 /// `control`: every control address (see [`MountOptions::control`]).
-pub fn run(control: &[SocketAddr], args: &MountArgs) -> anyhow::Result<()> {
+pub fn run(
+    control: &[SocketAddr],
+    cred: &crate::Credential,
+    args: &MountArgs,
+) -> anyhow::Result<()> {
     let child = std::env::var_os(DAEMON_CHILD).is_some();
     if args.daemon && !child {
         return daemonize();
     }
-    let opts = args.options(control)?;
+    let opts = args.options(control, cred)?;
     mount(&opts, || {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(

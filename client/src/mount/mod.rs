@@ -43,6 +43,9 @@ pub struct MountOptions {
     /// Every control address (the single server, or every replica: the
     /// mount talks to the leader and follows it, as the CLI does).
     pub control: Vec<SocketAddr>,
+    /// What the mount authenticates with: every access through it runs as
+    /// this user.
+    pub cred: crate::Credential,
     /// The directory to mount on (absolute, without symlinks: as
     /// /proc/self/mountinfo shows it).
     pub mountpoint: PathBuf,
@@ -248,7 +251,7 @@ fn serve(
         }
     };
     tokio::task::LocalSet::new().block_on(&rt, async move {
-        let client = match Client::connect_replicas(&o.control, o.client).await {
+        let client = match Client::connect_replicas(&o.control, &o.cred, o.client).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = connected.send(Err(e));

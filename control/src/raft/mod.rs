@@ -14,7 +14,8 @@
 //!   a log-writer thread that fsyncs many appends at once.
 //! - [`state_machine`]: applying entries to the metadata store, snapshots.
 //! - [`network`]: the Raft messages to other replicas, over Cap'n Proto
-//!   (`RaftPeer` in `control.capnp`), authenticated with the cluster secret.
+//!   (`RaftPeer` in `control.capnp`), authenticated as `@cluster` (a key
+//!   derived from the cluster secret).
 //! - [`peer`]: the `RaftPeer` server.
 //! - [`proposer`]: forms batches of client mutations and proposes them.
 //! - [`replica`]: starting a replica, joining a group, following

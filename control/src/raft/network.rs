@@ -1,5 +1,7 @@
 //! Raft messages to other replicas, over Cap'n Proto RPC: a connection to
-//! the target's control port, whose `raft(secret)` call hands out its
+//! the target's control port, authenticated as the cluster principal
+//! (`@cluster`, a key derived from the cluster secret: the secret itself
+//! is never sent), whose `raft` call hands out its
 //! `RaftPeer` capability; every message is openraft's own, encoded with
 //! postcard ([`super::encode`]).
 //!
@@ -25,6 +27,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use ringfs_ops::auth::Credential;
 use ringfs_schema::control_capnp::{control, raft_peer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -41,18 +44,19 @@ type Pool = Rc<RefCell<HashMap<u64, Rc<Open>>>>;
 /// Makes a [`PeerConn`] per target replica.
 #[derive(Clone)]
 pub struct Network {
-    /// The cluster secret, presented to the targets.
-    pub secret: Rc<[u8]>,
+    /// The cluster principal's credential, proved to the targets.
+    pub cred: Rc<Credential>,
     /// This replica's id.
     pub from: u64,
     pool: Pool,
 }
 
 impl Network {
-    /// Connections to other replicas, presenting `secret` as replica `from`.
-    pub fn new(secret: Rc<[u8]>, from: u64) -> Self {
+    /// Connections to other replicas, authenticated with the cluster
+    /// secret's key, as replica `from`.
+    pub fn new(secret: &[u8], from: u64) -> Self {
         Network {
-            secret,
+            cred: Rc::new(Credential::cluster(secret)),
             from,
             pool: Pool::default(),
         }
@@ -66,7 +70,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConn {
             target,
             addr: node.addr.clone(),
-            secret: self.secret.clone(),
+            cred: self.cred.clone(),
             from: self.from,
             pool: self.pool.clone(),
         }
@@ -90,7 +94,7 @@ impl Drop for Open {
 pub struct PeerConn {
     target: u64,
     addr: String,
-    secret: Rc<[u8]>,
+    cred: Rc<Credential>,
     from: u64,
     pool: Pool,
 }
@@ -110,17 +114,11 @@ enum Method {
 impl PeerConn {
     async fn connect(&self) -> Result<Open, Failure> {
         let (control, task) = dial(&self.addr).await.map_err(Failure)?;
-        // Every Control call after a hello on its connection (protocol 2).
-        let mut hello = control.hello_request();
-        hello
-            .get()
-            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
-        if let Err(e) = hello.send().promise.await {
+        if let Err(e) = greet(&control, &self.cred).await {
             task.abort();
             return Err(Failure(format!("hello to {}: {e}", self.addr)));
         }
         let mut req = control.raft_request();
-        req.get().set_secret(&self.secret);
         req.get().set_from_replica(self.from);
         // Pipelined: the first message goes out with the Raft request.
         let peer = req.send().pipeline.get_peer();
@@ -291,7 +289,12 @@ pub enum AddFailure {
 
 /// Asks the replica at `via` to add replica `id` (at `addr`) to the group;
 /// returns once it is a voter.
-pub async fn add_replica(via: &str, secret: &[u8], id: u64, addr: &str) -> Result<(), AddFailure> {
+pub async fn add_replica(
+    via: &str,
+    cred: &Credential,
+    id: u64,
+    addr: &str,
+) -> Result<(), AddFailure> {
     let (control, task) = dial(via).await.map_err(AddFailure::Other)?;
     let _task = scopeguard(task);
     let rpc_err = |e: capnp::Error| {
@@ -302,27 +305,41 @@ pub async fn add_replica(via: &str, secret: &[u8], id: u64, addr: &str) -> Resul
             AddFailure::Other(message)
         }
     };
-    let mut hello = control.hello_request();
-    hello
-        .get()
-        .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
-    let reply = hello.send().promise.await.map_err(rpc_err)?;
-    let r = reply.get().map_err(rpc_err)?;
-    if !r.get_is_leader() {
-        let leader = r
-            .get_leader_address()
-            .ok()
-            .and_then(|t| t.to_str().ok())
-            .filter(|a| !a.is_empty())
-            .map(str::to_string);
+    let (is_leader, leader) = greet(&control, cred).await.map_err(rpc_err)?;
+    if !is_leader {
         return Err(AddFailure::Leader(leader));
     }
     let mut req = control.add_replica_request();
-    req.get().set_secret(secret);
     req.get().set_replica_id(id);
     req.get().set_address(addr);
     req.send().promise.await.map_err(rpc_err)?;
     Ok(())
+}
+
+/// Says hello on a new connection and authenticates with `cred` (every
+/// Control call needs both, docs/protocol.md); returns whether the server
+/// leads and the leader's address if it named one.
+async fn greet(
+    control: &control::Client,
+    cred: &Credential,
+) -> Result<(bool, Option<String>), capnp::Error> {
+    let mut hello = control.hello_request();
+    hello
+        .get()
+        .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
+    let reply = hello.send().promise.await?;
+    let r = reply.get()?;
+    let leader = r
+        .get_leader_address()
+        .ok()
+        .and_then(|t| t.to_str().ok())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string);
+    let mut auth = control.authenticate_request();
+    auth.get().set_user(cred.user.as_str());
+    auth.get().set_proof(&cred.proof(r.get_challenge()?));
+    auth.send().promise.await?;
+    Ok((r.get_is_leader(), leader))
 }
 
 /// Aborts the RPC task when dropped.

@@ -1,6 +1,6 @@
 //! The `RaftPeer` server: Raft messages from other replicas, handed to this
 //! replica's openraft instance. Handed out only by `Control.raft` to a
-//! caller that presented the cluster secret.
+//! connection authenticated as the cluster principal (`@cluster`).
 
 use capnp::capability::Rc as CapRc;
 use ringfs_schema::control_capnp::raft_peer;

@@ -108,7 +108,8 @@ impl Replica {
         }
         .validate()
         .map_err(|e| ControlError::InvalidArgument(format!("Raft settings: {e}")))?;
-        let network = Network::new(secret.clone(), id);
+        let network = Network::new(&secret, id);
+        let network_cred = network.cred.clone();
         let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| ControlError::Unavailable(format!("starting Raft: {e}")))?;
@@ -153,7 +154,7 @@ impl Replica {
                         .into(),
                 ));
             } else {
-                replica.clone().join(cfg.peers.clone(), secret);
+                replica.clone().join(cfg.peers.clone(), network_cred);
             }
         }
         tracing::info!(replica = id, addr = %cfg.advertise, "control replica started");
@@ -183,7 +184,7 @@ impl Replica {
 
     /// Asks the group (through `peers`) to add this replica, until it is a
     /// member.
-    fn join(self: Rc<Self>, peers: Vec<String>, secret: Rc<[u8]>) {
+    fn join(self: Rc<Self>, peers: Vec<String>, cred: Rc<ringfs_ops::auth::Credential>) {
         tokio::task::spawn_local(async move {
             let mut next = 0usize;
             let mut hint: Option<String> = None;
@@ -193,7 +194,7 @@ impl Replica {
                     next += 1;
                     peers[(next - 1) % peers.len()].clone()
                 });
-                match super::network::add_replica(&addr, &secret, self.id, &self.addr).await {
+                match super::network::add_replica(&addr, &cred, self.id, &self.addr).await {
                     Ok(()) => {
                         tracing::info!(replica = self.id, via = %addr, "joined the control group");
                         return;

@@ -14,6 +14,7 @@ use super::convert::{
     text, wire,
 };
 use super::file_handle::FileHandleImpl;
+use super::session::{Principal, Session};
 use super::subscription::SubscriptionImpl;
 use super::{DEFAULT_LIST, MAX_LIST, MAX_PROBLEMS, MAX_WAIT};
 use crate::call_gate::CallGate;
@@ -21,26 +22,36 @@ use crate::cluster_state::State;
 use crate::error::{ControlError, Result};
 use crate::leases::{Acquire, Guid};
 use crate::records::Kind;
-use crate::store::{CreateOptions, Mutation, Outcome, Request};
+use crate::store::access::{READ, WRITE};
+use crate::store::{AttrChange, CreateOptions, Mutation, Outcome, Request};
 
 /// The `Control` capability of one connection.
 pub(super) struct ControlImpl {
     pub(super) state: Rc<State>,
-    /// Whether this connection's `hello` succeeded: every other call is
+    /// Whether this connection's `hello` succeeded (every other call is
     /// refused until then, so a peer of another protocol version cannot
-    /// get anything done by skipping it.
-    pub(super) greeted: Cell<bool>,
+    /// get anything done by skipping it), and who it authenticated as.
+    pub(super) session: Session,
 }
 
 impl ControlImpl {
-    /// `version_mismatch` until this connection's `hello` succeeded.
-    fn greeted(&self) -> Result<()> {
-        if self.greeted.get() {
-            return Ok(());
-        }
-        Err(ControlError::VersionMismatch(format!(
-            "call hello({PROTOCOL_VERSION}) first: no protocol version is agreed on this connection"
-        )))
+    /// The connection's principal (see [`Session::principal`]).
+    fn principal(&self) -> Result<Rc<Principal>> {
+        self.session.principal(&self.state)
+    }
+
+    /// The principal, if it is an administrator.
+    fn admin(&self, what: &str) -> Result<Rc<Principal>> {
+        let p = self.principal()?;
+        p.require_admin(what)?;
+        Ok(p)
+    }
+
+    /// The principal, if it is the nodes' and replicas'.
+    fn cluster(&self, what: &str) -> Result<Rc<Principal>> {
+        let p = self.principal()?;
+        p.require_cluster(what)?;
+        Ok(p)
     }
 
     async fn mutate_attr(
@@ -69,9 +80,8 @@ impl ControlImpl {
     }
 
     /// The replica, for calls that exist only on a replicated control
-    /// plane, after checking the cluster secret.
-    fn replica(&self, secret: &[u8]) -> Result<&Rc<crate::raft::Replica>> {
-        check_secret(secret, &self.state.secret)?;
+    /// plane.
+    fn replica(&self) -> Result<&Rc<crate::raft::Replica>> {
         self.state.replica.as_ref().ok_or_else(|| {
             ControlError::InvalidArgument("this control server is not replicated".into())
         })
@@ -140,8 +150,8 @@ impl control::Server for ControlImpl {
                     "client speaks protocol {theirs}, this server speaks {PROTOCOL_VERSION}"
                 )));
             }
-            self.greeted.set(true);
             let mut r = results.get();
+            r.set_challenge(&self.session.hello());
             r.set_protocol_version(PROTOCOL_VERSION);
             r.set_server_version(concat!("ringfs-control ", env!("CARGO_PKG_VERSION")));
             r.set_is_leader(self.state.gate.is_serving());
@@ -161,7 +171,7 @@ impl control::Server for ControlImpl {
         mut results: control::CreateResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?.caller.clone();
             let p = params.get()?;
             let path = text(p.get_path())?;
             let o = p.get_options()?;
@@ -173,6 +183,7 @@ impl control::Server for ControlImpl {
                 exclusive: o.get_exclusive(),
             };
             let m = Mutation::Create {
+                who,
                 path,
                 options,
                 now_ns: now_ns(),
@@ -188,9 +199,10 @@ impl control::Server for ControlImpl {
         mut results: control::MkdirResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?.caller.clone();
             let p = params.get()?;
             let m = Mutation::Mkdir {
+                who,
                 path: text(p.get_path())?,
                 mode: p.get_mode(),
                 now_ns: now_ns(),
@@ -206,9 +218,10 @@ impl control::Server for ControlImpl {
         _: control::UnlinkResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?.caller.clone();
             let p = params.get()?;
             let m = Mutation::Unlink {
+                who,
                 path: text(p.get_path())?,
                 now_ns: now_ns(),
             };
@@ -224,9 +237,10 @@ impl control::Server for ControlImpl {
         _: control::RmdirResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?.caller.clone();
             let p = params.get()?;
             let m = Mutation::Rmdir {
+                who,
                 path: text(p.get_path())?,
                 now_ns: now_ns(),
             };
@@ -242,9 +256,10 @@ impl control::Server for ControlImpl {
         _: control::RenameResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?.caller.clone();
             let p = params.get()?;
             let m = Mutation::Rename {
+                who,
                 from: text(p.get_from())?,
                 to: text(p.get_to())?,
                 now_ns: now_ns(),
@@ -261,15 +276,20 @@ impl control::Server for ControlImpl {
         mut results: control::SetAttrResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?.caller.clone();
             let p = params.get()?;
             // With replication this goes through the Raft log like every
             // mutation (the committer is the proposer); the mtime is the
             // caller's, carried in the entry.
             let m = Mutation::SetAttr {
+                who,
                 path: text(p.get_path())?,
-                mode: p.get_set_mode().then(|| p.get_mode()),
-                mtime_ns: p.get_set_mtime().then(|| p.get_mtime_ns()),
+                change: AttrChange {
+                    mode: p.get_set_mode().then(|| p.get_mode()),
+                    mtime_ns: p.get_set_mtime().then(|| p.get_mtime_ns()),
+                    uid: p.get_set_uid().then(|| p.get_uid()),
+                    gid: p.get_set_gid().then(|| p.get_gid()),
+                },
             };
             let id = request_id(p.get_request_id())?;
             self.mutate_attr(id, m, results.get().init_attr()).await
@@ -282,11 +302,11 @@ impl control::Server for ControlImpl {
         mut results: control::StatResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             self.state.read_barrier(p.get_stale()).await?;
-            let (ino, a) = self.state.store.stat(&path)?;
+            let (ino, a) = self.state.store.stat_as(&who.caller, &path)?;
             fill_attr(results.get().init_attr(), ino, &a);
             Ok(())
         })
@@ -298,7 +318,7 @@ impl control::Server for ControlImpl {
         mut results: control::ListResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let after = text(p.get_after())?;
@@ -307,7 +327,10 @@ impl control::Server for ControlImpl {
                 n => n.min(MAX_LIST),
             };
             self.state.read_barrier(p.get_stale()).await?;
-            let (entries, more) = self.state.store.list(&path, &after, limit as usize)?;
+            let (entries, more) =
+                self.state
+                    .store
+                    .list_as(&who.caller, &path, &after, limit as usize)?;
             let mut r = results.get();
             r.set_more(more);
             let mut list = r.init_entries(entries.len() as u32);
@@ -326,16 +349,18 @@ impl control::Server for ControlImpl {
         mut results: control::OpenResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?;
             let p = params.get()?;
             let path = text(p.get_path())?;
             let write = p.get_mode()? == OpenMode::Write;
             let wait = Duration::from_millis(p.get_wait_ms() as u64).min(MAX_WAIT);
             self.state.read_barrier(false).await?;
-            let (ino, a) = self.state.store.stat(&path)?;
+            let (ino, a) = self.state.store.stat_as(&who.caller, &path)?;
             if a.kind == Kind::Directory {
                 return Err(ControlError::IsDirectory(path));
             }
+            who.caller
+                .require(&a, if write { WRITE } else { READ }, &path)?;
             let guid: Guid = rand::random();
             let mut epoch = 0;
             if write {
@@ -382,9 +407,9 @@ impl control::Server for ControlImpl {
         mut results: control::JoinResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.cluster("join")?;
             let p = params.get()?;
-            check_secret(p.get_secret()?, &self.state.secret)?;
+            no_secret(p.get_secret())?;
             let node_id = p.get_node_id();
             let key = node_key(p.get_node_key())?;
             let shards = p
@@ -456,7 +481,7 @@ impl control::Server for ControlImpl {
         mut results: control::HeartbeatResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.cluster("heartbeat")?;
             let p = params.get()?;
             let id = p.get_node_id();
             let capacity = read_capacity(p.get_capacity()?);
@@ -524,7 +549,7 @@ impl control::Server for ControlImpl {
         _: control::ReportChunksResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.cluster("reportChunks")?;
             let p = params.get()?;
             let chunks = p
                 .get_chunks()?
@@ -558,6 +583,9 @@ impl control::Server for ControlImpl {
         _: control::ClusterMapParams,
         mut results: control::ClusterMapResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        if let Err(e) = self.principal() {
+            return std::future::ready(Err(e.into()));
+        }
         self.state.fill_map(results.get().init_map());
         std::future::ready(Ok(()))
     }
@@ -568,7 +596,7 @@ impl control::Server for ControlImpl {
         _: control::ReportBadReplicaResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.principal()?;
             let p = params.get()?;
             let chunk = read_chunk_id(p.get_chunk_id()?);
             let node = p.get_node_id();
@@ -601,7 +629,7 @@ impl control::Server for ControlImpl {
         mut results: control::LeaveResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.cluster("leave")?;
             let p = params.get()?;
             let id = p.get_node_id();
             let was_up = self
@@ -625,8 +653,12 @@ impl control::Server for ControlImpl {
         mut results: control::ChunkHealthResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            let who = self.principal()?;
             let limit = params.get()?.get_problem_limit().min(MAX_PROBLEMS) as usize;
+            // Counts are for anyone; problems name files: the administrator's.
+            if limit > 0 {
+                who.require_admin("chunkHealth with problems (paths of any file)")?;
+            }
             let map = self.state.store.chunk_map()?;
             let paths = if limit > 0 {
                 self.state.store.paths()?
@@ -657,7 +689,7 @@ impl control::Server for ControlImpl {
         mut results: control::SubscribeResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.principal()?;
             let watcher = params.get()?.get_watcher()?;
             let id = self.state.next_watcher.get();
             self.state.next_watcher.set(id + 1);
@@ -678,9 +710,10 @@ impl control::Server for ControlImpl {
         mut results: control::RaftResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.cluster("raft")?;
             let p = params.get()?;
-            let replica = self.replica(p.get_secret()?)?;
+            no_secret(p.get_secret())?;
+            let replica = self.replica()?;
             results
                 .get()
                 .set_peer(capnp_rpc::new_client(crate::raft::peer::PeerImpl {
@@ -696,7 +729,7 @@ impl control::Server for ControlImpl {
         _: control::ReplicationParams,
         mut results: control::ReplicationResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        if let Err(e) = self.greeted() {
+        if let Err(e) = self.principal() {
             return std::future::ready(Err(e.into()));
         }
         let mut s = results.get().init_status();
@@ -716,9 +749,10 @@ impl control::Server for ControlImpl {
         _: control::AddReplicaResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.admin("addReplica")?;
             let p = params.get()?;
-            let replica = self.replica(p.get_secret()?)?.clone();
+            no_secret(p.get_secret())?;
+            let replica = self.replica()?.clone();
             let id = p.get_replica_id();
             let addr = text(p.get_address())?;
             ringfs_ops::config_file::check_host_port(&addr)
@@ -736,9 +770,10 @@ impl control::Server for ControlImpl {
         _: control::RemoveReplicaResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
+            self.admin("removeReplica")?;
             let p = params.get()?;
-            let replica = self.replica(p.get_secret()?)?.clone();
+            no_secret(p.get_secret())?;
+            let replica = self.replica()?.clone();
             replica.remove_replica(p.get_replica_id()).await
         })
     }
@@ -749,8 +784,8 @@ impl control::Server for ControlImpl {
         mut results: control::TakeSnapshotResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         wire(async move {
-            self.greeted()?;
-            check_secret(params.get()?.get_secret()?, &self.state.secret)?;
+            self.admin("takeSnapshot")?;
+            no_secret(params.get()?.get_secret())?;
             let (path, index, bytes) = match &self.state.replica {
                 Some(r) => r.snapshot_now().await?,
                 None => {
@@ -768,17 +803,126 @@ impl control::Server for ControlImpl {
             Ok(())
         })
     }
+    fn authenticate(
+        self: CapRc<Self>,
+        params: control::AuthenticateParams,
+        mut results: control::AuthenticateResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let p = params.get()?;
+            let user = text(p.get_user())?;
+            let principal = self
+                .session
+                .authenticate(&self.state, &user, p.get_proof()?)?;
+            let mut r = results.get();
+            r.set_uid(principal.caller.uid);
+            r.set_admin(principal.caller.admin);
+            let gids = &principal.caller.gids;
+            let mut list = r.init_gids(gids.len() as u32);
+            for (i, g) in gids.iter().enumerate() {
+                list.set(i as u32, *g);
+            }
+            Ok(())
+        })
+    }
+
+    fn add_user(
+        self: CapRc<Self>,
+        params: control::AddUserParams,
+        mut results: control::AddUserResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.admin("addUser")?;
+            let p = params.get()?;
+            let gids = p.get_gids()?;
+            if gids.len() as usize > crate::records::MAX_GROUPS {
+                return Err(ControlError::InvalidArgument(format!(
+                    "{} groups: at most {}",
+                    gids.len(),
+                    crate::records::MAX_GROUPS
+                )));
+            }
+            let m = Mutation::AddUser {
+                name: text(p.get_name())?,
+                uid: p.get_uid(),
+                gids: gids.iter().collect(),
+                admin: p.get_admin(),
+                salt: rand::random(),
+            };
+            match self.submit(None, m).await? {
+                Outcome::User(name, user) => {
+                    tracing::info!(user = name, uid = user.uid, "user added");
+                    fill_user(results.get().init_user(), &name, &user);
+                    Ok(())
+                }
+                other => Err(ControlError::Internal(format!(
+                    "unexpected outcome {other:?}"
+                ))),
+            }
+        })
+    }
+
+    fn remove_user(
+        self: CapRc<Self>,
+        params: control::RemoveUserParams,
+        _: control::RemoveUserResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.admin("removeUser")?;
+            let name = text(params.get()?.get_name())?;
+            self.submit(None, Mutation::RemoveUser { name: name.clone() })
+                .await?;
+            tracing::info!(user = name, "user removed");
+            Ok(())
+        })
+    }
+
+    fn list_users(
+        self: CapRc<Self>,
+        _: control::ListUsersParams,
+        mut results: control::ListUsersResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.admin("listUsers")?;
+            self.state.read_barrier(false).await?;
+            let users = self.state.store.users()?;
+            let mut list = results.get().init_users(users.len() as u32);
+            for (i, (name, user)) in users.iter().enumerate() {
+                fill_user(list.reborrow().get(i as u32), name, user);
+            }
+            Ok(())
+        })
+    }
 }
 
-/// Checks a presented cluster secret (constant time).
-fn check_secret(presented: &[u8], secret: &[u8]) -> Result<()> {
-    if crate::store::constant_time_eq(presented, secret) {
-        Ok(())
-    } else {
-        Err(ControlError::PermissionDenied(
-            "wrong cluster secret".into(),
-        ))
+/// A user as the wire shows it (the salt is not a secret: the key needs
+/// the cluster secret too).
+fn fill_user(
+    mut b: ringfs_schema::control_capnp::user_info::Builder<'_>,
+    name: &str,
+    u: &crate::records::User,
+) {
+    b.set_name(name);
+    b.set_uid(u.uid);
+    b.set_admin(u.admin);
+    b.set_salt(&u.salt);
+    let mut gids = b.init_gids(u.gids.len() as u32);
+    for (i, g) in u.gids.iter().enumerate() {
+        gids.set(i as u32, *g);
     }
+}
+
+/// Refuses a non-empty obsolete `secret` parameter: the caller
+/// authenticates instead, and no secret is sent.
+fn no_secret(r: capnp::Result<capnp::data::Reader<'_>>) -> Result<()> {
+    if r?.is_empty() {
+        return Ok(());
+    }
+    Err(ControlError::InvalidArgument(
+        "the secret parameter is obsolete and must be empty: authenticate instead \
+         (docs/protocol.md)"
+            .into(),
+    ))
 }
 
 /// A request id from the wire: empty is none, 16 bytes an id.

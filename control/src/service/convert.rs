@@ -42,6 +42,8 @@ pub(super) fn fill_attr(mut b: attr::Builder, ino: u64, a: &Inode) {
     b.set_replication(a.replication);
     b.set_write_quorum(a.write_quorum);
     b.set_version(a.version);
+    b.set_uid(a.uid);
+    b.set_gid(a.gid);
 }
 
 pub(super) fn read_capacity(c: capacity::Reader) -> Capacity {

@@ -19,6 +19,7 @@ use crate::cluster_state::State;
 mod control_impl;
 mod convert;
 mod file_handle;
+mod session;
 mod subscription;
 
 pub use convert::now_ns;
@@ -45,7 +46,7 @@ pub fn bootstrap_metered(
     crate::metrics::metered_client(
         control_impl::ControlImpl {
             state: state.clone(),
-            greeted: Default::default(),
+            session: Default::default(),
         },
         metrics,
         state.gate.clone(),

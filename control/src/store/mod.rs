@@ -24,12 +24,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 use crate::error::Result;
-use crate::records::{Chunk, Inode, Node, ROOT_INODE};
+use crate::records::{Chunk, Inode, Node, User, ROOT_INODE};
 
+pub mod access;
 mod check;
 pub mod chunk_map;
 pub mod mutation;
@@ -38,12 +40,14 @@ pub mod nodes;
 pub mod requests;
 mod snapshot;
 mod tables;
+pub mod users;
 
+pub use access::Caller;
 pub use chunk_map::{MapEntry, MAX_FILE_SIZE};
 pub use mutation::{Batch, Mutation, Outcome, Request};
 pub use namespace::{
-    validate_layout, CreateOptions, Entry, FileDefaults, MAX_CHUNK_SIZE, MAX_REPLICATION,
-    MIN_CHUNK_SIZE,
+    validate_layout, AttrChange, CreateOptions, Entry, FileDefaults, MAX_CHUNK_SIZE,
+    MAX_REPLICATION, MIN_CHUNK_SIZE,
 };
 pub use nodes::constant_time_eq;
 pub use requests::Answer;
@@ -51,7 +55,7 @@ pub use snapshot::SnapshotError;
 
 use tables::{
     CHUNKS, COUNTERS, DIRENTS, EPOCH, FORMAT, GARBAGE, INODES, NEXT_INODE, NEXT_NODE_ID, NODES,
-    REPLICATION, STORE_FORMAT,
+    REPLICATION, STORE_FORMAT, USERS,
 };
 
 /// The metadata database. Reads may run on any thread concurrently with one
@@ -59,6 +63,11 @@ use tables::{
 pub struct MetaStore {
     db: Database,
     defaults: FileDefaults,
+    /// Bumped after every commit that may have removed or changed a user
+    /// (and every snapshot import): connections of users look their user
+    /// up again when it moved, so a removal takes effect at their next
+    /// call.
+    users_version: AtomicU64,
 }
 
 impl MetaStore {
@@ -88,6 +97,7 @@ impl MetaStore {
             txn.open_table(requests::REQUESTS)?;
             txn.open_table(requests::REQUEST_TIMES)?;
             txn.open_table(REPLICATION)?;
+            txn.open_table(USERS)?;
             let mut counters = txn.open_table(COUNTERS)?;
             if inodes.get(ROOT_INODE)?.is_none() {
                 inodes.insert(ROOT_INODE, namespace::root().encode().as_slice())?;
@@ -102,22 +112,32 @@ impl MetaStore {
                         "store format",
                         format!(
                             "the metadata store is in format {format}, this control server \
-                             reads format {STORE_FORMAT} (chunk versions with epochs); there \
-                             is no migration: start it on an empty data directory"
+                             reads format {STORE_FORMAT} (owners and groups on inodes); \
+                             there is no migration: start it on an empty data directory"
                         ),
                     ));
                 }
             }
         }
         txn.commit()?;
-        Ok(MetaStore { db, defaults })
+        Ok(MetaStore {
+            db,
+            defaults,
+            users_version: AtomicU64::new(0),
+        })
     }
 
     // ---------------------------------------------------------------- reads
 
-    /// The inode at `path`.
+    /// The inode at `path` (as the administrator: no permission check).
     pub fn stat(&self, path: &str) -> Result<(u64, Inode)> {
-        namespace::stat(&self.db.begin_read()?, path)
+        self.stat_as(&Caller::admin(), path)
+    }
+
+    /// The inode at `path`, reached as `who` (search permission on every
+    /// directory on the way, else `permission_denied`).
+    pub fn stat_as(&self, who: &Caller, path: &str) -> Result<(u64, Inode)> {
+        namespace::stat(&self.db.begin_read()?, who, path)
     }
 
     /// The inode numbered `inode`, if it exists.
@@ -128,8 +148,42 @@ impl MetaStore {
 
     /// Up to `limit` entries of the directory at `path` whose names sort
     /// after `after` (byte order), and whether more follow.
+    /// As the administrator (no permission check).
     pub fn list(&self, path: &str, after: &str, limit: usize) -> Result<(Vec<Entry>, bool)> {
-        namespace::list(&self.db.begin_read()?, path, after, limit)
+        self.list_as(&Caller::admin(), path, after, limit)
+    }
+
+    /// [`MetaStore::list`] as `who`: search permission on the way, read
+    /// permission on the directory.
+    pub fn list_as(
+        &self,
+        who: &Caller,
+        path: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        namespace::list(&self.db.begin_read()?, who, path, after, limit)
+    }
+
+    /// The registered user `name`, if any.
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        users::get(&self.db.begin_read()?, name)
+    }
+
+    /// Every registered user, by name.
+    pub fn users(&self) -> Result<Vec<(String, User)>> {
+        users::list(&self.db.begin_read()?)
+    }
+
+    /// Changes with every commit that may have changed a user (compare it
+    /// to a value read earlier to know whether to look a user up again).
+    pub fn users_version(&self) -> u64 {
+        self.users_version.load(Ordering::Acquire)
+    }
+
+    /// Records that users may have changed.
+    pub(crate) fn users_changed(&self) {
+        self.users_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The path of every inode that has one (files and directories), for
@@ -260,6 +314,12 @@ impl MetaStore {
             "store::before_commit"
         )));
         txn.commit()?;
+        if batches
+            .iter()
+            .any(|b| b.requests.iter().any(|r| r.mutation.changes_users()))
+        {
+            self.users_changed();
+        }
         Ok(out)
     }
 
@@ -294,6 +354,9 @@ impl MetaStore {
             "store::before_commit"
         )));
         txn.commit()?;
+        if batch.iter().any(Mutation::changes_users) {
+            self.users_changed();
+        }
         Ok(results)
     }
 }

@@ -7,11 +7,12 @@
 
 use redb::WriteTransaction;
 
-use super::namespace::{self, CreateOptions, FileDefaults};
+use super::access::Caller;
+use super::namespace::{self, AttrChange, CreateOptions, FileDefaults};
 use super::tables::COUNTERS;
-use super::{chunk_map, nodes};
+use super::{chunk_map, nodes, users};
 use crate::error::Result;
-use crate::records::{Chunk, Inode, Kind};
+use crate::records::{Chunk, Inode, Kind, User};
 use ringfs_schema::Version;
 
 /// One change to the metadata. Applied by [`super::MetaStore::apply_batch`].
@@ -19,6 +20,8 @@ use ringfs_schema::Version;
 pub enum Mutation {
     /// Create a file (or, not exclusive, return the existing one).
     Create {
+        /// Who creates it (owner and group of the file, permission checks).
+        who: Caller,
         /// Absolute path.
         path: String,
         /// Layout and mode; zeros take the server's defaults.
@@ -28,6 +31,8 @@ pub enum Mutation {
     },
     /// Create a directory.
     Mkdir {
+        /// Who creates it.
+        who: Caller,
         /// Absolute path.
         path: String,
         /// Permission bits (0: 0o755).
@@ -37,6 +42,8 @@ pub enum Mutation {
     },
     /// Remove a file; its chunks go to garbage collection.
     Unlink {
+        /// Who removes it.
+        who: Caller,
         /// Absolute path.
         path: String,
         /// The parent's new mtime.
@@ -44,6 +51,8 @@ pub enum Mutation {
     },
     /// Remove an empty directory.
     Rmdir {
+        /// Who removes it.
+        who: Caller,
         /// Absolute path.
         path: String,
         /// The parent's new mtime.
@@ -51,6 +60,8 @@ pub enum Mutation {
     },
     /// Move `from` to `to`, replacing a file or an empty directory there.
     Rename {
+        /// Who moves it.
+        who: Caller,
         /// Current path.
         from: String,
         /// New path.
@@ -82,14 +93,32 @@ pub enum Mutation {
         /// The file's new mtime.
         now_ns: i64,
     },
-    /// chmod / utimes of a file or directory.
+    /// chmod / chown / utimes of a file or directory.
     SetAttr {
+        /// Who changes it.
+        who: Caller,
         /// Absolute path.
         path: String,
-        /// New permission bits (at most 0o7777); `None`: unchanged.
-        mode: Option<u32>,
-        /// New mtime, nanoseconds since the Unix epoch; `None`: unchanged.
-        mtime_ns: Option<i64>,
+        /// What changes.
+        change: AttrChange,
+    },
+    /// Register a user (the administrator's call, checked by the caller).
+    AddUser {
+        /// Its name (checked by [`users::check_name`]).
+        name: String,
+        /// Its uid; 0: the lowest free one from 1000.
+        uid: u32,
+        /// Its groups, primary first; empty: its uid's group.
+        gids: Vec<u32>,
+        /// It is an administrator.
+        admin: bool,
+        /// Its key-derivation salt, drawn by the caller (keeps this pure).
+        salt: [u8; 16],
+    },
+    /// Remove a user.
+    RemoveUser {
+        /// Its name.
+        name: String,
     },
     /// Register a new node (`node_id == 0`) or re-register a known one.
     Join {
@@ -139,6 +168,13 @@ pub enum Mutation {
     },
 }
 
+impl Mutation {
+    /// Whether applying it may change or remove a user.
+    pub fn changes_users(&self) -> bool {
+        matches!(self, Mutation::AddUser { .. } | Mutation::RemoveUser { .. })
+    }
+}
+
 /// A mutation as a client sent it: with its request id, if it has one
 /// (see [`super::requests`]).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -179,6 +215,8 @@ pub enum Outcome {
     },
     /// The new cluster-map epoch.
     Epoch(u64),
+    /// A user was added.
+    User(String, User),
 }
 
 /// Applies `m` inside `txn`. A refusal (any error but a storage failure,
@@ -190,14 +228,29 @@ pub(super) fn apply(
 ) -> Result<Outcome> {
     match m {
         Mutation::Create {
+            who,
             path,
             options,
             now_ns,
-        } => namespace::create(txn, defaults, path, options, *now_ns),
-        Mutation::Mkdir { path, mode, now_ns } => namespace::mkdir(txn, path, *mode, *now_ns),
-        Mutation::Unlink { path, now_ns } => namespace::remove(txn, path, Kind::File, *now_ns),
-        Mutation::Rmdir { path, now_ns } => namespace::remove(txn, path, Kind::Directory, *now_ns),
-        Mutation::Rename { from, to, now_ns } => namespace::rename(txn, from, to, *now_ns),
+        } => namespace::create(txn, defaults, who, path, options, *now_ns),
+        Mutation::Mkdir {
+            who,
+            path,
+            mode,
+            now_ns,
+        } => namespace::mkdir(txn, who, path, *mode, *now_ns),
+        Mutation::Unlink { who, path, now_ns } => {
+            namespace::remove(txn, who, path, Kind::File, *now_ns)
+        }
+        Mutation::Rmdir { who, path, now_ns } => {
+            namespace::remove(txn, who, path, Kind::Directory, *now_ns)
+        }
+        Mutation::Rename {
+            who,
+            from,
+            to,
+            now_ns,
+        } => namespace::rename(txn, who, from, to, *now_ns),
         Mutation::CommitChunks {
             inode,
             epoch,
@@ -210,11 +263,15 @@ pub(super) fn apply(
             size,
             now_ns,
         } => chunk_map::set_size(txn, *inode, *size, *now_ns),
-        Mutation::SetAttr {
-            path,
-            mode,
-            mtime_ns,
-        } => namespace::set_attr(txn, path, *mode, *mtime_ns),
+        Mutation::SetAttr { who, path, change } => namespace::set_attr(txn, who, path, change),
+        Mutation::AddUser {
+            name,
+            uid,
+            gids,
+            admin,
+            salt,
+        } => users::add(txn, name, *uid, gids, *admin, *salt),
+        Mutation::RemoveUser { name } => users::remove(txn, name),
         Mutation::Join {
             node_id,
             key,

@@ -11,6 +11,7 @@ use std::ops::Bound;
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
+use super::access::{Caller, READ, SEARCH, WRITE};
 use super::tables::{get_inode, must_inode, next_counter, COUNTERS, DIRENTS, INODES, NEXT_INODE};
 use super::{chunk_map, Outcome};
 use crate::error::{ControlError, Result};
@@ -85,17 +86,21 @@ pub(super) fn root() -> Inode {
         replication: 0,
         write_quorum: 0,
         version: 1,
+        uid: 0,
+        gid: 0,
     }
 }
 
 // ------------------------------------------------------------------ reads
 
-/// The inode at `path`.
-pub(super) fn stat(txn: &ReadTransaction, path: &str) -> Result<(u64, Inode)> {
+/// The inode at `path`, reached as `who` (search permission on every
+/// directory on the way).
+pub(super) fn stat(txn: &ReadTransaction, who: &Caller, path: &str) -> Result<(u64, Inode)> {
     let comps = components(path)?;
     resolve(
         &txn.open_table(INODES)?,
         &txn.open_table(DIRENTS)?,
+        who,
         path,
         &comps,
     )
@@ -105,6 +110,7 @@ pub(super) fn stat(txn: &ReadTransaction, path: &str) -> Result<(u64, Inode)> {
 /// whether more follow.
 pub(super) fn list(
     txn: &ReadTransaction,
+    who: &Caller,
     path: &str,
     after: &str,
     limit: usize,
@@ -112,10 +118,11 @@ pub(super) fn list(
     let comps = components(path)?;
     let inodes = txn.open_table(INODES)?;
     let dirents = txn.open_table(DIRENTS)?;
-    let (dir, attr) = resolve(&inodes, &dirents, path, &comps)?;
+    let (dir, attr) = resolve(&inodes, &dirents, who, path, &comps)?;
     if attr.kind != Kind::Directory {
         return Err(ControlError::NotDirectory(path.to_string()));
     }
+    who.require(&attr, READ, path)?;
     let start = if after.is_empty() {
         Bound::Included((dir, ""))
     } else {
@@ -171,10 +178,12 @@ pub(super) fn paths(txn: &ReadTransaction) -> Result<HashMap<u64, String>> {
     Ok(out)
 }
 
-/// Walks `comps` from the root. Errors name the whole `path`.
+/// Walks `comps` from the root as `who`, who needs search permission on
+/// every directory it passes through. Errors name the whole `path`.
 fn resolve(
     inodes: &impl ReadableTable<u64, &'static [u8]>,
     dirents: &impl ReadableTable<(u64, &'static str), u64>,
+    who: &Caller,
     path: &str,
     comps: &[&str],
 ) -> Result<(u64, Inode)> {
@@ -184,6 +193,7 @@ fn resolve(
         if attr.kind != Kind::Directory {
             return Err(ControlError::NotDirectory(path.to_string()));
         }
+        who.require(&attr, SEARCH, path)?;
         ino = match dirents.get((ino, *name))? {
             Some(child) => child.value(),
             None => return Err(ControlError::NotFound(path.to_string())),
@@ -193,18 +203,20 @@ fn resolve(
     Ok((ino, attr))
 }
 
-/// Resolves the parent directory of `path`; returns (parent inode, parent
-/// attr, final name).
+/// Resolves the parent directory of `path` as `who`, who needs search
+/// permission on it too; returns (parent inode, parent attr, final name).
 fn resolve_parent<'p>(
     inodes: &impl ReadableTable<u64, &'static [u8]>,
     dirents: &impl ReadableTable<(u64, &'static str), u64>,
+    who: &Caller,
     path: &'p str,
 ) -> Result<(u64, Inode, &'p str)> {
     let (parent_comps, name) = split_last(path)?;
-    let (ino, attr) = resolve(inodes, dirents, path, &parent_comps)?;
+    let (ino, attr) = resolve(inodes, dirents, who, path, &parent_comps)?;
     if attr.kind != Kind::Directory {
         return Err(ControlError::NotDirectory(path.to_string()));
     }
+    who.require(&attr, SEARCH, path)?;
     Ok((ino, attr, name))
 }
 
@@ -260,6 +272,7 @@ pub fn validate_layout(defaults: &FileDefaults, o: &CreateOptions) -> Result<(u3
 pub(super) fn create(
     txn: &WriteTransaction,
     defaults: &FileDefaults,
+    who: &Caller,
     path: &str,
     options: &CreateOptions,
     now_ns: i64,
@@ -267,7 +280,7 @@ pub(super) fn create(
     let (chunk_size, replication, write_quorum, mode) = validate_layout(defaults, options)?;
     let mut inodes = txn.open_table(INODES)?;
     let mut dirents = txn.open_table(DIRENTS)?;
-    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, path)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
     if let Some(existing) = dirents.get((parent, name))? {
         let ino = existing.value();
         let attr = must_inode(&inodes, ino)?;
@@ -277,6 +290,7 @@ pub(super) fn create(
             (false, Kind::File) => Ok(Outcome::Attr(ino, attr)),
         };
     }
+    who.require(&parent_attr, WRITE | SEARCH, path)?;
     let attr = Inode {
         kind: Kind::File,
         parent,
@@ -287,6 +301,8 @@ pub(super) fn create(
         replication,
         write_quorum,
         version: 1,
+        uid: who.uid,
+        gid: who.primary_gid(),
     };
     link_new(
         txn,
@@ -316,7 +332,13 @@ fn link_new(
     Ok(Outcome::Attr(ino, attr))
 }
 
-pub(super) fn mkdir(txn: &WriteTransaction, path: &str, mode: u32, now_ns: i64) -> Result<Outcome> {
+pub(super) fn mkdir(
+    txn: &WriteTransaction,
+    who: &Caller,
+    path: &str,
+    mode: u32,
+    now_ns: i64,
+) -> Result<Outcome> {
     let mode = if mode == 0 { 0o755 } else { mode };
     if mode > 0o7777 {
         return Err(ControlError::InvalidArgument(format!(
@@ -325,10 +347,11 @@ pub(super) fn mkdir(txn: &WriteTransaction, path: &str, mode: u32, now_ns: i64) 
     }
     let mut inodes = txn.open_table(INODES)?;
     let mut dirents = txn.open_table(DIRENTS)?;
-    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, path)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
     if dirents.get((parent, name))?.is_some() {
         return Err(ControlError::Exists(path.to_string()));
     }
+    who.require(&parent_attr, WRITE | SEARCH, path)?;
     let attr = Inode {
         kind: Kind::Directory,
         parent,
@@ -339,6 +362,8 @@ pub(super) fn mkdir(txn: &WriteTransaction, path: &str, mode: u32, now_ns: i64) 
         replication: 0,
         write_quorum: 0,
         version: 1,
+        uid: who.uid,
+        gid: who.primary_gid(),
     };
     link_new(
         txn,
@@ -353,18 +378,21 @@ pub(super) fn mkdir(txn: &WriteTransaction, path: &str, mode: u32, now_ns: i64) 
 /// unlink (`kind == File`) or rmdir (`kind == Directory`).
 pub(super) fn remove(
     txn: &WriteTransaction,
+    who: &Caller,
     path: &str,
     kind: Kind,
     now_ns: i64,
 ) -> Result<Outcome> {
     let mut inodes = txn.open_table(INODES)?;
     let mut dirents = txn.open_table(DIRENTS)?;
-    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, path)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
     let ino = match dirents.get((parent, name))? {
         Some(v) => v.value(),
         None => return Err(ControlError::NotFound(path.to_string())),
     };
     let attr = must_inode(&inodes, ino)?;
+    who.require(&parent_attr, WRITE | SEARCH, path)?;
+    who.require_unsticky(&parent_attr, &attr, path)?;
     match (kind, attr.kind) {
         (Kind::File, Kind::Directory) => return Err(ControlError::IsDirectory(path.to_string())),
         (Kind::Directory, Kind::File) => return Err(ControlError::NotDirectory(path.to_string())),
@@ -386,15 +414,29 @@ pub(super) fn remove(
     Ok(Outcome::Done)
 }
 
-/// chmod and/or utimes of the file or directory at `path`; bumps its
-/// version.
+/// What a `setAttr` changes (`None`: unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttrChange {
+    /// Permission bits (at most 0o7777): the owner or the administrator.
+    pub mode: Option<u32>,
+    /// Modification time, nanoseconds since the Unix epoch: the owner, the
+    /// administrator, or a caller with write permission.
+    pub mtime_ns: Option<i64>,
+    /// Owner: the administrator only.
+    pub uid: Option<u32>,
+    /// Group: the administrator, or the owner to one of its groups.
+    pub gid: Option<u32>,
+}
+
+/// chmod, chown and/or utimes of the file or directory at `path` as
+/// `who`; bumps its version.
 pub(super) fn set_attr(
     txn: &WriteTransaction,
+    who: &Caller,
     path: &str,
-    mode: Option<u32>,
-    mtime_ns: Option<i64>,
+    change: &AttrChange,
 ) -> Result<Outcome> {
-    if let Some(mode) = mode.filter(|m| *m > 0o7777) {
+    if let Some(mode) = change.mode.filter(|m| *m > 0o7777) {
         return Err(ControlError::InvalidArgument(format!(
             "mode {mode:o} has bits beyond 0o7777"
         )));
@@ -402,29 +444,71 @@ pub(super) fn set_attr(
     let comps = components(path)?;
     let mut inodes = txn.open_table(INODES)?;
     let dirents = txn.open_table(DIRENTS)?;
-    let (ino, mut attr) = resolve(&inodes, &dirents, path, &comps)?;
+    let (ino, mut attr) = resolve(&inodes, &dirents, who, path, &comps)?;
+    let denied = |what: &str| Err(ControlError::PermissionDenied(format!("{path}: {what}")));
+    if change.mode.is_some() && !who.owns(&attr) {
+        return denied("only the owner or the administrator may change the mode");
+    }
+    // Only the administrator gives a file away; its owner may "change" it
+    // to itself (chown to the same owner is a no-op in POSIX too).
+    if change
+        .uid
+        .is_some_and(|u| !(who.admin || (who.uid == attr.uid && u == attr.uid)))
+    {
+        return denied("only the administrator may change the owner");
+    }
+    if let Some(gid) = change.gid {
+        if !who.admin && (!who.owns(&attr) || !who.in_group(gid)) {
+            return denied(
+                "only the owner, to one of its groups, or the administrator may change the group",
+            );
+        }
+    }
+    if change.mtime_ns.is_some() && !who.owns(&attr) {
+        who.require(&attr, WRITE, path)?;
+    }
     // Every check has passed: from here on only writes.
-    if let Some(mode) = mode {
+    if let Some(mode) = change.mode {
         attr.mode = mode;
     }
-    if let Some(t) = mtime_ns {
+    if let Some(t) = change.mtime_ns {
         attr.mtime_ns = t;
+    }
+    if let Some(uid) = change.uid {
+        attr.uid = uid;
+    }
+    if let Some(gid) = change.gid {
+        attr.gid = gid;
     }
     attr.version += 1;
     inodes.insert(ino, attr.encode().as_slice())?;
     Ok(Outcome::Attr(ino, attr))
 }
 
-pub(super) fn rename(txn: &WriteTransaction, from: &str, to: &str, now_ns: i64) -> Result<Outcome> {
+pub(super) fn rename(
+    txn: &WriteTransaction,
+    who: &Caller,
+    from: &str,
+    to: &str,
+    now_ns: i64,
+) -> Result<Outcome> {
     let mut inodes = txn.open_table(INODES)?;
     let mut dirents = txn.open_table(DIRENTS)?;
-    let (src_parent, _, src_name) = resolve_parent(&inodes, &dirents, from)?;
-    let (dst_parent, _, dst_name) = resolve_parent(&inodes, &dirents, to)?;
+    let (src_parent, src_attr, src_name) = resolve_parent(&inodes, &dirents, who, from)?;
+    let (dst_parent, dst_attr, dst_name) = resolve_parent(&inodes, &dirents, who, to)?;
     let ino = match dirents.get((src_parent, src_name))? {
         Some(v) => v.value(),
         None => return Err(ControlError::NotFound(from.to_string())),
     };
     let mut attr = must_inode(&inodes, ino)?;
+    who.require(&src_attr, WRITE | SEARCH, from)?;
+    who.require(&dst_attr, WRITE | SEARCH, to)?;
+    who.require_unsticky(&src_attr, &attr, from)?;
+    // A directory moving to another parent changes its `..`: as in POSIX
+    // that needs write permission on it.
+    if attr.kind == Kind::Directory && src_parent != dst_parent {
+        who.require(&attr, WRITE, from)?;
+    }
     if src_parent == dst_parent && src_name == dst_name {
         return Ok(Outcome::Done);
     }
@@ -448,6 +532,7 @@ pub(super) fn rename(txn: &WriteTransaction, from: &str, to: &str, now_ns: i64) 
         Some(v) => {
             let old = v.value();
             let old_attr = must_inode(&inodes, old)?;
+            who.require_unsticky(&dst_attr, &old_attr, to)?;
             match (attr.kind, old_attr.kind) {
                 (Kind::File, Kind::Directory) => {
                     return Err(ControlError::IsDirectory(to.to_string()))

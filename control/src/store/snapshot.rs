@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, Value, WriteTransaction};
 
 use super::requests::{REQUESTS, REQUEST_TIMES};
-use super::tables::{CHUNKS, COUNTERS, DIRENTS, GARBAGE, INODES, NODES, REPLICATION};
+use super::tables::{CHUNKS, COUNTERS, DIRENTS, GARBAGE, INODES, NODES, REPLICATION, USERS};
 use super::MetaStore;
 use crate::error::ControlError;
 
@@ -94,6 +94,7 @@ macro_rules! snapshot_tables {
         $each!(6, GARBAGE);
         $each!(7, REQUESTS);
         $each!(8, REQUEST_TIMES);
+        $each!(9, USERS);
     };
 }
 
@@ -266,6 +267,7 @@ impl MetaStore {
             }
         }
         txn.commit()?;
+        self.users_changed();
         Ok(())
     }
 }

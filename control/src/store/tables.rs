@@ -21,6 +21,9 @@ pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("co
 /// its replicas by garbage collection.
 pub(super) const GARBAGE: TableDefinition<u128, &[u8]> = TableDefinition::new("garbage");
 
+/// user name -> [`crate::records::User`] (users the administrator added).
+pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+
 /// Replication state kept with the data it describes (the Raft state
 /// machine's last applied log id and membership), key -> bytes.
 pub(super) const REPLICATION: TableDefinition<&str, &[u8]> = TableDefinition::new("replication");
@@ -36,7 +39,9 @@ pub(super) const WRITE_EPOCH: &str = "write_epoch_mark";
 /// The store's format: [`STORE_FORMAT`] for this build's records.
 pub(super) const FORMAT: &str = "format";
 /// 2: chunk versions are (epoch, seq) pairs (chunk records of format 2).
-pub(super) const STORE_FORMAT: u64 = 2;
+/// 3: inodes have an owner and a group (inode records of format 2), and
+/// the users table.
+pub(super) const STORE_FORMAT: u64 = 3;
 
 /// Inode `ino`, if it exists.
 pub(super) fn get_inode(

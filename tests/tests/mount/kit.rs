@@ -81,6 +81,8 @@ impl Mount {
         let mut cmd = Command::new(binary("ringfs-client", "ringfs"));
         cmd.arg("--control")
             .arg(addrs)
+            .arg("--credential")
+            .arg(ringfs_tests::admin_credential(&dir))
             .arg("mount")
             .arg(&path)
             .args(args)

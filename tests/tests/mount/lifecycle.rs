@@ -33,6 +33,8 @@ fn a_daemon_mount_serves_and_stops_on_sigterm() {
         Command::new(binary("ringfs-client", "ringfs"))
             .arg("--control")
             .arg(cl.control.addr.to_string())
+            .arg("--credential")
+            .arg(cl.admin_credential())
             .args(["mount", "--daemon", "--replication", "1", "--log-file"])
             .arg(&log)
             .arg(&path),
