@@ -828,7 +828,7 @@ impl Client {
     /// file open across a failover does): a new lease from the server that
     /// serves now may succeed.
     fn lease_lost(h: &FileHandle, e: &Error) -> bool {
-        matches!(e, Error::NotLeader(_)) || !h.is_connected()
+        matches!(e, Error::NotLeader(_)) || !h.is_connected() || e.is_disconnect()
     }
 
     /// Takes the write lease of `fd`'s file again (from the control server

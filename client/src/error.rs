@@ -141,6 +141,15 @@ impl Error {
         }
     }
 
+    /// Whether this is the control connection seen dropping by the RPC
+    /// layer (a call's answer can report it before the connection's task
+    /// has wound down, while `is_connected` still says true).
+    pub(crate) fn is_disconnect(&self) -> bool {
+        matches!(self, Error::Unavailable { source: Some(c), .. }
+            if c.downcast_ref::<capnp::Error>()
+                .is_some_and(|e| e.kind == capnp::ErrorKind::Disconnected))
+    }
+
     /// [`Error::Internal`] without a source.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal {
@@ -305,6 +314,10 @@ mod tests {
             e.describe(),
             "unavailable: the control-server connection failed: Disconnected: connection reset"
         );
+        assert!(e.is_disconnect());
+        let failed = Error::from(capnp::Error::failed("no majority".into()));
+        assert!(!failed.is_disconnect(), "{failed:?}");
+        assert!(!Error::unavailable("stopping").is_disconnect());
     }
 
     #[test]
