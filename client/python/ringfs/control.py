@@ -124,9 +124,12 @@ class Control:
     @_typed
     async def set_attr(self, path, mode=None, mtime_ns=None, uid=None, gid=None):
         """chmod / utimes / chown (`None`: unchanged); the new attributes."""
+        # By name: the parameters are not in the order a call would suggest
+        # (requestId, which this package does not send, sits in between).
         r = await self._cap.setAttr(
-            path, mode is not None, mode or 0, mtime_ns is not None, mtime_ns or 0,
-            uid is not None, uid or 0, gid is not None, gid or 0)
+            path=path, setMode=mode is not None, mode=mode or 0,
+            setMtime=mtime_ns is not None, mtimeNs=mtime_ns or 0,
+            setUid=uid is not None, uid=uid or 0, setGid=gid is not None, gid=gid or 0)
         return Attr.read(r.attr)
 
     @_typed
