@@ -194,6 +194,21 @@ impl ControlGroup {
         cmd
     }
 
+    /// The names replica `i` itself holds in `/` (a stale read of its own
+    /// store, whether it leads or not), in byte order.
+    pub fn names_at(&self, i: usize) -> Vec<String> {
+        let addr = self.addrs[i];
+        local(async move {
+            let c = ControlClient::connect(addr, &crate::admin())
+                .await
+                .expect("connecting");
+            c.list_with("/", true).await.expect("listing")
+        })
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+    }
+
     /// Replica `i`'s view of the group, if it answers within 2 s.
     pub fn status(&self, i: usize) -> Option<ReplicationStatus> {
         self.replicas[i].as_ref()?;

@@ -30,20 +30,6 @@ fn mkdirs(g: &ControlGroup, prefix: &str, n: usize) {
     });
 }
 
-/// What replica `i` itself holds in `/` (a stale read of its own store).
-fn names_at(g: &ControlGroup, i: usize) -> Vec<String> {
-    let addr = g.addrs[i];
-    local(async move {
-        let c = ControlClient::connect(addr, &ringfs_tests::admin())
-            .await
-            .expect("connecting");
-        c.list_with("/", true).await.expect("listing")
-    })
-    .into_iter()
-    .map(|(n, _)| n)
-    .collect()
-}
-
 fn status(g: &ControlGroup, i: usize) -> ReplicationStatus {
     g.status(i)
         .unwrap_or_else(|| panic!("replica {i} does not answer"))
@@ -114,12 +100,14 @@ fn a_replica_removed_online_stops_counting_and_added_back_catches_up_from_a_snap
         back.snapshot_index >= compacted,
         "the replica added back has no snapshot from the leader: {back:?}"
     );
-    let expected: Vec<String> = names_at(&g, leader)
+    let expected: Vec<String> = g
+        .names_at(leader)
         .into_iter()
         .filter(|n| n != "unacked")
         .collect();
     assert_eq!(expected.len(), 60, "{expected:?}");
-    let held: Vec<String> = names_at(&g, f)
+    let held: Vec<String> = g
+        .names_at(f)
         .into_iter()
         .filter(|n| n != "unacked")
         .collect();
@@ -129,7 +117,7 @@ fn a_replica_removed_online_stops_counting_and_added_back_catches_up_from_a_snap
     g.kill9(leader);
     mkdirs(&g, "c", 1);
     g.wait_voters(3);
-    assert!(names_at(&g, f).iter().any(|n| n == "c00"));
+    assert!(g.names_at(f).iter().any(|n| n == "c00"));
 }
 
 /// A backup taken with `ringfs admin snapshot` while 3 replicas and 3
@@ -185,7 +173,7 @@ fn a_snapshot_restored_into_wiped_replicas_holds_everything_acknowledged_before_
     cl.wait_up(3);
 
     for i in 0..3 {
-        assert_eq!(names_at(&cl.group, i), ["d"], "replica {i}'s /");
+        assert_eq!(cl.group.names_at(i), ["d"], "replica {i}'s /");
     }
     cl.group.with_client(async |c| {
         let names: Vec<String> = c

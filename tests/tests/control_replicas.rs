@@ -271,18 +271,9 @@ fn a_partitioned_leader_acknowledges_nothing_and_one_history_remains() {
     // One history on every replica (stale reads: each replica's own state).
     let expected = ["before", "majority"];
     for i in 0..3 {
-        let addr = group.addrs[i];
         let start = Instant::now();
         loop {
-            let names: Vec<String> = local(async move {
-                let c = ControlClient::connect(addr, &ringfs_tests::admin())
-                    .await
-                    .expect("connecting");
-                c.list_with("/", true).await.expect("listing")
-            })
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+            let names = group.names_at(i);
             if names == expected {
                 break;
             }
@@ -328,16 +319,12 @@ fn an_empty_replacement_catches_up_from_a_snapshot() {
         s.snapshot_index >= 20,
         "the new replica has no snapshot: {s:?}"
     );
-    let addr = group.addrs[new];
-    let names = local(async move {
-        let c = ControlClient::connect(addr, &ringfs_tests::admin())
-            .await
-            .expect("connecting");
-        c.list_with("/", true).await.expect("listing")
-    });
     let expected: Vec<String> = (0..60).map(|i| format!("d{i:02}")).collect();
-    let names: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, expected, "the new replica's metadata differs");
+    assert_eq!(
+        group.names_at(new),
+        expected,
+        "the new replica's metadata differs"
+    );
 }
 
 /// A follower never acknowledges a mutation: it answers `not_leader`,
@@ -365,18 +352,9 @@ fn a_follower_refuses_mutations_and_names_the_leader() {
     }
     group.with_client(async |c| c.mkdir("/after", 0).await.expect("mkdir on the leader"));
     for i in 0..3 {
-        let addr = group.addrs[i];
         let start = Instant::now();
         loop {
-            let names: Vec<String> = local(async move {
-                let c = ControlClient::connect(addr, &ringfs_tests::admin())
-                    .await
-                    .expect("connecting");
-                c.list_with("/", true).await.expect("listing")
-            })
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+            let names = group.names_at(i);
             if names.iter().any(|n| n == "after") {
                 assert_eq!(names, ["after"], "replica {i}");
                 break;
