@@ -7,6 +7,8 @@
 
 use std::process::Command;
 
+use ringfs_tests::run_ok;
+
 #[test]
 fn fio_mode_compares_every_job_with_the_raw_disk() {
     if Command::new("fio").arg("--version").output().is_err() {
@@ -20,28 +22,22 @@ fn fio_mode_compares_every_job_with_the_raw_disk() {
     let target = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let json = work.path().join("out.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringfs-bench"))
-        .args(["fio", "--path"])
-        .arg(target.path())
-        .arg("--dir")
-        .arg(work.path())
-        .args([
-            "--size",
-            "4MiB",
-            "--runtime",
-            "1s",
-            "--files",
-            "50",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_ringfs-bench"))
+            .args(["fio", "--path"])
+            .arg(target.path())
+            .arg("--dir")
+            .arg(work.path())
+            .args([
+                "--size",
+                "4MiB",
+                "--runtime",
+                "1s",
+                "--files",
+                "50",
+                "--json",
+            ])
+            .arg(&json),
     );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let reports = v.as_array().unwrap();

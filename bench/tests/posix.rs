@@ -3,35 +3,31 @@
 
 use std::process::Command;
 
+use ringfs_tests::run_ok;
+
 #[test]
 fn run_path_runs_every_workload_on_a_directory() {
     let target = tempfile::tempdir().unwrap();
     let raw = tempfile::tempdir().unwrap();
     let json = raw.path().join("out.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringfs-bench"))
-        .args(["run", "--path"])
-        .arg(target.path())
-        .arg("--dir")
-        .arg(raw.path())
-        .args([
-            "--size",
-            "8MiB",
-            "--block-size",
-            "1MiB",
-            "--duration",
-            "300ms",
-            "--metadata-files",
-            "50",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_ringfs-bench"))
+            .args(["run", "--path"])
+            .arg(target.path())
+            .arg("--dir")
+            .arg(raw.path())
+            .args([
+                "--size",
+                "8MiB",
+                "--block-size",
+                "1MiB",
+                "--duration",
+                "300ms",
+                "--metadata-files",
+                "50",
+                "--json",
+            ])
+            .arg(&json),
     );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let reports = v.as_array().expect("one report per workload");
