@@ -182,11 +182,19 @@ pub struct Client {
 /// behind other writers.
 const LEASE_AGAIN_WAIT: Duration = Duration::from_secs(10);
 
+/// Whether `handle`'s connection is gone, judged by the connection and by
+/// the error `e` a call through it just got: the RPC layer can answer a
+/// pending call "disconnected" before the connection's task has wound
+/// down, while `is_connected` still says true.
+fn connection_dropped(handle: &FileHandle, e: &Error) -> bool {
+    !handle.is_connected() || e.is_disconnect()
+}
+
 /// The error of a call through `handle` that is not safe to repeat: when
 /// the connection was up when the call started and is gone now, the call
 /// may have been applied before it dropped, so its outcome is unknown.
 fn handle_call_error(handle: &FileHandle, was_connected: bool, call: String, e: Error) -> Error {
-    if was_connected && !handle.is_connected() {
+    if was_connected && connection_dropped(handle, &e) {
         Error::OutcomeUnknown {
             message: format!(
                 "{call}: the control-server connection dropped during the call; \
@@ -828,7 +836,7 @@ impl Client {
     /// file open across a failover does): a new lease from the server that
     /// serves now may succeed.
     fn lease_lost(h: &FileHandle, e: &Error) -> bool {
-        matches!(e, Error::NotLeader(_)) || !h.is_connected() || e.is_disconnect()
+        matches!(e, Error::NotLeader(_)) || connection_dropped(h, e)
     }
 
     /// Takes the write lease of `fd`'s file again (from the control server

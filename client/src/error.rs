@@ -142,8 +142,7 @@ impl Error {
     }
 
     /// Whether this is the control connection seen dropping by the RPC
-    /// layer (a call's answer can report it before the connection's task
-    /// has wound down, while `is_connected` still says true).
+    /// layer.
     pub(crate) fn is_disconnect(&self) -> bool {
         matches!(self, Error::Unavailable { source: Some(c), .. }
             if c.downcast_ref::<capnp::Error>()
