@@ -131,6 +131,35 @@ impl Cluster {
         self.with_control(async |c| c.cluster_map().await.expect("cluster map"))
     }
 
+    /// Writes `data` (16 KiB to 256 KiB) to a new one-chunk file `path`
+    /// with `r` replicas, then
+    /// makes the replica on the chunk's second node differ from the others
+    /// at the same version ([`Cluster::diverge_replica`], block 3); returns
+    /// the chunk's record once the control server finds the cluster clean
+    /// again (it compares versions, which agree).
+    pub fn diverged_file(&mut self, path: &str, data: &[u8], r: u8) -> ringfs_client::ChunkRecord {
+        let rec = crate::with_client(self.control.addr, async |c| {
+            const CHUNK: usize = 256 * 1024;
+            assert!(
+                data.len() > 4 * 4096 && data.len() <= CHUNK,
+                "one chunk, block 3 in it"
+            );
+            let layout = crate::files::layout(CHUNK, r, r);
+            crate::files::put(c, path, data, layout).await.unwrap();
+            crate::files::records(c, path).await.remove(0)
+        });
+        self.diverge_replica(rec.replicas[1], rec.chunk_id, 3, 0xaa);
+        self.wait_clean(Duration::from_secs(20));
+        rec
+    }
+
+    /// The index of the running node whose id is `node_id`.
+    pub fn index_of(&self, node_id: u64) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| self.nodes[i].is_some() && self.node_id(i) == node_id)
+            .unwrap_or_else(|| panic!("node {node_id} is not running"))
+    }
+
     /// The node id of running node `i` (from the cluster map).
     pub fn node_id(&self, i: usize) -> u64 {
         self.node_id_at(self.node(i).addr)
@@ -224,6 +253,27 @@ impl Cluster {
         if let Some(mut n) = self.nodes[i].take() {
             n.kill9();
         }
+    }
+
+    /// Makes node `node_id`'s replica of chunk `chunk_id` differ from the
+    /// others at the same version: block `block` rewritten with `fill`
+    /// bytes and a matching CRC while the node is down
+    /// ([`crate::files::diverge_chunk_file`]), which no correct node ever
+    /// does and only a comparison of replicas finds. Returns once the map
+    /// lists the node up again.
+    pub fn diverge_replica(&mut self, node_id: u64, chunk_id: u128, block: usize, fill: u8) {
+        let i = self.index_of(node_id);
+        let file = self.node(i).chunk_file(chunk_id);
+        // The last write sits in the node's journal until a checkpoint,
+        // which every start runs: after one restart the header on disk is
+        // current.
+        self.kill9(i);
+        self.start_node(i, &[]);
+        self.node_id(i);
+        self.kill9(i);
+        crate::files::diverge_chunk_file(&file, block, fill);
+        self.start_node(i, &[]);
+        self.node_id(i);
     }
 
     /// kill -9 every node but `i`, and waits until the map shows only it up.

@@ -157,3 +157,19 @@ pub fn diverge_chunk_file(path: &std::path::Path, block: usize, fill: u8) {
     f[slot + CRC_AT..slot + CRC_AT + 4].copy_from_slice(&slot_crc.to_le_bytes());
     std::fs::write(path, &f).unwrap();
 }
+
+/// How many different (version, length, digest of stored CRCs) the
+/// replicas of `path`'s chunks hold, over all its chunks: 1 for a one-chunk
+/// file whose replicas agree.
+pub async fn distinct_contents(c: &Client, path: &str) -> usize {
+    let mut seen = Vec::new();
+    for (_, replicas) in c.replica_digests(path).await.unwrap() {
+        for (n, d) in replicas {
+            let d = d.unwrap_or_else(|e| panic!("{path}: node {n}: {e}"));
+            if !seen.contains(&d) {
+                seen.push(d);
+            }
+        }
+    }
+    seen.len()
+}

@@ -209,7 +209,7 @@ fn a_corrupt_replica_is_detected_read_around_and_repaired() {
         (rec.chunk_id, rec.replicas[0])
     });
     // Reads try the first replica of chunk 0 first: corrupt that one.
-    let bad = (0..3).find(|&i| cl.node_id(i) == primary).unwrap();
+    let bad = cl.index_of(primary);
     corrupt_chunk_file(&cl.node(bad).chunk_file(chunk_id), &data[..64], 1000, 1);
     with_client(addr, async |c| {
         assert!(get(c, "/c").await.unwrap() == data);

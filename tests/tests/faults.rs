@@ -319,7 +319,7 @@ fn a_corrupt_chunk_file_is_found_by_the_scrubber_and_repaired() {
         (r.chunk_id, r.replicas[0])
     });
     cl.wait_clean(Duration::from_secs(20));
-    let bad = (0..3).find(|&i| cl.node_id(i) == first).unwrap();
+    let bad = cl.index_of(first);
     corrupt_chunk_file(&cl.node(bad).chunk_file(chunk), &data[..64], 5000, 16);
     // Detected (the chunk map turns unhealthy) and repaired (clean again).
     let start = Instant::now();

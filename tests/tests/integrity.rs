@@ -16,19 +16,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use ringfs_client::{Client, ClientOptions, Error, OpenOptions};
-use ringfs_tests::files::{
-    corrupt_chunk_file, diverge_chunk_file, get, layout, pattern, put, read_write, records,
-};
+use ringfs_tests::files::{corrupt_chunk_file, get, layout, pattern, put, read_write, records};
 use ringfs_tests::{local, with_client, Cluster, NodeOptions, FAST_REPAIR};
 
 const CHUNK: usize = 256 * 1024;
-
-/// The cluster index of the running node with id `id`.
-fn index_of(cl: &Cluster, id: u64) -> usize {
-    (0..cl.nodes.len())
-        .find(|&i| cl.nodes[i].is_some() && cl.node_id(i) == id)
-        .unwrap_or_else(|| panic!("node {id} is not running"))
-}
 
 /// Restarts node `i` with `failpoints` armed; returns once the cluster map
 /// lists it at its new endpoints.
@@ -89,7 +80,7 @@ fn a_hop_that_missed_a_write_is_caught_up_by_a_copy_never_moved_forward() {
         put(c, "/f", &model, layout(CHUNK, 3, 3)).await.unwrap();
         records(c, "/f").await[0].replicas[1]
     });
-    let hop = index_of(&cl, hop);
+    let hop = cl.index_of(hop);
     restart_with(&mut cl, hop, "chunk_store::before_persist=1*return->off");
     cl.wait_clean(Duration::from_secs(20));
     let (w1, w2) = (pattern(10_000, 2), pattern(20_000, 3));
@@ -124,7 +115,7 @@ fn a_primary_failing_after_its_forward_is_left_out_then_caught_up() {
         put(c, "/f", &model, layout(CHUNK, 3, 2)).await.unwrap();
         records(c, "/f").await[0].replicas[0]
     });
-    let primary_index = index_of(&cl, primary);
+    let primary_index = cl.index_of(primary);
     restart_with(
         &mut cl,
         primary_index,
@@ -213,7 +204,7 @@ fn repair_finishes_under_overwrites_and_the_file_survives_the_next_failure() {
         })
     };
     std::thread::sleep(Duration::from_secs(1));
-    let a = index_of(&cl, first[0]);
+    let a = cl.index_of(first[0]);
     let a_id = first[0];
     cl.kill9(a);
     let killed = Instant::now();
@@ -229,7 +220,7 @@ fn repair_finishes_under_overwrites_and_the_file_survives_the_next_failure() {
     let now = with_client(addr, async |c| {
         records(c, "/busy").await[0].replicas.clone()
     });
-    let b = index_of(&cl, *now.iter().find(|n| **n != a_id).unwrap());
+    let b = cl.index_of(*now.iter().find(|n| **n != a_id).unwrap());
     cl.kill9(b);
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
@@ -312,7 +303,7 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
         records(c, "/r").await.remove(0)
     });
     // Chunk 0 is read from its first replica first: damage that one.
-    let bad = index_of(&cl, rec.replicas[0]);
+    let bad = cl.index_of(rec.replicas[0]);
     let file = cl.node(bad).chunk_file(rec.chunk_id);
     cl.kill9(bad);
     corrupt_chunk_file(&file, &data[..64], 5000, 16);
@@ -337,7 +328,7 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
     });
     cl.wait_clean(Duration::from_secs(30));
     // Repaired in place: the once-damaged replica alone serves the bytes.
-    let good = index_of(&cl, rec.replicas[1]);
+    let good = cl.index_of(rec.replicas[1]);
     cl.kill9(good);
     cl.wait_up(1);
     with_client(addr, async |c| assert!(get(c, "/r").await.unwrap() == data));
@@ -356,7 +347,7 @@ fn a_bit_flipped_after_the_node_checked_it_is_caught_by_the_reader() {
         put(c, "/b", &data, layout(CHUNK, 2, 2)).await.unwrap();
         records(c, "/b").await[0].replicas[0]
     });
-    let flipping = index_of(&cl, first);
+    let flipping = cl.index_of(first);
     restart_with(&mut cl, flipping, "ops::read::flip_bit=return");
     with_client(addr, async |c| {
         for _ in 0..3 {
@@ -383,17 +374,7 @@ fn fsck_verify_names_a_replica_that_differs_at_the_same_version() {
     });
     let clean = cl.ringfs(&["fsck", "--verify"]);
     assert_eq!(clean.code, Some(0), "{clean:#?}");
-    let victim = index_of(&cl, rec.replicas[1]);
-    let file = cl.node(victim).chunk_file(rec.chunk_id);
-    // The write is in the node's journal until a checkpoint, which every
-    // start runs: the header on disk is current after a restart.
-    cl.kill9(victim);
-    cl.start_node(victim, &[]);
-    cl.node_id(victim);
-    cl.kill9(victim);
-    diverge_chunk_file(&file, 3, 0xaa);
-    cl.start_node(victim, &[]);
-    cl.node_id(victim);
+    cl.diverge_replica(rec.replicas[1], rec.chunk_id, 3, 0xaa);
     cl.wait_clean(Duration::from_secs(20));
     let plain = cl.ringfs(&["fsck"]);
     assert_eq!(plain.code, Some(0), "{plain:#?}");
@@ -444,7 +425,7 @@ fn repair_commands_are_pushed_not_carried_by_heartbeats() {
             .filter(|r| r.replicas.contains(&gone))
             .count()
     });
-    let gone = index_of(&cl, gone);
+    let gone = cl.index_of(gone);
     let stopped = Instant::now();
     cl.nodes[gone].as_mut().unwrap().terminate();
     cl.nodes[gone] = None;
