@@ -62,6 +62,18 @@ pub struct ReplicaDigest {
     pub digest: Vec<u8>,
 }
 
+impl std::fmt::Display for ReplicaDigest {
+    /// `version V length L digest XXXXXXXXXXXXXXXX` (the digest's first 8
+    /// bytes in hex).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "version {} length {} digest ", self.version, self.length)?;
+        self.digest
+            .iter()
+            .take(8)
+            .try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 /// The data-plane side of a client: connections to the storage nodes and
 /// the replica protocol over them.
 pub(crate) struct ChunkIo {

@@ -4,6 +4,11 @@
 //! caught, and that replica is treated as damaged); a replica behind the
 //! record is never served. A replica that failed its checksum is repaired
 //! from a good one after the read, copy-then-swap, and reported.
+//!
+//! A verified read (`OpenOptions::verify_replicas`) first compares the
+//! digests of every replica of each chunk it reads and serves only content
+//! a strict majority of the record's replicas agree on; see
+//! [`ChunkIo::read_verified`].
 
 use std::collections::HashMap;
 
@@ -12,7 +17,7 @@ use ringfs_schema::crc::CRC_BLOCK;
 use ringfs_schema::frame::{Header, LockMode, Op, Status};
 use ringfs_schema::{ChunkId, Version};
 
-use crate::chunk_io::{chunk_id, ms, ChunkIo, PIPELINE};
+use crate::chunk_io::{chunk_id, ms, ChunkIo, ReplicaDigest, PIPELINE};
 use crate::control::ChunkRecord;
 use crate::error::{Error, Result};
 use crate::node_conn::status_error;
@@ -20,13 +25,15 @@ use crate::replica_policy as policy;
 
 impl ChunkIo {
     /// Reads `buf` at file `offset` from the chunks in `records` (by index;
-    /// holes absent), chunk pieces concurrently.
+    /// holes absent), chunk pieces concurrently; with `verify`, each piece
+    /// is a verified read ([`ChunkIo::read_verified`]).
     pub(crate) async fn read_range(
         &self,
         records: &HashMap<u64, ChunkRecord>,
         cs: u64,
         offset: u64,
         buf: &mut [u8],
+        verify: bool,
     ) -> Result<()> {
         let mut pieces = Vec::new();
         let mut rest = buf;
@@ -43,7 +50,7 @@ impl ChunkIo {
         futures::stream::iter(
             pieces
                 .into_iter()
-                .map(|(rec, off, piece)| self.read_piece(rec, cs, off, piece)),
+                .map(|(rec, off, piece)| self.read_piece(rec, cs, off, piece, verify)),
         )
         .buffer_unordered(PIPELINE)
         .try_collect::<Vec<()>>()
@@ -52,13 +59,15 @@ impl ChunkIo {
     }
 
     /// Fills `buf` with the chunk bytes at `offset` of record `rec` (`None`:
-    /// a hole), failing over between replicas.
+    /// a hole), failing over between replicas (or, with `verify`, from a
+    /// majority of them).
     async fn read_piece(
         &self,
         rec: Option<ChunkRecord>,
         chunk_size: u64,
         offset: u64,
         buf: &mut [u8],
+        verify: bool,
     ) -> Result<()> {
         let Some(rec) = rec else {
             buf.fill(0);
@@ -70,6 +79,11 @@ impl ChunkIo {
         buf[valid..].fill(0);
         if valid == 0 {
             return Ok(());
+        }
+        if verify {
+            return self
+                .read_verified(&rec, chunk_size, offset, &mut buf[..valid])
+                .await;
         }
         let id = chunk_id(rec.chunk_id);
         let order = policy::read_order(
@@ -124,6 +138,89 @@ impl ChunkIo {
                 .join("; ")
         );
         Err(policy::read_failure(&errors, msg))
+    }
+
+    /// A verified read of `buf.len()` bytes at `offset` of `rec`: asks every
+    /// replica for its digest (version, length, BLAKE3 of its stored CRCs)
+    /// and serves the content a strict majority of the record's replicas
+    /// hold ([`policy::vote`]), read from one of them at exactly that
+    /// version and checked block by block as every read is. Replicas the
+    /// vote finds wrong (another content at that version, or behind the
+    /// record) are replaced by a copy of the majority's, copy-then-swap,
+    /// and reported to the control server. Without a majority: a write in
+    /// flight is waited out (up to [`VERIFY_ATTEMPTS`] votes), otherwise
+    /// [`Error::Corrupt`] naming the chunk and what each replica holds.
+    ///
+    /// A digest covers the whole replica, not only the bytes read, so a
+    /// verified 4 KiB read costs one small request per replica on top of
+    /// the read. The CRCs it compares are 32-bit per 4 KiB block: this
+    /// catches replicas that diverged by damage or by a bug, not an
+    /// attacker who can write chunk files and forge CRC collisions.
+    async fn read_verified(
+        &self,
+        rec: &ChunkRecord,
+        chunk_size: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let id = chunk_id(rec.chunk_id);
+        let mut last = String::new();
+        for attempt in 0..VERIFY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(VERIFY_BACKOFF * attempt).await;
+            }
+            let digests: Vec<(u64, Result<ReplicaDigest>)> = futures::future::join_all(
+                rec.replicas
+                    .iter()
+                    .map(|&node| async move { (node, self.digest(id, node).await) }),
+            )
+            .await;
+            let answers: Vec<(u64, Option<&ReplicaDigest>)> =
+                digests.iter().map(|(n, d)| (*n, d.as_ref().ok())).collect();
+            last = describe_digests(&digests);
+            let (version, agree, odd) = match policy::vote(rec.version, &answers) {
+                policy::Vote::Majority {
+                    version,
+                    agree,
+                    odd,
+                } => (version, agree, odd),
+                policy::Vote::Unsettled => continue,
+                policy::Vote::NoMajority => break,
+            };
+            let mut served = None;
+            for &node in &agree {
+                match self.read_replica(id, node, version, offset, buf).await {
+                    Ok(v) if v == version => {
+                        served = Some(node);
+                        break;
+                    }
+                    // Written since its digest: vote again.
+                    Ok(_) => break,
+                    Err(e) => last = format!("{last}; node {node}: {}", e.describe()),
+                }
+            }
+            let Some(good) = served else { continue };
+            for bad in odd {
+                // Best effort, as for a read repair: the read succeeded.
+                let repaired = self
+                    .repair(id, bad, good, version, chunk_size)
+                    .await
+                    .is_ok();
+                if repaired {
+                    self.repairs.set(self.repairs.get() + 1);
+                }
+                self.cluster.report_bad(rec.chunk_id, bad, repaired).await;
+            }
+            return Ok(());
+        }
+        buf.fill(0);
+        Err(Error::Corrupt(format!(
+            "chunk {id} (index {}): verified read: no majority of its {} replicas holds one \
+             content at version {} or newer: {last}",
+            rec.index,
+            rec.replicas.len(),
+            rec.version
+        )))
     }
 
     /// Replaces `bad`'s replica of chunk `id` (it failed its checksum) with
@@ -198,6 +295,24 @@ impl ChunkIo {
         }
         Ok(r.version)
     }
+}
+
+/// How many times a verified read asks for digests before it gives up on
+/// replicas that stay at different versions (a write in flight).
+const VERIFY_ATTEMPTS: u32 = 5;
+/// Pause before the n-th vote of a verified read, times n.
+const VERIFY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// What each replica answered to `digest`, for an error message.
+fn describe_digests(digests: &[(u64, Result<ReplicaDigest>)]) -> String {
+    digests
+        .iter()
+        .map(|(n, d)| match d {
+            Ok(d) => format!("node {n}: {d}"),
+            Err(e) => format!("node {n}: {}", e.describe()),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Checks every block of a read answer `data` (from chunk offset `start`,

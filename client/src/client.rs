@@ -102,6 +102,13 @@ pub struct OpenOptions {
     /// How long a write open waits for the file's write lease (FIFO) before
     /// failing with [`Error::Busy`]; the server caps it at 5 minutes.
     pub wait: Duration,
+    /// Verified reads: every read through this descriptor compares the
+    /// digests of all replicas of each chunk it reads and serves only
+    /// content a strict majority of them hold, repairing the replicas that
+    /// disagree; with no majority it fails with [`Error::Corrupt`] naming
+    /// the chunk (see `docs/client.md`, "Verified reads"). Costs one small
+    /// request per replica and chunk on top of each read.
+    pub verify_replicas: bool,
 }
 
 impl OpenOptions {
@@ -152,6 +159,8 @@ struct OpenFile {
     writer: Option<Rc<Writer>>,
     /// Chunk records recently read through this descriptor.
     records: Rc<RefCell<RecordCache>>,
+    /// Reads are verified against a majority of replicas.
+    verify: bool,
 }
 
 /// What a read or write needs of an open file, copied out of the table so
@@ -163,6 +172,7 @@ struct FileView {
     size: u64,
     layout: Layout,
     writer: Option<Rc<Writer>>,
+    verify: bool,
 }
 
 /// A ringfs client: one control connection, data-plane connections per shard
@@ -487,6 +497,7 @@ impl Client {
                 io: Rc::new(tokio::sync::Mutex::new(())),
                 writer,
                 records,
+                verify: opts.verify_replicas,
             },
         );
         Ok((fd, attr))
@@ -703,7 +714,12 @@ impl Client {
             .borrow()
             .get(first, last, Instant::now(), self.options.record_cache);
         if let Some(records) = cached {
-            if self.io.read_range(&records, cs, offset, buf).await.is_ok() {
+            if self
+                .io
+                .read_range(&records, cs, offset, buf, v.verify)
+                .await
+                .is_ok()
+            {
                 return Ok(n);
             }
             // A cached record may be outdated: retry with fresh ones.
@@ -713,7 +729,9 @@ impl Client {
         v.records
             .borrow_mut()
             .insert(generation, first, last, &records, fetched_at);
-        self.io.read_range(&records, cs, offset, buf).await?;
+        self.io
+            .read_range(&records, cs, offset, buf, v.verify)
+            .await?;
         Ok(n)
     }
 
@@ -752,6 +770,7 @@ impl Client {
             size: f.size,
             layout: f.layout,
             writer: f.writer.clone(),
+            verify: f.verify,
         }
     }
 

@@ -66,7 +66,15 @@ enum Cmd {
         remote: String,
     },
     /// Copy a ringfs file to a local file (or - for stdout).
-    Get { remote: String, local: String },
+    Get {
+        /// Compare the digests of every replica of each chunk before using
+        /// it and serve only what a majority holds, repairing the others;
+        /// fail naming the chunk when no majority exists.
+        #[arg(long)]
+        verify_replicas: bool,
+        remote: String,
+        local: String,
+    },
     /// Print files to stdout.
     Cat {
         #[arg(required = true)]
@@ -331,7 +339,17 @@ async fn run(cli: Cli) -> Result<()> {
             };
             cmd_put(&c, json, layout, &local, &remote).await
         }
-        Cmd::Get { remote, local } => cmd_get(&c, json, &remote, local).await,
+        Cmd::Get {
+            verify_replicas,
+            remote,
+            local,
+        } => {
+            let opts = OpenOptions {
+                verify_replicas,
+                ..OpenOptions::read()
+            };
+            cmd_get(&c, json, &remote, local, &opts).await
+        }
         Cmd::Cat { paths } => cmd_cat(&c, &paths).await,
         Cmd::Ls { long, path } => cmd_ls(&c, json, long, &path).await,
         Cmd::Stat { path } => cmd_stat(&c, json, &path).await,
@@ -547,9 +565,15 @@ async fn cmd_put(
 
 /// `get`: copies `remote` to `local` (a directory keeps the name; `-` is
 /// stdout), synced to disk.
-async fn cmd_get(c: &Client, json: bool, remote: &str, local: String) -> Result<()> {
+async fn cmd_get(
+    c: &Client,
+    json: bool,
+    remote: &str,
+    local: String,
+    opts: &OpenOptions,
+) -> Result<()> {
     let bytes = if local == "-" {
-        copy_out(c, remote, &mut std::io::stdout().lock(), !json).await?
+        copy_out(c, remote, opts, &mut std::io::stdout().lock(), !json).await?
     } else {
         let local = if std::path::Path::new(&local).is_dir() {
             let name = remote.rsplit('/').next().unwrap_or_default();
@@ -558,7 +582,7 @@ async fn cmd_get(c: &Client, json: bool, remote: &str, local: String) -> Result<
             local
         };
         let mut f = std::fs::File::create(&local).with_context(|| format!("creating {local}"))?;
-        let n = copy_out(c, remote, &mut f, !json).await?;
+        let n = copy_out(c, remote, opts, &mut f, !json).await?;
         f.sync_all().with_context(|| format!("syncing {local}"))?;
         n
     };
@@ -572,7 +596,7 @@ async fn cmd_get(c: &Client, json: bool, remote: &str, local: String) -> Result<
 async fn cmd_cat(c: &Client, paths: &[String]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for p in paths {
-        copy_out(c, p, &mut out, false).await?;
+        copy_out(c, p, &OpenOptions::read(), &mut out, false).await?;
     }
     Ok(())
 }
@@ -1084,11 +1108,12 @@ async fn put(
 async fn copy_out(
     c: &Client,
     remote: &str,
+    opts: &OpenOptions,
     out: &mut dyn Write,
     show_progress: bool,
 ) -> Result<u64> {
     let fd = c
-        .open(remote, &OpenOptions::read())
+        .open(remote, opts)
         .await
         .with_context(|| format!("opening {remote}"))?;
     let attr = c.fstat(fd).await?;
@@ -1273,16 +1298,7 @@ fn replica_verdict(
     replicas: &[(u64, ringfs_client::Result<ringfs_client::ReplicaDigest>)],
 ) -> Option<String> {
     let describe = |(n, r): &(u64, ringfs_client::Result<ringfs_client::ReplicaDigest>)| match r {
-        Ok(d) => format!(
-            "node {n}: version {} length {} digest {}",
-            d.version,
-            d.length,
-            d.digest
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ),
+        Ok(d) => format!("node {n}: {d}"),
         Err(e) => format!("node {n}: not verified: {}", e.describe()),
     };
     let answers: Vec<_> = replicas

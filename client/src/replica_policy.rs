@@ -121,6 +121,76 @@ pub(crate) fn length_after_write(valid: u32, offset: u64, len: usize) -> u32 {
     (valid as u64).max(offset + len as u64) as u32
 }
 
+/// What a verified read learns from the digests (version, length, digest
+/// of stored CRCs) of every replica of a chunk committed at `committed`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Vote {
+    /// A strict majority of the record's replicas hold one content at
+    /// `version` (at least the committed one): serve it from `agree`.
+    /// `odd` are the replicas that are wrong beyond doubt: a different
+    /// content at that same version (two contents for one version break
+    /// invariant I1: one of them was damaged behind the node's checksums),
+    /// or a version behind the committed one (they missed a write).
+    /// Replicas at other versions are neither: a write may be reaching
+    /// them right now.
+    Majority {
+        version: Version,
+        agree: Vec<u64>,
+        odd: Vec<u64>,
+    },
+    /// No majority, but the replicas that answered are at different
+    /// versions past the committed one: a write is likely in flight; ask
+    /// again.
+    Unsettled,
+    /// No majority, and no write explains it: the read must fail.
+    NoMajority,
+}
+
+/// The majority rule of a verified read: `answers` has one entry per
+/// replica of the record (a replica that could not be asked counts
+/// against every content). A majority needs more than half of them, so
+/// with two replicas that disagree the read fails instead of guessing.
+pub(crate) fn vote(
+    committed: Version,
+    answers: &[(u64, Option<&crate::chunk_io::ReplicaDigest>)],
+) -> Vote {
+    let held: Vec<(u64, &crate::chunk_io::ReplicaDigest)> =
+        answers.iter().filter_map(|&(n, d)| Some((n, d?))).collect();
+    let best = held
+        .iter()
+        .filter(|(_, d)| d.version >= committed)
+        .max_by_key(|(_, d)| held.iter().filter(|(_, o)| o == d).count());
+    if let Some(&(_, winner)) = best {
+        let agree: Vec<u64> = held
+            .iter()
+            .filter(|(_, d)| *d == winner)
+            .map(|&(n, _)| n)
+            .collect();
+        if agree.len() * 2 > answers.len() {
+            let odd = held
+                .iter()
+                .filter(|(_, d)| {
+                    (d.version == winner.version && *d != winner) || d.version < committed
+                })
+                .map(|&(n, _)| n)
+                .collect();
+            return Vote::Majority {
+                version: winner.version,
+                agree,
+                odd,
+            };
+        }
+    }
+    let moving = held
+        .iter()
+        .any(|(_, a)| a.version > committed && held.iter().any(|(_, b)| b.version != a.version));
+    if moving {
+        Vote::Unsettled
+    } else {
+        Vote::NoMajority
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +305,94 @@ mod tests {
         assert_eq!(overwrite_span(100, 150), (100, 50));
         assert_eq!(length_after_write(100, 50, 10), 100);
         assert_eq!(length_after_write(100, 150, 10), 160);
+    }
+
+    fn digest(version: u64, content: u8) -> crate::chunk_io::ReplicaDigest {
+        crate::chunk_io::ReplicaDigest {
+            version: Version::new(1, version),
+            length: 4096,
+            digest: vec![content; 32],
+        }
+    }
+
+    #[test]
+    fn a_verified_read_serves_the_majority_and_names_the_odd_replicas() {
+        let (a, b, damaged) = (digest(5, 1), digest(5, 1), digest(5, 9));
+        let committed = Version::new(1, 5);
+        assert_eq!(
+            vote(
+                committed,
+                &[(1, Some(&a)), (2, Some(&damaged)), (3, Some(&b))]
+            ),
+            Vote::Majority {
+                version: committed,
+                agree: vec![1, 3],
+                odd: vec![2]
+            }
+        );
+        // A replica behind the record is odd; one past the majority (a
+        // write reaching it) is not.
+        let (behind, ahead) = (digest(4, 1), digest(6, 3));
+        assert_eq!(
+            vote(
+                committed,
+                &[(1, Some(&a)), (2, Some(&behind)), (3, Some(&b))]
+            ),
+            Vote::Majority {
+                version: committed,
+                agree: vec![1, 3],
+                odd: vec![2]
+            }
+        );
+        assert_eq!(
+            vote(
+                committed,
+                &[(1, Some(&a)), (2, Some(&ahead)), (3, Some(&b))]
+            ),
+            Vote::Majority {
+                version: committed,
+                agree: vec![1, 3],
+                odd: vec![]
+            }
+        );
+        // An unreachable replica counts against: two of three still win.
+        assert!(matches!(
+            vote(committed, &[(1, Some(&a)), (2, None), (3, Some(&b))]),
+            Vote::Majority { .. }
+        ));
+    }
+
+    #[test]
+    fn a_verified_read_without_a_strict_majority_never_guesses() {
+        let committed = Version::new(1, 5);
+        let (a, damaged) = (digest(5, 1), digest(5, 9));
+        // Two replicas that disagree at one version: no majority.
+        assert_eq!(
+            vote(committed, &[(1, Some(&a)), (2, Some(&damaged))]),
+            Vote::NoMajority
+        );
+        // One of three answered: not a majority of the record.
+        assert_eq!(
+            vote(committed, &[(1, Some(&a)), (2, None), (3, None)]),
+            Vote::NoMajority
+        );
+        // A majority behind the record is no majority to serve.
+        let (old, old2) = (digest(4, 1), digest(4, 1));
+        assert_eq!(
+            vote(
+                committed,
+                &[(1, Some(&old)), (2, Some(&old2)), (3, Some(&a))]
+            ),
+            Vote::NoMajority
+        );
+        // Versions that differ past the record: a write in flight.
+        let (six, seven) = (digest(6, 2), digest(7, 3));
+        assert_eq!(
+            vote(
+                committed,
+                &[(1, Some(&a)), (2, Some(&six)), (3, Some(&seven))]
+            ),
+            Vote::Unsettled
+        );
     }
 }

@@ -608,7 +608,7 @@ impl control::Server for ControlImpl {
                 node,
                 chunk = format!("{chunk:032x}"),
                 repaired,
-                "a client read a replica that failed its checksum"
+                "a client found a damaged replica (a read failed its checksum, or a verified read outvoted it)"
             );
             let mut repair = self.state.repair.borrow_mut();
             repair.bad_reports += 1;

@@ -258,8 +258,9 @@ interface Control {
 
   # -- Failures and repair. --
   reportBadReplica @14 (chunkId :Common.ChunkId, nodeId :UInt64, repaired :Bool);
-  # A client read of node `nodeId`'s replica of the chunk failed its
-  # checksum. `repaired`: the client already replaced that replica with a
+  # A client found node `nodeId`'s replica of the chunk damaged: a read of
+  # it failed its checksum, or a verified read outvoted it (another content
+  # at the version the majority holds, or behind the record). `repaired`: the client already replaced that replica with a
   # verified copy (read repair); otherwise the control server repairs it.
   chunkHealth @15 (problemLimit :UInt32) -> (health :ChunkHealth);
   # Replica health of every chunk, and up to problemLimit problems (0 = none)
