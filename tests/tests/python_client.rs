@@ -12,7 +12,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use ringfs_tests::{binary, Cluster, NodeOptions};
+use ringfs_tests::files::{distinct_contents, pattern};
+use ringfs_tests::{binary, with_client, Cluster, NodeOptions, FAST_REPAIR};
 
 fn package_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/python")
@@ -105,4 +106,36 @@ fn python_package_catches_bits_flipped_in_flight() {
     );
     cl.wait_up(2);
     run_python(&cl, &["flip"], "python flip test: all ok");
+}
+
+/// Verified reads from Python (`open(..., verify_replicas=True)`): one of
+/// three replicas differs at the same version with valid checksums; the
+/// Python client reads the majority's bytes and reports the odd replica,
+/// which the control server then repairs; with two replicas that disagree
+/// the read raises `Corrupt`.
+#[test]
+fn python_package_verified_reads_outvote_a_diverged_replica() {
+    if !python_ready() {
+        return;
+    }
+    let mut cl = Cluster::start_with(3, FAST_REPAIR, &[]);
+    let data = pattern(64 * 1024, 71);
+    let expected = cl.dir.path().join("expected");
+    std::fs::write(&expected, &data).unwrap();
+    cl.diverged_file("/v3", &data, 3);
+    cl.diverged_file("/v2", &data, 2);
+    let expected = expected.to_str().unwrap();
+    run_python(&cl, &["verify", expected], "python verify test: all ok");
+    // Reported, not repaired by the client: the control server replaces it.
+    let start = std::time::Instant::now();
+    with_client(cl.control.addr, async |c| loop {
+        if distinct_contents(c, "/v3").await == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the reported replica was not repaired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    });
 }

@@ -114,16 +114,20 @@ class Client:
     # ----------------------------------------------------------- files
 
     async def open(self, path, mode="rb", chunk_size=0, replication=0, write_quorum=0,
-                   wait=30.0):
+                   wait=30.0, verify_replicas=False):
         """Opens a file (`mode` as Python's `open`: r, w, a, x, with +).
         Write modes take the file's exclusive write lease, waiting up to
         `wait` s (then `Busy`); `w`/`a`/`x` create the file with the given
-        layout (0 = the server's default)."""
+        layout (0 = the server's default). With `verify_replicas`, every
+        read compares the digests of all replicas of each chunk it reads
+        and serves only what a strict majority holds (the others are
+        reported for repair); with no majority it raises `Corrupt` naming
+        the chunk."""
         read, write, create, truncate, append, exclusive = _parse_mode(mode)
         if create:
             await self.control.create(path, 0o644, chunk_size, replication, write_quorum, exclusive)
         handle = await self.control.open(path, write, int(wait * 1000) if write else 0)
-        f = File(self, path, handle, read, write, append)
+        f = File(self, path, handle, read, write, append, verify_replicas)
         if truncate and handle.attr.size:
             await f.truncate(0)
         return f
@@ -138,7 +142,7 @@ class File:
     Every `write` is durable on at least the write quorum of replicas and
     committed (visible to readers) when it returns."""
 
-    def __init__(self, client, path, handle, readable, writable, append):
+    def __init__(self, client, path, handle, readable, writable, append, verify=False):
         self._client = client
         self._io = client.io
         self.name = path
@@ -146,6 +150,7 @@ class File:
         self._readable = readable
         self._writable = writable
         self._append = append
+        self._verify = verify
         self._layout = Layout(handle.attr)
         self._size = handle.attr.size
         self._pos = 0
@@ -233,7 +238,8 @@ class File:
         cs = self._layout.chunk_size
         first, last = offset // cs, (offset + n - 1) // cs
         records = {r.index: r for r in await self._handle.chunks(first, last - first + 1)}
-        await self._io.read_range(records, cs, offset, memoryview(buf).cast("B")[:n])
+        await self._io.read_range(records, cs, offset, memoryview(buf).cast("B")[:n],
+                                  self._verify)
         return n
 
     async def read(self, n=-1):

@@ -29,6 +29,9 @@ _M64 = (1 << 64) - 1
 NONE = (0, 0)
 #: Chunk writes or reads of one call in flight at once.
 PIPELINE = 4
+# Votes a verified read takes before it gives up on replicas that stay at
+# different versions (a write in flight).
+VERIFY_ATTEMPTS = 5
 
 
 def mix64(z):
@@ -350,10 +353,12 @@ class ChunkIO:
 
     # ------------------------------------------------------------- reads
 
-    async def read_range(self, records, cs, offset, buf):
+    async def read_range(self, records, cs, offset, buf, verify=False):
         """Fills `buf` (a writable memoryview) with the file bytes at
-        `offset`, from the chunks in `records` (by index; holes absent)."""
-        jobs = [lambda r=records.get(index), o=in_chunk, b=piece: self.read_piece(r, o, b)
+        `offset`, from the chunks in `records` (by index; holes absent);
+        with `verify`, from what a majority of each chunk's replicas hold."""
+        piece_reader = self.read_verified if verify else self.read_piece
+        jobs = [lambda r=records.get(index), o=in_chunk, b=piece: piece_reader(r, o, b)
                 for index, in_chunk, piece in split(offset, buf, cs)]
         await self.nodes()
         await _bounded(jobs)
@@ -390,13 +395,77 @@ class ChunkIO:
             all_corrupt = all(isinstance(e, errors.Corrupt) for e in failures)
             raise (errors.Corrupt if all_corrupt else errors.Unavailable)(msg)
 
+    async def digest(self, chunk_id, node):
+        """`node`'s (version, length, digest of stored CRCs) of `chunk_id`."""
+        address = self.endpoint(chunk_id, node)
+        r = await self.call_ok(address, frames.request("digest", chunk_id))
+        return (r.version, r.chunk_length, r.digest)
+
+    async def read_verified(self, rec, offset, buf):
+        """A verified read (as the Rust library's, docs/client.md "Verified
+        reads"): every replica's digest is asked; the content a strict
+        majority of the record's replicas hold at the committed version or
+        newer is read from one of them at exactly that version; replicas
+        with another content at that version, or behind the record, are
+        reported to the control server, which repairs them. Replicas at
+        different versions past the record (a write in flight) are asked
+        again, up to 5 times; with no majority: `Corrupt` naming the chunk."""
+        valid = 0 if rec is None else max(0, min(rec.length - offset, len(buf)))
+        buf[valid:] = bytes(len(buf) - valid)
+        if valid == 0:
+            return
+        n = len(rec.replicas)
+        seen = ""
+        for attempt in range(VERIFY_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(0.02 * attempt)
+            answers = await asyncio.gather(*(self.digest(rec.chunk_id, node)
+                                             for node in rec.replicas), return_exceptions=True)
+            held = [(node, a) for node, a in zip(rec.replicas, answers)
+                    if not isinstance(a, BaseException)]
+            seen = "; ".join(
+                f"node {node}: {a}" if isinstance(a, BaseException) else
+                f"node {node}: version {a[0][0]}.{a[0][1]} length {a[1]} digest {a[2][:8].hex()}"
+                for node, a in zip(rec.replicas, answers))
+            current = [a for _, a in held if a[0] >= rec.version]
+            winner = max(current, key=lambda a: sum(1 for _, o in held if o == a), default=None)
+            agree = [node for node, a in held if a == winner]
+            if winner is None or 2 * len(agree) <= n:
+                if any(a[0] > rec.version and a[0] != b[0] for _, a in held for _, b in held):
+                    continue  # a write in flight: ask again
+                break
+            version = winner[0]
+            for node in agree:
+                try:
+                    got = await self.read_replica(rec, node, offset, buf[:valid], exact=version)
+                except errors.RingfsError:
+                    continue
+                if got == version:
+                    break
+            else:
+                continue
+            for node, a in held:
+                if (a[0] == version and a != winner) or a[0] < rec.version:
+                    try:
+                        await self.control.report_bad_replica(rec.chunk_id, node, False)
+                    except errors.RingfsError:
+                        pass
+            return
+        buf[:] = bytes(len(buf))
+        raise errors.Corrupt(f"chunk {rec.chunk_id} (index {rec.index}): verified read: no majority "
+                             f"of its {n} replicas holds one content at version "
+                             f"{rec.version[0]}.{rec.version[1]} or newer: {seen}")
+
     def _load(self, chunk_id, node):
         try:
             return self.pool.in_flight(self.endpoint(chunk_id, node))
         except errors.RingfsError:
             return 0
 
-    async def read_replica(self, rec, node, offset, out):
+    async def read_replica(self, rec, node, offset, out, exact=None):
+        """Reads `out` at `offset` of `node`'s replica, which must be at the
+        record's version or newer (with `exact`: at exactly that version,
+        else nothing is copied); returns the replica's version."""
         address = self.endpoint(rec.chunk_id, node)
         h = frames.request("read", rec.chunk_id, offset=offset, length=len(out),
                            clientId=self.client_id, implicitLock="read",
@@ -413,7 +482,9 @@ class ChunkIO:
         if not blocks_ok(r.offset, r.payload, r.crcs):
             raise errors.Corrupt(f"storage node {address}: chunk {rec.chunk_id}: a block does not "
                                  f"match the CRC the node stored")
-        out[:] = memoryview(r.payload)[skip:skip + len(out)]
+        if exact is None or r.version == exact:
+            out[:] = memoryview(r.payload)[skip:skip + len(out)]
+        return r.version
 
 
 def split(offset, view, chunk_size):

@@ -24,8 +24,8 @@ class Frame:
     `(clientId, generation, mac)`, or None."""
 
     __slots__ = ("request_id", "op", "status", "message", "chunk_id", "offset", "version",
-                 "chunk_length", "durable_mask", "token", "crcs", "lease_ms", "payload_length",
-                 "payload")
+                 "chunk_length", "durable_mask", "token", "crcs", "lease_ms", "digest",
+                 "payload_length", "payload")
 
     @classmethod
     def decode(cls, header):
@@ -46,6 +46,7 @@ class Frame:
             f.token = (t.clientId, t.generation, bytes(t.mac)) if len(t.mac) else None
             f.crcs = list(h.crcs)
             f.lease_ms = h.leaseMs
+            f.digest = bytes(h.digest)
         f.payload = b""
         return f
 

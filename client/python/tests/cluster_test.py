@@ -299,7 +299,29 @@ async def bits_flipped_in_flight_are_caught():
     print("python flip test: all ok")
 
 
+async def verified_reads(expected_path):
+    """Run against /v3 (three replicas, one differing from the others at the
+    same version with valid checksums) and /v2 (two replicas that differ),
+    both holding the bytes of `expected_path` on their good replicas."""
+    with open(expected_path, "rb") as g:
+        expected = g.read()
+    async with await ringfs.Client.connect(CONTROL) as c:
+        async with await c.open("/v3", "rb", verify_replicas=True) as f:
+            assert await f.read() == expected, "a verified read served the odd replica"
+        async with await c.open("/v2", "rb", verify_replicas=True) as f:
+            try:
+                await f.read()
+            except errors.Corrupt as e:
+                assert "no majority" in str(e), str(e)
+                print(f"  two replicas that disagree: Corrupt: {e}"[:200])
+            else:
+                raise AssertionError("a verified read of two disagreeing replicas succeeded")
+    print("python verify test: all ok")
+
+
 async def main():
+    if sys.argv[1:2] == ["verify"]:
+        return await verified_reads(sys.argv[2])
     if sys.argv[1:] == ["flip"]:
         return await bits_flipped_in_flight_are_caught()
     if sys.argv[1:] == ["bench-only"]:
