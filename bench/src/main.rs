@@ -395,6 +395,11 @@ struct LoadArgs {
     /// Files the metadata workload creates, stats and unlinks.
     #[arg(long, default_value_t = 5000)]
     metadata_files: usize,
+    /// Verified reads: every read compares the digests of all replicas of
+    /// the chunks it reads before using them (`ringfs get
+    /// --verify-replicas`); compare with a run without to see the cost.
+    #[arg(long)]
+    verify_replicas: bool,
     /// Compare with the raw disk (io_uring + O_DIRECT, same pattern, block
     /// size and depth) in the same run. On by default.
     #[arg(long)]
@@ -435,6 +440,7 @@ impl LoadArgs {
                 ..CreateOptions::default()
             },
             metadata_files: self.metadata_files,
+            verify_replicas: self.verify_replicas,
             baseline_dir: (!self.no_baseline).then_some(baseline_dir),
             keep,
         }

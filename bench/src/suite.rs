@@ -46,6 +46,8 @@ pub struct SuiteOptions {
     pub read_percent: u8,
     pub layout: CreateOptions,
     pub metadata_files: usize,
+    /// Reads are verified reads (digests of every replica compared).
+    pub verify_replicas: bool,
     /// Where to run the raw baseline (the storage filesystem); None: no
     /// baseline.
     pub baseline_dir: Option<PathBuf>,
@@ -114,7 +116,7 @@ pub fn run(
         Target::Posix { .. } => o.layout.replication.max(1),
     };
     println!(
-        "dataset: {files} files of {} in {root} (R={}, chunk {})",
+        "dataset: {files} files of {} in {root} (R={}, chunk {}){}",
         ringfs_client::human::size(file_bytes),
         if replication == 0 {
             "default".to_string()
@@ -125,6 +127,11 @@ pub fn run(
             "default".to_string()
         } else {
             ringfs_client::human::size(u64::from(o.layout.chunk_size))
+        },
+        if o.verify_replicas {
+            ", verified reads"
+        } else {
+            ""
         },
     );
 
@@ -140,6 +147,7 @@ pub fn run(
             read_percent: o.read_percent,
             layout: o.layout,
             metadata_files: o.metadata_files,
+            verify_replicas: o.verify_replicas,
         };
         if w.needs_dataset() && !dataset_written {
             let prep = Spec {

@@ -107,9 +107,19 @@ pub struct Spec {
     pub layout: CreateOptions,
     /// Files the metadata workload creates, stats and unlinks.
     pub metadata_files: usize,
+    /// Reads are verified reads (`OpenOptions::verify_replicas`).
+    pub verify_replicas: bool,
 }
 
 impl Spec {
+    /// How the read workloads open their files.
+    fn read_open(&self) -> OpenOptions {
+        OpenOptions {
+            verify_replicas: self.verify_replicas,
+            ..OpenOptions::read()
+        }
+    }
+
     /// Bytes per operation.
     pub fn io_bytes(&self) -> usize {
         match self.workload {
@@ -329,7 +339,7 @@ async fn seq_stream(
         let opts = if write {
             OpenOptions::create(spec.layout)
         } else {
-            OpenOptions::read()
+            spec.read_open()
         };
         let fd = client
             .open(&path, &opts)
@@ -385,7 +395,7 @@ async fn random_ops(
     if read_percent > 0 {
         for f in 0..ds.files {
             let fd = client
-                .open(&ds.path(f), &OpenOptions::read())
+                .open(&ds.path(f), &spec.read_open())
                 .await
                 .with_context(|| format!("opening {}", ds.path(f)))?;
             readers.push(fd);
