@@ -103,18 +103,8 @@ impl ChunkIo {
                 .await
             {
                 Ok(good_version) => {
-                    for bad in corrupt {
-                        // Best effort: a failed repair leaves the replica
-                        // as it was (refusing reads); the read succeeded.
-                        let repaired = self
-                            .repair(id, bad, node_id, good_version, chunk_size)
-                            .await
-                            .is_ok();
-                        if repaired {
-                            self.repairs.set(self.repairs.get() + 1);
-                        }
-                        self.cluster.report_bad(rec.chunk_id, bad, repaired).await;
-                    }
+                    self.repair_and_report(&rec, &corrupt, node_id, good_version, chunk_size)
+                        .await;
                     return Ok(());
                 }
                 Err(e) => {
@@ -164,20 +154,22 @@ impl ChunkIo {
         buf: &mut [u8],
     ) -> Result<()> {
         let id = chunk_id(rec.chunk_id);
-        let mut last = String::new();
+        // What the last vote saw, for the error: described only on failure.
+        let mut digests = Vec::new();
+        let mut read_errors = Vec::new();
         for attempt in 0..VERIFY_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(VERIFY_BACKOFF * attempt).await;
             }
-            let digests: Vec<(u64, Result<ReplicaDigest>)> = futures::future::join_all(
+            digests = futures::future::join_all(
                 rec.replicas
                     .iter()
                     .map(|&node| async move { (node, self.digest(id, node).await) }),
             )
             .await;
+            read_errors.clear();
             let answers: Vec<(u64, Option<&ReplicaDigest>)> =
                 digests.iter().map(|(n, d)| (*n, d.as_ref().ok())).collect();
-            last = describe_digests(&digests);
             let (version, agree, odd) = match policy::vote(rec.version, &answers) {
                 policy::Vote::Majority {
                     version,
@@ -196,31 +188,64 @@ impl ChunkIo {
                     }
                     // Written since its digest: vote again.
                     Ok(_) => break,
-                    Err(e) => last = format!("{last}; node {node}: {}", e.describe()),
+                    Err(e) => read_errors.push((node, e)),
                 }
             }
             let Some(good) = served else { continue };
-            for bad in odd {
-                // Best effort, as for a read repair: the read succeeded.
-                let repaired = self
-                    .repair(id, bad, good, version, chunk_size)
-                    .await
-                    .is_ok();
-                if repaired {
-                    self.repairs.set(self.repairs.get() + 1);
-                }
-                self.cluster.report_bad(rec.chunk_id, bad, repaired).await;
-            }
+            self.repair_and_report(rec, &odd, good, version, chunk_size)
+                .await;
             return Ok(());
         }
         buf.fill(0);
+        if !read_errors.is_empty() {
+            // A majority agreed, but none of it could be read.
+            let msg = format!(
+                "chunk {id} (index {}): verified read: the majority's replicas could not be \
+                 read: {}",
+                rec.index,
+                read_errors
+                    .iter()
+                    .map(|(n, e)| format!("node {n}: {}", e.describe()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            let errors: Vec<Error> = read_errors.into_iter().map(|(_, e)| e).collect();
+            return Err(policy::read_failure(&errors, msg));
+        }
         Err(Error::Corrupt(format!(
             "chunk {id} (index {}): verified read: no majority of its {} replicas holds one \
-             content at version {} or newer: {last}",
+             content at version {} or newer: {}",
             rec.index,
             rec.replicas.len(),
-            rec.version
+            rec.version,
+            describe_digests(&digests),
         )))
+    }
+
+    /// Repairs each replica of `rec` in `bad` from `good`'s at `version`
+    /// ([`ChunkIo::repair`]) and reports it to the control server, saying
+    /// whether the repair worked. Best effort: the read that found them
+    /// succeeded, and a failed repair leaves a replica as it was (refusing
+    /// reads, or outvoted) for the control server to replace.
+    async fn repair_and_report(
+        &self,
+        rec: &ChunkRecord,
+        bad: &[u64],
+        good: u64,
+        version: Version,
+        chunk_size: u64,
+    ) {
+        let id = chunk_id(rec.chunk_id);
+        for &bad in bad {
+            let repaired = self
+                .repair(id, bad, good, version, chunk_size)
+                .await
+                .is_ok();
+            if repaired {
+                self.repairs.set(self.repairs.get() + 1);
+            }
+            self.cluster.report_bad(rec.chunk_id, bad, repaired).await;
+        }
     }
 
     /// Replaces `bad`'s replica of chunk `id` (it failed its checksum) with
