@@ -154,12 +154,19 @@ impl ChunkMeta {
 
     /// BLAKE3 of the length (u64 LE) and the CRC table (u32 LE each): what
     /// replicas compare to find out whether they hold the same bytes
-    /// without reading them (`fsck --verify`).
+    /// without reading them (`fsck --verify`, verified reads). The table
+    /// goes to the hasher 4 KiB at a time through a stack buffer: one
+    /// `update` per CRC (16,384 of them for a 64 MiB chunk) made a verified
+    /// 4 KiB read cost ~100 times a plain one (docs/benchmarks.md).
     pub(crate) fn digest(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         h.update(&self.length.to_le_bytes());
-        for c in &self.crcs {
-            h.update(&c.to_le_bytes());
+        let mut buf = [0u8; 4096];
+        for group in self.crcs.chunks(buf.len() / 4) {
+            for (out, c) in buf.chunks_exact_mut(4).zip(group) {
+                out.copy_from_slice(&c.to_le_bytes());
+            }
+            h.update(&buf[..4 * group.len()]);
         }
         *h.finalize().as_bytes()
     }
@@ -214,6 +221,20 @@ mod tests {
         assert_eq!(slot_format(&s1), SlotFormat::V1);
         assert_eq!(ChunkMeta::decode(&s1), None, "format 1 is never read");
         assert_eq!(slot_format(&[0; 64]), SlotFormat::Unknown);
+    }
+
+    #[test]
+    fn digest_is_blake3_of_the_length_and_the_table_in_le_bytes() {
+        // 2,500 CRCs: a full 4 KiB group and a partial one.
+        let m = ChunkMeta {
+            seq: 1,
+            version: Version::new(1, 1),
+            length: 2_500 * 4096 - 7,
+            crcs: (0..2_500u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect(),
+        };
+        let mut bytes = m.length.to_le_bytes().to_vec();
+        bytes.extend(m.crcs.iter().flat_map(|c| c.to_le_bytes()));
+        assert_eq!(m.digest(), *blake3::hash(&bytes).as_bytes());
     }
 
     #[test]
