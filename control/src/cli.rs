@@ -17,8 +17,10 @@ where
         Ok(a) => a,
         Err(code) => return code,
     };
+    if let Some(from) = &args.restore {
+        return restore(from, &args);
+    }
     let print_config = args.print_config;
-    let restore = args.restore.clone();
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -29,25 +31,6 @@ where
     if print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
-    }
-    if let Some(from) = restore {
-        return match crate::backup::restore(&from, &config.data) {
-            Ok(bytes) => {
-                println!(
-                    "restored {bytes} bytes of metadata from {} into {}",
-                    from.display(),
-                    config.data.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!(
-                    "ringfs-control: restore: {}",
-                    ringfs_schema::wire_error::describe(&e)
-                );
-                ExitCode::FAILURE
-            }
-        };
     }
     // openraft reports every election and membership step at info; its
     // warnings are what an operator needs unless the filter asks for more.
@@ -104,6 +87,35 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                 }
             }
             _ => std::future::pending().await,
+        }
+    }
+}
+
+/// `--restore FROM`: writes the snapshot `from` into the (empty) data
+/// directory of `args` and exits.
+fn restore(from: &std::path::Path, args: &Args) -> ExitCode {
+    let data = match crate::config::data_dir(args) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ringfs-control: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::backup::restore(from, &data) {
+        Ok(bytes) => {
+            println!(
+                "restored {bytes} bytes of metadata from {} into {}",
+                from.display(),
+                data.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "ringfs-control: restore: {}",
+                ringfs_schema::wire_error::describe(&e)
+            );
+            ExitCode::FAILURE
         }
     }
 }

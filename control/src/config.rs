@@ -201,21 +201,33 @@ pub struct Replication {
 #[error("{0}")]
 pub struct ConfigError(String);
 
+/// The config file `args` names (empty without one).
+fn file_config(args: &Args) -> Result<FileConfig, ConfigError> {
+    let Some(path) = &args.config else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    parse_toml(path, &text)
+}
+
+/// The data directory flags or config file name: all `--restore` needs
+/// (it writes the metadata there and exits, so it asks for no address and
+/// no secret).
+pub fn data_dir(args: &Args) -> Result<PathBuf, ConfigError> {
+    args.data
+        .clone()
+        .or(file_config(args)?.data)
+        .ok_or_else(|| ConfigError("--data is required".into()))
+}
+
 /// Shortest cluster secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
 
 impl Config {
     /// Merges flags over the config file and validates the result.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
-                })?;
-                parse_toml(path, &text)?
-            }
-        };
+        let file = file_config(&args)?;
         let listen = args.listen.or(file.listen).ok_or_else(|| {
             ConfigError("--listen is required (e.g. --listen 127.0.0.1:7700)".into())
         })?;
