@@ -176,6 +176,8 @@ enum Cmd {
         #[arg(long)]
         credential: PathBuf,
         #[command(flatten)]
+        tls: ringfs_ops::tls::TlsFlags,
+        #[command(flatten)]
         args: ringfs_client::mount::MountArgs,
     },
     /// Runs the control server (used by the launcher for its child processes).
@@ -235,10 +237,15 @@ fn main() -> ExitCode {
         Cmd::Mount {
             control,
             credential,
+            tls,
             args,
         } => ringfs_client::Credential::load(&credential)
             .map_err(anyhow::Error::from)
-            .and_then(|cred| ringfs_client::mount::cli::run(&[control], &cred, &args)),
+            .and_then(|cred| {
+                let files = tls.resolve(None).map_err(anyhow::Error::msg)?;
+                let tls = ringfs_ops::tls::Tls::load_optional(files.as_ref())?;
+                ringfs_client::mount::cli::run(&[control], &cred, tls, &args)
+            }),
         Cmd::Fio {
             config: _,
             path,

@@ -13,6 +13,11 @@
 //! lease-ms = 30000       # default lock/reservation lease
 //! forward-timeout-ms = 30000  # a chain hop must answer a forwarded write within it
 //! scrub-bytes-per-sec = 8388608  # background re-read rate per shard; 0 = off
+//!
+//! [tls]                  # optional: TLS on every connection (docs/operations.md)
+//! ca = "/etc/ringfs/ca.pem"
+//! cert = "/etc/ringfs/node1.pem"
+//! key = "/etc/ringfs/node1.key"
 //! ```
 //!
 //! Keys are kebab-case, equal to the long flags. Validation happens here,
@@ -95,6 +100,8 @@ pub struct Cli {
     /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub tls: ringfs_ops::tls::TlsFlags,
 }
 
 /// The TOML file. `--print-config` prints it filled with the effective
@@ -116,6 +123,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     metrics: Option<std::net::SocketAddr>,
+    tls: Option<ringfs_ops::tls::TlsFiles>,
 }
 
 /// The resolved configuration.
@@ -138,6 +146,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Monitoring endpoint, if any.
     pub metrics: Option<std::net::SocketAddr>,
+    /// TLS on the data plane and to the control server, if configured.
+    pub tls: Option<ringfs_ops::tls::TlsFiles>,
 }
 
 /// Parses `--cores`: "0,1,3" (a list, each core once) or "2" (a count:
@@ -250,6 +260,10 @@ impl NodeConfig {
             log_level,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             metrics: cli.metrics.or(file.metrics),
+            tls: cli
+                .tls
+                .resolve(file.tls)
+                .map_err(|e| ConfigError::Invalid("tls", e))?,
         })
     }
 }
@@ -277,6 +291,7 @@ impl NodeConfig {
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
             metrics: self.metrics,
+            tls: self.tls.clone(),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
