@@ -146,8 +146,11 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Monitoring endpoint, if any.
     pub metrics: Option<std::net::SocketAddr>,
-    /// TLS on the data plane and to the control server, if configured.
-    pub tls: Option<ringfs_ops::tls::TlsFiles>,
+    /// The TLS files (`[tls]`, `--tls-*`), when TLS is on.
+    pub tls_files: Option<ringfs_ops::tls::TlsFiles>,
+    /// TLS loaded from them (key permissions checked): the data plane and
+    /// the connections to the control server speak it, and nothing else.
+    pub tls: Option<ringfs_ops::tls::Tls>,
 }
 
 /// Parses `--cores`: "0,1,3" (a list, each core once) or "2" (a count:
@@ -232,6 +235,10 @@ impl NodeConfig {
             .unwrap_or_else(|| ringfs_ops::logging::DEFAULT_LEVEL.into());
         ringfs_ops::logging::check_level(&log_level)
             .map_err(|e| ConfigError::Invalid("log-level", e))?;
+        let tls_files = cli
+            .tls
+            .resolve(file.tls)
+            .map_err(|e| ConfigError::Invalid("tls", e))?;
         Ok(Self {
             control,
             data,
@@ -260,10 +267,9 @@ impl NodeConfig {
             log_level,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             metrics: cli.metrics.or(file.metrics),
-            tls: cli
-                .tls
-                .resolve(file.tls)
-                .map_err(|e| ConfigError::Invalid("tls", e))?,
+            tls: ringfs_ops::tls::Tls::load_optional(tls_files.as_ref())
+                .map_err(|e| ConfigError::Invalid("tls", e.to_string()))?,
+            tls_files,
         })
     }
 }
@@ -291,7 +297,7 @@ impl NodeConfig {
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
             metrics: self.metrics,
-            tls: self.tls.clone(),
+            tls: self.tls_files.clone(),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

@@ -196,7 +196,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let secret = std::fs::read(&cfg.secret_file)
         .with_context(|| format!("reading the cluster secret {}", cfg.secret_file.display()))?;
     let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
-    let tls = ringfs_ops::tls::Tls::load_optional(cfg.tls.as_ref())?;
+    let tls = cfg.tls.clone();
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("creating {}", cfg.data.display()))?;
     let identity_path = cfg.data.join("node-identity");

@@ -20,6 +20,7 @@
 //! - [`files`]: test data ([`files::pattern`]) and whole-file helpers over
 //!   the client library.
 //! - [`scrape`]: a server's monitoring endpoint (`--metrics`).
+//! - [`tls`]: a cluster CA and certificates for a TLS test cluster.
 //! - [`run_ok`], [`run_failing`], [`run`]: short-lived commands (the CLI,
 //!   `--print-config`, scripts) with how they ended checked.
 //! - [`Server`]: the launcher underneath (`ringfs_ops::launch`, shared with
@@ -36,6 +37,7 @@ pub mod files;
 mod netns;
 pub mod scrape;
 mod servers;
+pub mod tls;
 
 pub use binaries::binary;
 pub use cluster::{Cluster, FAST_REPAIR, QUICK};
