@@ -415,17 +415,18 @@ impl ControlClient {
         let (info, challenge) = client.hello().await.map_err(|e| match e {
             // A transport failure (a typed error the server sent has no
             // source): what a TLS-only server does to a plaintext hello.
-            Error::Unavailable { source: Some(_), .. } | Error::Internal { source: Some(_), .. }
-                if tls.is_none() =>
-            {
-                Error::unavailable_from(
-                    format!(
-                        "{addr} closed the connection before answering hello \
-                         (does the cluster require TLS? see --tls-ca)"
-                    ),
-                    e,
-                )
+            Error::Unavailable {
+                source: Some(_), ..
             }
+            | Error::Internal {
+                source: Some(_), ..
+            } if tls.is_none() => Error::unavailable_from(
+                format!(
+                    "{addr} closed the connection before answering hello \
+                         (does the cluster require TLS? see --tls-ca)"
+                ),
+                e,
+            ),
             e => e,
         })?;
         client.info = Rc::new(info);

@@ -22,7 +22,11 @@ impl Pki {
 
     /// A server certificate (control replica or node) for 127.0.0.1.
     pub fn server(&self, name: &str) -> TlsFiles {
-        self.issue(name, Role::Server, &["127.0.0.1".into(), "localhost".into()])
+        self.issue(
+            name,
+            Role::Server,
+            &["127.0.0.1".into(), "localhost".into()],
+        )
     }
 
     /// A client certificate.

@@ -143,7 +143,11 @@ fn a_plaintext_peer_is_refused_not_hung() {
             .await
             .err()
             .expect("a plaintext client is refused");
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
         let msg = chain(&e);
         assert!(msg.contains("TLS"), "{msg}");
         // Plaintext on the data plane: the connection is closed, the call
@@ -175,12 +179,17 @@ fn certificates_of_another_ca_are_refused() {
         ca: pki.client("probe").ca,
         ..foreign
     });
-    // A server whose certificate is another CA's.
+    // A server whose certificate is another CA's (and which would accept
+    // the cluster's clients: only the client's check can refuse it).
+    let impostor_files = TlsFiles {
+        ca: pki.client("probe2").ca,
+        ..stranger.server("impostor")
+    };
     let impostor = ControlProcess::start_in(
         dir.path(),
         "impostor",
         "127.0.0.1:0",
-        &strs(&tls_flags(&stranger.server("impostor"))),
+        &strs(&tls_flags(&impostor_files)),
         None,
         None,
     );
@@ -211,6 +220,34 @@ fn certificates_of_another_ca_are_refused() {
     });
 }
 
+/// Runs `cmd`, which must refuse to start: exit code 2 within 30 s (a
+/// server that starts anyway is killed and the test fails); its stderr.
+fn refused_at_start(cmd: &mut std::process::Command) -> String {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a server");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} started although its key file is readable by others");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{cmd:?}: {err}");
+    err
+}
+
 #[test]
 fn a_key_file_others_may_read_is_refused_at_start() {
     use std::os::unix::fs::PermissionsExt;
@@ -219,25 +256,30 @@ fn a_key_file_others_may_read_is_refused_at_start() {
     let server = pki.server("server");
     std::fs::set_permissions(&server.key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let secret = ringfs_tests::write_secret(dir.path());
-    let mut control = std::process::Command::new(ringfs_tests::binary(
-        "ringfs-control",
-        "ringfs-control",
-    ));
+    let mut control =
+        std::process::Command::new(ringfs_tests::binary("ringfs-control", "ringfs-control"));
     control
         .args(["--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path().join("control"))
         .arg("--secret-file")
         .arg(&secret)
         .args(tls_flags(&server));
-    let refused = ringfs_tests::run_failing(&mut control, 2);
+    let refused = refused_at_start(&mut control);
     assert!(refused.contains("chmod 600"), "{refused}");
     let mut node = std::process::Command::new(ringfs_tests::binary("ringfs-node", "ringfs-node"));
-    node.args(["--control", "127.0.0.1:1", "--listen", "127.0.0.1", "--cores", "1"])
-        .arg("--data")
-        .arg(dir.path().join("n0"))
-        .arg("--secret-file")
-        .arg(&secret)
-        .args(tls_flags(&server));
-    let refused = ringfs_tests::run_failing(&mut node, 2);
+    node.args([
+        "--control",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1",
+        "--cores",
+        "1",
+    ])
+    .arg("--data")
+    .arg(dir.path().join("n0"))
+    .arg("--secret-file")
+    .arg(&secret)
+    .args(tls_flags(&server));
+    let refused = refused_at_start(&mut node);
     assert!(refused.contains("chmod 600"), "{refused}");
 }
