@@ -7,6 +7,7 @@ use ringfs_client::node_conn::NodeConn;
 use ringfs_client::{Client, ClientOptions, ControlClient, CreateOptions, Error};
 use ringfs_ops::tls::TlsFiles;
 use ringfs_schema::frame::{Header, Op};
+use ringfs_schema::wire_error::describe;
 use ringfs_tests::files::{get, pattern, put};
 use ringfs_tests::tls::{load, tls_flags, Pki};
 use ringfs_tests::{admin, local, ControlProcess, NodeOptions, NodeProcess, FAST_RAFT};
@@ -15,18 +16,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
-
-/// `e` with its sources, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
@@ -148,7 +137,7 @@ fn a_plaintext_peer_is_refused_not_hung() {
             "took {:?}",
             started.elapsed()
         );
-        let msg = chain(&e);
+        let msg = describe(&e);
         assert!(msg.contains("TLS"), "{msg}");
         // Plaintext on the data plane: the connection is closed, the call
         // fails at once (no answer is read from a handshake's bytes).
@@ -199,11 +188,11 @@ fn certificates_of_another_ca_are_refused() {
             .await
             .err()
             .expect("a client certificate of another CA is refused");
-        eprintln!("foreign client, control: {}", chain(&e));
+        eprintln!("foreign client, control: {}", describe(&e));
         let e = node_answers(&node.addr.to_string(), Some(&intruder))
             .await
             .expect_err("a client certificate of another CA is refused by a node");
-        eprintln!("foreign client, node: {}", chain(&e));
+        eprintln!("foreign client, node: {}", describe(&e));
         let e = ControlClient::connect_tls(impostor.addr, &admin(), Some(&client))
             .await
             .err()
