@@ -39,6 +39,10 @@ pub struct ClusterOptions {
     pub parent: Option<PathBuf>,
     /// Leave the data directory in place after teardown.
     pub keep: bool,
+    /// TLS everywhere: a CA and certificates made in the cluster's
+    /// directory, the servers started with them, and this process's
+    /// clients set to use them ([`crate::tls::set`]).
+    pub tls: bool,
 }
 
 /// CPU seconds used so far by the cluster's processes.
@@ -78,6 +82,8 @@ pub struct LocalCluster {
     pub control_addrs: Vec<SocketAddr>,
     launcher: Vec<OsString>,
     secret: PathBuf,
+    /// The servers' `--tls-*` flags (empty without TLS).
+    tls_args: Vec<OsString>,
     /// The built-in administrator's credential (derived from the secret
     /// this cluster was made with): what the workloads connect as.
     pub cred: ringfs_client::Credential,
@@ -124,6 +130,11 @@ impl LocalCluster {
         cred.save(&root.join(CREDENTIAL))
             .context("writing the administrator's credential")?;
 
+        let tls_args = if opts.tls {
+            make_tls(&root)?
+        } else {
+            Vec::new()
+        };
         let replicas = opts.control_replicas.max(1);
         let mut cluster = LocalCluster {
             controls: Vec::new(),
@@ -133,6 +144,7 @@ impl LocalCluster {
             control_addrs: Vec::new(),
             launcher: opts.launcher.control.clone(),
             secret: secret.clone(),
+            tls_args: tls_args.clone(),
             cred,
         };
         for i in 0..replicas {
@@ -169,7 +181,8 @@ impl LocalCluster {
                 .arg("--data")
                 .arg(root.join(format!("node-{}", i + 1)))
                 .arg("--secret-file")
-                .arg(&secret);
+                .arg(&secret)
+                .args(&tls_args);
             quiet_logs(&mut cmd);
             let node = Server::spawn(cmd, "listening on ", START_TIMEOUT)
                 .with_context(|| format!("starting storage node {}", i + 1))?;
@@ -193,6 +206,7 @@ impl LocalCluster {
             .arg(data)
             .arg("--secret-file")
             .arg(&self.secret)
+            .args(&self.tls_args)
             .args(extra);
         quiet_logs(&mut cmd);
         Ok(Server::spawn(
@@ -218,7 +232,7 @@ impl LocalCluster {
                 let mut views = Vec::new();
                 for a in &addrs {
                     if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), async {
-                        ringfs_client::ControlClient::connect(*a, &self.cred)
+                        crate::tls::control(*a, &self.cred)
                             .await?
                             .replication()
                             .await
@@ -258,7 +272,7 @@ impl LocalCluster {
                 let leads = crate::local(async {
                     tokio::time::timeout(
                         Duration::from_secs(2),
-                        ringfs_client::ControlClient::connect(*a, &self.cred),
+                        crate::tls::control(*a, &self.cred),
                     )
                     .await
                     .is_ok_and(|c| c.is_ok_and(|c| c.server_info().is_leader))
@@ -293,7 +307,7 @@ impl LocalCluster {
     fn wait_joined(&self, want: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         crate::local(async {
-            let c = ringfs_client::ControlClient::connect(self.control_addr, &self.cred).await?;
+            let c = crate::tls::control(self.control_addr, &self.cred).await?;
             loop {
                 let up = c.cluster_map().await?.nodes.iter().filter(|n| n.up).count();
                 if up >= want {
@@ -377,6 +391,20 @@ fn quiet_logs(cmd: &mut Command) {
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     );
+}
+
+/// Makes a CA and a server and a client certificate under `root/tls`,
+/// sets this process's clients to use the client's, and returns the
+/// servers' `--tls-*` flags.
+fn make_tls(root: &Path) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    use ringfs_ops::tls::certs::{create_ca, issue, Role};
+    let dir = root.join("tls");
+    create_ca(&dir).context("creating the cluster CA")?;
+    let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+    let server = issue(&dir, "server", Role::Server, &hosts, 7, &dir)?;
+    let client = issue(&dir, "client", Role::Client, &[], 7, &dir)?;
+    crate::tls::set(ringfs_ops::tls::Tls::load(&client)?);
+    Ok(ringfs_ops::tls::TlsFlags::args(&server))
 }
 
 /// Writes a cluster secret to a new file at `path`, owner-only (the

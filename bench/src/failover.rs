@@ -53,8 +53,13 @@ pub fn run(cluster: &mut LocalCluster, kills: usize) -> anyhow::Result<Failover>
         std::thread::spawn(move || {
             crate::local(async move {
                 let run = async {
-                    let c =
-                        Client::connect_replicas(&addrs, &cred, ClientOptions::default()).await?;
+                    let c = Client::connect_tls(
+                        &addrs,
+                        &cred,
+                        ClientOptions::default(),
+                        crate::tls::get().cloned(),
+                    )
+                    .await?;
                     let dir = format!("/bench-failover-{}", std::process::id());
                     c.mkdir(&dir, 0).await?;
                     let options = CreateOptions {

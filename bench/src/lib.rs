@@ -27,6 +27,7 @@ pub mod raw_disk;
 pub mod report;
 pub mod stats;
 pub mod suite;
+pub mod tls;
 pub mod workload;
 
 /// Runs a future on a current-thread runtime inside a `LocalSet`, as the

@@ -60,6 +60,10 @@ enum Cmd {
         /// create), p50 and max. Needs --control-replicas 3 or more.
         #[arg(long, default_value_t = 0)]
         failover_kills: usize,
+        /// TLS on every connection: makes its own CA and certificates
+        /// (docs/operations.md, "TLS").
+        #[arg(long)]
+        tls: bool,
     },
     /// Runs the workloads against an existing cluster (--control), or
     /// against any mounted file system through ordinary file calls
@@ -176,6 +180,8 @@ enum Cmd {
         #[arg(long)]
         credential: PathBuf,
         #[command(flatten)]
+        tls: ringfs_ops::tls::TlsFlags,
+        #[command(flatten)]
         args: ringfs_client::mount::MountArgs,
     },
     /// Runs the control server (used by the launcher for its child processes).
@@ -235,10 +241,15 @@ fn main() -> ExitCode {
         Cmd::Mount {
             control,
             credential,
+            tls,
             args,
         } => ringfs_client::Credential::load(&credential)
             .map_err(anyhow::Error::from)
-            .and_then(|cred| ringfs_client::mount::cli::run(&[control], &cred, &args)),
+            .and_then(|cred| {
+                let files = tls.resolve(None).map_err(anyhow::Error::msg)?;
+                let tls = ringfs_ops::tls::Tls::load_optional(files.as_ref())?;
+                ringfs_client::mount::cli::run(&[control], &cred, tls, &args)
+            }),
         Cmd::Fio {
             config: _,
             path,
@@ -296,7 +307,16 @@ fn main() -> ExitCode {
             keep,
             control_replicas,
             failover_kills,
-        } => run_local(load, nodes, dir, keep, control_replicas, failover_kills),
+            tls,
+        } => run_local(
+            load,
+            nodes,
+            dir,
+            keep,
+            control_replicas,
+            failover_kills,
+            tls,
+        ),
         Cmd::Run {
             config: _,
             control,
@@ -490,6 +510,7 @@ fn run_local(
     keep: bool,
     control_replicas: usize,
     failover_kills: usize,
+    tls: bool,
 ) -> anyhow::Result<()> {
     if let Some(r) = load.replication.filter(|&r| usize::from(r) > nodes) {
         bail!("--replication {r} needs at least {r} storage nodes (--nodes {nodes})");
@@ -505,6 +526,7 @@ fn run_local(
         control_replicas,
         parent: dir,
         keep,
+        tls,
     })?;
     for (i, (pid, addr)) in cluster
         .control_pids()
@@ -652,6 +674,7 @@ fn run_fio(o: FioRun) -> anyhow::Result<()> {
                 parent: Some(work.path().to_path_buf()),
                 keep: false,
                 control_replicas: 1,
+                tls: false,
             })?;
             let mnt = work.path().join(format!("mnt-r{r}"));
             std::fs::create_dir(&mnt)?;

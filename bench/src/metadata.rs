@@ -61,7 +61,7 @@ pub fn run(
             .unwrap_or(0)
     );
     crate::local(async {
-        let c = ControlClient::connect(control, cred).await?;
+        let c = crate::tls::control(control, cred).await?;
         c.mkdir(&dir, 0)
             .await
             .context("creating the benchmark directory")
@@ -94,7 +94,7 @@ pub fn run(
         anyhow::Ok((timings, merged))
     })?;
     crate::local(async {
-        let c = ControlClient::connect(control, cred).await?;
+        let c = crate::tls::control(control, cred).await?;
         c.rmdir(&dir)
             .await
             .context("removing the benchmark directory")
@@ -150,7 +150,7 @@ async fn load_thread(
     let mut conns = Vec::new();
     let mut error = None;
     for _ in &my_clients {
-        match ControlClient::connect(control, cred).await {
+        match crate::tls::control(control, cred).await {
             Ok(c) => conns.push(c),
             Err(e) => error = Some(anyhow::Error::from(e).context("connecting a client")),
         }

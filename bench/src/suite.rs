@@ -102,7 +102,7 @@ pub fn run(
     let ds = Arc::new(Dataset::new(root.clone(), files, file_bytes, random_u64()));
     match target {
         Target::Cluster(control, cred) => crate::local(async {
-            let c = ringfs_client::ControlClient::connect(*control, cred).await?;
+            let c = crate::tls::control(*control, cred).await?;
             c.mkdir(&root, 0).await?;
             anyhow::Ok(())
         }),
@@ -448,7 +448,7 @@ fn remove_dataset(target: &Target, ds: &Dataset) -> anyhow::Result<()> {
         }
     };
     crate::local(async {
-        let c = ringfs_client::ControlClient::connect(control, cred).await?;
+        let c = crate::tls::control(control, cred).await?;
         for f in 0..ds.files {
             match c.unlink(&ds.path(f)).await {
                 Ok(()) | Err(ringfs_client::Error::NotFound(_)) => {}
@@ -467,7 +467,7 @@ fn file_replication(
     ds: &Dataset,
 ) -> anyhow::Result<u8> {
     crate::local(async {
-        let c = ringfs_client::ControlClient::connect(control, cred).await?;
+        let c = crate::tls::control(control, cred).await?;
         anyhow::Ok(c.stat(&ds.path(0)).await?.replication)
     })
 }

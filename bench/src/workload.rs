@@ -305,7 +305,7 @@ async fn load_thread(
     me: usize,
     threads: usize,
 ) -> anyhow::Result<Measured> {
-    let client = Client::connect(control, cred)
+    let client = crate::tls::client(control, cred)
         .await
         .context("connecting to the control server")?;
     let acc = RefCell::new(Measured::new());

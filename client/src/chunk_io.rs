@@ -112,8 +112,8 @@ fn new_client_id() -> u64 {
 impl ChunkIo {
     pub(crate) fn new(cluster: Rc<Cluster>, options: ClientOptions) -> Self {
         Self {
+            pool: NodePool::new(cluster.tls.clone()),
             cluster,
-            pool: NodePool::default(),
             client_id: new_client_id(),
             options,
             next_shard: Cell::new(0),

@@ -246,7 +246,20 @@ impl Client {
         cred: &Credential,
         options: ClientOptions,
     ) -> Result<Self> {
-        let cluster = Rc::new(Cluster::connect(control_addrs, cred.clone()).await?);
+        Self::connect_tls(control_addrs, cred, options, None).await
+    }
+
+    /// [`Client::connect_replicas`] over TLS when `tls` is given: every
+    /// connection, to the control servers and to the storage nodes,
+    /// verifies the server against the cluster CA and presents `tls`'s
+    /// certificate. A failed handshake is [`Error::Unauthenticated`].
+    pub async fn connect_tls(
+        control_addrs: &[SocketAddr],
+        cred: &Credential,
+        options: ClientOptions,
+        tls: Option<ringfs_ops::tls::Tls>,
+    ) -> Result<Self> {
+        let cluster = Rc::new(Cluster::connect(control_addrs, cred.clone(), tls).await?);
         Ok(Self {
             io: ChunkIo::new(cluster.clone(), options),
             cluster,

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crate::control::{ClusterMap, ControlClient, MapSubscription, NodeInfo};
 use crate::error::{Error, Result};
 use ringfs_ops::auth::Credential;
+use ringfs_ops::tls::Tls;
 
 /// A cluster map older than this is fetched again before placing chunks
 /// (the subscription pushes up/down changes, not capacity changes).
@@ -63,6 +64,8 @@ pub(crate) struct Cluster {
     control_addrs: Vec<SocketAddr>,
     /// What every (re)connection authenticates with.
     cred: Credential,
+    /// TLS for every connection (control and data plane), if configured.
+    pub(crate) tls: Option<Tls>,
     map: Rc<RefCell<MapState>>,
     watcher: RefCell<tokio::task::JoinHandle<()>>,
 }
@@ -92,6 +95,7 @@ fn watch_map(map: Rc<RefCell<MapState>>, mut sub: MapSubscription) -> tokio::tas
 pub(crate) async fn connect_leader(
     addrs: &[SocketAddr],
     cred: &Credential,
+    tls: Option<&Tls>,
     within: Duration,
 ) -> Result<ControlClient> {
     let start = Instant::now();
@@ -110,7 +114,7 @@ pub(crate) async fn connect_leader(
                 continue;
             }
             asked.push(a);
-            match ControlClient::connect(a, cred).await {
+            match ControlClient::connect_tls(a, cred, tls).await {
                 Ok(c) if c.server_info().is_leader => return Ok(c),
                 Ok(c) => {
                     within = within.max(RECONNECT_FOR);
@@ -141,8 +145,12 @@ pub(crate) async fn connect_leader(
 impl Cluster {
     /// Connects to the control server (among `control_addrs`, the one that
     /// serves) and subscribes to the cluster map.
-    pub(crate) async fn connect(control_addrs: &[SocketAddr], cred: Credential) -> Result<Self> {
-        let control = connect_leader(control_addrs, &cred, Duration::ZERO).await?;
+    pub(crate) async fn connect(
+        control_addrs: &[SocketAddr],
+        cred: Credential,
+        tls: Option<Tls>,
+    ) -> Result<Self> {
+        let control = connect_leader(control_addrs, &cred, tls.as_ref(), Duration::ZERO).await?;
         let (map, sub) = control.subscribe().await?;
         let map = Rc::new(RefCell::new(MapState {
             map,
@@ -154,6 +162,7 @@ impl Cluster {
             control: RefCell::new(control),
             control_addrs: control_addrs.to_vec(),
             cred,
+            tls,
             map,
             watcher: RefCell::new(watcher),
         })
@@ -176,7 +185,8 @@ impl Cluster {
     /// Connects anew to whichever control server serves (trying for up to
     /// `within`) and resubscribes to the map.
     async fn reconnect_within(&self, within: Duration) -> Result<()> {
-        let control = connect_leader(&self.control_addrs, &self.cred, within).await?;
+        let control =
+            connect_leader(&self.control_addrs, &self.cred, self.tls.as_ref(), within).await?;
         let (map, sub) = control.subscribe().await?;
         self.map.borrow_mut().replace(map);
         let watcher = watch_map(self.map.clone(), sub);

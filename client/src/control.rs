@@ -10,7 +10,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use ringfs_ops::tls::Tls;
+use ringfs_ops::transport::{self, ConnectError};
 use ringfs_schema::common_capnp::capacity;
 use ringfs_schema::control_capnp::{
     attr, chunk_record, cluster_map, control, file_handle, map_watcher, subscription, FileKind,
@@ -19,7 +20,6 @@ use ringfs_schema::control_capnp::{
 pub use ringfs_schema::Version;
 use ringfs_schema::{read_chunk_id, write_chunk_id};
 use tokio::sync::mpsc;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::error::{Error, Result};
 pub use ringfs_ops::auth::Credential;
@@ -367,36 +367,68 @@ fn fill_chunk(mut b: chunk_record::Builder, c: &ChunkRecord) {
     }
 }
 
+/// How long connecting to a control server (TCP and TLS) may take.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// The client error for a failed connection: a timeout or refusal is
+/// [`Error::Timeout`] or [`Error::Unavailable`] (worth retrying), a TLS
+/// failure [`Error::Unauthenticated`] (retrying will not fix it).
+pub(crate) fn connect_error(e: ConnectError) -> Error {
+    match e {
+        ConnectError::Timeout { .. } => Error::Timeout(e.to_string()),
+        ConnectError::Connect { addr, source } => {
+            Error::unavailable_from(format!("cannot connect to {addr}"), source)
+        }
+        // The message carries rustls's reason (its Display includes it).
+        other => Error::Unauthenticated(other.to_string()),
+    }
+}
+
 impl ControlClient {
     /// Connects, checks that both sides speak the same protocol version,
     /// and authenticates as `cred`'s user (docs/protocol.md): every later
-    /// call runs as it.
+    /// call runs as it. Plaintext: see [`ControlClient::connect_tls`].
     pub async fn connect(addr: SocketAddr, cred: &Credential) -> Result<Self> {
-        let stream = tokio::net::TcpStream::connect(addr)
+        Self::connect_tls(addr, cred, None).await
+    }
+
+    /// [`ControlClient::connect`] over TLS when `tls` is given (the server
+    /// is verified against the cluster CA and `addr`'s IP address).
+    /// [`Error::Unauthenticated`] if the TLS handshake fails (either side
+    /// refused the other's certificate, or the server does not speak TLS);
+    /// a plaintext connection that a TLS server closes fails with
+    /// [`Error::Unavailable`] naming TLS as the likely cause.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        cred: &Credential,
+        tls: Option<&Tls>,
+    ) -> Result<Self> {
+        let stream = transport::connect(&addr.to_string(), CONNECT_WITHIN, tls)
             .await
-            .map_err(|e| Error::unavailable_from(format!("cannot connect to {addr}"), e))?;
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            // Buffered: capnp-futures reads a message in several small
-            // read_exact calls and writes it in several write_all calls,
-            // then flushes; buffering makes that about one syscall each.
-            tokio::io::BufReader::with_capacity(64 * 1024, reader).compat(),
-            tokio::io::BufWriter::with_capacity(64 * 1024, writer).compat_write(),
-            rpc_twoparty_capnp::Side::Client,
-            Default::default(),
-        );
-        let mut rpc = RpcSystem::new(Box::new(network), None);
-        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-        let task = tokio::task::spawn_local(async move {
-            let _ = rpc.await;
-        });
+            .map_err(connect_error)?;
+        let (control, task) = transport::rpc_client::<control::Client>(stream);
         let mut client = ControlClient {
             control,
             conn: Rc::new(Conn { task }),
             info: Rc::default(),
         };
-        let (info, challenge) = client.hello().await?;
+        let (info, challenge) = client.hello().await.map_err(|e| match e {
+            // A transport failure (a typed error the server sent has no
+            // source): what a TLS-only server does to a plaintext hello.
+            Error::Unavailable {
+                source: Some(_), ..
+            }
+            | Error::Internal {
+                source: Some(_), ..
+            } if tls.is_none() => Error::unavailable_from(
+                format!(
+                    "{addr} closed the connection before answering hello \
+                         (does the cluster require TLS? see --tls-ca)"
+                ),
+                e,
+            ),
+            e => e,
+        })?;
         client.info = Rc::new(info);
         client.authenticate(cred, &challenge).await?;
         Ok(client)

@@ -42,6 +42,8 @@ struct Cli {
     /// administrator's into its data directory (admin.credential).
     #[arg(long, env = "RINGFS_CREDENTIAL", global = true, value_name = "PATH")]
     credential: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: ringfs_ops::tls::TlsFlags,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -166,6 +168,36 @@ enum AdminCmd {
     /// Users: add (writes the user's credential file), list, remove.
     #[command(subcommand)]
     User(UserCmd),
+    /// TLS certificates: create the cluster CA, issue node and client
+    /// certificates (offline: no server is contacted).
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Create a cluster CA in DIR: ca.pem (give it to every server and
+    /// client) and ca.key (mode 0600; keep it off the cluster).
+    Ca { dir: std::path::PathBuf },
+    /// Issue a certificate NAME signed by the CA in --ca-dir: writes
+    /// NAME.pem and NAME.key (mode 0600) into --out.
+    Issue {
+        name: String,
+        /// The CA directory (`ringfs admin cert ca`).
+        #[arg(long)]
+        ca_dir: std::path::PathBuf,
+        /// A server certificate (control replica or storage node) for
+        /// these hosts (IP addresses or DNS names it is dialled by),
+        /// comma-separated. Without it, a client certificate.
+        #[arg(long, value_delimiter = ',')]
+        host: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Where to write it [default: the current directory].
+        #[arg(long, short = 'o', default_value = ".")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +233,62 @@ macro_rules! outln {
     ($($arg:tt)*) => {
         writeln!(std::io::stdout().lock(), $($arg)*)?
     };
+}
+
+/// Runs `ringfs admin cert` (offline).
+fn cert_cmd(cmd: &CertCmd, json: bool) -> Result<()> {
+    use ringfs_ops::tls::certs;
+    match cmd {
+        CertCmd::Ca { dir } => {
+            let ca = certs::create_ca(dir)?;
+            if json {
+                outln!("{}", json!({"ca": ca, "key": dir.join(certs::CA_KEY)}));
+            } else {
+                outln!(
+                    "cluster CA created: {} (trust it everywhere), {} (mode 0600: keep it safe)",
+                    ca.display(),
+                    dir.join(certs::CA_KEY).display()
+                );
+            }
+        }
+        CertCmd::Issue {
+            name,
+            ca_dir,
+            host,
+            days,
+            out,
+        } => {
+            let role = if host.is_empty() {
+                certs::Role::Client
+            } else {
+                certs::Role::Server
+            };
+            let f = certs::issue(ca_dir, name, role, host, *days, out)?;
+            if json {
+                outln!("{}", json!({"ca": f.ca, "cert": f.cert, "key": f.key}));
+            } else {
+                outln!(
+                    "{} certificate {name} issued: --tls-ca {} --tls-cert {} --tls-key {}",
+                    if role == certs::Role::Server {
+                        "server"
+                    } else {
+                        "client"
+                    },
+                    f.ca.display(),
+                    f.cert.display(),
+                    f.key.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The TLS the flags (or `[tls]`-less config keys, which are the flags)
+/// ask for; `None` is plaintext.
+fn tls(cli: &Cli) -> Result<Option<ringfs_ops::tls::Tls>> {
+    let files = cli.tls.clone().resolve(None).map_err(|e| anyhow!(e))?;
+    Ok(ringfs_ops::tls::Tls::load_optional(files.as_ref())?)
 }
 
 fn parse_size_u32(s: &str) -> Result<u32, String> {
@@ -264,11 +352,25 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Cmd::Admin {
+        cmd: AdminCmd::Cert(cmd),
+        ..
+    } = &cli.cmd
+    {
+        return match cert_cmd(cmd, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringfs: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Cmd::Mount(args) = &cli.cmd {
         // Not on a LocalSet: the mount runs its own threads.
         // Every control address: the mount follows the leader among them.
-        let mounted = control_addrs(cli.control.as_deref())
-            .and_then(|addrs| ringfs_client::mount::cli::run(&addrs, &credential(&cli)?, args));
+        let mounted = control_addrs(cli.control.as_deref()).and_then(|addrs| {
+            ringfs_client::mount::cli::run(&addrs, &credential(&cli)?, tls(&cli)?, args)
+        });
         return match mounted {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -321,7 +423,8 @@ fn control_addrs(flag: Option<&str>) -> Result<Vec<SocketAddr>> {
 async fn run(cli: Cli) -> Result<()> {
     let addrs = control_addrs(cli.control.as_deref())?;
     let cred = credential(&cli)?;
-    let c = Client::connect_replicas(&addrs, &cred, Default::default()).await?;
+    let tls = tls(&cli)?;
+    let c = Client::connect_tls(&addrs, &cred, Default::default(), tls.clone()).await?;
     let json = cli.json;
     match cli.cmd {
         Cmd::Put {
@@ -362,7 +465,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Mv { from, to } => cmd_mv(&c, &from, &to).await,
         Cmd::Fsck { verify } => cmd_fsck(&c, json, verify).await,
-        Cmd::Status => cmd_status(&c, &cred, &addrs, json).await,
+        Cmd::Status => cmd_status(&c, (&cred, tls.as_ref()), &addrs, json).await,
         Cmd::Chmod { mode, paths } => {
             for p in paths {
                 c.set_attr(&p, Some(mode), None).await?;
@@ -378,6 +481,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Admin { secret_file, cmd } => {
             match cmd {
+                // Handled in main, before connecting.
+                AdminCmd::Cert(cmd) => cert_cmd(&cmd, json)?,
                 AdminCmd::Snapshot => {
                     let (path, index, bytes) = c
                         .with_control(|ctl| async move { ctl.take_snapshot().await })
@@ -781,7 +886,7 @@ async fn cmd_fsck(c: &Client, json: bool, verify: bool) -> Result<()> {
 /// replica's own view (term, log positions); `None` for a single server.
 async fn control_status(
     c: &Client,
-    cred: &Credential,
+    (cred, tls): (&Credential, Option<&ringfs_ops::tls::Tls>),
     addrs: &[SocketAddr],
 ) -> Result<Option<(ReplicationStatus, Vec<ReplicationStatus>)>> {
     let leader = c.control().replication().await?;
@@ -798,7 +903,7 @@ async fn control_status(
             continue;
         };
         let probe = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            ControlClient::connect(addr, cred)
+            ControlClient::connect_tls(addr, cred, tls)
                 .await?
                 .replication()
                 .await
@@ -811,7 +916,12 @@ async fn control_status(
 }
 
 /// `status`: control replicas, nodes, up/down, capacity and chunk health.
-async fn cmd_status(c: &Client, cred: &Credential, addrs: &[SocketAddr], json: bool) -> Result<()> {
+async fn cmd_status(
+    c: &Client,
+    cred: (&Credential, Option<&ringfs_ops::tls::Tls>),
+    addrs: &[SocketAddr],
+    json: bool,
+) -> Result<()> {
     let control = control_status(c, cred, addrs).await?;
     let health = c.control().chunk_health(0).await?;
     let map = c.cluster_map().await?;

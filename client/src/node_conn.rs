@@ -22,10 +22,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
+use ringfs_ops::tls::Tls;
+use ringfs_ops::transport::{self, Stream};
 use ringfs_schema::frame::{check_header_len, decode_header, encode_header, Header, Op, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
@@ -41,7 +42,7 @@ pub struct NodeConn {
     addr: String,
     /// The socket, to shut down when a send is cut.
     fd: RawFd,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf<Stream>>,
     pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>>,
     /// Set (to the failure) once the connection failed; every later call
     /// fails with it.
@@ -57,19 +58,19 @@ impl Drop for NodeConn {
 }
 
 impl NodeConn {
-    /// Connects to the shard endpoint `addr` (`ip:port`) within 5 s:
-    /// [`Error::Timeout`] after that, [`Error::Unavailable`] (with the I/O
-    /// error as source) if refused.
-    pub async fn connect(addr: &str) -> Result<Rc<Self>> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    /// Connects to the shard endpoint `addr` (`ip:port`), over `tls` if
+    /// given, within 5 s: [`Error::Timeout`] after that,
+    /// [`Error::Unavailable`] (with the I/O error as source) if refused,
+    /// [`Error::Unauthenticated`] if the TLS handshake fails.
+    pub async fn connect(addr: &str, tls: Option<&Tls>) -> Result<Rc<Self>> {
+        let stream = transport::connect(addr, CONNECT_TIMEOUT, tls)
             .await
-            .map_err(|_| Error::Timeout(format!("connecting to storage node {addr}")))?
-            .map_err(|e| {
-                Error::unavailable_from(format!("cannot connect to storage node {addr}"), e)
-            })?;
-        let _ = stream.set_nodelay(true);
-        let fd = stream.as_raw_fd();
-        let (rd, wr) = stream.into_split();
+            .map_err(crate::control::connect_error)?;
+        let fd = match &stream {
+            Stream::Left(s) => s.as_raw_fd(),
+            Stream::Right(s) => s.get_ref().0.as_raw_fd(),
+        };
+        let (rd, wr) = tokio::io::split(stream);
         let pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>> = Rc::default();
         let broken: Rc<RefCell<Option<Error>>> = Rc::default();
         let reader = tokio::task::spawn_local(read_loop(
@@ -218,7 +219,7 @@ impl Drop for Armed<'_> {
 /// writes the first N bytes of the frame, then never finishes, as a send stuck behind a node that
 /// stopped reading does; the call's timeout cuts it.
 #[cfg(feature = "failpoints")]
-async fn stall_mid_frame(w: &mut OwnedWriteHalf, head: &[u8], payload: &[u8]) {
+async fn stall_mid_frame(w: &mut WriteHalf<Stream>, head: &[u8], payload: &[u8]) {
     // Frames with a payload (writes) only.
     if payload.is_empty() {
         return;
@@ -238,7 +239,7 @@ async fn stall_mid_frame(w: &mut OwnedWriteHalf, head: &[u8], payload: &[u8]) {
 
 async fn read_loop(
     addr: String,
-    rd: OwnedReadHalf,
+    rd: ReadHalf<Stream>,
     pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Result<Reply>>>>>,
     broken: Rc<RefCell<Option<Error>>>,
 ) {
@@ -313,7 +314,7 @@ pub fn recycle_payload(buf: Vec<u8>) {
 /// Reads one frame from shard `addr`; the payload is read into a buffer of
 /// exactly its size. Every failure loses the framing: the connection is
 /// done.
-async fn read_frame(addr: &str, rd: &mut BufReader<OwnedReadHalf>) -> Result<Reply> {
+async fn read_frame(addr: &str, rd: &mut BufReader<ReadHalf<Stream>>) -> Result<Reply> {
     let failed = |what: &str, e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             Error::unavailable(format!("storage node {addr}: connection closed{what}"))
@@ -341,9 +342,19 @@ async fn read_frame(addr: &str, rd: &mut BufReader<OwnedReadHalf>) -> Result<Rep
 #[derive(Default)]
 pub struct NodePool {
     conns: RefCell<HashMap<String, Rc<NodeConn>>>,
+    /// TLS for every connection, if configured.
+    tls: Option<Tls>,
 }
 
 impl NodePool {
+    /// A pool whose connections use `tls` if given.
+    pub fn new(tls: Option<Tls>) -> Self {
+        Self {
+            conns: RefCell::default(),
+            tls,
+        }
+    }
+
     /// The connection to `addr`, made (see [`NodeConn::connect`]) if there
     /// is none or the last one broke.
     pub async fn get(&self, addr: &str) -> Result<Rc<NodeConn>> {
@@ -352,7 +363,7 @@ impl NodePool {
                 return Ok(c.clone());
             }
         }
-        let c = NodeConn::connect(addr).await?;
+        let c = NodeConn::connect(addr, self.tls.as_ref()).await?;
         self.conns.borrow_mut().insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -103,6 +103,8 @@ pub struct Args {
     /// Log entries kept behind a snapshot, for followers a little behind [default: 1000].
     #[arg(long)]
     pub raft_logs_kept: Option<u64>,
+    #[command(flatten)]
+    pub tls: ringfs_ops::tls::TlsFlags,
 }
 
 /// The TOML file: the same keys as the long flags. `--print-config`
@@ -132,6 +134,8 @@ struct FileConfig {
     raft_election_ms: Option<u64>,
     raft_snapshot_every: Option<u64>,
     raft_logs_kept: Option<u64>,
+    /// `[tls]`: ca, cert and key files.
+    tls: Option<ringfs_ops::tls::TlsFiles>,
 }
 
 /// Validated configuration.
@@ -156,6 +160,11 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Replication, when the control plane is replicated.
     pub replication: Option<Replication>,
+    /// The TLS files (`[tls]`, `--tls-*`), when TLS is on.
+    pub tls_files: Option<ringfs_ops::tls::TlsFiles>,
+    /// TLS loaded from them: every connection accepted or made (to other
+    /// replicas) speaks it, and nothing else.
+    pub tls: Option<ringfs_ops::tls::Tls>,
     /// The Raft settings given (also without peers or bootstrap: a replica
     /// restarted with neither uses them).
     tuning: Replication,
@@ -240,6 +249,9 @@ impl Config {
             .or(file.secret_file)
             .ok_or_else(|| ConfigError("--secret-file is required".into()))?;
         let secret = read_secret(&secret_file)?;
+        let tls_files = args.tls.resolve(file.tls).map_err(ConfigError)?;
+        let tls = ringfs_ops::tls::Tls::load_optional(tls_files.as_ref())
+            .map_err(|e| ConfigError(e.to_string()))?;
         check_data_dir(&data)?;
         let heartbeat =
             Duration::from_millis(args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(1000));
@@ -344,6 +356,8 @@ impl Config {
             metrics: args.metrics.or(file.metrics),
             replication,
             tuning,
+            tls_files,
+            tls,
         })
     }
 }
@@ -367,6 +381,7 @@ impl Config {
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
             metrics: self.metrics,
+            tls: self.tls_files.clone(),
             peers: self.replication.as_ref().map(|r| r.peers.clone()),
             bootstrap: self.replication.as_ref().map(|r| r.bootstrap),
             advertise: self.replication.as_ref().and_then(|r| r.advertise.clone()),

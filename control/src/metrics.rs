@@ -101,6 +101,26 @@ pub fn set_current(current: Option<(Rc<ControlMetrics>, Rc<CallGate>)>) {
     CURRENT.with(|c| *c.borrow_mut() = current);
 }
 
+/// Counts a failed authentication in the metrics of the control server
+/// running on this thread.
+pub fn auth_failed() {
+    CURRENT.with(|c| {
+        if let Some((m, _)) = &*c.borrow() {
+            m.auth_failures.inc();
+        }
+    });
+}
+
+/// Counts a failed TLS handshake in the metrics of the control server
+/// running on this thread.
+pub fn tls_handshake_failed() {
+    CURRENT.with(|c| {
+        if let Some((m, _)) = &*c.borrow() {
+            m.tls_failures.inc();
+        }
+    });
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     op: &'static str,
@@ -156,6 +176,10 @@ pub struct ControlMetrics {
     latency: Family<OpLabel, Histogram>,
     /// 1 once the RPC listener is bound and serving.
     pub serving: Gauge,
+    /// Failed `authenticate` calls (no label: never the user tried).
+    auth_failures: Counter,
+    /// Accepted connections closed because their TLS handshake failed.
+    tls_failures: Counter,
 }
 
 impl Default for ControlMetrics {
@@ -188,12 +212,27 @@ impl Default for ControlMetrics {
             "1 while the RPC listener is serving",
             serving.clone(),
         );
+        let auth_failures = Counter::default();
+        registry.register(
+            "ringfs_control_auth_failures",
+            "authenticate calls refused (unknown user or wrong proof)",
+            auth_failures.clone(),
+        );
+        let tls_failures = Counter::default();
+        registry.register(
+            "ringfs_control_tls_handshakes_failed",
+            "Connections closed because their TLS handshake failed or timed out \
+             (not TLS, or a certificate not from the cluster CA)",
+            tls_failures.clone(),
+        );
         ControlMetrics {
             registry,
             requests,
             errors,
             latency,
             serving,
+            auth_failures,
+            tls_failures,
         }
     }
 }

@@ -6,12 +6,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use ringfs_ops::tls::Tls;
+use ringfs_ops::transport;
 use ringfs_schema::control_capnp::control;
 use ringfs_schema::wire_error::describe;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::cluster_state::{MembershipTiming, State};
 use crate::config::Config;
@@ -61,7 +61,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 
     let mut connections = JoinSet::new();
     tokio::select! {
-        _ = accept_loop(&listener, &mut connections, &bootstrap) => {}
+        _ = accept_loop(&listener, config.tls.as_ref(), &mut connections, &bootstrap) => {}
         _ = shutdown => {}
     }
 
@@ -157,6 +157,7 @@ async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()
                 election: r.election,
                 snapshot_every: r.snapshot_every,
                 logs_kept: r.logs_kept,
+                tls: config.tls.clone(),
             };
             drop(committer);
             let replica = crate::raft::Replica::start(
@@ -258,6 +259,7 @@ fn spawn_planner(state: &Rc<State>, config: &Config) -> JoinHandle<()> {
 /// Accepts connections until dropped.
 async fn accept_loop(
     listener: &TcpListener,
+    tls: Option<&Tls>,
     connections: &mut JoinSet<()>,
     bootstrap: &dyn Fn() -> control::Client,
 ) {
@@ -265,7 +267,7 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 while connections.try_join_next().is_some() {}
-                serve_connection(connections, stream, peer, bootstrap());
+                serve_connection(connections, stream, peer, tls.cloned(), bootstrap());
             }
             Err(e) => {
                 // Out of descriptors and the like: back off, keep serving.
@@ -315,26 +317,25 @@ async fn close_store(writer: std::thread::JoinHandle<()>) {
     tracing::info!("control server stopped: metadata store closed");
 }
 
+/// Serves one accepted connection as its own task: with `tls`, its
+/// handshake first (a peer that fails it is closed and never read as RPC).
 fn serve_connection(
     connections: &mut JoinSet<()>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    tls: Option<Tls>,
     bootstrap: control::Client,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        // Buffered: capnp-futures reads a message in several small
-        // read_exact calls and writes it in several write_all calls, then
-        // flushes; buffering makes that about one syscall each.
-        tokio::io::BufReader::with_capacity(64 * 1024, reader).compat(),
-        tokio::io::BufWriter::with_capacity(64 * 1024, writer).compat_write(),
-        rpc_twoparty_capnp::Side::Server,
-        Default::default(),
-    );
-    let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
     connections.spawn_local(async move {
-        if let Err(e) = rpc.await {
+        let stream = match transport::accept(stream, tls.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                crate::metrics::tls_handshake_failed();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed: connection closed");
+                return;
+            }
+        };
+        if let Err(e) = transport::rpc_server(stream, bootstrap.client).await {
             tracing::debug!(%peer, error = %e, "connection ended");
         }
     });

@@ -13,6 +13,10 @@
 //!   `RUST_LOG` or the `log-level` setting.
 //! - [`http`]: the minimal GET-only HTTP responder behind `--metrics`
 //!   (`/metrics`, `/healthz`, `/readyz`).
+//! - [`tls`] (feature `tls`): the cluster CA, certificates and keys, and
+//!   the rustls configurations built from them.
+//! - [`transport`] (feature `tls`): the one place connections are made
+//!   and accepted (plaintext or TLS) and Cap'n Proto RPC runs over them.
 //! - [`launch`] (feature `launch`): starting the servers as child
 //!   processes, for the bench's local cluster and the test kit.
 
@@ -27,3 +31,7 @@ pub mod http;
 pub mod launch;
 #[cfg(feature = "server")]
 pub mod logging;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "tls")]
+pub mod transport;

@@ -13,6 +13,11 @@
 //! lease-ms = 30000       # default lock/reservation lease
 //! forward-timeout-ms = 30000  # a chain hop must answer a forwarded write within it
 //! scrub-bytes-per-sec = 8388608  # background re-read rate per shard; 0 = off
+//!
+//! [tls]                  # optional: TLS on every connection (docs/operations.md)
+//! ca = "/etc/ringfs/ca.pem"
+//! cert = "/etc/ringfs/node1.pem"
+//! key = "/etc/ringfs/node1.key"
 //! ```
 //!
 //! Keys are kebab-case, equal to the long flags. Validation happens here,
@@ -95,6 +100,8 @@ pub struct Cli {
     /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub tls: ringfs_ops::tls::TlsFlags,
 }
 
 /// The TOML file. `--print-config` prints it filled with the effective
@@ -116,6 +123,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     metrics: Option<std::net::SocketAddr>,
+    tls: Option<ringfs_ops::tls::TlsFiles>,
 }
 
 /// The resolved configuration.
@@ -138,6 +146,11 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Monitoring endpoint, if any.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The TLS files (`[tls]`, `--tls-*`), when TLS is on.
+    pub tls_files: Option<ringfs_ops::tls::TlsFiles>,
+    /// TLS loaded from them (key permissions checked): the data plane and
+    /// the connections to the control server speak it, and nothing else.
+    pub tls: Option<ringfs_ops::tls::Tls>,
 }
 
 /// Parses `--cores`: "0,1,3" (a list, each core once) or "2" (a count:
@@ -222,6 +235,10 @@ impl NodeConfig {
             .unwrap_or_else(|| ringfs_ops::logging::DEFAULT_LEVEL.into());
         ringfs_ops::logging::check_level(&log_level)
             .map_err(|e| ConfigError::Invalid("log-level", e))?;
+        let tls_files = cli
+            .tls
+            .resolve(file.tls)
+            .map_err(|e| ConfigError::Invalid("tls", e))?;
         Ok(Self {
             control,
             data,
@@ -250,6 +267,9 @@ impl NodeConfig {
             log_level,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             metrics: cli.metrics.or(file.metrics),
+            tls: ringfs_ops::tls::Tls::load_optional(tls_files.as_ref())
+                .map_err(|e| ConfigError::Invalid("tls", e.to_string()))?,
+            tls_files,
         })
     }
 }
@@ -277,6 +297,7 @@ impl NodeConfig {
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
             metrics: self.metrics,
+            tls: self.tls_files.clone(),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

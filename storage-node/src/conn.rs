@@ -31,10 +31,14 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use glommio::io::ReadResult;
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
+use ringfs_ops::transport::{accept_io, IoStream, HANDSHAKE_WITHIN};
 use ringfs_schema::frame::{encode_header, Header, Op, Status, MAX_PAYLOAD_LEN};
 use ringfs_schema::wire::{read_header, skip, WireError};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// A data-plane connection: a glommio socket, plaintext or TLS.
+pub(crate) type Stream = IoStream<TcpStream>;
 
 /// Responses are coalesced into sends of up to this many bytes.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -138,6 +142,22 @@ impl Shard {
         self.next_conn.set(conn + 1);
         let limits = self.cfg.limits;
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        // With TLS, nothing but a handshake that proves a certificate of the
+        // cluster CA gets this connection read.
+        let handshake = async { Ok(accept_io(stream, self.cfg.tls.as_ref()).await) };
+        let stream = match glommio::timer::timeout(HANDSHAKE_WITHIN, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.cfg.metrics.tls_refused();
+                tracing::debug!(shard = self.cfg.index, ?peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.cfg.metrics.tls_refused();
+                return;
+            }
+        };
         let (rd, wr) = stream.split();
         // Buffered reads: a header costs one syscall for many pipelined
         // frames; payloads larger than the buffer bypass it (read straight
@@ -306,7 +326,7 @@ async fn read_payload<R: futures::AsyncRead + Unpin>(
 /// gone, the socket fails, or one send does not complete within
 /// `send_timeout` (a peer that stops reading); then closes the write side.
 async fn write_responses(
-    mut wr: WriteHalf<TcpStream>,
+    mut wr: WriteHalf<Stream>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     send_timeout: Duration,
 ) {
@@ -344,7 +364,7 @@ async fn write_responses(
 
 /// Writes all of `bytes`; false if the socket failed or did not take them
 /// within `within`.
-async fn send(wr: &mut WriteHalf<TcpStream>, bytes: &[u8], within: Duration) -> bool {
+async fn send(wr: &mut WriteHalf<Stream>, bytes: &[u8], within: Duration) -> bool {
     glommio::timer::timeout(within, async { Ok(wr.write_all(bytes).await.is_ok()) })
         .await
         .unwrap_or(false)

@@ -31,8 +31,8 @@
 
 use crate::identity::Identity;
 use crate::shard::{CapacityReport, ShardCommand};
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::channel::{mpsc, oneshot};
+use ringfs_ops::transport;
 use ringfs_schema::control_capnp::CommandKind;
 use ringfs_schema::control_capnp::{self as control_capnp, command_result, control, node_command};
 use ringfs_schema::{read_chunk_id, write_chunk_id, ChunkId, Version};
@@ -42,7 +42,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 /// Chunk reports are sent in pages of this many chunks.
 const REPORT_PAGE: usize = 1000;
@@ -217,6 +216,8 @@ pub struct ControlLink {
     /// The cluster principal's credential (derived from the cluster
     /// secret), proved at every connection.
     pub cred: ringfs_ops::auth::Credential,
+    /// TLS for the connections to the control server, if configured.
+    pub tls: Option<ringfs_ops::tls::Tls>,
     pub identity_path: PathBuf,
     pub node_id: Arc<AtomicU64>,
     /// "ip:port" of each shard's listener, by shard index.
@@ -322,34 +323,14 @@ impl ControlLink {
         Ok(reply.get()?.get_epoch())
     }
 
-    /// A connection to the control server, said hello to; the RPC system
-    /// runs as a local task until the handle is aborted.
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            control::Client,
-            tokio::task::JoinHandle<Result<(), capnp::Error>>,
-        ),
-        LinkError,
-    > {
+    /// A connection to the control server (TLS if configured), said hello
+    /// to; the RPC system runs as a local task until the handle is aborted.
+    async fn connect(&self) -> Result<(control::Client, tokio::task::JoinHandle<()>), LinkError> {
         let addr = &self.next_addr();
-        let stream =
-            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| LinkError::Connect(addr.clone(), "timed out".into()))?
-                .map_err(|e| LinkError::Connect(addr.clone(), e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            reader.compat(),
-            writer.compat_write(),
-            rpc_twoparty_capnp::Side::Client,
-            Default::default(),
-        );
-        let mut rpc = RpcSystem::new(Box::new(network), None);
-        let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-        let rpc_task = tokio::task::spawn_local(rpc);
+        let stream = transport::connect(addr, Duration::from_secs(5), self.tls.as_ref())
+            .await
+            .map_err(|e| LinkError::Connect(addr.clone(), e.to_string()))?;
+        let (control, rpc_task) = transport::rpc_client::<control::Client>(stream);
         let mut hello = control.hello_request();
         hello
             .get()

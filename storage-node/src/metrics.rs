@@ -78,12 +78,19 @@ pub struct ShardMetrics {
     lock_timeouts: Counter,
     reservations_refused: Counter,
     connections_refused: Counter,
+    tls_refused: Counter,
 }
 
 impl ShardMetrics {
     /// A new connection was closed at once: the shard's connection limit.
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// A new connection failed its TLS handshake (not TLS, a certificate
+    /// not from the cluster CA, or too slow) and was closed.
+    pub fn tls_refused(&self) {
+        self.tls_refused.inc();
     }
 
     /// A lock request (explicit or implicit) had to queue.
@@ -149,6 +156,12 @@ impl NodeMetrics {
             "ringfs_node_connections_refused",
             "New connections closed at once because the shard's connection limit was reached",
             conns_refused.clone(),
+        );
+        let tls_refused = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "ringfs_node_tls_handshakes_failed",
+            "New connections closed because their TLS handshake failed or timed out",
+            tls_refused.clone(),
         );
         registry.register(
             "ringfs_node_lock_waits",
@@ -223,6 +236,7 @@ impl NodeMetrics {
                     lock_timeouts: lock_timeouts.get_or_create(&ShardLabel { shard }).clone(),
                     reservations_refused: refused.get_or_create(&ShardLabel { shard }).clone(),
                     connections_refused: conns_refused.get_or_create(&ShardLabel { shard }).clone(),
+                    tls_refused: tls_refused.get_or_create(&ShardLabel { shard }).clone(),
                 }
             })
             .collect();

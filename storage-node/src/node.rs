@@ -196,6 +196,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let secret = std::fs::read(&cfg.secret_file)
         .with_context(|| format!("reading the cluster secret {}", cfg.secret_file.display()))?;
     let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
+    let tls = cfg.tls.clone();
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("creating {}", cfg.data.display()))?;
     let identity_path = cfg.data.join("node-identity");
@@ -228,6 +229,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             forward_timeout: Duration::from_millis(cfg.forward_timeout_ms),
             limits: crate::shard::Limits::default(),
             metrics: metrics.shard(index),
+            tls: tls.clone(),
         };
         let port = if cfg.base_port == 0 {
             0
@@ -278,6 +280,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         joined: metrics.joined.clone(),
         control_addr: cfg.control.clone(),
         cred: ringfs_ops::auth::Credential::cluster(&secret),
+        tls,
         identity_path,
         node_id,
         endpoints,

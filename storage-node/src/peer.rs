@@ -9,10 +9,12 @@
 //! So the bytes of a later frame can never complete a cut one, and a
 //! partial payload is never applied.
 
+use crate::conn::Stream;
 use futures::channel::oneshot;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use ringfs_ops::tls::Tls;
 use ringfs_schema::frame::{encode_header, Header, Op, Status};
 use ringfs_schema::wire::{read_header, write_frame, WireError};
 use std::cell::{Cell, RefCell};
@@ -49,7 +51,7 @@ pub struct Peer {
     addr: String,
     /// The socket, to shut down when a send is cut.
     fd: RawFd,
-    writer: futures::lock::Mutex<WriteHalf<TcpStream>>,
+    writer: futures::lock::Mutex<WriteHalf<Stream>>,
     /// Encoded small frames waiting for the writer.
     queue: RefCell<Vec<u8>>,
     pending: Rc<RefCell<HashMap<u64, Pending>>>,
@@ -59,14 +61,31 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Connects to the shard at `addr` (`ip:port`), giving up after 5 s.
-    /// Must run on a glommio executor (the connection is its TCP).
+    /// Connects to the shard at `addr` (`ip:port`) in plaintext: see
+    /// [`Peer::connect_tls`].
     pub async fn connect(addr: &str) -> Result<Rc<Self>, PeerError> {
-        let stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+        Self::connect_tls(addr, None).await
+    }
+
+    /// Connects to the shard at `addr` (`ip:port`), with `tls` if given
+    /// (the node is verified against the cluster CA and `addr`'s host),
+    /// giving up after 5 s for the TCP connection and 5 s more for the
+    /// handshake. Must run on a glommio executor (the connection is its
+    /// TCP).
+    pub async fn connect_tls(addr: &str, tls: Option<&Tls>) -> Result<Rc<Self>, PeerError> {
+        let within = Duration::from_secs(5);
+        let failed =
+            |e: &dyn std::fmt::Display| PeerError::Connect(addr.to_string(), e.to_string());
+        let stream = TcpStream::connect_timeout(addr, within)
             .await
-            .map_err(|e| PeerError::Connect(addr.to_string(), e.to_string()))?;
+            .map_err(|e| failed(&e))?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
+        let handshake = async { Ok(ringfs_ops::transport::connect_io(stream, addr, tls).await) };
+        let stream = glommio::timer::timeout(within, handshake)
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))?;
         let (rd, wr) = stream.split();
         let pending: Rc<RefCell<HashMap<u64, Pending>>> = Rc::default();
         let broken: Rc<RefCell<Option<PeerError>>> = Rc::default();
@@ -97,7 +116,7 @@ impl Peer {
 
     async fn read_loop(
         addr: String,
-        mut rd: futures::io::BufReader<ReadHalf<TcpStream>>,
+        mut rd: futures::io::BufReader<ReadHalf<Stream>>,
         pending: Rc<RefCell<HashMap<u64, Pending>>>,
         broken: Rc<RefCell<Option<PeerError>>>,
     ) {
@@ -255,7 +274,7 @@ impl Drop for Armed<'_> {
 /// peer that stopped reading does; the caller's timeout cuts it.
 #[cfg(feature = "failpoints")]
 async fn stall_mid_frame(
-    w: &mut WriteHalf<TcpStream>,
+    w: &mut WriteHalf<Stream>,
     queued: &[u8],
     h: &Header,
     payload: &[u8],
@@ -274,12 +293,20 @@ async fn stall_mid_frame(
 }
 
 /// Connections of one shard to other nodes, by address, reconnected when broken.
-#[derive(Default)]
 pub(crate) struct PeerPool {
     peers: RefCell<HashMap<String, Rc<Peer>>>,
+    /// TLS for every connection, if configured.
+    tls: Option<Tls>,
 }
 
 impl PeerPool {
+    pub(crate) fn new(tls: Option<Tls>) -> Self {
+        Self {
+            peers: RefCell::default(),
+            tls,
+        }
+    }
+
     /// The pooled connection to `addr`, opening a new one if there is none
     /// or it broke.
     pub(crate) async fn get(&self, addr: &str) -> Result<Rc<Peer>, PeerError> {
@@ -288,7 +315,7 @@ impl PeerPool {
                 return Ok(p.clone());
             }
         }
-        let p = Peer::connect(addr).await?;
+        let p = Peer::connect_tls(addr, self.tls.as_ref()).await?;
         self.peers.borrow_mut().insert(addr.to_string(), p.clone());
         Ok(p)
     }

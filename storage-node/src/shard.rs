@@ -50,6 +50,9 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// This shard's metric handles (touched by this shard only).
     pub metrics: crate::metrics::ShardMetrics,
+    /// TLS for the data plane (accepted and peer connections), if
+    /// configured: then nothing else is spoken.
+    pub tls: Option<ringfs_ops::tls::Tls>,
 }
 
 /// What clients can make one shard hold, at most (`docs/operations.md`
@@ -173,6 +176,7 @@ impl Shard {
             "shard recovered"
         );
         let limits = cfg.limits;
+        let peers = PeerPool::new(cfg.tls.clone());
         Ok(Rc::new(Self {
             cfg,
             node_id,
@@ -181,7 +185,7 @@ impl Shard {
             reservations: RefCell::new(Reservations::new(limits.reservations)),
             minter: RefCell::new(minter),
             key,
-            peers: PeerPool::default(),
+            peers,
             bad: RefCell::default(),
             bytes_in_flight: Rc::new(glommio::sync::Semaphore::new(limits.shard_bytes)),
             connections: Cell::new(0),

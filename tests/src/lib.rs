@@ -20,6 +20,7 @@
 //! - [`files`]: test data ([`files::pattern`]) and whole-file helpers over
 //!   the client library.
 //! - [`scrape`]: a server's monitoring endpoint (`--metrics`).
+//! - [`tls`]: a cluster CA and certificates for a TLS test cluster.
 //! - [`run_ok`], [`run_failing`], [`run`]: short-lived commands (the CLI,
 //!   `--print-config`, scripts) with how they ended checked.
 //! - [`Server`]: the launcher underneath (`ringfs_ops::launch`, shared with
@@ -36,6 +37,7 @@ pub mod files;
 mod netns;
 pub mod scrape;
 mod servers;
+pub mod tls;
 
 pub use binaries::binary;
 pub use cluster::{Cluster, FAST_REPAIR, QUICK};
@@ -125,22 +127,13 @@ where
 pub async fn raw_control(
     addr: std::net::SocketAddr,
 ) -> ringfs_schema::control_capnp::control::Client {
-    use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
-    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connecting to the control server");
-    let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        writer.compat_write(),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let control = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    tokio::task::spawn_local(rpc);
-    control
+    let stream =
+        ringfs_ops::transport::connect(&addr.to_string(), std::time::Duration::from_secs(5), None)
+            .await
+            .expect("connecting to the control server");
+    // The connection lives as long as its task: detached, it ends with the
+    // runtime or when the server closes it.
+    ringfs_ops::transport::rpc_client(stream).0
 }
 
 /// Runs `f` with a new client of the cluster whose control server is at

@@ -808,7 +808,7 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
         c.set_len(fd, 300_000).await.unwrap();
         c.close(fd).await.unwrap();
         // An abandoned write: reserved and written on a node, never committed.
-        let conn = NodeConn::connect(&node).await.unwrap();
+        let conn = NodeConn::connect(&node, None).await.unwrap();
         let mut h = Header::request(0, Op::Reserve);
         h.client_id = 77;
         h.reserve_bytes = 4096;

@@ -77,6 +77,7 @@ impl MountArgs {
         &self,
         control: &[SocketAddr],
         cred: &crate::Credential,
+        tls: Option<ringfs_ops::tls::Tls>,
     ) -> anyhow::Result<MountOptions> {
         let chunk_size = match self.chunk_size {
             Some(n) => u32::try_from(n).context("--chunk-size is too large")?,
@@ -88,6 +89,7 @@ impl MountArgs {
         Ok(MountOptions {
             control: control.to_vec(),
             cred: cred.clone(),
+            tls,
             mountpoint,
             settings: Settings {
                 attr_ttl: Duration::from_millis(self.attr_timeout_ms),
@@ -118,13 +120,14 @@ impl MountArgs {
 pub fn run(
     control: &[SocketAddr],
     cred: &crate::Credential,
+    tls: Option<ringfs_ops::tls::Tls>,
     args: &MountArgs,
 ) -> anyhow::Result<()> {
     let child = std::env::var_os(DAEMON_CHILD).is_some();
     if args.daemon && !child {
         return daemonize();
     }
-    let opts = args.options(control, cred)?;
+    let opts = args.options(control, cred, tls)?;
     mount(&opts, || {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(

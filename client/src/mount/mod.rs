@@ -46,6 +46,8 @@ pub struct MountOptions {
     /// What the mount authenticates with: every access through it runs as
     /// this user.
     pub cred: crate::Credential,
+    /// TLS for every connection, if the cluster uses it.
+    pub tls: Option<ringfs_ops::tls::Tls>,
     /// The directory to mount on (absolute, without symlinks: as
     /// /proc/self/mountinfo shows it).
     pub mountpoint: PathBuf,
@@ -251,7 +253,7 @@ fn serve(
         }
     };
     tokio::task::LocalSet::new().block_on(&rt, async move {
-        let client = match Client::connect_replicas(&o.control, &o.cred, o.client).await {
+        let client = match Client::connect_tls(&o.control, &o.cred, o.client, o.tls.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = connected.send(Err(e));

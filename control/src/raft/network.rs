@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -28,10 +27,11 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use ringfs_ops::auth::Credential;
+use ringfs_ops::tls::Tls;
+use ringfs_ops::transport;
 use ringfs_schema::control_capnp::{control, raft_peer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use super::{decode, encode, TypeConfig};
 
@@ -48,16 +48,19 @@ pub struct Network {
     pub cred: Rc<Credential>,
     /// This replica's id.
     pub from: u64,
+    /// TLS for every connection, if configured.
+    pub tls: Option<Tls>,
     pool: Pool,
 }
 
 impl Network {
     /// Connections to other replicas, authenticated with the cluster
-    /// secret's key, as replica `from`.
-    pub fn new(secret: &[u8], from: u64) -> Self {
+    /// secret's key, as replica `from`, over TLS if `tls` is given.
+    pub fn new(secret: &[u8], from: u64, tls: Option<Tls>) -> Self {
         Network {
             cred: Rc::new(Credential::cluster(secret)),
             from,
+            tls,
             pool: Pool::default(),
         }
     }
@@ -71,6 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             cred: self.cred.clone(),
+            tls: self.tls.clone(),
             from: self.from,
             pool: self.pool.clone(),
         }
@@ -95,6 +99,7 @@ pub struct PeerConn {
     target: u64,
     addr: String,
     cred: Rc<Credential>,
+    tls: Option<Tls>,
     from: u64,
     pool: Pool,
 }
@@ -113,7 +118,7 @@ enum Method {
 
 impl PeerConn {
     async fn connect(&self) -> Result<Open, Failure> {
-        let (control, task) = dial(&self.addr).await.map_err(Failure)?;
+        let (control, task) = dial(&self.addr, self.tls.as_ref()).await.map_err(Failure)?;
         if let Err(e) = greet(&control, &self.cred).await {
             task.abort();
             return Err(Failure(format!("hello to {}: {e}", self.addr)));
@@ -255,28 +260,18 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     }
 }
 
-/// Connects to the control replica at `addr` (within `CONNECT_WITHIN`) and
-/// bootstraps its `Control` capability; the task runs the connection until
-/// it ends or is aborted. The error says what failed, with the address.
-async fn dial(addr: &str) -> Result<(control::Client, tokio::task::JoinHandle<()>), String> {
-    let stream = tokio::time::timeout(CONNECT_WITHIN, tokio::net::TcpStream::connect(addr))
+/// Connects to the control replica at `addr` (within `CONNECT_WITHIN`,
+/// over `tls` if given) and bootstraps its `Control` capability; the task
+/// runs the connection until it ends or is aborted. The error says what
+/// failed, with the address.
+async fn dial(
+    addr: &str,
+    tls: Option<&Tls>,
+) -> Result<(control::Client, tokio::task::JoinHandle<()>), String> {
+    let stream = transport::connect(addr, CONNECT_WITHIN, tls)
         .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        tokio::io::BufReader::with_capacity(64 * 1024, reader).compat(),
-        tokio::io::BufWriter::with_capacity(64 * 1024, writer).compat_write(),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let control: control::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    let task = tokio::task::spawn_local(async move {
-        let _ = rpc.await;
-    });
-    Ok((control, task))
+        .map_err(|e| e.to_string())?;
+    Ok(transport::rpc_client(stream))
 }
 
 /// Why asking a replica to add this one failed.
@@ -291,11 +286,13 @@ pub enum AddFailure {
 /// returns once it is a voter.
 pub async fn add_replica(
     via: &str,
-    cred: &Credential,
+    network: &Network,
     id: u64,
     addr: &str,
 ) -> Result<(), AddFailure> {
-    let (control, task) = dial(via).await.map_err(AddFailure::Other)?;
+    let (control, task) = dial(via, network.tls.as_ref())
+        .await
+        .map_err(AddFailure::Other)?;
     let _task = scopeguard(task);
     let rpc_err = |e: capnp::Error| {
         let (code, message) = ringfs_schema::wire_error::decode(&e);
@@ -305,7 +302,7 @@ pub async fn add_replica(
             AddFailure::Other(message)
         }
     };
-    let (is_leader, leader) = greet(&control, cred).await.map_err(rpc_err)?;
+    let (is_leader, leader) = greet(&control, &network.cred).await.map_err(rpc_err)?;
     if !is_leader {
         return Err(AddFailure::Leader(leader));
     }

@@ -53,6 +53,8 @@ pub struct ReplicaConfig {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for followers slightly behind).
     pub logs_kept: u64,
+    /// TLS for the connections to other replicas, if configured.
+    pub tls: Option<ringfs_ops::tls::Tls>,
 }
 
 /// A running replica.
@@ -108,9 +110,8 @@ impl Replica {
         }
         .validate()
         .map_err(|e| ControlError::InvalidArgument(format!("Raft settings: {e}")))?;
-        let network = Network::new(&secret, id);
-        let network_cred = network.cred.clone();
-        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm)
+        let network = Network::new(&secret, id, cfg.tls.clone());
+        let raft = Raft::new(id, Arc::new(config), network.clone(), log.clone(), sm)
             .await
             .map_err(|e| ControlError::Unavailable(format!("starting Raft: {e}")))?;
         gate.set_leader(false, String::new());
@@ -154,7 +155,7 @@ impl Replica {
                         .into(),
                 ));
             } else {
-                replica.clone().join(cfg.peers.clone(), network_cred);
+                replica.clone().join(cfg.peers.clone(), network);
             }
         }
         tracing::info!(replica = id, addr = %cfg.advertise, "control replica started");
@@ -184,7 +185,7 @@ impl Replica {
 
     /// Asks the group (through `peers`) to add this replica, until it is a
     /// member.
-    fn join(self: Rc<Self>, peers: Vec<String>, cred: Rc<ringfs_ops::auth::Credential>) {
+    fn join(self: Rc<Self>, peers: Vec<String>, network: Network) {
         tokio::task::spawn_local(async move {
             let mut next = 0usize;
             let mut hint: Option<String> = None;
@@ -194,7 +195,7 @@ impl Replica {
                     next += 1;
                     peers[(next - 1) % peers.len()].clone()
                 });
-                match super::network::add_replica(&addr, &cred, self.id, &self.addr).await {
+                match super::network::add_replica(&addr, &network, self.id, &self.addr).await {
                     Ok(()) => {
                         tracing::info!(replica = self.id, via = %addr, "joined the control group");
                         return;
