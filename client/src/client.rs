@@ -844,7 +844,14 @@ impl Client {
             Err(e) if Self::lease_lost(h, &e) => e,
             r => return r.map_err(|e| handle_call_error(h, was_connected, call(), e)),
         };
-        match self.lease_again(fd, h.attr.inode).await {
+        // Another call of this descriptor may have taken it again already.
+        let current = self.with_file(fd, |f| Ok(f.handle.clone()))?;
+        let again = if Rc::ptr_eq(&current, h) {
+            self.lease_again(fd, h.attr.inode).await
+        } else {
+            Ok(current)
+        };
+        match again {
             Ok(h2) => f(h2, id).await,
             // The first failure says what happened to this call.
             Err(_) => Err(handle_call_error(h, was_connected, call(), e)),
@@ -1017,17 +1024,18 @@ impl Client {
             parts.push(&[]);
         }
         for part in parts {
-            let was_connected = v.handle.is_connected();
-            let id: u128 = rand::random();
-            let c = v
-                .handle
-                .commit_chunks_as(Some(id), part, size)
-                .await
-                .map_err(|e| {
-                    let path = self.path_of(fd).unwrap_or_default();
-                    let call = format!("commit of {} chunks of {path}", part.len());
-                    handle_call_error(&v.handle, was_connected, call, e)
-                })?;
+            // After a leader change: sent again under a new lease, where
+            // chunks new under the old one are refused (their writes are
+            // done again, see `write_at`) and overwrites are not.
+            let call = || {
+                let path = self.path_of(fd).unwrap_or_default();
+                format!("commit of {} chunks of {path}", part.len())
+            };
+            let c = self
+                .handle_call(fd, &v.handle, call, |h, id| async move {
+                    h.commit_chunks_as(Some(id), part, size).await
+                })
+                .await?;
             committed = Some(c);
         }
         writer.committed(gen, &records);
