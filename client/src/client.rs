@@ -925,11 +925,17 @@ impl Client {
                 Err(e) => e,
             };
             at = off.or(at);
+            // The chunks may have changed whatever the outcome.
+            v.records.borrow_mut().clear();
             let call = || {
                 let path = self.path_of(fd).unwrap_or_default();
                 format!("write of {} bytes to {path}", data.len())
             };
-            if again || !Self::lease_lost(&v.handle, &e) {
+            // Another call of this descriptor (a commit point) may have
+            // taken the lease again meanwhile.
+            let current = self.with_file(fd, |f| Ok(f.handle.clone()))?;
+            let relet = !Rc::ptr_eq(&current, &v.handle);
+            if again || !(relet || Self::lease_lost(&v.handle, &e)) {
                 return Err(handle_call_error(&v.handle, was_connected, call(), e));
             }
             // The lease ended with its control server (a leader change).
@@ -937,13 +943,8 @@ impl Client {
             // commit's new chunks carry the handle's epoch), so the whole
             // write is done again under a new lease: writing the same bytes
             // at the same offset twice leaves what writing them once does,
-            // and the old chunks, never committed, are garbage. (Another
-            // write of this descriptor may have taken the lease again
-            // already.)
-            let current = self.with_file(fd, |f| Ok(f.handle.clone()))?;
-            if Rc::ptr_eq(&current, &v.handle)
-                && self.lease_again(fd, v.handle.attr.inode).await.is_err()
-            {
+            // and the old chunks, never committed, are garbage.
+            if !relet && self.lease_again(fd, v.handle.attr.inode).await.is_err() {
                 return Err(handle_call_error(&v.handle, was_connected, call(), e));
             }
             again = true;
