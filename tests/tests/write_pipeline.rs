@@ -235,3 +235,79 @@ fn a_replica_that_misses_a_write_leaves_the_record_before_the_write_returns() {
         assert!(get(c, "/m").await.unwrap() == want);
     });
 }
+
+/// A write that one replica fails, with later writes of the chunk already
+/// in flight behind it: the replica applies none of the later ones (each
+/// expects the version it missed), so what it holds is the chunk after a
+/// prefix of the writes (none of them, or all up to the version a repair
+/// copy brought it to), never a later write on top of a missing one; the
+/// other replicas (W = 2) take every write, they all succeed, and every
+/// replica the record lists holds the result byte for byte.
+#[test]
+fn a_replica_that_fails_a_write_in_a_pipeline_applies_none_of_the_later_ones() {
+    let mut cl = Cluster::start(3);
+    let addr = cl.control.addr;
+    let old = pattern(CHUNK, 8);
+    let rec = with_client(addr, async |c| {
+        put(c, "/f", &old, layout(CHUNK, 3, 2)).await.unwrap();
+        records(c, "/f").await.remove(0)
+    });
+    assert_eq!(rec.replicas.len(), 3);
+    let bad_id = rec.replicas[1];
+    let bad = (0..3).find(|&i| cl.node_id(i) == bad_id).unwrap();
+    // Its next write fails before it is persisted; later ones do not.
+    cl.kill9(bad);
+    cl.start_node_with(
+        bad,
+        &ringfs_tests::NodeOptions {
+            failpoints: Some("chunk_store::before_persist=1*return->off"),
+            ..ringfs_tests::NodeOptions::default()
+        },
+    );
+    // Listed at its new endpoints.
+    assert_eq!(cl.node_id(bad), bad_id);
+    let writes: Vec<(u64, Vec<u8>)> = (0..24u64)
+        .map(|i| {
+            (
+                (i * 5 * 4096) % (CHUNK as u64 - 8192),
+                pattern(8192, 50 + i),
+            )
+        })
+        .collect();
+    // The chunk after each prefix of the writes, in issue order.
+    let mut states = vec![old.clone()];
+    for (at, d) in &writes {
+        let mut next = states.last().unwrap().clone();
+        next[*at as usize..*at as usize + d.len()].copy_from_slice(d);
+        states.push(next);
+    }
+    let want = states.last().unwrap().clone();
+    let held = |i: usize| {
+        let file = std::fs::read(cl.node(i).chunk_file(rec.chunk_id)).unwrap();
+        file[DATA_OFFSET..DATA_OFFSET + CHUNK].to_vec()
+    };
+    let recs = with_client(addr, async |c| {
+        let fd = c.open("/f", &read_write()).await.unwrap();
+        let calls = writes.iter().map(|(at, d)| c.pwrite(fd, *at, d));
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        // Before the close, whose commit may have the writer copy its
+        // version to the replica (repair).
+        let during = records(c, "/f").await;
+        assert!(!during[0].replicas.contains(&bad_id), "{during:?}");
+        let bad_holds = held(bad);
+        let prefix = states.iter().position(|s| *s == bad_holds);
+        assert!(
+            prefix.is_some(),
+            "the replica that failed the first write holds no prefix of the writes"
+        );
+        c.close(fd).await.unwrap();
+        assert!(get(c, "/f").await.unwrap() == want);
+        records(c, "/f").await
+    });
+    for &node in &recs[0].replicas {
+        let i = (0..3).find(|&i| cl.node_id(i) == node).unwrap();
+        assert!(held(i) == want, "node {node}");
+    }
+}
