@@ -112,9 +112,14 @@ impl ChunkIo {
                 // The replicas moved under this writer's view (a copy, a
                 // lost replica): ask them again, once, if that keeps the
                 // issue order (no write of the chunk was issued after this
-                // one or is in flight).
+                // one or is in flight) and no earlier write of the chunk
+                // failed (this one was issued on top of it: retried on the
+                // replicas' version, it would land without it).
                 Err(Retry::Refused(_))
-                    if !retried && turn.is_last() && slot.in_flight.get() == 0 =>
+                    if !retried
+                        && turn.is_last()
+                        && slot.in_flight.get() == 0
+                        && turn.broken().is_none() =>
                 {
                     retried = true;
                     *slot.state.borrow_mut() = None;

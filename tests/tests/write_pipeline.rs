@@ -311,3 +311,57 @@ fn a_replica_that_fails_a_write_in_a_pipeline_applies_none_of_the_later_ones() {
         assert!(held(i) == want, "node {node}");
     }
 }
+
+/// The first write of a pipeline fails on every replica: every write
+/// issued behind it fails too (typed error), none is applied without it,
+/// and the chunk takes writes again afterwards.
+#[test]
+fn when_a_write_fails_everywhere_every_write_issued_behind_it_fails_too() {
+    let mut cl = Cluster::start(3);
+    let addr = cl.control.addr;
+    let old = pattern(CHUNK, 9);
+    let rec = with_client(addr, async |c| {
+        put(c, "/e", &old, layout(CHUNK, 3, 2)).await.unwrap();
+        records(c, "/e").await.remove(0)
+    });
+    for i in 0..3 {
+        let id = cl.node_id(i);
+        cl.kill9(i);
+        cl.start_node_with(
+            i,
+            &ringfs_tests::NodeOptions {
+                failpoints: Some("chunk_store::before_persist=1*return->off"),
+                ..ringfs_tests::NodeOptions::default()
+            },
+        );
+        assert_eq!(cl.node_id(i), id);
+    }
+    let writes: Vec<(u64, Vec<u8>)> = (0..12u64)
+        .map(|i| (i * 4096, pattern(4096, 70 + i)))
+        .collect();
+    with_client(addr, async |c| {
+        let fd = c.open("/e", &read_write()).await.unwrap();
+        let calls = writes.iter().map(|(at, d)| c.pwrite(fd, *at, d));
+        for (i, r) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert!(r.is_err(), "write {i} issued behind a failed one succeeded");
+        }
+        for i in 0..3 {
+            let file = std::fs::read(cl.node(i).chunk_file(rec.chunk_id)).unwrap();
+            assert!(
+                file[DATA_OFFSET..DATA_OFFSET + CHUNK] == old[..],
+                "node index {i} applied a write"
+            );
+        }
+        // A new write goes on top of what the replicas hold.
+        let p = pattern(100, 1);
+        c.pwrite(fd, 10, &p).await.unwrap();
+        c.close(fd).await.unwrap();
+        let mut want = old.clone();
+        want[10..110].copy_from_slice(&p);
+        assert!(get(c, "/e").await.unwrap() == want);
+    });
+}
