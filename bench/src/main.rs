@@ -399,6 +399,12 @@ struct LoadArgs {
     /// metadata workload (default 16), over all threads.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Writes in flight per sequential write stream, all on the stream's
+    /// one descriptor (as fio's iodepth; the raw baseline runs the same).
+    /// The random workloads have `--concurrency` in flight over their
+    /// files' descriptors already.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    queue_depth: u32,
     /// Load-generator threads, each with its own client.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -447,6 +453,7 @@ impl LoadArgs {
             size: self.size,
             block_size: self.block_size as usize,
             concurrency: self.concurrency,
+            queue_depth: self.queue_depth as usize,
             threads: self.threads,
             limit: match self.ops {
                 Some(n) => Limit::Ops(n),

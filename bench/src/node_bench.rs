@@ -174,6 +174,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
             opts.chunk_bytes,
             mib,
             16,
+            1,
             Pattern::SeqWrite,
         )?,
         raw_disk::run(
@@ -182,6 +183,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
             opts.chunk_bytes,
             mib,
             16,
+            1,
             Pattern::SeqRead,
         )?,
         raw_disk::run(
@@ -190,6 +192,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
             opts.chunk_bytes,
             4096,
             64,
+            1,
             Pattern::Random {
                 ops: opts.random_reads,
                 seed: 0x1234_5678,

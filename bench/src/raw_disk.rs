@@ -65,20 +65,30 @@ impl Drop for AlignedBuf {
 }
 
 /// Runs `pattern` over `files` files of `file_bytes` each in `dir` (created
-/// by `SeqWrite`), `block` bytes per I/O, `depth` I/Os in flight.
+/// by `SeqWrite`), `block` bytes per I/O, `depth` I/Os in flight; the
+/// sequential patterns as `depth / per_stream` streams with `per_stream`
+/// I/Os in flight each.
 pub fn run(
     dir: &Path,
     files: usize,
     file_bytes: u64,
     block: usize,
     depth: usize,
+    per_stream: usize,
     pattern: Pattern,
 ) -> std::io::Result<RawResult> {
-    if !block.is_multiple_of(ALIGN) || !file_bytes.is_multiple_of(block as u64) || depth == 0 {
+    if !block.is_multiple_of(ALIGN)
+        || !file_bytes.is_multiple_of(block as u64)
+        || per_stream == 0
+        || depth == 0
+        || !depth.is_multiple_of(per_stream)
+    {
         return Err(std::io::Error::other(format!(
-            "block {block} must be a multiple of {ALIGN} dividing the file size {file_bytes}, depth > 0"
+            "block {block} must be a multiple of {ALIGN} dividing the file size {file_bytes}, \
+             depth {depth} > 0 a multiple of the per-stream depth {per_stream} > 0"
         )));
     }
+    let streams = depth / per_stream;
     std::fs::create_dir_all(dir)?;
     let handles: Vec<std::fs::File> = (0..files)
         .map(|i| {
@@ -106,8 +116,9 @@ pub fn run(
         Pattern::Random { seed, .. } => seed | 1,
         _ => 1,
     };
-    // Sequential patterns: slot s streams through files s, s+depth, ...
-    let mut next_seq: Vec<(usize, u64)> = (0..depth).map(|s| (s, 0)).collect();
+    // Sequential patterns: stream s streams through files s, s+streams,
+    // ...; slot i serves stream i % streams.
+    let mut next_seq: Vec<(usize, u64)> = (0..streams).map(|s| (s, 0)).collect();
     let mut started = vec![Instant::now(); depth];
     let mut latency = crate::stats::latency_histogram();
     let (mut submitted, mut done, mut bytes) = (0u64, 0u64, 0u64);
@@ -127,16 +138,16 @@ pub fn run(
                 (f, b * block as u64)
             }
             _ => {
-                let (f, b) = next_seq[slot];
+                let (f, b) = next_seq[slot % streams];
                 if f >= files {
                     return false;
                 }
                 let next = if b + 1 == blocks_per_file {
-                    (f + depth, 0)
+                    (f + streams, 0)
                 } else {
                     (f, b + 1)
                 };
-                next_seq[slot] = next;
+                next_seq[slot % streams] = next;
                 (f, b * block as u64)
             }
         };

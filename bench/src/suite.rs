@@ -40,6 +40,8 @@ pub struct SuiteOptions {
     pub block_size: usize,
     /// Overrides the per-workload default concurrency.
     pub concurrency: Option<usize>,
+    /// Writes in flight per sequential write stream.
+    pub queue_depth: usize,
     pub threads: usize,
     /// End of the random and mixed workloads.
     pub limit: Limit,
@@ -148,6 +150,7 @@ pub fn run(
             layout: o.layout,
             metadata_files: o.metadata_files,
             verify_replicas: o.verify_replicas,
+            queue_depth: o.queue_depth.max(1),
         };
         if w.needs_dataset() && !dataset_written {
             let prep = Spec {
@@ -343,13 +346,19 @@ fn baseline(
 ) -> anyhow::Result<Option<raw_disk::RawResult>> {
     let raw_dir = dir.join("raw-baseline");
     let depth = spec.concurrency;
+    // Sequential writes: as many in flight per stream as ringfs had.
+    let per_stream = match spec.workload {
+        Workload::SeqWrite => spec.queue_depth.max(1),
+        _ => 1,
+    };
     let seq = |pattern| {
         raw_disk::run(
             &raw_dir,
             ds.files,
             ds.file_bytes,
             spec.block_size,
-            depth,
+            depth * per_stream,
+            per_stream,
             pattern,
         )
         .with_context(|| format!("raw baseline in {}", raw_dir.display()))
@@ -369,6 +378,7 @@ fn baseline(
                     ds.file_bytes,
                     PAGE,
                     depth,
+                    1,
                     Pattern::Random {
                         // As many as ringfs did, so both runs see the same mix.
                         ops: ringfs_ops.max(1000),

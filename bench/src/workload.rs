@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use ringfs_client::{Client, CreateOptions, Credential, Fd, OpenOptions};
 
@@ -109,6 +110,9 @@ pub struct Spec {
     pub metadata_files: usize,
     /// Reads are verified reads (`OpenOptions::verify_replicas`).
     pub verify_replicas: bool,
+    /// Writes in flight per sequential write stream, on one descriptor
+    /// (as fio's iodepth); the raw baseline runs the same.
+    pub queue_depth: usize,
 }
 
 impl Spec {
@@ -321,7 +325,8 @@ async fn load_thread(
     Ok(acc.into_inner())
 }
 
-/// One sequential stream: files `s, s + concurrency, ...`, front to back.
+/// One sequential stream: files `s, s + concurrency, ...`, front to back;
+/// writes `queue_depth` in flight on the file's descriptor.
 async fn seq_stream(
     client: &Client,
     ds: &Dataset,
@@ -332,7 +337,12 @@ async fn seq_stream(
 ) -> anyhow::Result<()> {
     let block = spec.block_size;
     let write = spec.workload == Workload::SeqWrite;
-    let mut wbuf = write.then(|| WriteBuf::new(block));
+    let depth = if write { spec.queue_depth.max(1) } else { 1 };
+    let mut wbufs: Vec<WriteBuf> = if write {
+        (0..depth).map(|_| WriteBuf::new(block)).collect()
+    } else {
+        Vec::new()
+    };
     let mut rbuf = (!write).then(|| vec![0u8; block]);
     for f in (stream..ds.files).step_by(spec.concurrency) {
         let path = ds.path(f);
@@ -346,18 +356,31 @@ async fn seq_stream(
             .await
             .with_context(|| format!("opening {path}"))?;
         let mut offset = 0;
-        while offset < ds.file_bytes {
+        // Writes in flight, in issue order; each gives its buffer back.
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        while offset < ds.file_bytes || !in_flight.is_empty() {
             if live.stopped() {
                 bail!("stopped");
             }
-            let t = Instant::now();
-            if let Some(w) = wbuf.as_mut() {
-                let data = w.fill(ds, f, offset, 0);
-                client
-                    .pwrite(fd, offset, data)
-                    .await
-                    .with_context(|| format!("writing {path} at {offset}"))?;
+            if write && (wbufs.is_empty() || offset >= ds.file_bytes) {
+                let (w, t): (WriteBuf, Instant) =
+                    in_flight.next().await.expect("a write in flight")?;
                 acc.borrow_mut().record(t, block, false);
+                live.done(block as u64);
+                wbufs.push(w);
+                continue;
+            }
+            let t = Instant::now();
+            if let Some(mut w) = wbufs.pop() {
+                let path = &path;
+                in_flight.push_back(async move {
+                    let data = w.fill(ds, f, offset, 0);
+                    client
+                        .pwrite(fd, offset, data)
+                        .await
+                        .with_context(|| format!("writing {path} at {offset}"))?;
+                    anyhow::Ok((w, t))
+                });
             } else if let Some(r) = rbuf.as_mut() {
                 let n = client
                     .pread(fd, offset, r)
@@ -368,10 +391,11 @@ async fn seq_stream(
                 }
                 acc.borrow_mut().record(t, block, true);
                 ds.verify(r, f, offset, |p| ds.is_rewritten(f, p))?;
+                live.done(block as u64);
             }
-            live.done(block as u64);
             offset += block as u64;
         }
+        drop(in_flight);
         client
             .close(fd)
             .await

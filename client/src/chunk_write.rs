@@ -1,32 +1,34 @@
 //! The write path of the replica protocol, for one call's range of a file.
 //!
-//! A write lease has a [`Writer`]: its epoch (from the control server) and
-//! one seq counter, so every version it creates, `(epoch, seq)`, is unique,
-//! never reused even after a write whose outcome is unknown; and per chunk
-//! it writes, its view ([`ChunkState`]): the version `base` its in-sync
-//! replicas hold, and which replicas are in sync.
+//! A write lease has a [`Writer`] (see [`crate::write_pipeline`]): its epoch
+//! (from the control server) and one seq counter, so every version it
+//! creates, `(epoch, seq)`, is unique, never reused even after a write whose
+//! outcome is unknown; and per chunk it writes, its pipeline ([`Slot`]):
+//! the order of the writes in flight and the replicas' state
+//! ([`ChunkState`]).
 //!
-//! - **First touch** of a chunk (and after an outcome it cannot know):
-//!   every replica of the record is asked for its version; at least
-//!   `n - W + 1` of the record's `n` must answer (so the answers meet every
-//!   set of W replicas an acknowledged write may be on); `base` is the
-//!   highest version seen, in sync are the replicas at it. If fewer than W
-//!   are, replicas behind are first brought up to `base` by a
-//!   version-fenced copy from an in-sync one; never is a write laid on top
-//!   of a lower version.
+//! - **First touch** of a chunk (and after a failure): every replica of the
+//!   record is asked for its version; at least `n - W + 1` of the record's
+//!   `n` must answer (so the answers meet every set of W replicas an
+//!   acknowledged write may be on); `base` is the highest version seen, in
+//!   sync are the replicas at it. If fewer than W are, replicas behind are
+//!   first brought up to `base` by a version-fenced copy from an in-sync
+//!   one; never is a write laid on top of a lower version.
 //! - **A write** goes down the chain of in-sync replicas (each hop under
 //!   an implicit write lock for this write alone: no lock round trips)
-//!   with `expected = base` and a new version;
-//!   every replica applies it only on top of `base`. The answer names the
-//!   replicas that hold it durably; they are the new in-sync set, and the
+//!   with `expected = base` and a new version, which becomes the `base` of
+//!   the chunk's next write as soon as this one is on the wire: several
+//!   writes of a chunk are in flight at once, applied by every replica in
+//!   issue order. The answer names the replicas that hold it durably; the
 //!   write succeeds when they are at least W. A replica that refused or
-//!   failed leaves the set (and the record, at the commit) and is repaired
-//!   by a copy, never moved forward silently.
+//!   failed leaves the in-sync set (and the record, at the next commit) and
+//!   is repaired by a copy, never moved forward silently.
 //! - **New chunks** are reserved on up to R distinct live nodes, most free
 //!   space first ([`crate::placement`]); the primary mints the id, the others
 //!   reserve that id; a refusing node is skipped; fewer than W reserved is an
-//!   error. They are written with `expected = (0, 0)`. A write that fell
-//!   short is deleted and placed once more.
+//!   error. They are written with `expected = (0, 0)`, the chunk's later
+//!   writes waiting for that first one to end. A write that fell short is
+//!   deleted and placed once more.
 //! - **Replicas to add** (the control server's answer to a commit of a
 //!   chunk with fewer than R replicas): the writer copies its `base` to
 //!   the node named, version-fenced, and lists it at its next commit; so a
@@ -36,155 +38,134 @@
 //! [`crate::Client`]). A chunk written and not committed is invisible to
 //! readers, except an overwrite, whose bytes the nodes hold in place.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-
-use futures::StreamExt;
 use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status};
 use ringfs_schema::{ChunkId, Version};
 
-use crate::chunk_io::{chunk_id, chunk_u128, ChunkIo, Layout, Locked, PIPELINE};
+use crate::chunk_io::{chunk_id, chunk_u128, ChunkIo, Layout, Locked};
 use crate::control::ChunkRecord;
 use crate::error::{Error, Result};
 use crate::node_conn::status_error;
 use crate::placement;
 use crate::replica_policy as policy;
-
-/// Chunk states a writer keeps; past this, the oldest are forgotten (a
-/// forgotten chunk is asked again at its next write).
-const MAX_STATES: usize = 16_384;
-
-/// What a write lease knows of the chunks it writes.
-pub(crate) struct Writer {
-    epoch: u64,
-    seq: Cell<u64>,
-    chunks: RefCell<HashMap<u64, ChunkState>>,
-}
-
-/// A writer's view of one chunk.
-#[derive(Clone, Debug)]
-pub(crate) struct ChunkState {
-    id: ChunkId,
-    /// The version every in-sync replica holds.
-    base: Version,
-    /// The chunk's length on the nodes at `base`.
-    length: u64,
-    /// The replicas at `base`, chain order (primary first).
-    in_sync: Vec<u64>,
-    /// Replicas known to be behind, with the version they hold (as far as
-    /// known): catch-up copies are fenced on it.
-    behind: Vec<(u64, Version)>,
-}
-
-impl Writer {
-    /// The writer of a write handle with this `epoch`.
-    pub(crate) fn new(epoch: u64) -> Self {
-        Self {
-            epoch,
-            seq: Cell::new(0),
-            chunks: RefCell::default(),
-        }
-    }
-
-    /// A version no write of this lease used before.
-    fn next_version(&self) -> Version {
-        let s = self.seq.get() + 1;
-        self.seq.set(s);
-        Version::new(self.epoch, s)
-    }
-
-    /// Takes the state of chunk `index` out: while a write is in flight
-    /// the state is unknown, so a write whose future is dropped leaves it
-    /// unknown (asked again next time).
-    fn take(&self, index: u64) -> Option<ChunkState> {
-        self.chunks.borrow_mut().remove(&index)
-    }
-
-    fn put(&self, index: u64, state: ChunkState) {
-        let mut chunks = self.chunks.borrow_mut();
-        if chunks.len() >= MAX_STATES && !chunks.contains_key(&index) {
-            if let Some(&k) = chunks.keys().next() {
-                chunks.remove(&k);
-            }
-        }
-        chunks.insert(index, state);
-    }
-
-    /// Forgets every chunk state (the file was truncated).
-    pub(crate) fn forget(&self) {
-        self.chunks.borrow_mut().clear();
-    }
-}
-
-/// How a chunk write went when it did not succeed.
-enum Failed {
-    /// Nothing was applied anywhere (every replica refused before its own
-    /// write): worth asking the replicas again and retrying once.
-    Refused(Error),
-    /// The replicas' state is known (some applied, fewer than W).
-    Known(ChunkState, Error),
-    /// Unknown: a connection failed or timed out with the write sent.
-    Unknown(Error),
-}
+pub(crate) use crate::write_pipeline::Writer;
+use crate::write_pipeline::{ChunkState, Slot, Turn};
 
 impl ChunkIo {
-    /// Writes `data` at file `offset` into the chunks it covers: into the
-    /// existing chunk where `existing` has a record for its index, else a
-    /// new chunk. Returns the records to commit, in no particular order.
-    /// On failure, chunk writes already started finish before this
-    /// returns (none is abandoned mid-way); chunks already written stay as
-    /// they are: new ones are never committed (orphans), overwritten ones
-    /// hold the new bytes.
+    /// Writes `data` at file `offset` into the chunks it covers, each in
+    /// its turn (`turns`: the write's tickets, by chunk index, from
+    /// [`Writer::issue`]): into the chunk this writer knows at that index
+    /// (a write in flight, a record), else a new chunk. Returns the records
+    /// to commit, in no particular order. On failure, chunk writes already
+    /// started finish before this returns (none is abandoned mid-way);
+    /// chunks already written stay as they are: new ones are never
+    /// committed (orphans), overwritten ones hold the new bytes.
     pub(crate) async fn write_range(
         &self,
         layout: &Layout,
-        existing: &HashMap<u64, ChunkRecord>,
         offset: u64,
         data: &[u8],
         writer: &Writer,
+        turns: Vec<(u64, Turn)>,
     ) -> Result<Vec<ChunkRecord>> {
         let cs = layout.chunk_size;
-        let mut pieces = Vec::new();
-        let mut at = offset;
         let mut rest = data;
-        while !rest.is_empty() {
-            let index = at / cs;
+        let mut at = offset;
+        let pieces = turns.into_iter().map(|(index, turn)| {
             let in_chunk = at - index * cs;
             let take = ((cs - in_chunk) as usize).min(rest.len());
             let (piece, tail) = rest.split_at(take);
-            pieces.push((index, existing.get(&index).cloned(), in_chunk, piece));
             rest = tail;
             at += take as u64;
-        }
-        // After a failure no further chunk write starts; those in flight
-        // finish (their states stay known).
-        let failed = Cell::new(false);
-        let results: Vec<Option<Result<ChunkRecord>>> = futures::stream::iter(pieces)
-            .map(|(index, rec, off, piece)| {
-                let failed = &failed;
-                async move {
-                    if failed.get() {
-                        return None;
-                    }
-                    let r = match rec {
-                        Some(rec) => self.overwrite_chunk(layout, rec, off, piece, writer).await,
-                        None => {
-                            self.write_new_chunk(layout, index, off, piece, writer)
-                                .await
-                        }
-                    };
-                    failed.set(failed.get() || r.is_err());
-                    Some(r)
+            self.write_piece(layout, index, turn, in_chunk, piece, writer)
+        });
+        // Every piece is in its chunk's queue already: all run at once (a
+        // write call covers at most a few chunks).
+        let results = futures::future::join_all(pieces).await;
+        results.into_iter().collect()
+    }
+
+    /// One chunk's piece of a write: waits for its turn, then writes it.
+    /// A failure breaks the chunk's pipeline (see [`crate::write_pipeline`]).
+    async fn write_piece(
+        &self,
+        layout: &Layout,
+        index: u64,
+        turn: Turn,
+        offset: u64,
+        payload: &[u8],
+        writer: &Writer,
+    ) -> Result<ChunkRecord> {
+        let mut turn = turn;
+        let mut retried = false;
+        loop {
+            turn.wait().await;
+            let slot = turn.slot.clone();
+            let r = match turn.broken() {
+                Some(e) => Err(Retry::No(e)),
+                None => {
+                    self.write_in_turn(layout, index, &turn, offset, payload, writer)
+                        .await
                 }
-            })
-            .buffer_unordered(PIPELINE)
-            .collect()
-            .await;
-        let mut records = Vec::new();
-        for r in results.into_iter().flatten() {
-            records.push(r?);
+            };
+            match r {
+                Ok(rec) => return Ok(rec),
+                // The replicas moved under this writer's view (a copy, a
+                // lost replica): ask them again, once, if that keeps the
+                // issue order (no write of the chunk was issued after this
+                // one or is in flight) and no earlier write of the chunk
+                // failed (this one was issued on top of it: retried on the
+                // replicas' version, it would land without it).
+                Err(Retry::Refused(_))
+                    if !retried
+                        && turn.is_last()
+                        && slot.in_flight.get() == 0
+                        && turn.broken().is_none() =>
+                {
+                    retried = true;
+                    *slot.state.borrow_mut() = None;
+                    drop(turn);
+                    turn = writer.ticket(index);
+                }
+                Err(Retry::Refused(e) | Retry::No(e)) => {
+                    slot.break_pipeline(&e);
+                    return Err(e);
+                }
+            }
         }
-        Ok(records)
+    }
+
+    /// [`ChunkIo::write_piece`] in its turn.
+    async fn write_in_turn(
+        &self,
+        layout: &Layout,
+        index: u64,
+        turn: &Turn,
+        offset: u64,
+        payload: &[u8],
+        writer: &Writer,
+    ) -> std::result::Result<ChunkRecord, Retry> {
+        let known = turn.slot.state.borrow_mut().take();
+        let state = match known {
+            Some(s) => s,
+            None => match writer.record(index) {
+                Some(rec) => {
+                    let mut s = self.first_touch(&rec, layout).await?;
+                    s = self.ensure_quorum(s, layout).await?;
+                    // Bytes a replica holds past the recorded length are
+                    // not the file's (a truncation cut them): a write past
+                    // it fills the gap with zeros.
+                    s.length = u64::from(rec.length);
+                    s
+                }
+                None => {
+                    return Ok(self
+                        .write_new_chunk(layout, index, offset, payload, writer, &turn.slot)
+                        .await?)
+                }
+            },
+        };
+        self.write_chunk(layout, index, state, offset, payload, writer, turn)
+            .await
     }
 
     /// Reserves a new chunk on up to R distinct live nodes (most free space
@@ -246,8 +227,9 @@ impl ChunkIo {
 
     /// Sends `payload` at `offset` of chunk `id` down the chain `locked`
     /// (primary first) as the write creating `version` on top of
-    /// `expected`, with its CRCs. The answer, whatever its status; an error
-    /// only when none came (the outcome is unknown).
+    /// `expected`, with its CRCs, running `sent` once it is on the wire
+    /// (see [`crate::node_conn::NodeConn::call_then`]). The answer, whatever
+    /// its status; an error only when none came (the outcome is unknown).
     #[allow(clippy::too_many_arguments)]
     async fn chain_write(
         &self,
@@ -258,6 +240,7 @@ impl ChunkIo {
         payload: &[u8],
         expected: Version,
         version: Version,
+        sent: impl FnOnce(),
     ) -> Result<Header> {
         let primary = &locked[0];
         let mut h = Header::request(0, Op::Write);
@@ -284,10 +267,14 @@ impl ChunkIo {
                 token: l.token.clone(),
             })
             .collect();
-        let (r, _) = primary.conn.call(h, payload, timeout).await?;
+        let (r, _) = primary.conn.call_then(h, payload, timeout, sent).await?;
         Ok(r)
     }
 
+    /// Writes the first piece of chunk `index` to a new chunk; the slot's
+    /// state is the chunk's after it. The caller holds the chunk's turn
+    /// until this ends: later writes of the chunk go to the chunk this
+    /// placed.
     async fn write_new_chunk(
         &self,
         layout: &Layout,
@@ -295,6 +282,7 @@ impl ChunkIo {
         offset: u64,
         payload: &[u8],
         writer: &Writer,
+        slot: &Slot,
     ) -> Result<ChunkRecord> {
         // A node that dies between placement and write fails the chain; a
         // second placement skips it (its connection is refused).
@@ -303,7 +291,16 @@ impl ChunkIo {
             let (id, locked) = self.place(layout).await?;
             let version = writer.next_version();
             let result = self
-                .chain_write(layout, id, &locked, offset, payload, Version::NONE, version)
+                .chain_write(
+                    layout,
+                    id,
+                    &locked,
+                    offset,
+                    payload,
+                    Version::NONE,
+                    version,
+                    || {},
+                )
                 .await;
             let outcome = result.and_then(|r| {
                 let durable = policy::durable_nodes(&locked, r.durable_mask, |l| l.node_id);
@@ -327,68 +324,24 @@ impl ChunkIo {
             match outcome {
                 Ok(in_sync) => {
                     let length = offset + payload.len() as u64;
-                    let state = ChunkState {
+                    let record = ChunkRecord {
+                        index,
+                        chunk_id: chunk_u128(id),
+                        replicas: in_sync.clone(),
+                        length: length as u32,
+                        version,
+                    };
+                    *slot.state.borrow_mut() = Some(ChunkState {
                         id,
                         base: version,
                         length,
                         in_sync,
                         behind: Vec::new(),
-                    };
-                    let record = ChunkRecord {
-                        index,
-                        chunk_id: chunk_u128(id),
-                        replicas: state.in_sync.clone(),
-                        length: length as u32,
-                        version,
-                    };
-                    writer.put(index, state);
+                    });
                     return Ok(record);
                 }
                 Err(e) if attempt == 0 && policy::retry_new_chunk(&e) => attempt += 1,
                 Err(e) => return Err(e),
-            }
-        }
-    }
-
-    async fn overwrite_chunk(
-        &self,
-        layout: &Layout,
-        rec: ChunkRecord,
-        offset: u64,
-        payload: &[u8],
-        writer: &Writer,
-    ) -> Result<ChunkRecord> {
-        let id = chunk_id(rec.chunk_id);
-        let mut retried = false;
-        loop {
-            let state = match writer.take(rec.index) {
-                Some(s) if s.id == id => self.reconcile(s, &rec).await,
-                _ => self.first_touch(&rec, layout).await?,
-            };
-            let state = self.ensure_quorum(state, layout).await?;
-            match self
-                .write_chunk(layout, &rec, state, offset, payload, writer)
-                .await
-            {
-                Ok(state) => {
-                    let record = ChunkRecord {
-                        index: rec.index,
-                        chunk_id: rec.chunk_id,
-                        replicas: state.in_sync.clone(),
-                        length: policy::length_after_write(rec.length, offset, payload.len()),
-                        version: state.base,
-                    };
-                    writer.put(rec.index, state);
-                    return Ok(record);
-                }
-                // The replicas moved under this writer's view (a copy, a
-                // lost replica): ask them again, once.
-                Err(Failed::Refused(_)) if !retried => retried = true,
-                Err(Failed::Refused(e) | Failed::Unknown(e)) => return Err(e),
-                Err(Failed::Known(state, e)) => {
-                    writer.put(rec.index, state);
-                    return Err(e);
-                }
             }
         }
     }
@@ -464,26 +417,6 @@ impl ChunkIo {
         })
     }
 
-    /// Brings a known state in line with the record: a replica the record
-    /// lists and the state does not (repair added it) is asked for its
-    /// version.
-    async fn reconcile(&self, mut state: ChunkState, rec: &ChunkRecord) -> ChunkState {
-        let unknown: Vec<u64> = rec
-            .replicas
-            .iter()
-            .copied()
-            .filter(|n| !state.in_sync.contains(n) && !state.behind.iter().any(|(b, _)| b == n))
-            .collect();
-        for node in unknown {
-            match self.info(state.id, node).await {
-                Ok((v, _)) if v == state.base => state.in_sync.push(node),
-                Ok((v, _)) => state.behind.push((node, v)),
-                Err(_) => {}
-            }
-        }
-        state
-    }
-
     /// Makes sure at least W replicas are in sync, catching replicas that
     /// are behind up to `base` (version-fenced copies) if needed.
     async fn ensure_quorum(&self, mut state: ChunkState, layout: &Layout) -> Result<ChunkState> {
@@ -526,110 +459,135 @@ impl ChunkIo {
         Ok(state)
     }
 
-    /// One write of `payload` at `offset` (of the chunk recorded as `rec`)
-    /// on top of `state`: writes down the chain of the in-sync replicas,
-    /// each hop under an implicit write lock (no lock round trips: the
-    /// versions' compare-and-set orders writers, the lock only keeps this
-    /// write apart from other I/O on the chunk), and returns the state
-    /// after it.
+    /// One write of `payload` at `offset` of chunk `index` on top of
+    /// `state`: down the chain of the in-sync replicas, each hop under an
+    /// implicit write lock (no lock round trips: the versions'
+    /// compare-and-set orders writes, the lock only keeps this write apart
+    /// from other I/O on the chunk). The slot's state becomes the one after
+    /// this write before it is sent, and the turn passes on once it is on
+    /// the wire; the answer then drops the replicas that did not take it.
+    #[allow(clippy::too_many_arguments)]
     async fn write_chunk(
         &self,
         layout: &Layout,
-        rec: &ChunkRecord,
+        index: u64,
         mut state: ChunkState,
         offset: u64,
         payload: &[u8],
         writer: &Writer,
-    ) -> std::result::Result<ChunkState, Failed> {
+        turn: &Turn,
+    ) -> std::result::Result<ChunkRecord, Retry> {
         let id = state.id;
         let mut locked = Vec::new();
         for node_id in state.in_sync.clone() {
             match self.replica_conn(id, node_id).await {
                 Ok(l) => locked.push(l),
-                // Unreachable: out of this write; asked again later.
-                Err(_) => state.in_sync.retain(|n| *n != node_id),
+                // Unreachable: out of this write; caught up later.
+                Err(_) => {
+                    state.in_sync.retain(|n| *n != node_id);
+                    state.behind.push((node_id, state.base));
+                }
             }
         }
         if !policy::has_quorum(locked.len(), layout.write_quorum) {
-            let e = Error::Quorum(format!(
-                "chunk {id}: {} of {} replicas reachable, the file needs {}",
+            return Err(Retry::No(Error::Quorum(format!(
+                "chunk {id}: {} of its in-sync replicas reachable, the file needs {}",
                 locked.len(),
-                rec.replicas.len(),
                 layout.quorum()
-            ));
-            return Err(Failed::Known(state, e));
+            ))));
         }
-        let (at, gap) = policy::overwrite_span(rec.length, offset);
+        let (at, gap) = policy::overwrite_span(state.length as u32, offset);
+        let end = at + (gap + payload.len()) as u64;
         let version = writer.next_version();
+        let expected = state.base;
+        let slot = &turn.slot;
+        *slot.state.borrow_mut() = Some(ChunkState {
+            base: version,
+            length: state.length.max(end),
+            ..state.clone()
+        });
+        slot.in_flight.set(slot.in_flight.get() + 1);
+        let sent = || turn.release();
         let result = if gap > 0 {
             let mut buf = vec![0u8; gap + payload.len()];
             buf[gap..].copy_from_slice(payload);
-            self.chain_write(layout, id, &locked, at, &buf, state.base, version)
+            self.chain_write(layout, id, &locked, at, &buf, expected, version, sent)
                 .await
         } else {
-            self.chain_write(layout, id, &locked, at, payload, state.base, version)
+            self.chain_write(layout, id, &locked, at, payload, expected, version, sent)
                 .await
         };
-        let r = result.map_err(Failed::Unknown)?;
+        slot.in_flight.set(slot.in_flight.get() - 1);
+        let r = result.map_err(Retry::No)?;
         let durable = policy::durable_nodes(&locked, r.durable_mask, |l| l.node_id);
         if durable.is_empty() {
             // Nobody applied it: every replica refused on its own.
-            return Err(Failed::Refused(status_error(&r, &locked[0].addr)));
+            return Err(Retry::Refused(status_error(&r, &locked[0].addr)));
         }
-        let end = at + (gap + payload.len()) as u64;
-        let old_base = state.base;
-        for l in &locked {
-            if !durable.contains(&l.node_id) {
-                state.behind.push((l.node_id, old_base));
+        if let Some(s) = slot.state.borrow_mut().as_mut() {
+            // Missed this write: refuses every later one, so it is behind.
+            for l in locked.iter().filter(|l| !durable.contains(&l.node_id)) {
+                s.in_sync.retain(|n| *n != l.node_id);
+                s.behind.push((l.node_id, expected));
             }
         }
-        state.in_sync = durable;
-        state.base = version;
-        state.length = state.length.max(end);
-        if policy::has_quorum(state.in_sync.len(), layout.write_quorum) {
-            Ok(state)
-        } else {
-            let n = state.in_sync.len();
-            Err(Failed::Known(
-                state,
-                short_of_quorum(&r, &locked[0].addr, id, n, layout),
-            ))
+        if !policy::has_quorum(durable.len(), layout.write_quorum) {
+            let n = durable.len();
+            return Err(Retry::No(short_of_quorum(
+                &r,
+                &locked[0].addr,
+                id,
+                n,
+                layout,
+            )));
         }
+        Ok(ChunkRecord {
+            index,
+            chunk_id: chunk_u128(id),
+            replicas: durable,
+            length: policy::length_after_write(state.length as u32, at, gap + payload.len()),
+            version,
+        })
     }
 
     /// Copies the writer's current version of each chunk named in
     /// `repairs` ((index, node), from a commit's answer) to that node, and
     /// returns the records to commit with the nodes added. A copy that
-    /// fails is left out (the control server tries again later).
+    /// fails, or of a chunk with writes in flight, is left out (the control
+    /// server asks again later).
     pub(crate) async fn add_replicas(
         &self,
-        records: &[ChunkRecord],
         repairs: &[(u64, u64)],
         layout: &Layout,
         writer: &Writer,
     ) -> Vec<ChunkRecord> {
         let mut out = Vec::new();
         for &(index, node) in repairs {
-            let Some(rec) = records.iter().find(|r| r.index == index) else {
+            let Some(rec) = writer.record(index) else {
                 continue;
             };
-            let Some(mut state) = writer.take(index) else {
+            let turn = writer.ticket(index);
+            turn.wait().await;
+            let slot = &turn.slot;
+            if slot.in_flight.get() > 0 {
+                continue;
+            }
+            let Some(mut state) = slot.state.borrow_mut().take() else {
                 continue;
             };
-            if state.in_sync.contains(&node) || state.in_sync.is_empty() {
-                writer.put(index, state);
-                continue;
+            if !state.in_sync.contains(&node) && !state.in_sync.is_empty() {
+                // A copy that fails leaves the node out of the record: the
+                // control server, which asked for it, plans the copy again.
+                if self.copy_to_node(&state, node, layout).await.is_ok() {
+                    state.in_sync.push(node);
+                    state.behind.retain(|(n, _)| *n != node);
+                    let mut r = rec;
+                    r.replicas = state.in_sync.clone();
+                    r.version = state.base;
+                    out.push(r);
+                }
             }
-            // A copy that fails leaves the node out of the record: the
-            // control server, which asked for it, plans the copy again.
-            if self.copy_to_node(&state, node, layout).await.is_ok() {
-                state.in_sync.push(node);
-                state.behind.retain(|(n, _)| *n != node);
-                let mut r = rec.clone();
-                r.replicas = state.in_sync.clone();
-                out.push(r);
-            }
-            writer.put(index, state);
+            *slot.state.borrow_mut() = Some(state);
         }
         out
     }
@@ -664,4 +622,19 @@ fn short_of_quorum(r: &Header, addr: &str, id: ChunkId, durable: usize, layout: 
         layout.quorum(),
         r.message
     ))
+}
+
+/// How a chunk write failed: worth another try on fresh state, or not.
+enum Retry {
+    /// Nothing was applied anywhere (every replica refused before its own
+    /// write).
+    Refused(Error),
+    /// Some replicas may hold it, or it is known to have failed.
+    No(Error),
+}
+
+impl From<Error> for Retry {
+    fn from(e: Error) -> Self {
+        Retry::No(e)
+    }
 }

@@ -3,19 +3,25 @@
 //! (chunk bytes; see [`crate::chunk_io`]).
 //!
 //! Invariants:
-//! - Data becomes visible only through `commitChunks`: every `write` call
-//!   writes its chunks on the storage nodes, then commits their records and
-//!   the new size in one control-server transaction before it returns, so a
-//!   returned write is durable on at least W replicas and visible to readers.
-//!   (`fsync` therefore has nothing left to do.)
+//! - Data becomes visible through `commitChunks`, at commit points: a
+//!   write that grows the file, creates a chunk or loses a replica is
+//!   committed before it returns; other writes (overwrites inside the file
+//!   on replicas all in sync) at the descriptor's next commit point
+//!   (`fsync`, `close`, `set_len`, a write that commits), their bytes being
+//!   in place meanwhile on every replica the record lists (a reader accepts
+//!   a replica at or above the record's version). A returned write is
+//!   durable on at least W replicas; nothing it acknowledged is lost when
+//!   the writer dies before its next commit point (see docs/client.md).
+//! - Several writes per descriptor are in flight at once; per chunk they
+//!   are sent, and applied by every replica, in issue order
+//!   ([`crate::write_pipeline`]).
 //! - A new chunk is placed on up to R distinct live nodes, most free space
 //!   first; fewer than W reserved or durable replicas is an error.
-//! - An existing chunk is overwritten under explicit write locks taken on its
-//!   in-sync replicas in ascending node-id order (two writers cannot
-//!   deadlock), each write creating a version `(epoch, seq)` of this
-//!   descriptor's write lease on top of the exact version its replicas hold
-//!   (see [`crate::chunk_write`]); a commit lists exactly the replicas that
-//!   hold it.
+//! - An existing chunk is overwritten under an implicit write lock per
+//!   write on each of its in-sync replicas, each write creating a version
+//!   `(epoch, seq)` of this descriptor's write lease on top of the exact
+//!   version its replicas hold (see [`crate::chunk_write`]); a commit lists
+//!   exactly the replicas that hold it.
 //! - Offsets and sizes are bytes; a chunk covers
 //!   `[index * chunk_size, (index + 1) * chunk_size)` of the file.
 //!
@@ -37,7 +43,7 @@ use crate::chunk_write::Writer;
 use crate::cluster::Cluster;
 use crate::control::Credential;
 use crate::control::{
-    Attr, ChunkRecord, ClusterMap, Committed, ControlClient, CreateOptions, FileHandle, Kind,
+    Attr, ChunkRecord, ClusterMap, ControlClient, CreateOptions, FileHandle, Kind,
 };
 use crate::error::{Error, Result};
 use crate::record_cache::RecordCache;
@@ -48,6 +54,9 @@ pub type Fd = u32;
 
 /// Most chunk records asked for in one `getChunks`.
 const RECORDS_PER_CALL: u64 = 4096;
+
+/// Most chunk records in one `commitChunks` (the server's limit).
+const COMMIT_PART: usize = 4096;
 
 /// Timeouts and caching of a client, all wall-clock.
 #[derive(Clone, Copy, Debug)]
@@ -153,8 +162,9 @@ struct OpenFile {
     /// The committed size as this client last saw it.
     size: u64,
     layout: Layout,
-    /// Serializes writes through this descriptor (they update chunk records).
-    io: Rc<tokio::sync::Mutex<()>>,
+    /// Writes hold it shared (several in flight); truncation and close
+    /// exclusively, so they wait for the writes in flight.
+    io: Rc<tokio::sync::RwLock<()>>,
     /// Write descriptors: the lease's view of the chunks it writes.
     writer: Option<Rc<Writer>>,
     /// Chunk records recently read through this descriptor.
@@ -168,6 +178,7 @@ struct OpenFile {
 #[derive(Clone)]
 struct FileView {
     handle: Rc<FileHandle>,
+    io: Rc<tokio::sync::RwLock<()>>,
     records: Rc<RefCell<RecordCache>>,
     size: u64,
     layout: Layout,
@@ -489,7 +500,7 @@ impl Client {
         if opts.truncate {
             records.borrow_mut().clear();
         }
-        let writer = write.then(|| Rc::new(Writer::new(handle.write_epoch)));
+        let writer = write.then(|| Rc::new(Writer::new(handle.write_epoch, attr.size)));
         let fd = self.next_fd.get();
         self.next_fd.set(fd.wrapping_add(1).max(3));
         self.files.borrow_mut().insert(
@@ -507,7 +518,7 @@ impl Client {
                     replication: attr.replication,
                     write_quorum: attr.write_quorum,
                 },
-                io: Rc::new(tokio::sync::Mutex::new(())),
+                io: Rc::default(),
                 writer,
                 records,
                 verify: opts.verify_replicas,
@@ -516,30 +527,40 @@ impl Client {
         Ok((fd, attr))
     }
 
-    /// Releases the descriptor and its control handle (and write lease),
-    /// after the writes in flight through it ended. The descriptor is gone
-    /// even when this fails (the handle is then released when the
-    /// connection ends). [`Error::BadDescriptor`] if it is not open.
+    /// A commit point: commits what the descriptor's writes acknowledged
+    /// (see [`Client::fsync`]), then releases the descriptor and its
+    /// control handle (and write lease), after the writes in flight through
+    /// it ended. The descriptor is gone even when this fails (the handle is
+    /// then released when the connection ends). [`Error::BadDescriptor`]
+    /// if it is not open.
     pub async fn close(&self, fd: Fd) -> Result<()> {
+        let io = self.with_file(fd, |f| Ok(f.io.clone()))?;
+        // Wait for writes in flight through this descriptor.
+        let guard = io.write().await;
+        let committed = self.commit_point(fd, None).await;
+        drop(guard);
         let f = self
             .files
             .borrow_mut()
             .remove(&fd)
             .ok_or_else(|| Error::BadDescriptor(fd.to_string()))?;
-        // Wait for writes in flight through this descriptor.
-        let _io = f.io.lock().await;
-        match Rc::try_unwrap(f.handle) {
+        let closed = match Rc::try_unwrap(f.handle) {
             Ok(h) => h.close().await,
             // A concurrent call still holds it: dropping our reference
             // releases the handle when that call ends.
             Err(_) => Ok(()),
-        }
+        };
+        committed.and(closed)
     }
 
-    /// Every returned write is already durable and committed (see the module
-    /// invariants), so this only checks the descriptor.
+    /// A commit point: every write through `fd` that returned before this
+    /// call is committed when it returns (visible to every reader that
+    /// fetches chunk records after it; see docs/client.md). Writes still in
+    /// flight are not waited for. Nothing to do for a read descriptor.
+    /// [`Error::OutcomeUnknown`] if the control connection dropped during
+    /// the commit.
     pub async fn fsync(&self, fd: Fd) -> Result<()> {
-        self.with_file(fd, |_| Ok(()))
+        self.commit_point(fd, None).await
     }
 
     /// Attributes of an open file, fresh from the control server (the
@@ -605,7 +626,9 @@ impl Client {
             }
             Ok((f.handle.clone(), f.io.clone(), f.records.clone()))
         })?;
-        let _io = io.lock().await;
+        let _io = io.write().await;
+        // Writes acknowledged before the truncation are committed first.
+        self.commit_point(fd, None).await?;
         let attr = self
             .handle_call(
                 fd,
@@ -615,11 +638,11 @@ impl Client {
             )
             .await;
         records.borrow_mut().clear();
+        let attr = attr?;
         if let Ok(Some(w)) = self.with_file(fd, |f| Ok(f.writer.clone())) {
             // Chunks may have been dropped: what it knew is void.
-            w.forget();
+            w.forget(attr.size);
         }
-        let attr = attr?;
         self.with_file_mut(fd, |f| {
             f.size = attr.size;
             Ok(())
@@ -641,17 +664,31 @@ impl Client {
 
     /// Writes all of `data` at the descriptor's position (at the end of the
     /// file for append opens) and advances the position past it; returns
-    /// `data.len()`. Writes through one descriptor run one at a time.
+    /// `data.len()`. Several writes (and [`Client::pwrite`]s) may be in
+    /// flight through one descriptor: each takes its place (its position,
+    /// for appends the end of every write issued before it) when it is
+    /// first polled, and they are applied on every replica in that order
+    /// (see [`crate::write_pipeline`]).
     ///
     /// When it returns `Ok`, the bytes are durable on at least the file's
-    /// write quorum of replicas, the new size is committed, and every
-    /// reader sees them.
+    /// write quorum of replicas. Whether it is committed (visible to
+    /// readers through the chunk records) when it returns, and what a
+    /// reader may see before: docs/client.md, "When a write is visible".
+    /// In short: a write that grows the file, creates a chunk, or finds a
+    /// replica that did not take it is committed before it returns; an
+    /// overwrite inside the file on replicas all in sync is committed at
+    /// the descriptor's next commit point ([`Client::fsync`],
+    /// [`Client::close`], [`Client::set_len`], or a write that commits),
+    /// and readers see its bytes before that (they are in place on every
+    /// replica the record lists).
     ///
-    /// On failure the position is unchanged and the descriptor stays
-    /// usable. The file's size and chunk records are as before the call,
+    /// On failure the position is unchanged (unless a later write moved
+    /// it) and the descriptor stays usable. A write issued after the
+    /// failed one on the same chunk while it was in flight fails too,
+    /// unsent. The file's size and chunk records are as before the call,
     /// except after [`Error::OutcomeUnknown`] (the control connection
-    /// dropped while the commit was in flight): then either all of this
-    /// write is committed or none of it. What the storage nodes hold may
+    /// dropped while a commit was in flight): then either all of that
+    /// commit is applied or none of it. What the storage nodes hold may
     /// differ:
     /// - Chunks the write created are never visible. Their copies are
     ///   deleted when their own chunk write failed; otherwise they stay on
@@ -663,19 +700,26 @@ impl Client {
     ///   succeeds, reads of it may return the old or the new bytes,
     ///   depending on the replica that serves them (never a mix within one
     ///   replica's answer).
-    /// - Chunk writes still in flight when another failed are abandoned:
-    ///   their reservations and locks lapse with their lease on the node
-    ///   (30 s by default), and other writers of those chunks wait for
-    ///   them until then.
     pub async fn write(&self, fd: Fd, data: &[u8]) -> Result<usize> {
-        let (pos, append) = self.with_file(fd, |f| Ok((f.pos, f.append)))?;
+        let len = data.len() as u64;
+        let (pos, append) = self.with_file_mut(fd, |f| {
+            let pos = f.pos;
+            if !f.append {
+                f.pos = pos.saturating_add(len);
+            }
+            Ok((pos, f.append))
+        })?;
         let at = if append { None } else { Some(pos) };
-        let end = self.write_at(fd, at, data).await?;
+        let r = self.write_at(fd, at, data).await;
         self.with_file_mut(fd, |f| {
-            f.pos = end;
+            match &r {
+                Ok(end) if append => f.pos = *end,
+                Err(_) if !append && f.pos == pos.saturating_add(len) => f.pos = pos,
+                _ => {}
+            }
             Ok(())
         })?;
-        Ok(data.len())
+        r.map(|_| data.len())
     }
 
     /// Writes all of `data` at byte `offset` without moving the position;
@@ -779,6 +823,7 @@ impl Client {
     fn view(&self, f: &OpenFile) -> FileView {
         FileView {
             handle: f.handle.clone(),
+            io: f.io.clone(),
             records: f.records.clone(),
             size: f.size,
             layout: f.layout,
@@ -831,35 +876,18 @@ impl Client {
             Err(e) if Self::lease_lost(h, &e) => e,
             r => return r.map_err(|e| handle_call_error(h, was_connected, call(), e)),
         };
-        match self.lease_again(fd, h.attr.inode).await {
+        // Another call of this descriptor may have taken it again already.
+        let current = self.with_file(fd, |f| Ok(f.handle.clone()))?;
+        let again = if Rc::ptr_eq(&current, h) {
+            self.lease_again(fd, h.attr.inode).await
+        } else {
+            Ok(current)
+        };
+        match again {
             Ok(h2) => f(h2, id).await,
             // The first failure says what happened to this call.
             Err(_) => Err(handle_call_error(h, was_connected, call(), e)),
         }
-    }
-
-    /// Writes `data` at `offset` through the handle of `v` and its writer,
-    /// then commits the new records with request id `id`.
-    async fn write_and_commit(
-        &self,
-        v: &FileView,
-        writer: &Rc<Writer>,
-        offset: u64,
-        data: &[u8],
-        id: u128,
-    ) -> Result<(Vec<ChunkRecord>, Committed)> {
-        let cs = v.layout.chunk_size;
-        let end = offset + data.len() as u64;
-        let existing = self.records(&v.handle, offset / cs, (end - 1) / cs).await?;
-        let records = self
-            .io
-            .write_range(&v.layout, &existing, offset, data, writer)
-            .await?;
-        let committed = v
-            .handle
-            .commit_chunks_as(Some(id), &records, v.size.max(end))
-            .await?;
-        Ok((records, committed))
     }
 
     /// Whether a handle call failed because the handle's lease ended with
@@ -887,7 +915,7 @@ impl Client {
             )));
         }
         let handle = Rc::new(handle);
-        let writer = Rc::new(Writer::new(handle.write_epoch));
+        let writer = Rc::new(Writer::new(handle.write_epoch, handle.attr.size));
         self.with_file_mut(fd, |f| {
             // The file as it is now: another writer may have changed its
             // size while no lease was held here.
@@ -900,82 +928,176 @@ impl Client {
         Ok(handle)
     }
 
-    /// Writes `data` at `offset` (`None`: at the end of file); returns the
-    /// end offset. Commits before returning (see [`Client::write`]).
+    /// Writes `data` at `offset` (`None`: at the end of file, after every
+    /// write issued before); returns the end offset. Commits before
+    /// returning only what must be (see [`Client::write`]).
     async fn write_at(&self, fd: Fd, offset: Option<u64>, data: &[u8]) -> Result<u64> {
-        let io = self.with_file(fd, |f| {
+        let mut v = self.with_file(fd, |f| {
             if !f.write {
                 return Err(Error::BadDescriptor(format!(
                     "{fd} is not open for writing"
                 )));
             }
-            Ok(f.io.clone())
+            Ok(self.view(f))
         })?;
-        let _io = io.lock().await;
-        let v = self.with_file(fd, |f| Ok(self.view(f)))?;
-        let offset = offset.unwrap_or(v.size);
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| Error::InvalidArgument("write past the largest offset".into()))?;
         if data.is_empty() {
-            return Ok(offset);
+            return Ok(offset.unwrap_or(v.size));
         }
-        let call = || {
-            let path = self.path_of(fd).unwrap_or_default();
-            format!("commit of {} bytes at {offset} of {path}", data.len())
-        };
-        // One request id for the commit, also when it is sent again: a
-        // commit applied before a failover is answered, not applied twice.
-        let id: u128 = rand::random();
-        let mut v = v;
+        let mut at = offset;
         let mut again = false;
-        let (records, committed, writer) = loop {
+        loop {
             let writer = v
                 .writer
                 .clone()
                 .ok_or_else(|| Error::BadDescriptor(format!("{fd} is not open for writing")))?;
             let was_connected = v.handle.is_connected();
-            let attempt = self.write_and_commit(&v, &writer, offset, data, id).await;
-            // Also after a failed commit: the chunks may have changed anyway.
+            let (off, attempt) = self.write_once(fd, &v, &writer, at, data).await;
+            let e = match attempt {
+                Ok(end) => return Ok(end),
+                Err(e) => e,
+            };
+            at = off.or(at);
+            // The chunks may have changed whatever the outcome.
             v.records.borrow_mut().clear();
-            match attempt {
-                Ok((records, committed)) => break (records, committed, writer),
-                Err(e) if !again && Self::lease_lost(&v.handle, &e) => {
-                    // The lease ended with its control server (a leader
-                    // change). Chunks written under it can no longer be
-                    // committed (a commit's new chunks carry the handle's
-                    // epoch), so the whole write is done again under a new
-                    // lease: writing the same bytes at the same offset twice
-                    // leaves what writing them once does, and the old
-                    // chunks, never committed, are garbage.
-                    if self.lease_again(fd, v.handle.attr.inode).await.is_err() {
-                        return Err(handle_call_error(&v.handle, was_connected, call(), e));
-                    }
-                    again = true;
-                    v = self.with_file(fd, |f| Ok(self.view(f)))?;
-                }
-                Err(e) => return Err(handle_call_error(&v.handle, was_connected, call(), e)),
+            let call = || {
+                let path = self.path_of(fd).unwrap_or_default();
+                format!("write of {} bytes to {path}", data.len())
+            };
+            // Another call of this descriptor (a commit point) may have
+            // taken the lease again meanwhile.
+            let current = self.with_file(fd, |f| Ok(f.handle.clone()))?;
+            let relet = !Rc::ptr_eq(&current, &v.handle);
+            if again || !(relet || Self::lease_lost(&v.handle, &e)) {
+                return Err(handle_call_error(&v.handle, was_connected, call(), e));
             }
+            // The lease ended with its control server (a leader change).
+            // Chunks written under it can no longer be committed (a
+            // commit's new chunks carry the handle's epoch), so the whole
+            // write is done again under a new lease: writing the same bytes
+            // at the same offset twice leaves what writing them once does,
+            // and the old chunks, never committed, are garbage.
+            if !relet && self.lease_again(fd, v.handle.attr.inode).await.is_err() {
+                return Err(handle_call_error(&v.handle, was_connected, call(), e));
+            }
+            again = true;
+            v = self.with_file(fd, |f| Ok(self.view(f)))?;
+        }
+    }
+
+    /// One try of [`Client::write_at`] with `v`'s lease: takes the write's
+    /// place in each chunk's queue at once (the issue order), writes, and
+    /// commits if the write needs it (a new chunk, a changed replica set or
+    /// length, growth of the file). Returns the offset written at (once
+    /// known) and the end offset.
+    async fn write_once(
+        &self,
+        fd: Fd,
+        v: &FileView,
+        writer: &Rc<Writer>,
+        offset: Option<u64>,
+        data: &[u8],
+    ) -> (Option<u64>, Result<u64>) {
+        let cs = v.layout.chunk_size;
+        let len = data.len() as u64;
+        let Some((offset, turns)) = writer.issue(offset, len, cs, v.size) else {
+            let e = Error::InvalidArgument("write past the largest offset".into());
+            return (None, Err(e));
+        };
+        let r = async {
+            let _io = v.io.read().await;
+            let end = offset + len;
+            // Records of the chunks this writer knows nothing of, below the
+            // committed size (past it there are none).
+            let unknown: Vec<u64> = turns
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|&i| i * cs < v.size && writer.record(i).is_none())
+                .collect();
+            if let (Some(&first), Some(&last)) = (unknown.first(), unknown.last()) {
+                for r in self.records(&v.handle, first, last).await?.values() {
+                    writer.know(r);
+                }
+            }
+            let records = self
+                .io
+                .write_range(&v.layout, offset, data, writer, turns)
+                .await?;
+            let size = self.with_file(fd, |f| Ok(f.size))?;
+            let needs = end > size || records.iter().any(|r| writer.needs_commit(r));
+            let gen = writer.acknowledged(&records, end);
+            if needs {
+                self.commit_point(fd, Some(gen)).await?;
+            }
+            Ok(end)
+        }
+        .await;
+        (Some(offset), r)
+    }
+
+    /// A commit point: commits what this descriptor's writes acknowledged
+    /// (through generation `through`, or all of it), unless a commit since
+    /// covered it; one commit at a time. Afterwards readers fetching
+    /// records see it. On success the descriptor's size is the committed
+    /// one; chunks with fewer than R replicas get the replicas the control
+    /// server names (best effort).
+    async fn commit_point(&self, fd: Fd, through: Option<u64>) -> Result<()> {
+        let v = self.with_file(fd, |f| Ok(self.view(f)))?;
+        let Some(writer) = v.writer.clone() else {
+            return Ok(());
+        };
+        let _commit = writer.commit.lock().await;
+        let (gen, records, end) = writer.snapshot();
+        if writer.committed_through(through.unwrap_or(gen)) {
+            return Ok(());
+        }
+        let size = self.with_file(fd, |f| Ok(f.size))?.max(end);
+        let mut committed = None;
+        let mut parts: Vec<&[ChunkRecord]> = records.chunks(COMMIT_PART).collect();
+        if parts.is_empty() {
+            parts.push(&[]);
+        }
+        for part in parts {
+            // After a leader change: sent again under a new lease, where
+            // chunks new under the old one are refused (their writes are
+            // done again, see `write_at`) and overwrites are not.
+            let call = || {
+                let path = self.path_of(fd).unwrap_or_default();
+                format!("commit of {} chunks of {path}", part.len())
+            };
+            let c = self
+                .handle_call(fd, &v.handle, call, |h, id| async move {
+                    h.commit_chunks_as(Some(id), part, size).await
+                })
+                .await?;
+            committed = Some(c);
+        }
+        writer.committed(gen, &records);
+        v.records.borrow_mut().clear();
+        let Some(committed) = committed else {
+            return Ok(());
         };
         self.with_file_mut(fd, |f| {
-            f.size = committed.attr.size;
+            f.size = f.size.max(committed.attr.size);
             Ok(())
         })?;
         if !committed.repairs.is_empty() {
             // Chunks with fewer than R replicas: this writer adds the nodes
             // the control server named, in step with its own writes. The
-            // write itself is done and committed; this is repair, best
-            // effort.
+            // commit itself is done; this is repair, best effort.
             let added = self
                 .io
-                .add_replicas(&records, &committed.repairs, &v.layout, &writer)
+                .add_replicas(&committed.repairs, &v.layout, &writer)
                 .await;
-            if !added.is_empty() {
-                let _ = v.handle.commit_chunks(&added, committed.attr.size).await;
-                v.records.borrow_mut().clear();
+            if !added.is_empty()
+                && v.handle
+                    .commit_chunks(&added, committed.attr.size)
+                    .await
+                    .is_ok()
+            {
+                writer.committed(0, &added);
             }
         }
-        Ok(end)
+        Ok(())
     }
 
     /// Every replica of every chunk of the file at `path`, with what the

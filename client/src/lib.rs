@@ -34,6 +34,7 @@ pub mod node_conn;
 pub mod placement;
 pub mod record_cache;
 mod replica_policy;
+mod write_pipeline;
 
 pub use blocking::BlockingClient;
 pub use chunk_io::ReplicaDigest;

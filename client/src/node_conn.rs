@@ -115,7 +115,39 @@ impl NodeConn {
     /// `lock` answered `wait`, that is the pushed `lockGranted` frame. A
     /// timeout after the request was sent whole leaves the connection
     /// usable (a late answer is dropped); one that cuts the send breaks it.
-    pub async fn call(&self, mut h: Header, payload: &[u8], timeout: Duration) -> Result<Reply> {
+    pub async fn call(&self, h: Header, payload: &[u8], timeout: Duration) -> Result<Reply> {
+        self.call_then(h, payload, timeout, || {}).await
+    }
+
+    /// Like [`NodeConn::call`], running `sent` once the frame is written
+    /// whole (or the call failed before that): calls whose `sent` starts
+    /// the next call reach the node in that order, which pipelined writes
+    /// of one chunk rely on (the node applies them in arrival order).
+    pub async fn call_then(
+        &self,
+        mut h: Header,
+        payload: &[u8],
+        timeout: Duration,
+        sent: impl FnOnce(),
+    ) -> Result<Reply> {
+        let mut sent = Some(sent);
+        let mut sent = move || {
+            if let Some(f) = sent.take() {
+                f()
+            }
+        };
+        let r = self.call_inner(&mut h, payload, timeout, &mut sent).await;
+        sent();
+        r
+    }
+
+    async fn call_inner(
+        &self,
+        h: &mut Header,
+        payload: &[u8],
+        timeout: Duration,
+        sent: &mut impl FnMut(),
+    ) -> Result<Reply> {
         if let Some(e) = self.broken.borrow().clone() {
             return Err(e);
         }
@@ -128,7 +160,8 @@ impl NodeConn {
         self.pending.borrow_mut().insert(id, tx);
         let op = h.op;
         let result = tokio::time::timeout(timeout, async {
-            self.send(&h, payload).await?;
+            self.send(h, payload).await?;
+            sent();
             rx.await.unwrap_or_else(|_| Err(self.closed_error()))
         })
         .await;

@@ -364,12 +364,13 @@ impl Filesystem for Bridge {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Every write was committed before it was answered.
-        reply.ok();
+        // close(2): a commit point, so the next open anywhere sees every
+        // write made through this handle (close-to-open).
+        self.run(move |fs| async move { answer!(fs.fsync(fh.0).await, reply, |()| reply.ok()) });
     }
 
     fn release(

@@ -10,8 +10,9 @@
 //!   another mount's write open waits (up to `lease_wait`, then `EBUSY`)
 //!   until this mount has closed the file.
 //! - Writes go through the client library's `pwrite` straight from the
-//!   kernel's request buffer, and return once committed (see client.md);
-//!   reads use pooled buffers.
+//!   kernel's request buffer, and return once durable on W replicas;
+//!   `flush` (every close(2)) and `fsync` are commit points (see
+//!   docs/client.md); reads use pooled buffers.
 
 use fuser::{Errno, FileAttr, FopenFlags};
 
@@ -221,8 +222,8 @@ impl Fs {
         }
     }
 
-    /// Writes `data` at `offset`; returns once the client library
-    /// committed it.
+    /// Writes `data` at `offset`; returns once the client library has it
+    /// durable on W replicas (committed at the next commit point).
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<u32> {
         let (ino, fd, write) = self.file(fh)?;
         if !write {
