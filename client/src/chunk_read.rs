@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
 use ringfs_schema::crc::CRC_BLOCK;
-use ringfs_schema::frame::{Header, LockMode, Op, Status};
+use ringfs_schema::frame::{LockMode, Op, Status};
 use ringfs_schema::{ChunkId, Version};
 
 use crate::chunk_io::{chunk_id, ms, ChunkIo, PIPELINE};
@@ -28,6 +28,7 @@ impl ChunkIo {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
+        self.remember(records.values());
         let mut pieces = Vec::new();
         let mut rest = buf;
         let mut at = offset;
@@ -92,10 +93,14 @@ impl ChunkIo {
                     for bad in corrupt {
                         // Best effort: a failed repair leaves the replica
                         // as it was (refusing reads); the read succeeded.
-                        let repaired = self
-                            .repair(id, bad, node_id, good_version, chunk_size)
-                            .await
-                            .is_ok();
+                        // Only with write on the chunk (a write
+                        // descriptor's records): a reader's is left to the
+                        // control server, which the report asks.
+                        let repaired = self.may_write(id)
+                            && self
+                                .repair(id, bad, node_id, good_version, chunk_size)
+                                .await
+                                .is_ok();
                         if repaired {
                             self.repairs.set(self.repairs.get() + 1);
                         }
@@ -165,8 +170,7 @@ impl ChunkIo {
         buf: &mut [u8],
     ) -> Result<Version> {
         let addr = self.endpoint(id, node_id)?;
-        let mut h = Header::request(0, Op::Read);
-        h.chunk_id = id;
+        let mut h = self.request(Op::Read, id);
         h.offset = offset;
         h.length = buf.len() as u32;
         h.client_id = self.client_id;

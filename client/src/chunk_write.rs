@@ -44,7 +44,7 @@ use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status};
 use ringfs_schema::{ChunkId, Version};
 
 use crate::chunk_io::{chunk_id, chunk_u128, ChunkIo, Layout, Locked, PIPELINE};
-use crate::control::ChunkRecord;
+use crate::control::{Capability, ChunkRecord};
 use crate::error::{Error, Result};
 use crate::node_conn::status_error;
 use crate::placement;
@@ -59,6 +59,9 @@ pub(crate) struct Writer {
     epoch: u64,
     seq: Cell<u64>,
     chunks: RefCell<HashMap<u64, ChunkState>>,
+    /// The lease's reserve capability (nodes mint new chunk ids with it),
+    /// set before each write ([`Writer::set_reserve_capability`]).
+    reserve: Cell<Option<Capability>>,
 }
 
 /// A writer's view of one chunk.
@@ -83,7 +86,13 @@ impl Writer {
             epoch,
             seq: Cell::new(0),
             chunks: RefCell::default(),
+            reserve: Cell::new(None),
         }
+    }
+
+    /// The reserve capability the next writes mint new chunks with.
+    pub(crate) fn set_reserve_capability(&self, cap: Capability) {
+        self.reserve.set(Some(cap));
     }
 
     /// A version no write of this lease used before.
@@ -143,6 +152,7 @@ impl ChunkIo {
         data: &[u8],
         writer: &Writer,
     ) -> Result<Vec<ChunkRecord>> {
+        self.remember(existing.values());
         let cs = layout.chunk_size;
         let mut pieces = Vec::new();
         let mut at = offset;
@@ -189,7 +199,7 @@ impl ChunkIo {
 
     /// Reserves a new chunk on up to R distinct live nodes (most free space
     /// first; a refusing node is skipped). Primary first.
-    async fn place(&self, layout: &Layout) -> Result<(ChunkId, Vec<Locked>)> {
+    async fn place(&self, layout: &Layout, writer: &Writer) -> Result<(ChunkId, Vec<Locked>)> {
         let (map, claimed) = self.cluster.map_for_placement().await?;
         let candidates = placement::candidates(&map, &claimed);
         let want = layout.replication.max(1) as usize;
@@ -210,7 +220,7 @@ impl ChunkIo {
             } else {
                 node.shards[id.shard(node.shards.len())].clone()
             };
-            match self.reserve(&addr, id, bytes).await {
+            match self.reserve(&addr, id, bytes, writer.reserve.get()).await {
                 Ok((conn, r)) => {
                     if locked.is_empty() {
                         id = r.chunk_id;
@@ -260,8 +270,7 @@ impl ChunkIo {
         version: Version,
     ) -> Result<Header> {
         let primary = &locked[0];
-        let mut h = Header::request(0, Op::Write);
-        h.chunk_id = id;
+        let mut h = self.request(Op::Write, id);
         h.offset = offset;
         h.token = primary.token.clone();
         let mut timeout = self.options.request_timeout;
@@ -300,7 +309,7 @@ impl ChunkIo {
         // second placement skips it (its connection is refused).
         let mut attempt = 0;
         loop {
-            let (id, locked) = self.place(layout).await?;
+            let (id, locked) = self.place(layout, writer).await?;
             let version = writer.next_version();
             let result = self
                 .chain_write(layout, id, &locked, offset, payload, Version::NONE, version)
@@ -340,6 +349,7 @@ impl ChunkIo {
                         replicas: state.in_sync.clone(),
                         length: length as u32,
                         version,
+                        capability: self.capability(id),
                     };
                     writer.put(index, state);
                     return Ok(record);
@@ -377,6 +387,7 @@ impl ChunkIo {
                         replicas: state.in_sync.clone(),
                         length: policy::length_after_write(rec.length, offset, payload.len()),
                         version: state.base,
+                        capability: rec.capability,
                     };
                     writer.put(rec.index, state);
                     return Ok(record);

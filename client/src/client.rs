@@ -818,6 +818,7 @@ impl Client {
     ) -> Result<(Vec<ChunkRecord>, Committed)> {
         let cs = v.layout.chunk_size;
         let end = offset + data.len() as u64;
+        writer.set_reserve_capability(v.handle.reserve_capability().await?);
         let existing = self.records(&v.handle, offset / cs, (end - 1) / cs).await?;
         let records = self
             .io
@@ -966,6 +967,7 @@ impl Client {
         };
         let _ = self.close(fd).await;
         let mut records: Vec<ChunkRecord> = records?.into_values().collect();
+        self.io.remember(&records);
         records.sort_by_key(|r| r.index);
         let mut out = Vec::with_capacity(records.len());
         for r in records {

@@ -81,12 +81,13 @@ fn control_needs(id: u16) -> Needs {
 }
 
 /// Method names of the `FileHandle` interface, by method id.
-const FILE_HANDLE_METHODS: [&str; 5] = [
+const FILE_HANDLE_METHODS: [&str; 6] = [
     "file_attr",
     "get_chunks",
     "commit_chunks",
     "set_size",
     "close",
+    "reserve_capability",
 ];
 
 thread_local! {
@@ -154,6 +155,7 @@ pub struct ControlMetrics {
     requests: Family<OpLabel, Counter>,
     errors: Family<OpLabel, Counter>,
     latency: Family<OpLabel, Histogram>,
+    auth_failures: Counter,
     /// 1 once the RPC listener is bound and serving.
     pub serving: Gauge,
 }
@@ -168,6 +170,14 @@ impl Default for ControlMetrics {
             Histogram::new(exponential_buckets(1e-5, 2.0, 20))
         });
         let serving = Gauge::default();
+        let auth_failures = Counter::default();
+        registry.register(
+            "ringfs_control_auth_failures",
+            "RPCs refused as unauthenticated or not permitted (a failed authenticate, a \
+             call without one, a permission check, a commit of a chunk without its \
+             capability)",
+            auth_failures.clone(),
+        );
         registry.register(
             "ringfs_control_requests",
             "RPCs answered (Control and FileHandle interfaces), by op",
@@ -193,6 +203,7 @@ impl Default for ControlMetrics {
             requests,
             errors,
             latency,
+            auth_failures,
             serving,
         }
     }
@@ -331,6 +342,19 @@ impl ControlMetrics {
         text
     }
 
+    /// Counts `r` if it is an authentication or authorization refusal.
+    fn record_auth(&self, r: &Result<(), capnp::Error>) {
+        use ringfs_schema::control_capnp::ErrorCode;
+        if let Err(e) = r {
+            if matches!(
+                ringfs_schema::wire_error::decode(e).0,
+                ErrorCode::Unauthenticated | ErrorCode::PermissionDenied
+            ) {
+                self.auth_failures.inc();
+            }
+        }
+    }
+
     fn record(&self, op: &'static str, ok: bool, started: Instant) {
         let l = OpLabel { op };
         self.requests.get_or_create(&l).inc();
@@ -409,6 +433,7 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
             capnp::capability::Promise::from_future(async move {
                 let r = promise.await;
                 metrics.record(op, r.is_ok(), started);
+                metrics.record_auth(&r);
                 drop(admitted);
                 r
             }),

@@ -95,6 +95,11 @@ pub struct Cli {
     /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Key id of the data-plane capability key: capabilities under this id
+    /// and the one before are accepted (docs/operations.md, rotating the
+    /// capability key) [default: 1].
+    #[arg(long)]
+    pub capability_key_id: Option<u32>,
 }
 
 /// The TOML file. `--print-config` prints it filled with the effective
@@ -116,6 +121,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     metrics: Option<std::net::SocketAddr>,
+    capability_key_id: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -138,6 +144,9 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Monitoring endpoint, if any.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The current data-plane key id (this one and the one before are
+    /// accepted).
+    pub capability_key_id: u32,
 }
 
 /// Parses `--cores`: "0,1,3" (a list, each core once) or "2" (a count:
@@ -250,6 +259,10 @@ impl NodeConfig {
             log_level,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             metrics: cli.metrics.or(file.metrics),
+            capability_key_id: cli
+                .capability_key_id
+                .or(file.capability_key_id)
+                .unwrap_or(1),
         })
     }
 }
@@ -277,6 +290,7 @@ impl NodeConfig {
             log_level: Some(self.log_level.clone()),
             log_format: Some(self.log_format),
             metrics: self.metrics,
+            capability_key_id: Some(self.capability_key_id),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

@@ -203,6 +203,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_id = Arc::new(AtomicU64::new(identity.node_id));
     rehome_chunks(&cfg.data, shards)?;
     let key = TokenKey::random().context("generating the token key")?;
+    let capabilities = ringfs_ops::capability::CapabilityKeys::new(&secret, cfg.capability_key_id);
     let metrics = Arc::new(crate::metrics::NodeMetrics::new(shards));
     if let Some(addr) = cfg.metrics {
         let local = crate::metrics::spawn_endpoint(addr, metrics.clone())
@@ -228,6 +229,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             forward_timeout: Duration::from_millis(cfg.forward_timeout_ms),
             limits: crate::shard::Limits::default(),
             metrics: metrics.shard(index),
+            capabilities: capabilities.clone(),
         };
         let port = if cfg.base_port == 0 {
             0

@@ -50,6 +50,10 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// This shard's metric handles (touched by this shard only).
     pub metrics: crate::metrics::ShardMetrics,
+    /// The data-plane keys (derived from the cluster secret) that every
+    /// request's capability is checked with, and that this node's own
+    /// requests to other nodes (re-replication) are issued with.
+    pub capabilities: ringfs_ops::capability::CapabilityKeys,
 }
 
 /// What clients can make one shard hold, at most (`docs/operations.md`

@@ -100,7 +100,9 @@ fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_blocks_stay_o
         let (acked2, new2) = (acked.clone(), new.clone());
         let id = on_glommio(move || async move {
             let (acked, new) = (acked2, new2);
-            let p = Peer::connect(&ep).await.unwrap();
+            let p = Peer::connect_issuing(&ep, ringfs_tests::capability_keys())
+                .await
+                .unwrap();
             let mut h = Header::request(0, Op::Reserve);
             h.client_id = 1;
             h.reserve_bytes = (span * BLOCK) as u64;
@@ -144,7 +146,9 @@ fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_blocks_stay_o
         cl.start_node(0, &[]);
         let ep = cl.node(0).addr.to_string();
         on_glommio(move || async move {
-            let p = Peer::connect(&ep).await.unwrap();
+            let p = Peer::connect_issuing(&ep, ringfs_tests::capability_keys())
+                .await
+                .unwrap();
             let mut h = Header::request(0, Op::Lock);
             h.chunk_id = id;
             h.client_id = 1;

@@ -172,6 +172,9 @@ impl Shard {
         fh.crcs = h.crcs.clone();
         fh.chain = h.chain[1..].to_vec();
         fh.write_quorum = 0;
+        // The writer's capability is for the chunk, not for a node: every
+        // hop checks the same one.
+        fh.capability = h.capability;
         if next.token.is_present() {
             fh.token = next.token.clone();
         } else {
