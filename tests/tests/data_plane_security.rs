@@ -311,9 +311,12 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
             .await
             .unwrap();
         let bo = bc.open("/home/bob/other", true, NO_WAIT).await.unwrap();
+        // With this lease's epoch, as if written under it (the version
+        // check alone would let that pass).
         let steal = |capability: Option<Capability>| ChunkRecord {
             index: 1,
             capability,
+            version: Version::new(bo.write_epoch, 1),
             ..shared_rec.clone()
         };
         for (what, cap) in [
@@ -335,6 +338,7 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
             .commit_chunks(
                 &[ChunkRecord {
                     index: 1,
+                    version: Version::new(bo.write_epoch, 1),
                     ..bob_rec.clone()
                 }],
                 2 * 8192,
