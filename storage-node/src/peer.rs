@@ -333,4 +333,16 @@ impl PeerPool {
         self.peers.borrow_mut().insert(addr.to_string(), p.clone());
         Ok(p)
     }
+
+    /// Keeps the connections to the addresses `keep` says, closing the
+    /// others (their nodes left the cluster map).
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.peers.borrow_mut().retain(|addr, p| {
+            let kept = keep(addr);
+            if !kept {
+                p.close();
+            }
+            kept
+        });
+    }
 }

@@ -285,6 +285,62 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
             copy.message
         );
 
+        // A node sends chunk data only to nodes of the cluster map: Bob,
+        // with a valid capability of his own chunk, cannot make a node copy
+        // or forward it to an outside address, nor pass the node's own
+        // address off as another node's in a chain.
+        let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        outside.set_nonblocking(true).unwrap();
+        let outside_addr = outside.local_addr().unwrap().to_string();
+        let y = cid(bob_rec.chunk_id);
+        let bob_primary = endpoint(&map, bob_rec.replicas[0], y);
+        let bconn = NodeConn::connect(&bob_primary).await.unwrap();
+        let mut copy = Header::request(0, Op::CopyTo);
+        copy.chunk_id = y;
+        copy.capability = bob_cap;
+        copy.client_id = 77;
+        copy.implicit_lock = LockMode::Read;
+        copy.version = bob_rec.version;
+        copy.chain = vec![Hop {
+            node_id: bob_rec.replicas[1],
+            address: outside_addr.clone(),
+            token: Default::default(),
+        }];
+        let r = ask(&bconn, copy, &[]).await;
+        assert_eq!(r.status, Status::Denied, "copy outside: {}", r.message);
+        assert!(
+            r.message
+                .contains("not a shard of a node of the cluster map"),
+            "{}",
+            r.message
+        );
+        let mut fwd = Header::request(0, Op::Write);
+        fwd.chunk_id = y;
+        fwd.capability = bob_cap;
+        fwd.client_id = 77;
+        fwd.implicit_lock = LockMode::Write;
+        // Stale on purpose: nothing applies here, the forward is what counts.
+        fwd.expected = Version::new(1, 1);
+        fwd.version = Version::new(bw.write_epoch, 99);
+        fwd.crcs = ringfs_schema::crc::piece_crcs(0, b"exfil");
+        fwd.chain = vec![Hop {
+            node_id: bob_rec.replicas[1],
+            address: outside_addr.clone(),
+            token: Default::default(),
+        }];
+        let r = ask(&bconn, fwd.clone(), b"exfil").await;
+        assert_ne!(r.status, Status::Ok, "{}", r.message);
+        assert_eq!(r.durable_mask, 0);
+        assert!(
+            matches!(outside.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a node connected to an address outside the cluster"
+        );
+        fwd.chain[0].address = bob_primary.clone();
+        fwd.chain[0].node_id = 999_999;
+        let r = ask(&bconn, fwd, b"exfil").await;
+        assert_eq!(r.status, Status::InvalidArgument, "{}", r.message);
+        assert!(r.message.contains("lists this node"), "{}", r.message);
+
         // Alice's data is untouched by all of it, and she still writes.
         assert!(get(&alice, "/home/alice/secret").await.unwrap() == data);
         put(

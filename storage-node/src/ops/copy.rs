@@ -30,6 +30,9 @@ impl Shard {
                 "copyTo needs the target in chain[0]".into(),
             ));
         };
+        // The chunk goes only to a node of the cluster map, whatever
+        // address the request names.
+        self.member_at(&target.address).await?;
         let auth = self.authorize(h, Mode::Read, conn).await?;
         let fence = || self.fence(h.chunk_id, &auth, Mode::Read);
         let whole = self.read_whole(h.chunk_id, h.version, &fence).await;
