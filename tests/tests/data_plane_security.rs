@@ -129,7 +129,7 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
     let node_flags = ["--metrics", "127.0.0.1:0"];
     let cl = Cluster::start_custom(
         2,
-        &[],
+        &["--metrics", "127.0.0.1:0"],
         &NodeOptions {
             flags: &node_flags,
             ..NodeOptions::default()
@@ -412,6 +412,13 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
         .map(|(_, v)| v)
         .sum();
     assert!(failures > 0.0, "auth failures counted: {m:?}");
+    let control = cl.control.metrics.expect("control metrics");
+    let m = scrape::scrape(control);
+    let failures = m.get("ringfs_control_auth_failures_total").copied();
+    assert!(
+        failures >= Some(4.0),
+        "the four refused commits counted: {failures:?}"
+    );
 }
 
 /// Alice's and Bob's credentials with their home directories.
