@@ -49,6 +49,18 @@ impl Shard {
         0xFFFF_0000_0000_0000 | self.node_id.load(Ordering::Acquire)
     }
 
+    /// This node's own capability for chunk `id` on a copy's target: it
+    /// holds the cluster secret like the control server, and the control
+    /// server asked for the copy over the authenticated control link.
+    fn own_capability(&self, id: ChunkId) -> Option<[u8; CAPABILITY_LEN]> {
+        Some(self.cfg.capabilities.issue(
+            Rights::READ_WRITE,
+            id.to_bytes(),
+            Lease::NONE,
+            capability::now_ms() + COPY_TIMEOUT.as_millis() as u64,
+        ))
+    }
+
     /// Deletes chunk `id` under its write lock unless it is newer than
     /// `newest`; a missing chunk is not an error (the command is
     /// idempotent).
@@ -134,15 +146,7 @@ impl Shard {
         let whole = whole.map_err(|e| format!("source replica: {e}"))?;
         crate::failpoint::delay("replicate::before_send").await;
         let peer = self.peers.get(addr).await.map_err(|e| e.to_string())?;
-        // This node's own capability for the chunk on the target: it holds
-        // the cluster secret like the control server, and the control
-        // server asked for this copy over the authenticated control link.
-        let capability = Some(self.cfg.capabilities.issue(
-            Rights::READ_WRITE,
-            id.to_bytes(),
-            Lease::NONE,
-            capability::now_ms() + COPY_TIMEOUT.as_millis() as u64,
-        ));
+        let capability = self.own_capability(id);
         let call = |mut h: Header| {
             let peer = peer.clone();
             h.capability = capability;
@@ -179,7 +183,7 @@ impl Shard {
             r.token
         };
         let result = self
-            .replace_and_verify(&peer, id, &token, capability, target_version, &whole, addr)
+            .replace_and_verify(&peer, id, &token, target_version, &whole, addr)
             .await;
         let mut h = Header::request(0, Op::Unlock);
         h.chunk_id = id;
@@ -193,12 +197,12 @@ impl Shard {
         peer: &Peer,
         id: ChunkId,
         token: &Token,
-        capability: Option<[u8; CAPABILITY_LEN]>,
         target_version: Version,
         whole: &crate::ops::Whole,
         addr: &str,
     ) -> Result<(), String> {
         let (version, length) = (whole.info.version, whole.info.length);
+        let capability = self.own_capability(id);
         let r = send_replace(peer, id, token, capability, target_version, whole)
             .await
             .map_err(|e| e.to_string())?;
