@@ -110,6 +110,32 @@ pub fn lease_capability(
     ))
 }
 
+/// Registers users `alice` and `bob` (as the administrator `admin` is
+/// connected) with their home directories `/home/NAME` (mode 0755, their
+/// own), and returns their credentials (alice's, bob's).
+pub async fn two_users(
+    admin: &ringfs_client::ControlClient,
+) -> (ringfs_client::Credential, ringfs_client::Credential) {
+    admin.mkdir("/home", 0o755).await.unwrap();
+    let mut creds = Vec::new();
+    for name in ["alice", "bob"] {
+        let u = admin.add_user(name, 0, &[], false).await.unwrap();
+        let home = format!("/home/{name}");
+        admin.mkdir(&home, 0o755).await.unwrap();
+        admin
+            .chown(&home, Some(u.uid), Some(u.gids[0]))
+            .await
+            .unwrap();
+        creds.push(ringfs_client::Credential::derive(
+            SECRET.as_bytes(),
+            name,
+            &u.salt,
+        ));
+    }
+    let bob = creds.pop().unwrap();
+    (creds.pop().unwrap(), bob)
+}
+
 /// Writes the administrator's credential into `dir` (unless there) and
 /// returns its path, for the `ringfs` CLI (`RINGFS_CREDENTIAL`).
 pub fn admin_credential(dir: &Path) -> PathBuf {

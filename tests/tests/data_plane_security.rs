@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ringfs_client::control::{Capability, ChunkRecord, ClusterMap};
 use ringfs_client::node_conn::NodeConn;
-use ringfs_client::{Client, ControlClient, CreateOptions, Error};
+use ringfs_client::{Client, CreateOptions, Error};
 use ringfs_ops::capability::{now_ms, CapabilityKeys, Lease, Rights};
 use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status, CAPABILITY_LEN};
 use ringfs_schema::{ChunkId, Version};
@@ -141,7 +141,7 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
     local(async {
         let admin = Client::connect(addr, &ringfs_tests::admin()).await.unwrap();
         let ctl = admin.control();
-        let (alice_cred, bob_cred) = two_users(&ctl).await;
+        let (alice_cred, bob_cred) = ringfs_tests::two_users(&ctl).await;
         let alice = Client::connect(addr, &alice_cred).await.unwrap();
         let bob = Client::connect(addr, &bob_cred).await.unwrap();
         put(
@@ -419,28 +419,4 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
         failures >= Some(4.0),
         "the four refused commits counted: {failures:?}"
     );
-}
-
-/// Alice's and Bob's credentials with their home directories.
-async fn two_users(
-    admin: &ControlClient,
-) -> (ringfs_client::Credential, ringfs_client::Credential) {
-    admin.mkdir("/home", 0o755).await.unwrap();
-    let mut creds = Vec::new();
-    for name in ["alice", "bob"] {
-        let u = admin.add_user(name, 0, &[], false).await.unwrap();
-        let home = format!("/home/{name}");
-        admin.mkdir(&home, 0o755).await.unwrap();
-        admin
-            .chown(&home, Some(u.uid), Some(u.gids[0]))
-            .await
-            .unwrap();
-        creds.push(ringfs_client::Credential::derive(
-            SECRET.as_bytes(),
-            name,
-            &u.salt,
-        ));
-    }
-    let bob = creds.pop().unwrap();
-    (creds.pop().unwrap(), bob)
 }
