@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use ringfs_client::{Client, ClientOptions, Error, OpenOptions};
+use ringfs_client::{Client, ClientOptions, Error};
 use ringfs_tests::files::{
     corrupt_chunk_file, diverge_chunk_file, get, layout, pattern, put, read_write, records,
 };
