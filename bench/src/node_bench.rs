@@ -117,7 +117,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
         .with_context(|| format!("temporary directory in {}", parent.display()))?;
     let dir = tmp.path();
     let secret = dir.join("secret");
-    crate::cluster::write_secret(&secret, &crate::cluster::random_secret())?;
+    let secret_text = crate::cluster::random_secret();
+    crate::cluster::write_secret(&secret, &secret_text)?;
+    // The load generator holds the secret, so it issues the capabilities
+    // the control server would hand a client (key id 1, the default).
+    let keys = ringfs_ops::capability::CapabilityKeys::new(secret_text.trim().as_bytes(), 1);
 
     let mut cmd = command(&opts.launcher.control)?;
     cmd.args(["--listen", "127.0.0.1:0"])
@@ -160,7 +164,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<WorkloadReport>> {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(opts.client_core))
             .io_memory(1 << 20)
             .name("node-bench-client")
-            .spawn(move || async move { drive_node(&o, &endpoints).await })
+            .spawn(move || async move { drive_node(&o, &endpoints, keys).await })
             .map_err(|e| anyhow::anyhow!("starting the load generator: {e}"))?
             .join()
             .map_err(|e| anyhow::anyhow!("load generator: {e}"))??;
@@ -262,7 +266,11 @@ impl Measured {
     }
 }
 
-async fn drive_node(opts: &Options, endpoints: &[String]) -> anyhow::Result<Vec<WorkloadReport>> {
+async fn drive_node(
+    opts: &Options,
+    endpoints: &[String],
+    keys: ringfs_ops::capability::CapabilityKeys,
+) -> anyhow::Result<Vec<WorkloadReport>> {
     const CLIENT: u64 = 1;
     let shards = endpoints.len();
     // A few connections per shard; chunks are spread over all shards.
@@ -270,7 +278,7 @@ async fn drive_node(opts: &Options, endpoints: &[String]) -> anyhow::Result<Vec<
     for ep in endpoints {
         let mut conns = Vec::new();
         for _ in 0..4 {
-            conns.push(Peer::connect(ep).await?);
+            conns.push(Peer::connect_issuing(ep, keys.clone()).await?);
         }
         peers.push(conns);
     }

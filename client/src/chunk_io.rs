@@ -11,7 +11,8 @@
 //! piece; a read returns whole blocks with their stored CRCs, which are
 //! checked here. See "Replica integrity" in `docs/architecture.md`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status, Token};
@@ -19,8 +20,10 @@ use ringfs_schema::{ChunkId, Version};
 
 use crate::client::ClientOptions;
 use crate::cluster::Cluster;
+use crate::control::{Capability, ChunkRecord};
 use crate::error::{Error, Result};
 use crate::node_conn::{status_error, NodeConn, NodePool};
+use ringfs_ops::capability::Rights;
 
 /// Chunks of one call in flight at once (across chunks and nodes).
 pub(crate) const PIPELINE: usize = 4;
@@ -85,7 +88,15 @@ pub(crate) struct ChunkIo {
     /// Rotates the shard a new chunk is minted on.
     pub(crate) next_shard: Cell<usize>,
     pub(crate) repairs: Cell<u64>,
+    /// The capability of each chunk this client was handed a record of
+    /// (or minted), which every request for the chunk carries.
+    caps: RefCell<HashMap<ChunkId, Capability>>,
 }
+
+/// Capabilities kept at most (about 100 bytes each); past it the expired
+/// ones are dropped, and if that is not enough, all (the records of the
+/// next call bring theirs again).
+const MAX_CAPS: usize = 1 << 16;
 
 pub(crate) fn chunk_id(id: u128) -> ChunkId {
     ChunkId::new((id >> 64) as u64, id as u64)
@@ -118,7 +129,58 @@ impl ChunkIo {
             options,
             next_shard: Cell::new(0),
             repairs: Cell::new(0),
+            caps: RefCell::default(),
         }
+    }
+
+    /// Keeps the capabilities of `records` for the requests about their
+    /// chunks.
+    pub(crate) fn remember<'a>(&self, records: impl IntoIterator<Item = &'a ChunkRecord>) {
+        for r in records {
+            if let Some(c) = r.capability {
+                self.remember_one(chunk_id(r.chunk_id), c);
+            }
+        }
+    }
+
+    /// Keeps `cap` for chunk `id`, unless the one kept grants more (a write
+    /// handle's, not to be replaced by a read handle's) and is still good.
+    pub(crate) fn remember_one(&self, id: ChunkId, cap: Capability) {
+        let mut caps = self.caps.borrow_mut();
+        let now = ringfs_ops::capability::now_ms();
+        let margin = crate::control::CAPABILITY_MARGIN.as_millis() as u64;
+        if let Some(old) = caps.get(&id) {
+            let fewer_rights = !Rights::from_byte(cap.0[4]).contains(Rights::from_byte(old.0[4]));
+            if fewer_rights && old.expires_ms() > now + margin {
+                return;
+            }
+        }
+        if caps.len() >= MAX_CAPS && !caps.contains_key(&id) {
+            caps.retain(|_, c| c.expires_ms() > now);
+            if caps.len() >= MAX_CAPS {
+                caps.clear();
+            }
+        }
+        caps.insert(id, cap);
+    }
+
+    /// The capability kept for chunk `id`.
+    pub(crate) fn capability(&self, id: ChunkId) -> Option<Capability> {
+        self.caps.borrow().get(&id).copied()
+    }
+
+    /// Whether the capability kept for chunk `id` grants write.
+    pub(crate) fn may_write(&self, id: ChunkId) -> bool {
+        self.capability(id)
+            .is_some_and(|c| Rights::from_byte(c.0[4]).contains(Rights::WRITE))
+    }
+
+    /// A request for chunk `id` carrying its capability.
+    pub(crate) fn request(&self, op: Op, id: ChunkId) -> Header {
+        let mut h = Header::request(0, op);
+        h.chunk_id = id;
+        h.capability = self.capability(id).map(|c| c.0);
+        h
     }
 
     /// Replicas this client repaired after checksum failures.
@@ -171,21 +233,35 @@ impl ChunkIo {
     }
 
     /// Reserves `bytes` for chunk `id` on `addr` (a fresh id there if `id`
-    /// is zero); the answer holds the id and the reservation's write token.
+    /// is zero, with `mint`, the lease's reserve capability); the answer
+    /// holds the id and the reservation's write token. A minted chunk's
+    /// capability is kept.
     pub(crate) async fn reserve(
         &self,
         addr: &str,
         id: ChunkId,
         bytes: u64,
+        mint: Option<Capability>,
     ) -> Result<(Rc<NodeConn>, Header)> {
         let conn = self.pool.get(addr).await?;
-        let mut h = Header::request(0, Op::Reserve);
+        let mut h = self.request(Op::Reserve, id);
+        if id == ChunkId::default() {
+            h.capability = mint.map(|c| c.0);
+        }
         h.client_id = self.client_id;
         h.reserve_bytes = bytes;
-        h.chunk_id = id;
         let (r, _) = conn.call(h, &[], self.options.request_timeout).await?;
         if r.status != Status::Ok {
             return Err(status_error(&r, addr));
+        }
+        if id == ChunkId::default() {
+            let cap = r.capability.map(Capability).ok_or_else(|| {
+                Error::internal(format!(
+                    "{addr} minted chunk {} without a capability",
+                    r.chunk_id
+                ))
+            })?;
+            self.remember_one(r.chunk_id, cap);
         }
         Ok((conn, r))
     }
@@ -194,8 +270,7 @@ impl ChunkIo {
     pub(crate) async fn lock_replica(&self, id: ChunkId, node_id: u64) -> Result<Locked> {
         let addr = self.endpoint(id, node_id)?;
         let conn = self.pool.get(&addr).await?;
-        let mut h = Header::request(0, Op::Lock);
-        h.chunk_id = id;
+        let mut h = self.request(Op::Lock, id);
         h.client_id = self.client_id;
         h.lock_mode = LockMode::Write;
         h.timeout_ms = ms(self.options.lock_wait);
@@ -253,8 +328,7 @@ impl ChunkIo {
     pub(crate) async fn delete_all(&self, id: ChunkId, locked: &[Locked], version: Version) {
         let timeout = self.options.request_timeout;
         futures::future::join_all(locked.iter().map(|l| {
-            let mut h = Header::request(0, Op::Delete);
-            h.chunk_id = id;
+            let mut h = self.request(Op::Delete, id);
             h.token = l.token.clone();
             h.version = version;
             async move {
@@ -268,8 +342,7 @@ impl ChunkIo {
     /// only a reservation. `NotFound` when it holds nothing.
     pub(crate) async fn info(&self, id: ChunkId, node_id: u64) -> Result<(Version, u64)> {
         let addr = self.endpoint(id, node_id)?;
-        let mut h = Header::request(0, Op::ChunkInfo);
-        h.chunk_id = id;
+        let h = self.request(Op::ChunkInfo, id);
         let r = self.call_ok(&addr, h, false).await?;
         Ok((r.version, r.chunk_length))
     }
@@ -277,8 +350,7 @@ impl ChunkIo {
     /// `node_id`'s version, length and digest of its replica of `id`.
     pub(crate) async fn digest(&self, id: ChunkId, node_id: u64) -> Result<ReplicaDigest> {
         let addr = self.endpoint(id, node_id)?;
-        let mut h = Header::request(0, Op::Digest);
-        h.chunk_id = id;
+        let h = self.request(Op::Digest, id);
         let r = self.call_ok(&addr, h, false).await?;
         Ok(ReplicaDigest {
             version: r.version,
@@ -305,7 +377,7 @@ impl ChunkIo {
     ) -> Result<()> {
         let target_lock = if target_version == Version::NONE {
             let addr = self.endpoint(id, target)?;
-            let (conn, r) = self.reserve(&addr, id, bytes).await?;
+            let (conn, r) = self.reserve(&addr, id, bytes, None).await?;
             Locked {
                 node_id: target,
                 addr,
@@ -316,8 +388,7 @@ impl ChunkIo {
             self.lock_replica(id, target).await?
         };
         let source_addr = self.endpoint(id, source)?;
-        let mut h = Header::request(0, Op::CopyTo);
-        h.chunk_id = id;
+        let mut h = self.request(Op::CopyTo, id);
         h.client_id = self.client_id;
         h.implicit_lock = LockMode::Read;
         h.timeout_ms = ms(self.options.lock_wait);

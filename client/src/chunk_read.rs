@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
 use ringfs_schema::crc::CRC_BLOCK;
-use ringfs_schema::frame::{Header, LockMode, Op, Status};
+use ringfs_schema::frame::{LockMode, Op, Status};
 use ringfs_schema::{ChunkId, Version};
 
 use crate::chunk_io::{chunk_id, ms, ChunkIo, ReplicaDigest, PIPELINE};
@@ -35,6 +35,7 @@ impl ChunkIo {
         buf: &mut [u8],
         verify: bool,
     ) -> Result<()> {
+        self.remember(records.values());
         let mut pieces = Vec::new();
         let mut rest = buf;
         let mut at = offset;
@@ -237,10 +238,14 @@ impl ChunkIo {
     ) {
         let id = chunk_id(rec.chunk_id);
         for &bad in bad {
-            let repaired = self
-                .repair(id, bad, good, version, chunk_size)
-                .await
-                .is_ok();
+            // Only with write on the chunk (a write descriptor's records):
+            // a reader's is left to the control server, which the report
+            // asks.
+            let repaired = self.may_write(id)
+                && self
+                    .repair(id, bad, good, version, chunk_size)
+                    .await
+                    .is_ok();
             if repaired {
                 self.repairs.set(self.repairs.get() + 1);
             }
@@ -287,8 +292,7 @@ impl ChunkIo {
         buf: &mut [u8],
     ) -> Result<Version> {
         let addr = self.endpoint(id, node_id)?;
-        let mut h = Header::request(0, Op::Read);
-        h.chunk_id = id;
+        let mut h = self.request(Op::Read, id);
         h.offset = offset;
         h.length = buf.len() as u32;
         h.client_id = self.client_id;

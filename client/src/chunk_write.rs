@@ -170,7 +170,7 @@ impl ChunkIo {
 
     /// Reserves a new chunk on up to R distinct live nodes (most free space
     /// first; a refusing node is skipped). Primary first.
-    async fn place(&self, layout: &Layout) -> Result<(ChunkId, Vec<Locked>)> {
+    async fn place(&self, layout: &Layout, writer: &Writer) -> Result<(ChunkId, Vec<Locked>)> {
         let (map, claimed) = self.cluster.map_for_placement().await?;
         let candidates = placement::candidates(&map, &claimed);
         let want = layout.replication.max(1) as usize;
@@ -191,7 +191,10 @@ impl ChunkIo {
             } else {
                 node.shards[id.shard(node.shards.len())].clone()
             };
-            match self.reserve(&addr, id, bytes).await {
+            match self
+                .reserve(&addr, id, bytes, writer.reserve_capability())
+                .await
+            {
                 Ok((conn, r)) => {
                     if locked.is_empty() {
                         id = r.chunk_id;
@@ -243,8 +246,7 @@ impl ChunkIo {
         sent: impl FnOnce(),
     ) -> Result<Header> {
         let primary = &locked[0];
-        let mut h = Header::request(0, Op::Write);
-        h.chunk_id = id;
+        let mut h = self.request(Op::Write, id);
         h.offset = offset;
         h.token = primary.token.clone();
         let mut timeout = self.options.request_timeout;
@@ -288,7 +290,7 @@ impl ChunkIo {
         // second placement skips it (its connection is refused).
         let mut attempt = 0;
         loop {
-            let (id, locked) = self.place(layout).await?;
+            let (id, locked) = self.place(layout, writer).await?;
             let version = writer.next_version();
             let result = self
                 .chain_write(
@@ -330,6 +332,7 @@ impl ChunkIo {
                         replicas: in_sync.clone(),
                         length: length as u32,
                         version,
+                        capability: self.capability(id),
                     };
                     *slot.state.borrow_mut() = Some(ChunkState {
                         id,
@@ -547,6 +550,7 @@ impl ChunkIo {
             replicas: durable,
             length: policy::length_after_write(state.length as u32, at, gap + payload.len()),
             version,
+            capability: self.capability(id),
         })
     }
 

@@ -832,7 +832,8 @@ impl Client {
         }
     }
 
-    /// Chunk records with index in `first..=last`, by index (holes absent).
+    /// Chunk records with index in `first..=last`, by index (holes absent);
+    /// their capabilities are kept for the requests that use them.
     async fn records(
         &self,
         h: &FileHandle,
@@ -848,6 +849,7 @@ impl Client {
             }
             at += count;
         }
+        self.io.remember(out.values());
         Ok(out)
     }
 
@@ -1008,16 +1010,25 @@ impl Client {
             let end = offset + len;
             // Records of the chunks this writer knows nothing of, below the
             // committed size (past it there are none).
+            // Also those whose write capability is missing or about to
+            // expire: a fetch brings fresh ones (a lease that keeps its
+            // records would otherwise write with an expired one).
             let unknown: Vec<u64> = turns
                 .iter()
                 .map(|(i, _)| *i)
-                .filter(|&i| i * cs < v.size && writer.record(i).is_none())
+                .filter(|&i| {
+                    i * cs < v.size
+                        && writer
+                            .record(i)
+                            .is_none_or(|r| !self.io.may_write(chunk_id(r.chunk_id)))
+                })
                 .collect();
             if let (Some(&first), Some(&last)) = (unknown.first(), unknown.last()) {
                 for r in self.records(&v.handle, first, last).await?.values() {
                     writer.know(r);
                 }
             }
+            writer.set_reserve_capability(v.handle.reserve_capability().await?);
             let records = self
                 .io
                 .write_range(&v.layout, offset, data, writer, turns)

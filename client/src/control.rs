@@ -23,6 +23,12 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 pub use ringfs_ops::auth::Credential;
+pub use ringfs_ops::capability::Capability;
+
+/// A capability with less than this left is renewed before it is used: a
+/// request may wait for a lock and cross a loaded network before the node
+/// checks it.
+pub const CAPABILITY_MARGIN: Duration = Duration::from_secs(60);
 
 /// Who a connection authenticated as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +127,11 @@ pub struct ChunkRecord {
     /// byte-identical); a replica below it missed a write and is not read
     /// from.
     pub version: Version,
+    /// What the storage nodes demand to serve this chunk (read; read and
+    /// write through a write handle), valid for a few minutes: from the
+    /// control server with the record, or from the node that minted a new
+    /// chunk. `None`: the nodes refuse every request for it.
+    pub capability: Option<Capability>,
 }
 
 /// A commit's answer: the file's attributes and the replicas its writer
@@ -352,6 +363,7 @@ fn read_chunk(r: chunk_record::Reader) -> Result<ChunkRecord> {
         replicas: r.get_replicas()?.iter().collect(),
         length: r.get_length(),
         version: Version::new(r.get_version_epoch(), r.get_version_seq()),
+        capability: Capability::from_wire(r.get_capability()?),
     })
 }
 
@@ -361,6 +373,9 @@ fn fill_chunk(mut b: chunk_record::Builder, c: &ChunkRecord) {
     b.set_length(c.length);
     b.set_version_epoch(c.version.epoch);
     b.set_version_seq(c.version.seq);
+    if let Some(cap) = &c.capability {
+        b.set_capability(&cap.0);
+    }
     let mut reps = b.init_replicas(c.replicas.len() as u32);
     for (i, r) in c.replicas.iter().enumerate() {
         reps.set(i as u32, *r);
@@ -717,6 +732,9 @@ impl ControlClient {
             guid,
             attr: read_attr(r.get_attr()?)?,
             write_epoch: r.get_write_epoch(),
+            reserve_capability: std::cell::Cell::new(Capability::from_wire(
+                r.get_reserve_capability()?,
+            )),
             _conn: self.conn.clone(),
         })
     }
@@ -1049,6 +1067,9 @@ pub struct FileHandle {
     /// Write handles: the epoch of every chunk version this handle's
     /// writes create (0 for read handles).
     pub write_epoch: u64,
+    /// Write handles: the capability nodes mint new chunk ids of this
+    /// lease with (see [`FileHandle::reserve_capability`]).
+    reserve_capability: std::cell::Cell<Option<Capability>>,
     _conn: Rc<Conn>,
 }
 
@@ -1152,6 +1173,23 @@ impl FileHandle {
         req.get().set_size(size);
         let reply = req.send().promise.await?;
         read_attr(reply.get()?.get_attr()?)
+    }
+
+    /// A reserve capability of this write handle's lease with at least
+    /// [`CAPABILITY_MARGIN`] left: the one `open` answered, or a renewed
+    /// one.
+    pub async fn reserve_capability(&self) -> Result<Capability> {
+        let now = ringfs_ops::capability::now_ms();
+        if let Some(c) = self.reserve_capability.get() {
+            if c.expires_ms() > now + CAPABILITY_MARGIN.as_millis() as u64 {
+                return Ok(c);
+            }
+        }
+        let reply = self.cap.reserve_capability_request().send().promise.await?;
+        let c = Capability::from_wire(reply.get()?.get_capability()?)
+            .ok_or_else(|| Error::internal("the server sent a malformed reserve capability"))?;
+        self.reserve_capability.set(Some(c));
+        Ok(c)
     }
 
     /// Releases the handle (and its lease) now rather than at drop.

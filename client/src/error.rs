@@ -104,6 +104,11 @@ pub enum Error {
     /// applied on it.
     #[error("stale replica: {0}")]
     StaleVersion(String),
+    /// A storage node refused a request's capability as expired (or issued
+    /// under a rotated key): the chunk records are fetched again, once,
+    /// before an application sees this.
+    #[error("capability expired: {0}")]
+    CapabilityExpired(String),
     /// An integer descriptor that is not open (or not open for this).
     #[error("bad file descriptor: {0}")]
     BadDescriptor(String),

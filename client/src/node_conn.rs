@@ -422,6 +422,8 @@ pub fn status_error(h: &Header, addr: &str) -> Error {
         Status::Quorum => Error::Quorum(msg),
         Status::StaleVersion => Error::StaleVersion(msg),
         Status::PayloadChecksum => Error::Corrupt(msg),
+        Status::Denied => Error::PermissionDenied(msg),
+        Status::CapabilityExpired => Error::CapabilityExpired(msg),
         _ => Error::internal(msg),
     }
 }

@@ -121,6 +121,7 @@ mod tests {
             replicas: vec![1],
             length: 1,
             version: crate::Version::new(1, 1),
+            capability: None,
         }
     }
 

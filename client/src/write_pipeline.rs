@@ -25,7 +25,7 @@ use std::rc::Rc;
 use ringfs_schema::{ChunkId, Version};
 use tokio::sync::Notify;
 
-use crate::control::ChunkRecord;
+use crate::control::{Capability, ChunkRecord};
 use crate::error::Error;
 
 /// Chunks a writer keeps state for; past this, idle ones are forgotten (a
@@ -175,6 +175,9 @@ pub(crate) struct Writer {
     acked: Cell<u64>,
     /// Acknowledged writes a commit covered, counted.
     committed: Cell<u64>,
+    /// The lease's reserve capability (nodes mint new chunk ids with it),
+    /// set before each write ([`Writer::set_reserve_capability`]).
+    reserve: Cell<Option<Capability>>,
 }
 
 impl Writer {
@@ -191,6 +194,7 @@ impl Writer {
             commit: tokio::sync::Mutex::new(()),
             acked: Cell::new(0),
             committed: Cell::new(0),
+            reserve: Cell::new(None),
         }
     }
 
@@ -238,6 +242,16 @@ impl Writer {
             ticket,
             released: Cell::new(false),
         }
+    }
+
+    /// The reserve capability the next writes mint new chunks with.
+    pub(crate) fn set_reserve_capability(&self, cap: Capability) {
+        self.reserve.set(Some(cap));
+    }
+
+    /// The reserve capability last set, if any.
+    pub(crate) fn reserve_capability(&self) -> Option<Capability> {
+        self.reserve.get()
     }
 
     /// Remembers committed record `rec` unless a newer record of the same chunk is known.

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringfs_ops::capability::CapabilityKeys;
 use ringfs_schema::control_capnp::{cluster_map, map_watcher, node_commands};
 use ringfs_schema::Version;
 
@@ -56,6 +57,9 @@ pub struct State {
     /// This server's replica, when the control plane is replicated.
     pub(crate) replica: Option<Rc<crate::raft::Replica>>,
     pub(crate) secret: Vec<u8>,
+    /// The data-plane keys (derived from the secret) this server issues
+    /// capabilities with and checks commits' capabilities against.
+    pub(crate) capabilities: CapabilityKeys,
     pub(crate) timing: MembershipTiming,
     pub(crate) leases: RefCell<Leases>,
     pub(crate) membership: RefCell<Membership>,
@@ -102,6 +106,7 @@ impl State {
         repair: RepairConfig,
         gate: Rc<CallGate>,
         data_dir: std::path::PathBuf,
+        capability_key_id: u32,
     ) -> Result<Rc<Self>> {
         let membership = Membership::new(store.nodes()?);
         let epoch = store.epoch()?;
@@ -111,6 +116,7 @@ impl State {
             committer,
             replica,
             data_dir,
+            capabilities: CapabilityKeys::new(&secret, capability_key_id),
             secret,
             timing,
             leases: RefCell::default(),

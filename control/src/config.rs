@@ -77,6 +77,10 @@ pub struct Args {
     /// Address to serve /metrics, /healthz and /readyz on (HTTP); off when unset.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Key id the data-plane capabilities are issued with (the nodes
+    /// accept it and the one before; docs/operations.md) [default: 1].
+    #[arg(long)]
+    pub capability_key_id: Option<u32>,
     /// Replicated control plane: RPC addresses ("host:port") of the other
     /// control replicas, comma-separated. A replica with no Raft state asks
     /// them to add it to their group. Unset (and no --bootstrap): a single
@@ -127,6 +131,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     metrics: Option<SocketAddr>,
+    capability_key_id: Option<u32>,
     peers: Option<Vec<String>>,
     bootstrap: Option<bool>,
     advertise: Option<String>,
@@ -158,6 +163,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Monitoring endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// Key id of the data-plane capabilities this server issues.
+    pub capability_key_id: u32,
     /// Replication, when the control plane is replicated.
     pub replication: Option<Replication>,
     /// The TLS files (`[tls]`, `--tls-*`), when TLS is on.
@@ -354,6 +361,10 @@ impl Config {
             log_level,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics: args.metrics.or(file.metrics),
+            capability_key_id: args
+                .capability_key_id
+                .or(file.capability_key_id)
+                .unwrap_or(1),
             replication,
             tuning,
             tls_files,
@@ -382,6 +393,7 @@ impl Config {
             log_format: Some(self.log_format),
             metrics: self.metrics,
             tls: self.tls_files.clone(),
+            capability_key_id: Some(self.capability_key_id),
             peers: self.replication.as_ref().map(|r| r.peers.clone()),
             bootstrap: self.replication.as_ref().map(|r| r.bootstrap),
             advertise: self.replication.as_ref().and_then(|r| r.advertise.clone()),

@@ -81,12 +81,13 @@ fn control_needs(id: u16) -> Needs {
 }
 
 /// Method names of the `FileHandle` interface, by method id.
-const FILE_HANDLE_METHODS: [&str; 5] = [
+const FILE_HANDLE_METHODS: [&str; 6] = [
     "file_attr",
     "get_chunks",
     "commit_chunks",
     "set_size",
     "close",
+    "reserve_capability",
 ];
 
 thread_local! {
@@ -99,16 +100,6 @@ thread_local! {
 /// and `gate` the one their calls pass.
 pub fn set_current(current: Option<(Rc<ControlMetrics>, Rc<CallGate>)>) {
     CURRENT.with(|c| *c.borrow_mut() = current);
-}
-
-/// Counts a failed authentication in the metrics of the control server
-/// running on this thread.
-pub fn auth_failed() {
-    CURRENT.with(|c| {
-        if let Some((m, _)) = &*c.borrow() {
-            m.auth_failures.inc();
-        }
-    });
 }
 
 /// Counts a failed TLS handshake in the metrics of the control server
@@ -174,10 +165,9 @@ pub struct ControlMetrics {
     requests: Family<OpLabel, Counter>,
     errors: Family<OpLabel, Counter>,
     latency: Family<OpLabel, Histogram>,
+    auth_failures: Counter,
     /// 1 once the RPC listener is bound and serving.
     pub serving: Gauge,
-    /// Failed `authenticate` calls (no label: never the user tried).
-    auth_failures: Counter,
     /// Accepted connections closed because their TLS handshake failed.
     tls_failures: Counter,
 }
@@ -192,6 +182,14 @@ impl Default for ControlMetrics {
             Histogram::new(exponential_buckets(1e-5, 2.0, 20))
         });
         let serving = Gauge::default();
+        let auth_failures = Counter::default();
+        registry.register(
+            "ringfs_control_auth_failures",
+            "RPCs refused as unauthenticated or not permitted (a failed authenticate, a \
+             call without one, a permission check, a commit of a chunk without its \
+             capability)",
+            auth_failures.clone(),
+        );
         registry.register(
             "ringfs_control_requests",
             "RPCs answered (Control and FileHandle interfaces), by op",
@@ -212,12 +210,6 @@ impl Default for ControlMetrics {
             "1 while the RPC listener is serving",
             serving.clone(),
         );
-        let auth_failures = Counter::default();
-        registry.register(
-            "ringfs_control_auth_failures",
-            "authenticate calls refused (unknown user or wrong proof)",
-            auth_failures.clone(),
-        );
         let tls_failures = Counter::default();
         registry.register(
             "ringfs_control_tls_handshakes_failed",
@@ -230,8 +222,8 @@ impl Default for ControlMetrics {
             requests,
             errors,
             latency,
-            serving,
             auth_failures,
+            serving,
             tls_failures,
         }
     }
@@ -370,6 +362,19 @@ impl ControlMetrics {
         text
     }
 
+    /// Counts `r` if it is an authentication or authorization refusal.
+    fn record_auth(&self, r: &Result<(), capnp::Error>) {
+        use ringfs_schema::control_capnp::ErrorCode;
+        if let Err(e) = r {
+            if matches!(
+                ringfs_schema::wire_error::decode(e).0,
+                ErrorCode::Unauthenticated | ErrorCode::PermissionDenied
+            ) {
+                self.auth_failures.inc();
+            }
+        }
+    }
+
     fn record(&self, op: &'static str, ok: bool, started: Instant) {
         let l = OpLabel { op };
         self.requests.get_or_create(&l).inc();
@@ -448,6 +453,7 @@ impl<D: Server + Clone + 'static> Server for MeteredDispatch<D> {
             capnp::capability::Promise::from_future(async move {
                 let r = promise.await;
                 metrics.record(op, r.is_ok(), started);
+                metrics.record_auth(&r);
                 drop(admitted);
                 r
             }),

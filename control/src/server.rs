@@ -184,6 +184,7 @@ async fn start(config: &Config) -> Result<(Rc<State>, std::thread::JoinHandle<()
         repair,
         gate,
         config.data.clone(),
+        config.capability_key_id,
     )?;
     // Tests and launchers wait for this line to know the port.
     println!("ringfs-control listening on {local}");

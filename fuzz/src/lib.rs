@@ -77,6 +77,9 @@ fn frame_seeds() -> Vec<Vec<u8>> {
         address: "127.0.0.1:7100".into(),
         token: Default::default(),
     }];
+    // Every request carries a capability (80 bytes): its length is checked
+    // in the decoder, its MAC by the node.
+    write.capability = Some([0x5a; ringfs_schema::frame::CAPABILITY_LEN]);
     let mut lock = Header::request(8, Op::Lock);
     lock.lock_mode = LockMode::Read;
     lock.timeout_ms = 100;

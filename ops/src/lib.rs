@@ -23,6 +23,7 @@
 #[cfg(feature = "server")]
 pub mod args;
 pub mod auth;
+pub mod capability;
 pub mod config_file;
 pub mod flag_file;
 #[cfg(feature = "server")]

@@ -22,6 +22,8 @@ pub const MAX_PAYLOAD_LEN: usize = crate::MAX_CHUNK_SIZE as usize;
 pub const MAX_CHAIN: usize = 15;
 /// Longest MAC accepted in a token, in bytes.
 pub const MAX_MAC_LEN: usize = 64;
+/// Bytes of a data-plane capability (`ringfs_ops::capability`).
+pub const CAPABILITY_LEN: usize = 80;
 
 /// Why a frame could not be decoded. All of them lose the framing, so the
 /// connection is closed after a `malformed` error frame.
@@ -51,6 +53,9 @@ pub enum FrameError {
     /// A digest is longer than 32 bytes.
     #[error("digest of {0} bytes exceeds 32")]
     DigestTooLong(usize),
+    /// A capability is neither empty nor [`CAPABILITY_LEN`] bytes.
+    #[error("capability of {0} bytes (a capability is {CAPABILITY_LEN} bytes)")]
+    CapabilityLength(usize),
     /// An enum field holds a value this build does not know.
     #[error("unknown {field} value {value}")]
     UnknownEnum {
@@ -157,6 +162,9 @@ pub struct Header {
     pub reserve_bytes: u64,
     /// Responses: the chunk's length in bytes.
     pub chunk_length: u64,
+    /// Requests: the caller's data-plane capability for `chunk_id`.
+    /// Reserve responses that minted an id: a capability for the new chunk.
+    pub capability: Option<[u8; CAPABILITY_LEN]>,
 }
 
 impl Header {
@@ -188,6 +196,7 @@ impl Header {
             digest: Vec::new(),
             reserve_bytes: 0,
             chunk_length: 0,
+            capability: None,
         }
     }
 
@@ -316,6 +325,19 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
     } else {
         Vec::new()
     };
+    let capability = if r.has_capability() {
+        let c = r.get_capability().map_err(capnp_err)?;
+        if c.is_empty() {
+            None
+        } else {
+            Some(
+                c.try_into()
+                    .map_err(|_| FrameError::CapabilityLength(c.len()))?,
+            )
+        }
+    } else {
+        None
+    };
     let message = if r.has_message() {
         r.get_message()
             .map_err(capnp_err)?
@@ -350,6 +372,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FrameError> {
         digest,
         reserve_bytes: r.get_reserve_bytes(),
         chunk_length: r.get_chunk_length(),
+        capability,
     })
 }
 
@@ -409,6 +432,9 @@ pub fn encode_header(h: &Header) -> Vec<u8> {
         }
         b.set_reserve_bytes(h.reserve_bytes);
         b.set_chunk_length(h.chunk_length);
+        if let Some(c) = &h.capability {
+            b.set_capability(c);
+        }
     }
     let words = capnp::serialize::compute_serialized_size_in_words(&msg);
     let mut out = Vec::with_capacity(4 + words * 8);
@@ -448,6 +474,7 @@ mod tests {
         h.replace = true;
         h.durable_mask = 0b101;
         h.digest = vec![9; 32];
+        h.capability = Some([3; CAPABILITY_LEN]);
         h
     }
 

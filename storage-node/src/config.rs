@@ -102,6 +102,11 @@ pub struct Cli {
     pub metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub tls: ringfs_ops::tls::TlsFlags,
+    /// Key id of the data-plane capability key: capabilities under this id
+    /// and the one before are accepted (docs/operations.md, rotating the
+    /// capability key) [default: 1].
+    #[arg(long)]
+    pub capability_key_id: Option<u32>,
 }
 
 /// The TOML file. `--print-config` prints it filled with the effective
@@ -124,6 +129,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     metrics: Option<std::net::SocketAddr>,
     tls: Option<ringfs_ops::tls::TlsFiles>,
+    capability_key_id: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -151,6 +157,9 @@ pub struct NodeConfig {
     /// TLS loaded from them (key permissions checked): the data plane and
     /// the connections to the control server speak it, and nothing else.
     pub tls: Option<ringfs_ops::tls::Tls>,
+    /// The current data-plane key id (this one and the one before are
+    /// accepted).
+    pub capability_key_id: u32,
 }
 
 /// Parses `--cores`: "0,1,3" (a list, each core once) or "2" (a count:
@@ -270,6 +279,10 @@ impl NodeConfig {
             tls: ringfs_ops::tls::Tls::load_optional(tls_files.as_ref())
                 .map_err(|e| ConfigError::Invalid("tls", e.to_string()))?,
             tls_files,
+            capability_key_id: cli
+                .capability_key_id
+                .or(file.capability_key_id)
+                .unwrap_or(1),
         })
     }
 }
@@ -298,6 +311,7 @@ impl NodeConfig {
             log_format: Some(self.log_format),
             metrics: self.metrics,
             tls: self.tls_files.clone(),
+            capability_key_id: Some(self.capability_key_id),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }

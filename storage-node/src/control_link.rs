@@ -386,6 +386,30 @@ impl ControlLink {
         addrs[i % addrs.len()].to_string()
     }
 
+    /// Fetches the cluster map and hands every shard its members (shard
+    /// endpoint -> node id): the only addresses a shard forwards writes
+    /// and copies to. Returns the map's epoch.
+    async fn push_members(&self, control: &control::Client) -> Result<u64, LinkError> {
+        let reply = control.cluster_map_request().send().promise.await?;
+        let map = reply.get()?.get_map()?;
+        let mut members = crate::shard::Members::new();
+        for n in map.get_nodes()? {
+            for s in n.get_shards()? {
+                let addr = s
+                    .get_address()?
+                    .to_string()
+                    .map_err(|_| LinkError::Rpc("a shard address is not UTF-8".into()))?;
+                members.insert(addr, n.get_node_id());
+            }
+        }
+        let members = Arc::new(members);
+        for s in &self.shards {
+            s.unbounded_send(ShardCommand::Members(members.clone()))
+                .map_err(|_| LinkError::ShardGone)?;
+        }
+        Ok(map.get_epoch())
+    }
+
     async fn capacity(&self) -> Result<CapacityReport, LinkError> {
         let mut total = CapacityReport::default();
         for s in &self.shards {
@@ -470,6 +494,7 @@ impl ControlLink {
             node_id: joined.node_id,
             key: key.clone(),
         });
+        let mut map_epoch = self.push_members(control).await?;
         self.report(control, joined.node_id, &key).await?;
         let done: Rc<RefCell<Vec<Done>>> = Rc::default();
         loop {
@@ -500,6 +525,9 @@ impl ControlLink {
                     LinkError::Rpc(format!("no heartbeat answer within {answer_within:?}"))
                 })??;
             let r = reply.get()?;
+            if r.get_epoch() != map_epoch {
+                map_epoch = self.push_members(control).await?;
+            }
             for c in r.get_commands()? {
                 let id = c.get_id();
                 let rx = runner.start(c)?;

@@ -79,9 +79,16 @@ pub struct ShardMetrics {
     reservations_refused: Counter,
     connections_refused: Counter,
     tls_refused: Counter,
+    capabilities_refused: Counter,
 }
 
 impl ShardMetrics {
+    /// A request was refused for its capability (missing, forged, foreign,
+    /// expired): the data plane's authentication failures.
+    pub fn capability_refused(&self) {
+        self.capabilities_refused.inc();
+    }
+
     /// A new connection was closed at once: the shard's connection limit.
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
@@ -152,6 +159,12 @@ impl NodeMetrics {
         let lock_timeouts = Family::<ShardLabel, Counter>::default();
         let refused = Family::<ShardLabel, Counter>::default();
         let conns_refused = Family::<ShardLabel, Counter>::default();
+        let caps_refused = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "ringfs_node_auth_failures",
+            "Requests refused for their capability (missing, forged, foreign, expired)",
+            caps_refused.clone(),
+        );
         registry.register(
             "ringfs_node_connections_refused",
             "New connections closed at once because the shard's connection limit was reached",
@@ -237,6 +250,7 @@ impl NodeMetrics {
                     reservations_refused: refused.get_or_create(&ShardLabel { shard }).clone(),
                     connections_refused: conns_refused.get_or_create(&ShardLabel { shard }).clone(),
                     tls_refused: tls_refused.get_or_create(&ShardLabel { shard }).clone(),
+                    capabilities_refused: caps_refused.get_or_create(&ShardLabel { shard }).clone(),
                 }
             })
             .collect();

@@ -204,6 +204,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_id = Arc::new(AtomicU64::new(identity.node_id));
     rehome_chunks(&cfg.data, shards)?;
     let key = TokenKey::random().context("generating the token key")?;
+    let capabilities = ringfs_ops::capability::CapabilityKeys::new(&secret, cfg.capability_key_id);
     let metrics = Arc::new(crate::metrics::NodeMetrics::new(shards));
     if let Some(addr) = cfg.metrics {
         let local = crate::metrics::spawn_endpoint(addr, metrics.clone())
@@ -230,6 +231,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             limits: crate::shard::Limits::default(),
             metrics: metrics.shard(index),
             tls: tls.clone(),
+            capabilities: capabilities.clone(),
         };
         let port = if cfg.base_port == 0 {
             0

@@ -14,8 +14,10 @@ use futures::channel::oneshot;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use ringfs_ops::capability::{self, CapabilityKeys, Lease, Rights};
 use ringfs_ops::tls::Tls;
 use ringfs_schema::frame::{encode_header, Header, Op, Status};
+use ringfs_schema::ids::ChunkId;
 use ringfs_schema::wire::{read_header, write_frame, WireError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -57,6 +59,8 @@ pub struct Peer {
     pending: Rc<RefCell<HashMap<u64, Pending>>>,
     broken: Rc<RefCell<Option<PeerError>>>,
     next_id: Cell<u64>,
+    /// Stamps requests sent without a capability ([`Peer::connect_issuing`]).
+    issuer: Option<CapabilityKeys>,
     _reader: glommio::task::JoinHandle<()>,
 }
 
@@ -64,7 +68,7 @@ impl Peer {
     /// Connects to the shard at `addr` (`ip:port`) in plaintext: see
     /// [`Peer::connect_tls`].
     pub async fn connect(addr: &str) -> Result<Rc<Self>, PeerError> {
-        Self::connect_tls(addr, None).await
+        Self::open(addr, None, None).await
     }
 
     /// Connects to the shard at `addr` (`ip:port`), with `tls` if given
@@ -73,6 +77,24 @@ impl Peer {
     /// handshake. Must run on a glommio executor (the connection is its
     /// TCP).
     pub async fn connect_tls(addr: &str, tls: Option<&Tls>) -> Result<Rc<Self>, PeerError> {
+        Self::open(addr, tls, None).await
+    }
+
+    /// Like [`Peer::connect`], for a tool that holds the cluster secret
+    /// (the bench's node benchmark, tests): every request sent without a
+    /// capability gets one issued with `keys` (read and write on its
+    /// chunk; a reserve capability for a `reserve` minting an id), as the
+    /// control server would hand a client. The node's own connections
+    /// never do this: forwards carry the writer's capability.
+    pub async fn connect_issuing(addr: &str, keys: CapabilityKeys) -> Result<Rc<Self>, PeerError> {
+        Self::open(addr, None, Some(keys)).await
+    }
+
+    async fn open(
+        addr: &str,
+        tls: Option<&Tls>,
+        issuer: Option<CapabilityKeys>,
+    ) -> Result<Rc<Self>, PeerError> {
         let within = Duration::from_secs(5);
         let failed =
             |e: &dyn std::fmt::Display| PeerError::Connect(addr.to_string(), e.to_string());
@@ -105,6 +127,7 @@ impl Peer {
             pending,
             broken,
             next_id: Cell::new(1),
+            issuer,
             _reader: reader,
         }))
     }
@@ -234,16 +257,38 @@ impl Peer {
     /// For a `lock` answered `wait`, this is the later `lockGranted` frame.
     pub async fn call(&self, mut h: Header, payload: &[u8]) -> Reply {
         h.payload_length = payload.len() as u32;
+        self.stamp(&mut h);
         let rx = self.register(&mut h, None)?;
         self.send(&h, payload).await?;
         rx.await
             .unwrap_or_else(|_| Err(PeerError::Broken(self.addr.clone(), "reader ended".into())))
     }
 
+    /// Gives `h` a capability of the issuer's, if this peer has one and `h`
+    /// carries none.
+    fn stamp(&self, h: &mut Header) {
+        let Some(keys) = &self.issuer else { return };
+        if h.capability.is_some() || h.op == Op::Unlock {
+            return;
+        }
+        let rights = if h.op == Op::Reserve && h.chunk_id == ChunkId::default() {
+            Rights::RESERVE
+        } else {
+            Rights::READ_WRITE
+        };
+        h.capability = Some(keys.issue(
+            rights,
+            h.chunk_id.to_bytes(),
+            Lease::NONE,
+            capability::now_ms() + capability::LIFETIME_MS,
+        ));
+    }
+
     /// Like [`Peer::call`] for a `lock`, also returning the interim `wait`
     /// frame if there was one.
     pub async fn lock(&self, mut h: Header) -> Result<(Option<Header>, Header), PeerError> {
         h.payload_length = 0;
+        self.stamp(&mut h);
         let (wtx, mut wrx) = oneshot::channel();
         let rx = self.register(&mut h, Some(wtx))?;
         self.send(&h, &[]).await?;
@@ -318,5 +363,17 @@ impl PeerPool {
         let p = Peer::connect_tls(addr, self.tls.as_ref()).await?;
         self.peers.borrow_mut().insert(addr.to_string(), p.clone());
         Ok(p)
+    }
+
+    /// Keeps the connections to the addresses `keep` says, closing the
+    /// others (their nodes left the cluster map).
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.peers.borrow_mut().retain(|addr, p| {
+            let kept = keep(addr);
+            if !kept {
+                p.close();
+            }
+            kept
+        });
     }
 }

@@ -22,7 +22,8 @@ use crate::lock_table::{Mode, Owner};
 use crate::ops::send_replace;
 use crate::peer::Peer;
 use crate::shard::Shard;
-use ringfs_schema::frame::{Header, LockMode, Op, Status, Token};
+use ringfs_ops::capability::{self, Lease, Rights};
+use ringfs_schema::frame::{Header, LockMode, Op, Status, Token, CAPABILITY_LEN};
 use ringfs_schema::ids::ChunkId;
 use ringfs_schema::Version;
 use std::sync::atomic::Ordering;
@@ -46,6 +47,18 @@ impl Shard {
     /// The lock-table client id of this node's own commands.
     fn command_client(&self) -> u64 {
         0xFFFF_0000_0000_0000 | self.node_id.load(Ordering::Acquire)
+    }
+
+    /// This node's own capability for chunk `id` on a copy's target: it
+    /// holds the cluster secret like the control server, and the control
+    /// server asked for the copy over the authenticated control link.
+    fn own_capability(&self, id: ChunkId) -> Option<[u8; CAPABILITY_LEN]> {
+        Some(self.cfg.capabilities.issue(
+            Rights::READ_WRITE,
+            id.to_bytes(),
+            Lease::NONE,
+            capability::now_ms() + COPY_TIMEOUT.as_millis() as u64,
+        ))
     }
 
     /// Deletes chunk `id` under its write lock unless it is newer than
@@ -133,8 +146,10 @@ impl Shard {
         let whole = whole.map_err(|e| format!("source replica: {e}"))?;
         crate::failpoint::delay("replicate::before_send").await;
         let peer = self.peers.get(addr).await.map_err(|e| e.to_string())?;
-        let call = |h: Header| {
+        let capability = self.own_capability(id);
+        let call = |mut h: Header| {
             let peer = peer.clone();
+            h.capability = capability;
             async move {
                 peer.call(h, &[])
                     .await
@@ -187,7 +202,8 @@ impl Shard {
         addr: &str,
     ) -> Result<(), String> {
         let (version, length) = (whole.info.version, whole.info.length);
-        let r = send_replace(peer, id, token, target_version, whole)
+        let capability = self.own_capability(id);
+        let r = send_replace(peer, id, token, capability, target_version, whole)
             .await
             .map_err(|e| e.to_string())?;
         if r.status != Status::Ok || r.version != version || r.chunk_length != length {
@@ -202,6 +218,7 @@ impl Shard {
         h.token = token.clone();
         h.lock_mode = LockMode::Write;
         h.lease_ms = TARGET_LEASE.as_millis() as u32;
+        h.capability = capability;
         let (r, _) = peer.call(h, &[]).await.map_err(|e| e.to_string())?;
         if r.status != Status::Ok {
             return Err(format!(
@@ -213,6 +230,7 @@ impl Shard {
         h.chunk_id = id;
         h.length = length as u32;
         h.token = token.clone();
+        h.capability = capability;
         let (r, back) = peer.call(h, &[]).await.map_err(|e| e.to_string())?;
         if r.status != Status::Ok {
             return Err(format!("{addr}: read-back: {:?} {}", r.status, r.message));

@@ -53,6 +53,10 @@ pub struct ShardConfig {
     /// TLS for the data plane (accepted and peer connections), if
     /// configured: then nothing else is spoken.
     pub tls: Option<ringfs_ops::tls::Tls>,
+    /// The data-plane keys (derived from the cluster secret) that every
+    /// request's capability is checked with, and that this node's own
+    /// requests to other nodes (re-replication) are issued with.
+    pub capabilities: ringfs_ops::capability::CapabilityKeys,
 }
 
 /// What clients can make one shard hold, at most (`docs/operations.md`
@@ -122,11 +126,22 @@ pub enum ShardCommand {
         target_version: Version,
         reply: oneshot::Sender<Result<(Version, u64), String>>,
     },
+    /// The cluster's members as of the latest map (shard endpoint -> node
+    /// id): a shard forwards and copies only to these.
+    Members(Arc<Members>),
     /// Graceful stop (SIGTERM): stop accepting connections and reading
     /// requests, answer every request already read, then return from
     /// [`Shard::serve`].
     Drain,
 }
+
+/// Shard endpoints (`ip:port`) of the cluster map's nodes, with their
+/// node ids.
+pub type Members = std::collections::HashMap<String, u64>;
+
+/// How long a forward or copy to an address the shard's map does not list
+/// waits for a newer map (a node that just joined) before it is refused.
+const MEMBER_WAIT: Duration = Duration::from_secs(3);
 
 /// Resolves once a drain was asked for (never if the asker went away).
 pub(crate) type StopSignal = futures::future::Shared<oneshot::Receiver<()>>;
@@ -147,6 +162,8 @@ pub struct Shard {
     pub(crate) minter: RefCell<IdMinter>,
     pub(crate) key: TokenKey,
     pub(crate) peers: PeerPool,
+    /// The members of the latest cluster map (none before the first).
+    members: RefCell<Arc<Members>>,
     /// Chunks that failed a checksum here; reported to the control server
     /// with every heartbeat until the chunk is deleted (replaced).
     pub(crate) bad: RefCell<std::collections::HashSet<ChunkId>>,
@@ -186,6 +203,7 @@ impl Shard {
             minter: RefCell::new(minter),
             key,
             peers,
+            members: RefCell::default(),
             bad: RefCell::default(),
             bytes_in_flight: Rc::new(glommio::sync::Semaphore::new(limits.shard_bytes)),
             connections: Cell::new(0),
@@ -262,6 +280,11 @@ impl Shard {
                     })
                     .detach();
                 }
+                ShardCommand::Members(m) => {
+                    // Connections to nodes that left the map go now.
+                    self.peers.retain(|addr| m.contains_key(addr));
+                    *self.members.borrow_mut() = m;
+                }
                 ShardCommand::Drain => {
                     if let Some(tx) = stop.take() {
                         let _ = tx.send(());
@@ -317,6 +340,32 @@ impl Shard {
         );
         let _ = gate.close().await;
         tracing::info!(shard = self.cfg.index, "drained");
+    }
+
+    /// The node id of the member at `addr` in the latest map, if listed.
+    pub(crate) fn member_id(&self, addr: &str) -> Option<u64> {
+        self.members.borrow().get(addr).copied()
+    }
+
+    /// The node id of the cluster member whose shard listens at `addr`.
+    /// An address the map does not list gets up to [`MEMBER_WAIT`] for a
+    /// newer map (the control link fetches one when the epoch moves);
+    /// then it is refused: a node never sends chunk data to an address a
+    /// request names unless it is a member's.
+    pub(crate) async fn member_at(&self, addr: &str) -> Result<u64, crate::ops::OpError> {
+        let deadline = Instant::now() + MEMBER_WAIT;
+        loop {
+            if let Some(&id) = self.members.borrow().get(addr) {
+                return Ok(id);
+            }
+            if Instant::now() >= deadline {
+                return Err(crate::ops::OpError(
+                    ringfs_schema::frame::Status::Denied,
+                    format!("{addr} is not a shard of a node of the cluster map"),
+                ));
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Capacity of this shard: its share of the configured capacity (or of

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{bytes_at, endpoints, read_req, reserve, shards, write_req};
-use ringfs_node::peer::Peer;
 use ringfs_schema::frame::{Header, Hop, LockMode, Op, Status, Token};
 use ringfs_schema::ids::ChunkId;
 use ringfs_schema::Version;
@@ -58,7 +57,7 @@ fn reservations_are_refused_when_full_and_released_by_unlock_or_lease() {
     let ep = endpoints(&cl, 0)[0].clone();
     let node_id = cl.node_id(0);
     on_glommio(move || async move {
-        let p = Peer::connect(&ep).await.unwrap();
+        let p = common::connect(&ep).await;
         let a = reserve(&p, 1, 600_000, ChunkId::default(), 0).await;
         assert_eq!(a.status, Status::Ok, "{}", a.message);
         assert_eq!(a.chunk_id.hi, node_id, "chunk id carries the node id");
@@ -105,7 +104,7 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
     let ids: Vec<u64> = (0..3).map(|i| cl.node_id(i)).collect();
     let chunk = on_glommio(move || async move {
         let client = 77;
-        let p0 = Peer::connect(&eps[0][0]).await.unwrap();
+        let p0 = common::connect(&eps[0][0]).await;
         let r = reserve(&p0, client, 4 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         let id = r.chunk_id;
@@ -115,7 +114,7 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
         let mut peers = vec![p0];
         for i in 1..3 {
             let ep = eps[i][id.shard(2)].clone();
-            let p = Peer::connect(&ep).await.unwrap();
+            let p = common::connect(&ep).await;
             let rr = reserve(&p, client, 4 << 20, id, 0).await;
             assert_eq!(rr.status, Status::Ok, "{}", rr.message);
             hops.push(Hop {
@@ -177,7 +176,7 @@ fn chain_write_through_three_nodes_reads_back_from_each_replica() {
     cl.start_node_with(2, &shards(2));
     let ep = cl.node(2).endpoint_for(chunk);
     on_glommio(move || async move {
-        let p = Peer::connect(&ep).await.unwrap();
+        let p = common::connect(&ep).await;
         let mut h = Header::request(0, Op::Read);
         h.chunk_id = chunk;
         h.length = 1 << 20;
@@ -195,7 +194,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
     let cl = Cluster::start_custom(1, QUICK, &shards(2));
     let eps = endpoints(&cl, 0);
     on_glommio(move || async move {
-        let p = Peer::connect(&eps[0]).await.unwrap();
+        let p = common::connect(&eps[0]).await;
         let r = reserve(&p, 1, 1 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok);
         let id = r.chunk_id;
@@ -210,7 +209,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
 
         // A second client waits for the write lock; the grant is pushed when
         // the holder unlocks.
-        let p2 = Peer::connect(&eps[0]).await.unwrap();
+        let p2 = common::connect(&eps[0]).await;
         let mut lock = Header::request(0, Op::Lock);
         lock.chunk_id = id;
         lock.client_id = 2;
@@ -264,7 +263,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         // Unknown chunk, write without reservation, bad ranges, no lock at all.
         let unknown = ChunkId::new(999, 0);
         let owner = &eps[unknown.shard(2)];
-        let q = Peer::connect(owner).await.unwrap();
+        let q = common::connect(owner).await;
         let mut h = read_req(unknown, 0, 10, &Token::default());
         h.implicit_lock = LockMode::Read;
         let (e, _) = q.call(h, &[]).await.unwrap();
@@ -286,7 +285,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
         assert_eq!(e.status, Status::InvalidArgument);
         // Wrong shard.
         let other = &eps[1 - id.shard(2)];
-        let q = Peer::connect(other).await.unwrap();
+        let q = common::connect(other).await;
         let (e, _) = q.call(read_req(id, 0, 10, &read_token), &[]).await.unwrap();
         assert_eq!(e.status, Status::WrongShard);
         // The connection is still usable after all these errors.
@@ -315,7 +314,7 @@ fn locks_wait_then_get_pushed_grants_and_bad_input_gets_typed_errors() {
     // The node still serves new connections.
     let eps = endpoints(&cl, 0);
     on_glommio(move || async move {
-        let p = Peer::connect(&eps[0]).await.unwrap();
+        let p = common::connect(&eps[0]).await;
         let r = reserve(&p, 1, 4096, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok);
     });
@@ -326,7 +325,7 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
     let cl = Cluster::start_custom(2, QUICK, &shards(2));
     let (ea, eb, b_id) = (endpoints(&cl, 0), endpoints(&cl, 1), cl.node_id(1));
     on_glommio(move || async move {
-        let pa = Peer::connect(&ea[1]).await.unwrap();
+        let pa = common::connect(&ea[1]).await;
         let r = reserve(&pa, 4, 1 << 20, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         let id = r.chunk_id;
@@ -338,7 +337,7 @@ fn copy_to_replicates_a_chunk_and_delete_removes_it() {
             .unwrap();
         assert_eq!(w.status, Status::Ok, "{}", w.message);
         // The target reserves the id; the source copies into it.
-        let pb = Peer::connect(&eb[id.shard(2)]).await.unwrap();
+        let pb = common::connect(&eb[id.shard(2)]).await;
         let rb = reserve(&pb, 4, 1 << 20, id, 0).await;
         assert_eq!(rb.status, Status::Ok, "{}", rb.message);
         let mut copy = Header::request(0, Op::CopyTo);
@@ -386,7 +385,7 @@ fn node_rejoins_and_reports_after_a_control_server_restart() {
     let id = cl.node_id(0);
     let ep = endpoints(&cl, 0)[0].clone();
     on_glommio(move || async move {
-        let p = Peer::connect(&ep).await.unwrap();
+        let p = common::connect(&ep).await;
         let r = reserve(&p, 1, 8192, ChunkId::default(), 0).await;
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         // Renewing the lock with its token extends the lease.

@@ -6,6 +6,8 @@
 //! chunk are refused until a restart, and after a kill -9 and a restart
 //! every block reads its acknowledged content or the failed write's.
 
+mod common;
+
 use ringfs_node::peer::Peer;
 use ringfs_schema::frame::{Header, Op, Status, Token};
 use ringfs_schema::ids::ChunkId;
@@ -100,7 +102,7 @@ fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_blocks_stay_o
         let (acked2, new2) = (acked.clone(), new.clone());
         let id = on_glommio(move || async move {
             let (acked, new) = (acked2, new2);
-            let p = Peer::connect(&ep).await.unwrap();
+            let p = common::connect(&ep).await;
             let mut h = Header::request(0, Op::Reserve);
             h.client_id = 1;
             h.reserve_bytes = (span * BLOCK) as u64;
@@ -144,7 +146,7 @@ fn a_write_failing_at_any_durability_point_is_not_acknowledged_and_blocks_stay_o
         cl.start_node(0, &[]);
         let ep = cl.node(0).addr.to_string();
         on_glommio(move || async move {
-            let p = Peer::connect(&ep).await.unwrap();
+            let p = common::connect(&ep).await;
             let mut h = Header::request(0, Op::Lock);
             h.chunk_id = id;
             h.client_id = 1;

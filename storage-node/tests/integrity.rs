@@ -51,7 +51,7 @@ fn a_stale_hop_is_skipped_not_moved_forward_and_the_answer_says_who_applied() {
     on_glommio(move || async move {
         let mut peers = Vec::new();
         for ep in &eps {
-            peers.push(Peer::connect(ep).await.unwrap());
+            peers.push(common::connect(ep).await);
         }
         let (id, t0) = reserved(&peers[0], 9, ChunkId::default()).await;
         let mut tokens = vec![t0];
@@ -138,8 +138,8 @@ fn a_payload_that_does_not_match_its_crcs_is_refused_whole() {
         cl.node_id(1),
     );
     on_glommio(move || async move {
-        let p0 = Peer::connect(&e0).await.unwrap();
-        let p1 = Peer::connect(&e1).await.unwrap();
+        let p0 = common::connect(&e0).await;
+        let p1 = common::connect(&e1).await;
         let (id, t0) = reserved(&p0, 3, ChunkId::default()).await;
         let (_, t1) = reserved(&p1, 3, id).await;
         let hop = vec![Hop {
@@ -191,8 +191,8 @@ fn deletes_and_copies_are_fenced_by_version() {
         cl.node_id(1),
     );
     on_glommio(move || async move {
-        let p0 = Peer::connect(&e0).await.unwrap();
-        let p1 = Peer::connect(&e1).await.unwrap();
+        let p0 = common::connect(&e0).await;
+        let p1 = common::connect(&e1).await;
         let (id, t0) = reserved(&p0, 3, ChunkId::default()).await;
         let (_, t1) = reserved(&p1, 3, id).await;
         let (a, b) = (pattern(9000, 1), pattern(3000, 2));
@@ -291,7 +291,7 @@ fn a_write_whose_lock_lapsed_before_it_applied_is_refused() {
     let cl = Cluster::start_custom(1, QUICK, &opts);
     let ep = endpoints(&cl, 0)[0].clone();
     on_glommio(move || async move {
-        let p = Peer::connect(&ep).await.unwrap();
+        let p = common::connect(&ep).await;
         let (id, t) = reserved(&p, 1, ChunkId::default()).await;
         let a = pattern(8192, 1);
         let (w, _) = p
@@ -319,7 +319,7 @@ fn a_write_whose_lock_lapsed_before_it_applied_is_refused() {
         });
         // Once the lease lapsed, another client takes a read lock.
         glommio::timer::sleep(Duration::from_millis(600)).await;
-        let p2 = Peer::connect(&ep).await.unwrap();
+        let p2 = common::connect(&ep).await;
         lock.client_id = 2;
         lock.lock_mode = LockMode::Read;
         lock.lease_ms = 10_000;
@@ -346,7 +346,7 @@ fn locks_and_waiters_of_a_closed_connection_go_at_once() {
     let cl = Cluster::start(1);
     let ep = endpoints(&cl, 0)[0].clone();
     on_glommio(move || async move {
-        let holder = Peer::connect(&ep).await.unwrap();
+        let holder = common::connect(&ep).await;
         let (id, t) = reserved(&holder, 1, ChunkId::default()).await;
         let a = pattern(100, 1);
         let (w, _) = holder
@@ -362,8 +362,8 @@ fn locks_and_waiters_of_a_closed_connection_go_at_once() {
             h.timeout_ms = 20_000;
             h
         };
-        let gone_waiter = Peer::connect(&ep).await.unwrap();
-        let next = Peer::connect(&ep).await.unwrap();
+        let gone_waiter = common::connect(&ep).await;
+        let next = common::connect(&ep).await;
         let first = glommio::spawn_local({
             let p = gone_waiter.clone();
             let h = lock(2);
@@ -391,7 +391,7 @@ fn locks_and_waiters_of_a_closed_connection_go_at_once() {
             closed.elapsed()
         );
         // The holder's token is void.
-        let p = Peer::connect(&ep).await.unwrap();
+        let p = common::connect(&ep).await;
         let (e, _) = p.call(read_req(id, 0, 10, &t), &[]).await.unwrap();
         assert_eq!(e.status, Status::BadToken, "{}", e.message);
     });
@@ -440,8 +440,8 @@ fn forwards_cut_mid_frame_never_apply_a_partial_payload() {
     );
     on_glommio(move || async move {
         // Node 1 is the primary and forwards to node 0.
-        let p1 = Peer::connect(&e1).await.unwrap();
-        let p0 = Peer::connect(&e0).await.unwrap();
+        let p1 = common::connect(&e1).await;
+        let p0 = common::connect(&e0).await;
         for (round, offset) in offsets.iter().enumerate() {
             for cut in [true, false] {
                 let (id, t1) = reserved(&p1, 4, ChunkId::default()).await;
@@ -500,7 +500,7 @@ fn a_peer_that_never_reads_stalls_only_itself() {
     };
     let ep2 = ep.clone();
     let id = on_glommio(move || async move {
-        let p = Peer::connect(&ep2).await.unwrap();
+        let p = common::connect(&ep2).await;
         let (id, t) = reserved(&p, 1, ChunkId::default()).await;
         let data = pattern(CHUNK, 5);
         let h = write_cas(id, 0, &t, vec![], Version::NONE, V1, &data);
@@ -539,7 +539,7 @@ fn a_peer_that_never_reads_stalls_only_itself() {
     std::thread::sleep(Duration::from_secs(2));
     // Another client reads the same chunk meanwhile.
     let served = on_glommio(move || async move {
-        let p = Peer::connect(&ep).await.unwrap();
+        let p = common::connect(&ep).await;
         let started = Instant::now();
         let mut h = read_req(id, 0, CHUNK as u32, &Token::default());
         h.implicit_lock = LockMode::Read;

@@ -173,3 +173,13 @@ pub async fn distinct_contents(c: &Client, path: &str) -> usize {
     }
     seen.len()
 }
+
+/// Waits (up to `limit`) until the replicas of `path`'s chunks all hold one
+/// content ([`distinct_contents`] is 1); panics naming `what` otherwise.
+pub async fn wait_replicas_agree(c: &Client, path: &str, limit: Duration, what: &str) {
+    let start = std::time::Instant::now();
+    while distinct_contents(c, path).await != 1 {
+        assert!(start.elapsed() < limit, "{path}: {what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -85,6 +85,59 @@ pub fn cluster() -> ringfs_client::Credential {
     ringfs_client::Credential::cluster(SECRET.as_bytes())
 }
 
+/// The data-plane keys of every test cluster (derived from [`SECRET`],
+/// key id 1: what the control server and the nodes use by default). Tests
+/// use them to stand in for a node or the control server, or to forge.
+pub fn capability_keys() -> ringfs_ops::capability::CapabilityKeys {
+    ringfs_ops::capability::CapabilityKeys::new(SECRET.as_bytes(), 1)
+}
+
+/// A read+write capability of `h`'s write lease for chunk `id`: what the
+/// node that minted `id` under the lease's reserve capability hands out
+/// (for tests that commit records of chunks they did not write).
+pub fn lease_capability(
+    h: &ringfs_client::control::FileHandle,
+    id: u128,
+) -> ringfs_client::control::Capability {
+    use ringfs_ops::capability::{now_ms, Lease, Rights, LIFETIME_MS};
+    let lease = Lease {
+        inode: h.attr.inode,
+        epoch: h.write_epoch,
+    };
+    ringfs_client::control::Capability(capability_keys().issue(
+        Rights::READ_WRITE,
+        id.to_be_bytes(),
+        lease,
+        now_ms() + LIFETIME_MS,
+    ))
+}
+
+/// Registers users `alice` and `bob` (as the administrator `admin` is
+/// connected) with their home directories `/home/NAME` (mode 0755, their
+/// own), and returns their credentials (alice's, bob's).
+pub async fn two_users(
+    admin: &ringfs_client::ControlClient,
+) -> (ringfs_client::Credential, ringfs_client::Credential) {
+    admin.mkdir("/home", 0o755).await.unwrap();
+    let mut creds = Vec::new();
+    for name in ["alice", "bob"] {
+        let u = admin.add_user(name, 0, &[], false).await.unwrap();
+        let home = format!("/home/{name}");
+        admin.mkdir(&home, 0o755).await.unwrap();
+        admin
+            .chown(&home, Some(u.uid), Some(u.gids[0]))
+            .await
+            .unwrap();
+        creds.push(ringfs_client::Credential::derive(
+            SECRET.as_bytes(),
+            name,
+            &u.salt,
+        ));
+    }
+    let bob = creds.pop().unwrap();
+    (creds.pop().unwrap(), bob)
+}
+
 /// Writes the administrator's credential into `dir` (unless there) and
 /// returns its path, for the `ringfs` CLI (`RINGFS_CREDENTIAL`).
 pub fn admin_credential(dir: &Path) -> PathBuf {

@@ -207,6 +207,7 @@ fn chunk_map_commits_and_truncation() {
             replicas: vec![n1, n2],
             length,
             version: Version::new(epoch, seq),
+            capability: Some(ringfs_tests::lease_capability(&w, id)),
         };
         let a = w
             .commit_chunks(&[chunk(0, 10, 4096, 1), chunk(1, 11, 100, 1)], 4196)
@@ -319,6 +320,7 @@ fn acknowledged_metadata_survives_kill9() {
             replicas: vec![joined.node_id],
             length: 5,
             version: Version::new(w.write_epoch, 1),
+            capability: Some(ringfs_tests::lease_capability(&w, 77)),
         };
         w.commit_chunks(&[rec], 5).await.unwrap();
         (joined, inodes)

@@ -813,10 +813,19 @@ fn unlinked_truncated_and_abandoned_chunks_are_deleted_from_disk() {
         h.client_id = 77;
         h.reserve_bytes = 4096;
         h.lease_ms = 1000;
+        // As a writer whose lease ended: its reserve capability (standing
+        // in for the control server's) is still good.
+        h.capability = Some(ringfs_tests::capability_keys().issue(
+            ringfs_ops::capability::Rights::RESERVE,
+            [0; 16],
+            ringfs_ops::capability::Lease::NONE,
+            ringfs_ops::capability::now_ms() + 60_000,
+        ));
         let (r, _) = conn.call(h, &[], Duration::from_secs(5)).await.unwrap();
         assert_eq!(r.status, Status::Ok, "{}", r.message);
         let mut w = Header::request(0, Op::Write);
         w.chunk_id = r.chunk_id;
+        w.capability = r.capability;
         w.token = r.token.clone();
         w.implicit_lock = LockMode::None;
         // Under an epoch no open write lease has.

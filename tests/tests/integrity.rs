@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use ringfs_client::{Client, ClientOptions, Error, OpenOptions};
+use ringfs_client::{Client, ClientOptions, Error};
 use ringfs_tests::files::{corrupt_chunk_file, get, layout, pattern, put, read_write, records};
 use ringfs_tests::{local, with_client, Cluster, NodeOptions, FAST_REPAIR};
 
@@ -289,8 +289,9 @@ fn a_write_call_slower_than_the_orphan_grace_loses_nothing() {
     });
 }
 
-/// A replica fails its checksum on a read; the reader repairs it from the
-/// good replica, copy-then-swap, and the swap fails (failpoint after the
+/// A replica fails its checksum on a read; the reader (through a write
+/// descriptor: a read one has no right to write a replica) repairs it from
+/// the good replica, copy-then-swap, and the swap fails (failpoint after the
 /// copy was written aside): the damaged replica's file is still there (no
 /// replica fewer), and the control server's repair replaces it later.
 #[test]
@@ -318,7 +319,7 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
     // Mapped at its new endpoint: the read below goes to it first.
     cl.node_id(bad);
     with_client(addr, async |c| {
-        let fd = c.open("/r", &OpenOptions::read()).await.unwrap();
+        let fd = c.open("/r", &read_write()).await.unwrap();
         let mut buf = vec![0u8; CHUNK];
         c.pread(fd, 0, &mut buf).await.unwrap();
         assert!(buf == data, "the read is served by the good replica");
@@ -337,7 +338,8 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
 /// A node flips a bit of what it sends after its own check passed (as
 /// memory or a NIC may): the reader checks every block against the CRC the
 /// node stored, takes it as damage, reads the other replica, and returns
-/// the right bytes.
+/// the right bytes (read through a write descriptor, whose client then
+/// repairs the replica: the count shows the flipping node was read).
 #[test]
 fn a_bit_flipped_after_the_node_checked_it_is_caught_by_the_reader() {
     let mut cl = Cluster::start_with(2, FAST_REPAIR, &[]);
@@ -351,7 +353,11 @@ fn a_bit_flipped_after_the_node_checked_it_is_caught_by_the_reader() {
     restart_with(&mut cl, flipping, "ops::read::flip_bit=return");
     with_client(addr, async |c| {
         for _ in 0..3 {
-            assert!(get(c, "/b").await.unwrap() == data);
+            let fd = c.open("/b", &read_write()).await.unwrap();
+            let mut back = vec![0u8; data.len()];
+            assert_eq!(c.pread(fd, 0, &mut back).await.unwrap(), data.len());
+            assert!(back == data);
+            c.close(fd).await.unwrap();
         }
         assert!(c.repairs() > 0, "the flipping node was read from");
     });

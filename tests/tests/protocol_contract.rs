@@ -63,6 +63,7 @@ fn get_chunks_says_when_it_cut_the_answer() {
             replicas: vec![node],
             length: 4096,
             version: Version::new(w.write_epoch, 1),
+            capability: Some(ringfs_tests::lease_capability(&w, 1000 + index as u128)),
         };
         // 4096 records at even indexes, then 3 more far out: one call
         // cannot answer them all.

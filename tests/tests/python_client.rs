@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ringfs_tests::files::{distinct_contents, pattern};
+use ringfs_tests::files::{pattern, wait_replicas_agree};
 use ringfs_tests::{binary, with_client, Cluster, NodeOptions, FAST_REPAIR};
 
 fn package_dir() -> std::path::PathBuf {
@@ -127,15 +127,8 @@ fn python_package_verified_reads_outvote_a_diverged_replica() {
     let expected = expected.to_str().unwrap();
     run_python(&cl, &["verify", expected], "python verify test: all ok");
     // Reported, not repaired by the client: the control server replaces it.
-    let start = std::time::Instant::now();
-    with_client(cl.control.addr, async |c| loop {
-        if distinct_contents(c, "/v3").await == 1 {
-            break;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "the reported replica was not repaired"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    with_client(cl.control.addr, async |c| {
+        let limit = std::time::Duration::from_secs(30);
+        wait_replicas_agree(c, "/v3", limit, "the reported replica repaired").await;
     });
 }

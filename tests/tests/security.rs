@@ -203,25 +203,6 @@ fn a_node_with_another_clusters_secret_cannot_join() {
     });
 }
 
-/// Alice's and Bob's credentials, issued by the administrator, with their
-/// home directories (mode 0755, their own).
-async fn two_users(admin: &ControlClient) -> (Credential, Credential) {
-    admin.mkdir("/home", 0o755).await.unwrap();
-    let mut creds = Vec::new();
-    for name in ["alice", "bob"] {
-        let u = admin.add_user(name, 0, &[], false).await.unwrap();
-        let home = format!("/home/{name}");
-        admin.mkdir(&home, 0o755).await.unwrap();
-        admin
-            .chown(&home, Some(u.uid), Some(u.gids[0]))
-            .await
-            .unwrap();
-        creds.push(Credential::derive(SECRET.as_bytes(), name, &u.salt));
-    }
-    let bob = creds.pop().unwrap();
-    (creds.pop().unwrap(), bob)
-}
-
 fn denied<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
     assert!(
         matches!(r, Err(Error::PermissionDenied(_))),
@@ -237,7 +218,7 @@ fn mode_bits_keep_two_users_apart_and_the_admin_may_do_everything() {
         let admin = ControlClient::connect(server.addr, &ringfs_tests::admin())
             .await
             .unwrap();
-        let (alice_cred, bob_cred) = two_users(&admin).await;
+        let (alice_cred, bob_cred) = ringfs_tests::two_users(&admin).await;
         let alice = ControlClient::connect(server.addr, &alice_cred)
             .await
             .unwrap();

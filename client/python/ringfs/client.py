@@ -278,6 +278,7 @@ class File:
         async with self._lock:
             cs = self._layout.chunk_size
             first, last = offset // cs, (offset + len(data) - 1) // cs
+            self._writer.reserve = await self._handle.reserve_capability()
             existing = {r.index: r for r in await self._handle.chunks(first, last - first + 1)}
             records = await self._io.write_range(self._layout, existing, offset, data, self._writer)
             size = max(self._size, offset + len(data))

@@ -4,6 +4,7 @@ cluster map. Every failure is raised as a typed `ringfs.errors` exception."""
 
 import dataclasses
 import functools
+import time
 
 import capnp
 
@@ -37,13 +38,15 @@ class Attr:
 @dataclasses.dataclass
 class ChunkRecord:
     """Where chunk `index` of a file lives: its id `(hi, lo)`, the nodes
-    holding it (primary first), its valid length and version `(epoch, seq)`."""
+    holding it (primary first), its valid length and version `(epoch, seq)`,
+    and the capability (80 bytes) the storage nodes demand for it."""
 
     index: int
     chunk_id: tuple
     replicas: list
     length: int
     version: tuple
+    capability: bytes = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass
@@ -159,7 +162,8 @@ class Control:
     async def open(self, path, write, wait_ms):
         mode = "write" if write else "read"
         r = await self._cap.open(path, mode, wait_ms)
-        return Handle(r.handle, bytes(r.guid), Attr.read(r.attr), r.writeEpoch)
+        return Handle(r.handle, bytes(r.guid), Attr.read(r.attr), r.writeEpoch,
+                      bytes(r.reserveCapability) or None)
 
     @_typed
     async def cluster_map(self):
@@ -184,11 +188,22 @@ class Handle:
     read handles see the committed state; a write handle holds the file's
     exclusive write lease and its `write_epoch`."""
 
-    def __init__(self, cap, guid, attr, write_epoch):
+    def __init__(self, cap, guid, attr, write_epoch, reserve_capability=None):
         self._cap = cap
         self.guid = guid
         self.attr = attr
         self.write_epoch = write_epoch
+        self._reserve = reserve_capability
+
+    @_typed
+    async def reserve_capability(self):
+        """The capability storage nodes mint this write lease's new chunk
+        ids with: the one `open` answered while it has a minute left, else
+        a renewed one."""
+        c = self._reserve
+        if c is None or int.from_bytes(c[8:16], "big") < time.time() * 1000 + 60_000:
+            c = self._reserve = bytes((await self._cap.reserveCapability()).capability)
+        return c
 
     @_typed
     async def get_attr(self):
@@ -203,7 +218,8 @@ class Handle:
         while first < end:
             r = await self._cap.getChunks(first, min(end - first, 0xFFFFFFFF))
             page = [ChunkRecord(c.index, (c.chunkId.hi, c.chunkId.lo), list(c.replicas), c.length,
-                                (c.versionEpoch, c.versionSeq)) for c in r.chunks]
+                                (c.versionEpoch, c.versionSeq), bytes(c.capability) or None)
+                    for c in r.chunks]
             out += page
             if not (r.more and page):
                 break
@@ -225,6 +241,8 @@ class Handle:
                 reps[i] = n
             b.length = r.length
             b.versionEpoch, b.versionSeq = r.version
+            if r.capability:
+                b.capability = r.capability
         return Attr.read((await req.send()).attr)
 
     @_typed

@@ -32,6 +32,8 @@ PIPELINE = 4
 # Votes a verified read takes before it gives up on replicas that stay at
 # different versions (a write in flight).
 VERIFY_ATTEMPTS = 5
+#: Capabilities kept at most (the records of the next call bring theirs).
+MAX_CAPS = 1 << 16
 
 
 def mix64(z):
@@ -108,6 +110,9 @@ class Writer:
         self.epoch = epoch
         self._seq = 0
         self.chunks = {}
+        #: The lease's reserve capability (set before each write): what
+        #: the nodes mint new chunk ids with.
+        self.reserve = None
 
     def next_version(self):
         self._seq += 1
@@ -126,6 +131,24 @@ class ChunkIO:
         self._nodes = {}
         self._map_at = 0.0
         self._next_shard = 0
+        #: chunk id -> the capability every request for it carries (from
+        #: its record, or from the node that minted it).
+        self._caps = {}
+
+    def remember(self, records):
+        """Keeps the capabilities of `records` (a read handle's does not
+        replace a write handle's)."""
+        for r in records:
+            if r.capability:
+                old = self._caps.get(r.chunk_id)
+                if old is None or r.capability[4] & old[4] == old[4]:
+                    self._caps[r.chunk_id] = r.capability
+        if len(self._caps) > MAX_CAPS:
+            self._caps.clear()
+            self.remember(records)
+
+    def cap(self, chunk_id):
+        return self._caps.get(chunk_id)
 
     # ---------------------------------------------------------- the map
 
@@ -159,14 +182,24 @@ class ChunkIO:
             raise errors.from_status(r.status, r.message, address)
         return r
 
-    async def reserve(self, address, chunk_id, nbytes):
-        h = frames.request("reserve", chunk_id, clientId=self.client_id, reserveBytes=nbytes)
+    async def reserve(self, address, chunk_id, nbytes, mint=None):
+        """Reserves `chunk_id` on `address` (a fresh id for `(0, 0)`, with
+        `mint`, the lease's reserve capability: the minted chunk's
+        capability is kept)."""
+        cap = mint if chunk_id == NONE else self.cap(chunk_id)
+        h = frames.request("reserve", chunk_id, capability=cap, clientId=self.client_id,
+                           reserveBytes=nbytes)
         r = await self.call_ok(address, h)
+        if chunk_id == NONE:
+            if not r.capability:
+                raise errors.Internal(f"{address} minted chunk {r.chunk_id} without a capability")
+            self._caps[r.chunk_id] = r.capability
         return r
 
     async def lock(self, chunk_id, node_id):
         address = self.endpoint(chunk_id, node_id)
-        h = frames.request("lock", chunk_id, clientId=self.client_id, lockMode="write",
+        h = frames.request("lock", chunk_id, capability=self.cap(chunk_id),
+                           clientId=self.client_id, lockMode="write",
                            timeoutMs=int(self.lock_wait * 1000))
         r = await self.call_ok(address, h, wait=True)
         return Locked(node_id, address, await self.pool.get(address), r.token)
@@ -185,7 +218,8 @@ class ChunkIO:
     async def delete_all(self, chunk_id, locked, version):
         async def one(l):
             try:
-                await l.conn.call(frames.request("delete", chunk_id, token=l.token, version=version),
+                await l.conn.call(frames.request("delete", chunk_id, token=l.token, version=version,
+                                                 capability=self.cap(chunk_id)),
                                   b"", self.request_timeout)
             except errors.RingfsError:
                 pass
@@ -196,7 +230,8 @@ class ChunkIO:
         node without the chunk (it holds no write of it)."""
         try:
             r = await self.call_ok(self.endpoint(chunk_id, node_id),
-                                   frames.request("chunkInfo", chunk_id))
+                                   frames.request("chunkInfo", chunk_id,
+                                                  capability=self.cap(chunk_id)))
         except errors.NotFound:
             return NONE, 0
         return r.version, r.chunk_length
@@ -206,13 +241,14 @@ class ChunkIO:
         primary = locked[0]
         h = frames.request(
             "write", chunk_id, token=primary.token, version=version, expected=expected,
+            capability=self.cap(chunk_id),
             chain=[(l.node_id, l.address, l.token) for l in locked[1:]],
             offset=offset, writeQuorum=layout.write_quorum, crcs=piece_crcs(offset, payload))
         return await primary.conn.call(h, payload, self.request_timeout)
 
     # ------------------------------------------------------------ writes
 
-    async def place(self, layout):
+    async def place(self, layout, writer):
         """Reserves a new chunk on up to R distinct live nodes, most free
         space first, skipping refusals; `(chunk_id, [Locked])`, primary first."""
         nodes = await self.nodes()
@@ -229,7 +265,7 @@ class ChunkIO:
             else:
                 address = n.shards[shard_of(chunk_id, len(n.shards))]
             try:
-                r = await self.reserve(address, chunk_id, layout.chunk_size)
+                r = await self.reserve(address, chunk_id, layout.chunk_size, writer.reserve)
             except errors.RingfsError as e:
                 no_space |= isinstance(e, errors.NoSpace)
                 refusals.append(f"node {n.node_id}: {e}")
@@ -248,7 +284,7 @@ class ChunkIO:
 
     async def write_new_chunk(self, layout, index, offset, payload, writer):
         for attempt in range(2):
-            chunk_id, locked = await self.place(layout)
+            chunk_id, locked = await self.place(layout, writer)
             version = writer.next_version()
             try:
                 r = await self.chain_write(layout, chunk_id, locked, offset, payload, NONE, version)
@@ -264,7 +300,7 @@ class ChunkIO:
             if err is None:
                 length = offset + len(payload)
                 writer.chunks[index] = ChunkState(chunk_id, version, length, durable)
-                return ChunkRecord(index, chunk_id, durable, length, version)
+                return ChunkRecord(index, chunk_id, durable, length, version, self.cap(chunk_id))
             if attempt == 1 or not isinstance(err, (errors.Unavailable, errors.Quorum, errors.Timeout)):
                 raise err
 
@@ -335,11 +371,12 @@ class ChunkIO:
         state.length = max(state.length, at + len(payload))
         writer.chunks[rec.index] = state
         return ChunkRecord(rec.index, rec.chunk_id, durable, max(rec.length, at + len(payload)),
-                           version)
+                           version, rec.capability)
 
     async def write_range(self, layout, existing, offset, data, writer):
         """Writes `data` at file `offset` into the chunks it covers (the
         record of `existing[index]`, else a new chunk): the records to commit."""
+        self.remember(existing.values())
         jobs = []
         for index, in_chunk, piece in split(offset, memoryview(data), layout.chunk_size):
             rec = existing.get(index)
@@ -357,6 +394,7 @@ class ChunkIO:
         """Fills `buf` (a writable memoryview) with the file bytes at
         `offset`, from the chunks in `records` (by index; holes absent);
         with `verify`, from what a majority of each chunk's replicas hold."""
+        self.remember(records.values())
         piece_reader = self.read_verified if verify else self.read_piece
         jobs = [lambda r=records.get(index), o=in_chunk, b=piece: piece_reader(r, o, b)
                 for index, in_chunk, piece in split(offset, buf, cs)]
@@ -398,7 +436,8 @@ class ChunkIO:
     async def digest(self, chunk_id, node):
         """`node`'s (version, length, digest of stored CRCs) of `chunk_id`."""
         address = self.endpoint(chunk_id, node)
-        r = await self.call_ok(address, frames.request("digest", chunk_id))
+        r = await self.call_ok(address, frames.request("digest", chunk_id,
+                                                      capability=self.cap(chunk_id)))
         return (r.version, r.chunk_length, r.digest)
 
     async def read_verified(self, rec, offset, buf):
@@ -468,6 +507,7 @@ class ChunkIO:
         else nothing is copied); returns the replica's version."""
         address = self.endpoint(rec.chunk_id, node)
         h = frames.request("read", rec.chunk_id, offset=offset, length=len(out),
+                           capability=self.cap(rec.chunk_id),
                            clientId=self.client_id, implicitLock="read",
                            timeoutMs=int(self.lock_wait * 1000))
         r = await self.call_ok(address, h, wait=True)

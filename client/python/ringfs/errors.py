@@ -70,7 +70,8 @@ _STATUSES = {
     "checksum": Corrupt, "invalidArgument": InvalidArgument, "staleVersion": StaleVersion,
     "io": Internal, "unavailable": Unavailable, "internal": Internal, "exists": Exists,
     "busy": Busy, "malformed": InvalidArgument, "wrongShard": InvalidArgument,
-    "quorum": Quorum, "payloadChecksum": Corrupt,
+    "quorum": Quorum, "payloadChecksum": Corrupt, "denied": PermissionDenied,
+    "capabilityExpired": PermissionDenied,
 }
 
 _CODE_RE = re.compile(r"\[([a-z_]+)\] ?(.*)", re.S)

@@ -25,7 +25,7 @@ class Frame:
 
     __slots__ = ("request_id", "op", "status", "message", "chunk_id", "offset", "version",
                  "chunk_length", "durable_mask", "token", "crcs", "lease_ms", "digest",
-                 "payload_length", "payload")
+                 "payload_length", "payload", "capability")
 
     @classmethod
     def decode(cls, header):
@@ -47,17 +47,22 @@ class Frame:
             f.crcs = list(h.crcs)
             f.lease_ms = h.leaseMs
             f.digest = bytes(h.digest)
+            f.capability = bytes(h.capability) or None
         f.payload = b""
         return f
 
 
-def request(op, chunk_id=(0, 0), token=None, version=None, expected=None, chain=(), **fields):
+def request(op, chunk_id=(0, 0), token=None, version=None, expected=None, chain=(),
+            capability=None, **fields):
     """A request header (a `FrameHeader` builder): `op` by name, the chunk
     id as `(hi, lo)`, versions as `(epoch, seq)`, `token` as returned in a
-    frame, `chain` as `(nodeId, address, token)` triples; other fields by
-    their schema names."""
+    frame, `chain` as `(nodeId, address, token)` triples, `capability` the
+    80 bytes the control server (or the minting node) gave for the chunk;
+    other fields by their schema names."""
     h = data.FrameHeader.new_message(op=op, **fields)
     h.chunkId.hi, h.chunkId.lo = chunk_id
+    if capability:
+        h.capability = capability
     if token is not None:
         _set_token(h.init("token"), token)
     if version is not None:

@@ -18,6 +18,7 @@ pub fn errno(e: &Error) -> Errno {
         // Another mount holds the write lease (or a node lock) past the wait.
         Error::Busy(_) => Errno::EBUSY,
         Error::PermissionDenied(_) => Errno::EACCES,
+        Error::CapabilityExpired(_) => Errno::EACCES,
         Error::StaleHandle(_) => Errno::ESTALE,
         Error::NoSpace(_) => Errno::ENOSPC,
         Error::Timeout(_) => Errno::ETIMEDOUT,

@@ -395,6 +395,9 @@ impl control::Server for ControlImpl {
             let mut r = results.get();
             r.set_guid(&guid);
             r.set_write_epoch(epoch);
+            if write {
+                r.set_reserve_capability(&handle.new_reserve_capability());
+            }
             fill_attr(r.reborrow().init_attr(), ino, &attr_now);
             r.set_handle(crate::metrics::file_handle_client(handle));
             Ok(())

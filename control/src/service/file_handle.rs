@@ -9,7 +9,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use capnp::capability::Rc as CapRc;
-use ringfs_schema::control_capnp::file_handle;
+use ringfs_ops::capability::{self, Lease, Rights, CAPABILITY_LEN};
+use ringfs_schema::control_capnp::{chunk_record, file_handle};
+use ringfs_schema::read_chunk_id;
 
 use super::convert::{fill_attr, fill_chunk_record, now_ns, read_chunk_record, wire};
 use super::MAX_CHUNKS_PER_CALL;
@@ -47,6 +49,85 @@ impl FileHandleImpl {
             return Err(ControlError::NoLease(
                 "this handle no longer holds the write lease".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// The lease this handle's capabilities are bound to (none for a read
+    /// handle).
+    fn lease(&self) -> Lease {
+        if self.write {
+            Lease {
+                inode: self.inode,
+                epoch: self.epoch,
+            }
+        } else {
+            Lease::NONE
+        }
+    }
+
+    /// A capability for `chunk` of this file: read, and write for a write
+    /// handle, bound to its lease.
+    fn chunk_capability(&self, chunk: u128) -> [u8; CAPABILITY_LEN] {
+        let rights = if self.write {
+            Rights::READ_WRITE
+        } else {
+            Rights::READ
+        };
+        self.state.capabilities.issue(
+            rights,
+            chunk.to_be_bytes(),
+            self.lease(),
+            capability::now_ms() + capability::LIFETIME_MS,
+        )
+    }
+
+    /// The capability a storage node mints new chunk ids of this lease with.
+    pub(super) fn new_reserve_capability(&self) -> [u8; CAPABILITY_LEN] {
+        self.state.capabilities.issue(
+            Rights::RESERVE,
+            [0; 16],
+            self.lease(),
+            capability::now_ms() + capability::LIFETIME_MS,
+        )
+    }
+
+    /// Refuses a commit unless every record carries a capability of this
+    /// lease with write on its chunk: one this handle's `getChunks` gave
+    /// (a chunk of this file), or one a node gave when it minted the chunk
+    /// under this lease's reserve capability. So a writer cannot commit
+    /// another file's chunk id (and have it collected with this file).
+    /// The expiry does not matter here: the lease, checked live, is the
+    /// scope.
+    fn check_commit_capabilities(
+        &self,
+        list: capnp::struct_list::Reader<chunk_record::Owned>,
+    ) -> Result<()> {
+        for r in list.iter() {
+            let id = read_chunk_id(r.get_chunk_id()?);
+            let refuse = |why: String| {
+                ControlError::PermissionDenied(format!(
+                    "commit of chunk {id:032x} at index {}: {why}",
+                    r.get_index()
+                ))
+            };
+            let cap = capability::from_wire(r.get_capability()?)
+                .map_err(|e| refuse(e.to_string()))?
+                .ok_or_else(|| refuse("the record carries no capability".into()))?;
+            let claims = self
+                .state
+                .capabilities
+                .authenticate(&cap)
+                .map_err(|e| refuse(e.to_string()))?;
+            if claims.chunk != id.to_be_bytes() {
+                return Err(refuse("its capability is for another chunk".into()));
+            }
+            if !claims.rights.contains(Rights::WRITE) || claims.lease != self.lease() {
+                return Err(refuse(
+                    "its capability is not one of this write lease (a chunk of another file?)"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -136,7 +217,9 @@ impl file_handle::Server for FileHandleImpl {
             r.set_more(more);
             let mut list = r.init_chunks(chunks.len() as u32);
             for (i, (index, c)) in chunks.iter().enumerate() {
-                fill_chunk_record(list.reborrow().get(i as u32), *index, c);
+                let mut b = list.reborrow().get(i as u32);
+                b.set_capability(&self.chunk_capability(c.id));
+                fill_chunk_record(b, *index, c);
             }
             Ok(())
         })
@@ -156,6 +239,7 @@ impl file_handle::Server for FileHandleImpl {
                     "at most {MAX_CHUNKS_PER_CALL} chunks per commit"
                 )));
             }
+            self.check_commit_capabilities(list)?;
             let chunks = list
                 .iter()
                 .map(read_chunk_record)
@@ -224,6 +308,18 @@ impl file_handle::Server for FileHandleImpl {
                 Outcome::Attr(ino, a) => fill_attr(results.get().init_attr(), ino, &a),
                 other => return Err(ControlError::Internal(format!("unexpected {other:?}"))),
             }
+            Ok(())
+        })
+    }
+
+    fn reserve_capability(
+        self: CapRc<Self>,
+        _: file_handle::ReserveCapabilityParams,
+        mut results: file_handle::ReserveCapabilityResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            self.check_writer()?;
+            results.get().set_capability(&self.new_reserve_capability());
             Ok(())
         })
     }

@@ -118,7 +118,6 @@ impl Session {
                 Ok(p)
             }
             _ => {
-                crate::metrics::auth_failed();
                 tracing::warn!(user, "authentication failed");
                 *self.principal.borrow_mut() = None;
                 Err(ControlError::Unauthenticated(format!(

@@ -14,7 +14,7 @@ use crate::disk::DiskDir;
 use crate::lock_table::Mode;
 use crate::peer::Peer;
 use crate::shard::Shard;
-use ringfs_schema::frame::{Header, Op, Status, Token};
+use ringfs_schema::frame::{Header, Op, Status, Token, CAPABILITY_LEN};
 use ringfs_schema::ids::ChunkId;
 use ringfs_schema::Version;
 
@@ -30,6 +30,9 @@ impl Shard {
                 "copyTo needs the target in chain[0]".into(),
             ));
         };
+        // The chunk goes only to a node of the cluster map, whatever
+        // address the request names.
+        self.member_at(&target.address).await?;
         let auth = self.authorize(h, Mode::Read, conn).await?;
         let fence = || self.fence(h.chunk_id, &auth, Mode::Read);
         let whole = self.read_whole(h.chunk_id, h.version, &fence).await;
@@ -44,7 +47,16 @@ impl Shard {
             .await
             .map_err(|e| OpError(Status::Unavailable, e.to_string()))?;
         let timeout = self.cfg.forward_timeout;
-        let send = send_replace(&peer, h.chunk_id, &target.token, h.expected, &whole);
+        // The target checks the caller's capability itself: a copy needs
+        // write on the chunk there, not only read here.
+        let send = send_replace(
+            &peer,
+            h.chunk_id,
+            &target.token,
+            h.capability,
+            h.expected,
+            &whole,
+        );
         let resp = match glommio::timer::timeout(timeout, async { Ok(send.await) }).await {
             Err(_) => {
                 return Err(OpError(
@@ -98,12 +110,13 @@ impl Shard {
 }
 
 /// Sends `whole` to `peer` as a `replace` write of chunk `id` with
-/// `token`, fenced on the target holding `expected`; returns the target's
-/// answer.
+/// `token` and `capability`, fenced on the target holding `expected`;
+/// returns the target's answer.
 pub(crate) async fn send_replace(
     peer: &Peer,
     id: ChunkId,
     token: &Token,
+    capability: Option<[u8; CAPABILITY_LEN]>,
     expected: Version,
     whole: &Whole,
 ) -> Result<Header, crate::peer::PeerError> {
@@ -113,6 +126,7 @@ pub(crate) async fn send_replace(
     h.version = whole.info.version;
     h.expected = expected;
     h.token = token.clone();
+    h.capability = capability;
     h.crcs = whole.crcs.clone();
     peer.call(h, &whole.data).await.map(|(r, _)| r)
 }

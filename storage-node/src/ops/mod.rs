@@ -17,7 +17,8 @@ mod write;
 use crate::chunk_store::{StoreError, WriteBuf};
 use crate::conn::{Outgoing, Tx};
 use crate::shard::Shard;
-use ringfs_schema::frame::{Header, Op, Status};
+use ringfs_ops::capability::{self, Claims, Rights};
+use ringfs_schema::frame::{Header, LockMode, Op, Status};
 use ringfs_schema::ids::ChunkId;
 
 pub(crate) use copy::{send_replace, Whole};
@@ -66,10 +67,11 @@ impl Shard {
         conn: u64,
     ) -> Result<Option<Outgoing>, OpError> {
         let ok = |header| Ok(Some(Outgoing::header(header)));
+        let claims = self.check_capability(h)?;
         match h.op {
             Op::Lock => self.op_lock(h, tx, conn).await,
             Op::Unlock => ok(self.op_unlock(h)?),
-            Op::Reserve => ok(self.op_reserve(h, conn)?),
+            Op::Reserve => ok(self.op_reserve(h, claims, conn)?),
             Op::Write => {
                 let wb = match wb {
                     Some(wb) => wb,
@@ -87,6 +89,38 @@ impl Shard {
                 "lockGranted is sent by nodes only".into(),
             )),
         }
+    }
+
+    /// Checks the request's capability before anything else (so a refused
+    /// write is not forwarded either): authentic, unexpired, for its chunk
+    /// and with the right its op needs. `unlock` needs none (its token is
+    /// the proof: a lock is only granted with a capability). Answers the
+    /// capability's claims (`None` for unlock).
+    fn check_capability(&self, h: &Header) -> Result<Option<Claims>, OpError> {
+        let need = match h.op {
+            Op::Unlock | Op::LockGranted => return Ok(None),
+            Op::Reserve if h.chunk_id == ChunkId::default() => Rights::RESERVE,
+            Op::Lock if h.lock_mode != LockMode::Write => Rights::READ,
+            Op::Read | Op::ChunkInfo | Op::Digest | Op::CopyTo => Rights::READ,
+            Op::Lock | Op::Reserve | Op::Write | Op::Delete => Rights::WRITE,
+        };
+        let caps = &self.cfg.capabilities;
+        caps.verify(
+            h.capability.as_ref(),
+            h.chunk_id.to_bytes(),
+            need,
+            capability::now_ms(),
+        )
+        .map(Some)
+        .map_err(|e| {
+            self.cfg.metrics.capability_refused();
+            let status = if e.is_expiry() {
+                Status::CapabilityExpired
+            } else {
+                Status::Denied
+            };
+            OpError(status, format!("chunk {}: {e}", h.chunk_id))
+        })
     }
 
     /// Refuses a chunk that another shard of this node owns.

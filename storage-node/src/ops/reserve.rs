@@ -12,13 +12,23 @@ use crate::chunk_file::MAX_CHUNK_SIZE;
 use crate::lock_table::{Acquire, Mode, Owner};
 use crate::reservations::Reservation;
 use crate::shard::{on_disk, Shard};
+use ringfs_ops::capability::{Claims, Rights};
 use ringfs_schema::frame::{Header, LockMode, Status};
 use ringfs_schema::ids::ChunkId;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl Shard {
-    pub(super) fn op_reserve(&self, h: &Header, conn: u64) -> Result<Header, OpError> {
+    /// `claims`: the request's capability (checked by the dispatch): a
+    /// reserve capability of a write lease to mint an id, whose new chunk
+    /// is answered with a read+write capability bound to the same lease
+    /// and expiry; or a write capability of the id to reserve.
+    pub(super) fn op_reserve(
+        &self,
+        h: &Header,
+        claims: Option<Claims>,
+        conn: u64,
+    ) -> Result<Header, OpError> {
         let bytes = h.reserve_bytes;
         if bytes == 0 || bytes > MAX_CHUNK_SIZE {
             return Err(OpError(
@@ -90,6 +100,20 @@ impl Shard {
         r.lock_mode = LockMode::Write;
         r.lease_ms = lease.as_millis() as u32;
         r.reserve_bytes = bytes;
+        if h.chunk_id == ChunkId::default() {
+            let claims = claims.ok_or_else(|| {
+                OpError(
+                    Status::Internal,
+                    "reserve without a checked capability".into(),
+                )
+            })?;
+            r.capability = Some(self.cfg.capabilities.issue(
+                Rights::READ_WRITE,
+                id.to_bytes(),
+                claims.lease,
+                claims.expires_ms,
+            ));
+        }
         Ok(r)
     }
 

@@ -54,8 +54,14 @@ impl Shard {
             ));
         }
         let me = self.node_id.load(Ordering::Acquire);
-        if me != 0 && h.chain.iter().any(|hop| hop.node_id == me) {
-            // Forwarding to ourselves would wait on the chunk lock we hold.
+        // Forwarding to ourselves would wait on the chunk lock we hold. By
+        // the hop's address as the cluster map resolves it, not by the
+        // node id the request claims.
+        let listed_again = h
+            .chain
+            .iter()
+            .any(|hop| hop.node_id == me || self.member_id(&hop.address) == Some(me));
+        if me != 0 && listed_again {
             return Err(OpError(
                 Status::InvalidArgument,
                 format!("the chain lists this node ({me}) again"),
@@ -160,6 +166,11 @@ impl Shard {
             };
         };
         let failed = |message: String| Downstream { mask: 0, message };
+        // Only to a node of the cluster map, whatever address the request
+        // names.
+        if let Err(OpError(_, why)) = self.member_at(&next.address).await {
+            return failed(why);
+        }
         let peer = match self.peers.get(&next.address).await {
             Ok(p) => p,
             Err(e) => return failed(e.to_string()),
@@ -172,6 +183,9 @@ impl Shard {
         fh.crcs = h.crcs.clone();
         fh.chain = h.chain[1..].to_vec();
         fh.write_quorum = 0;
+        // The writer's capability is for the chunk, not for a node: every
+        // hop checks the same one.
+        fh.capability = h.capability;
         if next.token.is_present() {
             fh.token = next.token.clone();
         } else {

@@ -8,6 +8,15 @@ use ringfs_schema::ids::ChunkId;
 use ringfs_schema::Version;
 use ringfs_tests::{Cluster, NodeOptions};
 
+/// A data-plane connection to `addr` whose requests carry capabilities
+/// issued with the test cluster's keys (as the control server would hand
+/// a client).
+pub async fn connect(addr: &str) -> std::rc::Rc<Peer> {
+    Peer::connect_issuing(addr, ringfs_tests::capability_keys())
+        .await
+        .expect("connecting to a shard")
+}
+
 /// Nodes of `shards` shards with the kit's defaults.
 pub fn shards(shards: usize) -> NodeOptions<'static> {
     NodeOptions {

@@ -90,6 +90,13 @@ struct ChunkRecord {
   # that every listed replica held when this record was committed: replicas
   # at one version are byte-identical. Readers accept a replica at this
   # version or newer.
+  capability @6 :Data;
+  # getChunks answers: the 80-byte data-plane capability for this chunk
+  # (read; read+write on a write handle), valid for a few minutes
+  # (docs/protocol.md "Capabilities"). commitChunks: a read+write capability
+  # of this handle's lease for the chunk (from getChunks of this handle, or
+  # from the node that minted the chunk under this lease's reserve
+  # capability); a record without one is refused.
 }
 
 struct ReplicaHint {
@@ -133,6 +140,10 @@ interface FileHandle {
   # Write handles only. Truncate or extend; chunks wholly past the new size
   # are dropped from the map.
   close @4 ();
+  reserveCapability @5 () -> (capability :Data);
+  # Write handles only: a fresh reserve capability of this lease (what
+  # `open` answered, renewed), which lets storage nodes mint new chunk ids
+  # for this file.
 }
 
 struct ShardEndpoint {
@@ -222,11 +233,15 @@ interface Control {
   # Entries with name > `after`, in byte order of the names, at most `limit`
   # (0 = server default, capped by the server). stale: as for stat.
   open @8 (path :Text, mode :OpenMode, waitMs :UInt32)
-      -> (handle :FileHandle, guid :Data, attr :Attr, writeEpoch :UInt64);
+      -> (handle :FileHandle, guid :Data, attr :Attr, writeEpoch :UInt64,
+          reserveCapability :Data);
   # `guid` is 16 bytes. A write open waits up to waitMs for the lease, FIFO,
   # then fails with `busy`. `writeEpoch` (write opens; 0 for reads): the
   # epoch of every chunk version this handle creates, unique to this lease
   # and above every epoch handed out before, across restarts.
+  # `reserveCapability` (write opens; empty for reads): the capability
+  # storage nodes need to mint chunk ids for this lease (see
+  # FileHandle.reserveCapability to renew it).
 
   # -- Membership. --
   # `secret` parameters (join, raft, addReplica, removeReplica,

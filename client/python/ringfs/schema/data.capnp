@@ -65,6 +65,13 @@ enum Status {
   payloadChecksum @17;
   # A write payload does not match the CRCs of its header (corrupted in
   # flight or in a sender's memory): nothing was applied; send it again.
+  denied @18;
+  # The request carries no capability, or one that is forged, altered, for
+  # another chunk or without the right the operation needs: nothing was
+  # applied. Capabilities come with chunk records from the control server.
+  capabilityExpired @19;
+  # The capability was authentic but expired, or was issued under a key id
+  # this node no longer accepts (rotated): fetch the chunk records again.
 }
 
 struct LockToken {
@@ -157,4 +164,10 @@ struct FrameHeader {
   # number of bits.
   digest @26 :Data;
   # digest responses: BLAKE3 (32 bytes) of the chunk's length and CRC table.
+  capability @27 :Data;
+  # Requests: the caller's capability (80 bytes, docs/protocol.md
+  # "Capabilities") for chunkId and the right the operation needs; every
+  # operation but unlock needs one. reserve with no chunkId: a reserve
+  # capability of the file's write lease. reserve responses that minted an
+  # id: a read+write capability for the new chunk (bound to the same lease).
 }
