@@ -276,12 +276,16 @@ impl Writer {
     pub(crate) fn acknowledged(&self, records: &[ChunkRecord], end: u64) -> u64 {
         let mut d = self.dirty.borrow_mut();
         d.end = d.end.max(end);
+        let committed = self.records.borrow();
         for r in records {
-            match d.records.get(&r.index) {
-                Some(old) if old.chunk_id == r.chunk_id && old.version > r.version => {}
-                _ => {
-                    d.records.insert(r.index, r.clone());
-                }
+            // Writes of one chunk finish in any order: a record older than
+            // one already acknowledged, or already committed (a later
+            // write's commit point came first), has nothing to add.
+            let newer = |old: Option<&ChunkRecord>| {
+                old.is_some_and(|o| o.chunk_id == r.chunk_id && o.version >= r.version)
+            };
+            if !newer(d.records.get(&r.index)) && !newer(committed.get(&r.index)) {
+                d.records.insert(r.index, r.clone());
             }
         }
         self.acked.set(self.acked.get() + 1);
