@@ -26,7 +26,8 @@ use crate::replica_policy as policy;
 impl ChunkIo {
     /// Reads `buf` at file `offset` from the chunks in `records` (by index;
     /// holes absent), chunk pieces concurrently; with `verify`, each piece
-    /// is a verified read ([`ChunkIo::read_verified`]).
+    /// is a verified read ([`ChunkIo::read_verified`]). The records'
+    /// capabilities were kept when they were fetched (`Client::records`).
     pub(crate) async fn read_range(
         &self,
         records: &HashMap<u64, ChunkRecord>,
@@ -35,7 +36,6 @@ impl ChunkIo {
         buf: &mut [u8],
         verify: bool,
     ) -> Result<()> {
-        self.remember(records.values());
         let mut pieces = Vec::new();
         let mut rest = buf;
         let mut at = offset;
