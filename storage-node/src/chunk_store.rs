@@ -44,6 +44,7 @@
 #[cfg(test)]
 mod crash_tests;
 mod journaled;
+mod pipeline;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +56,7 @@ use crate::disk::dma::DmaDir;
 use crate::disk::{DiskDir, DiskFile};
 use crate::group_commit::GroupCommit;
 use crate::journal::{Journal, Record, FLAG_DATA};
+use futures::channel::oneshot;
 use glommio::io::DmaBuffer;
 use glommio::sync::RwLock;
 use ringfs_schema::crc::pieces;
@@ -97,6 +99,11 @@ pub(crate) struct Cas {
     pub(crate) version: Version,
 }
 
+/// Given to a write's forward: sent or dropped once the forward's frame is
+/// on the wire (or the forward gave up), which lets the chunk's next write
+/// in (see [`ChunkStore::write`]).
+pub(crate) type Sent = oneshot::Sender<()>;
+
 /// Called right before an operation's disk I/O: `Err` refuses it (its lock
 /// lapsed). See the module doc.
 pub(crate) type Fence<'a> = &'a dyn Fn() -> Result<(), StoreError>;
@@ -106,12 +113,20 @@ pub(crate) fn no_fence() -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One chunk: its open file, its durable metadata and its I/O lock.
+/// One chunk: its open file, its applied metadata (what reads see: only
+/// durable writes), its I/O lock and its pipeline of writes in flight.
 struct Chunk<F> {
     id: ChunkId,
     file: Rc<F>,
     meta: RefCell<ChunkMeta>,
+    /// Reads share it; a write's apply (in-place blocks and metadata) and
+    /// replaces and deletes hold it exclusively.
     io_lock: RwLock<()>,
+    /// Admits the chunk's writes one at a time, in arrival order (FIFO):
+    /// see `chunk_store/pipeline.rs`.
+    admit: RwLock<()>,
+    /// Writes admitted and not yet applied.
+    pipe: RefCell<pipeline::Pipe>,
     /// A write failed after its record may have become durable (or after
     /// it wrote past the chunk's end): later writes are refused until a
     /// restart replays the journal (or a replace installs a new file), so
@@ -126,6 +141,8 @@ impl<F> Chunk<F> {
             file: Rc::new(file),
             meta: RefCell::new(meta),
             io_lock: RwLock::new(()),
+            admit: RwLock::new(()),
+            pipe: RefCell::default(),
             failed: std::cell::Cell::new(false),
         }
     }
@@ -489,19 +506,27 @@ where
 
     /// Writes `data` (prepared with [`WriteBuf::new`], filled, and checked
     /// against `crcs`, the writer's CRC of each piece) to chunk `id`, if the
-    /// chunk is at `cas.expected`; the chunk then is at `cas.version`. A
-    /// missing chunk is created (at version (0, 0)) if `create` is set.
+    /// chunk's tip (the version its last admitted write creates, see
+    /// `chunk_store/pipeline.rs`) is `cas.expected`; the chunk then is at
+    /// `cas.version`. A missing chunk is created (at version (0, 0)) if
+    /// `create` is set.
     ///
-    /// `forward` is started with the payload once the edge blocks are
-    /// merged and runs concurrently with the local write and sync; when the
-    /// local write is refused or fails before that, it is started anyway
-    /// (the next replicas decide for themselves). Its output is returned
-    /// next to the local outcome. Returns once the write is durable.
+    /// `forward` is started with the payload once the write is admitted
+    /// and runs concurrently with the local write and sync; the next write
+    /// of the chunk is admitted only once `forward` dropped (or sent on)
+    /// the [`Sent`] it is given, which it does when its frame is on the
+    /// wire, so a chunk's writes are forwarded in the order they are
+    /// admitted. When the local write is refused before admission, the
+    /// payload is forwarded anyway (the next replicas decide for
+    /// themselves). Its output is returned next to the local outcome.
+    /// Returns once the write is durable and applied, after every earlier
+    /// write of the chunk.
     ///
-    /// Steps: take the chunk's write lock, check the version, [`prepare`]
-    /// the blocks and the new header, pass the `fence`, write and sync them
-    /// ([`ChunkStore::persist`]) while the payload is forwarded, and only
-    /// then [`apply`] the new header.
+    /// Steps: take the chunk's admission lock, check the version against
+    /// the tip, [`prepare`] the blocks and the new header (waiting first
+    /// for pending writes whose blocks the edges need), pass the `fence`,
+    /// stage the write (it becomes the tip), and start the forward; then
+    /// [`ChunkStore::pipelined`] makes it durable and applies it in order.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write<Fw, Fut, T>(
         &self,
@@ -514,7 +539,7 @@ where
         forward: Fw,
     ) -> (Result<ChunkInfo, StoreError>, T)
     where
-        Fw: FnOnce(SharedPayload) -> Fut,
+        Fw: FnOnce(SharedPayload, Sent) -> Fut,
         Fut: Future<Output = T>,
     {
         if data.len == 0 {
@@ -526,27 +551,38 @@ where
                 Ok(c) => c,
                 Err(e) => return refused(e, data, forward).await,
             };
-            let Ok(_guard) = chunk.io_lock.write().await else {
+            let Ok(admit) = chunk.admit.write().await else {
                 return refused(StoreError::NotFound(id), data, forward).await;
             };
             if !self.is_current(&chunk) {
                 // Deleted or replaced while we waited: look it up again.
                 continue;
             }
-            if chunk.failed.get() {
-                let e = StoreError::Io(
+            let failed = || {
+                StoreError::Io(
                     id,
                     "an earlier write to this chunk failed; it takes writes again after a \
                      restart of the node or a copy of the chunk"
                         .into(),
-                );
+                )
+            };
+            if chunk.failed.get() {
+                return refused(failed(), data, forward).await;
+            }
+            let mut tip = chunk.tip();
+            if let Err(e) = check_cas(id, tip.version, &cas, false) {
                 return refused(e, data, forward).await;
             }
-            let old = chunk.meta.borrow().clone();
-            if let Err(e) = check_cas(id, old.version, &cas, false) {
-                return refused(e, data, forward).await;
+            let span = WriteSpan::of(&tip, &data);
+            if needs_old(&tip, &data, span.io_end) && chunk.pending_in(data.io_start..span.io_end) {
+                // The edge blocks need bytes a pending write changes, which
+                // are not in the chunk file before it applies.
+                if !chunk.drained().await {
+                    return refused(failed(), data, forward).await;
+                }
+                tip = chunk.tip();
             }
-            let new_meta = match prepare(&chunk, &old, &mut data, crcs, cas.version).await {
+            let new_meta = match prepare(&chunk, &tip, &mut data, crcs, cas.version).await {
                 Ok(m) => m,
                 Err(e) => return refused(e, data, forward).await,
             };
@@ -558,24 +594,33 @@ where
                 );
                 return refused(e, data, forward).await;
             }
-            let rec = self.record(id, &old, &data, &new_meta);
+            // Held from here to the apply: a checkpoint waits for no write
+            // between its journal record and its apply. Taken after the
+            // admission lock: no write that holds the gate waits for an
+            // admission, so a checkpoint waiting for the gate cannot block
+            // one that it waits for.
+            let Ok(gate) = self.gate.read().await else {
+                return refused(StoreError::NotFound(id), data, forward).await;
+            };
+            if let Err(e) = fence() {
+                drop(gate);
+                return refused(e, data, forward).await;
+            }
+            let rec = self.record(id, &tip, &data, &new_meta);
+            let staged = chunk.stage(data.io_start..span.io_end, new_meta);
             let payload = data.share();
             let local = async {
-                let _gate = self
-                    .gate
-                    .read()
-                    .await
-                    .map_err(|_| StoreError::NotFound(id))?;
-                fence()?;
-                self.persist(&chunk, &payload, &rec)
-                    .await
-                    .map_err(|e| StoreError::Io(id, e.to_string()))?;
-                self.dirty.borrow_mut().insert(id, chunk.clone());
-                Ok(apply(&chunk, new_meta))
+                let r = self.pipelined(&chunk, &payload, &rec, staged).await;
+                drop(gate);
+                r
             };
-            let (local, fwd) = futures::join!(local, forward(payload.clone()));
+            let (sent, on_wire) = oneshot::channel();
+            let admitted = async move {
+                let _ = on_wire.await;
+                drop(admit);
+            };
+            let (local, fwd, ()) = futures::join!(local, forward(payload.clone(), sent), admitted);
             payload.recycle();
-            drop(_guard);
             if local.is_ok() && self.journal.used() >= self.cfg.checkpoint_bytes {
                 if let Err(e) = self.checkpoint().await {
                     tracing::error!("journal checkpoint failed: {e}");
@@ -635,58 +680,6 @@ where
         }
     }
 
-    /// Makes a prepared write durable and puts its blocks in place:
-    /// - with its data in the journal: the record is appended and group
-    ///   committed, and only then are the blocks written in place (not
-    ///   synced: a checkpoint does that before the journal is emptied), so
-    ///   a crash leaves every block old (record lost) or replayable (record
-    ///   durable);
-    /// - straight to the chunk file (a fresh region past the chunk's end):
-    ///   the blocks are written and synced, and only then is the record
-    ///   with their CRCs group committed; a crash before that leaves the
-    ///   region past the recovered length. (Record and data synced
-    ///   concurrently would need replay to tell torn blocks from a bit
-    ///   flipped later in an acknowledged write; it cannot.)
-    ///
-    /// After an I/O error the chunk refuses later writes ([`Chunk::failed`];
-    /// the journal itself refuses every append after an error of its own,
-    /// see `journal.rs`), and the caller does not apply the write.
-    async fn persist(
-        &self,
-        chunk: &Chunk<D::File>,
-        data: &SharedPayload,
-        rec: &Record,
-    ) -> std::io::Result<()> {
-        let in_place = || {
-            chunk
-                .file
-                .write_rc_at(data.buf.clone(), DATA_OFFSET + data.io_start)
-        };
-        let r = async {
-            crate::failpoint::delay("chunk_store::slow_persist").await;
-            if rec.flags & FLAG_DATA != 0 {
-                self.journal.append(rec, Some(data.buf.clone())).await?;
-                failpoint!("chunk_store::before_apply", |_| Err(
-                    crate::failpoint::injected("chunk_store::before_apply")
-                ));
-                in_place().await?;
-            } else {
-                in_place().await?;
-                failpoint!("chunk_store::before_sync", |_| Err(
-                    crate::failpoint::injected("chunk_store::before_sync")
-                ));
-                self.commit.sync(chunk.file.clone()).await?;
-                self.journal.append(rec, None).await?;
-            }
-            Ok(())
-        }
-        .await;
-        if r.is_err() {
-            chunk.failed.set(true);
-        }
-        r
-    }
-
     /// Replaces chunk `id` (or creates it, with `create`) by exactly `data`
     /// (a whole chunk: offset 0), whose blocks carry `crcs`, at
     /// `cas.version`, if the replica is at `cas.expected` (the version may
@@ -719,7 +712,7 @@ where
         loop {
             match self.get(id) {
                 Some(old) => {
-                    let Ok(_guard) = old.io_lock.write().await else {
+                    let Some(_guards) = quiesce(&old).await else {
                         return Err(StoreError::NotFound(id));
                     };
                     if !self.is_current(&old) {
@@ -854,11 +847,7 @@ where
     pub(crate) async fn delete(&self, id: ChunkId, newest: Version) -> Result<(), StoreError> {
         loop {
             let chunk = self.get(id).ok_or(StoreError::NotFound(id))?;
-            let _guard = chunk
-                .io_lock
-                .write()
-                .await
-                .map_err(|_| StoreError::NotFound(id))?;
+            let _guards = quiesce(&chunk).await.ok_or(StoreError::NotFound(id))?;
             if !self.is_current(&chunk) {
                 continue;
             }
@@ -887,13 +876,28 @@ async fn refused<Fw, Fut, T>(
     forward: Fw,
 ) -> (Result<ChunkInfo, StoreError>, T)
 where
-    Fw: FnOnce(SharedPayload) -> Fut,
+    Fw: FnOnce(SharedPayload, Sent) -> Fut,
     Fut: Future<Output = T>,
 {
     let payload = data.share();
-    let fwd = forward(payload.clone()).await;
+    let fwd = forward(payload.clone(), oneshot::channel().0).await;
     payload.recycle();
     (Err(e), fwd)
+}
+
+/// Takes a chunk for a replace or a delete: its admission (no write gets
+/// in), then, once every admitted write finished, its I/O lock. `None` if
+/// a lock was closed.
+async fn quiesce<F>(
+    chunk: &Chunk<F>,
+) -> Option<(
+    glommio::sync::RwLockWriteGuard<'_, ()>,
+    glommio::sync::RwLockWriteGuard<'_, ()>,
+)> {
+    let admit = chunk.admit.write().await.ok()?;
+    chunk.drained().await;
+    let io = chunk.io_lock.write().await.ok()?;
+    Some((admit, io))
 }
 
 /// Fills the edge blocks of `data` (old bytes or zeros) and returns the
@@ -1047,6 +1051,13 @@ async fn read_verified<F: DiskFile>(
     Ok(rr)
 }
 
+/// Whether the edge blocks of `data` (up to `io_end`) need bytes `old`
+/// holds: a partial first or last block inside the chunk.
+fn needs_old(old: &ChunkMeta, data: &WriteBuf, io_end: u64) -> bool {
+    let (io_start, off, end) = (data.io_start, data.offset, data.offset + data.len);
+    (off > io_start && io_start < old.length) || (end < io_end && end < old.length)
+}
+
 /// Fills the parts of `data.buf[..io_end - io_start]` outside the payload:
 /// old chunk bytes where the chunk has them (their blocks verified first),
 /// zeros elsewhere.
@@ -1060,8 +1071,7 @@ async fn merge_edges<F: DiskFile>(
     let head = (off - io_start) as usize;
     let tail_from = (off + len - io_start) as usize;
     let tail_to = (io_end - io_start) as usize;
-    let needs_old =
-        (off > io_start && io_start < old.length) || (off + len < io_end && off + len < old.length);
+    let needs_old = needs_old(old, data, io_end);
     let buf = data.buf.as_bytes_mut();
     buf[..head].fill(0);
     buf[tail_from..tail_to].fill(0);

@@ -303,17 +303,44 @@ impl<F: DiskFile + 'static> Journal<F> {
 
     /// Appends `rec` (with `data`, its blocks, if it carries them) and
     /// returns once it and every record before it are durable.
+    #[cfg(test)]
     pub(crate) async fn append(&self, rec: &Record, data: Option<Rc<DmaBuffer>>) -> io::Result<()> {
-        let (gen, pos, end) = {
-            let mut s = self.state.borrow_mut();
-            if let Some(e) = &s.failed {
-                return Err(io::Error::other(e.clone()));
-            }
-            let pos = s.next;
-            s.next += rec.size();
-            s.records += 1;
-            (s.gen, pos, s.next)
-        };
+        let slot = self.reserve(rec)?;
+        self.write(slot, rec, data).await
+    }
+
+    /// Reserves `rec`'s place: the next one in the journal, so that it
+    /// becomes durable after every record reserved before it (a chunk's
+    /// pipelined writes reserve in their order). Fails once the journal
+    /// failed. The slot must be passed to [`Journal::write`]; a slot
+    /// dropped unwritten fails the journal (later records could never
+    /// become durable behind the hole).
+    pub(crate) fn reserve(&self, rec: &Record) -> io::Result<Slot> {
+        let mut s = self.state.borrow_mut();
+        if let Some(e) = &s.failed {
+            return Err(io::Error::other(e.clone()));
+        }
+        let pos = s.next;
+        s.next += rec.size();
+        s.records += 1;
+        Ok(Slot {
+            gen: s.gen,
+            pos,
+            end: s.next,
+            state: Some(self.state.clone()),
+        })
+    }
+
+    /// Writes `rec` (with `data`, its blocks, if it carries them) to its
+    /// reserved `slot` and returns once it and every record before it are
+    /// durable.
+    pub(crate) async fn write(
+        &self,
+        mut slot: Slot,
+        rec: &Record,
+        data: Option<Rc<DmaBuffer>>,
+    ) -> io::Result<()> {
+        let (gen, pos, end) = (slot.gen, slot.pos, slot.end);
         let hdr = rec.encode(gen, pos);
         let hlen = hdr.len() as u64;
         let written = async {
@@ -332,6 +359,8 @@ impl<F: DiskFile + 'static> Journal<F> {
             }
         }
         .await;
+        // Written (or failed below): no longer a hole if this is dropped.
+        slot.state = None;
         let rx = {
             let mut s = self.state.borrow_mut();
             if let Err(e) = written {
@@ -358,6 +387,26 @@ impl<F: DiskFile + 'static> Journal<F> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(io::Error::other(e)),
             Err(_) => Err(io::Error::other("journal group commit vanished")),
+        }
+    }
+}
+
+/// A record's reserved place in the journal ([`Journal::reserve`]).
+pub(crate) struct Slot {
+    gen: u64,
+    pos: u64,
+    end: u64,
+    /// Set until the slot is written: dropping it then fails the journal.
+    state: Option<Rc<RefCell<State>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            fail(
+                &mut state.borrow_mut(),
+                "a reserved journal record was never written".into(),
+            );
         }
     }
 }

@@ -1,7 +1,10 @@
 //! A shard's chunk lock table: per chunk, one writer or many readers.
 //!
 //! Invariants:
-//! - holders of a chunk are either exactly one `Write` or any number of `Read`;
+//! - holders of a chunk are either exactly one `Write`, any number of
+//!   `Read`, or several implicit `Write`s of one client asked on one
+//!   connection (its pipelined writes of the chunk: the store orders them
+//!   by their versions, and nobody else gets in until all are done);
 //! - FIFO fairness: a request is granted at once only if nobody is queued
 //!   ahead of it and it is compatible with the holders; queued requests are
 //!   granted strictly from the front, so a waiting writer is never overtaken
@@ -117,6 +120,8 @@ struct Holder {
     expires: Instant,
     /// The connection an explicit lock is held for (0: implicit or none).
     conn: u64,
+    /// The connection an implicit lock was asked on (0: explicit or none).
+    implicit_conn: u64,
 }
 
 #[derive(Debug)]
@@ -136,9 +141,31 @@ struct Entry<W> {
 }
 
 impl<W> Entry<W> {
-    fn compatible(&self, mode: Mode) -> bool {
+    /// Whether `client`'s request for `mode` by `owner` can join the
+    /// holders: none hold; or all read and so does it; or all are implicit
+    /// writes of this client asked on this connection (not 0) and so is
+    /// it (pipelined writes of one writer to one chunk).
+    fn compatible(&self, mode: Mode, client: u64, owner: Owner) -> bool {
+        let pipelined = |h: &Holder| {
+            h.mode == Mode::Write
+                && h.client == client
+                && h.implicit_conn != 0
+                && h.implicit_conn == implicit_conn(owner)
+        };
         self.holders.is_empty()
-            || (mode == Mode::Read && self.holders.iter().all(|h| h.mode == Mode::Read))
+            || match mode {
+                Mode::Read => self.holders.iter().all(|h| h.mode == Mode::Read),
+                Mode::Write => self.holders.iter().all(pipelined),
+            }
+    }
+}
+
+/// The connection an implicit lock of `owner` is asked on (0: explicit).
+fn implicit_conn(owner: Owner) -> u64 {
+    if owner.explicit {
+        0
+    } else {
+        owner.conn
     }
 }
 
@@ -193,6 +220,7 @@ impl<W> LockTable<W> {
                 mode,
                 expires,
                 conn: if owner.explicit { owner.conn } else { 0 },
+                implicit_conn: implicit_conn(owner),
             });
         Grant {
             generation,
@@ -223,7 +251,7 @@ impl<W> LockTable<W> {
             holders: Vec::new(),
             queue: VecDeque::new(),
         });
-        if entry.queue.is_empty() && entry.compatible(mode) {
+        if entry.queue.is_empty() && entry.compatible(mode, client, owner) {
             return Acquire::Granted(self.grant(chunk, client, mode, lease, now, owner));
         }
         match wait {
@@ -394,7 +422,7 @@ impl<W> LockTable<W> {
             let Some(front) = entry.queue.front() else {
                 break;
             };
-            if !entry.compatible(front.mode) {
+            if !entry.compatible(front.mode, front.client, front.owner) {
                 break;
             }
             let w = entry.queue.pop_front().expect("front exists");
@@ -683,6 +711,53 @@ mod tests {
         assert_eq!(
             t.validate(C, 1, a.generation, Mode::Write, now),
             Err(LockError::NotHeld)
+        );
+    }
+
+    /// Pipelined writes of one writer share the chunk's write lock: only
+    /// implicit writes of the same client on the same connection, and
+    /// never past a queued request of someone else.
+    #[test]
+    fn implicit_writes_of_one_client_on_one_connection_share() {
+        let now = Instant::now();
+        let mut t = LockTable::<u32>::new();
+        let on = |conn, explicit| Owner { conn, explicit };
+        let a = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, on(4, false)));
+        let b = granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, on(4, false)));
+        assert_ne!(a.generation, b.generation);
+        for (client, mode, owner) in [
+            (2, Mode::Write, on(4, false)),
+            (1, Mode::Write, on(5, false)),
+            (1, Mode::Write, on(4, true)),
+            (1, Mode::Read, on(4, false)),
+            (1, Mode::Write, Owner::NONE),
+        ] {
+            assert_eq!(
+                t.acquire(C, client, mode, LEASE, now, None, owner),
+                Acquire::Busy,
+                "{client} {mode:?} {owner:?}"
+            );
+        }
+        // A reader queues; the writer's next write queues behind it.
+        let far = now + LEASE;
+        let q = t.acquire(C, 2, Mode::Read, LEASE, now, Some((far, 7)), on(5, false));
+        assert_eq!(q, Acquire::Queued);
+        let q = t.acquire(C, 1, Mode::Write, LEASE, now, Some((far, 8)), on(4, false));
+        assert_eq!(q, Acquire::Queued);
+        assert!(t
+            .release(C, 1, a.generation, now)
+            .unwrap()
+            .granted
+            .is_empty());
+        let ch = t.release(C, 1, b.generation, now).unwrap();
+        assert_eq!(ch.granted.len(), 1);
+        assert_eq!(ch.granted[0].0, 7);
+        // The node's own commands (connection 0) never share.
+        let mut t = LockTable::<u32>::new();
+        granted(t.acquire(C, 1, Mode::Write, LEASE, now, None, Owner::NONE));
+        assert_eq!(
+            t.acquire(C, 1, Mode::Write, LEASE, now, None, Owner::NONE),
+            Acquire::Busy
         );
     }
 }

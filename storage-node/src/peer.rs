@@ -255,13 +255,27 @@ impl Peer {
     /// Sends a request (its request id is assigned here; `payload_length` is
     /// set from `payload`) and returns the final response and its payload.
     /// For a `lock` answered `wait`, this is the later `lockGranted` frame.
-    pub async fn call(&self, mut h: Header, payload: &[u8]) -> Reply {
+    pub async fn call(&self, h: Header, payload: &[u8]) -> Reply {
+        self.send_request(h, payload).await?.await
+    }
+
+    /// [`Peer::call`] in two steps: returns once the request's frame is
+    /// written (so requests sent one after the other through this reach
+    /// the node in that order), with the future of its response.
+    pub(crate) async fn send_request(
+        &self,
+        mut h: Header,
+        payload: &[u8],
+    ) -> Result<impl std::future::Future<Output = Reply> + '_, PeerError> {
         h.payload_length = payload.len() as u32;
         self.stamp(&mut h);
         let rx = self.register(&mut h, None)?;
         self.send(&h, payload).await?;
-        rx.await
-            .unwrap_or_else(|_| Err(PeerError::Broken(self.addr.clone(), "reader ended".into())))
+        Ok(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(PeerError::Broken(self.addr.clone(), "reader ended".into()))
+            })
+        })
     }
 
     /// Gives `h` a capability of the issuer's, if this peer has one and `h`

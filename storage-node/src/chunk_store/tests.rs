@@ -53,7 +53,7 @@ where
     wb.payload_mut().copy_from_slice(data);
     let crcs = ringfs_schema::crc::piece_crcs(off, data);
     let (r, ()) = store
-        .write(id, wb, &crcs, cas, true, &no_fence, |_| async {})
+        .write(id, wb, &crcs, cas, true, &no_fence, |_, _| async {})
         .await;
     r.map(|i| i.version)
 }
@@ -271,7 +271,7 @@ fn a_write_applies_only_on_top_of_the_exact_version_it_expects() {
                 cas(Version::NONE, v1),
                 false,
                 &no_fence,
-                |_| async {},
+                |_, _| async {},
             )
             .await;
         assert!(matches!(r, Err(StoreError::NotFound(_))));
@@ -383,7 +383,7 @@ fn stored_crcs_are_the_writers_and_edges_combine_them_with_the_old_bytes() {
                 cas(v, Version::new(2, 1)),
                 true,
                 &no_fence,
-                |_| async {},
+                |_, _| async {},
             )
             .await;
         r.unwrap();
@@ -417,7 +417,7 @@ fn a_lapsed_fence_refuses_a_write_before_it_touches_the_disk() {
                 cas(v, Version::new(1, 9)),
                 true,
                 &fenced,
-                |_| async { forwarded.set(true) },
+                |_, _| async { forwarded.set(true) },
             )
             .await;
         assert!(matches!(r, Err(StoreError::Fenced(_))), "{r:?}");

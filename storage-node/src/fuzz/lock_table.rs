@@ -6,8 +6,8 @@
 //!
 //! The model is the table's specification written plainly: per chunk the
 //! holders and a FIFO queue; a request is granted at once only if nobody is
-//! queued and it is compatible with the holders (one writer or many
-//! readers); queued requests are granted strictly from the front; leases
+//! queued and it is compatible with the holders (one writer, many
+//! readers, or several implicit writes of one client on one connection); queued requests are granted strictly from the front; leases
 //! and deadlines lapse at the sweep; a closed connection loses its explicit
 //! locks and its waiters at once. Generation numbers are the table's
 //! (the order a sweep visits chunks in is unspecified), checked to be
@@ -83,6 +83,8 @@ struct Holder {
     expires: Instant,
     /// The connection of an explicit lock (0: implicit or none).
     conn: u64,
+    /// The connection of an implicit lock (0: explicit or none).
+    implicit_conn: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -102,9 +104,17 @@ struct Entry {
 }
 
 impl Entry {
-    fn compatible(&self, mode: Mode) -> bool {
+    /// None hold, or readers only and a reader asks, or implicit writes of
+    /// one client on one connection (not 0) only and another one asks.
+    fn compatible(&self, mode: Mode, client: u64, owner: Owner) -> bool {
+        let conn = implicit_on(owner);
         self.holders.is_empty()
             || (mode == Mode::Read && self.holders.iter().all(|h| h.mode == Mode::Read))
+            || (mode == Mode::Write
+                && conn != 0
+                && self.holders.iter().all(|h| {
+                    h.mode == Mode::Write && h.client == client && h.implicit_conn == conn
+                }))
     }
 }
 
@@ -165,7 +175,7 @@ impl Model {
             let Some(front) = e.queue.front().copied() else {
                 return;
             };
-            if !e.compatible(front.mode) {
+            if !e.compatible(front.mode, front.client, front.owner) {
                 return;
             }
             e.queue.pop_front();
@@ -190,9 +200,19 @@ impl Model {
                     mode: g.mode,
                     expires: g.expires,
                     conn: held_by(front.owner),
+                    implicit_conn: implicit_on(front.owner),
                 },
             );
         }
+    }
+}
+
+/// The connection an implicit grant to `owner` was asked on (0: explicit).
+fn implicit_on(owner: Owner) -> u64 {
+    if owner.explicit {
+        0
+    } else {
+        owner.conn
     }
 }
 
@@ -241,7 +261,7 @@ pub fn lock_table(data: &[u8]) {
                 let wait = wait_ms.map(|w| (now + ms(w), handle));
                 let got = table.acquire(id(chunk), client, mode, lease, now, wait, owner);
                 let e = model.chunks.entry(chunk).or_default();
-                if e.queue.is_empty() && e.compatible(mode) {
+                if e.queue.is_empty() && e.compatible(mode, client, owner) {
                     let Acquire::Granted(g) = got else {
                         panic!("{op:?}: want a grant, got {got:?}")
                     };
@@ -254,6 +274,7 @@ pub fn lock_table(data: &[u8]) {
                             mode,
                             expires: g.expires,
                             conn: held_by(owner),
+                            implicit_conn: implicit_on(owner),
                         },
                     );
                 } else if let Some((deadline, handle)) = wait {

@@ -13,10 +13,11 @@
 //! some, or this node's own error when none.
 
 use super::{store_error_frame, OpError};
-use crate::chunk_store::{Cas, SharedPayload, StoreError, WriteBuf};
+use crate::chunk_store::{Cas, Sent, SharedPayload, StoreError, WriteBuf};
 use crate::failpoint;
 use crate::lock_table::Mode;
 use crate::shard::Shard;
+use futures::channel::oneshot;
 use ringfs_schema::frame::{Header, Op, Status};
 use std::sync::atomic::Ordering;
 
@@ -67,11 +68,11 @@ impl Shard {
                 format!("the chain lists this node ({me}) again"),
             ));
         }
-        let forward = |payload: SharedPayload| self.forward(h, payload);
+        let forward = |payload: SharedPayload, sent: Sent| self.forward(h, payload, sent);
         let (local, down) = match self.authorize(h, Mode::Write, conn).await {
             Err(OpError(status, msg)) => {
                 let payload = wb.share();
-                let down = forward(payload.clone()).await;
+                let down = forward(payload.clone(), oneshot::channel().0).await;
                 payload.recycle();
                 (Err(LocalError::Op(status, msg)), down)
             }
@@ -157,8 +158,11 @@ impl Shard {
     }
 
     /// Forwards a write to the next hop of its chain, unchanged but for the
-    /// chain's tail and the hop's token.
-    async fn forward(&self, h: &Header, payload: SharedPayload) -> Downstream {
+    /// chain's tail and the hop's token. `sent` is dropped once the frame is
+    /// on the wire (or the forward gave up): a chunk's next write is
+    /// forwarded only after that, on the same pooled connection, so the
+    /// next hop receives the chunk's writes in this node's order.
+    async fn forward(&self, h: &Header, payload: SharedPayload, sent: Sent) -> Downstream {
         let Some(next) = h.chain.first() else {
             return Downstream {
                 mask: 0,
@@ -196,7 +200,14 @@ impl Shard {
         // A hung next hop must not hold this chunk's write lock forever;
         // a send cut by the timeout never reuses its connection.
         let timeout = self.cfg.forward_timeout;
-        let call = async { Ok(peer.call(fh, payload.as_bytes()).await) };
+        let call = async {
+            let reply = peer.send_request(fh, payload.as_bytes()).await;
+            drop(sent);
+            Ok(match reply {
+                Ok(reply) => reply.await,
+                Err(e) => Err(e),
+            })
+        };
         let resp = match glommio::timer::timeout(timeout, call).await {
             Err(_) => {
                 return failed(format!(
