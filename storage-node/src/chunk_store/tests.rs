@@ -340,6 +340,65 @@ fn concurrent_writes_share_group_commits() {
     });
 }
 
+/// A chunk's writes in flight together, each expecting the version the
+/// one before it creates, are admitted without waiting for each other's
+/// sync (so they share journal syncs: one at a time they cannot), and
+/// land in order: aligned overwrites, unaligned ones (whose edges wait for
+/// the pending writes they overlap) and large appends past the end.
+#[test]
+fn writes_of_one_chunk_pipeline_and_land_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    run(move || async move {
+        let store = std::rc::Rc::new(open(&p).await);
+        let id = ChunkId::new(6, 1);
+        let mut model = vec![3u8; 64 << 10];
+        write(&store, id, 0, &model).await.unwrap();
+        let (syncs0, records0) = store.journal.stats();
+        let mut rng = StdRng::seed_from_u64(18);
+        let mut tasks = Vec::new();
+        for k in 1..=48u64 {
+            let (off, len) = match k % 6 {
+                0 => (model.len() as u64, 256 << 10),
+                1 => (rng.random_range(0..model.len() as u64 - 5000), 5000),
+                _ => (rng.random_range(0..model.len() as u64 / 4096) * 4096, 4096),
+            };
+            let mut data = vec![0u8; len as usize];
+            rng.fill_bytes(&mut data);
+            let end = (off + len) as usize;
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[off as usize..end].copy_from_slice(&data);
+            let store = store.clone();
+            let c = cas(Version::new(1, k), Version::new(1, k + 1));
+            tasks.push(glommio::spawn_local(async move {
+                write_cas(&store, id, off, &data, c).await
+            }));
+        }
+        for (k, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), Version::new(1, k as u64 + 2), "write {k}");
+        }
+        let (syncs, records) = store.journal.stats();
+        let (syncs, records) = (syncs - syncs0, records - records0);
+        assert_eq!(records, 48);
+        assert!(
+            syncs < records / 2,
+            "{syncs} journal syncs for {records} pipelined writes of one chunk"
+        );
+        let info = store.info(id).unwrap();
+        assert_eq!(
+            (info.version, info.length),
+            (Version::new(1, 49), model.len() as u64)
+        );
+        assert!(read(&store, id, 0, model.len() as u64).await.unwrap() == model);
+        // And after a restart (journal replay).
+        drop(store);
+        let store = open(&p).await;
+        assert!(read(&store, id, 0, model.len() as u64).await.unwrap() == model);
+    });
+}
+
 #[test]
 fn stored_crcs_are_the_writers_and_edges_combine_them_with_the_old_bytes() {
     let dir = tempfile::tempdir().unwrap();
