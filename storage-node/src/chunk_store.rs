@@ -27,9 +27,12 @@
 //!   aside, makes it durable, then renames it over the chunk: a failure at
 //!   any point leaves the old replica as it was.
 //!
-//! Concurrency: each chunk has an async read/write lock, so writes to one
-//! chunk are serialized (read-modify-write of edge blocks and the header
-//! update are atomic with respect to other I/O on the chunk) while reads share.
+//! Concurrency: a chunk's writes are admitted one at a time (version check
+//! against the tip, edge merge) and then journalled, applied and
+//! acknowledged in that order, several in flight at once
+//! (`chunk_store/pipeline.rs`); each apply (in-place blocks and metadata)
+//! holds the chunk's I/O lock exclusively, reads share it and see applied,
+//! durable writes only.
 //!
 //! Crash guarantee (tested on the simulated disk in
 //! `chunk_store/crash_tests.rs`): a write is acknowledged only once its
@@ -124,7 +127,7 @@ struct Chunk<F> {
     io_lock: RwLock<()>,
     /// Admits the chunk's writes one at a time, in arrival order (FIFO):
     /// see `chunk_store/pipeline.rs`.
-    admit: RwLock<()>,
+    admit: pipeline::Fifo,
     /// Writes admitted and not yet applied.
     pipe: RefCell<pipeline::Pipe>,
     /// A write failed after its record may have become durable (or after
@@ -141,7 +144,7 @@ impl<F> Chunk<F> {
             file: Rc::new(file),
             meta: RefCell::new(meta),
             io_lock: RwLock::new(()),
-            admit: RwLock::new(()),
+            admit: pipeline::Fifo::default(),
             pipe: RefCell::default(),
             failed: std::cell::Cell::new(false),
         }
@@ -551,9 +554,7 @@ where
                 Ok(c) => c,
                 Err(e) => return refused(e, data, forward).await,
             };
-            let Ok(admit) = chunk.admit.write().await else {
-                return refused(StoreError::NotFound(id), data, forward).await;
-            };
+            let admit = chunk.admit.lock().await;
             if !self.is_current(&chunk) {
                 // Deleted or replaced while we waited: look it up again.
                 continue;
@@ -887,14 +888,14 @@ where
 
 /// Takes a chunk for a replace or a delete: its admission (no write gets
 /// in), then, once every admitted write finished, its I/O lock. `None` if
-/// a lock was closed.
+/// the I/O lock was closed.
 async fn quiesce<F>(
     chunk: &Chunk<F>,
 ) -> Option<(
-    glommio::sync::RwLockWriteGuard<'_, ()>,
+    pipeline::FifoGuard<'_>,
     glommio::sync::RwLockWriteGuard<'_, ()>,
 )> {
-    let admit = chunk.admit.write().await.ok()?;
+    let admit = chunk.admit.lock().await;
     chunk.drained().await;
     let io = chunk.io_lock.write().await.ok()?;
     Some((admit, io))

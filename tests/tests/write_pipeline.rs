@@ -366,3 +366,65 @@ fn when_a_write_fails_everywhere_every_write_issued_behind_it_fails_too() {
         assert!(get(c, "/e").await.unwrap() == want);
     });
 }
+
+/// A chain of pipelined writes of one chunk with a failure in the middle
+/// on the second replica of the chain: its 4th write fails after its
+/// journal record is durable (`chunk_store::before_apply`), so every write
+/// pipelined behind it on that node fails too (none is applied there
+/// without it); the other replicas (W = 2) take every write in order.
+/// After a restart (kill -9) the failed replica holds exactly the chunk
+/// after a prefix of the writes, at least the three it applied: a later
+/// write never survives an earlier one.
+#[test]
+fn a_replica_whose_pipelined_write_fails_after_its_record_keeps_a_prefix() {
+    let mut cl = Cluster::start(3);
+    let addr = cl.control.addr;
+    let old = pattern(CHUNK, 11);
+    let rec = with_client(addr, async |c| {
+        put(c, "/m", &old, layout(CHUNK, 3, 2)).await.unwrap();
+        records(c, "/m").await.remove(0)
+    });
+    let bad_id = rec.replicas[1];
+    let bad = (0..3).find(|&i| cl.node_id(i) == bad_id).unwrap();
+    cl.kill9(bad);
+    cl.start_node_with(
+        bad,
+        &ringfs_tests::NodeOptions {
+            failpoints: Some("chunk_store::before_apply=3*off->1*return->off"),
+            ..ringfs_tests::NodeOptions::default()
+        },
+    );
+    let writes: Vec<(u64, Vec<u8>)> = (0..32u64)
+        .map(|i| {
+            (
+                (i * 3 * 4096) % (CHUNK as u64 - 4096),
+                pattern(4096, 90 + i),
+            )
+        })
+        .collect();
+    let mut states = vec![old.clone()];
+    for (at, d) in &writes {
+        let mut next = states.last().unwrap().clone();
+        next[*at as usize..*at as usize + d.len()].copy_from_slice(d);
+        states.push(next);
+    }
+    let want = states.last().unwrap().clone();
+    with_client(addr, async |c| {
+        let fd = c.open("/m", &read_write()).await.unwrap();
+        let calls = writes.iter().map(|(at, d)| c.pwrite(fd, *at, d));
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        c.close(fd).await.unwrap();
+        assert!(get(c, "/m").await.unwrap() == want);
+    });
+    cl.kill9(bad);
+    cl.start_node(bad, &[]);
+    let file = std::fs::read(cl.node(bad).chunk_file(rec.chunk_id)).unwrap();
+    let held = &file[DATA_OFFSET..DATA_OFFSET + CHUNK];
+    let prefix = states.iter().position(|s| s[..] == *held);
+    assert!(
+        prefix.is_some_and(|k| k >= 3),
+        "the replica whose 4th write failed holds {prefix:?}, not a prefix of at least 3 writes"
+    );
+}

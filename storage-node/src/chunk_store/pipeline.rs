@@ -253,3 +253,75 @@ where
         r
     }
 }
+
+/// A strictly first-come, first-served async mutex: the chunk's admission.
+/// (glommio's `RwLock` queues waiters in order, but a caller arriving while
+/// the lock is free takes it ahead of a waiter that was woken and has not
+/// run yet; writes would then be admitted out of their arrival order and
+/// refused as stale.) Released, it is handed to the first waiter directly.
+#[derive(Default)]
+pub(super) struct Fifo {
+    state: RefCell<FifoState>,
+}
+
+#[derive(Default)]
+struct FifoState {
+    held: bool,
+    waiters: VecDeque<oneshot::Sender<()>>,
+}
+
+/// Holds a [`Fifo`]; dropping it hands it on.
+pub(super) struct FifoGuard<'a>(&'a Fifo);
+
+impl Fifo {
+    pub(super) async fn lock(&self) -> FifoGuard<'_> {
+        let rx = {
+            let mut s = self.state.borrow_mut();
+            if !s.held && s.waiters.is_empty() {
+                s.held = true;
+                return FifoGuard(self);
+            }
+            let (tx, rx) = oneshot::channel();
+            s.waiters.push_back(tx);
+            rx
+        };
+        // Handed over (the sender never drops unsent: see `release`).
+        let mut waiting = Waiting(Some(rx), self);
+        if let Some(rx) = waiting.0.as_mut() {
+            let _ = rx.await;
+        }
+        waiting.0 = None;
+        FifoGuard(self)
+    }
+
+    fn release(&self) {
+        let mut s = self.state.borrow_mut();
+        // A waiter that went away refuses the hand-over: the next one.
+        while let Some(tx) = s.waiters.pop_front() {
+            if tx.send(()).is_ok() {
+                return;
+            }
+        }
+        s.held = false;
+    }
+}
+
+impl Drop for FifoGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A waiter of a [`Fifo`]: if dropped after the lock was handed to it, it
+/// hands it on.
+struct Waiting<'a>(Option<oneshot::Receiver<()>>, &'a Fifo);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.0.take() {
+            if let Ok(Some(())) = rx.try_recv() {
+                self.1.release();
+            }
+        }
+    }
+}
