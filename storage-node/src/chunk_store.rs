@@ -102,12 +102,6 @@ pub(crate) struct Cas {
     pub(crate) version: Version,
 }
 
-/// How long, and how many times, a write whose expected version is ahead
-/// of its chunk's tip waits for the write it is built on (see
-/// [`ChunkStore::write`]): at most 100 ms in all.
-const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
-const AHEAD_TRIES: u32 = 100;
-
 /// Given to a write's forward: sent or dropped once the forward's frame is
 /// on the wire (or the forward gave up), which lets the chunk's next write
 /// in (see [`ChunkStore::write`]).
@@ -555,7 +549,6 @@ where
             let e = StoreError::InvalidArgument("a write needs a payload".into());
             return refused(e, data, forward).await;
         }
-        let mut ahead = 0;
         loop {
             let chunk = match self.chunk_for_write(id, create, &cas).await {
                 Ok(c) => c,
@@ -578,17 +571,6 @@ where
                 return refused(failed(), data, forward).await;
             }
             let mut tip = chunk.tip();
-            if tip.version < cas.expected && ahead < AHEAD_TRIES {
-                // Built on a write not admitted yet: one that arrived
-                // before it but was overtaken on its way here (two tasks
-                // granted the chunk's implicit lock together resume in
-                // either order). Let it in; refused as stale if it never
-                // comes (a replica that missed a write).
-                ahead += 1;
-                drop(admit);
-                glommio::timer::sleep(AHEAD_WAIT).await;
-                continue;
-            }
             if let Err(e) = check_cas(id, tip.version, &cas, false) {
                 return refused(e, data, forward).await;
             }
