@@ -6,7 +6,9 @@
 //! or a default `replication` for `put`.
 //!
 //! Exit codes: 0 success, 1 an operation failed (one line on stderr),
-//! 2 bad usage or a bad config file.
+//! 2 bad usage or a bad config file, 3 the outcome of a change is unknown
+//! (the control connection dropped during it and no server answered
+//! again: look before trying again).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,6 +23,9 @@ use ringfs_client::{
     ReplicationStatus,
 };
 use serde_json::json;
+
+#[path = "cli/put_atomic.rs"]
+mod put_atomic;
 
 #[derive(Parser)]
 #[command(name = "ringfs", version, about = "ringfs command-line client")]
@@ -64,8 +69,21 @@ enum Cmd {
         /// Durable replicas a write needs (default: all).
         #[arg(long, short = 'w')]
         write_quorum: Option<u8>,
+        /// All or none: `put --atomic LOCAL1 REMOTE1 LOCAL2 REMOTE2 ...`
+        /// replaces every REMOTE in one transaction (readers see all of
+        /// them old or all new); on failure nothing changed (exit 1), or,
+        /// exit 3, the outcome is unknown (look before trying again).
+        #[arg(long)]
+        atomic: bool,
+        /// put --atomic: how long to wait for the files' write leases in
+        /// all, in seconds, before giving up with nothing changed.
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        lease_wait: f64,
         local: String,
         remote: String,
+        /// put --atomic: further LOCAL REMOTE pairs.
+        #[arg(value_name = "LOCAL REMOTE")]
+        more: Vec<String>,
     },
     /// Copy a ringfs file to a local file (or - for stdout).
     Get {
@@ -341,6 +359,10 @@ fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
 
 fn main() -> ExitCode {
     use clap::CommandFactory;
+    // Tests arm failpoints (`client::tx_before_commit`) through the
+    // FAILPOINTS environment variable; builds without the feature have none.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let (cli, matches) = match ringfs_ops::flag_file::parse::<Cli>(config_path().as_deref()) {
         Ok(parsed) => parsed,
         Err(code) => return code,
@@ -389,7 +411,17 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("ringfs: {e:#}");
-            ExitCode::FAILURE
+            let unknown = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<Error>(),
+                    Some(Error::OutcomeUnknown { .. })
+                )
+            });
+            if unknown {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -431,8 +463,11 @@ async fn run(cli: Cli) -> Result<()> {
             replication,
             chunk_size,
             write_quorum,
+            atomic,
+            lease_wait,
             local,
             remote,
+            more,
         } => {
             let layout = CreateOptions {
                 chunk_size: chunk_size.unwrap_or(0),
@@ -440,7 +475,20 @@ async fn run(cli: Cli) -> Result<()> {
                 write_quorum: write_quorum.unwrap_or(0),
                 ..Default::default()
             };
-            cmd_put(&c, json, layout, &local, &remote).await
+            if !atomic {
+                if !more.is_empty() {
+                    bail!("put takes one LOCAL and one REMOTE (several pairs need --atomic)");
+                }
+                return cmd_put(&c, json, layout, &local, &remote).await;
+            }
+            if more.len() % 2 != 0 {
+                bail!("put --atomic takes LOCAL REMOTE pairs");
+            }
+            let lease_wait = std::time::Duration::try_from_secs_f64(lease_wait)
+                .map_err(|e| anyhow!("--lease-wait {lease_wait}: {e}"))?;
+            let mut pairs = vec![(local, remote)];
+            pairs.extend(more.chunks(2).map(|p| (p[0].clone(), p[1].clone())));
+            put_atomic::run(&c, json, layout, lease_wait, pairs).await
         }
         Cmd::Get {
             verify_replicas,
