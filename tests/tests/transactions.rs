@@ -81,7 +81,7 @@ fn readers_never_see_a_mix_of_transactions() {
     });
     let done = AtomicBool::new(false);
     let decisive = AtomicUsize::new(0);
-    let rounds = 30;
+    let rounds = 15;
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
