@@ -252,7 +252,7 @@ impl Transaction<'_> {
         // kept head of that one moves to a fresh chunk, so no byte past the
         // new end survives in a chunk that a later extension would show.
         let head = match f.writer.record(index) {
-            Some(rec) if size % cs != 0 => {
+            Some(rec) if !size.is_multiple_of(cs) => {
                 let mut buf = vec![0u8; (size % cs) as usize];
                 let records = std::collections::HashMap::from([(index, rec)]);
                 client
