@@ -14,7 +14,7 @@
 //! chunks go to garbage collection as any replaced chunk does; the new
 //! chunks of a transaction that never commits are orphans of leases that
 //! ended, which garbage collection deletes (docs/client.md,
-//! "Transactions").
+//! "Transactions across files").
 
 use std::time::{Duration, Instant};
 
