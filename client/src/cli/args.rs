@@ -47,8 +47,21 @@ pub(crate) enum Cmd {
         /// Durable replicas a write needs (default: all).
         #[arg(long, short = 'w')]
         write_quorum: Option<u8>,
+        /// All or none: `put --atomic LOCAL1 REMOTE1 LOCAL2 REMOTE2 ...`
+        /// replaces every REMOTE in one transaction (readers see all of
+        /// them old or all new); on failure nothing changed (exit 1), or,
+        /// exit 3, the outcome is unknown (look before trying again).
+        #[arg(long)]
+        atomic: bool,
+        /// put --atomic: how long to wait for the files' write leases in
+        /// all, in seconds, before giving up with nothing changed.
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        lease_wait: f64,
         local: String,
         remote: String,
+        /// put --atomic: further LOCAL REMOTE pairs.
+        #[arg(value_name = "LOCAL REMOTE")]
+        more: Vec<String>,
     },
     /// Copy a ringfs file to a local file (or - for stdout).
     Get {

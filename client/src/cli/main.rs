@@ -6,14 +6,16 @@
 //! or a default `replication` for `put`.
 //!
 //! Exit codes: 0 success, 1 an operation failed (one line on stderr),
-//! 2 bad usage or a bad config file.
+//! 2 bad usage or a bad config file, 3 the outcome of a change is unknown
+//! (the control connection dropped during it and no server answered
+//! again: look before trying again).
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ringfs_client::{human, Client, CreateOptions, Credential, OpenOptions};
+use ringfs_client::{human, Client, CreateOptions, Credential, Error, OpenOptions};
 use serde_json::json;
 
 use crate::admin::{cert_cmd, cmd_user};
@@ -34,6 +36,7 @@ mod admin;
 mod args;
 mod health;
 mod namespace;
+mod put_atomic;
 mod transfer;
 
 /// The TLS the flags (or `[tls]`-less config keys, which are the flags)
@@ -81,6 +84,10 @@ fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
 
 fn main() -> ExitCode {
     use clap::CommandFactory;
+    // Tests arm failpoints (`client::tx_before_commit`) through the
+    // FAILPOINTS environment variable; builds without the feature have none.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let (cli, matches) = match ringfs_ops::flag_file::parse::<Cli>(config_path().as_deref()) {
         Ok(parsed) => parsed,
         Err(code) => return code,
@@ -129,7 +136,17 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("ringfs: {e:#}");
-            ExitCode::FAILURE
+            let unknown = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<Error>(),
+                    Some(Error::OutcomeUnknown { .. })
+                )
+            });
+            if unknown {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -171,8 +188,11 @@ async fn run(cli: Cli) -> Result<()> {
             replication,
             chunk_size,
             write_quorum,
+            atomic,
+            lease_wait,
             local,
             remote,
+            more,
         } => {
             let layout = CreateOptions {
                 chunk_size: chunk_size.unwrap_or(0),
@@ -180,7 +200,20 @@ async fn run(cli: Cli) -> Result<()> {
                 write_quorum: write_quorum.unwrap_or(0),
                 ..Default::default()
             };
-            cmd_put(&c, json, layout, &local, &remote).await
+            if !atomic {
+                if !more.is_empty() {
+                    bail!("put takes one LOCAL and one REMOTE (several pairs need --atomic)");
+                }
+                return cmd_put(&c, json, layout, &local, &remote).await;
+            }
+            if more.len() % 2 != 0 {
+                bail!("put --atomic takes LOCAL REMOTE pairs");
+            }
+            let lease_wait = std::time::Duration::try_from_secs_f64(lease_wait)
+                .map_err(|e| anyhow!("--lease-wait {lease_wait}: {e}"))?;
+            let mut pairs = vec![(local, remote)];
+            pairs.extend(more.chunks(2).map(|p| (p[0].clone(), p[1].clone())));
+            put_atomic::run(&c, json, layout, lease_wait, pairs).await
         }
         Cmd::Get {
             verify_replicas,

@@ -128,7 +128,7 @@ impl Progress {
 }
 
 /// `put x /dir` and `put x /dir/` store `/dir/x`, as cp does.
-async fn put_target(c: &Client, local: &str, remote: &str) -> Result<String> {
+pub(crate) async fn put_target(c: &Client, local: &str, remote: &str) -> Result<String> {
     let name = std::path::Path::new(local)
         .file_name()
         .and_then(|n| n.to_str())

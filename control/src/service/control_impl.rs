@@ -375,6 +375,12 @@ impl control::Server for ControlImpl {
                     }
                 };
                 self.state.live_epochs.borrow_mut().insert(epoch, ino);
+                let handle = crate::leases::WriteHandle {
+                    inode: ino,
+                    epoch,
+                    uid: who.caller.uid,
+                };
+                self.state.write_handles.borrow_mut().insert(guid, handle);
             }
             let handle = FileHandleImpl {
                 state: self.state.clone(),
@@ -877,6 +883,17 @@ impl control::Server for ControlImpl {
                 .await?;
             tracing::info!(user = name, "user removed");
             Ok(())
+        })
+    }
+
+    fn commit_transaction(
+        self: CapRc<Self>,
+        params: control::CommitTransactionParams,
+        results: control::CommitTransactionResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let who = self.principal()?;
+            super::transaction::commit(&self.state, &who, params, results).await
         })
     }
 
