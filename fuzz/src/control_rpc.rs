@@ -197,8 +197,10 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) {
 async fn calls(addr: SocketAddr, user: Option<&Credential>, input: &[u8]) {
     let (control, task) = connect(addr).await.expect("connecting");
     if let Some(user) = user {
-        authenticate(&control, user)
+        // Bounded: a server that stopped answering fails here too.
+        tokio::time::timeout(LIVENESS_WITHIN, authenticate(&control, user))
             .await
+            .expect("the control server stopped answering authentication")
             .expect("the fuzz user authenticates");
     }
     let bootstrap = control.client;
