@@ -65,12 +65,18 @@ fn run_python(cl: &Cluster, args: &[&str], done: &str) {
         .env("RINGFS_BENCH_MIB", "16")
         .output()
         .expect("running python3");
+    assert_python_ok(&out, done);
+}
+
+/// Checks that a Python test script ended well, said `done` and left no
+/// asyncio task behind.
+fn assert_python_ok(out: &std::process::Output, done: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "python cluster test failed:\n{stdout}\n{stderr}"
+        "python test failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains(done), "{stdout}");
     assert!(
@@ -187,12 +193,5 @@ fn python_package_speaks_tls_and_refuses_what_rust_refuses() {
         .env_remove("RINGFS_TLS_KEY")
         .output()
         .expect("running python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "python TLS test failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("python tls test: all ok"), "{stdout}");
+    assert_python_ok(&out, "python tls test: all ok");
 }
