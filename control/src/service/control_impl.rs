@@ -31,7 +31,7 @@ pub(super) struct ControlImpl {
     /// Whether this connection's `hello` succeeded (every other call is
     /// refused until then, so a peer of another protocol version cannot
     /// get anything done by skipping it), and who it authenticated as.
-    pub(super) session: Session,
+    pub(super) session: Rc<Session>,
 }
 
 impl ControlImpl {
@@ -389,6 +389,7 @@ impl control::Server for ControlImpl {
                 write,
                 epoch,
                 closed: Cell::new(false),
+                session: self.session.clone(),
             };
             // The file may have been removed while we waited for the lease.
             let attr_now = match self.state.store.inode(ino)? {

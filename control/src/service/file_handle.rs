@@ -14,6 +14,7 @@ use ringfs_schema::control_capnp::{chunk_record, file_handle};
 use ringfs_schema::read_chunk_id;
 
 use super::convert::{fill_attr, fill_chunk_record, now_ns, read_chunk_record, wire};
+use super::session::Session;
 use super::MAX_CHUNKS_PER_CALL;
 use crate::cluster_state::State;
 use crate::error::{ControlError, Result};
@@ -30,12 +31,22 @@ pub(super) struct FileHandleImpl {
     /// The write epoch of this handle's lease (0 for read handles).
     pub(super) epoch: u64,
     pub(super) closed: Cell<bool>,
+    /// The session of the connection that opened it: once its user is
+    /// removed, the handle's next call is refused and its lease released
+    /// (docs/architecture.md, "Authentication and authorization").
+    pub(super) session: Rc<Session>,
 }
 
 impl FileHandleImpl {
     fn check_open(&self) -> Result<()> {
         if self.closed.get() {
             return Err(ControlError::StaleHandle("the handle is closed".into()));
+        }
+        if let Err(e) = self.session.principal(&self.state) {
+            // Its user was removed: no more chunk records or commits, and
+            // other writers need not wait for this connection to end.
+            self.release();
+            return Err(e);
         }
         Ok(())
     }
