@@ -4,12 +4,14 @@
 //! REMOTE that does not exist is created (empty) before the transaction
 //! takes its leases, and removed again if it does not commit.
 
-use std::io::Read;
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ringfs_client::{Client, CreateOptions, Error, Transaction, TransactionOptions};
 use serde_json::json;
+
+use crate::transfer::{fill, open_input};
 
 /// Bytes read from a local file per transaction write.
 const BLOCK: usize = 4 << 20;
@@ -67,32 +69,19 @@ pub(crate) async fn run(
             .zip(&sizes)
             .map(|((_, r), n)| json!({"path": r, "bytes": n}))
             .collect();
-        println!("{}", json!({ "files": files }));
+        outln!("{}", json!({ "files": files }));
     }
     Ok(())
 }
 
 /// Stages `local`'s content (`-`: stdin) as the new content of `remote`.
 async fn copy_in(tx: &mut Transaction<'_>, local: &str, remote: &str) -> Result<u64> {
-    let mut input: Box<dyn Read> = if local == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::fs::File::open(local).with_context(|| format!("opening {local}"))?)
-    };
+    let (mut input, _) = open_input(local)?;
     tx.set_len(remote, 0).await?;
     let mut buf = vec![0u8; BLOCK];
     let mut total = 0u64;
     loop {
-        let mut n = 0;
-        while n < buf.len() {
-            let k = input
-                .read(&mut buf[n..])
-                .with_context(|| format!("reading {local}"))?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
+        let n = fill(&mut input, &mut buf, local)?;
         if n == 0 {
             break;
         }

@@ -142,6 +142,32 @@ pub(crate) async fn put_target(c: &Client, local: &str, remote: &str) -> Result<
     }
 }
 
+/// `local` opened for reading (`-`: stdin), with its length when known.
+pub(crate) fn open_input(local: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
+    if local == "-" {
+        return Ok((Box::new(std::io::stdin().lock()), None));
+    }
+    let f = std::fs::File::open(local).with_context(|| format!("opening {local}"))?;
+    let len = f.metadata().ok().map(|m| m.len());
+    Ok((Box::new(f), len))
+}
+
+/// Reads from `input` until `buf` is full or the input ends (pipes return
+/// little at a time): the bytes read, 0 at the end.
+pub(crate) fn fill(input: &mut dyn Read, buf: &mut [u8], local: &str) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = input
+            .read(&mut buf[n..])
+            .with_context(|| format!("reading {local}"))?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
 /// Bytes per write call: several chunks, so the client pipelines them.
 fn transfer_block(chunk_size: u32) -> usize {
     (chunk_size as usize * 4).clamp(1 << 20, 256 << 20)
@@ -154,13 +180,7 @@ async fn put(
     layout: CreateOptions,
     show_progress: bool,
 ) -> Result<u64> {
-    let (mut input, len): (Box<dyn Read>, Option<u64>) = if local == "-" {
-        (Box::new(std::io::stdin().lock()), None)
-    } else {
-        let f = std::fs::File::open(local).with_context(|| format!("opening {local}"))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        (Box::new(f), len)
-    };
+    let (mut input, len) = open_input(local)?;
     let mut progress = Progress::new(len, show_progress);
     let fd = c
         .create(remote, layout)
@@ -170,17 +190,7 @@ async fn put(
     let mut buf = vec![0u8; transfer_block(attr.chunk_size)];
     let mut total = 0u64;
     loop {
-        // Fill the whole block (pipes return little at a time).
-        let mut n = 0;
-        while n < buf.len() {
-            let k = input
-                .read(&mut buf[n..])
-                .with_context(|| format!("reading {local}"))?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
+        let n = fill(&mut input, &mut buf, local)?;
         if n == 0 {
             break;
         }
