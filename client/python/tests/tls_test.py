@@ -17,7 +17,6 @@ the server; a key file others may read refused. Exits non-zero on the
 first failure.
 """
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -27,19 +26,12 @@ import ringfs
 from ringfs import errors
 from ringfs.sync import Client as SyncClient
 
+from patterns import pattern
+
 CONTROL = os.environ["RINGFS_CONTROL"]
 CA, CERT, KEY = os.environ["TLS_CA"], os.environ["TLS_CERT"], os.environ["TLS_KEY"]
 TLS = dict(tls_ca=CA, tls_cert=CERT, tls_key=KEY)
 CHUNK = 64 * 1024
-
-
-def pattern(n, seed):
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
 
 
 async def refused(exc, what, **kwargs):
