@@ -331,6 +331,33 @@ interface Control {
   removeUser @25 (name :Text);
   # Revokes a user: its connections are refused from their next call.
   listUsers @26 () -> (users :List(UserInfo));
+
+  # -- Transactions across files. --
+  commitTransaction @27 (files :List(TransactionFile), requestId :Data)
+      -> (attrs :List(Attr));
+  # Commits the chunk records and sizes of several files at once: one
+  # mutation (one durable transaction, one Raft entry) applies every file
+  # or none (docs/protocol.md, "Transactions"). Each file is named by a
+  # write handle of this caller (its guid, as `open` answered) that still
+  # holds the file's lease; each record obeys the rules of commitChunks for
+  # that handle, and each file appears once. At most 64 files and 4096
+  # records in all (invalid_argument beyond). `attrs`: the files'
+  # attributes after it, in the order of `files`. requestId: as for the
+  # namespace mutations.
+}
+
+struct TransactionFile {
+  guid @0 :Data;
+  # The write handle's 16-byte guid; its lease must still be held.
+  chunks @1 :List(ChunkRecord);
+  # Records to store (each replaces the one at its index), with a
+  # read+write capability of the handle's lease as commitChunks demands.
+  truncateTo @2 :UInt64;
+  # First, chunks past this size are dropped and the chunk holding it keeps
+  # only the bytes before it, as setSize does (all ones: no truncation).
+  fileSize @3 :UInt64;
+  # Then the file's size becomes exactly this (it may shrink); every
+  # record must end within it.
 }
 
 struct UserInfo {

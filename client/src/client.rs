@@ -190,8 +190,8 @@ struct FileView {
 /// endpoint, and a table of open descriptors. Not `Send`: it lives on the
 /// `LocalSet` it was connected on.
 pub struct Client {
-    cluster: Rc<Cluster>,
-    io: ChunkIo,
+    pub(crate) cluster: Rc<Cluster>,
+    pub(crate) io: ChunkIo,
     options: ClientOptions,
     files: RefCell<HashMap<Fd, OpenFile>>,
     next_fd: Cell<Fd>,
@@ -793,7 +793,7 @@ impl Client {
     }
 
     /// The record cache of `inode`, shared with its other descriptors.
-    fn record_cache(&self, inode: u64) -> Rc<RefCell<RecordCache>> {
+    pub(crate) fn record_cache(&self, inode: u64) -> Rc<RefCell<RecordCache>> {
         let mut caches = self.record_caches.borrow_mut();
         caches.retain(|_, c| c.strong_count() > 0);
         if let Some(c) = caches.get(&inode).and_then(Weak::upgrade) {
@@ -834,7 +834,7 @@ impl Client {
 
     /// Chunk records with index in `first..=last`, by index (holes absent);
     /// their capabilities are kept for the requests that use them.
-    async fn records(
+    pub(crate) async fn records(
         &self,
         h: &FileHandle,
         first: u64,

@@ -145,6 +145,20 @@ pub struct Committed {
     pub repairs: Vec<(u64, u64)>,
 }
 
+/// One file of [`ControlClient::commit_transaction_as`].
+#[derive(Clone, Copy, Debug)]
+pub struct TransactionPart<'a> {
+    /// The guid of a write handle of this connection's user that holds
+    /// the file's lease.
+    pub guid: [u8; 16],
+    /// Records to store, each with a write capability of that lease.
+    pub chunks: &'a [ChunkRecord],
+    /// First truncate to this size (`u64::MAX`: no truncation).
+    pub truncate_to: u64,
+    /// Then the file's size, exactly.
+    pub file_size: u64,
+}
+
 /// A node's capacity report, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capacity {
@@ -516,6 +530,33 @@ impl ControlClient {
         o.set_exclusive(options.exclusive);
         let reply = req.send().promise.await?;
         read_attr(reply.get()?.get_attr()?)
+    }
+
+    /// Commits the records and sizes of several files in one mutation:
+    /// all or none (`commitTransaction`, docs/protocol.md). Answers the
+    /// files' attributes afterwards, in the order of `files`. Sent again
+    /// with the same `id`, it is answered as the first time and applied at
+    /// most once, even when the handles died with the first connection.
+    pub async fn commit_transaction_as(
+        &self,
+        id: Option<u128>,
+        files: &[TransactionPart<'_>],
+    ) -> Result<Vec<Attr>> {
+        let mut req = self.control.commit_transaction_request();
+        req.get().set_request_id(&id_bytes(id));
+        let mut list = req.get().init_files(files.len() as u32);
+        for (i, f) in files.iter().enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_guid(&f.guid);
+            b.set_truncate_to(f.truncate_to);
+            b.set_file_size(f.file_size);
+            let mut chunks = b.init_chunks(f.chunks.len() as u32);
+            for (k, c) in f.chunks.iter().enumerate() {
+                fill_chunk(chunks.reborrow().get(k as u32), c);
+            }
+        }
+        let reply = req.send().promise.await?;
+        reply.get()?.get_attrs()?.iter().map(read_attr).collect()
     }
 
     /// Creates a directory (`mode` 0: 0o755).

@@ -7,6 +7,8 @@
 //! - [`control::ControlClient`] speaks the control server's Cap'n Proto RPC.
 //!
 //! - [`mount`]: the file system through FUSE (`ringfs mount`).
+//! - [`Transaction`] ([`Client::transaction`]): writes to several files
+//!   that readers see all at once or not at all.
 //!
 //! Everything runs on a tokio `LocalSet` (capnp-rpc is single-threaded);
 //! [`local`] runs a future on one, and [`BlockingClient`] wraps the file
@@ -34,6 +36,7 @@ pub mod node_conn;
 pub mod placement;
 pub mod record_cache;
 mod replica_policy;
+pub mod transaction;
 mod write_pipeline;
 
 pub use blocking::BlockingClient;
@@ -45,3 +48,4 @@ pub use control::{
     ReplicationStatus, ServerInfo, UserInfo, Version,
 };
 pub use error::{Cause, Error, Result};
+pub use transaction::{Transaction, TransactionOptions};

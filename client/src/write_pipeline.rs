@@ -351,6 +351,15 @@ impl Writer {
         self.records.borrow().get(&index).cloned()
     }
 
+    /// Forgets the chunks at `index` and past: their states, records and
+    /// uncommitted writes (a transaction cut them off; they are never
+    /// committed, and a later write there starts a new chunk).
+    pub(crate) fn discard_from(&self, index: u64) {
+        self.slots.borrow_mut().retain(|&i, _| i < index);
+        self.records.borrow_mut().retain(|&i, _| i < index);
+        self.dirty.borrow_mut().records.retain(|&i, _| i < index);
+    }
+
     /// Forgets every chunk state and record (the file was truncated); the
     /// file is now `size` bytes.
     pub(crate) fn forget(&self, size: u64) {

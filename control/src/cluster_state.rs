@@ -84,6 +84,8 @@ pub struct State {
     /// The epoch of every open write handle, with its file: chunks whose
     /// version carries one of them may still be committed by that handle.
     pub(crate) live_epochs: RefCell<HashMap<u64, u64>>,
+    /// Every open write handle by guid (transactions name handles so).
+    pub(crate) write_handles: RefCell<HashMap<crate::leases::Guid, crate::leases::WriteHandle>>,
     /// Nodes' `NodeCommands` capabilities: commands go out through them at
     /// once instead of with the next heartbeat reply.
     pub(crate) pushers: RefCell<HashMap<u64, node_commands::Client>>,
@@ -133,6 +135,7 @@ impl State {
             next_write_epoch: Cell::new(write_epoch_mark + 1),
             write_epoch_mark: Cell::new(write_epoch_mark),
             live_epochs: RefCell::default(),
+            write_handles: RefCell::default(),
             pushers: RefCell::default(),
             kick: Rc::default(),
         }))
@@ -187,6 +190,7 @@ impl State {
         // No handle of an ended lease can commit: chunks written under its
         // epoch are orphans, which garbage collection may judge.
         self.live_epochs.borrow_mut().clear();
+        self.write_handles.borrow_mut().clear();
         // Nodes pass their `NodeCommands` again when they join the leader.
         self.pushers.borrow_mut().clear();
         self.watchers.borrow_mut().clear();

@@ -21,6 +21,18 @@ struct FileLease {
     waiters: VecDeque<(Guid, oneshot::Sender<()>)>,
 }
 
+/// An open write handle, as a transaction names it (by its guid): the
+/// file, its lease's write epoch, and who opened it.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteHandle {
+    /// The file.
+    pub inode: u64,
+    /// The lease's write epoch.
+    pub epoch: u64,
+    /// The uid of the principal that opened it: only it commits through it.
+    pub uid: u32,
+}
+
 /// The outcome of asking for a write lease.
 pub enum Acquire {
     Granted,

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
-const CONTROL_METHODS: [&str; 27] = [
+const CONTROL_METHODS: [&str; 28] = [
     "hello",
     "create",
     "mkdir",
@@ -53,6 +53,7 @@ const CONTROL_METHODS: [&str; 27] = [
     "add_user",
     "remove_user",
     "list_users",
+    "commit_transaction",
 ];
 
 /// What a call needs of a replica's leadership (see

@@ -40,6 +40,17 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 /// durable already; the order makes every call that was admitted get its
 /// answer, and the store close cleanly.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    run_reporting(config, |_| {}, shutdown).await
+}
+
+/// [`run`], calling `listening` with the bound RPC address once the server
+/// accepts connections (for in-process users such as the fuzz targets,
+/// which listen on port 0 and cannot read the "listening" line).
+pub async fn run_reporting(
+    config: Config,
+    listening: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let metrics = Rc::new(ControlMetrics::default());
     let figures = FiguresSource::default();
     let endpoint = match config.metrics {
@@ -47,6 +58,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         Some(addr) => Some(start_metrics_endpoint(addr, &metrics, &figures).await?),
     };
     let (state, writer, listener) = start(&config).await?;
+    if let Ok(addr) = listener.local_addr() {
+        listening(addr);
+    }
     if let Some(r) = &state.replica {
         r.follow(Rc::downgrade(&state));
     }

@@ -122,3 +122,96 @@ fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
     .unwrap();
     assert!(store.garbage().unwrap().is_empty());
 }
+
+/// A transaction across files is checked whole before anything is
+/// written: one bad record of the second file leaves the first file as it
+/// was; a good one swaps both files' records at once (the replaced chunk
+/// to garbage, the truncated tail too).
+#[test]
+fn a_transaction_applies_every_file_or_none() {
+    use ringfs_control::store::TxFile;
+    let dir = tempfile::tempdir().unwrap();
+    let store = MetaStore::open(&dir.path().join("meta.redb"), FileDefaults::default()).unwrap();
+    apply(
+        &store,
+        Mutation::Join {
+            node_id: 0,
+            key: [0; 16],
+            new_key: [1; 16],
+            shards: vec!["127.0.0.1:1".into()],
+        },
+    )
+    .unwrap();
+    let create = |path: &str| {
+        let m = Mutation::Create {
+            who: ringfs_control::store::Caller::admin(),
+            path: path.into(),
+            options: CreateOptions {
+                chunk_size: 4096,
+                replication: 1,
+                write_quorum: 1,
+                ..Default::default()
+            },
+            now_ns: 0,
+        };
+        match apply(&store, m).unwrap() {
+            Outcome::Attr(ino, _) => ino,
+            other => panic!("{other:?}"),
+        }
+    };
+    let (a, b) = (create("/a"), create("/b"));
+    let chunk = |id, epoch| Chunk {
+        id,
+        replicas: vec![1],
+        length: 4096,
+        version: Version::new(epoch, 1),
+    };
+    for (ino, id) in [(a, 10), (b, 20)] {
+        let m = Mutation::CommitChunks {
+            inode: ino,
+            epoch: 5,
+            chunks: vec![(0, chunk(id, 5)), (1, chunk(id + 1, 5))],
+            file_size: 8192,
+            now_ns: 0,
+        };
+        apply(&store, m).unwrap();
+    }
+    let tx = |b_epoch| Mutation::CommitTransaction {
+        files: vec![
+            TxFile {
+                inode: a,
+                epoch: 8,
+                truncate_to: u64::MAX,
+                chunks: vec![(0, chunk(30, 8))],
+                file_size: 8192,
+            },
+            TxFile {
+                inode: b,
+                epoch: 9,
+                truncate_to: 0,
+                chunks: vec![(0, chunk(40, b_epoch))],
+                file_size: 4096,
+            },
+        ],
+        now_ns: 1,
+    };
+    // /b's record was not written under its lease: nothing changes.
+    assert!(apply(&store, tx(8)).is_err());
+    let ids = |ino| -> Vec<u128> {
+        store
+            .chunks(ino, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.id)
+            .collect()
+    };
+    assert_eq!((ids(a), ids(b)), (vec![10, 11], vec![20, 21]));
+    assert!(store.garbage().unwrap().is_empty());
+    // Both at once.
+    apply(&store, tx(9)).unwrap();
+    assert_eq!((ids(a), ids(b)), (vec![30, 11], vec![40]));
+    assert_eq!(store.inode(b).unwrap().unwrap().size, 4096);
+    let mut garbage: Vec<u128> = store.garbage().unwrap().iter().map(|c| c.id).collect();
+    garbage.sort();
+    assert_eq!(garbage, vec![10, 20, 21]);
+}

@@ -15,6 +15,8 @@
 //! Adding a target: write its function, add one line to [`TARGETS`] with a
 //! few seed inputs; both ways pick it up.
 
+pub mod control_rpc;
+
 use ringfs_schema::frame::{decode_header, encode_header, Header, Hop, LockMode, Op, Status};
 use ringfs_schema::ids::ChunkId;
 
@@ -26,7 +28,13 @@ pub struct Target {
     pub run: fn(&[u8]),
     /// Valid or near-valid inputs to start from.
     pub seeds: fn() -> Vec<Vec<u8>>,
+    /// Seeded random inputs `cargo test` runs (and a fifteenth of that in
+    /// mutations of each seed): a few seconds' worth.
+    pub test_inputs: usize,
 }
+
+/// [`Target::test_inputs`] of a target that runs in microseconds.
+const QUICK: usize = 3000;
 
 /// Every fuzz target.
 pub const TARGETS: &[Target] = &[
@@ -34,16 +42,26 @@ pub const TARGETS: &[Target] = &[
         name: "frame_decoder",
         run: frame_decoder,
         seeds: frame_seeds,
+        test_inputs: QUICK,
     },
     Target {
         name: "chunk_header",
         run: ringfs_node::fuzz::chunk_header,
         seeds: no_seeds,
+        test_inputs: QUICK,
     },
     Target {
         name: "lock_table",
         run: ringfs_node::fuzz::lock_table,
         seeds: no_seeds,
+        test_inputs: QUICK,
+    },
+    Target {
+        name: "control_rpc",
+        run: control_rpc::control_rpc,
+        seeds: control_rpc::seeds,
+        // Every input is a connection to a server, a few milliseconds.
+        test_inputs: 300,
     },
 ];
 

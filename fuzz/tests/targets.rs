@@ -1,16 +1,12 @@
 //! Every fuzz target in `cargo test`, without libFuzzer: its checked-in
 //! corpus (`corpus/<target>/`: crashes found are kept there), its seeds,
-//! the seeds mutated, and seeded random inputs. Bounded: a few thousand
-//! inputs per target.
+//! the seeds mutated, and seeded random inputs. Bounded: a few seconds
+//! per target (`Target::test_inputs`).
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use ringfs_fuzz::TARGETS;
 use std::path::Path;
-
-/// Random inputs per target (plus the mutations of each seed).
-const RANDOM_INPUTS: usize = 3000;
-const MUTATIONS_PER_SEED: usize = 200;
 
 #[test]
 fn every_target_survives_its_corpus_and_random_inputs() {
@@ -27,7 +23,7 @@ fn every_target_survives_its_corpus_and_random_inputs() {
         }
         for seed in (t.seeds)() {
             (t.run)(&seed);
-            for _ in 0..MUTATIONS_PER_SEED {
+            for _ in 0..t.test_inputs / 15 {
                 let mut m = seed.clone();
                 for _ in 0..rng.random_range(1..4) {
                     match rng.random_range(0..3) {
@@ -42,7 +38,7 @@ fn every_target_survives_its_corpus_and_random_inputs() {
                 (t.run)(&m);
             }
         }
-        for _ in 0..RANDOM_INPUTS {
+        for _ in 0..t.test_inputs {
             let mut input = vec![0u8; rng.random_range(0..512)];
             rng.fill_bytes(&mut input);
             (t.run)(&input);

@@ -340,6 +340,42 @@ mod tests {
     const C: [u8; 16] = [7; 16];
     const L: Lease = Lease { inode: 5, epoch: 9 };
 
+    /// What authentication adds to the data and control paths, as figures
+    /// for docs/benchmarks.md (never a timed assertion): a node's check of
+    /// one capability (one HMAC-SHA256 over its 48 signed bytes, constant
+    /// time compare, scope and expiry), and the control server's check of
+    /// one connection's proof.
+    /// `cargo test --release -p ringfs-ops --lib capability_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn capability_cost() {
+        use std::hint::black_box;
+        const N: u32 = 200_000;
+        let keys = CapabilityKeys::new(b"secret-0123456789", 3);
+        let cap = keys.issue(Rights::READ_WRITE, C, L, u64::MAX);
+        let start = std::time::Instant::now();
+        for _ in 0..N {
+            let c = keys.verify(Some(black_box(&cap)), black_box(C), Rights::WRITE, 1);
+            black_box(c.unwrap());
+        }
+        let verify = start.elapsed() / N;
+        let key = [7u8; 32];
+        let challenge = [9u8; 32];
+        let proof = crate::auth::proof(&key, &challenge, "alice");
+        let start = std::time::Instant::now();
+        for _ in 0..N {
+            assert!(crate::auth::verify(
+                black_box(&key),
+                &challenge,
+                "alice",
+                black_box(&proof)
+            ));
+        }
+        let auth = start.elapsed() / N;
+        println!("capability verify: {verify:?} per chunk operation");
+        println!("connection proof check: {auth:?} per connection");
+    }
+
     #[test]
     fn a_capability_verifies_only_for_its_chunk_right_key_and_time() {
         let keys = CapabilityKeys::new(b"secret-0123456789", 3);

@@ -48,6 +48,18 @@ fn build(binaries: &[(&str, &str)], features: Option<&str>) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet"]);
+    // Cargo runs a test with the variables it sets for the crate under test
+    // (CARGO_MANIFEST_DIR and the like). Left in place, build scripts that
+    // watch them (ring's watches CARGO_MANIFEST_DIR) see a change from the
+    // `cargo test` that built this test, and rustls and every workspace
+    // crate above it are rebuilt here and again by the next `cargo test`:
+    // about a minute per test binary.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if is_set_by_cargo_for_the_crate(&name) {
+            cmd.env_remove(&*name);
+        }
+    }
     for (package, bin) in binaries {
         cmd.args(["-p", package, "--bin", bin]);
     }
@@ -60,4 +72,23 @@ fn build(binaries: &[(&str, &str)], features: Option<&str>) -> PathBuf {
     let status = cmd.status().expect("running cargo build");
     assert!(status.success(), "building {binaries:?} failed");
     profile_dir.to_path_buf()
+}
+
+/// The variables cargo sets when it runs a crate's tests or binaries
+/// (not the ones that configure cargo itself, such as CARGO_HOME or
+/// CARGO_TARGET_DIR, which the build must keep).
+fn is_set_by_cargo_for_the_crate(name: &str) -> bool {
+    name == "OUT_DIR"
+        || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }

@@ -39,6 +39,10 @@ fn writes_cut_mid_frame_are_never_applied_and_the_connection_is_not_reused() {
     local(async {
         let options = ClientOptions {
             request_timeout: Duration::from_millis(500),
+            // An overwrite takes an implicit lock on its node, and its
+            // deadline adds the lock wait: keep both short, so each cut
+            // ends in a second.
+            lock_wait: Duration::from_millis(500),
             ..ClientOptions::default()
         };
         let c = Client::connect_with(addr, &ringfs_tests::admin(), options)

@@ -217,35 +217,84 @@ fn put_with_write_quorum_three_fails_with_a_node_down_and_two_succeeds() {
     assert!(std::fs::read(&dst).unwrap() == data);
 }
 
-fn sha256(path: &Path) -> String {
-    run_ok(Command::new("sha256sum").arg(path))[..64].to_string()
+/// A stream of `len` bytes: one random block of a prime length repeated,
+/// so that no offset error by a multiple of a chunk or a transfer block
+/// (powers of two) reads back the bytes it should have.
+struct BigStream {
+    block: Vec<u8>,
 }
 
+impl BigStream {
+    fn new() -> Self {
+        let mut block = vec![0u8; 1_000_003];
+        rand::Rng::fill(&mut rand::rng(), &mut block[..]);
+        BigStream { block }
+    }
+
+    /// The bytes at `offset..offset + out.len()`.
+    fn expected(&self, mut offset: u64, out: &mut [u8]) {
+        let mut done = 0;
+        while done < out.len() {
+            let at = (offset % self.block.len() as u64) as usize;
+            let n = (self.block.len() - at).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.block[at..at + n]);
+            done += n;
+            offset += n as u64;
+        }
+    }
+}
+
+/// Streams 2 GiB through `put -` and `get ... -` (no local copies: the
+/// test's time is ringfs's, not the local disk's) and compares every byte.
 #[test]
 fn put_and_get_of_a_2_gib_file_are_byte_identical() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
     let cl = Cluster::start(3);
-    let local = tempfile::tempdir().unwrap();
-    let src = local.path().join("big.in");
     let len: u64 = 2 << 30;
-    // Random bytes: no pattern that a wrong offset could reproduce.
-    let copied = std::io::copy(
-        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), len),
-        &mut std::fs::File::create(&src).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(copied, len);
-    let dst = local.path().join("big.out");
-    ok(
-        &cl,
-        &["put", "--replication", "1", src.to_str().unwrap(), "/big"],
-    );
-    ok(&cl, &["get", "/big", dst.to_str().unwrap()]);
-    assert_eq!(std::fs::metadata(&dst).unwrap().len(), len);
-    assert_eq!(
-        sha256(&src),
-        sha256(&dst),
-        "get returned other bytes than put stored"
-    );
+    let stream = std::sync::Arc::new(BigStream::new());
+    let mut put = ringfs(&cl, &["put", "--replication", "1", "-", "/big"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = put.stdin.take().unwrap();
+    let source = stream.clone();
+    let feeder = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let n = buf.len().min((len - at) as usize);
+            source.expected(at, &mut buf[..n]);
+            stdin.write_all(&buf[..n]).unwrap();
+            at += n as u64;
+        }
+    });
+    feeder.join().unwrap();
+    assert!(put.wait().unwrap().success(), "put - failed");
+
+    let mut get = ringfs(&cl, &["get", "/big", "-"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = get.stdout.take().unwrap();
+    let (mut got, mut want) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+    let mut at = 0u64;
+    loop {
+        let n = out.read(&mut got).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(at + n as u64 <= len, "get returned more than {len} bytes");
+        stream.expected(at, &mut want[..n]);
+        assert!(
+            got[..n] == want[..n],
+            "get returned other bytes than put stored, in {at}..{}",
+            at + n as u64
+        );
+        at += n as u64;
+    }
+    assert!(get.wait().unwrap().success(), "get failed");
+    assert_eq!(at, len, "get returned {at} of {len} bytes");
 }
 
 /// `ringfs fsck` exits 0 on a healthy cluster; with a node down it names the

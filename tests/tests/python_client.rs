@@ -65,12 +65,18 @@ fn run_python(cl: &Cluster, args: &[&str], done: &str) {
         .env("RINGFS_BENCH_MIB", "16")
         .output()
         .expect("running python3");
+    assert_python_ok(&out, done);
+}
+
+/// Checks that a Python test script ended well, said `done` and left no
+/// asyncio task behind.
+fn assert_python_ok(out: &std::process::Output, done: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "python cluster test failed:\n{stdout}\n{stderr}"
+        "python test failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains(done), "{stdout}");
     assert!(
@@ -131,4 +137,61 @@ fn python_package_verified_reads_outvote_a_diverged_replica() {
         let limit = std::time::Duration::from_secs(30);
         wait_replicas_agree(c, "/v3", limit, "the reported replica repaired").await;
     });
+}
+
+/// The Python package over TLS (client/python/tests/tls_test.py): a file
+/// written and read back byte for byte through a TLS-only control server
+/// and node; a plaintext client, a server certificate of another CA, a
+/// client certificate of another CA and a key file others may read are
+/// each refused, clearly and at once.
+#[test]
+fn python_package_speaks_tls_and_refuses_what_rust_refuses() {
+    use ringfs_tests::tls::{load, tls_flags, Pki};
+    if !python_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let stranger = Pki::new(dir.path(), "other-ca");
+    let flags = tls_flags(&pki.server("server"));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let control = ringfs_tests::ControlProcess::start(dir.path(), "127.0.0.1:0", &flags);
+    let _node = ringfs_tests::NodeProcess::start(dir.path(), "n0", control.addr, &flags);
+    let client = pki.client("client");
+    let tls = load(&client);
+    ringfs_tests::local(async {
+        let c = ringfs_client::ControlClient::connect_tls(
+            control.addr,
+            &ringfs_tests::admin(),
+            Some(&tls),
+        )
+        .await
+        .expect("connecting over TLS");
+        let start = std::time::Instant::now();
+        while !c.cluster_map().await.unwrap().nodes.iter().any(|n| n.up) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let intruder = stranger.client("intruder");
+    let out = Command::new("python3")
+        .arg(package_dir().join("tests/tls_test.py"))
+        .env("PYTHONPATH", package_dir())
+        .env("RINGFS_CONTROL", control.addr.to_string())
+        .env(
+            "RINGFS_CREDENTIAL",
+            ringfs_tests::admin_credential(dir.path()),
+        )
+        .env("TLS_CA", &client.ca)
+        .env("TLS_CERT", &client.cert)
+        .env("TLS_KEY", &client.key)
+        .env("OTHER_CA", &intruder.ca)
+        .env("INTRUDER_CERT", &intruder.cert)
+        .env("INTRUDER_KEY", &intruder.key)
+        .env_remove("RINGFS_TLS_CA")
+        .env_remove("RINGFS_TLS_CERT")
+        .env_remove("RINGFS_TLS_KEY")
+        .output()
+        .expect("running python3");
+    assert_python_ok(&out, "python tls test: all ok");
 }

@@ -351,8 +351,23 @@ fn mode_bits_keep_two_users_apart_and_the_admin_may_do_everything() {
             .expect("health counts are anyone's");
         denied(alice.take_snapshot().await, "takeSnapshot");
 
-        // Revoking Bob refuses his open connection's next call, and new ones.
+        // Revoking Bob refuses his open connection's next call, and new ones;
+        // the file he holds open for writing gives him nothing more (no
+        // records, so no fresh capabilities) and its lease is released.
+        bob.create("/home/bob/notes", CreateOptions::default())
+            .await
+            .unwrap();
+        let held = bob.open("/home/bob/notes", true, NO_WAIT).await.unwrap();
+        held.get_chunks(0, 1)
+            .await
+            .expect("the owner's handle works");
         admin.remove_user("bob").await.unwrap();
+        let e = held.get_chunks(0, 1).await.unwrap_err();
+        assert!(matches!(e, Error::Unauthenticated(_)), "{e}");
+        admin
+            .open("/home/bob/notes", true, NO_WAIT)
+            .await
+            .expect("the removed user's write lease was released");
         let e = bob.stat("/home").await.unwrap_err();
         assert!(matches!(e, Error::Unauthenticated(_)), "{e}");
         let e = ControlClient::connect(server.addr, &bob_cred)

@@ -5,6 +5,7 @@ on top of asyncio), or use `ringfs.sync.Client` from synchronous code."""
 import asyncio
 import io
 
+from . import tls
 from .control import Control
 from .datapath import ChunkIO, Writer
 
@@ -48,12 +49,16 @@ class Client:
         self.io = ChunkIO(ctl, **options)
 
     @classmethod
-    async def connect(cls, address, credential=None, request_timeout=30.0, lock_wait=10.0):
+    async def connect(cls, address, credential=None, request_timeout=30.0, lock_wait=10.0,
+                      tls_ca=None, tls_cert=None, tls_key=None):
         """Connects to the control server at `"host:port"`, checks the
         protocol version and authenticates as `credential` (a
         `ringfs.Credential`; default: `$RINGFS_CREDENTIAL`, else
-        `~/.config/ringfs/credential`)."""
-        ctl = await Control.connect(address, credential)
+        `~/.config/ringfs/credential`). With `tls_ca`, `tls_cert` and
+        `tls_key` (default: `$RINGFS_TLS_CA`, `$RINGFS_TLS_CERT`,
+        `$RINGFS_TLS_KEY`), every connection is mutual TLS with the
+        cluster CA (see `ringfs.tls`)."""
+        ctl = await Control.connect(address, credential, tls.resolve(tls_ca, tls_cert, tls_key))
         return cls(ctl, request_timeout=request_timeout, lock_wait=lock_wait)
 
     async def close(self):

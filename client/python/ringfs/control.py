@@ -6,9 +6,11 @@ import dataclasses
 import functools
 import time
 
+import ssl as ssl_module
+
 import capnp
 
-from . import errors
+from . import errors, tls
 from ._schema import PROTOCOL_VERSION, control
 from .credential import Credential
 
@@ -77,28 +79,54 @@ def _typed(f):
 class Control:
     """A connection to the control server (said hello to, authenticated)."""
 
-    def __init__(self, client, cap):
+    def __init__(self, client, cap, ssl=None):
         self._client = client  # keeps the connection alive
         self._cap = cap
         self.server_version = ""
+        #: The TLS context of this client's connections (None: plaintext):
+        #: the storage-node connections use it too.
+        self.ssl = ssl
 
     @classmethod
-    @_typed
-    async def connect(cls, address, credential=None):
-        """Connects, checks the protocol version and authenticates as
+    async def connect(cls, address, credential=None, ssl=None):
+        """Connects (over TLS with `ssl`, an `ssl.SSLContext` from
+        `ringfs.tls`), checks the protocol version and authenticates as
         `credential` (default: `Credential.default()`)."""
         if credential is None:
             credential = Credential.default()
         host, port = address.rsplit(":", 1)
         try:
-            stream = await capnp.AsyncIoStream.create_connection(host=host.strip("[]"), port=int(port))
+            stream = await capnp.AsyncIoStream.create_connection(
+                host=host.strip("[]"), port=int(port), ssl=ssl,
+                server_hostname=tls.server_hostname(host) if ssl else None)
+        except ssl_module.SSLError as e:
+            # The server is not TLS, or its certificate is not from the
+            # cluster CA or not for this host: retrying will not help.
+            raise errors.Unauthenticated(
+                f"control server {address}: TLS handshake failed: {e}") from None
         except OSError as e:
             raise errors.Unavailable(f"control server {address}: cannot connect: {e}") from e
         client = capnp.TwoPartyClient(stream)
-        self = cls(client, client.bootstrap().cast_as(control.Control))
-        r = await self._cap.hello(PROTOCOL_VERSION)
+        self = cls(client, client.bootstrap().cast_as(control.Control), ssl)
+        try:
+            r = await self._cap.hello(PROTOCOL_VERSION)
+        except capnp.KjException as e:
+            err = errors.from_capnp(e)
+            if isinstance(err, errors.Unavailable):
+                # A transport failure: what a TLS-only server does to a
+                # plaintext hello, or a TLS server to a certificate it
+                # does not trust (TLS 1.3 reports that after the handshake).
+                why = ("does the cluster require TLS? see tls_ca" if ssl is None
+                       else "did it refuse this client's TLS certificate?")
+                raise errors.Unavailable(
+                    f"control server {address} closed the connection before answering "
+                    f"hello ({why})") from None
+            raise err from None
         self.server_version = r.serverVersion
-        await self._cap.authenticate(credential.user, credential.proof(bytes(r.challenge)))
+        try:
+            await self._cap.authenticate(credential.user, credential.proof(bytes(r.challenge)))
+        except capnp.KjException as e:
+            raise errors.from_capnp(e) from None
         return self
 
     @_typed

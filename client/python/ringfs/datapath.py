@@ -124,7 +124,7 @@ class ChunkIO:
 
     def __init__(self, control, request_timeout=30.0, lock_wait=10.0):
         self.control = control
-        self.pool = frames.NodePool()
+        self.pool = frames.NodePool(ssl=control.ssl)
         self.client_id = new_client_id()
         self.request_timeout = request_timeout
         self.lock_wait = lock_wait

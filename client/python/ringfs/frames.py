@@ -9,9 +9,10 @@ answered `wait` completes with the later `lockGranted` frame.
 
 import asyncio
 import itertools
+import ssl as ssl_module
 import struct
 
-from . import errors
+from . import errors, tls
 from ._schema import MAX_CHUNK_SIZE, data
 
 #: Largest header a node sends or accepts (room for a whole chunk's CRCs).
@@ -97,11 +98,20 @@ class NodeConn:
         self._reading = asyncio.ensure_future(self._read_loop())
 
     @classmethod
-    async def open(cls, address, timeout):
+    async def open(cls, address, timeout, ssl=None):
+        """Connects to `address` within `timeout` seconds, over TLS with
+        `ssl` (an `ssl.SSLContext` from `ringfs.tls`: the node's
+        certificate is checked against the cluster CA and the host)."""
         host, port = address.rsplit(":", 1)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port), limit=1 << 20), timeout)
+                asyncio.open_connection(
+                    host.strip("[]"), int(port), limit=1 << 20, ssl=ssl,
+                    server_hostname=tls.server_hostname(host) if ssl else None),
+                timeout)
+        except ssl_module.SSLError as e:
+            raise errors.Unauthenticated(
+                f"storage node {address}: TLS handshake failed: {e}") from None
         except (OSError, asyncio.TimeoutError) as e:
             raise errors.Unavailable(f"storage node {address}: cannot connect: {e}") from e
         return cls(address, reader, writer)
@@ -196,10 +206,11 @@ class NodeConn:
 class NodePool:
     """One connection per shard endpoint, reopened after it failed."""
 
-    def __init__(self, connect_timeout=10.0):
+    def __init__(self, connect_timeout=10.0, ssl=None):
         self._conns = {}
         self._opening = {}
         self._timeout = connect_timeout
+        self._ssl = ssl
 
     async def get(self, address):
         c = self._conns.get(address)
@@ -209,7 +220,7 @@ class NodePool:
         # would be orphaned, its read loop never closed.
         opening = self._opening.get(address)
         if opening is None:
-            opening = asyncio.ensure_future(NodeConn.open(address, self._timeout))
+            opening = asyncio.ensure_future(NodeConn.open(address, self._timeout, self._ssl))
             self._opening[address] = opening
             try:
                 c = await opening

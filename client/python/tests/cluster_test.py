@@ -12,7 +12,6 @@ only prints) the sequential
 `ringfs` CLI on the same cluster.
 """
 
-import hashlib
 import io
 import os
 import signal
@@ -25,22 +24,14 @@ import ringfs
 from ringfs import errors
 from ringfs.sync import Client as SyncClient
 
+from patterns import pattern
+
 CONTROL = os.environ["RINGFS_CONTROL"]
 CLI = os.environ["RINGFS_CLI"]
 # node id -> (the pid of that storage node's process, its data directory)
 NODES = {int(i): (int(pid), d) for i, pid, d in
          (n.split(":", 2) for n in os.environ["RINGFS_NODES"].split(","))}
 CHUNK = 64 * 1024
-
-
-def pattern(n, seed):
-    """Deterministic bytes, different for every seed and offset."""
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
 
 
 def cli(*args, stdin=None):

@@ -31,7 +31,7 @@ pub(super) struct ControlImpl {
     /// Whether this connection's `hello` succeeded (every other call is
     /// refused until then, so a peer of another protocol version cannot
     /// get anything done by skipping it), and who it authenticated as.
-    pub(super) session: Session,
+    pub(super) session: Rc<Session>,
 }
 
 impl ControlImpl {
@@ -375,6 +375,12 @@ impl control::Server for ControlImpl {
                     }
                 };
                 self.state.live_epochs.borrow_mut().insert(epoch, ino);
+                let handle = crate::leases::WriteHandle {
+                    inode: ino,
+                    epoch,
+                    uid: who.caller.uid,
+                };
+                self.state.write_handles.borrow_mut().insert(guid, handle);
             }
             let handle = FileHandleImpl {
                 state: self.state.clone(),
@@ -383,6 +389,7 @@ impl control::Server for ControlImpl {
                 write,
                 epoch,
                 closed: Cell::new(false),
+                session: self.session.clone(),
             };
             // The file may have been removed while we waited for the lease.
             let attr_now = match self.state.store.inode(ino)? {
@@ -877,6 +884,17 @@ impl control::Server for ControlImpl {
                 .await?;
             tracing::info!(user = name, "user removed");
             Ok(())
+        })
+    }
+
+    fn commit_transaction(
+        self: CapRc<Self>,
+        params: control::CommitTransactionParams,
+        results: control::CommitTransactionResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let who = self.principal()?;
+            super::transaction::commit(&self.state, &who, params, results).await
         })
     }
 

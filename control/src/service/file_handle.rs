@@ -14,6 +14,7 @@ use ringfs_schema::control_capnp::{chunk_record, file_handle};
 use ringfs_schema::read_chunk_id;
 
 use super::convert::{fill_attr, fill_chunk_record, now_ns, read_chunk_record, wire};
+use super::session::Session;
 use super::MAX_CHUNKS_PER_CALL;
 use crate::cluster_state::State;
 use crate::error::{ControlError, Result};
@@ -30,12 +31,22 @@ pub(super) struct FileHandleImpl {
     /// The write epoch of this handle's lease (0 for read handles).
     pub(super) epoch: u64,
     pub(super) closed: Cell<bool>,
+    /// The session of the connection that opened it: once its user is
+    /// removed, the handle's next call is refused and its lease released
+    /// (docs/architecture.md, "Authentication and authorization").
+    pub(super) session: Rc<Session>,
 }
 
 impl FileHandleImpl {
     fn check_open(&self) -> Result<()> {
         if self.closed.get() {
             return Err(ControlError::StaleHandle("the handle is closed".into()));
+        }
+        if let Err(e) = self.session.principal(&self.state) {
+            // Its user was removed: no more chunk records or commits, and
+            // other writers need not wait for this connection to end.
+            self.release();
+            return Err(e);
         }
         Ok(())
     }
@@ -92,44 +103,12 @@ impl FileHandleImpl {
         )
     }
 
-    /// Refuses a commit unless every record carries a capability of this
-    /// lease with write on its chunk: one this handle's `getChunks` gave
-    /// (a chunk of this file), or one a node gave when it minted the chunk
-    /// under this lease's reserve capability. So a writer cannot commit
-    /// another file's chunk id (and have it collected with this file).
-    /// The expiry does not matter here: the lease, checked live, is the
-    /// scope.
+    /// See [`check_commit_capabilities`].
     fn check_commit_capabilities(
         &self,
         list: capnp::struct_list::Reader<chunk_record::Owned>,
     ) -> Result<()> {
-        for r in list.iter() {
-            let id = read_chunk_id(r.get_chunk_id()?);
-            let refuse = |why: String| {
-                ControlError::PermissionDenied(format!(
-                    "commit of chunk {id:032x} at index {}: {why}",
-                    r.get_index()
-                ))
-            };
-            let cap = capability::from_wire(r.get_capability()?)
-                .map_err(|e| refuse(e.to_string()))?
-                .ok_or_else(|| refuse("the record carries no capability".into()))?;
-            let claims = self
-                .state
-                .capabilities
-                .authenticate(&cap)
-                .map_err(|e| refuse(e.to_string()))?;
-            if claims.chunk != id.to_be_bytes() {
-                return Err(refuse("its capability is for another chunk".into()));
-            }
-            if !claims.rights.contains(Rights::WRITE) || claims.lease != self.lease() {
-                return Err(refuse(
-                    "its capability is not one of this write lease (a chunk of another file?)"
-                        .into(),
-                ));
-            }
-        }
-        Ok(())
+        check_commit_capabilities(&self.state, self.lease(), list)
     }
 
     fn release(&self) {
@@ -140,8 +119,58 @@ impl FileHandleImpl {
                 .release(self.inode, &self.guid);
             // Chunks this lease wrote and did not commit are orphans now.
             self.state.live_epochs.borrow_mut().remove(&self.epoch);
+            self.state.write_handles.borrow_mut().remove(&self.guid);
             self.state.rescan.set(true);
         }
+    }
+}
+
+/// Refuses a commit unless every record carries a capability of `lease`
+/// with write on its chunk: one this handle's `getChunks` gave (a chunk of
+/// this file), or one a node gave when it minted the chunk under this
+/// lease's reserve capability. So a writer cannot commit another file's
+/// chunk id (and have it collected with this file). The expiry does not
+/// matter here: the lease, checked live, is the scope.
+pub(super) fn check_commit_capabilities(
+    state: &State,
+    lease: Lease,
+    list: capnp::struct_list::Reader<chunk_record::Owned>,
+) -> Result<()> {
+    for r in list.iter() {
+        let id = read_chunk_id(r.get_chunk_id()?);
+        let refuse = |why: String| {
+            ControlError::PermissionDenied(format!(
+                "commit of chunk {id:032x} at index {}: {why}",
+                r.get_index()
+            ))
+        };
+        let cap = capability::from_wire(r.get_capability()?)
+            .map_err(|e| refuse(e.to_string()))?
+            .ok_or_else(|| refuse("the record carries no capability".into()))?;
+        let claims = state
+            .capabilities
+            .authenticate(&cap)
+            .map_err(|e| refuse(e.to_string()))?;
+        if claims.chunk != id.to_be_bytes() {
+            return Err(refuse("its capability is for another chunk".into()));
+        }
+        if !claims.rights.contains(Rights::WRITE) || claims.lease != lease {
+            return Err(refuse(
+                "its capability is not one of this write lease (a chunk of another file?)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Notes that `chunks` are being committed now, before the commit becomes
+/// visible: the planner must never judge the new records by reports taken
+/// before these writes.
+pub(super) fn note_committed(state: &State, chunks: &[(u64, crate::records::Chunk)]) {
+    let now = Instant::now();
+    let mut repair = state.repair.borrow_mut();
+    for (_, c) in chunks {
+        repair.committed_at.insert(c.id, now);
     }
 }
 
@@ -244,15 +273,7 @@ impl file_handle::Server for FileHandleImpl {
                 .iter()
                 .map(read_chunk_record)
                 .collect::<Result<Vec<_>>>()?;
-            // Before the commit becomes visible: the planner must never see
-            // the new record judged by reports taken before these writes.
-            {
-                let now = Instant::now();
-                let mut repair = self.state.repair.borrow_mut();
-                for (_, c) in &chunks {
-                    repair.committed_at.insert(c.id, now);
-                }
-            }
+            note_committed(&self.state, &chunks);
             let fewest_replicas = chunks.iter().map(|(_, c)| c.replicas.len()).min();
             let m = Mutation::CommitChunks {
                 inode: self.inode,

@@ -21,6 +21,7 @@ mod convert;
 mod file_handle;
 mod session;
 mod subscription;
+mod transaction;
 
 pub use convert::now_ns;
 pub(crate) use convert::{fill_command, read_command_result};

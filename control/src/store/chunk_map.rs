@@ -140,18 +140,150 @@ pub(super) fn commit_chunks(
     file_size: u64,
     now_ns: i64,
 ) -> Result<Outcome> {
+    let attr = open_file(&txn.open_table(INODES)?, ino)?;
+    if file_size < attr.size {
+        return Err(ControlError::InvalidArgument(format!(
+            "commit would shrink the file from {} to {file_size} bytes; truncate with setSize",
+            attr.size
+        )));
+    }
+    let plan = check_records(txn, ino, attr, epoch, new, file_size, u64::MAX)?;
+    // Every check has passed: from here on only writes.
+    let (ino, attr) = plan.apply(txn, new, now_ns)?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
+/// One file of a [`super::Mutation::CommitTransaction`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TxFile {
+    /// The file.
+    pub inode: u64,
+    /// The write epoch of the lease the transaction holds on it.
+    pub epoch: u64,
+    /// First truncate to this size (`u64::MAX`: no truncation).
+    pub truncate_to: u64,
+    /// (chunk index, record) pairs stored after the truncation.
+    pub chunks: Vec<(u64, Chunk)>,
+    /// The file's size afterwards, exactly.
+    pub file_size: u64,
+}
+
+/// Most files one transaction commits.
+pub const MAX_TX_FILES: usize = 64;
+
+/// See [`super::Mutation::CommitTransaction`]: every file is checked
+/// before the first write, so a refusal of any file leaves every file as
+/// it was; then each is truncated (as [`set_size`] does) and its records
+/// stored (as [`commit_chunks`] does). A record may not name a chunk the
+/// truncation drops from the file (it would be collected while recorded),
+/// and no chunk id may appear twice in the transaction.
+pub(super) fn commit_transaction(
+    txn: &WriteTransaction,
+    files: &[TxFile],
+    now_ns: i64,
+) -> Result<Outcome> {
     let bad = |s: String| Err(ControlError::InvalidArgument(s));
-    let mut inodes = txn.open_table(INODES)?;
-    let mut attr = open_file(&inodes, ino)?;
+    if files.is_empty() || files.len() > MAX_TX_FILES {
+        return bad(format!(
+            "a transaction commits 1 to {MAX_TX_FILES} files, not {}",
+            files.len()
+        ));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut plans = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        if files[..i].iter().any(|g| g.inode == f.inode) {
+            return bad(format!(
+                "inode {} appears twice in one transaction",
+                f.inode
+            ));
+        }
+        for (index, c) in &f.chunks {
+            if !ids.insert(c.id) {
+                return bad(format!(
+                    "chunk {:032x} (index {index} of inode {}) appears twice in one transaction",
+                    c.id, f.inode
+                ));
+            }
+        }
+        let attr = open_file(&txn.open_table(INODES)?, f.inode)?;
+        let cut = f.truncate_to.min(f.file_size);
+        plans.push(check_records(
+            txn,
+            f.inode,
+            attr,
+            f.epoch,
+            &f.chunks,
+            f.file_size,
+            cut,
+        )?);
+    }
+    // Every check of every file has passed: from here on only writes.
+    let mut attrs = Vec::with_capacity(files.len());
+    for (f, plan) in files.iter().zip(plans) {
+        let cut = f.truncate_to.min(f.file_size);
+        if cut < plan.attr.size {
+            truncate(txn, f.inode, plan.attr.chunk_size, cut)?;
+        }
+        attrs.push(plan.apply(txn, &f.chunks, now_ns)?);
+    }
+    Ok(Outcome::Attrs(attrs))
+}
+
+/// What storing checked records changes: the file's inode as it will be
+/// and the records they replace (to the garbage table).
+struct CommitPlan {
+    ino: u64,
+    attr: Inode,
+    file_size: u64,
+    replaced: Vec<Chunk>,
+}
+
+impl CommitPlan {
+    /// Stores `new` (the records the plan was checked for), the replaced
+    /// ones to garbage, and the size. Writes only.
+    fn apply(
+        self,
+        txn: &WriteTransaction,
+        new: &[(u64, Chunk)],
+        now_ns: i64,
+    ) -> Result<(u64, Inode)> {
+        let mut chunks = txn.open_table(CHUNKS)?;
+        for (index, c) in new {
+            chunks.insert((self.ino, *index), c.encode().as_slice())?;
+        }
+        if !self.replaced.is_empty() {
+            let mut garbage = txn.open_table(GARBAGE)?;
+            for old in &self.replaced {
+                garbage.insert(old.id, old.encode().as_slice())?;
+            }
+        }
+        let mut attr = self.attr;
+        attr.size = self.file_size;
+        attr.touch(now_ns);
+        txn.open_table(INODES)?
+            .insert(self.ino, attr.encode().as_slice())?;
+        Ok((self.ino, attr))
+    }
+}
+
+/// Checks records `new` of file `ino` (inode `attr`) for a commit under
+/// `epoch` that leaves the file `file_size` bytes long, after a truncation
+/// to `cut` (`u64::MAX`: none): the rules of [`commit_chunks`], and no
+/// record of a chunk the truncation drops. Reads only.
+fn check_records(
+    txn: &WriteTransaction,
+    ino: u64,
+    attr: Inode,
+    epoch: u64,
+    new: &[(u64, Chunk)],
+    file_size: u64,
+    cut: u64,
+) -> Result<CommitPlan> {
+    let bad = |s: String| Err(ControlError::InvalidArgument(s));
     if file_size > MAX_FILE_SIZE {
         return bad(format!(
             "file size {file_size} is above the limit {MAX_FILE_SIZE}"
-        ));
-    }
-    if file_size < attr.size {
-        return bad(format!(
-            "commit would shrink the file from {} to {file_size} bytes; truncate with setSize",
-            attr.size
         ));
     }
     let known_nodes = {
@@ -162,7 +294,16 @@ pub(super) fn commit_chunks(
         }
         ids
     };
-    let mut chunks = txn.open_table(CHUNKS)?;
+    // The truncation trims the chunk holding `cut` (a record of that same
+    // chunk would undo the trim) and drops every chunk past it (to
+    // garbage: a record of one would be collected while recorded).
+    let cs = attr.chunk_size as u64;
+    let (first_cut, first_dropped) = if cut < attr.size {
+        (cut / cs, cut.div_ceil(cs))
+    } else {
+        (u64::MAX, u64::MAX)
+    };
+    let chunks = txn.open_table(CHUNKS)?;
     let dropped = txn.open_table(GARBAGE)?;
     let mut replaced = Vec::new();
     for (i, (index, c)) in new.iter().enumerate() {
@@ -213,6 +354,12 @@ pub(super) fn commit_chunks(
                         c.version, old.version
                     ));
                 }
+                if *index >= first_cut {
+                    return bad(format!(
+                        "chunk {index}: chunk {:032x} is cut by this commit's truncation",
+                        c.id
+                    ));
+                }
             }
             _ => {
                 if c.version.epoch != epoch || c.version == Version::NONE {
@@ -231,25 +378,17 @@ pub(super) fn commit_chunks(
                 }
             }
         }
-        if let Some(old) = old.filter(|o| o.id != c.id) {
+        // A record the truncation drops is collected by it already.
+        if let Some(old) = old.filter(|o| o.id != c.id && *index < first_dropped) {
             replaced.push(old);
         }
     }
-    drop(dropped);
-    // Every check has passed: from here on only writes.
-    for (index, c) in new {
-        chunks.insert((ino, *index), c.encode().as_slice())?;
-    }
-    if !replaced.is_empty() {
-        let mut garbage = txn.open_table(GARBAGE)?;
-        for old in replaced {
-            garbage.insert(old.id, old.encode().as_slice())?;
-        }
-    }
-    attr.size = file_size;
-    attr.touch(now_ns);
-    inodes.insert(ino, attr.encode().as_slice())?;
-    Ok(Outcome::Attr(ino, attr))
+    Ok(CommitPlan {
+        ino,
+        attr,
+        file_size,
+        replaced,
+    })
 }
 
 pub(super) fn set_size(
@@ -267,24 +406,28 @@ pub(super) fn set_size(
     }
     // Every check has passed: from here on only writes.
     if size < attr.size {
-        let cs = attr.chunk_size as u64;
-        // The chunk holding the new end keeps only the bytes before it, so
-        // that a later extension reads zeros there, not the old bytes.
-        let first_dropped = size.div_ceil(cs);
-        if !size.is_multiple_of(cs) {
-            let mut chunks = txn.open_table(CHUNKS)?;
-            let index = size / cs;
-            if let Some(mut c) = get_chunk(&chunks, ino, index)? {
-                c.length = c.length.min((size % cs) as u32);
-                chunks.insert((ino, index), c.encode().as_slice())?;
-            }
-        }
-        drop_chunks_from(txn, ino, first_dropped)?;
+        truncate(txn, ino, attr.chunk_size, size)?;
     }
     attr.size = size;
     attr.touch(now_ns);
     inodes.insert(ino, attr.encode().as_slice())?;
     Ok(Outcome::Attr(ino, attr))
+}
+
+/// Drops the chunk records of `ino` past `size` bytes (to garbage). The
+/// chunk holding the new end keeps only the bytes before it, so that a
+/// later extension reads zeros there, not the old bytes. Writes only.
+fn truncate(txn: &WriteTransaction, ino: u64, chunk_size: u32, size: u64) -> Result<()> {
+    let cs = chunk_size as u64;
+    if !size.is_multiple_of(cs) {
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let index = size / cs;
+        if let Some(mut c) = get_chunk(&chunks, ino, index)? {
+            c.length = c.length.min((size % cs) as u32);
+            chunks.insert((ino, index), c.encode().as_slice())?;
+        }
+    }
+    drop_chunks_from(txn, ino, size.div_ceil(cs))
 }
 
 /// See [`super::Mutation::ReplicaCopied`].

@@ -43,7 +43,7 @@ mod tables;
 pub mod users;
 
 pub use access::Caller;
-pub use chunk_map::{MapEntry, MAX_FILE_SIZE};
+pub use chunk_map::{MapEntry, TxFile, MAX_FILE_SIZE, MAX_TX_FILES};
 pub use mutation::{Batch, Mutation, Outcome, Request};
 pub use namespace::{
     validate_layout, AttrChange, CreateOptions, Entry, FileDefaults, MAX_CHUNK_SIZE,
@@ -138,6 +138,12 @@ impl MetaStore {
     /// directory on the way, else `permission_denied`).
     pub fn stat_as(&self, who: &Caller, path: &str) -> Result<(u64, Inode)> {
         namespace::stat(&self.db.begin_read()?, who, path)
+    }
+
+    /// The remembered answer of request `id`, if a mutation with that id
+    /// was applied and its id is still kept.
+    pub fn answer(&self, id: u128) -> Result<Option<requests::Answer>> {
+        requests::lookup_read(&self.db.begin_read()?, id)
     }
 
     /// The inode numbered `inode`, if it exists.

@@ -8,9 +8,10 @@
 use redb::WriteTransaction;
 
 use super::access::Caller;
+use super::chunk_map::{self, TxFile};
 use super::namespace::{self, AttrChange, CreateOptions, FileDefaults};
 use super::tables::COUNTERS;
-use super::{chunk_map, nodes, users};
+use super::{nodes, users};
 use crate::error::Result;
 use crate::records::{Chunk, Inode, Kind, User};
 use ringfs_schema::Version;
@@ -166,6 +167,15 @@ pub enum Mutation {
         /// Nodes that deleted their copy.
         nodes: Vec<u64>,
     },
+    /// A transaction across files: truncates and stores chunk records of
+    /// every file, all or none (see [`chunk_map::commit_transaction`]).
+    /// The leases were checked by the caller.
+    CommitTransaction {
+        /// The files, each at most once.
+        files: Vec<TxFile>,
+        /// The files' new mtime.
+        now_ns: i64,
+    },
 }
 
 impl Mutation {
@@ -217,6 +227,9 @@ pub enum Outcome {
     Epoch(u64),
     /// A user was added.
     User(String, User),
+    /// The inode numbers and attributes of the files a transaction
+    /// committed, in its order.
+    Attrs(Vec<(u64, Inode)>),
 }
 
 /// Applies `m` inside `txn`. A refusal (any error but a storage failure,
@@ -295,5 +308,8 @@ pub(super) fn apply(
             drop,
         } => chunk_map::replica_copied(txn, *inode, *index, *id, *version, *length, *target, drop),
         Mutation::GarbageDone { id, nodes } => chunk_map::garbage_done(txn, *id, nodes),
+        Mutation::CommitTransaction { files, now_ns } => {
+            chunk_map::commit_transaction(txn, files, *now_ns)
+        }
     }
 }

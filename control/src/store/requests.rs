@@ -77,7 +77,18 @@ struct Remembered {
 /// The remembered answer of request `id`, if it was applied and not yet
 /// forgotten.
 pub(super) fn lookup(txn: &WriteTransaction, id: u128) -> Result<Option<Answer>> {
-    let table = txn.open_table(REQUESTS)?;
+    read_answer(&txn.open_table(REQUESTS)?, id)
+}
+
+/// [`lookup`] in a read transaction.
+pub(super) fn lookup_read(txn: &redb::ReadTransaction, id: u128) -> Result<Option<Answer>> {
+    read_answer(&txn.open_table(REQUESTS)?, id)
+}
+
+fn read_answer(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    id: u128,
+) -> Result<Option<Answer>> {
     let Some(v) = table.get(id)? else {
         return Ok(None);
     };
