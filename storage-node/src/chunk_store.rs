@@ -127,7 +127,7 @@ struct Chunk<F> {
     io_lock: RwLock<()>,
     /// Admits the chunk's writes one at a time, in arrival order (FIFO):
     /// see `chunk_store/pipeline.rs`.
-    admit: pipeline::Fifo,
+    admit: crate::fifo::Fifo,
     /// Writes admitted and not yet applied.
     pipe: RefCell<pipeline::Pipe>,
     /// A write failed after its record may have become durable (or after
@@ -144,7 +144,7 @@ impl<F> Chunk<F> {
             file: Rc::new(file),
             meta: RefCell::new(meta),
             io_lock: RwLock::new(()),
-            admit: pipeline::Fifo::default(),
+            admit: crate::fifo::Fifo::default(),
             pipe: RefCell::default(),
             failed: std::cell::Cell::new(false),
         }
@@ -892,7 +892,7 @@ where
 async fn quiesce<F>(
     chunk: &Chunk<F>,
 ) -> Option<(
-    pipeline::FifoGuard<'_>,
+    crate::fifo::FifoGuard<&crate::fifo::Fifo>,
     glommio::sync::RwLockWriteGuard<'_, ()>,
 )> {
     let admit = chunk.admit.lock().await;

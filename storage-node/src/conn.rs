@@ -25,6 +25,7 @@
 use crate::chunk_store::WriteBuf;
 use crate::ops::OpError;
 use crate::shard::{stopped, Shard, StopSignal};
+use crate::write_order::{Ticket, WriteOrder};
 use futures::channel::{mpsc, oneshot};
 use futures::io::WriteHalf;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -170,6 +171,7 @@ impl Shard {
             let _ = writer_done.send(());
         });
         let requests = Rc::new(Semaphore::new(limits.conn_requests));
+        let write_order = WriteOrder::default();
         let conn_bytes = Rc::new(Semaphore::new(limits.conn_bytes));
         // The connection ends on a drain or when its writer gave up.
         let stopping = std::pin::pin!(stopped(stop));
@@ -216,10 +218,12 @@ impl Shard {
                 }
                 Err(_) => break,
             };
+            // In the order the frames arrived, before any task runs.
+            let ticket = (h.op == Op::Write).then(|| write_order.ticket(h.chunk_id));
             let me = self.clone();
             let tx = tx.clone();
             glommio::spawn_local(async move {
-                me.handle(h, payload, &tx, conn, budget).await;
+                me.handle(h, payload, &tx, (conn, ticket), budget).await;
             })
             .detach();
         }
@@ -233,13 +237,20 @@ impl Shard {
 
     /// Runs one request and queues its response with the request's budget;
     /// records its metrics.
-    async fn handle(&self, h: Header, payload: RequestPayload, tx: &Tx, conn: u64, budget: Budget) {
+    async fn handle(
+        &self,
+        h: Header,
+        payload: RequestPayload,
+        tx: &Tx,
+        (conn, ticket): (u64, Option<Ticket>),
+        budget: Budget,
+    ) {
         let started = Instant::now();
         let result = match payload {
             Err(e) => Err(e),
             Ok(wb) => match check_crcs(&h, wb.as_ref()) {
                 Err(e) => Err(e),
-                Ok(()) => self.dispatch(&h, wb, tx, conn).await,
+                Ok(()) => self.dispatch(&h, wb, tx, conn, ticket).await,
             },
         };
         let mut out = match result {

@@ -29,6 +29,7 @@ mod config;
 mod conn;
 mod control_link;
 mod disk;
+mod fifo;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod group_commit;
@@ -44,5 +45,6 @@ mod scrubber;
 mod shard;
 mod token;
 mod tokio_thread;
+mod write_order;
 
 pub use config::{parse_cores, ConfigError};

@@ -17,6 +17,7 @@ mod write;
 use crate::chunk_store::{StoreError, WriteBuf};
 use crate::conn::{Outgoing, Tx};
 use crate::shard::Shard;
+use crate::write_order::Ticket;
 use ringfs_ops::capability::{self, Claims, Rights};
 use ringfs_schema::frame::{Header, LockMode, Op, Status};
 use ringfs_schema::ids::ChunkId;
@@ -58,13 +59,16 @@ impl From<StoreError> for OpError {
 
 impl Shard {
     /// Runs one request; `Ok(None)` when the response was already sent
-    /// (a lock that waited sends `wait` first, then its grant).
+    /// (a lock that waited sends `wait` first, then its grant). A write
+    /// comes with its place among its connection's writes of the chunk
+    /// (`write_order.rs`).
     pub(crate) async fn dispatch(
         &self,
         h: &Header,
         wb: Option<WriteBuf>,
         tx: &Tx,
         conn: u64,
+        ticket: Option<Ticket>,
     ) -> Result<Option<Outgoing>, OpError> {
         let ok = |header| Ok(Some(Outgoing::header(header)));
         let claims = self.check_capability(h)?;
@@ -77,7 +81,7 @@ impl Shard {
                     Some(wb) => wb,
                     None => WriteBuf::new(h.offset, 0)?,
                 };
-                ok(self.op_write(h, wb, conn).await?)
+                ok(self.op_write(h, wb, conn, ticket).await?)
             }
             Op::Read => self.op_read(h, conn).await.map(Some),
             Op::ChunkInfo => ok(self.op_chunk_info(h)?),

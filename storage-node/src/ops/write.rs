@@ -17,6 +17,7 @@ use crate::chunk_store::{Cas, Sent, SharedPayload, StoreError, WriteBuf};
 use crate::failpoint;
 use crate::lock_table::Mode;
 use crate::shard::Shard;
+use crate::write_order::Ticket;
 use futures::channel::oneshot;
 use ringfs_schema::frame::{Header, Op, Status};
 use std::sync::atomic::Ordering;
@@ -35,8 +36,15 @@ impl Shard {
         h: &Header,
         wb: WriteBuf,
         conn: u64,
+        ticket: Option<Ticket>,
     ) -> Result<Header, OpError> {
         self.check_shard(h.chunk_id)?;
+        // Held until this write is admitted or refused: the connection's
+        // next write of the chunk takes the lock and admission after it.
+        let turn = match ticket {
+            Some(t) => Some(t.turn().await),
+            None => None,
+        };
         if h.replace {
             return self.op_replace(h, wb, conn).await;
         }
@@ -68,7 +76,12 @@ impl Shard {
                 format!("the chain lists this node ({me}) again"),
             ));
         }
-        let forward = |payload: SharedPayload, sent: Sent| self.forward(h, payload, sent);
+        // Called once the write is admitted or refused, so it passes the
+        // turn on.
+        let forward = |payload: SharedPayload, sent: Sent| {
+            drop(turn);
+            self.forward(h, payload, sent)
+        };
         let (local, down) = match self.authorize(h, Mode::Write, conn).await {
             Err(OpError(status, msg)) => {
                 let payload = wb.share();
