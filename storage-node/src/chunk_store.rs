@@ -121,7 +121,9 @@ pub(crate) fn no_fence() -> Result<(), StoreError> {
 struct Chunk<F> {
     id: ChunkId,
     file: Rc<F>,
-    meta: RefCell<ChunkMeta>,
+    /// Shared, never copied, by reads and the pipe's tip: a chunk's CRC
+    /// table is 4 bytes per 4 KiB block (64 KiB for a 64 MiB chunk).
+    meta: RefCell<Rc<ChunkMeta>>,
     /// Reads share it; a write's apply (in-place blocks and metadata) and
     /// replaces and deletes hold it exclusively.
     io_lock: RwLock<()>,
@@ -142,7 +144,7 @@ impl<F> Chunk<F> {
         Self {
             id,
             file: Rc::new(file),
-            meta: RefCell::new(meta),
+            meta: RefCell::new(Rc::new(meta)),
             io_lock: RwLock::new(()),
             admit: crate::fifo::Fifo::default(),
             pipe: RefCell::default(),
@@ -919,7 +921,7 @@ async fn prepare<F: DiskFile>(
 
 /// Makes a durable write's header the chunk's: what reads verify against
 /// from now on.
-fn apply<F>(chunk: &Chunk<F>, mut meta: ChunkMeta) -> ChunkInfo {
+fn apply<F>(chunk: &Chunk<F>, mut meta: Rc<ChunkMeta>) -> ChunkInfo {
     let info = ChunkInfo {
         version: meta.version,
         length: meta.length,
@@ -927,7 +929,9 @@ fn apply<F>(chunk: &Chunk<F>, mut meta: ChunkMeta) -> ChunkInfo {
     let mut m = chunk.meta.borrow_mut();
     // The header slot counter is the checkpoint's (it may have run since
     // this write read the metadata).
-    meta.seq = m.seq;
+    if meta.seq != m.seq {
+        Rc::make_mut(&mut meta).seq = m.seq;
+    }
     *m = meta;
     info
 }

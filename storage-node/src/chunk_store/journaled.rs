@@ -73,7 +73,7 @@ where
         let headers = futures::future::join_all(dirty.iter().map(|c| async {
             let meta = {
                 let mut m = c.meta.borrow_mut();
-                m.seq += 1;
+                Rc::make_mut(&mut m).seq += 1;
                 m.clone()
             };
             write_header(&*c.file, &meta).await?;
@@ -191,7 +191,7 @@ where
         let Some(chunk) = self.get(id) else {
             return Ok(false);
         };
-        let mut meta = chunk.meta.borrow().clone();
+        let mut meta = ChunkMeta::clone(&chunk.meta.borrow());
         if meta.version != rec.base {
             return Ok(false);
         }
@@ -212,7 +212,7 @@ where
         meta.crcs[from..from + rec.crcs.len()].copy_from_slice(&rec.crcs);
         meta.length = rec.length;
         meta.version = rec.version;
-        *chunk.meta.borrow_mut() = meta;
+        *chunk.meta.borrow_mut() = Rc::new(meta);
         self.dirty.borrow_mut().insert(id, chunk);
         Ok(true)
     }

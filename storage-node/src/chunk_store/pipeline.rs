@@ -69,10 +69,10 @@ pub(super) struct Staged {
 }
 
 impl<F> Chunk<F> {
-    /// The chunk as the last admitted write leaves it (a copy).
-    pub(super) fn tip(&self) -> ChunkMeta {
+    /// The chunk as the last admitted write leaves it.
+    pub(super) fn tip(&self) -> Rc<ChunkMeta> {
         match &self.pipe.borrow().tip {
-            Some(m) => (**m).clone(),
+            Some(m) => m.clone(),
             None => self.meta.borrow().clone(),
         }
     }
@@ -234,11 +234,9 @@ where
                 in_place().await.map_err(io)?;
             }
             self.dirty.borrow_mut().insert(id, chunk.clone());
-            // Retired first, so the pipe's tip no longer shares the
-            // metadata: moved, not copied, into the chunk.
             chunk.retire(&staged.stage);
             let meta = staged.meta.take().expect("applied once");
-            Ok(apply(chunk, Rc::unwrap_or_clone(meta)))
+            Ok(apply(chunk, meta))
         }
         .await;
         if r.is_err() {
