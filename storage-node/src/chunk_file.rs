@@ -29,6 +29,7 @@
 //! Invariant: data bytes past `length` up to the next 4 KiB boundary are zero
 //! on disk (holes read as zeros), so a block's CRC can be extended with zeros.
 
+use crate::crc_table::CrcTable;
 use ringfs_schema::Version;
 
 /// Alignment of every O_DIRECT I/O, in bytes.
@@ -60,7 +61,7 @@ pub(crate) struct ChunkMeta {
     /// Valid bytes.
     pub(crate) length: u64,
     /// One CRC32C per [`CRC_BLOCK`]; `len == blocks(length)`.
-    pub(crate) crcs: Vec<u32>,
+    pub(crate) crcs: CrcTable,
 }
 
 /// The format of a header slot image, by its magic.
@@ -161,8 +162,9 @@ impl ChunkMeta {
     pub(crate) fn digest(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         h.update(&self.length.to_le_bytes());
-        let mut buf = [0u8; 4096];
-        for group in self.crcs.chunks(buf.len() / 4) {
+        const GROUP: usize = 1024;
+        let mut buf = [0u8; 4 * GROUP];
+        for group in self.crcs.slices().flat_map(|s| s.chunks(GROUP)) {
             for (out, c) in buf.chunks_exact_mut(4).zip(group) {
                 out.copy_from_slice(&c.to_le_bytes());
             }
@@ -201,7 +203,7 @@ mod tests {
             seq: 3,
             version: Version::new(2, 9),
             length: 16_000,
-            crcs: vec![1, 2, 3, 4],
+            crcs: [1, 2, 3, 4].into_iter().collect(),
         };
         let mut slot = vec![0u8; SLOT_LEN];
         m.encode(&mut slot);

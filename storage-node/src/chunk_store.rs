@@ -659,7 +659,7 @@ where
             blocks: (span / CRC_BLOCK) as u32,
             flags: if direct { 0 } else { FLAG_DATA },
             crc_from,
-            crcs: new_meta.crcs[crc_from as usize..crc_to].to_vec(),
+            crcs: new_meta.crcs.to_vec(crc_from as usize..crc_to),
         }
     }
 
@@ -757,7 +757,7 @@ where
             seq,
             version: cas.version,
             length: len,
-            crcs: crcs.to_vec(),
+            crcs: crcs.into(),
         };
         let aside = aside_name(id);
         let _ = self.dir.remove(&aside);
@@ -835,7 +835,7 @@ where
         let data = D::File::slice(&rr, 0, (valid_end - io_start) as usize)
             .ok_or_else(|| StoreError::Io(id, "short read".into()))?;
         let first = (io_start / CRC_BLOCK) as usize;
-        let crcs = meta.crcs[first..blocks(valid_end)].to_vec();
+        let crcs = meta.crcs.to_vec(first..blocks(valid_end));
         Ok(ReadOut {
             data,
             offset: io_start,
@@ -969,7 +969,7 @@ impl WriteSpan {
     ) -> ChunkMeta {
         let (io_start, new_len) = (data.io_start, self.new_len);
         let mut crcs = old.crcs.clone();
-        crcs.resize(blocks(new_len), 0);
+        crcs.resize(blocks(new_len));
         let first_block = io_start / CRC_BLOCK;
         if !old.length.is_multiple_of(CRC_BLOCK) {
             // The old last block ends before this write's range: it now
@@ -977,12 +977,12 @@ impl WriteSpan {
             let ob = old.length / CRC_BLOCK;
             if ob < first_block {
                 let grown = (new_len.min((ob + 1) * CRC_BLOCK)) - old.length;
-                crcs[ob as usize] = extend_with_zeros(old.crcs[ob as usize], grown);
+                crcs.set(ob as usize, extend_with_zeros(old.crcs[ob as usize], grown));
             }
         }
         let gap_from = blocks(old.length) as u64;
         for b in gap_from..first_block {
-            crcs[b as usize] = zero_block_crc();
+            crcs.set(b as usize, zero_block_crc());
         }
         let bytes = data.buf.as_bytes();
         let at = |chunk_offset: u64| (chunk_offset - io_start) as usize;
@@ -1002,7 +1002,7 @@ impl WriteSpan {
             if !tail.is_empty() {
                 crc = crc32c::crc32c_combine(crc, crc32c::crc32c(tail), tail.len());
             }
-            crcs[b as usize] = crc;
+            crcs.set(b as usize, crc);
         }
         ChunkMeta {
             seq: old.seq,

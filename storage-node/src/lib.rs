@@ -28,6 +28,7 @@ mod chunk_store;
 mod config;
 mod conn;
 mod control_link;
+mod crc_table;
 mod disk;
 mod fifo;
 #[cfg(feature = "fuzzing")]

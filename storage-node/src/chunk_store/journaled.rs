@@ -207,9 +207,9 @@ where
             buf.as_bytes_mut().copy_from_slice(&data);
             chunk.file.write_at(buf, at).await.map_err(io)?;
         }
-        meta.crcs.resize(blocks(rec.length), 0);
+        meta.crcs.resize(blocks(rec.length));
         let from = rec.crc_from as usize;
-        meta.crcs[from..from + rec.crcs.len()].copy_from_slice(&rec.crcs);
+        meta.crcs.copy_from_slice(from, &rec.crcs);
         meta.length = rec.length;
         meta.version = rec.version;
         *chunk.meta.borrow_mut() = Rc::new(meta);

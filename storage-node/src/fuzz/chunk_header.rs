@@ -57,7 +57,7 @@ impl Fields {
             seq: self.seq,
             version: Version::new(self.epoch, self.version),
             length,
-            crcs,
+            crcs: crcs.into_iter().collect(),
         }
     }
 
