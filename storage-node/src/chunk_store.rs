@@ -5,8 +5,10 @@
 //! write-ahead [`Journal`] (small writes and overwrites; large writes to a
 //! fresh region go to the chunk file, synced through [`GroupCommit`], and
 //! put only their CRCs in the journal) before they are acknowledged. The
-//! file layout is in [`crate::chunk_file`]; checkpoints and replay in
-//! `chunk_store/journaled.rs`.
+//! file layout is in [`crate::chunk_file`]; a write's admission in
+//! `chunk_store/write.rs`, its durability and apply in order in
+//! `chunk_store/pipeline.rs`, replaces in `chunk_store/replace.rs`,
+//! checkpoints and replay in `chunk_store/journaled.rs`.
 //!
 //! Integrity rules (see "Replica integrity" in `docs/architecture.md`):
 //! - **Strict versions.** A write applies only on top of the exact version
@@ -48,8 +50,10 @@
 mod crash_tests;
 mod journaled;
 mod pipeline;
+mod replace;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use crate::chunk_file::{
     align_down, align_up, blocks, extend_with_zeros, slot_format, ChunkMeta, SlotFormat, ALIGN,
@@ -509,293 +513,6 @@ where
         Ok(chunk)
     }
 
-    /// Writes `data` (prepared with [`WriteBuf::new`], filled, and checked
-    /// against `crcs`, the writer's CRC of each piece) to chunk `id`, if the
-    /// chunk's tip (the version its last admitted write creates, see
-    /// `chunk_store/pipeline.rs`) is `cas.expected`; the chunk then is at
-    /// `cas.version`. A missing chunk is created (at version (0, 0)) if
-    /// `create` is set.
-    ///
-    /// `forward` is started with the payload once the write is admitted
-    /// and runs concurrently with the local write and sync; the next write
-    /// of the chunk is admitted only once `forward` dropped (or sent on)
-    /// the [`Sent`] it is given, which it does when its frame is on the
-    /// wire, so a chunk's writes are forwarded in the order they are
-    /// admitted. When the local write is refused before admission, the
-    /// payload is forwarded anyway (the next replicas decide for
-    /// themselves). Its output is returned next to the local outcome.
-    /// Returns once the write is durable and applied, after every earlier
-    /// write of the chunk.
-    ///
-    /// Steps: take the chunk's admission lock, check the version against
-    /// the tip, [`prepare`] the blocks and the new header (waiting first
-    /// for pending writes whose blocks the edges need), pass the `fence`,
-    /// stage the write (it becomes the tip), and start the forward; then
-    /// [`ChunkStore::pipelined`] makes it durable and applies it in order.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write<Fw, Fut, T>(
-        &self,
-        id: ChunkId,
-        mut data: WriteBuf,
-        crcs: &[u32],
-        cas: Cas,
-        create: bool,
-        fence: Fence<'_>,
-        forward: Fw,
-    ) -> (Result<ChunkInfo, StoreError>, T)
-    where
-        Fw: FnOnce(SharedPayload, Sent) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        if data.len == 0 {
-            let e = StoreError::InvalidArgument("a write needs a payload".into());
-            return refused(e, data, forward).await;
-        }
-        loop {
-            let chunk = match self.chunk_for_write(id, create, &cas).await {
-                Ok(c) => c,
-                Err(e) => return refused(e, data, forward).await,
-            };
-            let admit = chunk.admit.lock().await;
-            if !self.is_current(&chunk) {
-                // Deleted or replaced while we waited: look it up again.
-                continue;
-            }
-            let failed = || {
-                StoreError::Io(
-                    id,
-                    "an earlier write to this chunk failed; it takes writes again after a \
-                     restart of the node or a copy of the chunk"
-                        .into(),
-                )
-            };
-            if chunk.failed.get() {
-                return refused(failed(), data, forward).await;
-            }
-            let mut tip = chunk.tip();
-            if let Err(e) = check_cas(id, tip.version, &cas, false) {
-                return refused(e, data, forward).await;
-            }
-            let span = WriteSpan::of(&tip, &data);
-            if needs_old(&tip, &data, span.io_end) && chunk.pending_in(data.io_start..span.io_end) {
-                // The edge blocks need bytes a pending write changes, which
-                // are not in the chunk file before it applies.
-                if !chunk.drained().await {
-                    return refused(failed(), data, forward).await;
-                }
-                tip = chunk.tip();
-            }
-            let new_meta = match prepare(&chunk, &tip, &mut data, crcs, cas.version).await {
-                Ok(m) => m,
-                Err(e) => return refused(e, data, forward).await,
-            };
-            #[cfg(feature = "failpoints")]
-            if fail::eval("chunk_store::before_persist", |_| ()).is_some() {
-                let e = StoreError::Io(
-                    id,
-                    "injected by failpoint chunk_store::before_persist".into(),
-                );
-                return refused(e, data, forward).await;
-            }
-            // Held from here to the apply: a checkpoint waits for no write
-            // between its journal record and its apply. Taken after the
-            // admission lock: no write that holds the gate waits for an
-            // admission, so a checkpoint waiting for the gate cannot block
-            // one that it waits for.
-            let Ok(gate) = self.gate.read().await else {
-                return refused(StoreError::NotFound(id), data, forward).await;
-            };
-            if let Err(e) = fence() {
-                drop(gate);
-                return refused(e, data, forward).await;
-            }
-            let rec = self.record(id, &tip, &data, &new_meta);
-            let staged = chunk.stage(data.io_start..span.io_end, new_meta);
-            let payload = data.share();
-            let local = async {
-                let r = self.pipelined(&chunk, &payload, &rec, staged).await;
-                drop(gate);
-                r
-            };
-            let (sent, on_wire) = oneshot::channel();
-            let admitted = async move {
-                let _ = on_wire.await;
-                drop(admit);
-            };
-            let (local, fwd, ()) = futures::join!(local, forward(payload.clone(), sent), admitted);
-            payload.recycle();
-            if local.is_ok() && self.journal.used() >= self.cfg.checkpoint_bytes {
-                if let Err(e) = self.checkpoint().await {
-                    tracing::error!("journal checkpoint failed: {e}");
-                }
-            }
-            return (local, fwd);
-        }
-    }
-
-    /// The journal record of a prepared write: with its data, unless it is
-    /// large and touches only blocks past the chunk's end (then the data
-    /// goes straight to the chunk file, see [`JournalConfig::direct_min`]).
-    fn record(
-        &self,
-        id: ChunkId,
-        old: &ChunkMeta,
-        data: &WriteBuf,
-        new_meta: &ChunkMeta,
-    ) -> Record {
-        let span = data.buf.len() as u64;
-        let direct =
-            data.io_start >= align_up(old.length, CRC_BLOCK) && span >= self.cfg.direct_min;
-        // The old last block (grown with zeros) and a gap of zero blocks
-        // before the data change their CRCs too.
-        let crc_from = (data.io_start / CRC_BLOCK).min(old.length / CRC_BLOCK);
-        let crc_to = ((data.io_start + span) / CRC_BLOCK) as usize;
-        Record {
-            chunk: id,
-            base: old.version,
-            version: new_meta.version,
-            length: new_meta.length,
-            io_start: data.io_start,
-            blocks: (span / CRC_BLOCK) as u32,
-            flags: if direct { 0 } else { FLAG_DATA },
-            crc_from,
-            crcs: new_meta.crcs.to_vec(crc_from as usize..crc_to),
-        }
-    }
-
-    /// The chunk a write goes to: the existing one, or (with `create`) a
-    /// new empty one, which only a write expecting (0, 0) may create.
-    async fn chunk_for_write(
-        &self,
-        id: ChunkId,
-        create: bool,
-        cas: &Cas,
-    ) -> Result<Rc<Chunk<D::File>>, StoreError> {
-        match self.get(id) {
-            Some(c) => Ok(c),
-            None if create && cas.expected != Version::NONE => Err(StoreError::StaleVersion {
-                id,
-                current: Version::NONE,
-                expected: cas.expected,
-            }),
-            None if create => self.create(id).await,
-            None => Err(StoreError::NotFound(id)),
-        }
-    }
-
-    /// Replaces chunk `id` (or creates it, with `create`) by exactly `data`
-    /// (a whole chunk: offset 0), whose blocks carry `crcs`, at
-    /// `cas.version`, if the replica is at `cas.expected` (the version may
-    /// equal the expected one: same content, a damaged replica repaired).
-    /// Copy-then-swap: the new chunk is written to a file aside and made
-    /// durable; only then, after the `fence`, is it renamed over the old
-    /// one. Any failure leaves the old replica untouched.
-    pub(crate) async fn replace(
-        &self,
-        id: ChunkId,
-        data: WriteBuf,
-        crcs: &[u32],
-        cas: Cas,
-        create: bool,
-        fence: Fence<'_>,
-    ) -> Result<ChunkInfo, StoreError> {
-        if data.offset != 0 {
-            return Err(StoreError::InvalidArgument(
-                "a replace writes the whole chunk: offset must be 0".into(),
-            ));
-        }
-        if crcs.len() != blocks(data.len) {
-            return Err(StoreError::InvalidArgument(format!(
-                "a replace of {} bytes needs {} CRCs, got {}",
-                data.len,
-                blocks(data.len),
-                crcs.len()
-            )));
-        }
-        loop {
-            match self.get(id) {
-                Some(old) => {
-                    let Some(_guards) = quiesce(&old).await else {
-                        return Err(StoreError::NotFound(id));
-                    };
-                    if !self.is_current(&old) {
-                        continue;
-                    }
-                    let current = old.meta.borrow().version;
-                    check_cas(id, current, &cas, true)?;
-                    let next_seq = old.meta.borrow().seq + 1;
-                    return self.swap_in(id, data, crcs, cas, next_seq, fence).await;
-                }
-                None if !create => return Err(StoreError::NotFound(id)),
-                None => {
-                    check_cas(id, Version::NONE, &cas, true)?;
-                    return self.swap_in(id, data, crcs, cas, 0, fence).await;
-                }
-            }
-        }
-    }
-
-    /// The copy-then-swap of [`ChunkStore::replace`], under the old chunk's
-    /// write lock if there is one. `seq` picks the header slot.
-    async fn swap_in(
-        &self,
-        id: ChunkId,
-        mut data: WriteBuf,
-        crcs: &[u32],
-        cas: Cas,
-        seq: u64,
-        fence: Fence<'_>,
-    ) -> Result<ChunkInfo, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io(id, e.to_string());
-        let len = data.len;
-        // Bytes past the length up to the block's end are zero on disk.
-        let end = (align_up(len, CRC_BLOCK).max(ALIGN)) as usize;
-        data.buf.as_bytes_mut()[len as usize..end].fill(0);
-        data.buf
-            .trim_to_size(align_up(len, ALIGN).max(ALIGN) as usize);
-        let meta = ChunkMeta {
-            seq,
-            version: cas.version,
-            length: len,
-            crcs: crcs.into(),
-        };
-        let aside = aside_name(id);
-        let _ = self.dir.remove(&aside);
-        let file = self.dir.create(&aside).await.map_err(io)?;
-        let written = async {
-            let (d, h) = futures::join!(
-                file.write_at(data.buf, DATA_OFFSET),
-                write_header(&file, &meta)
-            );
-            d?;
-            h?;
-            failpoint!("chunk_store::before_swap", |_| Err(
-                crate::failpoint::injected("chunk_store::before_swap")
-            ));
-            file.fdatasync().await
-        }
-        .await;
-        if let Err(e) = written.map_err(io).and_then(|()| fence()) {
-            let _ = self.dir.remove(&aside);
-            return Err(e);
-        }
-        // The swap: from here on the new chunk is the replica.
-        self.dir
-            .rename(&aside, &file_name(id))
-            .map_err(|e| StoreError::Io(id, format!("swapping the new chunk in: {e}")))?;
-        let info = ChunkInfo {
-            version: meta.version,
-            length: meta.length,
-        };
-        self.chunks
-            .borrow_mut()
-            .insert(id, Rc::new(Chunk::new(id, file, meta)));
-        self.dir
-            .sync()
-            .map_err(|e| StoreError::Io(id, format!("syncing directory: {e}")))?;
-        Ok(info)
-    }
-
     /// Reads the whole blocks covering up to `len` bytes at `offset` (short
     /// at the chunk's end), verifying the CRC of every block, and returns
     /// them with their stored CRCs. `fence` is passed before the disk read.
@@ -871,23 +588,6 @@ where
     }
 }
 
-/// A write refused before its own disk I/O: the payload is still forwarded
-/// (each replica of the chain decides for itself).
-async fn refused<Fw, Fut, T>(
-    e: StoreError,
-    data: WriteBuf,
-    forward: Fw,
-) -> (Result<ChunkInfo, StoreError>, T)
-where
-    Fw: FnOnce(SharedPayload, Sent) -> Fut,
-    Fut: Future<Output = T>,
-{
-    let payload = data.share();
-    let fwd = forward(payload.clone(), oneshot::channel().0).await;
-    payload.recycle();
-    (Err(e), fwd)
-}
-
 /// Takes a chunk for a replace or a delete: its admission (no write gets
 /// in), then, once every admitted write finished, its I/O lock. `None` if
 /// the I/O lock was closed.
@@ -901,22 +601,6 @@ async fn quiesce<F>(
     chunk.drained().await;
     let io = chunk.io_lock.write().await.ok()?;
     Some((admit, io))
-}
-
-/// Fills the edge blocks of `data` (old bytes or zeros) and returns the
-/// chunk's header after the write, at `version`. Nothing is written yet.
-async fn prepare<F: DiskFile>(
-    chunk: &Chunk<F>,
-    old: &ChunkMeta,
-    data: &mut WriteBuf,
-    crcs: &[u32],
-    version: Version,
-) -> Result<ChunkMeta, StoreError> {
-    let span = WriteSpan::of(old, data);
-    merge_edges(chunk, old, data, span.io_end).await?;
-    data.buf
-        .trim_to_size((span.io_end - data.io_start) as usize);
-    Ok(span.new_meta(old, data, crcs, version))
 }
 
 /// Makes a durable write's header the chunk's: what reads verify against
@@ -934,83 +618,6 @@ fn apply<F>(chunk: &Chunk<F>, mut meta: Rc<ChunkMeta>) -> ChunkInfo {
     }
     *m = meta;
     info
-}
-
-/// What a write covers on disk.
-struct WriteSpan {
-    /// End of the bytes written (4 KiB aligned; never past the new length
-    /// rounded up to 4 KiB).
-    io_end: u64,
-    /// The chunk's length after the write.
-    new_len: u64,
-}
-
-impl WriteSpan {
-    fn of(old: &ChunkMeta, data: &WriteBuf) -> Self {
-        let end = data.offset + data.len;
-        let new_len = old.length.max(end);
-        let io_end = align_up(end, CRC_BLOCK)
-            .min(align_up(new_len, ALIGN))
-            .max(data.io_start + ALIGN);
-        Self { io_end, new_len }
-    }
-
-    /// The header after the write: `old`'s with, for every block the
-    /// payload touches, the writer's CRC of its piece (combined with the
-    /// CRCs of the merged old bytes or zeros around it when the piece is
-    /// partial), zero CRCs for the gap a write past the end leaves, and the
-    /// old last block's CRC grown with zeros.
-    fn new_meta(
-        &self,
-        old: &ChunkMeta,
-        data: &WriteBuf,
-        piece_crcs: &[u32],
-        version: Version,
-    ) -> ChunkMeta {
-        let (io_start, new_len) = (data.io_start, self.new_len);
-        let mut crcs = old.crcs.clone();
-        crcs.resize(blocks(new_len));
-        let first_block = io_start / CRC_BLOCK;
-        if !old.length.is_multiple_of(CRC_BLOCK) {
-            // The old last block ends before this write's range: it now
-            // extends with zeros to its full size (or to the new length).
-            let ob = old.length / CRC_BLOCK;
-            if ob < first_block {
-                let grown = (new_len.min((ob + 1) * CRC_BLOCK)) - old.length;
-                crcs.set(ob as usize, extend_with_zeros(old.crcs[ob as usize], grown));
-            }
-        }
-        let gap_from = blocks(old.length) as u64;
-        for b in gap_from..first_block {
-            crcs.set(b as usize, zero_block_crc());
-        }
-        let bytes = data.buf.as_bytes();
-        let at = |chunk_offset: u64| (chunk_offset - io_start) as usize;
-        for (piece, &piece_crc) in pieces(data.offset, data.len as usize).zip(piece_crcs) {
-            let (ps, pe) = (
-                data.offset + piece.start as u64,
-                data.offset + piece.end as u64,
-            );
-            let b = ps / CRC_BLOCK;
-            let (bs, be) = (b * CRC_BLOCK, ((b + 1) * CRC_BLOCK).min(new_len));
-            let head = &bytes[at(bs)..at(ps)];
-            let tail = &bytes[at(pe)..at(be)];
-            let mut crc = piece_crc;
-            if !head.is_empty() {
-                crc = crc32c::crc32c_combine(crc32c::crc32c(head), crc, (pe - ps) as usize);
-            }
-            if !tail.is_empty() {
-                crc = crc32c::crc32c_combine(crc, crc32c::crc32c(tail), tail.len());
-            }
-            crcs.set(b as usize, crc);
-        }
-        ChunkMeta {
-            seq: old.seq,
-            version,
-            length: new_len,
-            crcs,
-        }
-    }
 }
 
 async fn write_header<F: DiskFile>(file: &F, meta: &ChunkMeta) -> std::io::Result<()> {
@@ -1054,62 +661,4 @@ async fn read_verified<F: DiskFile>(
         b += 1;
     }
     Ok(rr)
-}
-
-/// Whether the edge blocks of `data` (up to `io_end`) need bytes `old`
-/// holds: a partial first or last block inside the chunk.
-fn needs_old(old: &ChunkMeta, data: &WriteBuf, io_end: u64) -> bool {
-    let (io_start, off, end) = (data.io_start, data.offset, data.offset + data.len);
-    (off > io_start && io_start < old.length) || (end < io_end && end < old.length)
-}
-
-/// Fills the parts of `data.buf[..io_end - io_start]` outside the payload:
-/// old chunk bytes where the chunk has them (their blocks verified first),
-/// zeros elsewhere.
-async fn merge_edges<F: DiskFile>(
-    chunk: &Chunk<F>,
-    old: &ChunkMeta,
-    data: &mut WriteBuf,
-    io_end: u64,
-) -> Result<(), StoreError> {
-    let (io_start, off, len) = (data.io_start, data.offset, data.len);
-    let head = (off - io_start) as usize;
-    let tail_from = (off + len - io_start) as usize;
-    let tail_to = (io_end - io_start) as usize;
-    let needs_old = needs_old(old, data, io_end);
-    let buf = data.buf.as_bytes_mut();
-    buf[..head].fill(0);
-    buf[tail_from..tail_to].fill(0);
-    if !needs_old {
-        return Ok(());
-    }
-    let old_end = io_end.min(align_up(old.length, ALIGN));
-    // Verify only the old blocks whose bytes survive this write: a corrupt
-    // block that is wholly overwritten is simply repaired.
-    let rr = chunk
-        .file
-        .read_at(DATA_OFFSET + io_start, (old_end - io_start) as usize)
-        .await
-        .map_err(|e| StoreError::Io(chunk.id, format!("reading {io_start}..{old_end}: {e}")))?;
-    let mut b = io_start / CRC_BLOCK;
-    while b * CRC_BLOCK < old_end.min(old.length) {
-        let s = b * CRC_BLOCK;
-        let e = ((b + 1) * CRC_BLOCK).min(old.length);
-        let overwritten = off <= s && off + len >= e;
-        if !overwritten {
-            let (rs, re) = ((s - io_start) as usize, (e - io_start) as usize);
-            if rr.len() < re || crc32c::crc32c(&rr[rs..re]) != old.crcs[b as usize] {
-                return Err(StoreError::Checksum(chunk.id, b));
-            }
-        }
-        b += 1;
-    }
-    let avail = (rr.len() as u64).min(old.length.saturating_sub(io_start)) as usize;
-    let h = head.min(avail);
-    buf[..h].copy_from_slice(&rr[..h]);
-    if tail_from < avail {
-        let t = tail_to.min(avail);
-        buf[tail_from..t].copy_from_slice(&rr[tail_from..t]);
-    }
-    Ok(())
 }
