@@ -478,8 +478,9 @@ fn a_new_leader_serves_placements_before_the_nodes_rejoin_it() {
         c.mkdir("/d", 0).await.expect("mkdir /d");
         cl.group.kill9(0);
         cl.nodes[2].take().unwrap().kill9();
-        let killed = Instant::now();
         let map = c.cluster_map().await.expect("the new leader's map");
+        // The new leader took over before it answered.
+        let served = Instant::now();
         let n2 = map.nodes.iter().find(|n| n.node_id == dead).unwrap();
         assert!(
             map.nodes.iter().all(|n| n.up) && n2.last_heartbeat_ago_ms == u64::MAX,
@@ -489,21 +490,22 @@ fn a_new_leader_serves_placements_before_the_nodes_rejoin_it() {
             .await
             .expect("placing new chunks right after a failover");
         assert!(get(&c, "/d/f").await.unwrap() == data, "/d/f differs");
-        // The dead node: down one TTL after the election (plus a sweep).
+        // The dead node: down one TTL after the takeover, at the next
+        // sweep (every TTL/4); 3 s more for a loaded machine.
         loop {
             let map = c.cluster_map().await.expect("cluster map");
             if map.nodes.iter().any(|n| n.node_id == dead && !n.up) {
                 break;
             }
             assert!(
-                killed.elapsed() < TTL + Duration::from_secs(6),
+                served.elapsed() < TTL + TTL / 4 + Duration::from_secs(3),
                 "the node killed with the leader is still up: {map:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!(
-            "node {dead} marked down {:?} after the kill",
-            killed.elapsed()
+            "node {dead} down {:?} after the first map",
+            served.elapsed()
         );
     });
 }
