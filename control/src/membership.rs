@@ -81,6 +81,11 @@ impl NodeState {
             bad: Default::default(),
         }
     }
+
+    /// See [`Membership::last_heard`].
+    fn last_heard(&self, took_over: Instant) -> Instant {
+        self.last_heartbeat.unwrap_or(took_over)
+    }
 }
 
 /// All nodes, by id.
@@ -118,7 +123,7 @@ impl Membership {
     /// leave, or the takeover if none came since. Its downtime (TTL, repair
     /// grace) counts from there.
     pub fn last_heard(&self, n: &NodeState) -> Instant {
-        n.last_heartbeat.unwrap_or(self.took_over)
+        n.last_heard(self.took_over)
     }
 
     /// Records a (re)join that the store has made durable; the node is up.
@@ -249,10 +254,8 @@ impl Membership {
     /// Marks down every up node silent for longer than `ttl`; returns their ids.
     pub fn sweep(&mut self, now: Instant, ttl: Duration) -> Vec<u64> {
         let mut down = Vec::new();
-        let took_over = self.took_over;
         for (id, n) in &mut self.nodes {
-            let heard = n.last_heartbeat.unwrap_or(took_over);
-            let silent = now.saturating_duration_since(heard) > ttl;
+            let silent = now.saturating_duration_since(n.last_heard(self.took_over)) > ttl;
             if n.up && silent {
                 n.up = false;
                 down.push(*id);
