@@ -50,10 +50,6 @@ use crate::replica_policy as policy;
 pub(crate) use crate::write_pipeline::Writer;
 use crate::write_pipeline::{ChunkState, Slot, Turn};
 
-/// How long placing a new chunk waits for enough nodes to be up (a new
-/// control leader's map fills as nodes rejoin it) before it fails.
-const PLACEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl ChunkIo {
     /// Writes `data` at file `offset` into the chunks it covers, each in
     /// its turn (`turns`: the write's tickets, by chunk index, from
@@ -175,21 +171,7 @@ impl ChunkIo {
     /// Reserves a new chunk on up to R distinct live nodes (most free space
     /// first; a refusing node is skipped). Primary first.
     async fn place(&self, layout: &Layout, writer: &Writer) -> Result<(ChunkId, Vec<Locked>)> {
-        let (mut map, mut claimed) = self.cluster.map_for_placement().await?;
-        // Too few nodes up for the write quorum: a control failover is the
-        // usual reason (the new leader counts a node up once it rejoins,
-        // within a heartbeat or so), so ask again for a bounded time before
-        // failing the write.
-        let waited = std::time::Instant::now();
-        while !policy::has_quorum(
-            map.nodes.iter().filter(|n| n.up).count(),
-            layout.write_quorum,
-        ) && waited.elapsed() < PLACEMENT_WAIT
-        {
-            tokio::time::sleep(PLACEMENT_WAIT / 20).await;
-            self.cluster.fetch_map().await?;
-            (map, claimed) = self.cluster.map_for_placement().await?;
-        }
+        let (map, claimed) = self.cluster.map_for_placement().await?;
         let candidates = placement::candidates(&map, &claimed);
         let want = layout.replication.max(1) as usize;
         let bytes = layout.chunk_size;

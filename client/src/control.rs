@@ -177,14 +177,16 @@ pub struct Capacity {
 pub struct NodeInfo {
     /// The node's id.
     pub node_id: u64,
-    /// Whether it heartbeats (false: missed its TTL, or left).
+    /// Whether it heartbeats (false: missed its TTL, or left). A control
+    /// server that just took over (started, or elected leader) presumes
+    /// every registered node up for one TTL, until it hears from it.
     pub up: bool,
     /// Data-plane endpoint of each shard, index = shard.
     pub shards: Vec<String>,
     /// Its last capacity report.
     pub capacity: Capacity,
     /// Milliseconds since its last heartbeat (`u64::MAX`: none since the
-    /// control server started).
+    /// control server took over).
     pub last_heartbeat_ago_ms: u64,
 }
 

@@ -7,7 +7,7 @@
 //! leader: a single control server always may; a replica only while it is
 //! the leader and has applied everything its predecessors committed
 //! ([`CallGate::check_leader`], what storage nodes' calls need), and client
-//! calls only once the nodes had a chance to report to it
+//! calls only once it rebuilt the leader's state
 //! ([`CallGate::check_serving`]).
 //!
 //! Invariant: after [`CallGate::stop`], `in_flight` only falls, and

@@ -96,8 +96,9 @@ pub struct State {
 
 impl State {
     /// The state of a server starting on `store`: membership from the
-    /// registered nodes (every node down until it heartbeats), the epoch as
-    /// persisted, no leases, no watchers, a planner that scans at once.
+    /// registered nodes (every node presumed up for one TTL, see
+    /// [`Membership::new`]), the epoch as persisted, no leases, no watchers,
+    /// a planner that scans at once.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<MetaStore>,
@@ -143,9 +144,11 @@ impl State {
 
     /// Takes over as the leader of a replicated control plane: the state a
     /// restarted single server would have, from the replicated store (every
-    /// node down until it heartbeats here, no chunk report yet, so nothing
-    /// is judged lost before the nodes report; downtime counts from now),
-    /// and no lease (those granted by an earlier leader ended with it).
+    /// node presumed up for one TTL as if it had just heartbeated here, so
+    /// clients can place chunks before the nodes rejoin; no chunk report
+    /// yet, so nothing is judged lost before the nodes report; downtime
+    /// counts from now), and no lease (those granted by an earlier leader
+    /// ended with it).
     pub(crate) async fn lead(self: &Rc<Self>) -> Result<()> {
         let membership = Membership::new(self.store.nodes()?);
         *self.membership.borrow_mut() = membership;
@@ -162,21 +165,6 @@ impl State {
         self.last_scan.set(None);
         // Nodes and clients see the map of the new leader's term.
         self.map_changed().await
-    }
-
-    /// Waits until every registered node has heartbeated this leader, for
-    /// at most two heartbeat periods (a node that is down does not hold up
-    /// a failover longer): a client placing chunks right after a failover
-    /// then sees the nodes up, not the all-down map a new leader starts
-    /// with.
-    pub(crate) async fn wait_for_nodes(&self) {
-        let until = Instant::now() + 2 * self.timing.heartbeat;
-        while Instant::now() < until && self.gate.is_leader() {
-            if self.membership.borrow().iter().all(|(_, n)| n.up) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     /// Stops leading: every lease, watcher and command of this term ends
@@ -504,9 +492,7 @@ impl State {
         let node_needs_scan = |n: &crate::membership::NodeState| {
             !n.bad.is_empty()
                 || (n.up && !n.report_complete)
-                || (!n.up
-                    && now.saturating_duration_since(n.last_heartbeat.unwrap_or(repair.started))
-                        < settle)
+                || (!n.up && now.saturating_duration_since(membership.last_heard(n)) < settle)
         };
         periodic
             || self.rescan.get()

@@ -4,10 +4,16 @@
 //!
 //! Registration (id, key, endpoints) is durable in the metadata store;
 //! liveness, capacity and chunk reports live in memory and are rebuilt from
-//! heartbeats after a restart (a node is down until it heartbeats).
+//! heartbeats after a restart or a leader change. A control server taking
+//! over (starting, or elected leader) presumes every registered node up, as
+//! if each had just heartbeated it: nodes rejoin it within a heartbeat or
+//! so, and until then a map of down nodes would fail every placement. A
+//! node that is really gone is marked down one TTL after the takeover, as
+//! one that died just before it would be.
 //!
-//! Invariant: a node is `up` iff it heartbeated (or joined) within the TTL,
-//! as of the last [`Membership::sweep`].
+//! Invariant: a node is `up` iff it was last heard from (heartbeat, join,
+//! or, never heard since, the takeover: [`Membership::last_heard`]) within
+//! the TTL and has not left since, as of the last [`Membership::sweep`].
 //!
 //! Chunk reports are snapshots: `report_time` is a lower bound of the
 //! instant the node took the snapshot (the moment the control server asked
@@ -40,7 +46,10 @@ pub struct NodeState {
     pub key: [u8; 16],
     pub shards: Vec<String>,
     pub capacity: Capacity,
+    /// The node's last heartbeat, join or leave here; `None` if none since
+    /// this server took over.
     pub last_heartbeat: Option<Instant>,
+    /// See the module's invariant.
     pub up: bool,
     /// Chunk id -> (version, length), from the node's last complete report.
     pub chunks: HashMap<u128, (Version, u32)>,
@@ -63,7 +72,7 @@ impl NodeState {
             shards,
             capacity,
             last_heartbeat: None,
-            up: false,
+            up: true,
             chunks: HashMap::new(),
             pending_report: HashMap::new(),
             report_complete: false,
@@ -72,22 +81,49 @@ impl NodeState {
             bad: Default::default(),
         }
     }
+
+    /// See [`Membership::last_heard`].
+    fn last_heard(&self, took_over: Instant) -> Instant {
+        self.last_heartbeat.unwrap_or(took_over)
+    }
 }
 
 /// All nodes, by id.
-#[derive(Default)]
 pub struct Membership {
     nodes: BTreeMap<u64, NodeState>,
+    /// When this server took over (started, or was elected leader): a node
+    /// not heard from since counts as heard from then.
+    took_over: Instant,
+}
+
+impl Default for Membership {
+    /// No node, taken over now.
+    fn default() -> Self {
+        Membership::new(Vec::new())
+    }
 }
 
 impl Membership {
-    /// Builds the membership from the registered nodes; all start down.
+    /// The membership of a server taking over now: the registered nodes,
+    /// every one presumed up (as if it had just heartbeated) until the TTL
+    /// passes without a word from it, and no chunk report yet (so none of
+    /// its replicas counts as verified before it reports).
     pub fn new(registered: Vec<(u64, Node)>) -> Self {
         let nodes = registered
             .into_iter()
             .map(|(id, n)| (id, NodeState::new(n.key, n.shards, Capacity::default())))
             .collect();
-        Membership { nodes }
+        Membership {
+            nodes,
+            took_over: Instant::now(),
+        }
+    }
+
+    /// When node `n` was last heard from: its last heartbeat, join or
+    /// leave, or the takeover if none came since. Its downtime (TTL, repair
+    /// grace) counts from there.
+    pub fn last_heard(&self, n: &NodeState) -> Instant {
+        n.last_heard(self.took_over)
     }
 
     /// Records a (re)join that the store has made durable; the node is up.
@@ -219,9 +255,7 @@ impl Membership {
     pub fn sweep(&mut self, now: Instant, ttl: Duration) -> Vec<u64> {
         let mut down = Vec::new();
         for (id, n) in &mut self.nodes {
-            let silent = n
-                .last_heartbeat
-                .is_none_or(|t| now.saturating_duration_since(t) > ttl);
+            let silent = now.saturating_duration_since(n.last_heard(self.took_over)) > ttl;
             if n.up && silent {
                 n.up = false;
                 down.push(*id);
@@ -235,9 +269,10 @@ impl Membership {
         self.nodes.iter()
     }
 
-    /// Whether node `id` is known alive: up, and heard from within
-    /// `recent` (a node killed a moment ago stays "up" until its TTL; a
-    /// copy to it would fail).
+    /// Whether node `id` is known alive: up, and heartbeated within
+    /// `recent` (a node killed a moment ago stays "up" until its TTL, and
+    /// one only presumed up since a takeover may be gone: a copy to either
+    /// would fail).
     pub fn alive(&self, id: u64, now: Instant, recent: Duration) -> bool {
         self.nodes.get(&id).is_some_and(|n| {
             n.up && n
@@ -286,6 +321,32 @@ mod tests {
         assert!(m.sweep(later, ttl).is_empty(), "reported down once");
         let (came_up, _) = m.heartbeat(1, &[1; 16], Capacity::default(), H).unwrap();
         assert!(came_up);
+    }
+
+    #[test]
+    fn a_takeover_presumes_registered_nodes_up_for_one_ttl() {
+        let node = |id: u8| {
+            let shards = vec![format!("127.0.0.1:{id}")];
+            (
+                u64::from(id),
+                Node {
+                    key: [id; 16],
+                    shards,
+                },
+            )
+        };
+        let mut m = Membership::new(vec![node(1), node(2)]);
+        let ttl = Duration::from_millis(100);
+        let took_over = m.last_heard(m.get(2).unwrap());
+        assert!(m.iter().all(|(_, n)| n.up && n.last_heartbeat.is_none()));
+        assert!(m.sweep(took_over + ttl, ttl).is_empty());
+        // Node 1 rejoins the new leader a little later; node 2 never does.
+        std::thread::sleep(ttl / 2);
+        m.heartbeat(1, &[1; 16], Capacity::default(), H).unwrap();
+        let later = took_over + ttl + Duration::from_millis(1);
+        assert_eq!(m.sweep(later, ttl), vec![2], "down one TTL after");
+        assert!(m.get(1).unwrap().up);
+        assert!(!m.alive(2, took_over, H), "presumed up is not known alive");
     }
 
     #[test]

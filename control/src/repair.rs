@@ -144,8 +144,6 @@ impl Assessment {
 /// What repair knows beyond the store and membership.
 pub struct Repair {
     pub cfg: RepairConfig,
-    /// When the server started: nodes never heard from count as down since.
-    pub started: Instant,
     /// When each chunk's record was last committed by a client (since start).
     pub committed_at: HashMap<u128, Instant>,
     /// Replicas clients reported as failing checksums and did not repair.
@@ -167,7 +165,6 @@ impl Repair {
     pub fn new(cfg: RepairConfig) -> Self {
         Repair {
             cfg,
-            started: Instant::now(),
             committed_at: HashMap::new(),
             suspects: HashSet::new(),
             copies_done: 0,
@@ -252,7 +249,7 @@ impl Repair {
     /// Whether `node`'s replicas still count: up, or down within its grace.
     fn counts(&self, node: u64, m: &Membership, now: Instant) -> bool {
         m.get(node).is_some_and(|n| {
-            n.up || now.saturating_duration_since(n.last_heartbeat.unwrap_or(self.started))
+            n.up || now.saturating_duration_since(m.last_heard(n))
                 < self.cfg.node_ttl + self.cfg.grace
         })
     }
@@ -767,6 +764,65 @@ mod tests {
         // In flight: not planned twice.
         r.plan(&map, &m, &mut cmds, later + GRACE, NO_WRITER, ALIVE);
         assert_eq!(copies(&cmds).len(), 1);
+    }
+
+    /// A server taking over (a restart, a new leader) presumes every
+    /// registered node up: a node that never comes back holds its replicas
+    /// unverified, then down within its grace, so the takeover itself
+    /// copies nothing, and it is repaired TTL + grace after the takeover.
+    #[test]
+    fn a_takeover_copies_nothing_before_a_silent_node_s_grace() {
+        let registered = (1..=4u64)
+            .map(|id| {
+                let shards = vec![format!("127.0.0.1:{id}")];
+                (
+                    id,
+                    crate::records::Node {
+                        key: [id as u8; 16],
+                        shards,
+                    },
+                )
+            })
+            .collect();
+        let mut m = Membership::new(registered);
+        let took_over = m.last_heard(m.get(3).unwrap());
+        assert!(m.iter().all(|(_, n)| n.up), "every node presumed up");
+        // Nodes 1, 2 and 4 rejoin and report; node 3 never does.
+        for (id, holds) in [(1u64, vec![10u128]), (2, vec![10]), (4, vec![])] {
+            let shards = vec![format!("127.0.0.1:{id}")];
+            m.joined(id, [id as u8; 16], shards, Capacity::default());
+            let chunks = holds.into_iter().map(|c| (c, V1, 4096));
+            m.report_chunks(id, &[id as u8; 16], chunks, true).unwrap();
+        }
+        let map = vec![entry(0, 10, &[1, 2, 3])];
+        let r = Repair::new(cfg(4));
+        let mut cmds = Commands::default();
+        r.plan(&map, &m, &mut cmds, took_over, NO_WRITER, ALIVE);
+        let a = r.assess(&map[0].chunk, 3, &m, took_over, false);
+        assert_eq!((a.good, a.pending), (2, 1), "node 3 unverified");
+        // One TTL later node 3 is down (the others heartbeat meanwhile).
+        let down_at = took_over + TTL + Duration::from_millis(1);
+        assert!(m.sweep(down_at, TTL).contains(&3), "down one TTL after");
+        for id in [1u64, 2, 4] {
+            let cap = Capacity {
+                total: id << 30,
+                ..Default::default()
+            };
+            m.heartbeat(id, &[id as u8; 16], cap, GRACE * 10).unwrap();
+        }
+        r.plan(&map, &m, &mut cmds, down_at, NO_WRITER, ALIVE);
+        assert!(copies(&cmds).is_empty(), "repaired within the grace");
+        r.plan(
+            &map,
+            &m,
+            &mut cmds,
+            took_over + TTL + GRACE,
+            NO_WRITER,
+            ALIVE,
+        );
+        let c = copies(&cmds);
+        assert_eq!(c.len(), 1, "repaired once the grace ended");
+        assert_eq!((c[0].2, c[0].3.clone()), (4, vec![3]));
     }
 
     #[test]

@@ -11,22 +11,26 @@ fn apply(store: &MetaStore, m: Mutation) -> ringfs_control::error::Result<Outcom
     store.apply_batch(&[m]).unwrap().remove(0)
 }
 
-#[test]
-fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
+/// A new store (in a temporary directory, kept alive by the returned
+/// guard) with `nodes` nodes joined: ids 1 to `nodes`.
+fn store_with_nodes(nodes: usize) -> (tempfile::TempDir, MetaStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = MetaStore::open(&dir.path().join("meta.redb"), FileDefaults::default()).unwrap();
-    for _ in 0..4 {
-        apply(
-            &store,
-            Mutation::Join {
-                node_id: 0,
-                key: [0; 16],
-                new_key: [1; 16],
-                shards: vec!["127.0.0.1:1".into()],
-            },
-        )
-        .unwrap();
+    for _ in 0..nodes {
+        let join = Mutation::Join {
+            node_id: 0,
+            key: [0; 16],
+            new_key: [1; 16],
+            shards: vec!["127.0.0.1:1".into()],
+        };
+        apply(&store, join).unwrap();
     }
+    (dir, store)
+}
+
+#[test]
+fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
+    let (_dir, store) = store_with_nodes(4);
     let Outcome::Attr(ino, _) = apply(
         &store,
         Mutation::Create {
@@ -130,18 +134,7 @@ fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
 #[test]
 fn a_transaction_applies_every_file_or_none() {
     use ringfs_control::store::TxFile;
-    let dir = tempfile::tempdir().unwrap();
-    let store = MetaStore::open(&dir.path().join("meta.redb"), FileDefaults::default()).unwrap();
-    apply(
-        &store,
-        Mutation::Join {
-            node_id: 0,
-            key: [0; 16],
-            new_key: [1; 16],
-            shards: vec!["127.0.0.1:1".into()],
-        },
-    )
-    .unwrap();
+    let (_dir, store) = store_with_nodes(1);
     let create = |path: &str| {
         let m = Mutation::Create {
             who: ringfs_control::store::Caller::admin(),

@@ -39,7 +39,6 @@ use capnp::capability::{Client, Request};
 use capnp::message::{ReaderOptions, SegmentArray};
 use capnp::traits::HasTypeId;
 use capnp::Word;
-use capnp_rpc::rpc_capnp;
 use ringfs_ops::auth::Credential;
 use ringfs_ops::transport;
 use ringfs_schema::control_capnp::{
@@ -514,33 +513,12 @@ fn call(
 /// A raw connection: bootstrap, hello on it (pipelined), then a stat
 /// before authentication, as a capnp-rpc client frames them.
 fn raw_seed() -> Vec<u8> {
+    use ringfs_schema::raw_rpc;
     let mut out = vec![FLAG_RAW];
-    let mut m = capnp::message::Builder::new_default();
-    m.init_root::<rpc_capnp::message::Builder<'_>>()
-        .init_bootstrap()
-        .set_question_id(0);
-    capnp::serialize::write_message(&mut out, &m).expect("to a vec");
-    for (question, method) in [(1u32, 0u16), (2, 6)] {
-        let mut m = capnp::message::Builder::new_default();
-        let mut c = m.init_root::<rpc_capnp::message::Builder<'_>>().init_call();
-        c.set_question_id(question);
-        c.set_interface_id(control::Client::TYPE_ID);
-        c.set_method_id(method);
-        c.reborrow()
-            .init_target()
-            .init_promised_answer()
-            .set_question_id(0);
-        let content = c.init_params().init_content();
-        if method == 0 {
-            content
-                .init_as::<control::hello_params::Builder>()
-                .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
-        } else {
-            content
-                .init_as::<control::stat_params::Builder>()
-                .set_path("/");
-        }
-        capnp::serialize::write_message(&mut out, &m).expect("to a vec");
-    }
+    out.extend(raw_rpc::bootstrap(0));
+    out.extend(raw_rpc::hello_on_bootstrap(0, 1));
+    out.extend(raw_rpc::call_on_bootstrap(0, 2, 6, |p| {
+        p.init_as::<control::stat_params::Builder>().set_path("/");
+    }));
     out
 }

@@ -5,6 +5,8 @@
 //! - [`common_capnp`]: chunk ids, capacity reports, the protocol version.
 //! - [`control_capnp`]: the control server's RPC interface.
 //! - [`data_capnp`]: the data-plane frame header spoken with storage nodes.
+//! - [`raw_rpc`]: RPC messages built by hand, for fuzz targets and fault
+//!   tests.
 
 #![warn(missing_docs)]
 
@@ -27,6 +29,7 @@ pub const PROTOCOL_VERSION: u32 = common_capnp::PROTOCOL_VERSION;
 pub mod crc;
 pub mod frame;
 pub mod ids;
+pub mod raw_rpc;
 pub mod version;
 pub mod wire;
 pub mod wire_error;

@@ -179,11 +179,10 @@ impl Cluster {
             .node_id
     }
 
-    /// Waits (up to 20 s) until exactly `n` nodes are up in the cluster map.
+    /// Waits (up to 20 s) until exactly `n` nodes are up in the cluster
+    /// map, each heard from ([`exactly_up`]).
     pub fn wait_up(&self, n: usize) {
-        self.wait_map(UP_WITHIN, |map| {
-            map.nodes.iter().filter(|node| node.up).count() == n
-        });
+        self.wait_map(UP_WITHIN, |map| exactly_up(map, n));
     }
 
     /// Waits until `cond` holds for the cluster map; panics with the map
@@ -296,4 +295,13 @@ impl Cluster {
         let addr = self.control.addr.to_string();
         self.control = ControlProcess::start(self.dir.path(), &addr, flags);
     }
+}
+
+/// Whether exactly `n` nodes are up in `map`, each heard from by the
+/// control server that answered: one that just took over (a restart, a new
+/// leader) presumes every registered node up until it rejoins or a TTL
+/// passes, so "up" alone does not say the nodes are back.
+pub(crate) fn exactly_up(map: &ClusterMap, n: usize) -> bool {
+    let up: Vec<&NodeInfo> = map.nodes.iter().filter(|node| node.up).collect();
+    up.len() == n && up.iter().all(|node| node.last_heartbeat_ago_ms != u64::MAX)
 }

@@ -351,12 +351,12 @@ impl ReplicatedCluster {
     }
 
     /// Waits (up to 30 s) until exactly `n` nodes are up in the leader's
-    /// map.
+    /// map, each heard from by it.
     pub fn wait_up(&self, n: usize) {
         let start = Instant::now();
         loop {
             let map = self.map();
-            if map.nodes.iter().filter(|node| node.up).count() == n {
+            if crate::cluster::exactly_up(&map, n) {
                 return;
             }
             assert!(

@@ -2,7 +2,8 @@
 //! the leader killed during a stream of creates, renames and file writes;
 //! the leader partitioned from the others; every replica restarted at once;
 //! a replica replaced by an empty one; a follower asked for a mutation;
-//! write epochs across a failover; a setAttr sent again after a failover.
+//! write epochs across a failover; a setAttr sent again after a failover;
+//! new chunks placed on a new leader before the nodes rejoined it.
 //! Real processes on loopback (and a network namespace for the partition).
 
 use std::collections::BTreeSet;
@@ -444,4 +445,67 @@ fn a_set_attr_sent_again_after_a_failover_is_applied_once() {
     assert_eq!(again, first, "the setAttr sent again was applied again");
     let fresh = set_at(group.addrs[new], None);
     assert_eq!(fresh.version, first.version + 1, "{fresh:?}");
+}
+
+/// A new leader presumes every registered node up, as if each had just
+/// heartbeated it: right after the leader and a node are killed together,
+/// before any node could rejoin the new leader, its map shows all three
+/// nodes up (the killed one never heard from) and a client, which waits
+/// for nothing, places and writes new chunks (R = 3, W = 2: the dead node
+/// is skipped). The dead node is marked down one TTL after the election.
+#[test]
+fn a_new_leader_serves_placements_before_the_nodes_rejoin_it() {
+    // Nodes notice the dead leader only at their next heartbeat (up to 2 s
+    // later): the client asks well before most of them rejoined.
+    const TTL: Duration = Duration::from_secs(4);
+    let flags = ["--heartbeat-ms", "2000", "--node-ttl-ms", "4000"];
+    let mut cl = ReplicatedCluster::start(3, 3, &flags);
+    assert_eq!(cl.group.leader(), 0, "the bootstrapped replica leads");
+    let shard0 = cl.nodes[2].as_ref().unwrap().addr.to_string();
+    let dead = cl
+        .map()
+        .nodes
+        .into_iter()
+        .find(|n| n.shards.first() == Some(&shard0))
+        .expect("node n2 in the map")
+        .node_id;
+    let addrs = cl.group.addrs.clone();
+    let data = pattern(3 << 20, 31);
+    local(async {
+        let c = Client::connect_replicas(&addrs, &ringfs_tests::admin(), ClientOptions::default())
+            .await
+            .expect("connecting");
+        c.mkdir("/d", 0).await.expect("mkdir /d");
+        cl.group.kill9(0);
+        cl.nodes[2].take().unwrap().kill9();
+        let map = c.cluster_map().await.expect("the new leader's map");
+        // The new leader took over before it answered.
+        let served = Instant::now();
+        let n2 = map.nodes.iter().find(|n| n.node_id == dead).unwrap();
+        assert!(
+            map.nodes.iter().all(|n| n.up) && n2.last_heartbeat_ago_ms == u64::MAX,
+            "right after the election every node is presumed up: {map:?}"
+        );
+        ringfs_tests::files::put(&c, "/d/f", &data, layout(1 << 20, 3, 2))
+            .await
+            .expect("placing new chunks right after a failover");
+        assert!(get(&c, "/d/f").await.unwrap() == data, "/d/f differs");
+        // The dead node: down one TTL after the takeover, at the next
+        // sweep (every TTL/4); 3 s more for a loaded machine.
+        loop {
+            let map = c.cluster_map().await.expect("cluster map");
+            if map.nodes.iter().any(|n| n.node_id == dead && !n.up) {
+                break;
+            }
+            assert!(
+                served.elapsed() < TTL + TTL / 4 + Duration::from_secs(3),
+                "the node killed with the leader is still up: {map:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "node {dead} down {:?} after the first map",
+            served.elapsed()
+        );
+    });
 }

@@ -648,55 +648,19 @@ fn corpus() -> Vec<Vec<u8>> {
 /// serialized, then truncated or bit-flipped. These get past the framing
 /// into the RPC layer and the method decoders.
 fn rpc_corpus() -> Vec<Vec<u8>> {
-    use capnp::traits::HasTypeId;
-    use capnp_rpc::rpc_capnp::message;
+    use ringfs_schema::control_capnp::control;
+    use ringfs_schema::raw_rpc;
     let mut rng = Rng(0xc0ff_ee00_dead_beef);
-    let serialize = |b: &capnp::message::Builder<capnp::message::HeapAllocator>| {
-        let mut out = Vec::new();
-        capnp::serialize::write_message(&mut out, b).unwrap();
-        out
-    };
-    let mut boot = capnp::message::Builder::new_default();
-    boot.init_root::<message::Builder>()
-        .init_bootstrap()
-        .set_question_id(0);
-    let mut boot = serialize(&boot);
     // A valid hello first: every other call is refused before one.
-    let mut hello = capnp::message::Builder::new_default();
-    {
-        let mut c = hello.init_root::<message::Builder>().init_call();
-        c.set_question_id(100);
-        c.set_interface_id(ringfs_schema::control_capnp::control::Client::TYPE_ID);
-        c.set_method_id(0);
-        c.reborrow()
-            .init_target()
-            .init_promised_answer()
-            .set_question_id(0);
-        c.init_params()
-            .init_content()
-            .init_as::<ringfs_schema::control_capnp::control::hello_params::Builder>()
-            .set_protocol_version(ringfs_schema::PROTOCOL_VERSION);
-    }
-    boot.extend_from_slice(&serialize(&hello));
+    let mut boot = raw_rpc::bootstrap(0);
+    boot.extend(raw_rpc::hello_on_bootstrap(0, 100));
     let mut out = Vec::new();
     for method in 0..20u16 {
-        let mut call = capnp::message::Builder::new_default();
-        {
-            let mut c = call.init_root::<message::Builder>().init_call();
-            c.set_question_id(1 + method as u32);
-            c.set_interface_id(ringfs_schema::control_capnp::control::Client::TYPE_ID);
-            c.set_method_id(method);
-            c.reborrow()
-                .init_target()
-                .init_promised_answer()
-                .set_question_id(0);
-            // Parameters of the wrong shape or junk: create's struct with
-            // a random path for every method, or a blob where a struct
-            // belongs.
-            let content = c.init_params().init_content();
+        // Parameters of the wrong shape or junk: create's struct with a
+        // random path for every method, or a blob where a struct belongs.
+        let call = raw_rpc::call_on_bootstrap(0, 1 + method as u32, method, |content| {
             if method % 2 == 0 {
-                let mut p = content
-                    .init_as::<ringfs_schema::control_capnp::control::create_params::Builder>();
+                let mut p = content.init_as::<control::create_params::Builder>();
                 let path: String = (0..rng.next() % 40)
                     .map(|_| char::from(b'!' + (rng.next() % 90) as u8))
                     .collect();
@@ -708,8 +672,7 @@ fn rpc_corpus() -> Vec<Vec<u8>> {
                     *b = rng.next() as u8;
                 }
             }
-        }
-        let call = serialize(&call);
+        });
         let mut msg = boot.clone();
         msg.extend_from_slice(&call);
         out.push(msg.clone());

@@ -246,8 +246,9 @@ impl Replica {
                         Ok(_) => {
                             let Some(state) = state.upgrade() else { return };
                             // Nodes may call from now on (they rebuild the
-                            // leader's membership); clients once the nodes
-                            // had a heartbeat's time to come.
+                            // leader's membership); clients once the state
+                            // is rebuilt (nodes presumed up, see
+                            // `Membership::new`) and the new epoch committed.
                             me.gate.set_leader(true, String::new());
                             if let Err(e) = state.lead().await {
                                 tracing::error!(error = %e, "taking over as leader failed");
@@ -255,7 +256,6 @@ impl Replica {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue;
                             }
-                            state.wait_for_nodes().await;
                             me.gate.set_serving(true);
                             leading = true;
                             tracing::info!(replica = me.id, "leading the control group");
