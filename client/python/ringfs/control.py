@@ -194,6 +194,21 @@ class Control:
                       bytes(r.reserveCapability) or None)
 
     @_typed
+    async def commit_transaction(self, files):
+        """Commits several files at once (`commitTransaction`): `files` is
+        a list of `(guid of a write handle holding the lease, records,
+        truncate_to, file_size)`; every file or none. Their new `Attr`s, in
+        the same order."""
+        req = self._cap.commitTransaction_request()
+        lst = req.init("files", len(files))
+        for b, (guid, records, truncate_to, file_size) in zip(lst, files):
+            b.guid = guid
+            b.truncateTo = truncate_to
+            b.fileSize = file_size
+            _fill_records(b.init("chunks", len(records)), records)
+        return [Attr.read(a) for a in (await req.send()).attrs]
+
+    @_typed
     async def cluster_map(self):
         """`(epoch, {node_id: Node})`."""
         m = (await self._cap.clusterMap()).map
@@ -260,17 +275,7 @@ class Handle:
         the new attributes."""
         req = self._cap.commitChunks_request()
         req.fileSize = file_size
-        lst = req.init("chunks", len(records))
-        for b, r in zip(lst, records):
-            b.index = r.index
-            b.chunkId.hi, b.chunkId.lo = r.chunk_id
-            reps = b.init("replicas", len(r.replicas))
-            for i, n in enumerate(r.replicas):
-                reps[i] = n
-            b.length = r.length
-            b.versionEpoch, b.versionSeq = r.version
-            if r.capability:
-                b.capability = r.capability
+        _fill_records(req.init("chunks", len(records)), records)
         return Attr.read((await req.send()).attr)
 
     @_typed
@@ -280,3 +285,17 @@ class Handle:
     @_typed
     async def close(self):
         await self._cap.close()
+
+
+def _fill_records(lst, records):
+    """Fills a `List(ChunkRecord)` builder with `records` (`ChunkRecord`s)."""
+    for b, r in zip(lst, records):
+        b.index = r.index
+        b.chunkId.hi, b.chunkId.lo = r.chunk_id
+        reps = b.init("replicas", len(r.replicas))
+        for i, n in enumerate(r.replicas):
+            reps[i] = n
+        b.length = r.length
+        b.versionEpoch, b.versionSeq = r.version
+        if r.capability:
+            b.capability = r.capability
