@@ -1,5 +1,6 @@
 //! Transactions across files (docs/client.md, "Transactions"): readers see
-//! every file of a transaction before it or every file after it, a
+//! every file of a transaction before it or every file after it, two
+//! transactions naming the same files in opposite orders do not deadlock, a
 //! transaction that cannot take its leases in time leaves nothing behind,
 //! and a crash of the client, a node or the control server at any point
 //! leaves all or nothing, the shadow chunks of what did not commit
@@ -66,11 +67,21 @@ async fn rounds_now(c: &Client) -> Vec<Option<u64>> {
     out
 }
 
+/// The round whose content has `size` bytes (sizes differ from round to
+/// round).
+fn round_of_size(size: u64) -> Option<u64> {
+    (1..=255).find(|&r| content(r).len() as u64 == size)
+}
+
 /// Readers running while transactions commit never see a mix. A reader
 /// reads A, B, A: rounds only go up, so if both reads of A show round r,
 /// B was read while A was at r, and a transaction that wrote B but not
-/// yet A (or the reverse) would show B at another round. Also checks
-/// every file's whole content is one round's (no mix inside a file).
+/// yet A (or the reverse) would show B at another round. Two readers read
+/// whole contents (every file's content must be one round's: no mix
+/// inside a file); two more `stat` A, B, A back to back (one control call
+/// each, the size says the round), tight enough to land inside a window
+/// of a few milliseconds between files applied one by one (this test
+/// fails with the files of a commit applied 5 ms apart).
 #[test]
 fn readers_never_see_a_mix_of_transactions() {
     let cl = Cluster::start(2);
@@ -81,8 +92,28 @@ fn readers_never_see_a_mix_of_transactions() {
     });
     let done = AtomicBool::new(false);
     let decisive = AtomicUsize::new(0);
+    let stat_decisive = AtomicUsize::new(0);
     let rounds = 15;
     std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                with_client(addr, async |c| {
+                    let round = async |path| round_of_size(c.stat(path).await.unwrap().size);
+                    while !done.load(Ordering::Relaxed) {
+                        let a1 = round(FILES[0]).await;
+                        let b = round(FILES[1]).await;
+                        let a2 = round(FILES[0]).await;
+                        let (Some(a1), Some(b), Some(a2)) = (a1, b, a2) else {
+                            panic!("a size of no round: {a1:?} {b:?} {a2:?}");
+                        };
+                        if a1 == a2 {
+                            assert_eq!(b, a1, "B at another round than A, stat between");
+                            stat_decisive.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            });
+        }
         for _ in 0..2 {
             s.spawn(|| {
                 with_client(addr, async |c| {
@@ -117,11 +148,81 @@ fn readers_never_see_a_mix_of_transactions() {
     });
     let all = with_client(addr, rounds_now);
     assert_eq!(all, vec![Some(rounds); 3]);
+    println!(
+        "{rounds} rounds: {} decisive reads, {} decisive stats",
+        decisive.load(Ordering::Relaxed),
+        stat_decisive.load(Ordering::Relaxed)
+    );
     assert!(
         decisive.load(Ordering::Relaxed) >= 20,
         "too few decisive reads ({}) to judge",
         decisive.load(Ordering::Relaxed)
     );
+    assert!(
+        stat_decisive.load(Ordering::Relaxed) >= 200,
+        "too few decisive stats ({}) to judge",
+        stat_decisive.load(Ordering::Relaxed)
+    );
+}
+
+/// Two transactions on the same files named in opposite orders ([A, B]
+/// and [B, A]) both finish, one after the other, well within their
+/// lease wait: the leases are taken in one global order. The order of
+/// events is forced: a writer holds A; the first transaction queues for A;
+/// the second then starts. Taken in the order given, the second would
+/// hold B and queue for A behind the first, which would get A and wait
+/// for B: each waiting for the other until the lease wait ends.
+#[test]
+fn transactions_naming_files_in_opposite_orders_do_not_deadlock() {
+    let cl = Cluster::start(2);
+    let addr = cl.control.addr;
+    let (a, b) = ("/t/a", "/t/b");
+    with_client(addr, async |c| {
+        c.mkdir("/t", 0).await.unwrap();
+        put(c, a, b"a0", layout(CHUNK, 2, 2)).await.unwrap();
+        put(c, b, b"b0", layout(CHUNK, 2, 2)).await.unwrap();
+    });
+    let wait = Duration::from_secs(5);
+    let tx = |order: [&'static str; 2], what: &'static [u8]| {
+        with_client(addr, async move |c| {
+            let mut tx = c.transaction(&order, opts(wait)).await?;
+            for f in order {
+                tx.replace(f, what).await?;
+            }
+            tx.commit().await.map(drop)
+        })
+    };
+    let (held, holding) = std::sync::mpsc::channel();
+    let started = std::thread::scope(|s| {
+        s.spawn(|| {
+            with_client(addr, async |c| {
+                let fd = c.open(a, &read_write()).await.unwrap();
+                held.send(()).unwrap();
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                c.close(fd).await.unwrap();
+            })
+        });
+        holding.recv().unwrap();
+        let started = Instant::now();
+        let first = s.spawn(|| tx([a, b], b"first"));
+        // Let the first queue for A before the second starts (if it has
+        // not by then, the test cannot fail, it does not pass wrongly).
+        std::thread::sleep(Duration::from_millis(300));
+        let second = s.spawn(|| tx([b, a], b"second"));
+        first.join().unwrap().expect("the first transaction");
+        second.join().unwrap().expect("the second transaction");
+        started
+    });
+    assert!(
+        started.elapsed() < wait,
+        "the transactions took {:?}, past their lease wait",
+        started.elapsed()
+    );
+    with_client(addr, async |c| {
+        // Both committed, whole: the second one last.
+        assert_eq!(get(c, a).await.unwrap(), b"second");
+        assert_eq!(get(c, b).await.unwrap(), b"second");
+    });
 }
 
 /// A transaction that cannot take one file's lease in time (another
