@@ -304,6 +304,78 @@ fn partial_writes_and_truncation_in_a_transaction() {
     });
 }
 
+/// Files a transaction creates and unlinks change with its commit, in the
+/// same mutation: before it no reader sees a created file and every
+/// unlinked one is still whole; an abort or a transaction dropped
+/// without a commit creates nothing and unlinks nothing; a commit the
+/// server refuses (an unlinked file gone meanwhile, a created path taken
+/// meanwhile) changes nothing at all.
+#[test]
+fn creates_and_unlinks_are_part_of_the_commit() {
+    let cl = Cluster::start(2);
+    with_client(cl.control.addr, async |c| {
+        let lay = layout(CHUNK, 2, 2);
+        c.mkdir("/t", 0).await.unwrap();
+        put(c, "/t/a", b"old a", lay).await.unwrap();
+        put(c, "/t/gone", b"doomed", lay).await.unwrap();
+        let gone = async || matches!(c.stat("/t/gone").await, Err(Error::NotFound(_)));
+        let no_new = async || matches!(c.stat("/t/new").await, Err(Error::NotFound(_)));
+        let wait = Duration::from_secs(10);
+        let start = async || {
+            let mut tx = c.transaction(&["/t/new", "/t/a"], opts(wait)).await?;
+            tx.replace("/t/new", &pattern(CHUNK + 7, 3)).await?;
+            tx.replace("/t/a", b"new a").await?;
+            tx.unlink("/t/gone")?;
+            Ok::<_, Error>(tx)
+        };
+        // Aborted, and dropped without a commit.
+        start().await.unwrap().abort().await.unwrap();
+        drop(start().await.unwrap());
+        assert!(no_new().await, "an aborted transaction created its file");
+        assert_eq!(get(c, "/t/gone").await.unwrap(), b"doomed");
+        assert_eq!(get(c, "/t/a").await.unwrap(), b"old a");
+        // Misuse is refused at once.
+        let mut tx = start().await.unwrap();
+        assert!(matches!(tx.unlink("/t/a"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            tx.unlink("/t/gone"),
+            Err(Error::InvalidArgument(_))
+        ));
+        // Before the commit: nothing created, nothing unlinked.
+        assert!(no_new().await, "a created file visible before the commit");
+        assert_eq!(get(c, "/t/gone").await.unwrap(), b"doomed");
+        let attrs = tx.commit().await.unwrap();
+        assert_eq!(attrs.len(), 2);
+        assert_eq!(get(c, "/t/new").await.unwrap(), pattern(CHUNK + 7, 3));
+        assert_eq!(get(c, "/t/a").await.unwrap(), b"new a");
+        assert!(gone().await, "the unlinked file is still there");
+        // Refused commits change nothing: the file to unlink is gone...
+        let mut tx = c.transaction(&["/t/a", "/t/x"], opts(wait)).await.unwrap();
+        tx.replace("/t/a", b"never").await.unwrap();
+        tx.unlink("/t/gone").unwrap();
+        let e = tx.commit().await.unwrap_err();
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+        // ... or the path to create was taken meanwhile.
+        let mut tx = c.transaction(&["/t/a", "/t/y"], opts(wait)).await.unwrap();
+        tx.replace("/t/a", b"never").await.unwrap();
+        tx.replace("/t/y", b"never").await.unwrap();
+        put(c, "/t/y", b"first", lay).await.unwrap();
+        let e = tx.commit().await.unwrap_err();
+        assert!(matches!(e, Error::Exists(_)), "{e:?}");
+        assert_eq!(get(c, "/t/a").await.unwrap(), b"new a");
+        assert_eq!(get(c, "/t/y").await.unwrap(), b"first");
+        assert!(matches!(c.stat("/t/x").await, Err(Error::NotFound(_))));
+        // A create where the caller may not create is refused before any
+        // write: the parent does not exist.
+        let e = c
+            .transaction(&["/nodir/f"], opts(wait))
+            .await
+            .err()
+            .expect("a transaction creating in a missing directory");
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+    });
+}
+
 /// `ringfs put --atomic LOCAL REMOTE ...` as a child process with a
 /// failpoint armed.
 fn put_atomic(
@@ -385,22 +457,26 @@ fn round_2_chunks() -> usize {
 }
 
 /// kill -9 of the client inside `put --atomic`, its shadow chunks all
-/// written and the commit not sent: every file stays at round 1, and the
-/// shadow chunks are collected (the nodes hold only round 1's chunks).
+/// written and the commit not sent: every file stays at round 1, the
+/// file it was to create does not exist, and the shadow chunks are
+/// collected (the nodes hold only round 1's chunks).
 #[test]
 fn a_client_killed_before_its_commit_changes_nothing_and_its_chunks_are_collected() {
     let cl = cluster_at_round_1();
     let before = cl.chunk_files();
     let local = locals(cl.dir.path(), 2);
-    let mut child = put_atomic(
-        &cl,
-        &pairs(&local),
-        Some("client::tx_before_commit=sleep(30000)"),
-    );
-    wait_chunk_files(&cl, before.len() + round_2_chunks());
+    let mut pairs = pairs(&local);
+    pairs.push((local[0].as_path(), "/t/new"));
+    let mut child = put_atomic(&cl, &pairs, Some("client::tx_before_commit=sleep(30000)"));
+    // The new file's chunks too (it has round 2's content).
+    wait_chunk_files(&cl, before.len() + round_2_chunks() * 4 / 3);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(with_client(cl.control.addr, rounds_now), vec![Some(1); 3]);
+    with_client(cl.control.addr, async |c| {
+        let new = c.stat("/t/new").await;
+        assert!(matches!(new, Err(Error::NotFound(_))), "{new:?}");
+    });
     wait_until(
         Duration::from_secs(20),
         || cl.chunk_files() == before,
