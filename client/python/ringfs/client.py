@@ -143,11 +143,11 @@ class Client:
         """Starts a transaction on `paths` (1 to 64 distinct files): takes
         their write leases in byte order of the UTF-8 paths, waiting
         `lease_wait` seconds at most in all. With `create`, a missing file
-        is first created with the given mode and layout (0 = the server's
-        default; it exists, empty, from then on); without, it is
-        `NotFound`. `Busy` naming the file if a lease was not granted in
-        time; then every lease taken is released and every file created
-        is removed: nothing is left behind. Use it as
+        is created by the commit with the given mode and layout (0 = the
+        server's default; nobody sees it before, and it is checked now as
+        an exclusive create); without, it is `NotFound`. `Busy` naming the
+        file if a lease was not granted in time; then every lease taken is
+        released: nothing is left behind. Use it as
         `async with await c.transaction([...]) as tx:` (see
         `ringfs.transaction.Transaction`)."""
         paths = list(paths)

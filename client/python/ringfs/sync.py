@@ -154,7 +154,7 @@ class Client:
 class Transaction:
     """A synchronous transaction across files (see
     `ringfs.transaction.Transaction`): `write`, `truncate`, `replace`,
-    `commit`, `abort`; leaving `with` without a commit aborts it."""
+    `unlink`, `commit`, `abort`; leaving `with` without a commit aborts it."""
 
     def __init__(self, loop, tx):
         self._loop = loop
@@ -178,6 +178,9 @@ class Transaction:
 
     def replace(self, path, data):
         self._loop.run(self._tx.replace(path, data))
+
+    def unlink(self, path):
+        self._tx.unlink(path)
 
     def commit(self):
         return self._loop.run(self._tx.commit())

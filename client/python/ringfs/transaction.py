@@ -12,6 +12,10 @@ file already holds first copies the rest of that chunk into the new one.
 `commitTransaction` call, which the control server applies as one
 mutation: every file or none. New chunks of a transaction that never
 commits are orphans of leases that ended, which garbage collection deletes.
+Files it creates (`create=True`: a write handle from `openNew` on an inode
+number reserved for the file, linked nowhere) and files it unlinks
+(`unlink`) change with that same commit: before it no reader sees a
+created file, and every unlinked one is still there.
 """
 
 import time
@@ -38,10 +42,13 @@ class _TxFile:
     """One file of a transaction: its write handle and the new chunks
     written so far."""
 
-    def __init__(self, path, handle, layout):
+    def __init__(self, path, handle, layout, create):
         self.path = path
         self.handle = handle
         self.layout = layout
+        #: For a file the commit creates: its layout options (the handle
+        #: is on a reserved inode).
+        self.create = create
         #: Mints new chunks only: it never learns the file's records.
         self.writer = Writer(handle.write_epoch)
         #: index -> the record of the new chunk this transaction wrote there.
@@ -59,7 +66,7 @@ class _TxFile:
 class Transaction:
     """Writes to several files, visible all at once at `commit`. Leaving
     `async with` without a commit (or by an exception) aborts it: its
-    leases are released, the files it created are removed, its new chunks
+    leases are released, nothing is created or unlinked, its new chunks
     become garbage."""
 
     def __init__(self, client):
@@ -67,8 +74,8 @@ class Transaction:
         self._io = client.io
         #: By path, in byte order of the UTF-8 paths.
         self._files = []
-        #: Paths this transaction created (removed again by an abort).
-        self._created = []
+        #: Files the commit unlinks.
+        self._unlinks = []
         self._done = False
 
     async def __aenter__(self):
@@ -95,28 +102,27 @@ class Transaction:
             raise ValueError("the transaction is committed or aborted")
 
     async def _start(self, paths, lease_wait, create):
-        """Creates the missing files (with `create`, a dict of layout
-        options), then takes the write leases in order."""
+        """Takes the write leases in order; with `create` (a dict of layout
+        options), a missing file gets a reserved inode instead."""
         from .client import Layout
 
-        ordered = sorted(paths, key=_path_key)
-        if create is not None:
-            for path in ordered:
-                try:
-                    await self._client.control.create(path, exclusive=True, **create)
-                except errors.Exists:
-                    continue
-                self._created.append(path)
+        control = self._client.control
         deadline = time.monotonic() + lease_wait
-        for path in ordered:
+        for path in sorted(paths, key=_path_key):
             wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            new = None
             try:
-                handle = await self._client.control.open(path, True, wait_ms)
+                handle = await control.open(path, True, wait_ms)
             except errors.Busy as e:
                 raise errors.Busy(
                     f"transaction aborted, nothing changed: the write lease of {path} was not "
                     f"granted within {lease_wait} s ({e.message})") from None
-            f = _TxFile(path, handle, Layout(handle.attr))
+            except errors.NotFound:
+                if create is None:
+                    raise
+                handle = await control.open_new(path, **create)
+                new = create
+            f = _TxFile(path, handle, Layout(handle.attr), new)
             self._files.append(f)
             if handle.attr.is_dir:
                 raise errors.IsADirectory(path)
@@ -196,6 +202,19 @@ class Transaction:
         if head is not None:
             await self._write_run(f, index * cs, memoryview(head))
 
+    def unlink(self, path):
+        """Unlinks `path` at the commit (a file, not one of the
+        transaction's, named once). The commit checks it as an unlink: if
+        it is gone by then, or the caller may not remove it, the whole
+        commit is refused. Until the commit every reader still sees it."""
+        self._check()
+        if path in self._unlinks or any(f.path == path for f in self._files):
+            raise errors.InvalidArgument(
+                f"{path} is written by this transaction or already unlinked by it")
+        if len(self._unlinks) == MAX_FILES:
+            raise errors.InvalidArgument(f"a transaction unlinks at most {MAX_FILES} files")
+        self._unlinks.append(path)
+
     async def replace(self, path, data):
         """Replaces the whole content of `path` with `data` at the commit."""
         await self.truncate(path, 0)
@@ -205,57 +224,40 @@ class Transaction:
         """Commits every file at once: afterwards readers see every write of
         the transaction, before it none. Returns the files' `Attr`s, in the
         order of `paths`. The leases are released either way; a failure
-        means nothing was applied (and the files the transaction created
-        are removed), except a lost connection to the control server
-        (`Unavailable`), after which the outcome is unknown: look before
-        trying again."""
+        means nothing was applied (nothing created, nothing unlinked),
+        except a lost connection to the control server (`Unavailable`),
+        after which the outcome is unknown: look before trying again."""
         self._check()
         parts = []
         for f in self._files:
             records = sorted(f.shadow.values(), key=lambda r: r.index)
             truncate_to = f.keep_old if f.keep_old < f.base_size else _NO_TRUNCATE
-            parts.append((f.handle.guid, records, truncate_to, f.size))
+            create = None if f.create is None else (f.path, f.create)
+            parts.append((f.handle.guid, records, truncate_to, f.size, create))
         total = sum(len(p[1]) for p in parts)
         if total > MAX_RECORDS:
             await self.abort()
             raise errors.InvalidArgument(
                 f"a transaction commits at most {MAX_RECORDS} chunks, not {total}")
         try:
-            attrs = await self._client.control.commit_transaction(parts)
-        except errors.Unavailable:
-            # The commit may have applied: keep what it may have filled.
-            self._created.clear()
+            return await self._client.control.commit_transaction(parts, self._unlinks)
+        finally:
+            # Best effort: the leases end with the handles anyway.
             await self._release()
-            raise
-        except BaseException:
-            # Refused: nothing was applied; undo the creates too.
-            await self._release()
-            raise
-        self._created.clear()
-        # Best effort: the leases end with the handles anyway.
-        await self._release()
-        return attrs
 
     async def abort(self):
-        """Gives up the transaction: removes the files it created (still
-        empty: no commit filled them) and releases its leases. Its new
-        chunks become garbage. Aborting twice is fine."""
+        """Gives up the transaction: releases its leases (nothing was
+        created or unlinked). Its new chunks become garbage. Aborting twice
+        is fine."""
         first = await self._release()
         if first is not None:
             raise first
 
     async def _release(self):
-        """Removes the files still in `_created`, closes every handle; the
-        first failure, if any (everything is tried)."""
+        """Closes every handle; the first failure, if any (every handle is
+        tried)."""
         self._done = True
         first = None
-        # Removed while still held: nobody else wrote them.
-        for path in self._created:
-            try:
-                await self._client.control.unlink(path)
-            except errors.RingfsError as e:
-                first = first or e
-        self._created = []
         files, self._files = self._files, []
         for f in files:
             try:

@@ -10,8 +10,9 @@ transaction match a reference and stay invisible until the commit; an
 abort (explicit, by an exception, or by leaving `async with`) leaves both
 files unchanged and no lease held; a transaction that waits too long for a
 lease raises `Busy` naming the file and leaves nothing behind (files
-unchanged, a file it created removed, no lease held); the synchronous
-wrapper commits too. Exits non-zero on the first failure.
+unchanged, the file it was to create absent, no lease held); files it
+creates and unlinks change with the commit only (not before it, not
+after an abort or a refused commit); the synchronous wrapper commits too. Exits non-zero on the first failure.
 """
 
 import asyncio
@@ -173,9 +174,64 @@ async def lease_timeout_leaves_nothing(c):
     except errors.NotFound:
         pass
     else:
-        raise AssertionError("a timed out transaction left the file it created")
+        raise AssertionError("a timed out transaction created its file")
     await no_lease_held(c, FILES)
-    print("  lease timeout: files unchanged, created file removed, no lease held")
+    print("  lease timeout: files unchanged, the file to create absent, no lease held")
+
+
+async def creates_and_unlinks(c):
+    """Files a transaction creates and unlinks change with its commit: not
+    before, and not at all after an abort or a refused commit."""
+    async with await c.open("/c/gone", "wb", **LAYOUT) as f:
+        await f.write(b"doomed")
+
+    async def missing(path):
+        try:
+            await c.stat(path)
+        except errors.NotFound:
+            return True
+        return False
+
+    async def start():
+        tx = await c.transaction(["/c/new", "/t/a"], create=True, **LAYOUT)
+        await tx.replace("/c/new", pattern(CHUNK + 7, 3))
+        await tx.replace("/t/a", b"new a")
+        tx.unlink("/c/gone")
+        return tx
+
+    before_a = await get(c, "/t/a")
+    await (await start()).abort()
+    async with await start():
+        pass  # left without a commit
+    assert await missing("/c/new"), "an aborted transaction created its file"
+    assert await get(c, "/c/gone") == b"doomed", "an aborted transaction unlinked"
+    assert await get(c, "/t/a") == before_a
+    tx = await start()
+    for bad in ("/t/a", "/c/gone"):
+        try:
+            tx.unlink(bad)
+        except errors.InvalidArgument:
+            pass
+        else:
+            raise AssertionError(f"unlink of {bad} accepted twice or for a file written")
+    assert await missing("/c/new"), "a created file visible before the commit"
+    assert await get(c, "/c/gone") == b"doomed", "an unlinked file gone before the commit"
+    await tx.commit()
+    assert await get(c, "/c/new") == pattern(CHUNK + 7, 3)
+    assert await get(c, "/t/a") == b"new a"
+    assert await missing("/c/gone"), "the unlinked file is still there"
+    # A refused commit (the file to unlink is gone) creates nothing.
+    tx = await c.transaction(["/c/x"], create=True, **LAYOUT)
+    await tx.replace("/c/x", b"never")
+    tx.unlink("/c/gone")
+    try:
+        await tx.commit()
+    except errors.NotFound as e:
+        print(f"  refused commit: NotFound: {e}"[:160])
+    else:
+        raise AssertionError("a commit unlinking a missing file was applied")
+    assert await missing("/c/x"), "a refused commit created its file"
+    print("  creates and unlinks: with the commit only, none after abort or refusal")
 
 
 def sync_transaction():
@@ -197,10 +253,12 @@ async def main():
     async with await ringfs.Client.connect(CONTROL) as c:
         await c.mkdir("/p")
         await c.mkdir("/s")
+        await c.mkdir("/c")
         await readers_never_see_a_mix(c)
         await partial_writes_and_truncation(c)
         await aborts_change_nothing(c)
         await lease_timeout_leaves_nothing(c)
+        await creates_and_unlinks(c)
     sync_transaction()
     print("python transaction test: all ok")
 
