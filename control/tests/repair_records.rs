@@ -123,15 +123,9 @@ fn copies_update_unchanged_records_only_and_garbage_shrinks_per_node() {
     assert!(store.garbage().unwrap().is_empty());
 }
 
-/// A transaction across files is checked whole before anything is
-/// written: one bad record of the second file leaves the first file as it
-/// was; a good one swaps both files' records at once (the replaced chunk
-/// to garbage, the truncated tail too).
-#[test]
-fn a_transaction_applies_every_file_or_none() {
-    use ringfs_control::store::TxFile;
-    let dir = tempfile::tempdir().unwrap();
-    let store = MetaStore::open(&dir.path().join("meta.redb"), FileDefaults::default()).unwrap();
+/// A store with node 1 registered.
+fn store_with_a_node(dir: &std::path::Path) -> MetaStore {
+    let store = MetaStore::open(&dir.join("meta.redb"), FileDefaults::default()).unwrap();
     apply(
         &store,
         Mutation::Join {
@@ -142,6 +136,18 @@ fn a_transaction_applies_every_file_or_none() {
         },
     )
     .unwrap();
+    store
+}
+
+/// A transaction across files is checked whole before anything is
+/// written: one bad record of the second file leaves the first file as it
+/// was; a good one swaps both files' records at once (the replaced chunk
+/// to garbage, the truncated tail too).
+#[test]
+fn a_transaction_applies_every_file_or_none() {
+    use ringfs_control::store::TxFile;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_a_node(dir.path());
     let create = |path: &str| {
         let m = Mutation::Create {
             who: ringfs_control::store::Caller::admin(),
@@ -228,17 +234,7 @@ fn a_transaction_applies_every_file_or_none() {
 fn a_transaction_creates_and_unlinks_in_its_one_mutation() {
     use ringfs_control::store::{Caller, TxCreate, TxFile};
     let dir = tempfile::tempdir().unwrap();
-    let store = MetaStore::open(&dir.path().join("meta.redb"), FileDefaults::default()).unwrap();
-    apply(
-        &store,
-        Mutation::Join {
-            node_id: 0,
-            key: [0; 16],
-            new_key: [1; 16],
-            shards: vec!["127.0.0.1:1".into()],
-        },
-    )
-    .unwrap();
+    let store = store_with_a_node(dir.path());
     let options = CreateOptions {
         chunk_size: 4096,
         replication: 1,

@@ -351,6 +351,7 @@ pub(super) fn apply(
             path,
             options,
             now_ns,
-        } => namespace::reserve(txn, defaults, who, path, options, *now_ns),
+        } => namespace::reserve(txn, defaults, who, path, options, *now_ns)
+            .map(|(ino, attr)| Outcome::Attr(ino, attr)),
     }
 }

@@ -291,8 +291,7 @@ pub(super) fn create(
             };
         }
     }
-    let attr = check_create(txn, defaults, who, path, options, now_ns)?;
-    let ino = next_counter(&mut txn.open_table(COUNTERS)?, NEXT_INODE)?;
+    let (ino, attr) = reserve(txn, defaults, who, path, options, now_ns)?;
     link_reserved(txn, who, path, ino, &attr)?;
     Ok(Outcome::Attr(ino, attr))
 }
@@ -334,7 +333,8 @@ pub(super) fn check_create(
 /// [`super::Mutation::ReserveInode`]: checks that `who` may create file
 /// `path` now and allocates an inode number for it, linked nowhere and
 /// stored nowhere (a transaction links it at its commit; a number never
-/// linked is simply never used). The inode the file would have.
+/// linked is simply never used). The number and the inode the file would
+/// have.
 pub(super) fn reserve(
     txn: &WriteTransaction,
     defaults: &FileDefaults,
@@ -342,10 +342,10 @@ pub(super) fn reserve(
     path: &str,
     options: &CreateOptions,
     now_ns: i64,
-) -> Result<Outcome> {
+) -> Result<(u64, Inode)> {
     let attr = check_create(txn, defaults, who, path, options, now_ns)?;
     let ino = next_counter(&mut txn.open_table(COUNTERS)?, NEXT_INODE)?;
-    Ok(Outcome::Attr(ino, attr))
+    Ok((ino, attr))
 }
 
 /// Links inode number `ino` (new or reserved) as file `path` with `attr`
