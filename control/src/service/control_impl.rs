@@ -87,7 +87,6 @@ impl ControlImpl {
         })
     }
 
-    /// Waits (FIFO, up to `wait`) for the write lease on `inode`.
     /// Takes the write lease of `ino` for handle `guid` of user `uid`
     /// (waiting up to `wait`), draws its write epoch and registers the
     /// write handle (which unregisters them when it ends: chunks written
@@ -125,6 +124,7 @@ impl ControlImpl {
         }
     }
 
+    /// Waits (FIFO, up to `wait`) for the write lease on `inode`.
     async fn acquire_write(&self, inode: u64, guid: Guid, wait: Duration) -> Result<()> {
         let acquired = self.state.leases.borrow_mut().acquire(inode, guid);
         let rx = match acquired {

@@ -4,10 +4,13 @@
 //!
 //! Each file is named by the guid of a write handle its caller opened and
 //! still holds the lease of; the records obey commitChunks' rules for that
-//! handle. Everything that lives only on this server (leases, handles,
+//! handle. A file whose handle came from `openNew` names the path the
+//! commit creates it at; `unlinks` names files the commit removes.
+//! Everything that lives only on this server (leases, handles,
 //! capabilities) is checked here before the mutation is proposed;
-//! everything in the store (versions, sizes, epochs) is checked by the
-//! mutation before its first write. Failpoints `control::tx_before_commit`
+//! everything in the store (versions, sizes, epochs, the namespace checks
+//! of creates and unlinks) is checked by the mutation before its first
+//! write. Failpoints `control::tx_before_commit`
 //! and `control::tx_after_commit` (before the mutation is proposed, and
 //! after it applied but before the answer) let tests crash the server
 //! there.
@@ -57,17 +60,14 @@ pub(super) async fn commit(
             "at most {MAX_CHUNKS_PER_CALL} records per transaction, not {total}"
         )));
     }
-    let unlinks = p
-        .get_unlinks()?
-        .iter()
-        .map(text)
-        .collect::<Result<Vec<_>>>()?;
-    if unlinks.len() > MAX_TX_FILES {
+    let unlinks = p.get_unlinks()?;
+    if unlinks.len() as usize > MAX_TX_FILES {
         return Err(ControlError::InvalidArgument(format!(
             "a transaction unlinks at most {MAX_TX_FILES} files, not {}",
             unlinks.len()
         )));
     }
+    let unlinks = unlinks.iter().map(text).collect::<Result<Vec<_>>>()?;
     let mut creates = Vec::new();
     let mut files = Vec::with_capacity(list.len() as usize);
     for f in list.iter() {
