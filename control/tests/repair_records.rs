@@ -287,7 +287,7 @@ fn a_transaction_creates_and_unlinks_in_its_one_mutation() {
         "reserved, not stored"
     );
     assert!(store.stat("/new").is_err(), "reserved, not linked");
-    let tx = |create: &str, create_ino, unlink: &str| Mutation::CommitTransaction {
+    let tx = |create: &str, create_ino, unlinks: &[&str]| Mutation::CommitTransaction {
         who: Caller::admin(),
         files: vec![TxFile {
             inode: reserved,
@@ -301,27 +301,28 @@ fn a_transaction_creates_and_unlinks_in_its_one_mutation() {
             path: create.into(),
             options,
         }],
-        unlinks: vec![unlink.into()],
+        unlinks: unlinks.iter().map(|p| p.to_string()).collect(),
         now_ns: 1,
     };
     for (bad, why) in [
-        (tx("/new", reserved, "/new"), "created and unlinked"),
+        (tx("/new", reserved, &["/new/"]), "created and unlinked"),
+        (tx("/new", reserved, &["/old", "/old/"]), "unlinked twice"),
         (
-            tx("/new", old, "/old"),
+            tx("/new", old, &["/old"]),
             "an inode that is not a reserved one",
         ),
         (
-            tx("/new", reserved, "/missing"),
+            tx("/new", reserved, &["/missing"]),
             "an unlink of a missing file",
         ),
-        (tx("/old", reserved, "/x"), "a create of an existing path"),
+        (tx("/old", reserved, &[]), "a create of an existing path"),
     ] {
         assert!(apply(&store, bad).is_err(), "{why}");
         assert!(store.stat("/new").is_err(), "{why}: created");
         assert!(store.stat("/old").is_ok(), "{why}: unlinked");
         assert!(store.garbage().unwrap().is_empty(), "{why}");
     }
-    apply(&store, tx("/new", reserved, "/old")).unwrap();
+    apply(&store, tx("/new", reserved, &["/old"])).unwrap();
     let (new_ino, attr) = store.stat("/new").unwrap();
     assert_eq!((new_ino, attr.size), (reserved, 4096));
     assert!(store.stat("/old").is_err());

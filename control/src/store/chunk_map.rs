@@ -225,10 +225,11 @@ pub(super) fn commit_transaction(
             unlinks.len()
         ));
     }
+    // By their components: "/d/f" and "/d/f/" name one entry.
     let mut paths = std::collections::HashSet::new();
     let mut created = Vec::with_capacity(creates.len());
     for c in creates {
-        if !paths.insert(c.path.as_str()) {
+        if !paths.insert(crate::path::components(&c.path)?) {
             return bad(format!("{} is created twice in one transaction", c.path));
         }
         if !files.iter().any(|f| f.inode == c.inode) {
@@ -251,7 +252,7 @@ pub(super) fn commit_transaction(
         created.push((c.inode, attr));
     }
     for path in unlinks {
-        if !paths.insert(path.as_str()) {
+        if !paths.insert(crate::path::components(path)?) {
             return bad(format!(
                 "{path} is unlinked twice, or created and unlinked, in one transaction"
             ));
