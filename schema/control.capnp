@@ -333,17 +333,34 @@ interface Control {
   listUsers @26 () -> (users :List(UserInfo));
 
   # -- Transactions across files. --
-  commitTransaction @27 (files :List(TransactionFile), requestId :Data)
+  commitTransaction @27 (files :List(TransactionFile), requestId :Data,
+                         unlinks :List(Text))
       -> (attrs :List(Attr));
   # Commits the chunk records and sizes of several files at once: one
   # mutation (one durable transaction, one Raft entry) applies every file
   # or none (docs/protocol.md, "Transactions"). Each file is named by a
-  # write handle of this caller (its guid, as `open` answered) that still
-  # holds the file's lease; each record obeys the rules of commitChunks for
-  # that handle, and each file appears once. At most 64 files and 4096
-  # records in all (invalid_argument beyond). `attrs`: the files'
+  # write handle of this caller (its guid, as `open` or `openNew`
+  # answered) that still holds the file's lease; each record obeys the
+  # rules of commitChunks for that handle, and each file appears once. A
+  # file opened with `openNew` names its path in `createAt` and is created
+  # by the same mutation (checked again as an exclusive create). `unlinks`:
+  # files removed by the same mutation (checked as `unlink`; none of
+  # `files`, none created, none twice). At most 64 files, 64 unlinks and
+  # 4096 records in all (invalid_argument beyond). `attrs`: the files'
   # attributes after it, in the order of `files`. requestId: as for the
   # namespace mutations.
+  openNew @28 (path :Text, options :CreateOptions)
+      -> (handle :FileHandle, guid :Data, attr :Attr, writeEpoch :UInt64,
+          reserveCapability :Data);
+  # A write handle on a file not created yet, for a transaction that
+  # creates it at `path` (options as for `create`, exclusive implied):
+  # checked now as an exclusive create (not_found, exists,
+  # permission_denied, invalid_argument), an inode number is reserved and
+  # its lease held; `attr` is what the file will be (size 0). Nothing is
+  # linked: no reader sees the file until a commitTransaction naming this
+  # handle with `createAt` commits. Only commitTransaction and close are
+  # useful on it (the others answer stale_handle: the inode is linked
+  # nowhere). A handle closed without such a commit leaves nothing.
 }
 
 struct TransactionFile {
@@ -358,6 +375,10 @@ struct TransactionFile {
   fileSize @3 :UInt64;
   # Then the file's size becomes exactly this (it may shrink); every
   # record must end within it.
+  createAt @4 :Text;
+  # Empty: the file exists. Otherwise the handle came from `openNew` and
+  # the file is created at this path by the commit, with `createOptions`.
+  createOptions @5 :CreateOptions;
 }
 
 struct UserInfo {

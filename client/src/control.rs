@@ -14,8 +14,8 @@ use ringfs_ops::tls::Tls;
 use ringfs_ops::transport::{self, ConnectError};
 use ringfs_schema::common_capnp::capacity;
 use ringfs_schema::control_capnp::{
-    attr, chunk_record, cluster_map, control, file_handle, map_watcher, subscription, FileKind,
-    OpenMode,
+    attr, chunk_record, cluster_map, control, create_options, file_handle, map_watcher,
+    subscription, FileKind, OpenMode,
 };
 pub use ringfs_schema::Version;
 use ringfs_schema::{read_chunk_id, write_chunk_id};
@@ -145,6 +145,28 @@ pub struct Committed {
     pub repairs: Vec<(u64, u64)>,
 }
 
+/// The [`FileHandle`] of an `open` or `openNew` answer `$r` (the two
+/// answers have the same fields, in different generated types).
+macro_rules! file_handle {
+    ($r:expr, $conn:expr) => {{
+        let r = $r;
+        let guid: [u8; 16] = r
+            .get_guid()?
+            .try_into()
+            .map_err(|_| Error::internal("the server sent a handle id that is not 16 bytes"))?;
+        Ok(FileHandle {
+            cap: r.get_handle()?,
+            guid,
+            attr: read_attr(r.get_attr()?)?,
+            write_epoch: r.get_write_epoch(),
+            reserve_capability: std::cell::Cell::new(Capability::from_wire(
+                r.get_reserve_capability()?,
+            )),
+            _conn: $conn.clone(),
+        })
+    }};
+}
+
 /// One file of [`ControlClient::commit_transaction_as`].
 #[derive(Clone, Copy, Debug)]
 pub struct TransactionPart<'a> {
@@ -157,6 +179,10 @@ pub struct TransactionPart<'a> {
     pub truncate_to: u64,
     /// Then the file's size, exactly.
     pub file_size: u64,
+    /// The file does not exist yet (its handle came from
+    /// [`ControlClient::open_new`]): the commit creates it at this path
+    /// with these options.
+    pub create: Option<(&'a str, CreateOptions)>,
 }
 
 /// A node's capacity report, in bytes.
@@ -524,18 +550,15 @@ impl ControlClient {
         let mut p = req.get();
         p.set_request_id(&id_bytes(id));
         p.set_path(path);
-        let mut o = p.init_options();
-        o.set_mode(options.mode);
-        o.set_chunk_size(options.chunk_size);
-        o.set_replication(options.replication);
-        o.set_write_quorum(options.write_quorum);
-        o.set_exclusive(options.exclusive);
+        fill_create_options(p.init_options(), &options);
         let reply = req.send().promise.await?;
         read_attr(reply.get()?.get_attr()?)
     }
 
-    /// Commits the records and sizes of several files in one mutation:
-    /// all or none (`commitTransaction`, docs/protocol.md). Answers the
+    /// Commits the records and sizes of several files in one mutation,
+    /// creating the files of `files` opened with [`Self::open_new`] and
+    /// unlinking the files at `unlinks`: all or none
+    /// (`commitTransaction`, docs/protocol.md). Answers the
     /// files' attributes afterwards, in the order of `files`. Sent again
     /// with the same `id`, it is answered as the first time and applied at
     /// most once, even when the handles died with the first connection.
@@ -543,15 +566,24 @@ impl ControlClient {
         &self,
         id: Option<u128>,
         files: &[TransactionPart<'_>],
+        unlinks: &[&str],
     ) -> Result<Vec<Attr>> {
         let mut req = self.control.commit_transaction_request();
         req.get().set_request_id(&id_bytes(id));
+        let mut list = req.get().init_unlinks(unlinks.len() as u32);
+        for (i, path) in unlinks.iter().enumerate() {
+            list.set(i as u32, *path);
+        }
         let mut list = req.get().init_files(files.len() as u32);
         for (i, f) in files.iter().enumerate() {
             let mut b = list.reborrow().get(i as u32);
             b.set_guid(&f.guid);
             b.set_truncate_to(f.truncate_to);
             b.set_file_size(f.file_size);
+            if let Some((path, options)) = f.create {
+                b.set_create_at(path);
+                fill_create_options(b.reborrow().init_create_options(), &options);
+            }
             let mut chunks = b.init_chunks(f.chunks.len() as u32);
             for (k, c) in f.chunks.iter().enumerate() {
                 fill_chunk(chunks.reborrow().get(k as u32), c);
@@ -765,21 +797,20 @@ impl ControlClient {
         req.get()
             .set_wait_ms(wait.as_millis().min(u32::MAX as u128) as u32);
         let reply = req.send().promise.await?;
-        let r = reply.get()?;
-        let guid: [u8; 16] = r
-            .get_guid()?
-            .try_into()
-            .map_err(|_| Error::internal("the server sent a handle id that is not 16 bytes"))?;
-        Ok(FileHandle {
-            cap: r.get_handle()?,
-            guid,
-            attr: read_attr(r.get_attr()?)?,
-            write_epoch: r.get_write_epoch(),
-            reserve_capability: std::cell::Cell::new(Capability::from_wire(
-                r.get_reserve_capability()?,
-            )),
-            _conn: self.conn.clone(),
-        })
+        file_handle!(reply.get()?, self.conn)
+    }
+
+    /// A write handle on a file not created yet (`openNew`): checked as an
+    /// exclusive create of `path` now, created only by a
+    /// [`Self::commit_transaction_as`] that names the handle with
+    /// [`TransactionPart::create`]; its `attr` is what the file will be.
+    /// Nothing is left behind if it is closed without such a commit.
+    pub async fn open_new(&self, path: &str, options: CreateOptions) -> Result<FileHandle> {
+        let mut req = self.control.open_new_request();
+        req.get().set_path(path);
+        fill_create_options(req.get().init_options(), &options);
+        let reply = req.send().promise.await?;
+        file_handle!(reply.get()?, self.conn)
     }
 
     /// Registers a storage node (node_id 0 and a zero key for a new one).
@@ -1240,4 +1271,12 @@ impl FileHandle {
         self.cap.close_request().send().promise.await?;
         Ok(())
     }
+}
+
+fn fill_create_options(mut o: create_options::Builder<'_>, options: &CreateOptions) {
+    o.set_mode(options.mode);
+    o.set_chunk_size(options.chunk_size);
+    o.set_replication(options.replication);
+    o.set_write_quorum(options.write_quorum);
+    o.set_exclusive(options.exclusive);
 }

@@ -15,6 +15,13 @@
 //! chunks of a transaction that never commits are orphans of leases that
 //! ended, which garbage collection deletes (docs/client.md,
 //! "Transactions across files").
+//!
+//! Files it creates and files it unlinks are part of the same commit: a
+//! missing file (with [`TransactionOptions::create`]) is opened with
+//! `openNew`, a write handle on an inode number reserved for it and linked
+//! nowhere, and the commit links it; [`Transaction::unlink`] names files
+//! the commit removes. Before the commit no reader sees a created file,
+//! and every unlinked one is still there.
 
 use std::time::{Duration, Instant};
 
@@ -37,10 +44,10 @@ pub struct TransactionOptions {
     /// How long taking every file's write lease may take in all; past it
     /// the transaction gives up with [`Error::Busy`], holding nothing.
     pub lease_wait: Duration,
-    /// Create a file that does not exist, with this layout (created before
-    /// the transaction's leases are taken, so it exists, empty, from
-    /// then on; see docs/client.md). `None`: a missing file is
-    /// [`Error::NotFound`].
+    /// Create a file that does not exist, with this layout, by the commit
+    /// (nobody sees it before; another client creating the path meanwhile
+    /// makes the commit fail with [`Error::Exists`]). `None`: a missing
+    /// file is [`Error::NotFound`].
     pub create: Option<CreateOptions>,
 }
 
@@ -60,13 +67,16 @@ pub struct Transaction<'c> {
     client: &'c Client,
     /// By path, ascending.
     files: Vec<TxFile>,
-    /// Paths this transaction created (removed again by an abort).
-    created: Vec<String>,
+    /// Files the commit unlinks.
+    unlinks: Vec<String>,
 }
 
 struct TxFile {
     path: String,
     handle: FileHandle,
+    /// The commit creates the file, with this layout (its handle is on a
+    /// reserved inode).
+    create: Option<CreateOptions>,
     /// Mints new chunks only: it never learns the file's records.
     writer: Writer,
     layout: Layout,
@@ -83,10 +93,11 @@ struct TxFile {
 impl Client {
     /// Starts a transaction on `paths` (1 to [`MAX_TRANSACTION_FILES`]
     /// distinct files): takes their write leases in byte order of the
-    /// paths, waiting [`TransactionOptions::lease_wait`] at most in all.
-    /// [`Error::Busy`] if a lease was not granted in time (another writer
-    /// holds it); then every lease taken is released and every file
-    /// created is removed: nothing is left behind.
+    /// paths, waiting [`TransactionOptions::lease_wait`] at most in all
+    /// (a file to create is checked as an exclusive create and gets a
+    /// reserved inode instead). [`Error::Busy`] if a lease was not granted
+    /// in time (another writer holds it); then every lease taken is
+    /// released: nothing is left behind.
     pub async fn transaction(
         &self,
         paths: &[&str],
@@ -103,38 +114,14 @@ impl Client {
         let mut tx = Transaction {
             client: self,
             files: Vec::with_capacity(sorted.len()),
-            created: Vec::new(),
+            unlinks: Vec::new(),
         };
-        if let Some(layout) = options.create {
-            for &path in &sorted {
-                let layout = CreateOptions {
-                    exclusive: true,
-                    ..layout
-                };
-                let created = self
-                    .cluster
-                    .mutate(
-                        || format!("create {path}"),
-                        |c, id| async move { c.create_as(Some(id), path, layout).await },
-                    )
-                    .await;
-                match created {
-                    Ok(_) => tx.created.push(path.to_string()),
-                    Err(Error::Exists(_)) => {}
-                    Err(e) => {
-                        let _ = tx.abort().await;
-                        return Err(e);
-                    }
-                }
-            }
-        }
         let deadline = Instant::now() + options.lease_wait;
         for &path in &sorted {
-            match tx.take(path, deadline).await {
+            match tx.take(path, deadline, options.create).await {
                 Ok(f) => tx.files.push(f),
                 Err(e) => {
-                    // Releases the leases taken so far, removes the
-                    // files created.
+                    // Releases the leases taken so far.
                     let _ = tx.abort().await;
                     return Err(match e {
                         Error::Busy(m) => Error::Busy(format!(
@@ -152,14 +139,33 @@ impl Client {
 }
 
 impl Transaction<'_> {
-    /// The write lease of `path`, waiting until `deadline` at most.
-    async fn take(&self, path: &str, deadline: Instant) -> Result<TxFile> {
+    /// The write lease of `path`, waiting until `deadline` at most; with
+    /// `create`, a reserved inode if `path` does not exist.
+    async fn take(
+        &self,
+        path: &str,
+        deadline: Instant,
+        create: Option<CreateOptions>,
+    ) -> Result<TxFile> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        let handle = self
-            .client
-            .cluster
+        let cluster = &self.client.cluster;
+        let opened = cluster
             .retry(|c| async move { c.open(path, true, wait).await })
-            .await?;
+            .await;
+        let (handle, create) = match (opened, create) {
+            (Ok(handle), _) => (handle, None),
+            (Err(Error::NotFound(_)), Some(layout)) => {
+                let layout = CreateOptions {
+                    exclusive: true,
+                    ..layout
+                };
+                let handle = cluster
+                    .retry(|c| async move { c.open_new(path, layout).await })
+                    .await?;
+                (handle, Some(layout))
+            }
+            (Err(e), _) => return Err(e),
+        };
         let attr = handle.attr.clone();
         if attr.kind == Kind::Directory {
             return Err(Error::IsDirectory(path.to_string()));
@@ -172,6 +178,7 @@ impl Transaction<'_> {
         }
         Ok(TxFile {
             path: path.to_string(),
+            create,
             writer: Writer::new(handle.write_epoch, attr.size),
             layout: Layout {
                 chunk_size: attr.chunk_size as u64,
@@ -272,6 +279,25 @@ impl Transaction<'_> {
         Ok(())
     }
 
+    /// Unlinks `path` at the commit (a file, not one of the transaction's,
+    /// named once). Checked by the commit as an unlink: if it is gone by
+    /// then, or the caller may not remove it, the whole commit is refused.
+    /// Until the commit every reader still sees it.
+    pub fn unlink(&mut self, path: &str) -> Result<()> {
+        if self.file(path).is_ok() || self.unlinks.iter().any(|p| p == path) {
+            return Err(Error::InvalidArgument(format!(
+                "{path} is written by this transaction or already unlinked by it"
+            )));
+        }
+        if self.unlinks.len() == MAX_TRANSACTION_FILES {
+            return Err(Error::InvalidArgument(format!(
+                "a transaction unlinks at most {MAX_TRANSACTION_FILES} files"
+            )));
+        }
+        self.unlinks.push(path.to_string());
+        Ok(())
+    }
+
     /// Replaces the whole content of `path` with `data` at the commit.
     pub async fn replace(&mut self, path: &str, data: &[u8]) -> Result<()> {
         self.set_len(path, 0).await?;
@@ -307,11 +333,13 @@ impl Transaction<'_> {
                     u64::MAX
                 },
                 file_size: f.size,
+                create: f.create.map(|o| (f.path.as_str(), o)),
             })
             .collect();
+        let unlinks: Vec<&str> = self.unlinks.iter().map(String::as_str).collect();
         #[cfg(feature = "failpoints")]
         fail::fail_point!("client::tx_before_commit");
-        let parts = &parts;
+        let (parts, unlinks) = (&parts, &unlinks);
         // Sent again under the same id after a lost connection: the server
         // answers what the first one did (its handles are gone by then).
         let committed = self
@@ -319,7 +347,7 @@ impl Transaction<'_> {
             .cluster
             .mutate(
                 || format!("commit of a transaction on {} files", parts.len()),
-                |c, id| async move { c.commit_transaction_as(Some(id), parts).await },
+                |c, id| async move { c.commit_transaction_as(Some(id), parts, unlinks).await },
             )
             .await;
         for f in &files {
@@ -328,16 +356,6 @@ impl Transaction<'_> {
                 .borrow_mut()
                 .clear();
         }
-        if let Err(e) = &committed {
-            if !matches!(e, Error::OutcomeUnknown { .. }) {
-                // Refused: nothing was applied; undo the creates too.
-                self.files = files;
-                let _ = self.abort().await;
-                return committed;
-            }
-        }
-        // Kept after an unknown outcome: the commit may have filled them.
-        self.created.clear();
         for f in files {
             // Best effort: the lease ends with the handle anyway.
             let _ = f.handle.close().await;
@@ -345,26 +363,10 @@ impl Transaction<'_> {
         committed
     }
 
-    /// Gives up the transaction: releases its leases and removes the files
-    /// it created (still empty: no commit filled them). Its new chunks
-    /// become garbage.
+    /// Gives up the transaction: releases its leases. Nothing was
+    /// created or unlinked; its new chunks become garbage.
     pub async fn abort(mut self) -> Result<()> {
         let mut first_error = None;
-        // Removed while still held: nobody else wrote them.
-        for path in std::mem::take(&mut self.created) {
-            let path = path.as_str();
-            let removed = self
-                .client
-                .cluster
-                .mutate(
-                    || format!("unlink {path}"),
-                    |c, id| async move { c.unlink_as(Some(id), path).await },
-                )
-                .await;
-            if let Err(e) = removed {
-                first_error.get_or_insert(e);
-            }
-        }
         for f in std::mem::take(&mut self.files) {
             if let Err(e) = f.handle.close().await {
                 first_error.get_or_insert(e);

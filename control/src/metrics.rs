@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Method names of the `Control` interface, by method id (schema order).
-const CONTROL_METHODS: [&str; 28] = [
+const CONTROL_METHODS: [&str; 29] = [
     "hello",
     "create",
     "mkdir",
@@ -54,6 +54,7 @@ const CONTROL_METHODS: [&str; 28] = [
     "remove_user",
     "list_users",
     "commit_transaction",
+    "open_new",
 ];
 
 /// What a call needs of a replica's leadership (see

@@ -170,6 +170,9 @@ fn a_transaction_applies_every_file_or_none() {
         apply(&store, m).unwrap();
     }
     let tx = |b_epoch| Mutation::CommitTransaction {
+        who: ringfs_control::store::Caller::admin(),
+        creates: vec![],
+        unlinks: vec![],
         files: vec![
             TxFile {
                 inode: a,
@@ -207,4 +210,108 @@ fn a_transaction_applies_every_file_or_none() {
     let mut garbage: Vec<u128> = store.garbage().unwrap().iter().map(|c| c.id).collect();
     garbage.sort();
     assert_eq!(garbage, vec![10, 20, 21]);
+}
+
+/// Creates and unlinks in a transaction: a reserved inode is linked only
+/// by the commit, an unlinked file's chunks go to garbage, and every
+/// refusal (a path both created and unlinked, a file both written and
+/// unlinked, an inode that is not a reserved one, an unlink of a missing
+/// file) leaves the store as it was.
+#[test]
+fn a_transaction_creates_and_unlinks_in_its_one_mutation() {
+    use ringfs_control::store::{Caller, TxCreate, TxFile};
+    let (_dir, store) = store_with_nodes(1);
+    let options = CreateOptions {
+        chunk_size: 4096,
+        replication: 1,
+        write_quorum: 1,
+        ..Default::default()
+    };
+    let ino = |o: Outcome| match o {
+        Outcome::Attr(ino, _) => ino,
+        other => panic!("{other:?}"),
+    };
+    let old = ino(apply(
+        &store,
+        Mutation::Create {
+            who: Caller::admin(),
+            path: "/old".into(),
+            options,
+            now_ns: 0,
+        },
+    )
+    .unwrap());
+    let chunk = |id, epoch| Chunk {
+        id,
+        replicas: vec![1],
+        length: 4096,
+        version: Version::new(epoch, 1),
+    };
+    apply(
+        &store,
+        Mutation::CommitChunks {
+            inode: old,
+            epoch: 5,
+            chunks: vec![(0, chunk(10, 5))],
+            file_size: 4096,
+            now_ns: 0,
+        },
+    )
+    .unwrap();
+    let reserved = ino(apply(
+        &store,
+        Mutation::ReserveInode {
+            who: Caller::admin(),
+            path: "/new".into(),
+            options,
+            now_ns: 0,
+        },
+    )
+    .unwrap());
+    assert!(
+        store.inode(reserved).unwrap().is_none(),
+        "reserved, not stored"
+    );
+    assert!(store.stat("/new").is_err(), "reserved, not linked");
+    let tx = |create: &str, create_ino, unlinks: &[&str]| Mutation::CommitTransaction {
+        who: Caller::admin(),
+        files: vec![TxFile {
+            inode: reserved,
+            epoch: 8,
+            truncate_to: u64::MAX,
+            chunks: vec![(0, chunk(30, 8))],
+            file_size: 4096,
+        }],
+        creates: vec![TxCreate {
+            inode: create_ino,
+            path: create.into(),
+            options,
+        }],
+        unlinks: unlinks.iter().map(|p| p.to_string()).collect(),
+        now_ns: 1,
+    };
+    for (bad, why) in [
+        (tx("/new", reserved, &["/new/"]), "created and unlinked"),
+        (tx("/new", reserved, &["/old", "/old/"]), "unlinked twice"),
+        (
+            tx("/new", old, &["/old"]),
+            "an inode that is not a reserved one",
+        ),
+        (
+            tx("/new", reserved, &["/missing"]),
+            "an unlink of a missing file",
+        ),
+        (tx("/old", reserved, &[]), "a create of an existing path"),
+    ] {
+        assert!(apply(&store, bad).is_err(), "{why}");
+        assert!(store.stat("/new").is_err(), "{why}: created");
+        assert!(store.stat("/old").is_ok(), "{why}: unlinked");
+        assert!(store.garbage().unwrap().is_empty(), "{why}");
+    }
+    apply(&store, tx("/new", reserved, &["/old"])).unwrap();
+    let (new_ino, attr) = store.stat("/new").unwrap();
+    assert_eq!((new_ino, attr.size), (reserved, 4096));
+    assert!(store.stat("/old").is_err());
+    let garbage: Vec<u128> = store.garbage().unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(garbage, vec![10]);
 }

@@ -2,8 +2,9 @@
 //! round trips of every edge size, overwrites, truncate and append, interop
 //! both ways with the `ringfs` CLI, a node killed during a read, bad input
 //! raising the right exceptions, and Python's 1 MiB-block throughput next
-//! to the Rust CLI's (a figure, printed). The checks are in
-//! client/python/tests/cluster_test.py; this test starts the processes.
+//! to the Rust CLI's (a figure, printed), transactions across files. The
+//! checks are in client/python/tests/*_test.py; this test starts the
+//! processes.
 //!
 //! Needs `python3` with pycapnp 2.x and crc32c (`pip install
 //! ./client/python` installs both). Without them the test says so and
@@ -43,6 +44,12 @@ fn python_ready() -> bool {
 /// Runs client/python/tests/cluster_test.py with `args` against `cl` and
 /// checks that it ended well and said `done`.
 fn run_python(cl: &Cluster, args: &[&str], done: &str) {
+    run_script(cl, "cluster_test.py", args, done);
+}
+
+/// Runs client/python/tests/`script` with `args` against `cl` and checks
+/// that it ended well and said `done`.
+fn run_script(cl: &Cluster, script: &str, args: &[&str], done: &str) {
     let nodes: Vec<String> = (0..cl.nodes.len())
         .map(|i| {
             let n = cl.node(i);
@@ -50,7 +57,7 @@ fn run_python(cl: &Cluster, args: &[&str], done: &str) {
         })
         .collect();
     let out = Command::new("python3")
-        .arg(package_dir().join("tests/cluster_test.py"))
+        .arg(package_dir().join("tests").join(script))
         .args(args)
         // The package from this checkout, not an installed copy.
         .env("PYTHONPATH", package_dir())
@@ -92,6 +99,26 @@ fn python_package_round_trips_interops_and_fails_over() {
     }
     let cl = Cluster::start(3);
     run_python(&cl, &["bench"], "python cluster test: all ok");
+}
+
+/// Transactions across files from Python
+/// (client/python/tests/transaction_test.py): readers never see a mix of
+/// two-file commits; partial writes and truncation match a reference and
+/// stay invisible until the commit; aborts (explicit, by an exception, by
+/// leaving `async with`) change nothing; a lease timeout raises `Busy`
+/// naming the file and leaves nothing behind; the sync wrapper commits.
+#[test]
+fn python_package_transactions_are_all_or_nothing() {
+    if !python_ready() {
+        return;
+    }
+    let cl = Cluster::start(2);
+    run_script(
+        &cl,
+        "transaction_test.py",
+        &[],
+        "python transaction test: all ok",
+    );
 }
 
 /// One node flips a bit in every read answer after its own CRC check: the

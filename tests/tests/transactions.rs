@@ -1,5 +1,6 @@
 //! Transactions across files (docs/client.md, "Transactions"): readers see
-//! every file of a transaction before it or every file after it, a
+//! every file of a transaction before it or every file after it, two
+//! transactions naming the same files in opposite orders do not deadlock, a
 //! transaction that cannot take its leases in time leaves nothing behind,
 //! and a crash of the client, a node or the control server at any point
 //! leaves all or nothing, the shadow chunks of what did not commit
@@ -66,11 +67,21 @@ async fn rounds_now(c: &Client) -> Vec<Option<u64>> {
     out
 }
 
+/// The round whose content has `size` bytes (sizes differ from round to
+/// round).
+fn round_of_size(size: u64) -> Option<u64> {
+    (1..=255).find(|&r| content(r).len() as u64 == size)
+}
+
 /// Readers running while transactions commit never see a mix. A reader
 /// reads A, B, A: rounds only go up, so if both reads of A show round r,
 /// B was read while A was at r, and a transaction that wrote B but not
-/// yet A (or the reverse) would show B at another round. Also checks
-/// every file's whole content is one round's (no mix inside a file).
+/// yet A (or the reverse) would show B at another round. Two readers read
+/// whole contents (every file's content must be one round's: no mix
+/// inside a file); two more `stat` A, B, A back to back (one control call
+/// each, the size says the round), tight enough to land inside a window
+/// of a few milliseconds between files applied one by one (this test
+/// fails with the files of a commit applied 5 ms apart).
 #[test]
 fn readers_never_see_a_mix_of_transactions() {
     let cl = Cluster::start(2);
@@ -81,8 +92,28 @@ fn readers_never_see_a_mix_of_transactions() {
     });
     let done = AtomicBool::new(false);
     let decisive = AtomicUsize::new(0);
+    let stat_decisive = AtomicUsize::new(0);
     let rounds = 15;
     std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                with_client(addr, async |c| {
+                    let round = async |path| round_of_size(c.stat(path).await.unwrap().size);
+                    while !done.load(Ordering::Relaxed) {
+                        let a1 = round(FILES[0]).await;
+                        let b = round(FILES[1]).await;
+                        let a2 = round(FILES[0]).await;
+                        let (Some(a1), Some(b), Some(a2)) = (a1, b, a2) else {
+                            panic!("a size of no round: {a1:?} {b:?} {a2:?}");
+                        };
+                        if a1 == a2 {
+                            assert_eq!(b, a1, "B at another round than A, stat between");
+                            stat_decisive.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            });
+        }
         for _ in 0..2 {
             s.spawn(|| {
                 with_client(addr, async |c| {
@@ -117,11 +148,81 @@ fn readers_never_see_a_mix_of_transactions() {
     });
     let all = with_client(addr, rounds_now);
     assert_eq!(all, vec![Some(rounds); 3]);
+    println!(
+        "{rounds} rounds: {} decisive reads, {} decisive stats",
+        decisive.load(Ordering::Relaxed),
+        stat_decisive.load(Ordering::Relaxed)
+    );
     assert!(
         decisive.load(Ordering::Relaxed) >= 20,
         "too few decisive reads ({}) to judge",
         decisive.load(Ordering::Relaxed)
     );
+    assert!(
+        stat_decisive.load(Ordering::Relaxed) >= 200,
+        "too few decisive stats ({}) to judge",
+        stat_decisive.load(Ordering::Relaxed)
+    );
+}
+
+/// Two transactions on the same files named in opposite orders ([A, B]
+/// and [B, A]) both finish, one after the other, well within their
+/// lease wait: the leases are taken in one global order. The order of
+/// events is forced: a writer holds A; the first transaction queues for A;
+/// the second then starts. Taken in the order given, the second would
+/// hold B and queue for A behind the first, which would get A and wait
+/// for B: each waiting for the other until the lease wait ends.
+#[test]
+fn transactions_naming_files_in_opposite_orders_do_not_deadlock() {
+    let cl = Cluster::start(2);
+    let addr = cl.control.addr;
+    let (a, b) = ("/t/a", "/t/b");
+    with_client(addr, async |c| {
+        c.mkdir("/t", 0).await.unwrap();
+        put(c, a, b"a0", layout(CHUNK, 2, 2)).await.unwrap();
+        put(c, b, b"b0", layout(CHUNK, 2, 2)).await.unwrap();
+    });
+    let wait = Duration::from_secs(5);
+    let tx = |order: [&'static str; 2], what: &'static [u8]| {
+        with_client(addr, async move |c| {
+            let mut tx = c.transaction(&order, opts(wait)).await?;
+            for f in order {
+                tx.replace(f, what).await?;
+            }
+            tx.commit().await.map(drop)
+        })
+    };
+    let (held, holding) = std::sync::mpsc::channel();
+    let started = std::thread::scope(|s| {
+        s.spawn(|| {
+            with_client(addr, async |c| {
+                let fd = c.open(a, &read_write()).await.unwrap();
+                held.send(()).unwrap();
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                c.close(fd).await.unwrap();
+            })
+        });
+        holding.recv().unwrap();
+        let started = Instant::now();
+        let first = s.spawn(|| tx([a, b], b"first"));
+        // Let the first queue for A before the second starts (if it has
+        // not by then, the test cannot fail, it does not pass wrongly).
+        std::thread::sleep(Duration::from_millis(300));
+        let second = s.spawn(|| tx([b, a], b"second"));
+        first.join().unwrap().expect("the first transaction");
+        second.join().unwrap().expect("the second transaction");
+        started
+    });
+    assert!(
+        started.elapsed() < wait,
+        "the transactions took {:?}, past their lease wait",
+        started.elapsed()
+    );
+    with_client(addr, async |c| {
+        // Both committed, whole: the second one last.
+        assert_eq!(get(c, a).await.unwrap(), b"second");
+        assert_eq!(get(c, b).await.unwrap(), b"second");
+    });
 }
 
 /// A transaction that cannot take one file's lease in time (another
@@ -200,6 +301,78 @@ fn partial_writes_and_truncation_in_a_transaction() {
         want_b.resize(2 * CHUNK, 0);
         want_b.extend_from_slice(b"tail");
         assert!(get(c, "/b").await.unwrap() == want_b, "/b after commit");
+    });
+}
+
+/// Files a transaction creates and unlinks change with its commit, in the
+/// same mutation: before it no reader sees a created file and every
+/// unlinked one is still whole; an abort or a transaction dropped
+/// without a commit creates nothing and unlinks nothing; a commit the
+/// server refuses (an unlinked file gone meanwhile, a created path taken
+/// meanwhile) changes nothing at all.
+#[test]
+fn creates_and_unlinks_are_part_of_the_commit() {
+    let cl = Cluster::start(2);
+    with_client(cl.control.addr, async |c| {
+        let lay = layout(CHUNK, 2, 2);
+        c.mkdir("/t", 0).await.unwrap();
+        put(c, "/t/a", b"old a", lay).await.unwrap();
+        put(c, "/t/gone", b"doomed", lay).await.unwrap();
+        let gone = async || matches!(c.stat("/t/gone").await, Err(Error::NotFound(_)));
+        let no_new = async || matches!(c.stat("/t/new").await, Err(Error::NotFound(_)));
+        let wait = Duration::from_secs(10);
+        let start = async || {
+            let mut tx = c.transaction(&["/t/new", "/t/a"], opts(wait)).await?;
+            tx.replace("/t/new", &pattern(CHUNK + 7, 3)).await?;
+            tx.replace("/t/a", b"new a").await?;
+            tx.unlink("/t/gone")?;
+            Ok::<_, Error>(tx)
+        };
+        // Aborted, and dropped without a commit.
+        start().await.unwrap().abort().await.unwrap();
+        drop(start().await.unwrap());
+        assert!(no_new().await, "an aborted transaction created its file");
+        assert_eq!(get(c, "/t/gone").await.unwrap(), b"doomed");
+        assert_eq!(get(c, "/t/a").await.unwrap(), b"old a");
+        // Misuse is refused at once.
+        let mut tx = start().await.unwrap();
+        assert!(matches!(tx.unlink("/t/a"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            tx.unlink("/t/gone"),
+            Err(Error::InvalidArgument(_))
+        ));
+        // Before the commit: nothing created, nothing unlinked.
+        assert!(no_new().await, "a created file visible before the commit");
+        assert_eq!(get(c, "/t/gone").await.unwrap(), b"doomed");
+        let attrs = tx.commit().await.unwrap();
+        assert_eq!(attrs.len(), 2);
+        assert_eq!(get(c, "/t/new").await.unwrap(), pattern(CHUNK + 7, 3));
+        assert_eq!(get(c, "/t/a").await.unwrap(), b"new a");
+        assert!(gone().await, "the unlinked file is still there");
+        // Refused commits change nothing: the file to unlink is gone...
+        let mut tx = c.transaction(&["/t/a", "/t/x"], opts(wait)).await.unwrap();
+        tx.replace("/t/a", b"never").await.unwrap();
+        tx.unlink("/t/gone").unwrap();
+        let e = tx.commit().await.unwrap_err();
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+        // ... or the path to create was taken meanwhile.
+        let mut tx = c.transaction(&["/t/a", "/t/y"], opts(wait)).await.unwrap();
+        tx.replace("/t/a", b"never").await.unwrap();
+        tx.replace("/t/y", b"never").await.unwrap();
+        put(c, "/t/y", b"first", lay).await.unwrap();
+        let e = tx.commit().await.unwrap_err();
+        assert!(matches!(e, Error::Exists(_)), "{e:?}");
+        assert_eq!(get(c, "/t/a").await.unwrap(), b"new a");
+        assert_eq!(get(c, "/t/y").await.unwrap(), b"first");
+        assert!(matches!(c.stat("/t/x").await, Err(Error::NotFound(_))));
+        // A create where the caller may not create is refused before any
+        // write: the parent does not exist.
+        let e = c
+            .transaction(&["/nodir/f"], opts(wait))
+            .await
+            .err()
+            .expect("a transaction creating in a missing directory");
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
     });
 }
 
@@ -284,22 +457,26 @@ fn round_2_chunks() -> usize {
 }
 
 /// kill -9 of the client inside `put --atomic`, its shadow chunks all
-/// written and the commit not sent: every file stays at round 1, and the
-/// shadow chunks are collected (the nodes hold only round 1's chunks).
+/// written and the commit not sent: every file stays at round 1, the
+/// file it was to create does not exist, and the shadow chunks are
+/// collected (the nodes hold only round 1's chunks).
 #[test]
 fn a_client_killed_before_its_commit_changes_nothing_and_its_chunks_are_collected() {
     let cl = cluster_at_round_1();
     let before = cl.chunk_files();
     let local = locals(cl.dir.path(), 2);
-    let mut child = put_atomic(
-        &cl,
-        &pairs(&local),
-        Some("client::tx_before_commit=sleep(30000)"),
-    );
-    wait_chunk_files(&cl, before.len() + round_2_chunks());
+    let mut pairs = pairs(&local);
+    pairs.push((local[0].as_path(), "/t/new"));
+    let mut child = put_atomic(&cl, &pairs, Some("client::tx_before_commit=sleep(30000)"));
+    // The new file's chunks too (it has round 2's content).
+    wait_chunk_files(&cl, before.len() + round_2_chunks() * 4 / 3);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(with_client(cl.control.addr, rounds_now), vec![Some(1); 3]);
+    with_client(cl.control.addr, async |c| {
+        let new = c.stat("/t/new").await;
+        assert!(matches!(new, Err(Error::NotFound(_))), "{new:?}");
+    });
     wait_until(
         Duration::from_secs(20),
         || cl.chunk_files() == before,

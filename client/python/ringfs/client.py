@@ -5,9 +5,10 @@ on top of asyncio), or use `ringfs.sync.Client` from synchronous code."""
 import asyncio
 import io
 
-from . import tls
+from . import errors, tls
 from .control import Control
 from .datapath import ChunkIO, Writer
+from .transaction import MAX_FILES, Transaction
 
 #: Records one `commitChunks` may carry.
 COMMIT_BATCH = 4096
@@ -136,6 +137,33 @@ class Client:
         if truncate and handle.attr.size:
             await f.truncate(0)
         return f
+
+    async def transaction(self, paths, lease_wait=30.0, create=False, mode=0o644, chunk_size=0,
+                          replication=0, write_quorum=0):
+        """Starts a transaction on `paths` (1 to 64 distinct files): takes
+        their write leases in byte order of the UTF-8 paths, waiting
+        `lease_wait` seconds at most in all. With `create`, a missing file
+        is created by the commit with the given mode and layout (0 = the
+        server's default; nobody sees it before, and it is checked now as
+        an exclusive create); without, it is `NotFound`. `Busy` naming the
+        file if a lease was not granted in time; then every lease taken is
+        released: nothing is left behind. Use it as
+        `async with await c.transaction([...]) as tx:` (see
+        `ringfs.transaction.Transaction`)."""
+        paths = list(paths)
+        if not 0 < len(paths) <= MAX_FILES or len(set(paths)) != len(paths):
+            raise errors.InvalidArgument(f"a transaction takes 1 to {MAX_FILES} distinct files")
+        layout = None
+        if create:
+            layout = dict(mode=mode, chunk_size=chunk_size, replication=replication,
+                          write_quorum=write_quorum)
+        tx = Transaction(self)
+        try:
+            await tx._start(paths, lease_wait, layout)
+        except BaseException:
+            await tx._release()
+            raise
+        return tx
 
 
 class File:

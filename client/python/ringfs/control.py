@@ -131,9 +131,7 @@ class Control:
 
     @_typed
     async def create(self, path, mode=0, chunk_size=0, replication=0, write_quorum=0, exclusive=False):
-        opts = control.CreateOptions.new_message(
-            mode=mode, chunkSize=chunk_size, replication=replication, writeQuorum=write_quorum,
-            exclusive=exclusive)
+        opts = _create_options(mode, chunk_size, replication, write_quorum, exclusive)
         return Attr.read((await self._cap.create(path, opts)).attr)
 
     @_typed
@@ -189,9 +187,41 @@ class Control:
     @_typed
     async def open(self, path, write, wait_ms):
         mode = "write" if write else "read"
-        r = await self._cap.open(path, mode, wait_ms)
-        return Handle(r.handle, bytes(r.guid), Attr.read(r.attr), r.writeEpoch,
-                      bytes(r.reserveCapability) or None)
+        return Handle.read(await self._cap.open(path, mode, wait_ms))
+
+    @_typed
+    async def open_new(self, path, mode=0, chunk_size=0, replication=0, write_quorum=0):
+        """A write handle on a file not created yet (`openNew`): checked
+        now as an exclusive create of `path`, created only by a
+        `commit_transaction` that names it with `create`; its `attr` is
+        what the file will be. Closed without such a commit, it leaves
+        nothing."""
+        opts = _create_options(mode, chunk_size, replication, write_quorum, True)
+        return Handle.read(await self._cap.openNew(path, opts))
+
+    @_typed
+    async def commit_transaction(self, files, unlinks=()):
+        """Commits several files at once (`commitTransaction`): `files` is
+        a list of `(guid of a write handle holding the lease, records,
+        truncate_to, file_size, create)`, `create` being `None` or, for a
+        handle from `open_new`, `(path, dict of open_new's layout
+        options)`; the files at `unlinks` are removed by the same commit.
+        Every change or none. The files' new `Attr`s, in their order."""
+        req = self._cap.commitTransaction_request()
+        lst = req.init("files", len(files))
+        for b, (guid, records, truncate_to, file_size, create) in zip(lst, files):
+            b.guid = guid
+            b.truncateTo = truncate_to
+            b.fileSize = file_size
+            _fill_records(b.init("chunks", len(records)), records)
+            if create is not None:
+                path, layout = create
+                b.createAt = path
+                b.createOptions = _create_options(exclusive=True, **layout)
+        names = req.init("unlinks", len(unlinks))
+        for i, path in enumerate(unlinks):
+            names[i] = path
+        return [Attr.read(a) for a in (await req.send()).attrs]
 
     @_typed
     async def cluster_map(self):
@@ -222,6 +252,12 @@ class Handle:
         self.attr = attr
         self.write_epoch = write_epoch
         self._reserve = reserve_capability
+
+    @classmethod
+    def read(cls, r):
+        """The handle of an `open` or `openNew` answer."""
+        return cls(r.handle, bytes(r.guid), Attr.read(r.attr), r.writeEpoch,
+                   bytes(r.reserveCapability) or None)
 
     @_typed
     async def reserve_capability(self):
@@ -260,17 +296,7 @@ class Handle:
         the new attributes."""
         req = self._cap.commitChunks_request()
         req.fileSize = file_size
-        lst = req.init("chunks", len(records))
-        for b, r in zip(lst, records):
-            b.index = r.index
-            b.chunkId.hi, b.chunkId.lo = r.chunk_id
-            reps = b.init("replicas", len(r.replicas))
-            for i, n in enumerate(r.replicas):
-                reps[i] = n
-            b.length = r.length
-            b.versionEpoch, b.versionSeq = r.version
-            if r.capability:
-                b.capability = r.capability
+        _fill_records(req.init("chunks", len(records)), records)
         return Attr.read((await req.send()).attr)
 
     @_typed
@@ -280,3 +306,23 @@ class Handle:
     @_typed
     async def close(self):
         await self._cap.close()
+
+
+def _fill_records(lst, records):
+    """Fills a `List(ChunkRecord)` builder with `records` (`ChunkRecord`s)."""
+    for b, r in zip(lst, records):
+        b.index = r.index
+        b.chunkId.hi, b.chunkId.lo = r.chunk_id
+        reps = b.init("replicas", len(r.replicas))
+        for i, n in enumerate(r.replicas):
+            reps[i] = n
+        b.length = r.length
+        b.versionEpoch, b.versionSeq = r.version
+        if r.capability:
+            b.capability = r.capability
+
+
+def _create_options(mode=0, chunk_size=0, replication=0, write_quorum=0, exclusive=False):
+    return control.CreateOptions.new_message(
+        mode=mode, chunkSize=chunk_size, replication=replication, writeQuorum=write_quorum,
+        exclusive=exclusive)

@@ -144,6 +144,50 @@ class Client:
         self._files.add(f)
         return f
 
+    def transaction(self, paths, **options):
+        """A `Transaction` on `paths` (options as the asyncio client's
+        `transaction`): `with c.transaction([...]) as tx:` aborts unless
+        `tx.commit()` ran."""
+        return Transaction(self._loop, self._do(lambda c: c.transaction(paths, **options)))
+
+
+class Transaction:
+    """A synchronous transaction across files (see
+    `ringfs.transaction.Transaction`): `write`, `truncate`, `replace`,
+    `unlink`, `commit`, `abort`; leaving `with` without a commit aborts it."""
+
+    def __init__(self, loop, tx):
+        self._loop = loop
+        self._tx = tx
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.run(self._tx.__aexit__(*exc))
+
+    @property
+    def paths(self):
+        return self._tx.paths
+
+    def write(self, path, offset, data):
+        self._loop.run(self._tx.write(path, offset, data))
+
+    def truncate(self, path, size):
+        self._loop.run(self._tx.truncate(path, size))
+
+    def replace(self, path, data):
+        self._loop.run(self._tx.replace(path, data))
+
+    def unlink(self, path):
+        self._tx.unlink(path)
+
+    def commit(self):
+        return self._loop.run(self._tx.commit())
+
+    def abort(self):
+        self._loop.run(self._tx.abort())
+
 
 class File(io.RawIOBase):
     """A synchronous ringfs file: an `io.RawIOBase` (binary, unbuffered)."""

@@ -1,8 +1,8 @@
 //! `ringfs put --atomic LOCAL1 REMOTE1 LOCAL2 REMOTE2 ...`: replaces every
 //! REMOTE with its LOCAL in one transaction (docs/client.md,
 //! "Transactions"): readers see every file old or every file new. A
-//! REMOTE that does not exist is created (empty) before the transaction
-//! takes its leases, and removed again if it does not commit.
+//! REMOTE that does not exist is created by the same commit (no reader
+//! sees it before; nothing is left if the commit does not happen).
 
 use std::io::Write;
 use std::time::Duration;

@@ -11,7 +11,7 @@ use ringfs_schema::{read_chunk_id, PROTOCOL_VERSION};
 
 use super::convert::{
     fill_attr, fill_command, fill_health, node_key, now_ns, read_capacity, read_command_result,
-    text, wire,
+    read_create_options, text, wire,
 };
 use super::file_handle::FileHandleImpl;
 use super::session::{Principal, Session};
@@ -23,7 +23,7 @@ use crate::error::{ControlError, Result};
 use crate::leases::{Acquire, Guid};
 use crate::records::Kind;
 use crate::store::access::{READ, WRITE};
-use crate::store::{AttrChange, CreateOptions, Mutation, Outcome, Request};
+use crate::store::{AttrChange, Mutation, Outcome, Request};
 
 /// The `Control` capability of one connection.
 pub(super) struct ControlImpl {
@@ -85,6 +85,43 @@ impl ControlImpl {
         self.state.replica.as_ref().ok_or_else(|| {
             ControlError::InvalidArgument("this control server is not replicated".into())
         })
+    }
+
+    /// Takes the write lease of `ino` for handle `guid` of user `uid`
+    /// (waiting up to `wait`), draws its write epoch and registers the
+    /// write handle (which unregisters them when it ends: chunks written
+    /// under this epoch are never collected meanwhile). The epoch.
+    async fn take_write(&self, ino: u64, guid: Guid, uid: u32, wait: Duration) -> Result<u64> {
+        self.acquire_write(ino, guid, wait).await?;
+        let epoch = match self.state.write_epoch().await {
+            Ok(e) => e,
+            Err(e) => {
+                self.state.leases.borrow_mut().release(ino, &guid);
+                return Err(e);
+            }
+        };
+        self.state.live_epochs.borrow_mut().insert(epoch, ino);
+        let handle = crate::leases::WriteHandle {
+            inode: ino,
+            epoch,
+            uid,
+        };
+        self.state.write_handles.borrow_mut().insert(guid, handle);
+        Ok(epoch)
+    }
+
+    /// The server object of a new handle on `ino` (a write handle holds
+    /// what [`Self::take_write`] registered, and releases it).
+    fn handle(&self, guid: Guid, ino: u64, write: bool, epoch: u64) -> FileHandleImpl {
+        FileHandleImpl {
+            state: self.state.clone(),
+            guid,
+            inode: ino,
+            write,
+            epoch,
+            closed: Cell::new(false),
+            session: self.session.clone(),
+        }
     }
 
     /// Waits (FIFO, up to `wait`) for the write lease on `inode`.
@@ -174,14 +211,7 @@ impl control::Server for ControlImpl {
             let who = self.principal()?.caller.clone();
             let p = params.get()?;
             let path = text(p.get_path())?;
-            let o = p.get_options()?;
-            let options = CreateOptions {
-                mode: o.get_mode(),
-                chunk_size: o.get_chunk_size(),
-                replication: o.get_replication(),
-                write_quorum: o.get_write_quorum(),
-                exclusive: o.get_exclusive(),
-            };
+            let options = read_create_options(p.get_options()?);
             let m = Mutation::Create {
                 who,
                 path,
@@ -362,35 +392,12 @@ impl control::Server for ControlImpl {
             who.caller
                 .require(&a, if write { WRITE } else { READ }, &path)?;
             let guid: Guid = rand::random();
-            let mut epoch = 0;
-            if write {
-                self.acquire_write(ino, guid, wait).await?;
-                // Registered with the handle (which unregisters it): chunks
-                // written under this epoch are never collected meanwhile.
-                epoch = match self.state.write_epoch().await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        self.state.leases.borrow_mut().release(ino, &guid);
-                        return Err(e);
-                    }
-                };
-                self.state.live_epochs.borrow_mut().insert(epoch, ino);
-                let handle = crate::leases::WriteHandle {
-                    inode: ino,
-                    epoch,
-                    uid: who.caller.uid,
-                };
-                self.state.write_handles.borrow_mut().insert(guid, handle);
-            }
-            let handle = FileHandleImpl {
-                state: self.state.clone(),
-                guid,
-                inode: ino,
-                write,
-                epoch,
-                closed: Cell::new(false),
-                session: self.session.clone(),
+            let epoch = if write {
+                self.take_write(ino, guid, who.caller.uid, wait).await?
+            } else {
+                0
             };
+            let handle = self.handle(guid, ino, write, epoch);
             // The file may have been removed while we waited for the lease.
             let attr_now = match self.state.store.inode(ino)? {
                 Some(a) => a,
@@ -406,6 +413,41 @@ impl control::Server for ControlImpl {
                 r.set_reserve_capability(&handle.new_reserve_capability());
             }
             fill_attr(r.reborrow().init_attr(), ino, &attr_now);
+            r.set_handle(crate::metrics::file_handle_client(handle));
+            Ok(())
+        })
+    }
+
+    fn open_new(
+        self: CapRc<Self>,
+        params: control::OpenNewParams,
+        mut results: control::OpenNewResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        wire(async move {
+            let who = self.principal()?;
+            let p = params.get()?;
+            let m = Mutation::ReserveInode {
+                who: who.caller.clone(),
+                path: text(p.get_path())?,
+                options: read_create_options(p.get_options()?),
+                now_ns: now_ns(),
+            };
+            let Outcome::Attr(ino, attr) = self.submit(None, m).await? else {
+                return Err(ControlError::Internal(
+                    "reserveInode answered no inode".into(),
+                ));
+            };
+            // Nobody else knows the number: granted at once.
+            let guid: Guid = rand::random();
+            let epoch = self
+                .take_write(ino, guid, who.caller.uid, Duration::ZERO)
+                .await?;
+            let handle = self.handle(guid, ino, true, epoch);
+            let mut r = results.get();
+            r.set_guid(&guid);
+            r.set_write_epoch(epoch);
+            r.set_reserve_capability(&handle.new_reserve_capability());
+            fill_attr(r.reborrow().init_attr(), ino, &attr);
             r.set_handle(crate::metrics::file_handle_client(handle));
             Ok(())
         })

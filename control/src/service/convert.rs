@@ -29,6 +29,19 @@ pub(super) fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String> 
         .map_err(|_| ControlError::InvalidArgument("text is not valid UTF-8".into()))
 }
 
+/// The options of a create, as the wire carries them.
+pub(super) fn read_create_options(
+    o: ringfs_schema::control_capnp::create_options::Reader,
+) -> crate::store::CreateOptions {
+    crate::store::CreateOptions {
+        mode: o.get_mode(),
+        chunk_size: o.get_chunk_size(),
+        replication: o.get_replication(),
+        write_quorum: o.get_write_quorum(),
+        exclusive: o.get_exclusive(),
+    }
+}
+
 pub(super) fn fill_attr(mut b: attr::Builder, ino: u64, a: &Inode) {
     b.set_inode(ino);
     b.set_kind(match a.kind {

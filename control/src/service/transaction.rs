@@ -4,10 +4,13 @@
 //!
 //! Each file is named by the guid of a write handle its caller opened and
 //! still holds the lease of; the records obey commitChunks' rules for that
-//! handle. Everything that lives only on this server (leases, handles,
+//! handle. A file whose handle came from `openNew` names the path the
+//! commit creates it at; `unlinks` names files the commit removes.
+//! Everything that lives only on this server (leases, handles,
 //! capabilities) is checked here before the mutation is proposed;
-//! everything in the store (versions, sizes, epochs) is checked by the
-//! mutation before its first write. Failpoints `control::tx_before_commit`
+//! everything in the store (versions, sizes, epochs, the namespace checks
+//! of creates and unlinks) is checked by the mutation before its first
+//! write. Failpoints `control::tx_before_commit`
 //! and `control::tx_after_commit` (before the mutation is proposed, and
 //! after it applied but before the answer) let tests crash the server
 //! there.
@@ -15,13 +18,13 @@
 use ringfs_ops::capability::Lease;
 use ringfs_schema::control_capnp::control;
 
-use super::convert::{fill_attr, now_ns, read_chunk_record};
+use super::convert::{fill_attr, now_ns, read_chunk_record, read_create_options, text};
 use super::file_handle::{check_commit_capabilities, note_committed};
 use super::session::Principal;
 use super::MAX_CHUNKS_PER_CALL;
 use crate::cluster_state::State;
 use crate::error::{ControlError, Result};
-use crate::store::{Mutation, Outcome, Request, TxFile, MAX_TX_FILES};
+use crate::store::{Mutation, Outcome, Request, TxCreate, TxFile, MAX_TX_FILES};
 
 /// Checks and commits the transaction of `params` for `who`.
 pub(super) async fn commit(
@@ -57,6 +60,15 @@ pub(super) async fn commit(
             "at most {MAX_CHUNKS_PER_CALL} records per transaction, not {total}"
         )));
     }
+    let unlinks = p.get_unlinks()?;
+    if unlinks.len() as usize > MAX_TX_FILES {
+        return Err(ControlError::InvalidArgument(format!(
+            "a transaction unlinks at most {MAX_TX_FILES} files, not {}",
+            unlinks.len()
+        )));
+    }
+    let unlinks = unlinks.iter().map(text).collect::<Result<Vec<_>>>()?;
+    let mut creates = Vec::new();
     let mut files = Vec::with_capacity(list.len() as usize);
     for f in list.iter() {
         let guid: crate::leases::Guid = f.get_guid()?.try_into().map_err(|_| {
@@ -85,6 +97,14 @@ pub(super) async fn commit(
         };
         let chunks = f.get_chunks()?;
         check_commit_capabilities(state, lease, chunks)?;
+        let create_at = text(f.get_create_at())?;
+        if !create_at.is_empty() {
+            creates.push(TxCreate {
+                inode: handle.inode,
+                path: create_at,
+                options: read_create_options(f.get_create_options()?),
+            });
+        }
         files.push(TxFile {
             inode: handle.inode,
             epoch: handle.epoch,
@@ -103,7 +123,10 @@ pub(super) async fn commit(
     let request = Request {
         id,
         mutation: Mutation::CommitTransaction {
+            who: who.caller.clone(),
             files,
+            creates,
+            unlinks,
             now_ns: now_ns(),
         },
     };

@@ -7,6 +7,8 @@
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
+use super::access::Caller;
+use super::namespace::{self, CreateOptions, FileDefaults};
 use super::tables::{
     decode_chunk, decode_garbage, get_chunk, get_inode, CHUNKS, GARBAGE, INODES, NODES,
 };
@@ -171,23 +173,96 @@ pub struct TxFile {
 /// Most files one transaction commits.
 pub const MAX_TX_FILES: usize = 64;
 
-/// See [`super::Mutation::CommitTransaction`]: every file is checked
-/// before the first write, so a refusal of any file leaves every file as
-/// it was; then each is truncated (as [`set_size`] does) and its records
-/// stored (as [`commit_chunks`] does). A record may not name a chunk the
-/// truncation drops from the file (it would be collected while recorded),
-/// and no chunk id may appear twice in the transaction.
+/// A file a [`super::Mutation::CommitTransaction`] creates: its inode
+/// number (reserved by [`super::Mutation::ReserveInode`], a file of the
+/// transaction), where it is linked, and its layout.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TxCreate {
+    /// The reserved inode number.
+    pub inode: u64,
+    /// Absolute path.
+    pub path: String,
+    /// Layout and mode, as for a create (exclusive: the path must be free).
+    pub options: CreateOptions,
+}
+
+/// What one transaction changes.
+pub(super) struct TxChanges<'a> {
+    pub files: &'a [TxFile],
+    pub creates: &'a [TxCreate],
+    pub unlinks: &'a [String],
+}
+
+/// See [`super::Mutation::CommitTransaction`]: everything is checked
+/// before the first write, so a refusal of anything leaves everything as
+/// it was. Creates are checked as exclusive creates by `who` (and their
+/// inode numbers must be linked nowhere yet), unlinks as unlinks by `who`;
+/// no path is both created and unlinked, none twice, and no file of the
+/// transaction is unlinked. Then the created files are linked, the
+/// unlinked ones removed (their chunks to garbage), and each file
+/// truncated (as [`set_size`] does) and its records stored (as
+/// [`commit_chunks`] does). A record may not name a chunk the truncation
+/// drops from the file (it would be collected while recorded), and no
+/// chunk id may appear twice in the transaction.
 pub(super) fn commit_transaction(
     txn: &WriteTransaction,
-    files: &[TxFile],
+    defaults: &FileDefaults,
+    who: &Caller,
+    tx: TxChanges<'_>,
     now_ns: i64,
 ) -> Result<Outcome> {
+    let TxChanges {
+        files,
+        creates,
+        unlinks,
+    } = tx;
     let bad = |s: String| Err(ControlError::InvalidArgument(s));
-    if files.is_empty() || files.len() > MAX_TX_FILES {
+    if files.is_empty() || files.len() > MAX_TX_FILES || unlinks.len() > MAX_TX_FILES {
         return bad(format!(
-            "a transaction commits 1 to {MAX_TX_FILES} files, not {}",
-            files.len()
+            "a transaction commits 1 to {MAX_TX_FILES} files and unlinks at most \
+             {MAX_TX_FILES}, not {} and {}",
+            files.len(),
+            unlinks.len()
         ));
+    }
+    // By their components: "/d/f" and "/d/f/" name one entry.
+    let mut paths = std::collections::HashSet::new();
+    let mut created = Vec::with_capacity(creates.len());
+    for c in creates {
+        if !paths.insert(crate::path::components(&c.path)?) {
+            return bad(format!("{} is created twice in one transaction", c.path));
+        }
+        if !files.iter().any(|f| f.inode == c.inode) {
+            return bad(format!(
+                "the create of {} names no file of the transaction",
+                c.path
+            ));
+        }
+        if created.iter().any(|(ino, _)| *ino == c.inode) || inode_exists(txn, c.inode)? {
+            return bad(format!(
+                "inode {} is not a reserved one (the create of {})",
+                c.inode, c.path
+            ));
+        }
+        let exclusive = CreateOptions {
+            exclusive: true,
+            ..c.options
+        };
+        let attr = namespace::check_create(txn, defaults, who, &c.path, &exclusive, now_ns)?;
+        created.push((c.inode, attr));
+    }
+    for path in unlinks {
+        if !paths.insert(crate::path::components(path)?) {
+            return bad(format!(
+                "{path} is unlinked twice, or created and unlinked, in one transaction"
+            ));
+        }
+        let ino = namespace::check_unlink(txn, who, path)?;
+        if files.iter().any(|f| f.inode == ino) {
+            return bad(format!(
+                "{path} is both written and unlinked in one transaction"
+            ));
+        }
     }
     let mut ids = std::collections::HashSet::new();
     let mut plans = Vec::with_capacity(files.len());
@@ -206,7 +281,10 @@ pub(super) fn commit_transaction(
                 ));
             }
         }
-        let attr = open_file(&txn.open_table(INODES)?, f.inode)?;
+        let attr = match created.iter().find(|(ino, _)| *ino == f.inode) {
+            Some((_, attr)) => attr.clone(),
+            None => open_file(&txn.open_table(INODES)?, f.inode)?,
+        };
         let cut = f.truncate_to.min(f.file_size);
         plans.push(check_records(
             txn,
@@ -218,7 +296,13 @@ pub(super) fn commit_transaction(
             cut,
         )?);
     }
-    // Every check of every file has passed: from here on only writes.
+    // Every check of everything has passed: from here on only writes.
+    for (c, (ino, attr)) in creates.iter().zip(&created) {
+        namespace::link_reserved(txn, who, &c.path, *ino, attr)?;
+    }
+    for path in unlinks {
+        namespace::remove(txn, who, path, Kind::File, now_ns)?;
+    }
     let mut attrs = Vec::with_capacity(files.len());
     for (f, plan) in files.iter().zip(plans) {
         let cut = f.truncate_to.min(f.file_size);
@@ -228,6 +312,10 @@ pub(super) fn commit_transaction(
         attrs.push(plan.apply(txn, &f.chunks, now_ns)?);
     }
     Ok(Outcome::Attrs(attrs))
+}
+
+fn inode_exists(txn: &WriteTransaction, ino: u64) -> Result<bool> {
+    Ok(get_inode(&txn.open_table(INODES)?, ino)?.is_some())
 }
 
 /// What storing checked records changes: the file's inode as it will be

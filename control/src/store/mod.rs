@@ -43,7 +43,7 @@ mod tables;
 pub mod users;
 
 pub use access::Caller;
-pub use chunk_map::{MapEntry, TxFile, MAX_FILE_SIZE, MAX_TX_FILES};
+pub use chunk_map::{MapEntry, TxCreate, TxFile, MAX_FILE_SIZE, MAX_TX_FILES};
 pub use mutation::{Batch, Mutation, Outcome, Request};
 pub use namespace::{
     validate_layout, AttrChange, CreateOptions, Entry, FileDefaults, MAX_CHUNK_SIZE,

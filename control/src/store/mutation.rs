@@ -8,7 +8,7 @@
 use redb::WriteTransaction;
 
 use super::access::Caller;
-use super::chunk_map::{self, TxFile};
+use super::chunk_map::{self, TxCreate, TxFile};
 use super::namespace::{self, AttrChange, CreateOptions, FileDefaults};
 use super::tables::COUNTERS;
 use super::{nodes, users};
@@ -167,13 +167,34 @@ pub enum Mutation {
         /// Nodes that deleted their copy.
         nodes: Vec<u64>,
     },
-    /// A transaction across files: truncates and stores chunk records of
-    /// every file, all or none (see [`chunk_map::commit_transaction`]).
-    /// The leases were checked by the caller.
+    /// A transaction across files: creates files (linking inode numbers
+    /// reserved for them), unlinks files, truncates and stores chunk
+    /// records of every file, all or none (see
+    /// [`chunk_map::commit_transaction`]). The leases were checked by the
+    /// caller.
     CommitTransaction {
+        /// Who commits (the permission checks of the creates and unlinks).
+        who: Caller,
         /// The files, each at most once.
         files: Vec<TxFile>,
+        /// Files of `files` to create (their inodes reserved).
+        creates: Vec<TxCreate>,
+        /// Paths of files to unlink (none of `files`).
+        unlinks: Vec<String>,
         /// The files' new mtime.
+        now_ns: i64,
+    },
+    /// Reserve an inode number for a file a transaction will create at
+    /// `path` (see [`namespace::reserve`]): checked as an exclusive create
+    /// now, linked only by the transaction's commit.
+    ReserveInode {
+        /// Who will create it.
+        who: Caller,
+        /// Absolute path.
+        path: String,
+        /// Layout and mode; zeros take the server's defaults.
+        options: CreateOptions,
+        /// The file's mtime if created.
         now_ns: i64,
     },
 }
@@ -308,8 +329,29 @@ pub(super) fn apply(
             drop,
         } => chunk_map::replica_copied(txn, *inode, *index, *id, *version, *length, *target, drop),
         Mutation::GarbageDone { id, nodes } => chunk_map::garbage_done(txn, *id, nodes),
-        Mutation::CommitTransaction { files, now_ns } => {
-            chunk_map::commit_transaction(txn, files, *now_ns)
-        }
+        Mutation::CommitTransaction {
+            who,
+            files,
+            creates,
+            unlinks,
+            now_ns,
+        } => chunk_map::commit_transaction(
+            txn,
+            defaults,
+            who,
+            chunk_map::TxChanges {
+                files,
+                creates,
+                unlinks,
+            },
+            *now_ns,
+        ),
+        Mutation::ReserveInode {
+            who,
+            path,
+            options,
+            now_ns,
+        } => namespace::reserve(txn, defaults, who, path, options, *now_ns)
+            .map(|(ino, attr)| Outcome::Attr(ino, attr)),
     }
 }

@@ -277,21 +277,45 @@ pub(super) fn create(
     options: &CreateOptions,
     now_ns: i64,
 ) -> Result<Outcome> {
+    if !options.exclusive {
+        validate_layout(defaults, options)?;
+        let inodes = txn.open_table(INODES)?;
+        let dirents = txn.open_table(DIRENTS)?;
+        let (parent, _, name) = resolve_parent(&inodes, &dirents, who, path)?;
+        let existing = dirents.get((parent, name))?.map(|v| v.value());
+        if let Some(ino) = existing {
+            let attr = must_inode(&inodes, ino)?;
+            return match attr.kind {
+                Kind::Directory => Err(ControlError::IsDirectory(path.to_string())),
+                Kind::File => Ok(Outcome::Attr(ino, attr)),
+            };
+        }
+    }
+    let (ino, attr) = reserve(txn, defaults, who, path, options, now_ns)?;
+    link_reserved(txn, who, path, ino, &attr)?;
+    Ok(Outcome::Attr(ino, attr))
+}
+
+/// The inode an exclusive create of file `path` as `who` would make now,
+/// without making it: the checks of [`create`] (layout, parent, free
+/// name, permission). Reads only.
+pub(super) fn check_create(
+    txn: &WriteTransaction,
+    defaults: &FileDefaults,
+    who: &Caller,
+    path: &str,
+    options: &CreateOptions,
+    now_ns: i64,
+) -> Result<Inode> {
     let (chunk_size, replication, write_quorum, mode) = validate_layout(defaults, options)?;
-    let mut inodes = txn.open_table(INODES)?;
-    let mut dirents = txn.open_table(DIRENTS)?;
-    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
-    if let Some(existing) = dirents.get((parent, name))? {
-        let ino = existing.value();
-        let attr = must_inode(&inodes, ino)?;
-        return match (options.exclusive, attr.kind) {
-            (true, _) => Err(ControlError::Exists(path.to_string())),
-            (false, Kind::Directory) => Err(ControlError::IsDirectory(path.to_string())),
-            (false, Kind::File) => Ok(Outcome::Attr(ino, attr)),
-        };
+    let inodes = txn.open_table(INODES)?;
+    let dirents = txn.open_table(DIRENTS)?;
+    let (parent, parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
+    if dirents.get((parent, name))?.is_some() {
+        return Err(ControlError::Exists(path.to_string()));
     }
     who.require(&parent_attr, WRITE | SEARCH, path)?;
-    let attr = Inode {
+    Ok(Inode {
         kind: Kind::File,
         parent,
         size: 0,
@@ -303,15 +327,44 @@ pub(super) fn create(
         version: 1,
         uid: who.uid,
         gid: who.primary_gid(),
-    };
-    link_new(
-        txn,
-        &mut inodes,
-        &mut dirents,
-        (parent, &mut parent_attr),
-        name,
-        attr,
-    )
+    })
+}
+
+/// [`super::Mutation::ReserveInode`]: checks that `who` may create file
+/// `path` now and allocates an inode number for it, linked nowhere and
+/// stored nowhere (a transaction links it at its commit; a number never
+/// linked is simply never used). The number and the inode the file would
+/// have.
+pub(super) fn reserve(
+    txn: &WriteTransaction,
+    defaults: &FileDefaults,
+    who: &Caller,
+    path: &str,
+    options: &CreateOptions,
+    now_ns: i64,
+) -> Result<(u64, Inode)> {
+    let attr = check_create(txn, defaults, who, path, options, now_ns)?;
+    let ino = next_counter(&mut txn.open_table(COUNTERS)?, NEXT_INODE)?;
+    Ok((ino, attr))
+}
+
+/// Links inode number `ino` (new or reserved) as file `path` with `attr`
+/// (as [`check_create`] made it: checks done) and touches the parent.
+pub(super) fn link_reserved(
+    txn: &WriteTransaction,
+    who: &Caller,
+    path: &str,
+    ino: u64,
+    attr: &Inode,
+) -> Result<()> {
+    let mut inodes = txn.open_table(INODES)?;
+    let mut dirents = txn.open_table(DIRENTS)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
+    inodes.insert(ino, attr.encode().as_slice())?;
+    dirents.insert((parent, name), ino)?;
+    parent_attr.touch(attr.mtime_ns);
+    inodes.insert(parent, parent_attr.encode().as_slice())?;
+    Ok(())
 }
 
 /// Allocates an inode number for `attr` (new, checks done), links it as
@@ -385,22 +438,8 @@ pub(super) fn remove(
 ) -> Result<Outcome> {
     let mut inodes = txn.open_table(INODES)?;
     let mut dirents = txn.open_table(DIRENTS)?;
-    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
-    let ino = match dirents.get((parent, name))? {
-        Some(v) => v.value(),
-        None => return Err(ControlError::NotFound(path.to_string())),
-    };
-    let attr = must_inode(&inodes, ino)?;
-    who.require(&parent_attr, WRITE | SEARCH, path)?;
-    who.require_unsticky(&parent_attr, &attr, path)?;
-    match (kind, attr.kind) {
-        (Kind::File, Kind::Directory) => return Err(ControlError::IsDirectory(path.to_string())),
-        (Kind::Directory, Kind::File) => return Err(ControlError::NotDirectory(path.to_string())),
-        (Kind::Directory, Kind::Directory) if !is_empty_dir(&dirents, ino)? => {
-            return Err(ControlError::NotEmpty(path.to_string()))
-        }
-        _ => {}
-    }
+    let (parent, mut parent_attr, name, ino, attr) =
+        check_remove(&inodes, &dirents, who, path, kind)?;
     // Every check has passed: from here on only writes.
     dirents.remove((parent, name))?;
     inodes.remove(ino)?;
@@ -412,6 +451,42 @@ pub(super) fn remove(
         chunk_map::drop_chunks_from(txn, ino, 0)?;
     }
     Ok(Outcome::Done)
+}
+
+/// The checks of [`remove`]: (parent, its inode, name, inode, attr) of
+/// what `who` may remove at `path`. Reads only.
+fn check_remove<'p>(
+    inodes: &impl ReadableTable<u64, &'static [u8]>,
+    dirents: &impl ReadableTable<(u64, &'static str), u64>,
+    who: &Caller,
+    path: &'p str,
+    kind: Kind,
+) -> Result<(u64, Inode, &'p str, u64, Inode)> {
+    let (parent, parent_attr, name) = resolve_parent(inodes, dirents, who, path)?;
+    let ino = match dirents.get((parent, name))? {
+        Some(v) => v.value(),
+        None => return Err(ControlError::NotFound(path.to_string())),
+    };
+    let attr = must_inode(inodes, ino)?;
+    who.require(&parent_attr, WRITE | SEARCH, path)?;
+    who.require_unsticky(&parent_attr, &attr, path)?;
+    match (kind, attr.kind) {
+        (Kind::File, Kind::Directory) => return Err(ControlError::IsDirectory(path.to_string())),
+        (Kind::Directory, Kind::File) => return Err(ControlError::NotDirectory(path.to_string())),
+        (Kind::Directory, Kind::Directory) if !is_empty_dir(dirents, ino)? => {
+            return Err(ControlError::NotEmpty(path.to_string()))
+        }
+        _ => {}
+    }
+    Ok((parent, parent_attr, name, ino, attr))
+}
+
+/// The inode number of the file `who` may unlink at `path` now (the
+/// checks of an unlink). Reads only.
+pub(super) fn check_unlink(txn: &WriteTransaction, who: &Caller, path: &str) -> Result<u64> {
+    let inodes = txn.open_table(INODES)?;
+    let dirents = txn.open_table(DIRENTS)?;
+    Ok(check_remove(&inodes, &dirents, who, path, Kind::File)?.3)
 }
 
 /// What a `setAttr` changes (`None`: unchanged).
