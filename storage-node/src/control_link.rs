@@ -47,6 +47,8 @@ use std::time::Duration;
 const REPORT_PAGE: usize = 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The least time between two map fetches a shard asked for.
+const MAP_REFRESH_MIN: Duration = Duration::from_millis(100);
 /// Least time a heartbeat may take to be answered before the session is
 /// considered dead.
 const HEARTBEAT_ANSWER_MIN: Duration = Duration::from_secs(5);
@@ -223,6 +225,11 @@ pub struct ControlLink {
     /// "ip:port" of each shard's listener, by shard index.
     pub endpoints: Vec<String>,
     pub shards: Vec<mpsc::UnboundedSender<ShardCommand>>,
+    /// A shard asks for the cluster map now (see
+    /// [`crate::shard::ShardConfig::map_wanted`]); fetched at most once
+    /// per [`MAP_REFRESH_MIN`] (asks meanwhile are one), so requests naming
+    /// unknown addresses cannot turn into a stream of map fetches.
+    pub map_wanted: Arc<tokio::sync::Notify>,
     /// True while a session is joined (the node's readiness).
     pub joined: Arc<std::sync::atomic::AtomicBool>,
     /// Which address the next connection tries (replicas in turn), and
@@ -497,8 +504,18 @@ impl ControlLink {
         let mut map_epoch = self.push_members(control).await?;
         self.report(control, joined.node_id, &key).await?;
         let done: Rc<RefCell<Vec<Done>>> = Rc::default();
+        let mut next_beat = tokio::time::Instant::now() + heartbeat;
+        let mut map_fetched = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(heartbeat).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_beat) => next_beat += heartbeat,
+                _ = self.map_wanted.notified() => {
+                    tokio::time::sleep_until(map_fetched + MAP_REFRESH_MIN).await;
+                    map_epoch = self.push_members(control).await?;
+                    map_fetched = tokio::time::Instant::now();
+                    continue;
+                }
+            }
             let cap = self.capacity().await?;
             // Outcomes first, then the bad list: a copy that replaced a
             // bad chunk must not be followed by that chunk reported bad.
@@ -527,6 +544,7 @@ impl ControlLink {
             let r = reply.get()?;
             if r.get_epoch() != map_epoch {
                 map_epoch = self.push_members(control).await?;
+                map_fetched = tokio::time::Instant::now();
             }
             for c in r.get_commands()? {
                 let id = c.get_id();

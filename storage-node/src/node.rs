@@ -212,6 +212,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         println!("ringfs-node: metrics listening on {local}");
     }
 
+    let map_wanted = Arc::new(tokio::sync::Notify::new());
     let mut handles = Vec::new();
     let mut endpoints = Vec::new();
     let mut commands = Vec::new();
@@ -232,6 +233,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             metrics: metrics.shard(index),
             tls: tls.clone(),
             capabilities: capabilities.clone(),
+            map_wanted: map_wanted.clone(),
         };
         let port = if cfg.base_port == 0 {
             0
@@ -287,6 +289,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         node_id,
         endpoints,
         shards: commands,
+        map_wanted,
         next: Default::default(),
         leader_hint: Default::default(),
     }

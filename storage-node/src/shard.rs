@@ -57,6 +57,11 @@ pub struct ShardConfig {
     /// request's capability is checked with, and that this node's own
     /// requests to other nodes (re-replication) are issued with.
     pub capabilities: ringfs_ops::capability::CapabilityKeys,
+    /// Wakes the control link to fetch the cluster map now: a forward or
+    /// copy named an address the shard's map does not list (yet: a node
+    /// that joined since the last map is otherwise learned of only at the
+    /// next heartbeat, and the write waited for it).
+    pub map_wanted: Arc<tokio::sync::Notify>,
 }
 
 /// What clients can make one shard hold, at most (`docs/operations.md`
@@ -354,9 +359,14 @@ impl Shard {
     /// request names unless it is a member's.
     pub(crate) async fn member_at(&self, addr: &str) -> Result<u64, crate::ops::OpError> {
         let deadline = Instant::now() + MEMBER_WAIT;
+        let mut asked = false;
         loop {
             if let Some(&id) = self.members.borrow().get(addr) {
                 return Ok(id);
+            }
+            if !asked {
+                self.cfg.map_wanted.notify_one();
+                asked = true;
             }
             if Instant::now() >= deadline {
                 return Err(crate::ops::OpError(

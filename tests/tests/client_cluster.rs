@@ -409,3 +409,36 @@ fn cached_chunk_records_never_hide_own_writes_and_expire_for_others() {
         c.close(reader).await.unwrap();
     });
 }
+
+/// A node learns of a node that joined after its last cluster map as soon
+/// as a write's chain names it, not at its next heartbeat: with heartbeats
+/// 30 s apart, writes whose chains forward to the newcomer succeed at once
+/// (a node forwards only to members of its map, and waited for a newer map
+/// at most 3 s before refusing).
+#[test]
+fn a_chain_through_a_node_that_just_joined_is_forwarded_without_waiting_for_a_heartbeat() {
+    let mut cl = Cluster::start_with(
+        2,
+        &["--heartbeat-ms", "30000", "--node-ttl-ms", "90000"],
+        &[],
+    );
+    cl.start_node(2, &[]);
+    cl.wait_up(3);
+    let newcomer = cl.node_id(2);
+    with_client(cl.control.addr, async |c| {
+        // Until a chain has forwarded to the newcomer (replicas are listed
+        // primary first; the primary and each hop forward to the next).
+        for i in 0..20 {
+            let path = format!("/joined-{i}");
+            let data = pattern(CHUNK as usize, i);
+            put(c, &path, &data, layout(3, 3)).await.unwrap();
+            assert!(get(c, &path).await.unwrap() == data);
+            let recs = records(c, &path).await;
+            if recs[0].replicas[0] != newcomer {
+                assert!(recs[0].replicas.contains(&newcomer), "{recs:?}");
+                return;
+            }
+        }
+        panic!("no chain of 20 forwarded to the newcomer: the test proves nothing");
+    });
+}
