@@ -92,10 +92,30 @@ pub(crate) enum StoreError {
     /// The operation's lock lapsed (or was released) before it was applied.
     #[error("{0}")]
     Fenced(String),
-    #[error("chunk {0}: I/O error: {1}")]
-    Io(ChunkId, String),
-    #[error("store I/O error: {0}")]
-    Setup(String),
+    /// An I/O error on chunk `id` while doing `what`.
+    #[error("chunk {id}: {what}: {source}")]
+    Io {
+        id: ChunkId,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The chunk cannot take the operation for a reason of its own (an
+    /// earlier write of it failed, no valid header), not an I/O error now.
+    #[error("chunk {0}: {1}")]
+    Broken(ChunkId, &'static str),
+    /// Opening the store or its journal, or a checkpoint, failed; `what`
+    /// names the directory, file or step.
+    #[error("{what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store cannot be used as it is (a chunk file this build does not
+    /// read, a store that is closing): the message says what to do.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// The version check of a write or replace: the replica must be at
@@ -257,6 +277,17 @@ pub(crate) struct ReadOut<R> {
     pub(crate) info: ChunkInfo,
 }
 
+impl StoreError {
+    /// A `map_err` closure: an I/O error on chunk `id` while doing `what`.
+    fn io(id: ChunkId, what: &'static str) -> impl Fn(std::io::Error) -> StoreError + Copy {
+        move |source| StoreError::Io {
+            id,
+            what: what.into(),
+            source,
+        }
+    }
+}
+
 fn check_range(offset: u64, len: u64) -> Result<(), StoreError> {
     match offset.checked_add(len) {
         Some(end) if end <= MAX_CHUNK_SIZE => Ok(()),
@@ -359,7 +390,10 @@ where
     /// [`ChunkStore::open`] with a journal configuration; then replays the
     /// journal into the chunks and checkpoints (see `chunk_store/journaled.rs`).
     pub(crate) async fn open_with(dir: D, cfg: JournalConfig) -> Result<Self, StoreError> {
-        let setup = |e: std::io::Error| StoreError::Setup(format!("{}: {e}", dir.path().display()));
+        let setup = |source| StoreError::Setup {
+            what: dir.path().display().to_string(),
+            source,
+        };
         let names = dir.list().map_err(setup)?;
         // Opened or created (never truncated); recovery syncs the directory.
         let jfile = dir.create(journaled::JOURNAL).await.map_err(setup)?;
@@ -392,7 +426,7 @@ where
                 Ok(chunk) => {
                     store.chunks.borrow_mut().insert(id, Rc::new(chunk));
                 }
-                Err(e @ StoreError::Setup(_)) => return Err(e),
+                Err(e @ (StoreError::Setup { .. } | StoreError::Unusable(_))) => return Err(e),
                 Err(e) => {
                     tracing::error!("chunk {id}: unrecoverable header ({e}); renaming to .corrupt");
                     let corrupt = format!("{}.corrupt", id.file_stem());
@@ -405,7 +439,7 @@ where
     }
 
     async fn recover(&self, id: ChunkId, name: &str) -> Result<Chunk<D::File>, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io(id, e.to_string());
+        let io = StoreError::io(id, "recovering");
         let file = self.dir.open(name).await.map_err(io)?;
         let read = file.read_at(0, DATA_OFFSET as usize).await.map_err(io)?;
         // Short when slot B was never written (or its write was lost): it
@@ -414,15 +448,15 @@ where
         head.resize(DATA_OFFSET as usize, 0);
         let (a, b) = (&head[..SLOT_LEN], &head[SLOT_LEN..]);
         if slot_format(a) == SlotFormat::V1 || slot_format(b) == SlotFormat::V1 {
-            return Err(StoreError::Setup(format!(
+            return Err(StoreError::Unusable(format!(
                 "{}: chunk file {name} is in format 1 (written by a ringfs-node from before \
                  chunk versions had epochs); this node reads format 2 only and there is no \
                  migration: start it on an empty data directory",
                 self.dir.path().display()
             )));
         }
-        let meta = ChunkMeta::from_slots(a, b)
-            .ok_or_else(|| StoreError::Io(id, "no valid header slot".into()))?;
+        let meta =
+            ChunkMeta::from_slots(a, b).ok_or(StoreError::Broken(id, "no valid header slot"))?;
         Ok(Chunk::new(id, file, meta))
     }
 
@@ -499,7 +533,7 @@ where
 
     /// Creates an empty chunk (durably: file, header and directory entry).
     async fn create(&self, id: ChunkId) -> Result<Rc<Chunk<D::File>>, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io(id, e.to_string());
+        let io = StoreError::io(id, "creating");
         let file = self.dir.create(&file_name(id)).await.map_err(io)?;
         let meta = ChunkMeta::default();
         write_header(&file, &meta).await.map_err(io)?;
@@ -507,7 +541,7 @@ where
         file.fdatasync().await.map_err(io)?;
         self.dir
             .sync()
-            .map_err(|e| StoreError::Io(id, format!("syncing directory: {e}")))?;
+            .map_err(StoreError::io(id, "syncing the directory"))?;
         let chunk = Rc::new(Chunk::new(id, file, meta));
         self.chunks.borrow_mut().insert(id, chunk.clone());
         Ok(chunk)
@@ -550,7 +584,7 @@ where
         let rr = read_verified(&chunk, &meta, io_start, io_end).await?;
         let valid_end = io_end.min(meta.length);
         let data = D::File::slice(&rr, 0, (valid_end - io_start) as usize)
-            .ok_or_else(|| StoreError::Io(id, "short read".into()))?;
+            .ok_or(StoreError::Broken(id, "short read"))?;
         let first = (io_start / CRC_BLOCK) as usize;
         let crcs = meta.crcs.to_vec(first..blocks(valid_end));
         Ok(ReadOut {
@@ -583,7 +617,7 @@ where
             return self
                 .dir
                 .remove(&file_name(id))
-                .map_err(|e| StoreError::Io(id, e.to_string()));
+                .map_err(StoreError::io(id, "removing the chunk file"));
         }
     }
 }
@@ -640,7 +674,7 @@ async fn read_verified<F: DiskFile>(
         .file
         .read_at(DATA_OFFSET + io_start, (io_end - io_start) as usize)
         .await
-        .map_err(|e| StoreError::Io(id, e.to_string()))?;
+        .map_err(StoreError::io(id, "reading"))?;
     let valid_end = io_end.min(meta.length);
     if (rr.len() as u64) < valid_end - io_start {
         // A truncated file: report it as damage, never serve zeros.

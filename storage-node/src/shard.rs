@@ -189,7 +189,10 @@ impl Shard {
     ) -> anyhow::Result<Rc<Self>> {
         let dir = DmaDir::open(&cfg.dir)
             .await
-            .map_err(|e| StoreError::Setup(format!("{}: {e}", cfg.dir.display())))?;
+            .map_err(|source| StoreError::Setup {
+                what: cfg.dir.display().to_string(),
+                source,
+            })?;
         let store = ChunkStore::open(dir).await?;
         let minter = IdMinter::open(&cfg.dir.join("id-counter"))?;
         tracing::info!(

@@ -127,7 +127,7 @@ async fn run(disk: &SimDisk, ops: &[Vec<Op>]) -> Vec<Seen> {
                             seen.acked_version += 1;
                             assert_eq!(version, seen.acked_version);
                         }
-                        Err(StoreError::Io(..)) => {
+                        Err(StoreError::Io { .. } | StoreError::Broken(..)) => {
                             seen.in_flight = Some(op);
                             break;
                         }
@@ -337,7 +337,7 @@ async fn run_pipelined(disk: &SimDisk, ops: &[Vec<Op>]) -> Vec<usize> {
                             );
                             acked += 1;
                         }
-                        Err(StoreError::Io(..)) => {}
+                        Err(StoreError::Io { .. } | StoreError::Broken(..)) => {}
                         // Built on an earlier write that failed before it
                         // was staged (its edge read failed at the crash).
                         Err(StoreError::StaleVersion { .. }) if acked < k + 1 => {}

@@ -40,11 +40,10 @@ where
     /// Checkpoints if the journal is (still) over its size: see the module
     /// doc.
     pub(super) async fn checkpoint(&self) -> Result<(), StoreError> {
-        let _gate = self
-            .gate
-            .write()
-            .await
-            .map_err(|e| StoreError::Setup(format!("checkpoint: {e}")))?;
+        let _gate =
+            self.gate.write().await.map_err(|e| {
+                StoreError::Unusable(format!("checkpoint: the store is closing: {e}"))
+            })?;
         if self.journal.used() < self.cfg.checkpoint_bytes {
             return Ok(());
         }
@@ -53,10 +52,10 @@ where
 
     /// The checkpoint itself, with the gate held exclusively (or at open).
     async fn checkpoint_locked(&self) -> Result<(), StoreError> {
-        let fail = |what: &str, e: std::io::Error| {
-            let why = format!("checkpoint: {what}: {e}");
-            self.journal.poison(why.clone());
-            StoreError::Setup(why)
+        let fail = |what: &str, source: std::io::Error| {
+            let what = format!("checkpoint: {what}");
+            self.journal.poison(format!("{what}: {source}"));
+            StoreError::Setup { what, source }
         };
         let dirty: Vec<_> = std::mem::take(&mut *self.dirty.borrow_mut())
             .into_values()
@@ -94,8 +93,9 @@ where
     /// files' tails and checkpoints (see the module doc). The journal file
     /// may be new: its name is made durable too.
     pub(super) async fn recover_journal(&self) -> Result<(), StoreError> {
-        let setup = |e: std::io::Error| {
-            StoreError::Setup(format!("{}: journal: {e}", self.dir.path().display()))
+        let setup = |source| StoreError::Setup {
+            what: format!("{}: journal", self.dir.path().display()),
+            source,
         };
         let file = self.journal.file();
         let gen = crate::journal::read_generation(file).await.map_err(setup)?;
@@ -186,7 +186,7 @@ where
     /// base version; whether it did.
     async fn replay(&self, pos: u64, rec: &Record) -> Result<bool, StoreError> {
         let id = rec.chunk;
-        let io = |e: std::io::Error| StoreError::Io(id, format!("journal replay: {e}"));
+        let io = StoreError::io(id, "journal replay");
         // A chunk deleted since (a write creates its file durably first).
         let Some(chunk) = self.get(id) else {
             return Ok(false);
@@ -219,7 +219,7 @@ where
 
     /// Zeros the chunk file past the chunk's length (rounded up to 4 KiB).
     async fn clear_tail(&self, chunk: &Rc<Chunk<D::File>>) -> Result<(), StoreError> {
-        let io = |e: std::io::Error| StoreError::Io(chunk.id, format!("clearing the tail: {e}"));
+        let io = StoreError::io(chunk.id, "clearing the tail");
         let size = chunk.file.size().await.map_err(io)?;
         let mut at = DATA_OFFSET + align_up(chunk.meta.borrow().length, ALIGN);
         if size <= at {

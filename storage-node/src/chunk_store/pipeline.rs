@@ -190,11 +190,11 @@ where
         mut staged: Staged,
     ) -> Result<ChunkInfo, StoreError> {
         let id = chunk.id;
-        let io = |e: std::io::Error| StoreError::Io(id, e.to_string());
+        let io = StoreError::io(id, "writing");
         let earlier = || {
-            StoreError::Io(
+            StoreError::Broken(
                 id,
-                "an earlier write of this chunk, which this one was built on, failed".into(),
+                "an earlier write of this chunk, which this one was built on, failed",
             )
         };
         let in_place = || {

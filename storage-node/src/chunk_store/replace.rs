@@ -70,7 +70,7 @@ where
         seq: u64,
         fence: Fence<'_>,
     ) -> Result<ChunkInfo, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io(id, e.to_string());
+        let io = StoreError::io(id, "replacing");
         let len = data.len;
         // Bytes past the length up to the block's end are zero on disk.
         let end = (align_up(len, CRC_BLOCK).max(ALIGN)) as usize;
@@ -106,7 +106,7 @@ where
         // The swap: from here on the new chunk is the replica.
         self.dir
             .rename(&aside, &file_name(id))
-            .map_err(|e| StoreError::Io(id, format!("swapping the new chunk in: {e}")))?;
+            .map_err(StoreError::io(id, "swapping the new chunk in"))?;
         let info = ChunkInfo {
             version: meta.version,
             length: meta.length,
@@ -116,7 +116,7 @@ where
             .insert(id, Rc::new(Chunk::new(id, file, meta)));
         self.dir
             .sync()
-            .map_err(|e| StoreError::Io(id, format!("syncing directory: {e}")))?;
+            .map_err(StoreError::io(id, "syncing the directory"))?;
         Ok(info)
     }
 }

@@ -62,11 +62,10 @@ where
                 continue;
             }
             let failed = || {
-                StoreError::Io(
+                StoreError::Broken(
                     id,
                     "an earlier write to this chunk failed; it takes writes again after a \
-                     restart of the node or a copy of the chunk"
-                        .into(),
+                     restart of the node or a copy of the chunk",
                 )
             };
             if chunk.failed.get() {
@@ -91,10 +90,11 @@ where
             };
             #[cfg(feature = "failpoints")]
             if fail::eval("chunk_store::before_persist", |_| ()).is_some() {
-                let e = StoreError::Io(
+                let e = StoreError::Io {
                     id,
-                    "injected by failpoint chunk_store::before_persist".into(),
-                );
+                    what: "writing".into(),
+                    source: crate::failpoint::injected("chunk_store::before_persist"),
+                };
                 return refused(e, data, forward).await;
             }
             // Held from here to the apply: a checkpoint waits for no write
@@ -328,7 +328,11 @@ async fn merge_edges<F: DiskFile>(
         .file
         .read_at(DATA_OFFSET + io_start, (old_end - io_start) as usize)
         .await
-        .map_err(|e| StoreError::Io(chunk.id, format!("reading {io_start}..{old_end}: {e}")))?;
+        .map_err(|source| StoreError::Io {
+            id: chunk.id,
+            what: format!("reading {io_start}..{old_end}"),
+            source,
+        })?;
     let mut b = io_start / CRC_BLOCK;
     while b * CRC_BLOCK < old_end.min(old.length) {
         let s = b * CRC_BLOCK;

@@ -51,7 +51,10 @@ impl From<StoreError> for OpError {
             StoreError::InvalidArgument(_) => Status::InvalidArgument,
             StoreError::StaleVersion { .. } => Status::StaleVersion,
             StoreError::Fenced(_) => Status::BadToken,
-            StoreError::Io(..) | StoreError::Setup(_) => Status::Io,
+            StoreError::Io { .. }
+            | StoreError::Broken(..)
+            | StoreError::Setup { .. }
+            | StoreError::Unusable(_) => Status::Io,
         };
         OpError(status, e.to_string())
     }
