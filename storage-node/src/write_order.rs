@@ -6,11 +6,15 @@
 //! a write could reach the chunk's lock or its admission before the write
 //! it is built on and be refused as stale, or wait in the lock queue
 //! behind a reader that itself waits for the earlier write (until a
-//! timeout). So the connection's read loop gives each write a place in
-//! line per chunk as its frame arrives ([`WriteOrder::ticket`]), and a
-//! write takes its chunk's lock and admission only in its turn; the turn
-//! passes on once the write is admitted (or refused), so the writes still
-//! overlap in the journal, in their syncs and downstream.
+//! timeout). So the connection's read loop gives each write two places
+//! in line per chunk as its frame arrives ([`WriteOrder::ticket`]): one
+//! for asking the chunk's lock, passed on as soon as the request holds its
+//! place in the lock queue (so the writes of one connection stay together
+//! in that queue, as when each asked on arrival, and another connection's
+//! write cannot queue between them and be granted first), and one for the
+//! chunk's admission, passed on once the write is admitted or refused and
+//! its forward's frame is on the wire. The writes still overlap in the
+//! journal, in their syncs and downstream.
 
 use crate::fifo::{Fifo, Place};
 use ringfs_schema::ids::ChunkId;
@@ -18,17 +22,33 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Per connection: a line per chunk with writes in flight.
+/// Per connection: two lines per chunk with writes in flight (asking
+/// the lock, admission).
 #[derive(Default)]
 pub(crate) struct WriteOrder {
-    lines: RefCell<HashMap<ChunkId, Rc<Fifo>>>,
+    lines: RefCell<HashMap<ChunkId, Rc<[Fifo; 2]>>>,
     /// Lines are swept of idle ones when there are this many: the map
     /// stays within about twice the chunks with writes in flight.
     sweep_at: Cell<usize>,
 }
 
-/// A write's place in its chunk's line on its connection.
-pub(crate) type Ticket = Place<Rc<Fifo>>;
+/// A write's places in its chunk's lines on its connection.
+pub(crate) struct Ticket {
+    /// Asking the chunk's lock.
+    pub(crate) lock: Place<Line>,
+    /// The chunk's admission.
+    pub(crate) admit: Place<Line>,
+}
+
+/// One of a chunk's two lines.
+pub(crate) struct Line(Rc<[Fifo; 2]>, usize);
+
+impl std::ops::Deref for Line {
+    type Target = Fifo;
+    fn deref(&self) -> &Fifo {
+        &self.0[self.1]
+    }
+}
 
 const MIN_SWEEP: usize = 64;
 
@@ -38,10 +58,14 @@ impl WriteOrder {
     pub(crate) fn ticket(&self, chunk: ChunkId) -> Ticket {
         let mut lines = self.lines.borrow_mut();
         if lines.len() >= self.sweep_at.get().max(MIN_SWEEP) {
-            lines.retain(|_, line| !line.is_idle());
+            lines.retain(|_, l| !(l[0].is_idle() && l[1].is_idle()));
             self.sweep_at.set(2 * lines.len());
         }
-        Fifo::place(lines.entry(chunk).or_default().clone())
+        let l = lines.entry(chunk).or_default();
+        Ticket {
+            lock: Fifo::place(Line(l.clone(), 0)),
+            admit: Fifo::place(Line(l.clone(), 1)),
+        }
     }
 
     #[cfg(test)]
@@ -62,10 +86,18 @@ mod tests {
         let a1 = order.ticket(id(1));
         let a2 = order.ticket(id(1));
         let b1 = order.ticket(id(2));
-        let mut a2 = Box::pin(a2.turn());
+        let mut a2 = Box::pin(a2.admit.turn());
         assert!((&mut a2).now_or_never().is_none(), "behind a1");
-        let tb = b1.turn().now_or_never().expect("another chunk's line");
-        let ta = a1.turn().now_or_never().expect("first of chunk 1");
+        let tb = b1
+            .admit
+            .turn()
+            .now_or_never()
+            .expect("another chunk's line");
+        // The two lines are apart: a1 asks its lock while a2 waits to be
+        // admitted.
+        let la = a1.lock.turn().now_or_never().expect("a1 asks first");
+        drop(la);
+        let ta = a1.admit.turn().now_or_never().expect("first of chunk 1");
         drop(ta);
         let _ = a2.now_or_never().expect("a1 done");
         drop(tb);

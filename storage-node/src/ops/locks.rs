@@ -113,6 +113,24 @@ impl Shard {
         timeout: Duration,
         owner: Owner,
     ) -> Result<Grant, OpError> {
+        self.acquire_then(chunk, client, mode, lease, timeout, owner, || ())
+            .await
+    }
+
+    /// [`Self::acquire`], calling `registered` as soon as the request holds
+    /// its place in the chunk's lock queue (granted, queued or refused),
+    /// before it waits for the grant.
+    #[allow(clippy::too_many_arguments)]
+    async fn acquire_then(
+        &self,
+        chunk: ChunkId,
+        client: u64,
+        mode: Mode,
+        lease: Duration,
+        timeout: Duration,
+        owner: Owner,
+        registered: impl FnOnce(),
+    ) -> Result<Grant, OpError> {
         let now = Instant::now();
         let (tx, rx) = oneshot::channel();
         let wait = (!timeout.is_zero()).then(|| (now + timeout, tx));
@@ -120,6 +138,7 @@ impl Shard {
             .locks
             .borrow_mut()
             .acquire(chunk, client, mode, lease, now, wait, owner);
+        registered();
         match r {
             Acquire::Granted(g) => Ok(g),
             Acquire::Busy => Err(OpError(Status::Busy, format!("chunk {chunk} is locked"))),
@@ -175,7 +194,21 @@ impl Shard {
         need: Mode,
         conn: u64,
     ) -> Result<Auth, OpError> {
+        self.authorize_then(h, need, conn, || ()).await
+    }
+
+    /// [`Self::authorize`], calling `registered` once an implicit lock's
+    /// request holds its place in the chunk's lock queue (at once for a
+    /// token, or a request refused before the lock table).
+    pub(super) async fn authorize_then(
+        &self,
+        h: &Header,
+        need: Mode,
+        conn: u64,
+        registered: impl FnOnce(),
+    ) -> Result<Auth, OpError> {
         if h.token.is_present() {
+            registered();
             self.check_token(h.chunk_id, &h.token, need)?;
             return Ok(Auth {
                 client: h.token.client_id,
@@ -184,17 +217,23 @@ impl Shard {
             });
         }
         match mode_of(h.implicit_lock) {
-            None => Err(OpError(
-                Status::BadToken,
-                "request carries neither a lock token nor an implicit lock".into(),
-            )),
-            Some(m) if !m.permits(need) => Err(OpError(
-                Status::InvalidArgument,
-                "implicit read lock does not permit this operation".into(),
-            )),
+            None => {
+                registered();
+                Err(OpError(
+                    Status::BadToken,
+                    "request carries neither a lock token nor an implicit lock".into(),
+                ))
+            }
+            Some(m) if !m.permits(need) => {
+                registered();
+                Err(OpError(
+                    Status::InvalidArgument,
+                    "implicit read lock does not permit this operation".into(),
+                ))
+            }
             Some(m) => {
                 let g = self
-                    .acquire(
+                    .acquire_then(
                         h.chunk_id,
                         h.client_id,
                         m,
@@ -204,6 +243,7 @@ impl Shard {
                             conn,
                             explicit: false,
                         },
+                        registered,
                     )
                     .await?;
                 Ok(Auth {

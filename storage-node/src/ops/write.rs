@@ -39,11 +39,11 @@ impl Shard {
         ticket: Option<Ticket>,
     ) -> Result<Header, OpError> {
         self.check_shard(h.chunk_id)?;
-        // Held until this write is admitted or refused: the connection's
-        // next write of the chunk takes the lock and admission after it.
-        let turn = match ticket {
-            Some(t) => Some(t.turn().await),
-            None => None,
+        // The connection's writes of the chunk ask its lock, and are
+        // admitted, in the order their frames arrived (write_order.rs).
+        let (lock_turn, admit_place) = match ticket {
+            Some(t) => (Some(t.lock.turn().await), Some(t.admit)),
+            None => (None, None),
         };
         if h.replace {
             return self.op_replace(h, wb, conn).await;
@@ -76,13 +76,22 @@ impl Shard {
                 format!("the chain lists this node ({me}) again"),
             ));
         }
-        // Called once the write is admitted or refused, so it passes the
-        // turn on.
-        let forward = |payload: SharedPayload, sent: Sent| {
-            drop(turn);
-            self.forward(h, payload, sent)
+        // Called once the write is admitted or refused; the turn passes on
+        // with `sent`, once the forward's frame is on the wire, so the
+        // next hop receives this connection's writes of the chunk in order
+        // also when this node refused one without taking the chunk's
+        // admission (its lock check failed).
+        let forward =
+            |payload: SharedPayload, sent: Sent, turn| self.forward(h, payload, (sent, turn));
+        let auth = self
+            .authorize_then(h, Mode::Write, conn, move || drop(lock_turn))
+            .await;
+        let turn = match admit_place {
+            Some(p) => Some(p.turn().await),
+            None => None,
         };
-        let (local, down) = match self.authorize(h, Mode::Write, conn).await {
+        let forward = |payload: SharedPayload, sent: Sent| forward(payload, sent, turn);
+        let (local, down) = match auth {
             Err(OpError(status, msg)) => {
                 let payload = wb.share();
                 let down = forward(payload.clone(), oneshot::channel().0).await;
@@ -175,7 +184,7 @@ impl Shard {
     /// on the wire (or the forward gave up): a chunk's next write is
     /// forwarded only after that, on the same pooled connection, so the
     /// next hop receives the chunk's writes in this node's order.
-    async fn forward(&self, h: &Header, payload: SharedPayload, sent: Sent) -> Downstream {
+    async fn forward<S>(&self, h: &Header, payload: SharedPayload, sent: S) -> Downstream {
         let Some(next) = h.chain.first() else {
             return Downstream {
                 mask: 0,
