@@ -76,13 +76,6 @@ impl Shard {
                 format!("the chain lists this node ({me}) again"),
             ));
         }
-        // Called once the write is admitted or refused; the turn passes on
-        // with `sent`, once the forward's frame is on the wire, so the
-        // next hop receives this connection's writes of the chunk in order
-        // also when this node refused one without taking the chunk's
-        // admission (its lock check failed).
-        let forward =
-            |payload: SharedPayload, sent: Sent, turn| self.forward(h, payload, (sent, turn));
         let auth = self
             .authorize_then(h, Mode::Write, conn, move || drop(lock_turn))
             .await;
@@ -90,7 +83,12 @@ impl Shard {
             Some(p) => Some(p.turn().await),
             None => None,
         };
-        let forward = |payload: SharedPayload, sent: Sent| forward(payload, sent, turn);
+        // Called once the write is admitted or refused; the turn passes on
+        // with `sent`, once the forward's frame is on the wire, so the
+        // next hop receives this connection's writes of the chunk in order
+        // also when this node refused one without taking the chunk's
+        // admission (its lock check failed).
+        let forward = |payload: SharedPayload, sent: Sent| self.forward(h, payload, (sent, turn));
         let (local, down) = match auth {
             Err(OpError(status, msg)) => {
                 let payload = wb.share();
