@@ -20,6 +20,31 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// Kills node `i` and starts it again (same id, new endpoints) with
+/// `failpoints` armed.
+fn restart_with_failpoints(cl: &mut Cluster, i: usize, failpoints: &'static str) {
+    cl.kill9(i);
+    cl.start_node_with(
+        i,
+        &ringfs_tests::NodeOptions {
+            failpoints: Some(failpoints),
+            ..ringfs_tests::NodeOptions::default()
+        },
+    );
+}
+
+/// The content after each prefix of `writes` (offset, bytes) applied to
+/// `old` in order: `[0]` is `old`, the last is every write applied.
+fn prefix_states(old: &[u8], writes: &[(u64, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let mut states = vec![old.to_vec()];
+    for (at, d) in writes {
+        let mut next = states.last().unwrap().clone();
+        next[*at as usize..*at as usize + d.len()].copy_from_slice(d);
+        states.push(next);
+    }
+    states
+}
+
 /// Writes in flight together on one descriptor, over overlapping ranges
 /// (aligned and not, some across the chunk boundary), land in issue order
 /// on every replica: each replica's chunk file holds exactly the bytes of
@@ -258,14 +283,7 @@ fn a_replica_that_fails_a_write_in_a_pipeline_applies_none_of_the_later_ones() {
     let bad_id = rec.replicas[1];
     let bad = (0..3).find(|&i| cl.node_id(i) == bad_id).unwrap();
     // Its next write fails before it is persisted; later ones do not.
-    cl.kill9(bad);
-    cl.start_node_with(
-        bad,
-        &ringfs_tests::NodeOptions {
-            failpoints: Some("chunk_store::before_persist=1*return->off"),
-            ..ringfs_tests::NodeOptions::default()
-        },
-    );
+    restart_with_failpoints(&mut cl, bad, "chunk_store::before_persist=1*return->off");
     // Listed at its new endpoints.
     assert_eq!(cl.node_id(bad), bad_id);
     let writes: Vec<(u64, Vec<u8>)> = (0..24u64)
@@ -277,12 +295,7 @@ fn a_replica_that_fails_a_write_in_a_pipeline_applies_none_of_the_later_ones() {
         })
         .collect();
     // The chunk after each prefix of the writes, in issue order.
-    let mut states = vec![old.clone()];
-    for (at, d) in &writes {
-        let mut next = states.last().unwrap().clone();
-        next[*at as usize..*at as usize + d.len()].copy_from_slice(d);
-        states.push(next);
-    }
+    let states = prefix_states(&old, &writes);
     let want = states.last().unwrap().clone();
     let held = |i: usize| {
         let file = std::fs::read(cl.node(i).chunk_file(rec.chunk_id)).unwrap();
@@ -327,14 +340,7 @@ fn when_a_write_fails_everywhere_every_write_issued_behind_it_fails_too() {
     });
     for i in 0..3 {
         let id = cl.node_id(i);
-        cl.kill9(i);
-        cl.start_node_with(
-            i,
-            &ringfs_tests::NodeOptions {
-                failpoints: Some("chunk_store::before_persist=1*return->off"),
-                ..ringfs_tests::NodeOptions::default()
-            },
-        );
+        restart_with_failpoints(&mut cl, i, "chunk_store::before_persist=1*return->off");
         assert_eq!(cl.node_id(i), id);
     }
     let writes: Vec<(u64, Vec<u8>)> = (0..12u64)
@@ -386,13 +392,10 @@ fn a_replica_whose_pipelined_write_fails_after_its_record_keeps_a_prefix() {
     });
     let bad_id = rec.replicas[1];
     let bad = (0..3).find(|&i| cl.node_id(i) == bad_id).unwrap();
-    cl.kill9(bad);
-    cl.start_node_with(
+    restart_with_failpoints(
+        &mut cl,
         bad,
-        &ringfs_tests::NodeOptions {
-            failpoints: Some("chunk_store::before_apply=3*off->1*return->off"),
-            ..ringfs_tests::NodeOptions::default()
-        },
+        "chunk_store::before_apply=3*off->1*return->off",
     );
     let writes: Vec<(u64, Vec<u8>)> = (0..32u64)
         .map(|i| {
@@ -402,12 +405,7 @@ fn a_replica_whose_pipelined_write_fails_after_its_record_keeps_a_prefix() {
             )
         })
         .collect();
-    let mut states = vec![old.clone()];
-    for (at, d) in &writes {
-        let mut next = states.last().unwrap().clone();
-        next[*at as usize..*at as usize + d.len()].copy_from_slice(d);
-        states.push(next);
-    }
+    let states = prefix_states(&old, &writes);
     let want = states.last().unwrap().clone();
     with_client(addr, async |c| {
         let fd = c.open("/m", &read_write()).await.unwrap();
