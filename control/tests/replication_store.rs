@@ -111,6 +111,21 @@ fn a_snapshot_round_trips_the_store_and_a_damaged_one_changes_nothing() {
         })
         .collect();
     apply(&s, 5, requests);
+    let add_user = Mutation::AddUser {
+        name: "alice".into(),
+        uid: 0,
+        gids: Vec::new(),
+        admin: false,
+        salt: [3; 16],
+    };
+    apply(
+        &s,
+        5,
+        vec![Request {
+            id: None,
+            mutation: add_user,
+        }],
+    );
     let mut snap = Vec::new();
     let bytes = s.export(&mut snap).unwrap();
     assert_eq!(bytes as usize, snap.len());
@@ -134,6 +149,8 @@ fn a_snapshot_round_trips_the_store_and_a_damaged_one_changes_nothing() {
             .collect()
     };
     assert_eq!(names(&t), names(&s));
+    assert_eq!(t.users().unwrap(), s.users().unwrap());
+    assert!(t.user("alice").unwrap().is_some());
     assert!(t.consistency_problems().unwrap().is_empty());
     // The request ids came along: a resent request is answered, not applied.
     let again = apply(

@@ -215,7 +215,14 @@ impl MetaStore {
             if table[0] == END {
                 break;
             }
-            if !(1..=8).contains(&table[0]) {
+            let mut known = false;
+            macro_rules! is {
+                ($id:expr, $t:ident) => {
+                    known |= table[0] == $id;
+                };
+            }
+            snapshot_tables!(is);
+            if !known {
                 return Err(bad(&format!("unknown table {}", table[0])));
             }
             let mut fields = [Vec::new(), Vec::new()];
