@@ -4,7 +4,7 @@
 
 use redb::backends::InMemoryBackend;
 use ringfs_control::store::requests::REQUEST_RETENTION;
-use ringfs_control::store::{Batch, FileDefaults, MetaStore, Mutation, Outcome, Request};
+use ringfs_control::store::{Answer, Batch, FileDefaults, MetaStore, Mutation, Outcome, Request};
 use ringfs_control::ControlError;
 
 fn store() -> MetaStore {
@@ -181,4 +181,117 @@ fn a_snapshot_round_trips_the_store_and_a_damaged_one_changes_nothing() {
         assert!(u.import(&snap[..i], &[]).is_err(), "cut at {i}");
     }
     assert_eq!(names(&u), vec!["kept".to_string()]);
+}
+
+#[test]
+fn request_ids_are_kept_when_the_store_opens_again_and_one_batch_sends_an_id_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let s = MetaStore::open(&path, FileDefaults::default()).unwrap();
+    // The second request of the batch is the first sent again: answered
+    // from the same transaction, not applied twice.
+    let twice = apply(
+        &s,
+        1_000,
+        vec![
+            Request {
+                id: Some(1),
+                mutation: mkdir("/a"),
+            },
+            Request {
+                id: Some(1),
+                mutation: mkdir("/a"),
+            },
+        ],
+    );
+    assert_eq!(twice[1].clone().unwrap(), twice[0].clone().unwrap());
+    drop(s);
+
+    let s = MetaStore::open(&path, FileDefaults::default()).unwrap();
+    assert!(s.answer(1).unwrap().is_some(), "the id outlives a restart");
+    let again = apply(
+        &s,
+        2_000,
+        vec![Request {
+            id: Some(1),
+            mutation: mkdir("/a"),
+        }],
+    );
+    assert_eq!(again[0].clone().unwrap(), twice[0].clone().unwrap());
+}
+
+/// A store written before the request answers were keyed by time (ids in
+/// table `requests`, their expiry order in `request_times`) keeps its ids
+/// when this build opens it, and a snapshot of such a build imports with
+/// them.
+#[test]
+fn request_ids_of_the_older_layout_are_kept_on_open_and_on_import() {
+    use redb::{Database, ReadableDatabase, TableDefinition};
+    let old_requests: TableDefinition<u128, &[u8]> = TableDefinition::new("requests");
+    let old_times: TableDefinition<(i64, u128), ()> = TableDefinition::new("request_times");
+    let answer = Answer::Refused(7, "no such file".into());
+    // The older row: (batch time, answer), postcard.
+    let row = postcard::to_stdvec(&(1_000i64, answer.clone())).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(old_requests)
+            .unwrap()
+            .insert(5u128, row.as_slice())
+            .unwrap();
+        txn.open_table(old_times)
+            .unwrap()
+            .insert((1_000i64, 5u128), ())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let s = MetaStore::open(&path, FileDefaults::default()).unwrap();
+    assert_eq!(s.answer(5).unwrap(), Some(answer.clone()));
+    drop(s);
+    let db = Database::open(&path).unwrap();
+    let tables: Vec<String> = db
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(
+        !tables
+            .iter()
+            .any(|t| t == "requests" || t == "request_times"),
+        "{tables:?}"
+    );
+    drop(db);
+
+    // A snapshot stream of that build: its tables 7 (id -> time and
+    // answer) and 8 (expiry order).
+    let mut snap = b"RINGFSM1".to_vec();
+    for (table, key, value) in [
+        (7u8, 9u128.to_le_bytes().to_vec(), row.clone()),
+        (
+            8u8,
+            [
+                1_000i64.to_le_bytes().to_vec(),
+                9u128.to_le_bytes().to_vec(),
+            ]
+            .concat(),
+            Vec::new(),
+        ),
+    ] {
+        snap.push(table);
+        for field in [key, value] {
+            snap.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            snap.extend_from_slice(&field);
+        }
+    }
+    snap.push(0xff);
+    let crc = crc32c::crc32c(&snap);
+    snap.extend_from_slice(&crc.to_le_bytes());
+    let t = store();
+    t.import(snap.as_slice(), &[]).unwrap();
+    assert_eq!(t.answer(9).unwrap(), Some(answer));
 }

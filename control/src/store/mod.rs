@@ -68,6 +68,8 @@ pub struct MetaStore {
     /// up again when it moved, so a removal takes effect at their next
     /// call.
     users_version: AtomicU64,
+    /// Request id -> where its answer is ([`requests`]).
+    requests: requests::RequestIndex,
 }
 
 impl MetaStore {
@@ -94,8 +96,7 @@ impl MetaStore {
             txn.open_table(CHUNKS)?;
             txn.open_table(NODES)?;
             txn.open_table(GARBAGE)?;
-            txn.open_table(requests::REQUESTS)?;
-            txn.open_table(requests::REQUEST_TIMES)?;
+            txn.open_table(requests::ANSWERS)?;
             txn.open_table(REPLICATION)?;
             txn.open_table(USERS)?;
             let mut counters = txn.open_table(COUNTERS)?;
@@ -119,11 +120,14 @@ impl MetaStore {
                 }
             }
         }
+        requests::migrate(&txn)?;
         txn.commit()?;
+        let requests = requests::RequestIndex::read(&db.begin_read()?)?;
         Ok(MetaStore {
             db,
             defaults,
             users_version: AtomicU64::new(0),
+            requests,
         })
     }
 
@@ -143,7 +147,7 @@ impl MetaStore {
     /// The remembered answer of request `id`, if a mutation with that id
     /// was applied and its id is still kept.
     pub fn answer(&self, id: u128) -> Result<Option<requests::Answer>> {
-        requests::lookup_read(&self.db.begin_read()?, id)
+        requests::lookup_read(&self.db, &self.requests, id)
     }
 
     /// The inode numbered `inode`, if it exists.
@@ -281,30 +285,48 @@ impl MetaStore {
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }
+        let mut pending = requests::Pending::default();
         let mut out = Vec::with_capacity(batches.len());
         for batch in batches {
             let mut results = Vec::with_capacity(batch.requests.len());
             for r in &batch.requests {
-                let result = match r.id.map(|id| requests::lookup(&txn, id)).transpose() {
-                    Ok(Some(Some(answer))) => answer.into_result(),
-                    Ok(_) => apply_one(&txn, &self.defaults, &r.mutation),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = &result {
-                    if e.is_storage_failure() {
-                        txn.abort()?;
-                        return Err(e.clone());
-                    }
-                }
-                if let (Some(id), Some(answer)) = (r.id, Answer::of(&result)) {
-                    if let Err(e) = requests::remember(&txn, id, batch.now_ns, answer) {
+                let remembered = match r
+                    .id
+                    .map(|id| requests::lookup(&txn, &self.requests, &pending, id))
+                    .transpose()
+                {
+                    Ok(found) => found.flatten(),
+                    Err(e) => {
                         txn.abort()?;
                         return Err(e);
                     }
-                }
+                };
+                let result = match remembered {
+                    // Sent again: the first answer; the id keeps the time
+                    // it was first applied at.
+                    Some(answer) => answer.into_result(),
+                    None => {
+                        let result = apply_one(&txn, &self.defaults, &r.mutation);
+                        if let Err(e) = &result {
+                            if e.is_storage_failure() {
+                                txn.abort()?;
+                                return Err(e.clone());
+                            }
+                        }
+                        if let (Some(id), Some(answer)) = (r.id, Answer::of(&result)) {
+                            if let Err(e) =
+                                requests::remember(&txn, &mut pending, id, batch.now_ns, answer)
+                            {
+                                txn.abort()?;
+                                return Err(e);
+                            }
+                        }
+                        result
+                    }
+                };
                 results.push(result);
             }
-            if let Err(e) = requests::expire(&txn, batch.now_ns) {
+            if let Err(e) = requests::expire(&txn, &self.requests, &mut pending, batch.now_ns) {
                 txn.abort()?;
                 return Err(e);
             }
@@ -320,6 +342,7 @@ impl MetaStore {
             "store::before_commit"
         )));
         txn.commit()?;
+        self.requests.apply(pending);
         if batches
             .iter()
             .any(|b| b.requests.iter().any(|r| r.mutation.changes_users()))

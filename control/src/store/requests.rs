@@ -1,18 +1,33 @@
 //! Request ids: what makes a mutation safe to send again. A client gives
 //! each mutation a 16-byte id; the store remembers, in the same transaction
-//! that applies it, the id with the answer it got (`requests`), so a
-//! mutation sent again with the same id (its answer was lost, the leader
-//! changed) is answered from there and never applied twice. The ids are
-//! replicated with the rest of the store, so a new leader knows them too.
+//! that applies it, the id with the answer it got, so a mutation sent again
+//! with the same id (its answer was lost, the leader changed) is answered
+//! from there and never applied twice. The ids are replicated with the rest
+//! of the store, so a new leader knows them too.
 //!
 //! Retention is by the time the proposer stamped on the batch (never a
 //! local clock, so every replica expires the same ids in the same
 //! transaction): an id is kept at least [`REQUEST_RETENTION`], which is
 //! longer than any client keeps retrying (`docs/protocol.md`).
+//!
+//! Layout: one table, [`ANSWERS`], keyed by (batch time, id), so a batch's
+//! ids go to the right edge of its tree and expiry takes them from the
+//! left edge: a commit dirties a few pages of it however many ids are kept.
+//! The way from an id to its row is [`RequestIndex`], in memory (id ->
+//! batch time), built from the table when the store opens or imports a
+//! snapshot and changed only once the transaction that changed the table
+//! committed. Why: keyed by the random id (as before), every request
+//! dirtied its own leaf and the path above it in a second tree, and the
+//! commit of a create took 1.8 times as long (docs/benchmarks.md).
+//! Memory: one index entry (about 40 bytes) per id kept, at most
+//! [`REQUEST_RETENTION`] times the commit rate (about 100 MB at 20,000
+//! mutations a second, this store's most on one disk).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::Outcome;
@@ -24,11 +39,14 @@ pub const REQUEST_RETENTION: Duration = Duration::from_secs(120);
 /// (a backlog clears over the following batches).
 const EXPIRE_PER_BATCH: usize = 2048;
 
-/// request id -> [`Remembered`] (postcard)
-pub(super) const REQUESTS: TableDefinition<u128, &[u8]> = TableDefinition::new("requests");
-/// (batch time ns, request id) -> (): the ids in the order they expire.
-pub(super) const REQUEST_TIMES: TableDefinition<(i64, u128), ()> =
-    TableDefinition::new("request_times");
+/// (batch time ns, request id) -> [`Answer`] (postcard).
+pub(super) const ANSWERS: TableDefinition<(i64, u128), &[u8]> =
+    TableDefinition::new("request_answers");
+/// The tables of stores written before [`ANSWERS`]: request id ->
+/// (batch time, answer), and (batch time, request id) -> (). Moved into
+/// [`ANSWERS`] when such a store opens ([`migrate`]).
+const OLD_REQUESTS: TableDefinition<u128, &[u8]> = TableDefinition::new("requests");
+const OLD_REQUEST_TIMES: TableDefinition<(i64, u128), ()> = TableDefinition::new("request_times");
 
 /// What a request was answered, as stored and as replicated: the outcome,
 /// or the refusal's wire code and message (failures of the store itself are
@@ -68,61 +86,206 @@ impl Answer {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Remembered {
+/// A row of [`OLD_REQUESTS`].
+#[derive(Deserialize)]
+struct OldRemembered {
     at_ns: i64,
     answer: Answer,
 }
 
-/// The remembered answer of request `id`, if it was applied and not yet
-/// forgotten.
-pub(super) fn lookup(txn: &WriteTransaction, id: u128) -> Result<Option<Answer>> {
-    read_answer(&txn.open_table(REQUESTS)?, id)
+/// The ids kept in [`ANSWERS`], each with the batch time its row is under.
+/// Changed only by [`RequestIndex::apply`] after a commit, so it never
+/// names a row a committed transaction does not hold (an id it lacks for
+/// a moment after a commit is looked up again inside the writer's next
+/// transaction, which sees the index caught up). A commit that fails
+/// leaves it as it was: redb then refuses every later write until the
+/// database is opened again ([`redb::StorageError::PreviousIo`]), which
+/// reads the index anew.
+#[derive(Default)]
+pub(super) struct RequestIndex {
+    at: Mutex<HashMap<u128, i64>>,
 }
 
-/// [`lookup`] in a read transaction.
-pub(super) fn lookup_read(txn: &redb::ReadTransaction, id: u128) -> Result<Option<Answer>> {
-    read_answer(&txn.open_table(REQUESTS)?, id)
+/// What one write transaction changed of the index: `Some(time)` added,
+/// `None` forgotten. Applied with [`RequestIndex::apply`] once the
+/// transaction committed, dropped when it did not.
+#[derive(Default)]
+pub(super) struct Pending {
+    changes: HashMap<u128, Option<i64>>,
+}
+
+impl RequestIndex {
+    /// The index of the ids in `txn`'s [`ANSWERS`].
+    pub(super) fn read(txn: &redb::ReadTransaction) -> Result<Self> {
+        let index = RequestIndex::default();
+        index.reload(&txn.open_table(ANSWERS)?)?;
+        Ok(index)
+    }
+
+    /// Replaces the index with the ids of `table`.
+    pub(super) fn reload(
+        &self,
+        table: &impl ReadableTable<(i64, u128), &'static [u8]>,
+    ) -> Result<()> {
+        let mut at = HashMap::new();
+        for row in table.iter()? {
+            let (at_ns, id) = row?.0.value();
+            at.insert(id, at_ns);
+        }
+        *self.lock() = at;
+        Ok(())
+    }
+
+    /// Takes what a committed transaction changed.
+    pub(super) fn apply(&self, pending: Pending) {
+        let mut at = self.lock();
+        for (id, change) in pending.changes {
+            match change {
+                Some(at_ns) => at.insert(id, at_ns),
+                None => at.remove(&id),
+            };
+        }
+    }
+
+    fn get(&self, id: u128) -> Option<i64> {
+        self.lock().get(&id).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, i64>> {
+        // A plain map, whole after any panic.
+        self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Pending {
+    /// Where `id`'s row is, counting this transaction's changes.
+    fn at(&self, index: &RequestIndex, id: u128) -> Option<i64> {
+        match self.changes.get(&id) {
+            Some(change) => *change,
+            None => index.get(id),
+        }
+    }
+}
+
+/// The remembered answer of request `id`, if it was applied and not yet
+/// forgotten, as `txn` (with its changes so far, `pending`) sees it.
+pub(super) fn lookup(
+    txn: &WriteTransaction,
+    index: &RequestIndex,
+    pending: &Pending,
+    id: u128,
+) -> Result<Option<Answer>> {
+    let Some(at_ns) = pending.at(index, id) else {
+        return Ok(None);
+    };
+    match read_answer(&txn.open_table(ANSWERS)?, at_ns, id)? {
+        Some(answer) => Ok(Some(answer)),
+        None => Err(ControlError::corrupt(
+            format!("request {id:032x}"),
+            "indexed, but its answer is missing",
+        )),
+    }
+}
+
+/// [`lookup`] outside the writer: in a read transaction begun after the
+/// index was consulted, so it holds every row the index names but those
+/// forgotten meanwhile (which read as never seen).
+pub(super) fn lookup_read(
+    db: &redb::Database,
+    index: &RequestIndex,
+    id: u128,
+) -> Result<Option<Answer>> {
+    let Some(at_ns) = index.get(id) else {
+        return Ok(None);
+    };
+    read_answer(&db.begin_read()?.open_table(ANSWERS)?, at_ns, id)
 }
 
 fn read_answer(
-    table: &impl ReadableTable<u128, &'static [u8]>,
+    table: &impl ReadableTable<(i64, u128), &'static [u8]>,
+    at_ns: i64,
     id: u128,
 ) -> Result<Option<Answer>> {
-    let Some(v) = table.get(id)? else {
+    let Some(v) = table.get((at_ns, id))? else {
         return Ok(None);
     };
-    let r: Remembered = postcard::from_bytes(v.value())
-        .map_err(|e| ControlError::corrupt(format!("request {id:032x}"), e))?;
-    Ok(Some(r.answer))
+    postcard::from_bytes(v.value())
+        .map(Some)
+        .map_err(|e| ControlError::corrupt(format!("request {id:032x}"), e))
 }
 
 /// Remembers that request `id` was answered `answer` in the batch of
 /// `at_ns`. Writes only.
-pub(super) fn remember(txn: &WriteTransaction, id: u128, at_ns: i64, answer: Answer) -> Result<()> {
-    let bytes = postcard::to_stdvec(&Remembered { at_ns, answer })
+pub(super) fn remember(
+    txn: &WriteTransaction,
+    pending: &mut Pending,
+    id: u128,
+    at_ns: i64,
+    answer: Answer,
+) -> Result<()> {
+    let bytes = postcard::to_stdvec(&answer)
         .map_err(|e| ControlError::Internal(format!("encoding an answer: {e}")))?;
-    txn.open_table(REQUESTS)?.insert(id, bytes.as_slice())?;
-    txn.open_table(REQUEST_TIMES)?.insert((at_ns, id), ())?;
+    txn.open_table(ANSWERS)?
+        .insert((at_ns, id), bytes.as_slice())?;
+    pending.changes.insert(id, Some(at_ns));
     Ok(())
 }
 
 /// Forgets up to [`EXPIRE_PER_BATCH`] ids remembered before
 /// `now_ns - REQUEST_RETENTION`.
-pub(super) fn expire(txn: &WriteTransaction, now_ns: i64) -> Result<()> {
+pub(super) fn expire(
+    txn: &WriteTransaction,
+    index: &RequestIndex,
+    pending: &mut Pending,
+    now_ns: i64,
+) -> Result<()> {
     let before = now_ns.saturating_sub(REQUEST_RETENTION.as_nanos() as i64);
-    let mut times = txn.open_table(REQUEST_TIMES)?;
-    let mut requests = txn.open_table(REQUESTS)?;
+    let mut table = txn.open_table(ANSWERS)?;
     let mut gone = Vec::new();
-    for item in times
-        .range((i64::MIN, 0)..(before, 0))?
-        .take(EXPIRE_PER_BATCH)
-    {
-        gone.push(item?.0.value());
+    for row in table.range(..(before, 0))?.take(EXPIRE_PER_BATCH) {
+        gone.push(row?.0.value());
     }
-    for key in gone {
-        times.remove(key)?;
-        requests.remove(key.1)?;
+    for (at_ns, id) in gone {
+        table.remove((at_ns, id))?;
+        // The id may have been remembered again later (a client reusing
+        // it after the retention): only its row of this time goes.
+        if pending.at(index, id) == Some(at_ns) {
+            pending.changes.insert(id, None);
+        }
     }
     Ok(())
+}
+
+/// Moves the rows of a store written before [`ANSWERS`] into it and drops
+/// the old tables; nothing to do for a new or already moved store.
+pub(super) fn migrate(txn: &WriteTransaction) -> Result<()> {
+    let old = txn.list_tables()?.any(|t| t.name() == OLD_REQUESTS.name());
+    if !old {
+        return Ok(());
+    }
+    {
+        let from = txn.open_table(OLD_REQUESTS)?;
+        let mut to = txn.open_table(ANSWERS)?;
+        for row in from.iter()? {
+            let (id, v) = row?;
+            let (key, bytes) = old_row(&id.value().to_le_bytes(), v.value())?;
+            to.insert(key, bytes.as_slice())?;
+        }
+    }
+    txn.delete_table(OLD_REQUESTS)?;
+    txn.delete_table(OLD_REQUEST_TIMES)?;
+    Ok(())
+}
+
+/// A row of [`OLD_REQUESTS`] (key and value as stored) as a row of
+/// [`ANSWERS`].
+pub(super) fn old_row(key: &[u8], value: &[u8]) -> Result<((i64, u128), Vec<u8>)> {
+    let id = <[u8; 16]>::try_from(key)
+        .map(u128::from_le_bytes)
+        .map_err(|_| ControlError::corrupt("a request id", format!("{} bytes", key.len())))?;
+    let old: OldRemembered = postcard::from_bytes(value)
+        .map_err(|e| ControlError::corrupt(format!("request {id:032x}"), e))?;
+    let bytes = postcard::to_stdvec(&old.answer)
+        .map_err(|e| ControlError::Internal(format!("encoding an answer: {e}")))?;
+    Ok(((old.at_ns, id), bytes))
 }

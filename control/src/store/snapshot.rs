@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 
 use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, Value, WriteTransaction};
 
-use super::requests::{REQUESTS, REQUEST_TIMES};
+use super::requests::{self, ANSWERS};
 use super::tables::{CHUNKS, COUNTERS, DIRENTS, GARBAGE, INODES, NODES, REPLICATION, USERS};
 use super::MetaStore;
 use crate::error::ControlError;
@@ -79,11 +79,20 @@ impl<W: Write> Write for Crc<W> {
     }
 }
 
+/// Rows of the request-id table of older builds (id -> time and answer),
+/// moved into [`ANSWERS`] on import.
+const OLD_REQUESTS: u8 = 7;
+/// Rows of the expiry order of older builds, which [`ANSWERS`]'s keys now
+/// give: skipped on import.
+const OLD_REQUEST_TIMES: u8 = 8;
+
 /// Replication state stored under one key (opaque to the store).
 type ReplicationState = Vec<u8>;
 
 /// Calls `$each!(id, TABLE)` for every table a snapshot holds. The
 /// replication table is not among them: the receiver writes its own.
+/// Ids 7 and 8 were the request-id tables before [`ANSWERS`]: a snapshot
+/// of an older build still imports ([`OLD_REQUESTS`], [`OLD_REQUEST_TIMES`]).
 macro_rules! snapshot_tables {
     ($each:ident) => {
         $each!(1, INODES);
@@ -92,9 +101,8 @@ macro_rules! snapshot_tables {
         $each!(4, NODES);
         $each!(5, COUNTERS);
         $each!(6, GARBAGE);
-        $each!(7, REQUESTS);
-        $each!(8, REQUEST_TIMES);
         $each!(9, USERS);
+        $each!(10, ANSWERS);
     };
 }
 
@@ -215,7 +223,7 @@ impl MetaStore {
             if table[0] == END {
                 break;
             }
-            let mut known = false;
+            let mut known = table[0] == OLD_REQUESTS || table[0] == OLD_REQUEST_TIMES;
             macro_rules! is {
                 ($id:expr, $t:ident) => {
                     known |= table[0] == $id;
@@ -258,6 +266,11 @@ impl MetaStore {
         }
         snapshot_tables!(clear);
         for row in &rows {
+            if row.table == OLD_REQUESTS {
+                let (key, value) = requests::old_row(&row.key, &row.value)
+                    .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+                txn.open_table(ANSWERS)?.insert(key, value.as_slice())?;
+            }
             macro_rules! import {
                 ($id:expr, $t:ident) => {
                     if row.table == $id {
@@ -274,6 +287,8 @@ impl MetaStore {
             }
         }
         txn.commit()?;
+        self.requests
+            .reload(&self.db.begin_read()?.open_table(ANSWERS)?)?;
         self.users_changed();
         Ok(())
     }
