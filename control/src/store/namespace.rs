@@ -277,23 +277,31 @@ pub(super) fn create(
     options: &CreateOptions,
     now_ns: i64,
 ) -> Result<Outcome> {
-    if !options.exclusive {
-        validate_layout(defaults, options)?;
-        let inodes = txn.open_table(INODES)?;
-        let dirents = txn.open_table(DIRENTS)?;
-        let (parent, _, name) = resolve_parent(&inodes, &dirents, who, path)?;
-        let existing = dirents.get((parent, name))?.map(|v| v.value());
-        if let Some(ino) = existing {
-            let attr = must_inode(&inodes, ino)?;
-            return match attr.kind {
-                Kind::Directory => Err(ControlError::IsDirectory(path.to_string())),
-                Kind::File => Ok(Outcome::Attr(ino, attr)),
-            };
+    let layout = validate_layout(defaults, options)?;
+    let mut inodes = txn.open_table(INODES)?;
+    let mut dirents = txn.open_table(DIRENTS)?;
+    let (parent, mut parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
+    let existing = dirents.get((parent, name))?.map(|v| v.value());
+    if let Some(ino) = existing {
+        if options.exclusive {
+            return Err(ControlError::Exists(path.to_string()));
         }
+        let attr = must_inode(&inodes, ino)?;
+        return match attr.kind {
+            Kind::Directory => Err(ControlError::IsDirectory(path.to_string())),
+            Kind::File => Ok(Outcome::Attr(ino, attr)),
+        };
     }
-    let (ino, attr) = reserve(txn, defaults, who, path, options, now_ns)?;
-    link_reserved(txn, who, path, ino, &attr)?;
-    Ok(Outcome::Attr(ino, attr))
+    who.require(&parent_attr, WRITE | SEARCH, path)?;
+    let attr = new_file(who, parent, layout, now_ns);
+    link_new(
+        txn,
+        &mut inodes,
+        &mut dirents,
+        (parent, &mut parent_attr),
+        name,
+        attr,
+    )
 }
 
 /// The inode an exclusive create of file `path` as `who` would make now,
@@ -307,7 +315,7 @@ pub(super) fn check_create(
     options: &CreateOptions,
     now_ns: i64,
 ) -> Result<Inode> {
-    let (chunk_size, replication, write_quorum, mode) = validate_layout(defaults, options)?;
+    let layout = validate_layout(defaults, options)?;
     let inodes = txn.open_table(INODES)?;
     let dirents = txn.open_table(DIRENTS)?;
     let (parent, parent_attr, name) = resolve_parent(&inodes, &dirents, who, path)?;
@@ -315,7 +323,14 @@ pub(super) fn check_create(
         return Err(ControlError::Exists(path.to_string()));
     }
     who.require(&parent_attr, WRITE | SEARCH, path)?;
-    Ok(Inode {
+    Ok(new_file(who, parent, layout, now_ns))
+}
+
+/// A new file's inode: in `parent`, owned by `who`, with `layout` (chunk
+/// size, replication, write quorum, mode, as [`validate_layout`] gives).
+fn new_file(who: &Caller, parent: u64, layout: (u32, u8, u8, u32), now_ns: i64) -> Inode {
+    let (chunk_size, replication, write_quorum, mode) = layout;
+    Inode {
         kind: Kind::File,
         parent,
         size: 0,
@@ -327,7 +342,7 @@ pub(super) fn check_create(
         version: 1,
         uid: who.uid,
         gid: who.primary_gid(),
-    })
+    }
 }
 
 /// [`super::Mutation::ReserveInode`]: checks that `who` may create file
