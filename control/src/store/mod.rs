@@ -341,8 +341,7 @@ impl MetaStore {
         crate::fail_point!("store::before_commit", |_| Err(injected(
             "store::before_commit"
         )));
-        txn.commit()?;
-        self.requests.apply(pending);
+        self.requests.commit(txn, pending)?;
         if batches
             .iter()
             .any(|b| b.requests.iter().any(|r| r.mutation.changes_users()))

@@ -18,7 +18,7 @@
 //! snapshot and changed only once the transaction that changed the table
 //! committed. Why: keyed by the random id (as before), every request
 //! dirtied its own leaf and the path above it in a second tree, and the
-//! commit of a create took 1.8 times as long (docs/benchmarks.md).
+//! commit of a create took about 1.9 times as long (docs/benchmarks.md).
 //! Memory: one index entry (about 40 bytes) per id kept, at most
 //! [`REQUEST_RETENTION`] times the commit rate (about 100 MB at 20,000
 //! mutations a second, this store's most on one disk).
@@ -94,21 +94,19 @@ struct OldRemembered {
 }
 
 /// The ids kept in [`ANSWERS`], each with the batch time its row is under.
-/// Changed only by [`RequestIndex::apply`] after a commit, so it never
-/// names a row a committed transaction does not hold (an id it lacks for
-/// a moment after a commit is looked up again inside the writer's next
-/// transaction, which sees the index caught up). A commit that fails
-/// leaves it as it was: redb then refuses every later write until the
-/// database is opened again ([`redb::StorageError::PreviousIo`]), which
-/// reads the index anew.
+/// Changed only together with the commit that changed the table
+/// ([`RequestIndex::commit`]), so it names exactly the rows of the last
+/// committed transaction. A commit that fails leaves it as it was: redb
+/// then refuses every later write until the database is opened again
+/// ([`redb::StorageError::PreviousIo`]), which reads the index anew.
 #[derive(Default)]
 pub(super) struct RequestIndex {
     at: Mutex<HashMap<u128, i64>>,
 }
 
 /// What one write transaction changed of the index: `Some(time)` added,
-/// `None` forgotten. Applied with [`RequestIndex::apply`] once the
-/// transaction committed, dropped when it did not.
+/// `None` forgotten. Taken by [`RequestIndex::commit`], dropped with a
+/// transaction that is not committed.
 #[derive(Default)]
 pub(super) struct Pending {
     changes: HashMap<u128, Option<i64>>,
@@ -117,34 +115,34 @@ pub(super) struct Pending {
 impl RequestIndex {
     /// The index of the ids in `txn`'s [`ANSWERS`].
     pub(super) fn read(txn: &redb::ReadTransaction) -> Result<Self> {
-        let index = RequestIndex::default();
-        index.reload(&txn.open_table(ANSWERS)?)?;
-        Ok(index)
+        Ok(RequestIndex {
+            at: Mutex::new(ids(&txn.open_table(ANSWERS)?)?),
+        })
     }
 
-    /// Replaces the index with the ids of `table`.
-    pub(super) fn reload(
-        &self,
-        table: &impl ReadableTable<(i64, u128), &'static [u8]>,
-    ) -> Result<()> {
-        let mut at = HashMap::new();
-        for row in table.iter()? {
-            let (at_ns, id) = row?.0.value();
-            at.insert(id, at_ns);
-        }
-        *self.lock() = at;
-        Ok(())
-    }
-
-    /// Takes what a committed transaction changed.
-    pub(super) fn apply(&self, pending: Pending) {
+    /// Commits `txn` and takes what it changed of the table (`pending`).
+    /// The index is held across the commit: no lookup sees the table
+    /// committed and the index not yet caught up.
+    pub(super) fn commit(&self, txn: WriteTransaction, pending: Pending) -> Result<()> {
         let mut at = self.lock();
+        txn.commit()?;
         for (id, change) in pending.changes {
             match change {
                 Some(at_ns) => at.insert(id, at_ns),
                 None => at.remove(&id),
             };
         }
+        Ok(())
+    }
+
+    /// Commits `txn`, which replaced the whole table, and reads the index
+    /// anew from it (held across the commit as in [`RequestIndex::commit`]).
+    pub(super) fn commit_replaced(&self, txn: WriteTransaction) -> Result<()> {
+        let fresh = ids(&txn.open_table(ANSWERS)?)?;
+        let mut at = self.lock();
+        txn.commit()?;
+        *at = fresh;
+        Ok(())
     }
 
     fn get(&self, id: u128) -> Option<i64> {
@@ -155,6 +153,16 @@ impl RequestIndex {
         // A plain map, whole after any panic.
         self.at.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The ids of `table`, each with its batch time.
+fn ids(table: &impl ReadableTable<(i64, u128), &'static [u8]>) -> Result<HashMap<u128, i64>> {
+    let mut at = HashMap::new();
+    for row in table.iter()? {
+        let (at_ns, id) = row?.0.value();
+        at.insert(id, at_ns);
+    }
+    Ok(at)
 }
 
 impl Pending {

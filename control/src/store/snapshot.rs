@@ -286,9 +286,7 @@ impl MetaStore {
                 table.insert(*k, *v)?;
             }
         }
-        txn.commit()?;
-        self.requests
-            .reload(&self.db.begin_read()?.open_table(ANSWERS)?)?;
+        self.requests.commit_replaced(txn)?;
         self.users_changed();
         Ok(())
     }
