@@ -197,6 +197,24 @@ fn status_table(g: &ControlGroup) -> serde_json::Value {
     v["control"].clone()
 }
 
+/// The first status table for which `settled` holds, read again until it
+/// does (log positions reach the followers, and the leader hears of it, a
+/// moment after a write or an election); after 10 s the last one read,
+/// for the caller's assertions to show.
+fn settled_table(
+    g: &ControlGroup,
+    settled: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let t = status_table(g);
+        if settled(&t) || start.elapsed() > Duration::from_secs(10) {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The row of replica `id` in a status table.
 fn row(table: &serde_json::Value, id: u64) -> &serde_json::Value {
     table["replicas"]
@@ -217,12 +235,17 @@ fn status_shows_the_replicas_the_leader_terms_and_log_positions() {
     let mut g = ControlGroup::start(3, &[]);
     let leader = g.leader();
     let ids: Vec<u64> = (0..3).map(|i| status(&g, i).replica_id).collect();
-    let t = status_table(&g);
+    let term = status(&g, leader).term;
+    let before = status(&g, leader).last_log_index;
+    let positions = ["last_log_index", "applied_index", "matched_index"];
+    let at = |t: &serde_json::Value, n: u64| {
+        ids.iter()
+            .all(|&id| positions.iter().all(|k| row(t, id)[k] == n))
+    };
+    let t = settled_table(&g, |t| at(t, before));
     assert_eq!(t["leader_id"], ids[leader], "{t}");
     assert_eq!(t["leader_address"], g.addrs[leader].to_string(), "{t}");
     assert_eq!(t["replicas"].as_array().map(Vec::len), Some(3), "{t}");
-    let term = status(&g, leader).term;
-    let before = status(&g, leader).last_log_index;
     for (i, &id) in ids.iter().enumerate() {
         let r = row(&t, id);
         assert_eq!(r["address"], g.addrs[i].to_string(), "{t}");
@@ -238,11 +261,10 @@ fn status_shows_the_replicas_the_leader_terms_and_log_positions() {
 
     // Five mutations, one log entry each, on every replica.
     mkdirs(&g, "m", 5);
-    g.wait_voters(3);
-    let t = status_table(&g);
+    let t = settled_table(&g, |t| at(t, before + 5));
     for (i, &id) in ids.iter().enumerate() {
         let r = row(&t, id);
-        for k in ["last_log_index", "applied_index", "matched_index"] {
+        for k in positions {
             assert_eq!(r[k], before + 5, "{k} of replica {i}: {t}");
         }
     }
@@ -257,7 +279,13 @@ fn status_shows_the_replicas_the_leader_terms_and_log_positions() {
 
     g.kill9(leader);
     let new = g.leader();
-    let t = status_table(&g);
+    let live = |t: &serde_json::Value| {
+        (0..3).filter(|&i| i != leader).all(|i| {
+            let r = row(t, ids[i]);
+            r["term"] == t["term"] && r["last_log_index"].as_u64() > Some(before + 5)
+        })
+    };
+    let t = settled_table(&g, live);
     assert_eq!(t["leader_id"], ids[new], "{t}");
     let new_term = t["term"].as_u64().expect("term");
     assert!(new_term > term, "the term did not rise: {t}");
