@@ -40,6 +40,35 @@ fn lock_mode(m: Mode) -> LockMode {
     }
 }
 
+/// A lock request holding its place in its chunk's queue
+/// ([`Shard::request_lock`]); [`Shard::granted`] waits for its outcome.
+pub(crate) struct Requested {
+    chunk: ChunkId,
+    timeout: Duration,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// Granted or refused at once.
+    Done(Result<Grant, OpError>),
+    /// Waiting in the queue: the grant, or `None` at the deadline.
+    Queued(oneshot::Receiver<Option<Grant>>),
+}
+
+impl Requested {
+    /// Whether it waits in the queue (it was not granted or refused at once).
+    pub(crate) fn queued(&self) -> bool {
+        matches!(self.outcome, Outcome::Queued(_))
+    }
+}
+
+/// An authorization asked for ([`Shard::request_auth`]): decided, or
+/// waiting for its implicit lock.
+pub(super) enum Authorizing {
+    Done(Result<Auth, OpError>),
+    Lock { client: u64, lock: Requested },
+}
+
 /// How a request is authorized: by a lock held with a token, or by an
 /// implicit lock to release after the operation (with [`Shard::end_auth`]).
 pub(super) struct Auth {
@@ -102,6 +131,68 @@ impl Shard {
         }
     }
 
+    /// Asks for a lock for `owner`, to wait up to `timeout` (FIFO) if it
+    /// is not free. When this returns, the request holds its place in the
+    /// chunk's lock queue (granted, queued or refused): requests asked one
+    /// after the other are granted in that order. [`Shard::granted`] waits
+    /// for the outcome.
+    pub(crate) fn request_lock(
+        &self,
+        chunk: ChunkId,
+        client: u64,
+        mode: Mode,
+        lease: Duration,
+        timeout: Duration,
+        owner: Owner,
+    ) -> Requested {
+        let now = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let wait = (!timeout.is_zero()).then(|| (now + timeout, tx));
+        let r = self
+            .locks
+            .borrow_mut()
+            .acquire(chunk, client, mode, lease, now, wait, owner);
+        Requested {
+            chunk,
+            timeout,
+            outcome: match r {
+                Acquire::Granted(g) => Outcome::Done(Ok(g)),
+                Acquire::Busy => Outcome::Done(Err(OpError(
+                    Status::Busy,
+                    format!("chunk {chunk} is locked"),
+                ))),
+                Acquire::Full => Outcome::Done(Err(table_full())),
+                Acquire::Queued => {
+                    self.cfg.metrics.lock_waited();
+                    Outcome::Queued(rx)
+                }
+            },
+        }
+    }
+
+    /// The outcome of a lock request: its grant, or why not (`timeout`
+    /// once its deadline passed in the queue).
+    pub(crate) async fn granted(&self, r: Requested) -> Result<Grant, OpError> {
+        let rx = match r.outcome {
+            Outcome::Done(r) => return r,
+            Outcome::Queued(rx) => rx,
+        };
+        match rx.await {
+            Ok(Some(g)) => Ok(g),
+            _ => {
+                self.cfg.metrics.lock_timed_out();
+                Err(OpError(
+                    Status::Timeout,
+                    format!(
+                        "timed out after {} ms waiting for the lock on chunk {}",
+                        r.timeout.as_millis(),
+                        r.chunk
+                    ),
+                ))
+            }
+        }
+    }
+
     /// Takes a lock for `owner`, waiting up to `timeout` (FIFO) if it is
     /// not free.
     pub(crate) async fn acquire(
@@ -113,53 +204,8 @@ impl Shard {
         timeout: Duration,
         owner: Owner,
     ) -> Result<Grant, OpError> {
-        self.acquire_then(chunk, client, mode, lease, timeout, owner, || ())
-            .await
-    }
-
-    /// [`Self::acquire`], calling `registered` as soon as the request holds
-    /// its place in the chunk's lock queue (granted, queued or refused),
-    /// before it waits for the grant.
-    #[allow(clippy::too_many_arguments)]
-    async fn acquire_then(
-        &self,
-        chunk: ChunkId,
-        client: u64,
-        mode: Mode,
-        lease: Duration,
-        timeout: Duration,
-        owner: Owner,
-        registered: impl FnOnce(),
-    ) -> Result<Grant, OpError> {
-        let now = Instant::now();
-        let (tx, rx) = oneshot::channel();
-        let wait = (!timeout.is_zero()).then(|| (now + timeout, tx));
-        let r = self
-            .locks
-            .borrow_mut()
-            .acquire(chunk, client, mode, lease, now, wait, owner);
-        registered();
-        match r {
-            Acquire::Granted(g) => Ok(g),
-            Acquire::Busy => Err(OpError(Status::Busy, format!("chunk {chunk} is locked"))),
-            Acquire::Full => Err(table_full()),
-            Acquire::Queued => {
-                self.cfg.metrics.lock_waited();
-                match rx.await {
-                    Ok(Some(g)) => Ok(g),
-                    _ => {
-                        self.cfg.metrics.lock_timed_out();
-                        Err(OpError(
-                            Status::Timeout,
-                            format!(
-                                "timed out after {} ms waiting for the lock on chunk {chunk}",
-                                timeout.as_millis()
-                            ),
-                        ))
-                    }
-                }
-            }
-        }
+        let r = self.request_lock(chunk, client, mode, lease, timeout, owner);
+        self.granted(r).await
     }
 
     fn check_token(&self, chunk: ChunkId, token: &Token, need: Mode) -> Result<Grant, OpError> {
@@ -194,60 +240,56 @@ impl Shard {
         need: Mode,
         conn: u64,
     ) -> Result<Auth, OpError> {
-        self.authorize_then(h, need, conn, || ()).await
+        let a = self.request_auth(h, need, conn);
+        self.authorized(a).await
     }
 
-    /// [`Self::authorize`], calling `registered` once an implicit lock's
-    /// request holds its place in the chunk's lock queue (at once for a
-    /// token, or a request refused before the lock table).
-    pub(super) async fn authorize_then(
-        &self,
-        h: &Header,
-        need: Mode,
-        conn: u64,
-        registered: impl FnOnce(),
-    ) -> Result<Auth, OpError> {
+    /// Asks for the authorization of a chunk operation needing `need`,
+    /// asked on connection `conn`: checks its token, or asks for its
+    /// implicit lock, which holds its place in the chunk's lock queue when
+    /// this returns. [`Shard::authorized`] waits for the outcome.
+    pub(super) fn request_auth(&self, h: &Header, need: Mode, conn: u64) -> Authorizing {
         if h.token.is_present() {
-            registered();
-            self.check_token(h.chunk_id, &h.token, need)?;
-            return Ok(Auth {
+            return Authorizing::Done(self.check_token(h.chunk_id, &h.token, need).map(|_| Auth {
                 client: h.token.client_id,
                 generation: h.token.generation,
                 implicit: false,
-            });
+            }));
         }
         match mode_of(h.implicit_lock) {
-            None => {
-                registered();
-                Err(OpError(
-                    Status::BadToken,
-                    "request carries neither a lock token nor an implicit lock".into(),
-                ))
-            }
-            Some(m) if !m.permits(need) => {
-                registered();
-                Err(OpError(
-                    Status::InvalidArgument,
-                    "implicit read lock does not permit this operation".into(),
-                ))
-            }
-            Some(m) => {
-                let g = self
-                    .acquire_then(
-                        h.chunk_id,
-                        h.client_id,
-                        m,
-                        self.cfg.implicit_lease,
-                        Duration::from_millis(h.timeout_ms as u64),
-                        Owner {
-                            conn,
-                            explicit: false,
-                        },
-                        registered,
-                    )
-                    .await?;
+            None => Authorizing::Done(Err(OpError(
+                Status::BadToken,
+                "request carries neither a lock token nor an implicit lock".into(),
+            ))),
+            Some(m) if !m.permits(need) => Authorizing::Done(Err(OpError(
+                Status::InvalidArgument,
+                "implicit read lock does not permit this operation".into(),
+            ))),
+            Some(m) => Authorizing::Lock {
+                client: h.client_id,
+                lock: self.request_lock(
+                    h.chunk_id,
+                    h.client_id,
+                    m,
+                    self.cfg.implicit_lease,
+                    Duration::from_millis(h.timeout_ms as u64),
+                    Owner {
+                        conn,
+                        explicit: false,
+                    },
+                ),
+            },
+        }
+    }
+
+    /// The outcome of [`Shard::request_auth`].
+    pub(super) async fn authorized(&self, a: Authorizing) -> Result<Auth, OpError> {
+        match a {
+            Authorizing::Done(r) => r,
+            Authorizing::Lock { client, lock } => {
+                let g = self.granted(lock).await?;
                 Ok(Auth {
-                    client: h.client_id,
+                    client,
                     generation: g.generation,
                     implicit: true,
                 })
@@ -334,51 +376,31 @@ impl Shard {
                 format!("chunk {} does not exist here", h.chunk_id),
             ));
         }
-        let now = Instant::now();
         let timeout = Duration::from_millis(h.timeout_ms as u64);
-        let (wtx, wrx) = oneshot::channel();
-        let wait = (!timeout.is_zero()).then(|| (now + timeout, wtx));
         let owner = Owner {
             conn,
             explicit: true,
         };
-        let r =
-            self.locks
-                .borrow_mut()
-                .acquire(h.chunk_id, h.client_id, mode, lease, now, wait, owner);
-        match r {
-            Acquire::Full => Err(table_full()),
-            Acquire::Granted(g) => Ok(Some(Outgoing::header(grant_frame(
+        let r = self.request_lock(h.chunk_id, h.client_id, mode, lease, timeout, owner);
+        if !r.queued() {
+            let g = self.granted(r).await?;
+            return Ok(Some(Outgoing::header(grant_frame(
                 Op::Lock,
                 h.client_id,
                 g,
-            )))),
-            Acquire::Busy => Err(OpError(
-                Status::Busy,
-                format!("chunk {} is locked", h.chunk_id),
-            )),
-            Acquire::Queued => {
-                self.cfg.metrics.lock_waited();
-                let _ = tx.unbounded_send(Outgoing::header(Header::response_to(h, Status::Wait)));
-                let header = match wrx.await {
-                    Ok(Some(g)) => grant_frame(Op::LockGranted, h.client_id, g),
-                    _ => {
-                        self.cfg.metrics.lock_timed_out();
-                        let mut r = Header::error_to(
-                            h,
-                            Status::Timeout,
-                            format!(
-                                "timed out after {} ms waiting for the lock",
-                                timeout.as_millis()
-                            ),
-                        );
-                        r.op = Op::LockGranted;
-                        r
-                    }
-                };
-                Ok(Some(Outgoing::header(header)))
-            }
+            ))));
         }
+        // Queued: `wait` now, the grant (or its timeout) pushed later.
+        let _ = tx.unbounded_send(Outgoing::header(Header::response_to(h, Status::Wait)));
+        let header = match self.granted(r).await {
+            Ok(g) => grant_frame(Op::LockGranted, h.client_id, g),
+            Err(OpError(status, message)) => {
+                let mut r = Header::error_to(h, status, message);
+                r.op = Op::LockGranted;
+                r
+            }
+        };
+        Ok(Some(Outgoing::header(header)))
     }
 
     pub(super) fn op_unlock(&self, h: &Header) -> Result<Header, OpError> {

@@ -76,9 +76,11 @@ impl Shard {
                 format!("the chain lists this node ({me}) again"),
             ));
         }
-        let auth = self
-            .authorize_then(h, Mode::Write, conn, move || drop(lock_turn))
-            .await;
+        let auth = self.request_auth(h, Mode::Write, conn);
+        // The request holds its place in the lock queue: the connection's
+        // next write of the chunk may ask.
+        drop(lock_turn);
+        let auth = self.authorized(auth).await;
         let turn = match admit_place {
             Some(p) => Some(p.turn().await),
             None => None,
