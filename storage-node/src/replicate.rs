@@ -18,7 +18,7 @@
 //!
 //! Sizes in bytes; durations as `Duration`.
 
-use crate::lock_table::{Mode, Owner};
+use crate::lock_table::{Grant, Mode, Owner};
 use crate::ops::send_replace;
 use crate::peer::Peer;
 use crate::shard::Shard;
@@ -49,6 +49,15 @@ impl Shard {
         0xFFFF_0000_0000_0000 | self.node_id.load(Ordering::Acquire)
     }
 
+    /// Takes a command's lock on chunk `id` (waiting behind clients' locks
+    /// up to [`LOCK_WAIT`]): the command's client id and the grant.
+    async fn command_lock(&self, id: ChunkId, mode: Mode) -> Result<(u64, Grant), String> {
+        let client = self.command_client();
+        let r = self.request_lock(id, client, mode, COMMAND_LEASE, LOCK_WAIT, Owner::NONE);
+        let g = self.granted(r).await.map_err(|e| e.1)?;
+        Ok((client, g))
+    }
+
     /// This node's own capability for chunk `id` on a copy's target: it
     /// holds the cluster secret like the control server, and the control
     /// server asked for the copy over the authenticated control link.
@@ -65,18 +74,7 @@ impl Shard {
     /// `newest`; a missing chunk is not an error (the command is
     /// idempotent).
     pub async fn delete_command(&self, id: ChunkId, newest: Version) -> Result<(), String> {
-        let client = self.command_client();
-        let g = self
-            .acquire(
-                id,
-                client,
-                Mode::Write,
-                COMMAND_LEASE,
-                LOCK_WAIT,
-                Owner::NONE,
-            )
-            .await
-            .map_err(|e| e.1)?;
+        let (client, g) = self.command_lock(id, Mode::Write).await?;
         let r = self.store.delete(id, newest).await;
         let _ = self.release(id, client, g.generation);
         match r {
@@ -116,18 +114,7 @@ impl Shard {
         addr: &str,
         target_version: Version,
     ) -> Result<(Version, u64), String> {
-        let client = self.command_client();
-        let g = self
-            .acquire(
-                id,
-                client,
-                Mode::Read,
-                COMMAND_LEASE,
-                LOCK_WAIT,
-                Owner::NONE,
-            )
-            .await
-            .map_err(|e| e.1)?;
+        let (client, g) = self.command_lock(id, Mode::Read).await?;
         let fence = || {
             self.locks
                 .borrow()

@@ -193,21 +193,6 @@ impl Shard {
         }
     }
 
-    /// Takes a lock for `owner`, waiting up to `timeout` (FIFO) if it is
-    /// not free.
-    pub(crate) async fn acquire(
-        &self,
-        chunk: ChunkId,
-        client: u64,
-        mode: Mode,
-        lease: Duration,
-        timeout: Duration,
-        owner: Owner,
-    ) -> Result<Grant, OpError> {
-        let r = self.request_lock(chunk, client, mode, lease, timeout, owner);
-        self.granted(r).await
-    }
-
     fn check_token(&self, chunk: ChunkId, token: &Token, need: Mode) -> Result<Grant, OpError> {
         if !self.key.verify(chunk, token) {
             return Err(OpError(
