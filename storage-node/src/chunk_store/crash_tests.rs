@@ -20,7 +20,7 @@
 
 use super::tests::{read, write};
 use super::*;
-use crate::disk::sim::{CrashStats, SimDisk};
+use crate::disk::sim::{CrashStats, SimDir, SimDisk};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use ringfs_tests::on_glommio;
@@ -107,42 +107,51 @@ struct Seen {
 
 /// Runs the workload on `disk` until it is done or the disk crashed.
 async fn run(disk: &SimDisk, ops: &[Vec<Op>]) -> Vec<Seen> {
+    each_chunk(disk, ops, |store, i, ops| async move {
+        let mut seen = Seen::default();
+        for op in ops {
+            match write(&store, chunk_id(i as u64), op.offset, &op.data).await {
+                Ok(version) => {
+                    seen.acked = op.apply(&seen.acked);
+                    seen.acked_version += 1;
+                    assert_eq!(version, seen.acked_version);
+                }
+                Err(StoreError::Io { .. } | StoreError::Broken(..)) => {
+                    seen.in_flight = Some(op);
+                    break;
+                }
+                Err(e) => panic!("write failed with {e} before any crash"),
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap_or_else(|| vec![Seen::default(); ops.len()])
+}
+
+/// Opens a store on `disk` and runs `each(store, i, ops[i])` for every
+/// chunk `i` at once; their outputs in chunk order, or `None` if the power
+/// was lost while the empty store was set up (nothing was written).
+async fn each_chunk<T, Fut>(
+    disk: &SimDisk,
+    ops: &[Vec<Op>],
+    each: impl Fn(Rc<ChunkStore<SimDir>>, usize, Vec<Op>) -> Fut,
+) -> Option<Vec<T>>
+where
+    T: 'static,
+    Fut: Future<Output = T> + 'static,
+{
     let store = match ChunkStore::open_with(disk.dir(), JOURNAL).await {
         Ok(store) => Rc::new(store),
-        // Power lost while the empty store was set up: nothing was written.
-        Err(_) if disk.crashed() => return vec![Seen::default(); ops.len()],
+        Err(_) if disk.crashed() => return None,
         Err(e) => panic!("opening an empty store: {e}"),
     };
     let tasks: Vec<_> = ops
         .iter()
         .enumerate()
-        .map(|(i, ops)| {
-            let (store, ops) = (store.clone(), ops.clone());
-            glommio::spawn_local(async move {
-                let mut seen = Seen::default();
-                for op in ops {
-                    match write(&store, chunk_id(i as u64), op.offset, &op.data).await {
-                        Ok(version) => {
-                            seen.acked = op.apply(&seen.acked);
-                            seen.acked_version += 1;
-                            assert_eq!(version, seen.acked_version);
-                        }
-                        Err(StoreError::Io { .. } | StoreError::Broken(..)) => {
-                            seen.in_flight = Some(op);
-                            break;
-                        }
-                        Err(e) => panic!("write failed with {e} before any crash"),
-                    }
-                }
-                seen
-            })
-        })
+        .map(|(i, ops)| glommio::spawn_local(each(store.clone(), i, ops.clone())))
         .collect();
-    let mut seen = Vec::new();
-    for t in tasks {
-        seen.push(t.await);
-    }
-    seen
+    Some(futures::future::join_all(tasks).await)
 }
 
 /// What the checks of one image met, summed over a test.
@@ -290,69 +299,54 @@ fn acknowledged_writes_survive_power_loss_at_every_sync_point() {
 /// done or the disk crashed; per chunk, how many writes were acknowledged.
 /// Checks that they are a prefix: no write succeeds after one failed.
 async fn run_pipelined(disk: &SimDisk, ops: &[Vec<Op>]) -> Vec<usize> {
-    let store = match ChunkStore::open_with(disk.dir(), JOURNAL).await {
-        Ok(store) => Rc::new(store),
-        Err(_) if disk.crashed() => return vec![0; ops.len()],
-        Err(e) => panic!("opening an empty store: {e}"),
-    };
-    let tasks: Vec<_> = ops
-        .iter()
-        .enumerate()
-        .map(|(i, ops)| {
-            let (store, ops) = (store.clone(), ops.clone());
-            glommio::spawn_local(async move {
-                let id = chunk_id(i as u64);
-                // The first write creates the chunk (as a client's does,
-                // it ends before the next is sent).
-                if write(&store, id, ops[0].offset, &ops[0].data)
-                    .await
-                    .is_err()
-                {
-                    return 0;
-                }
-                let writes: Vec<_> = ops[1..]
-                    .iter()
-                    .enumerate()
-                    .map(|(k, op)| {
-                        let (store, op) = (store.clone(), op.clone());
-                        let k = k as u64 + 1;
-                        let cas = Cas {
-                            expected: Version::new(1, k),
-                            version: Version::new(1, k + 1),
-                        };
-                        glommio::spawn_local(async move {
-                            super::tests::write_cas(&store, id, op.offset, &op.data, cas).await
-                        })
-                    })
-                    .collect();
-                let mut acked = 1;
-                for (k, w) in writes.into_iter().enumerate() {
-                    match w.await {
-                        Ok(_) => {
-                            assert_eq!(
-                                acked,
-                                k + 1,
-                                "write {} acknowledged after a failed one",
-                                k + 1
-                            );
-                            acked += 1;
-                        }
-                        Err(StoreError::Io { .. } | StoreError::Broken(..)) => {}
-                        // Built on an earlier write that failed before it
-                        // was staged (its edge read failed at the crash).
-                        Err(StoreError::StaleVersion { .. }) if acked < k + 1 => {}
-                        Err(e) => panic!("write {} failed with {e} before any crash", k + 1),
-                    }
-                }
-                acked
+    each_chunk(disk, ops, |store, i, ops| async move {
+        let id = chunk_id(i as u64);
+        // The first write creates the chunk (as a client's does,
+        // it ends before the next is sent).
+        if write(&store, id, ops[0].offset, &ops[0].data)
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        let writes: Vec<_> = ops[1..]
+            .iter()
+            .enumerate()
+            .map(|(k, op)| {
+                let (store, op) = (store.clone(), op.clone());
+                let k = k as u64 + 1;
+                let cas = Cas {
+                    expected: Version::new(1, k),
+                    version: Version::new(1, k + 1),
+                };
+                glommio::spawn_local(async move {
+                    super::tests::write_cas(&store, id, op.offset, &op.data, cas).await
+                })
             })
-        })
-        .collect();
-    let mut acked = Vec::new();
-    for t in tasks {
-        acked.push(t.await);
-    }
-    acked
+            .collect();
+        let mut acked = 1;
+        for (k, w) in writes.into_iter().enumerate() {
+            match w.await {
+                Ok(_) => {
+                    assert_eq!(
+                        acked,
+                        k + 1,
+                        "write {} acknowledged after a failed one",
+                        k + 1
+                    );
+                    acked += 1;
+                }
+                Err(StoreError::Io { .. } | StoreError::Broken(..)) => {}
+                // Built on an earlier write that failed before it
+                // was staged (its edge read failed at the crash).
+                Err(StoreError::StaleVersion { .. }) if acked < k + 1 => {}
+                Err(e) => panic!("write {} failed with {e} before any crash", k + 1),
+            }
+        }
+        acked
+    })
+    .await
+    .unwrap_or_else(|| vec![0; ops.len()])
 }
 
 /// Recovers a store from `image` and checks each chunk is exactly the
