@@ -47,7 +47,15 @@ where
         if self.journal.used() < self.cfg.checkpoint_bytes {
             return Ok(());
         }
-        self.checkpoint_locked().await
+        let started = std::time::Instant::now();
+        let chunks = self.dirty.borrow().len();
+        let r = self.checkpoint_locked().await;
+        tracing::debug!(
+            chunks,
+            took_us = started.elapsed().as_micros() as u64,
+            "journal checkpoint"
+        );
+        r
     }
 
     /// The checkpoint itself, with the gate held exclusively (or at open).
