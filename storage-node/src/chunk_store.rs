@@ -48,6 +48,7 @@
 
 #[cfg(test)]
 mod crash_tests;
+mod gate;
 mod journaled;
 mod pipeline;
 mod replace;
@@ -69,7 +70,7 @@ use glommio::sync::RwLock;
 use ringfs_schema::crc::pieces;
 use ringfs_schema::ids::ChunkId;
 use ringfs_schema::Version;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
@@ -346,7 +347,10 @@ pub(crate) struct ChunkStore<D: DiskDir = DmaDir> {
     journal: Journal<D::File>,
     /// Held shared by every write from its journal append to its in-place
     /// apply, exclusively by a checkpoint.
-    gate: RwLock<()>,
+    gate: gate::Gate,
+    /// A checkpoint is waiting for the gate or running (the writes that
+    /// find the journal full meanwhile leave it to that one).
+    checkpointing: Cell<bool>,
     /// Chunks whose header on disk is older than their metadata (written
     /// through the journal since the last checkpoint).
     dirty: RefCell<HashMap<ChunkId, Rc<Chunk<D::File>>>>,
@@ -405,7 +409,8 @@ where
             chunks: RefCell::new(HashMap::new()),
             commit: GroupCommit::new(),
             journal: Journal::new(jfile, gen),
-            gate: RwLock::new(()),
+            gate: gate::Gate::new(),
+            checkpointing: Cell::new(false),
             dirty: RefCell::new(HashMap::new()),
             cfg,
         };

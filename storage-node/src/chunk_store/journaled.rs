@@ -40,18 +40,21 @@ where
     /// Checkpoints if the journal is (still) over its size: see the module
     /// doc.
     pub(super) async fn checkpoint(&self) -> Result<(), StoreError> {
-        let _gate =
-            self.gate.write().await.map_err(|e| {
-                StoreError::Unusable(format!("checkpoint: the store is closing: {e}"))
-            })?;
-        if self.journal.used() < self.cfg.checkpoint_bytes {
+        if self.journal.used() < self.cfg.checkpoint_bytes || self.checkpointing.replace(true) {
             return Ok(());
         }
+        let _one = Checkpointing(&self.checkpointing);
+        let asked = std::time::Instant::now();
+        let _gate =
+            self.gate.exclusive().await.map_err(|e| {
+                StoreError::Unusable(format!("checkpoint: the store is closing: {e}"))
+            })?;
         let started = std::time::Instant::now();
         let chunks = self.dirty.borrow().len();
         let r = self.checkpoint_locked().await;
         tracing::debug!(
             chunks,
+            waited_us = (started - asked).as_micros() as u64,
             took_us = started.elapsed().as_micros() as u64,
             "journal checkpoint"
         );
@@ -269,4 +272,13 @@ fn blocks_verify(rec: &Record, data: &[u8]) -> bool {
             let valid = (rec.length - b * CRC_BLOCK).min(CRC_BLOCK) as usize;
             crc32c::crc32c(&block[..valid]) == rec.crcs[(b - rec.crc_from) as usize]
         })
+}
+
+/// Marks a checkpoint under way until dropped (also when its future is).
+struct Checkpointing<'a>(&'a std::cell::Cell<bool>);
+
+impl Drop for Checkpointing<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }

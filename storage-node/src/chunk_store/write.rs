@@ -102,7 +102,7 @@ where
             // admission lock: no write that holds the gate waits for an
             // admission, so a checkpoint waiting for the gate cannot block
             // one that it waits for.
-            let Ok(gate) = self.gate.read().await else {
+            let Ok(gate) = self.gate.enter().await else {
                 return refused(StoreError::NotFound(id), data, forward).await;
             };
             if let Err(e) = fence() {
