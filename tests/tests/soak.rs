@@ -3,8 +3,9 @@
 //! restarted one after another, and every node fails a few percent of its
 //! chunk writes before writing anything (failpoint
 //! `chunk_store::before_persist`, so replicas that are alive miss writes
-//! too); a write that fails is repeated until it succeeds, so the model of
-//! the file is exact. At the end every node runs again, repair settles,
+//! too); a write that fails (the initial content's too) is repeated until
+//! it succeeds, so the model of the file is exact. At the end every node
+//! runs again, repair settles,
 //! `ringfs fsck --verify` finds every replica of every chunk identical, and
 //! every byte equals the model.
 //!
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use ringfs_client::{Client, ClientOptions};
-use ringfs_tests::files::{get, layout, pattern, put, read_write, records};
+use ringfs_client::{Client, ClientOptions, Fd};
+use ringfs_tests::files::{get, layout, pattern, read_write, records};
 use ringfs_tests::{local, Cluster, NodeOptions, FAST_REPAIR};
 
 const CHUNK: usize = 256 * 1024;
@@ -42,6 +43,28 @@ async fn client(addr: std::net::SocketAddr) -> Client {
         .unwrap()
 }
 
+/// Writes `data` at `at`, repeating a write that fails (it may have reached
+/// some replicas) until it is acknowledged, so the model stays exact;
+/// returns the failed attempts.
+async fn write_until_acknowledged(c: &Client, fd: Fd, at: usize, data: &[u8]) -> u64 {
+    let since = Instant::now();
+    let mut failed = 0;
+    loop {
+        match c.pwrite(fd, at as u64, data).await {
+            Ok(_) => return failed,
+            Err(e) => {
+                failed += 1;
+                assert!(
+                    since.elapsed() < Duration::from_secs(30),
+                    "a write of {} bytes at {at} kept failing: {e}",
+                    data.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 #[test]
 fn random_overwrites_while_nodes_die_and_return_leave_identical_replicas_equal_to_the_model() {
     let secs = env_u64("RINGFS_SOAK_SECS").unwrap_or(20);
@@ -56,10 +79,15 @@ fn random_overwrites_while_nodes_die_and_return_leave_identical_replicas_equal_t
     let addr = cl.control.addr;
     let initial = pattern(SIZE, seed);
     local(async {
+        // Written like the overwrites below: the failpoint is armed from
+        // the start, and two replicas of one piece fail now and then.
         let c = client(addr).await;
-        put(&c, "/soak", &initial, layout(CHUNK, 3, 2))
-            .await
-            .unwrap();
+        let fd = c.create("/soak", layout(CHUNK, 3, 2)).await.unwrap();
+        let piece = 2 * CHUNK + CHUNK / 3 + 1;
+        for (i, p) in initial.chunks(piece).enumerate() {
+            write_until_acknowledged(&c, fd, i * piece, p).await;
+        }
+        c.close(fd).await.unwrap();
     });
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -76,22 +104,7 @@ fn random_overwrites_while_nodes_die_and_return_leave_identical_replicas_equal_t
                     let at = rng.random_range(0..=SIZE - len);
                     let mut data = vec![0u8; len];
                     rng.fill_bytes(&mut data);
-                    // A failed write may have reached some replicas: repeat
-                    // it until it is acknowledged, so the model is exact.
-                    let since = Instant::now();
-                    loop {
-                        match c.pwrite(fd, at as u64, &data).await {
-                            Ok(_) => break,
-                            Err(e) => {
-                                retries += 1;
-                                assert!(
-                                    since.elapsed() < Duration::from_secs(30),
-                                    "a write of {len} bytes at {at} kept failing: {e}"
-                                );
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        }
-                    }
+                    retries += write_until_acknowledged(&c, fd, at, &data).await;
                     model[at..at + len].copy_from_slice(&data);
                     writes += 1;
                 }
