@@ -19,8 +19,10 @@
 //! or one whose predecessor was dropped, is skipped), stopping at the first
 //! record that does not verify (torn, or of an older generation). A record
 //! with data writes its blocks in place; one without (a direct write to a
-//! fresh region) is kept only if the chunk file's blocks verify against its
-//! CRCs. Then every chunk file's bytes past the chunk's length (a direct
+//! fresh region) only sets the chunk's CRCs, length and version: its blocks
+//! were synced before the record was written, so they are not read back
+//! (a block damaged since shows as a checksum error on read, as in any
+//! chunk). Then every chunk file's bytes past the chunk's length (a direct
 //! write whose record was lost) are zeroed, which keeps the chunk file
 //! invariant that bytes past the length read as zeros.
 
