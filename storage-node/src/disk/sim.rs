@@ -415,6 +415,10 @@ impl DiskFile for SimFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
+        // A sync takes a while on a real disk: other tasks go on (and
+        // issue their writes) before it starts, so the tests see what runs
+        // concurrently with a sync, as the store's own writes do.
+        glommio::executor().yield_now().await;
         let mut st = self.disk.state.borrow_mut();
         st.sync_point()?;
         let f = st.files.get_mut(&self.inode).expect("open file");
