@@ -38,8 +38,11 @@
 //!
 //! Crash guarantee (tested on the simulated disk in
 //! `chunk_store/crash_tests.rs`): a write is acknowledged only once its
-//! journal record is durable (for a direct write: its blocks, then its
-//! record), so every acknowledged write survives a crash; and after a crash
+//! journal record is durable (for a direct write: its blocks and its
+//! record, synced concurrently), so every acknowledged write survives a
+//! crash (a direct write's blocks damaged within
+//! [`CONFIRM_AFTER`] of its acknowledgment excepted, see
+//! `chunk_store/journaled.rs`); and after a crash
 //! at any point, with everything not yet synced lost, kept or torn, every
 //! 4 KiB block of a chunk holds its old or its new content with a valid
 //! CRC. A write changes nothing in its chunk file before its record is
@@ -354,8 +357,16 @@ pub(crate) struct ChunkStore<D: DiskDir = DmaDir> {
     /// Chunks whose header on disk is older than their metadata (written
     /// through the journal since the last checkpoint).
     dirty: RefCell<HashMap<ChunkId, Rc<Chunk<D::File>>>>,
+    /// When the first direct write since the last checkpoint applied: its
+    /// blocks are checked at replay until a checkpoint (or a later record
+    /// of its chunk) confirms them, see `chunk_store/journaled.rs`.
+    unconfirmed: Cell<Option<std::time::Instant>>,
     cfg: JournalConfig,
 }
+
+/// How long an applied direct write may stay unconfirmed before
+/// [`ChunkStore::confirm_direct_writes`] checkpoints.
+pub(crate) const CONFIRM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// When writes go through the journal and when it is checkpointed.
 #[derive(Clone, Copy, Debug)]
@@ -412,6 +423,7 @@ where
             gate: gate::Gate::new(),
             checkpointing: Cell::new(false),
             dirty: RefCell::new(HashMap::new()),
+            unconfirmed: Cell::new(None),
             cfg,
         };
         for name in names {

@@ -7,7 +7,7 @@
 //! a connection is served by [`crate::conn`], each request by
 //! [`crate::ops`], and the chunk bytes live in [`crate::chunk_store`].
 
-use crate::chunk_store::{ChunkStore, StoreError};
+use crate::chunk_store::{ChunkStore, StoreError, CONFIRM_AFTER};
 use crate::disk::dma::DmaDir;
 use crate::lock_table::LockTable;
 use crate::ops::LockWaiter;
@@ -229,6 +229,7 @@ impl Shard {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let stop: StopSignal = futures::FutureExt::shared(stop_rx);
         glommio::spawn_local(self.clone().sweep_locks()).detach();
+        glommio::spawn_local(self.clone().confirm_direct_writes()).detach();
         glommio::spawn_local(self.clone().run_commands(commands, stop_tx)).detach();
         if self.cfg.scrub_bytes_per_sec > 0 {
             glommio::spawn_local(crate::scrubber::run(self.clone())).detach();
@@ -242,6 +243,18 @@ impl Shard {
             glommio::timer::sleep(SWEEP_EVERY).await;
             let changes = self.locks.borrow_mut().expire(Instant::now());
             self.apply(changes);
+        }
+    }
+
+    /// Checkpoints the chunk store whenever a direct write stayed
+    /// unconfirmed for [`CONFIRM_AFTER`] (`chunk_store/journaled.rs`),
+    /// forever.
+    async fn confirm_direct_writes(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(CONFIRM_AFTER / 4).await;
+            if let Err(e) = self.store.confirm_direct_writes().await {
+                tracing::error!(shard = self.cfg.index, "journal checkpoint failed: {e}");
+            }
         }
     }
 

@@ -19,15 +19,31 @@
 //! or one whose predecessor was dropped, is skipped), stopping at the first
 //! record that does not verify (torn, or of an older generation). A record
 //! with data writes its blocks in place; one without (a direct write to a
-//! fresh region) only sets the chunk's CRCs, length and version: its blocks
-//! were synced before the record was written, so they are not read back
-//! (a block damaged since shows as a checksum error on read, as in any
-//! chunk). Then every chunk file's bytes past the chunk's length (a direct
+//! fresh region) sets the chunk's CRCs, length and version. A direct
+//! write's blocks are synced concurrently with its record, so a direct
+//! record may describe torn blocks of a write that was never acknowledged:
+//! - followed by a record of its chunk, it is kept as it is: the next write
+//!   of a chunk reserves its record only after the blocks of the one before
+//!   are synced (`pipeline.rs`), and it may have overwritten some of them
+//!   in place since;
+//! - the last of its chunk, it is kept only if the chunk file's blocks
+//!   verify against it.
+//!
+//! Replay cannot tell a torn block from one damaged after an acknowledged
+//! write, so damage to an unconfirmed direct write drops that write on this
+//! replica (the replica goes back a version, which the control server sees
+//! as behind and repairs from another replica; at R = 1 the chunk's newest
+//! version is lost). To keep that window short, a checkpoint confirms every
+//! direct write within [`CONFIRM_AFTER`] of its apply
+//! ([`ChunkStore::confirm_direct_writes`], called by the shard): after it a
+//! damaged block is a checksum error on read, as in any chunk. Then every
+//! chunk file's bytes past the chunk's length (a direct
 //! write whose record was lost) are zeroed, which keeps the chunk file
 //! invariant that bytes past the length read as zeros.
 
 use super::*;
 use crate::journal::{header_len, RECORDS_AT};
+use std::collections::HashSet;
 
 /// The journal's file name in the shard directory (not a `.chunk` name).
 pub(super) const JOURNAL: &str = "journal";
@@ -42,7 +58,35 @@ where
     /// Checkpoints if the journal is (still) over its size: see the module
     /// doc.
     pub(super) async fn checkpoint(&self) -> Result<(), StoreError> {
-        if self.journal.used() < self.cfg.checkpoint_bytes || self.checkpointing.replace(true) {
+        if self.journal.used() < self.cfg.checkpoint_bytes {
+            return Ok(());
+        }
+        self.checkpoint_now().await
+    }
+
+    /// Checkpoints if a direct write applied [`CONFIRM_AFTER`] ago or more
+    /// is not confirmed yet (the module doc): the shard calls this
+    /// periodically, so a direct write's blocks are checked at replay only
+    /// within about that long of its acknowledgment.
+    pub(crate) async fn confirm_direct_writes(&self) -> Result<(), StoreError> {
+        match self.unconfirmed.get() {
+            Some(t) if t.elapsed() >= CONFIRM_AFTER => {
+                let r = self.checkpoint_now().await;
+                if r.is_err() {
+                    // The journal refuses everything until a restart now,
+                    // whose replay checks the blocks: asking again would
+                    // only fail again.
+                    self.unconfirmed.set(None);
+                }
+                r
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checkpoints unless one is under way.
+    async fn checkpoint_now(&self) -> Result<(), StoreError> {
+        if self.checkpointing.replace(true) {
             return Ok(());
         }
         let _one = Checkpointing(&self.checkpointing);
@@ -99,7 +143,9 @@ where
         self.journal
             .reset()
             .await
-            .map_err(|e| fail("emptying the journal", e))
+            .map_err(|e| fail("emptying the journal", e))?;
+        self.unconfirmed.set(None);
+        Ok(())
     }
 
     /// Replays the journal into the chunks just loaded, clears the chunk
@@ -120,9 +166,17 @@ where
             pos += rec.size();
             records.push((at, rec));
         }
+        // A direct record followed by a record of its chunk had its blocks
+        // synced before that one was reserved (`pipeline.rs`); the last one
+        // of its chunk may not have.
+        let mut seen = HashSet::new();
+        let mut last = vec![false; records.len()];
+        for (i, (_, rec)) in records.iter().enumerate().rev() {
+            last[i] = seen.insert(rec.chunk);
+        }
         let mut replayed = 0u64;
-        for (at, rec) in &records {
-            if self.replay(*at, rec).await? {
+        for ((at, rec), last) in records.iter().zip(last) {
+            if self.replay(*at, rec, last).await? {
                 replayed += 1;
             }
         }
@@ -196,8 +250,9 @@ where
     }
 
     /// Applies the record at journal offset `pos` if its chunk is at its
-    /// base version; whether it did.
-    async fn replay(&self, pos: u64, rec: &Record) -> Result<bool, StoreError> {
+    /// base version (and, for a direct record that is the `last` of its
+    /// chunk, if the chunk file's blocks verify against it); whether it did.
+    async fn replay(&self, pos: u64, rec: &Record, last: bool) -> Result<bool, StoreError> {
         let id = rec.chunk;
         let io = StoreError::io(id, "journal replay");
         // A chunk deleted since (a write creates its file durably first).
@@ -209,8 +264,16 @@ where
             return Ok(false);
         }
         let at = DATA_OFFSET + rec.io_start;
-        if rec.flags & FLAG_DATA != 0 {
-            let len = rec.blocks as usize * CRC_BLOCK as usize;
+        let len = rec.blocks as usize * CRC_BLOCK as usize;
+        if rec.flags & FLAG_DATA == 0 && last {
+            // Its blocks were synced concurrently with the record: torn
+            // unless they verify (the write was not acknowledged then, and
+            // its region is cleared below).
+            let blocks = chunk.file.read_at(at, len).await.map_err(io)?;
+            if blocks.len() != len || !blocks_verify(rec, &blocks) {
+                return Ok(false);
+            }
+        } else if rec.flags & FLAG_DATA != 0 {
             let data = self
                 .record_data(pos, rec)
                 .await

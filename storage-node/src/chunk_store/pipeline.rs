@@ -32,6 +32,7 @@
 use super::*;
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Range;
 
@@ -60,7 +61,7 @@ pub(super) struct Pipe {
 /// fires and the stage before it.
 pub(super) struct Staged {
     stage: Rc<Stage>,
-    reserved: Option<oneshot::Sender<()>>,
+    reserved: Cell<Option<oneshot::Sender<()>>>,
     applied: Option<oneshot::Sender<()>>,
     prev: Option<Rc<Stage>>,
     /// The metadata the write leaves (shared with the pipe's tip until a
@@ -116,7 +117,7 @@ impl<F> Chunk<F> {
         pipe.tip = Some(meta.clone());
         Staged {
             stage,
-            reserved: Some(rtx),
+            reserved: Cell::new(Some(rtx)),
             applied: Some(atx),
             prev,
             meta: Some(meta),
@@ -151,7 +152,7 @@ impl Staged {
         }
     }
 
-    fn reserved(&mut self) {
+    fn reserved(&self) {
         if let Some(tx) = self.reserved.take() {
             let _ = tx.send(());
         }
@@ -171,12 +172,15 @@ where
     ///   emptied) and the metadata applied; a crash leaves every block old
     ///   (record lost) or replayable (record durable);
     /// - straight to the chunk file (a fresh region past the tip's end):
-    ///   the blocks are written and synced (group commit of chunk files),
-    ///   then the record with their CRCs is reserved behind the previous
-    ///   write's and made durable; a crash before that leaves the region
-    ///   past the recovered length, which recovery clears. (Record and data
-    ///   synced concurrently would need replay to tell torn blocks from a
-    ///   bit flipped later in an acknowledged write; it cannot.)
+    ///   the blocks are written and synced (group commit of chunk files)
+    ///   while the record with their CRCs is reserved behind the previous
+    ///   write's and made durable, and the write applies once both are. A
+    ///   crash before both leaves either no record (the region is past the
+    ///   recovered length, which recovery clears) or a record whose blocks
+    ///   may be torn; the next write of the chunk reserves its record only
+    ///   after these blocks are synced, so replay checks the blocks of a
+    ///   direct record only when no record of its chunk follows it, and
+    ///   keeps it if they verify (`journaled.rs`).
     ///
     /// After a failure (its own, or of the write before it) the chunk
     /// refuses later writes ([`Chunk::failed`]; the journal itself refuses
@@ -205,20 +209,38 @@ where
         let r = async {
             crate::failpoint::delay("chunk_store::slow_persist").await;
             let journaled = rec.flags & FLAG_DATA != 0;
-            if !journaled {
-                in_place().await.map_err(io)?;
-                failpoint!("chunk_store::before_sync", |_| Err(io(
-                    crate::failpoint::injected("chunk_store::before_sync")
-                )));
-                self.commit.sync(chunk.file.clone()).await.map_err(io)?;
-            }
-            if !staged.prev_reserved().await {
-                return Err(earlier());
-            }
-            let slot = self.journal.reserve(rec).map_err(io)?;
-            staged.reserved();
-            let blocks = journaled.then(|| data.buf.clone());
-            self.journal.write(slot, rec, blocks).await.map_err(io)?;
+            // The next write of the chunk reserves its record once this
+            // one's is reserved and, for a direct write, its blocks are
+            // synced: replay trusts a direct record's blocks when a later
+            // record of its chunk follows it (`journaled.rs`).
+            let waiting = Cell::new(if journaled { 1 } else { 2 });
+            let passed = || {
+                if waiting.replace(waiting.get() - 1) == 1 {
+                    staged.reserved();
+                }
+            };
+            let direct = async {
+                if !journaled {
+                    in_place().await.map_err(io)?;
+                    failpoint!("chunk_store::before_sync", |_| Err(io(
+                        crate::failpoint::injected("chunk_store::before_sync")
+                    )));
+                    self.commit.sync(chunk.file.clone()).await.map_err(io)?;
+                    passed();
+                }
+                Ok(())
+            };
+            let record = async {
+                if !staged.prev_reserved().await {
+                    return Err(earlier());
+                }
+                let slot = self.journal.reserve(rec).map_err(io)?;
+                passed();
+                let blocks = journaled.then(|| data.buf.clone());
+                self.journal.write(slot, rec, blocks).await.map_err(io)
+            };
+            let (direct, record) = futures::join!(direct, record);
+            direct.and(record)?;
             if !staged.prev_applied().await {
                 return Err(earlier());
             }
@@ -234,6 +256,9 @@ where
                 in_place().await.map_err(io)?;
             }
             self.dirty.borrow_mut().insert(id, chunk.clone());
+            if !journaled && self.unconfirmed.get().is_none() {
+                self.unconfirmed.set(Some(std::time::Instant::now()));
+            }
             chunk.retire(&staged.stage);
             let meta = staged.meta.take().expect("applied once");
             Ok(apply(chunk, meta))
