@@ -271,6 +271,12 @@ where
             // its region is cleared below).
             let blocks = chunk.file.read_at(at, len).await.map_err(io)?;
             if blocks.len() != len || !blocks_verify(rec, &blocks) {
+                tracing::warn!(
+                    chunk = %id,
+                    version = %rec.version,
+                    "journal replay: a direct write's blocks do not verify; dropped (never \
+                     acknowledged, or damaged before a checkpoint confirmed it)"
+                );
                 return Ok(false);
             }
         } else if rec.flags & FLAG_DATA != 0 {
