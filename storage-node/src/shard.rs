@@ -252,7 +252,7 @@ impl Shard {
     async fn confirm_direct_writes(self: Rc<Self>) {
         loop {
             glommio::timer::sleep(CONFIRM_AFTER / 4).await;
-            if let Err(e) = self.store.confirm_direct_writes().await {
+            if let Err(e) = self.store.confirm_direct_writes(CONFIRM_AFTER).await {
                 tracing::error!(shard = self.cfg.index, "journal checkpoint failed: {e}");
             }
         }
@@ -360,6 +360,10 @@ impl Shard {
             "draining: no new requests, finishing those in flight"
         );
         let _ = gate.close().await;
+        // A restart (or an upgrade) then finds no direct write to check.
+        if let Err(e) = self.store.confirm_direct_writes(Duration::ZERO).await {
+            tracing::error!(shard = self.cfg.index, "journal checkpoint failed: {e}");
+        }
         tracing::info!(shard = self.cfg.index, "drained");
     }
 

@@ -44,6 +44,7 @@
 use super::*;
 use crate::journal::{header_len, RECORDS_AT};
 use std::collections::HashSet;
+use std::time::Duration;
 
 /// The journal's file name in the shard directory (not a `.chunk` name).
 pub(super) const JOURNAL: &str = "journal";
@@ -64,13 +65,14 @@ where
         self.checkpoint_now().await
     }
 
-    /// Checkpoints if a direct write applied [`CONFIRM_AFTER`] ago or more
-    /// is not confirmed yet (the module doc): the shard calls this
-    /// periodically, so a direct write's blocks are checked at replay only
-    /// within about that long of its acknowledgment.
-    pub(crate) async fn confirm_direct_writes(&self) -> Result<(), StoreError> {
+    /// Checkpoints if a direct write applied `age` ago or more is not
+    /// confirmed yet (the module doc): the shard calls this every quarter
+    /// of [`CONFIRM_AFTER`] with that age, so a direct write's blocks are
+    /// checked at replay only within about that long of its
+    /// acknowledgment, and with zero when it stops.
+    pub(crate) async fn confirm_direct_writes(&self, age: Duration) -> Result<(), StoreError> {
         match self.unconfirmed.get() {
-            Some(t) if t.elapsed() >= CONFIRM_AFTER => {
+            Some(t) if t.elapsed() >= age => {
                 let r = self.checkpoint_now().await;
                 if r.is_err() {
                     // The journal refuses everything until a restart now,

@@ -186,10 +186,10 @@ fn flipped_byte_yields_checksum_error_not_wrong_bytes() {
         // CONFIRM_AFTER ago (the shard asks periodically), not before; from
         // then on damage is a checksum error (before it, see
         // `damage_to_an_unconfirmed_direct_write_drops_the_whole_write`).
-        store.confirm_direct_writes().await.unwrap();
+        store.confirm_direct_writes(CONFIRM_AFTER).await.unwrap();
         assert!(store.journal.used() > 0, "confirmed too early");
         glommio::timer::sleep(CONFIRM_AFTER).await;
-        store.confirm_direct_writes().await.unwrap();
+        store.confirm_direct_writes(CONFIRM_AFTER).await.unwrap();
         assert_eq!(store.journal.used(), 0, "not confirmed");
     });
     flip_byte(&path, id, 70_000); // in CRC block B
