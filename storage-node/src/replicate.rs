@@ -144,19 +144,8 @@ impl Shard {
                     .map_err(|e| e.to_string())
             }
         };
-        let token = if target_version == Version::NONE {
-            let mut h = Header::request(0, Op::Reserve);
-            h.chunk_id = id;
-            h.client_id = client;
-            h.reserve_bytes = whole.info.length.max(4096);
-            h.lease_ms = TARGET_LEASE.as_millis() as u32;
-            let r = call(h).await?;
-            if r.status != Status::Ok {
-                return Err(format!("{addr}: reserve: {:?} {}", r.status, r.message));
-            }
-            r.token
-        } else {
-            // The target's stale or damaged copy: lock it for the replace.
+        // The target's stale or damaged copy: locked for the replace.
+        let lock_target = || async {
             let mut h = Header::request(0, Op::Lock);
             h.chunk_id = id;
             h.client_id = client;
@@ -167,7 +156,25 @@ impl Shard {
             if r.status != Status::Ok {
                 return Err(format!("{addr}: lock: {:?} {}", r.status, r.message));
             }
-            r.token
+            Ok(r.token)
+        };
+        let token = if target_version == Version::NONE {
+            let mut h = Header::request(0, Op::Reserve);
+            h.chunk_id = id;
+            h.client_id = client;
+            h.reserve_bytes = whole.info.length.max(4096);
+            h.lease_ms = TARGET_LEASE.as_millis() as u32;
+            let r = call(h).await?;
+            match r.status {
+                Status::Ok => r.token,
+                // An empty chunk at (0, 0): left by a first write that never
+                // became durable, or that replay dropped. A stale copy like
+                // any other; the replace is fenced on (0, 0) all the same.
+                Status::Exists => lock_target().await?,
+                _ => return Err(format!("{addr}: reserve: {:?} {}", r.status, r.message)),
+            }
+        } else {
+            lock_target().await?
         };
         let result = self
             .replace_and_verify(&peer, id, &token, target_version, &whole, addr)

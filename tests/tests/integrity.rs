@@ -3,7 +3,8 @@
 //! failing after its forward) is caught up by a copy and never moved
 //! forward over the write it missed; repair finishes while a file is being
 //! overwritten; a write call slower than the orphan grace loses nothing; a
-//! read repair that fails halfway leaves the replica in place; a bit
+//! read repair that fails halfway leaves the replica in place; a replica
+//! whose write replay dropped (left empty at (0, 0)) is repaired; a bit
 //! flipped in a node's memory is caught by the reader; `fsck --verify`
 //! names a replica that differs. Failpoints (armed in one node process)
 //! make each fault exact; every test ends with the replicas compared by
@@ -333,6 +334,36 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
     cl.kill9(good);
     cl.wait_up(1);
     with_client(addr, async |c| assert!(get(c, "/r").await.unwrap() == data));
+}
+
+/// A node is killed right after a large write went straight to its chunk
+/// file, and the write's blocks are damaged before the node confirmed them
+/// (docs/architecture.md, "Direct writes"): replay cannot tell them from a
+/// torn write and drops the write, leaving the chunk empty at (0, 0) on
+/// that node. The control server's repair copies the chunk over that empty
+/// one (a reservation finds it there: the copy locks and replaces it),
+/// and the repaired replica alone serves the bytes.
+#[test]
+fn a_replica_whose_write_replay_dropped_is_repaired() {
+    let mut cl = Cluster::start_with(2, FAST_REPAIR, &["--scrub-bytes-per-sec", "0"]);
+    let addr = cl.control.addr;
+    let data = pattern(CHUNK, 13);
+    let rec = with_client(addr, async |c| {
+        put(c, "/d", &data, layout(CHUNK, 2, 2)).await.unwrap();
+        records(c, "/d").await.remove(0)
+    });
+    // Well within the second a direct write stays unconfirmed.
+    let bad = cl.index_of(rec.replicas[0]);
+    let file = cl.node(bad).chunk_file(rec.chunk_id);
+    cl.kill9(bad);
+    corrupt_chunk_file(&file, &data[..64], 5000, 16);
+    cl.start_node(bad, &["--scrub-bytes-per-sec", "0"]);
+    cl.node_id(bad);
+    cl.wait_clean(Duration::from_secs(30));
+    let good = cl.index_of(rec.replicas[1]);
+    cl.kill9(good);
+    cl.wait_up(1);
+    with_client(addr, async |c| assert!(get(c, "/d").await.unwrap() == data));
 }
 
 /// A node flips a bit of what it sends after its own check passed (as
