@@ -254,6 +254,15 @@ impl Cluster {
         }
     }
 
+    /// Stops node `i` with SIGTERM (it drains, and checkpoints its
+    /// journal) and checks that it exited 0.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            let exit = n.terminate();
+            assert_eq!(exit.code(), Some(0), "node {i} exit status: {exit}");
+        }
+    }
+
     /// Makes node `node_id`'s replica of chunk `chunk_id` differ from the
     /// others at the same version: block `block` rewritten with `fill`
     /// bytes and a matching CRC while the node is down
