@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use ringfs_client::{Client, ClientOptions, Error};
+use ringfs_client::{ChunkRecord, Client, ClientOptions, Error};
 use ringfs_tests::files::{corrupt_chunk_file, get, layout, pattern, put, read_write, records};
 use ringfs_tests::{local, with_client, Cluster, NodeOptions, FAST_REPAIR};
 
@@ -290,6 +290,18 @@ fn a_write_call_slower_than_the_orphan_grace_loses_nothing() {
     });
 }
 
+/// Two nodes (fast repair, no scrubbing) and a file `path` of one chunk
+/// at R = 2: its bytes and the chunk's record.
+fn one_chunk_on_two_nodes(path: &str, seed: u64) -> (Cluster, Vec<u8>, ChunkRecord) {
+    let cl = Cluster::start_with(2, FAST_REPAIR, &["--scrub-bytes-per-sec", "0"]);
+    let data = pattern(CHUNK, seed);
+    let rec = with_client(cl.control.addr, async |c| {
+        put(c, path, &data, layout(CHUNK, 2, 2)).await.unwrap();
+        records(c, path).await.remove(0)
+    });
+    (cl, data, rec)
+}
+
 /// A replica fails its checksum on a read; the reader (through a write
 /// descriptor: a read one has no right to write a replica) repairs it from
 /// the good replica, copy-then-swap, and the swap fails (failpoint after the
@@ -297,13 +309,8 @@ fn a_write_call_slower_than_the_orphan_grace_loses_nothing() {
 /// replica fewer), and the control server's repair replaces it later.
 #[test]
 fn a_read_repair_that_fails_halfway_keeps_the_replica() {
-    let mut cl = Cluster::start_with(2, FAST_REPAIR, &["--scrub-bytes-per-sec", "0"]);
+    let (mut cl, data, rec) = one_chunk_on_two_nodes("/r", 12);
     let addr = cl.control.addr;
-    let data = pattern(CHUNK, 12);
-    let rec = with_client(addr, async |c| {
-        put(c, "/r", &data, layout(CHUNK, 2, 2)).await.unwrap();
-        records(c, "/r").await.remove(0)
-    });
     // Chunk 0 is read from its first replica first: damage that one, once
     // its write is confirmed (a graceful stop checkpoints: damage before
     // that drops the write at replay instead, the test below).
@@ -347,13 +354,8 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
 /// and the repaired replica alone serves the bytes.
 #[test]
 fn a_replica_whose_write_replay_dropped_is_repaired() {
-    let mut cl = Cluster::start_with(2, FAST_REPAIR, &["--scrub-bytes-per-sec", "0"]);
+    let (mut cl, data, rec) = one_chunk_on_two_nodes("/d", 13);
     let addr = cl.control.addr;
-    let data = pattern(CHUNK, 13);
-    let rec = with_client(addr, async |c| {
-        put(c, "/d", &data, layout(CHUNK, 2, 2)).await.unwrap();
-        records(c, "/d").await.remove(0)
-    });
     // Well within the second a direct write stays unconfirmed.
     let bad = cl.index_of(rec.replicas[0]);
     let file = cl.node(bad).chunk_file(rec.chunk_id);
