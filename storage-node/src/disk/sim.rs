@@ -386,6 +386,7 @@ impl DiskFile for SimFile {
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<SimRead> {
         check_aligned(pos, len)?;
+        glommio::executor().yield_now().await;
         let st = self.disk.state.borrow();
         st.check_alive()?;
         let f = &st.files[&self.inode];
@@ -407,17 +408,20 @@ impl DiskFile for SimFile {
     }
 
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<usize> {
+        glommio::executor().yield_now().await;
         self.write(buf.as_bytes(), pos)
     }
 
     async fn write_rc_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
+        glommio::executor().yield_now().await;
         self.write(buf.as_bytes(), pos)
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
         // A sync takes a while on a real disk: other tasks go on (and
         // issue their writes) before it starts, so the tests see what runs
-        // concurrently with a sync, as the store's own writes do.
+        // concurrently with a sync, as the store's own writes do (reads
+        // and writes yield the same way).
         glommio::executor().yield_now().await;
         let mut st = self.disk.state.borrow_mut();
         st.sync_point()?;
