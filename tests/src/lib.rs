@@ -148,6 +148,18 @@ pub fn admin_credential(dir: &Path) -> PathBuf {
     p
 }
 
+/// For a test that cannot run here because `what` is missing: fails where
+/// the environment variable `require` is set (CI, whose `.ci/run` installs
+/// what the tests need), and otherwise says it skipped (a developer
+/// machine); `install` says how to get `what`. The caller then returns.
+pub fn skip_unless_required(require: &str, what: &str, install: &str) {
+    assert!(
+        std::env::var_os(require).is_none(),
+        "{what} is required ({install}), and {require} is set"
+    );
+    eprintln!("SKIPPED: {what} not found ({install})");
+}
+
 /// Polls `cond` every 50 ms until it holds; panics with `msg()` after `limit`.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, msg: impl Fn() -> String) {
     let start = Instant::now();

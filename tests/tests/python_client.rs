@@ -33,11 +33,11 @@ fn python_ready() -> bool {
     if python_deps_available() {
         return true;
     }
-    assert!(
-        std::env::var_os("RINGFS_REQUIRE_PYTHON").is_none(),
-        "python3 with pycapnp and crc32c is required (pip install ./client/python)"
+    ringfs_tests::skip_unless_required(
+        "RINGFS_REQUIRE_PYTHON",
+        "python3 with pycapnp and crc32c",
+        "pip install ./client/python",
     );
-    eprintln!("SKIPPED: python3 with pycapnp and crc32c not found (pip install ./client/python)");
     false
 }
 

@@ -39,14 +39,10 @@ pub fn available(tools: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(
-        std::env::var_os("RINGFS_REQUIRE_FUSE").is_none(),
-        "the mount tests need {} (apt-get install fuse3 fio sqlite3)",
-        missing.join(", ")
-    );
-    eprintln!(
-        "SKIPPED: {} not found (apt-get install fuse3 fio sqlite3)",
-        missing.join(", ")
+    ringfs_tests::skip_unless_required(
+        "RINGFS_REQUIRE_FUSE",
+        &missing.join(", "),
+        "apt-get install fuse3 fio sqlite3",
     );
     false
 }
