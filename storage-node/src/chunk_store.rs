@@ -361,6 +361,9 @@ pub(crate) struct ChunkStore<D: DiskDir = DmaDir> {
     /// blocks are checked at replay until a checkpoint (or a later record
     /// of its chunk) confirms them, see `chunk_store/journaled.rs`.
     unconfirmed: Cell<Option<std::time::Instant>>,
+    /// Direct writes the journal's replay at open dropped because their
+    /// blocks did not verify.
+    dropped_at_replay: Cell<u64>,
     cfg: JournalConfig,
 }
 
@@ -424,6 +427,7 @@ where
             checkpointing: Cell::new(false),
             dirty: RefCell::new(HashMap::new()),
             unconfirmed: Cell::new(None),
+            dropped_at_replay: Cell::new(0),
             cfg,
         };
         for name in names {
@@ -541,6 +545,13 @@ where
 
     pub(crate) fn chunk_count(&self) -> usize {
         self.chunks.borrow().len()
+    }
+
+    /// Direct writes the journal's replay dropped when this store was
+    /// opened: torn (never acknowledged), or damaged before a checkpoint
+    /// confirmed them (`chunk_store/journaled.rs`).
+    pub(crate) fn dropped_at_replay(&self) -> u64 {
+        self.dropped_at_replay.get()
     }
 
     #[cfg(test)]

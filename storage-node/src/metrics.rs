@@ -80,6 +80,7 @@ pub struct ShardMetrics {
     connections_refused: Counter,
     tls_refused: Counter,
     capabilities_refused: Counter,
+    replay_dropped: Counter,
 }
 
 impl ShardMetrics {
@@ -113,6 +114,12 @@ impl ShardMetrics {
     /// A reservation was refused for lack of space.
     pub fn reservation_refused(&self) {
         self.reservations_refused.inc();
+    }
+
+    /// The journal's replay, when the shard opened, dropped `n` direct
+    /// writes whose blocks did not verify.
+    pub fn replay_dropped(&self, n: u64) {
+        self.replay_dropped.inc_by(n);
     }
 
     /// Records one answered request: its op, whether it succeeded, how long
@@ -160,6 +167,13 @@ impl NodeMetrics {
         let refused = Family::<ShardLabel, Counter>::default();
         let conns_refused = Family::<ShardLabel, Counter>::default();
         let caps_refused = Family::<ShardLabel, Counter>::default();
+        let replay_dropped = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "ringfs_node_replay_dropped_writes",
+            "Direct writes the journal's replay dropped at start because their blocks did not \
+             verify (torn, or damaged before a checkpoint confirmed them)",
+            replay_dropped.clone(),
+        );
         registry.register(
             "ringfs_node_auth_failures",
             "Requests refused for their capability (missing, forged, foreign, expired)",
@@ -251,6 +265,7 @@ impl NodeMetrics {
                     connections_refused: conns_refused.get_or_create(&ShardLabel { shard }).clone(),
                     tls_refused: tls_refused.get_or_create(&ShardLabel { shard }).clone(),
                     capabilities_refused: caps_refused.get_or_create(&ShardLabel { shard }).clone(),
+                    replay_dropped: replay_dropped.get_or_create(&ShardLabel { shard }).clone(),
                 }
             })
             .collect();

@@ -194,6 +194,7 @@ impl Shard {
                 source,
             })?;
         let store = ChunkStore::open(dir).await?;
+        cfg.metrics.replay_dropped(store.dropped_at_replay());
         let minter = IdMinter::open(&cfg.dir.join("id-counter"))?;
         tracing::info!(
             shard = cfg.index,

@@ -39,6 +39,18 @@ pub fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
         .collect()
 }
 
+/// The sum of metric `name`'s samples over all their labels (0 when it
+/// has none).
+pub fn sum(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| {
+            k.strip_prefix(name)
+                .is_some_and(|l| l.is_empty() || l.starts_with('{'))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Sample `key` of a scrape, 0 when absent.
 pub fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)

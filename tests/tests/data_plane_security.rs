@@ -406,11 +406,7 @@ fn every_chunk_operation_needs_a_valid_capability_for_its_chunk_and_right() {
     // The refusals were counted (nothing secret in the counter).
     let node = cl.node(0).metrics.expect("node metrics");
     let m = scrape::scrape(node);
-    let failures: f64 = m
-        .iter()
-        .filter(|(k, _)| k.starts_with("ringfs_node_auth_failures"))
-        .map(|(_, v)| v)
-        .sum();
+    let failures = scrape::sum(&m, "ringfs_node_auth_failures_total");
     assert!(failures > 0.0, "auth failures counted: {m:?}");
     let control = cl.control.metrics.expect("control metrics");
     let m = scrape::scrape(control);

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use ringfs_client::{ChunkRecord, Client, ClientOptions, Error};
 use ringfs_tests::files::{corrupt_chunk_file, get, layout, pattern, put, read_write, records};
-use ringfs_tests::{local, with_client, Cluster, NodeOptions, FAST_REPAIR};
+use ringfs_tests::{local, scrape, with_client, Cluster, NodeOptions, FAST_REPAIR};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -290,6 +290,13 @@ fn a_write_call_slower_than_the_orphan_grace_loses_nothing() {
     });
 }
 
+/// Direct writes node `i`'s journal replay dropped when it started (it
+/// runs with `--metrics`).
+fn replay_dropped(cl: &Cluster, i: usize) -> f64 {
+    let m = scrape::scrape(cl.node(i).metrics.expect("node metrics"));
+    scrape::sum(&m, "ringfs_node_replay_dropped_writes_total")
+}
+
 /// Two nodes (fast repair, no scrubbing) and a file `path` of one chunk
 /// at R = 2: its bytes and the chunk's record.
 fn one_chunk_on_two_nodes(path: &str, seed: u64) -> (Cluster, Vec<u8>, ChunkRecord) {
@@ -306,7 +313,9 @@ fn one_chunk_on_two_nodes(path: &str, seed: u64) -> (Cluster, Vec<u8>, ChunkReco
 /// descriptor: a read one has no right to write a replica) repairs it from
 /// the good replica, copy-then-swap, and the swap fails (failpoint after the
 /// copy was written aside): the damaged replica's file is still there (no
-/// replica fewer), and the control server's repair replaces it later.
+/// replica fewer), and the control server's repair replaces it later. The
+/// damage is done after a graceful stop, which confirmed the write: replay
+/// keeps the write (damaged) instead of dropping it.
 #[test]
 fn a_read_repair_that_fails_halfway_keeps_the_replica() {
     let (mut cl, data, rec) = one_chunk_on_two_nodes("/r", 12);
@@ -322,9 +331,16 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
         bad,
         &NodeOptions {
             failpoints: Some("chunk_store::before_swap=1*return->off"),
-            flags: &["--scrub-bytes-per-sec", "0"],
+            flags: &["--scrub-bytes-per-sec", "0", "--metrics", "127.0.0.1:0"],
             ..NodeOptions::default()
         },
+    );
+    // The drain confirmed the write, so replay kept it, damaged: it was
+    // not dropped to (0, 0) as an unconfirmed one would be.
+    assert_eq!(
+        replay_dropped(&cl, bad),
+        0.0,
+        "replay dropped the confirmed write"
     );
     // Mapped at its new endpoint: the read below goes to it first.
     cl.node_id(bad);
@@ -361,7 +377,15 @@ fn a_replica_whose_write_replay_dropped_is_repaired() {
     let file = cl.node(bad).chunk_file(rec.chunk_id);
     cl.kill9(bad);
     corrupt_chunk_file(&file, &data[..64], 5000, 16);
-    cl.start_node(bad, &["--scrub-bytes-per-sec", "0"]);
+    cl.start_node(
+        bad,
+        &["--scrub-bytes-per-sec", "0", "--metrics", "127.0.0.1:0"],
+    );
+    assert_eq!(
+        replay_dropped(&cl, bad),
+        1.0,
+        "replay kept the damaged write"
+    );
     cl.node_id(bad);
     cl.wait_clean(Duration::from_secs(30));
     let good = cl.index_of(rec.replicas[1]);

@@ -279,6 +279,7 @@ where
                     "journal replay: a direct write's blocks do not verify; dropped (never \
                      acknowledged, or damaged before a checkpoint confirmed it)"
                 );
+                self.dropped_at_replay.set(self.dropped_at_replay.get() + 1);
                 return Ok(false);
             }
         } else if rec.flags & FLAG_DATA != 0 {

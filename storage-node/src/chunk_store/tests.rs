@@ -196,6 +196,7 @@ fn flipped_byte_yields_checksum_error_not_wrong_bytes() {
     let p = path.clone();
     run(move || async move {
         let store = open(&p).await;
+        assert_eq!(store.dropped_at_replay(), 0);
         // Block 0 is intact and still readable.
         assert_eq!(read(&store, id, 0, 1000).await.unwrap().len(), 1000);
         match read(&store, id, 69_000, 2000).await {
@@ -234,6 +235,7 @@ fn damage_to_an_unconfirmed_direct_write_drops_the_whole_write() {
     flip_byte(&path, id, 70_000);
     run(move || async move {
         let store = open(&path).await;
+        assert_eq!(store.dropped_at_replay(), 1);
         let info = store.info(id).unwrap();
         assert_eq!((info.version.seq, info.length), (1, 8192));
         assert_eq!(read(&store, id, 0, 8192).await.unwrap(), first);
