@@ -437,8 +437,9 @@ enum CommandKind {
   copy @1;
   # Copy this node's replica of the chunk, which must be at exactly
   # (versionEpoch, versionSeq), to `target`, where the chunk is at
-  # (targetEpoch, targetSeq) ((0, 0): absent, reserve it): write it aside
-  # there and swap it in, read it back and compare checksums.
+  # (targetEpoch, targetSeq) ((0, 0): absent, reserve it, or empty at
+  # (0, 0), lock it): write it aside there and swap it in, read it back and
+  # compare checksums.
 }
 
 struct NodeCommand {
