@@ -290,8 +290,13 @@ fn a_write_call_slower_than_the_orphan_grace_loses_nothing() {
     });
 }
 
+/// Flags of a node these tests restart after damaging its replica: no
+/// scrubbing (the test finds the damage itself), and the metrics
+/// [`replay_dropped`] reads.
+const RESTART_FLAGS: &[&str] = &["--scrub-bytes-per-sec", "0", "--metrics", "127.0.0.1:0"];
+
 /// Direct writes node `i`'s journal replay dropped when it started (it
-/// runs with `--metrics`).
+/// runs with [`RESTART_FLAGS`]).
 fn replay_dropped(cl: &Cluster, i: usize) -> f64 {
     let m = scrape::scrape(cl.node(i).metrics.expect("node metrics"));
     scrape::sum(&m, "ringfs_node_replay_dropped_writes_total")
@@ -331,7 +336,7 @@ fn a_read_repair_that_fails_halfway_keeps_the_replica() {
         bad,
         &NodeOptions {
             failpoints: Some("chunk_store::before_swap=1*return->off"),
-            flags: &["--scrub-bytes-per-sec", "0", "--metrics", "127.0.0.1:0"],
+            flags: RESTART_FLAGS,
             ..NodeOptions::default()
         },
     );
@@ -377,10 +382,7 @@ fn a_replica_whose_write_replay_dropped_is_repaired() {
     let file = cl.node(bad).chunk_file(rec.chunk_id);
     cl.kill9(bad);
     corrupt_chunk_file(&file, &data[..64], 5000, 16);
-    cl.start_node(
-        bad,
-        &["--scrub-bytes-per-sec", "0", "--metrics", "127.0.0.1:0"],
-    );
+    cl.start_node(bad, RESTART_FLAGS);
     assert_eq!(
         replay_dropped(&cl, bad),
         1.0,
